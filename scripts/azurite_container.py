@@ -31,7 +31,6 @@ def main() -> int:
     req = urllib.request.Request(
         f"{base}/{ACCOUNT}/{container}?restype=container",
         method="PUT",
-        data=b"",
         headers={
             "x-ms-date": date,
             "x-ms-version": version,
