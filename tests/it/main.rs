@@ -1,1 +1,39 @@
+//! The one integration test binary: every scenario drives the real `ferry` binary, and most run
+//! once per backend — a `file://` repository, S3 (moto) and Azure Blob (Azurite).
+//!
+//! Server-backed tests read `FERRY_TEST_S3_ENDPOINT` / `FERRY_TEST_AZURITE_URL`; without them
+//! they are skipped, unless `FERRY_REQUIRE_SERVERS=1` (set by `scripts/test.sh`) makes that a
+//! failure. Run a single backend with e.g. `cargo test --test it -- ::s3`.
 
+/// For each scenario `fn name(Backend)` in the invoking module, a module `name` with one
+/// `#[test]` per backend: `name::file`, `name::s3`, `name::azure`.
+macro_rules! per_backend {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use crate::harness::Backend;
+
+            #[test]
+            fn file() {
+                super::$scenario(Backend::File);
+            }
+
+            #[test]
+            fn s3() {
+                super::$scenario(Backend::S3);
+            }
+
+            #[test]
+            fn azure() {
+                super::$scenario(Backend::Azure);
+            }
+        }
+    )*};
+}
+
+mod concurrent;
+mod damage;
+mod data;
+mod errors;
+mod harness;
+mod replicate;
+mod roundtrip;
