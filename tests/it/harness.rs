@@ -166,6 +166,16 @@ impl Ctx {
     }
 }
 
+impl Drop for Ctx {
+    /// With `FERRY_TEST_KEEP=1`, a failing test leaves its temp dir behind for a post-mortem.
+    fn drop(&mut self) {
+        if thread::panicking() && std::env::var("FERRY_TEST_KEEP").as_deref() == Ok("1") {
+            let kept = std::mem::replace(&mut self.tmp, TempDir::new().expect("temp dir")).keep();
+            eprintln!("{}: kept {}", self.name, kept.display());
+        }
+    }
+}
+
 /// A repository location: its store URL for ferry and direct access for the test.
 pub struct Location {
     pub url: String,
@@ -370,15 +380,19 @@ impl Ferry {
 
     /// Starts ferry in the background; stdout and stderr go to files.
     pub fn spawn(&self, args: &[&str]) -> Running {
-        self.spawn_command(self.command(args), args)
+        self.spawn_command(self.command(args))
     }
 
     /// Runs `ferry ARGS...` to completion without adding `--index-dir` or `--json`.
     pub fn run_bare(&self, args: &[&str]) -> Run {
-        self.spawn_command(Self::bare_command(args), args).wait()
+        self.spawn_command(Self::bare_command(args)).wait()
     }
 
-    fn spawn_command(&self, mut cmd: Command, args: &[&str]) -> Running {
+    fn spawn_command(&self, mut cmd: Command) -> Running {
+        let cmdline = std::iter::once("ferry".into())
+            .chain(cmd.get_args().map(|a| a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
         fs::create_dir_all(&self.logs).expect("create log dir");
         let n = next_id();
         let stdout_path = self.logs.join(format!("{n}.stdout"));
@@ -389,7 +403,7 @@ impl Ferry {
         let child = cmd.spawn().expect("spawn ferry");
         Running {
             child,
-            cmdline: format!("ferry {}", args.join(" ")),
+            cmdline,
             stdout_path,
             stderr_path,
             started: Instant::now(),

@@ -3,7 +3,8 @@
 //!
 //! Server-backed tests read `FERRY_TEST_S3_ENDPOINT` / `FERRY_TEST_AZURITE_URL`; without them
 //! they are skipped, unless `FERRY_REQUIRE_SERVERS=1` (set by `scripts/test.sh`) makes that a
-//! failure. Run a single backend with e.g. `cargo test --test it -- ::s3`.
+//! failure. Run a single backend with e.g. `cargo test --test it -- ::s3`; set
+//! `FERRY_TEST_KEEP=1` to keep a failing test's temp dir (sources, restores, file repos).
 
 /// For each scenario `fn name(Backend)` in the invoking module, a module `name` with one
 /// `#[test]` per backend: `name::file`, `name::s3`, `name::azure`.
