@@ -182,6 +182,15 @@ pub struct Location {
     pub raw: RawStore,
 }
 
+impl Drop for Location {
+    /// A passing test removes its objects from the servers; a failing one leaves them to look at.
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            self.raw.clear();
+        }
+    }
+}
+
 /// One object under a location, keyed relative to the location's prefix.
 #[derive(Clone, Debug)]
 pub struct Object {
@@ -261,6 +270,13 @@ impl RawStore {
                 fs::write(file.path(), data).expect("write temp file");
                 self.python(&["put", &format!("{prefix}/{key}")], Some(file.path()));
             }
+        }
+    }
+
+    /// Deletes everything under a server location (moto and Azurite keep it all in RAM).
+    fn clear(&self) {
+        if let RawStore::Server { prefix, .. } = self {
+            self.python(&["clear", &format!("{prefix}/")], None);
         }
     }
 

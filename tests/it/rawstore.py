@@ -8,6 +8,7 @@ Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, whe
   list PREFIX    prints one "SIZE KEY" line per object under PREFIX
   get KEY        writes the object's bytes to stdout
   put KEY FILE   replaces the object with the bytes of FILE
+  clear PREFIX   deletes every object under PREFIX
 """
 import base64
 import datetime
@@ -140,6 +141,9 @@ def main():
         elif op == "put":
             with open(sys.argv[6], "rb") as f:
                 request("PUT", base, bucket, arg, {}, f.read())
+        elif op == "clear":
+            for _, key in list_objects(kind, base, bucket, arg):
+                request("DELETE", base, bucket, key, {})
         else:
             raise SystemExit(f"unknown operation {op}")
     except urllib.error.HTTPError as err:
