@@ -1,1 +1,218 @@
-fn main() {}
+//! The `ferry` binary: parses the command line, wires the library, prints the report and maps
+//! errors to exit codes (0 ok, 1 failed, 2 usage).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferry::commands::{self, Context};
+use serde::Serialize;
+
+/// Keep ML checkpoints and datasets in sync between S3, Azure Blob and local disks,
+/// sending only what changed.
+#[derive(Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+struct Cli {
+    /// Where the local index (a rebuildable cache) lives.
+    #[arg(long, global = true, env = "FERRY_INDEX_DIR")]
+    index_dir: Option<PathBuf>,
+    /// Print one JSON summary on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository at an empty location.
+    Init {
+        repo: String,
+        /// Average chunk size (power of two, 1KiB–4MiB). Fixed for the repository's life.
+        #[arg(long, value_parser = parse_size)]
+        chunk_avg: Option<u64>,
+        /// Target pack object size (1MiB–1GiB).
+        #[arg(long, value_parser = parse_size)]
+        pack_size: Option<u64>,
+    },
+    /// Push a folder, file or object prefix into one or more repositories.
+    Push {
+        source: String,
+        #[arg(required = true)]
+        repos: Vec<String>,
+        /// The ref to move to the new snapshot.
+        #[arg(long)]
+        name: String,
+    },
+    /// Rebuild a snapshot's files, byte-identical, in a folder or under an object prefix.
+    Restore {
+        repo: String,
+        /// NAME, NAME@SEQ or NAME@SNAPSHOT-ID-PREFIX.
+        snapshot: String,
+        dest: String,
+    },
+    /// Copy snapshots and the chunks the target lacks from one repository to another.
+    Replicate {
+        from: String,
+        to: String,
+        /// Only this ref (default: all refs).
+        #[arg(long)]
+        name: Vec<String>,
+    },
+    /// List snapshots, for every ref or one.
+    Snapshots { repo: String, name: Option<String> },
+    /// List the entries of a snapshot.
+    Ls { repo: String, snapshot: String },
+    /// Check a repository's structure; with --read-data, re-hash every chunk.
+    Verify {
+        repo: String,
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Generate a small checkpoint series and show push, replicate and restore on local repositories.
+    Demo {
+        /// Work folder (default: a new temporary folder, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{e} (examples: 64KiB, 1MiB, 32MiB)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,ferry=info",
+        _ => "info,ferry=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn emit<T: Serialize>(
+    json: bool,
+    report: &T,
+    human: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{}", human(report));
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let index_dir = cli
+        .index_dir
+        .clone()
+        .unwrap_or_else(ferry::index::Index::default_dir);
+    let ctx = Context::new(index_dir, !cli.json)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Init {
+            repo,
+            chunk_avg,
+            pack_size,
+        } => {
+            let config = commands::new_config(chunk_avg, pack_size)?;
+            let r = commands::init(&repo, config).await?;
+            emit(json, &r, |r| {
+                format!(
+                    "initialized {} (chunks ~{}, packs {})",
+                    r.repo,
+                    commands::bytes(r.chunk_avg as u64),
+                    commands::bytes(r.pack_size)
+                )
+            })?;
+        }
+        Command::Push {
+            source,
+            repos,
+            name,
+        } => {
+            let r = commands::push(&ctx, &source, &repos, &name).await?;
+            emit(json, &r, commands::render_push)?;
+        }
+        Command::Restore {
+            repo,
+            snapshot,
+            dest,
+        } => {
+            let r = commands::restore(&ctx, &repo, &snapshot, &dest).await?;
+            emit(json, &r, commands::render_restore)?;
+        }
+        Command::Replicate { from, to, name } => {
+            let r = commands::replicate(&ctx, &from, &to, &name).await?;
+            emit(json, &r, commands::render_replicate)?;
+        }
+        Command::Snapshots { repo, name } => {
+            let r = commands::snapshots(&repo, name.as_deref()).await?;
+            emit(json, &r, commands::render_snapshots)?;
+        }
+        Command::Ls { repo, snapshot } => {
+            let r = commands::ls(&repo, &snapshot).await?;
+            emit(json, &r, commands::render_ls)?;
+        }
+        Command::Verify { repo, read_data } => {
+            let r = commands::verify(&repo, read_data).await?;
+            emit(json, &r, commands::render_verify)?;
+            if !r.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Demo { dir } => {
+            let r = ferry::demo::run(dir).await?;
+            emit(json, &r, ferry::demo::render)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

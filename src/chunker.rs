@@ -1,0 +1,285 @@
+//! Content-defined chunking: cuts a byte stream into chunks with FastCDC (2020).
+//!
+//! The chunker never does I/O of its own beyond pulling from the `Read` it is given, and its
+//! boundaries depend only on the bytes, never on how the reader hands them over.
+
+use std::io::{self, Read};
+
+use fastcdc::v2020;
+use serde::{Deserialize, Serialize};
+
+/// The chunker's parameters. They are part of a repository's format (stored in its config)
+/// and never change under it: changing them would stop new data deduplicating against old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerParams {
+    /// Algorithm name; only `fastcdc-v2020` exists.
+    pub algorithm: ChunkerAlgorithm,
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// FastCDC normalization level (0–3).
+    pub normalization: u8,
+}
+
+/// Chunking algorithms a repository may record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkerAlgorithm {
+    #[serde(rename = "fastcdc-v2020")]
+    FastCdc2020,
+}
+
+/// Parameters that FastCDC cannot honour.
+#[derive(Debug, thiserror::Error)]
+#[error("chunk average size {avg} is out of range: choose a power of two between 1KiB and 4MiB (e.g. --chunk-avg 1MiB)")]
+pub struct ChunkerParamsError {
+    avg: u64,
+}
+
+impl ChunkerParams {
+    /// Default average chunk size: 1 MiB (min 256 KiB, max 4 MiB).
+    pub const DEFAULT_AVG: u32 = 1 << 20;
+
+    /// Parameters from an average size: min = avg/4, max = avg*4, normalization level 1.
+    pub fn with_avg(avg: u64) -> Result<Self, ChunkerParamsError> {
+        let ok = avg.is_power_of_two()
+            && (1024..=v2020::AVERAGE_MAX as u64).contains(&avg)
+            && avg / 4 <= v2020::MINIMUM_MAX as u64;
+        if !ok {
+            return Err(ChunkerParamsError { avg });
+        }
+        let avg = avg as u32;
+        Ok(Self {
+            algorithm: ChunkerAlgorithm::FastCdc2020,
+            min_size: avg / 4,
+            avg_size: avg,
+            max_size: (avg * 4).min(v2020::MAXIMUM_MAX as u32),
+            normalization: 1,
+        })
+    }
+
+    /// Checks parameters read from a repository config.
+    pub fn validate(&self) -> Result<(), ChunkerParamsError> {
+        let in_range = (v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX)
+            .contains(&(self.min_size as usize))
+            && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&(self.avg_size as usize))
+            && (v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&(self.max_size as usize))
+            && self.min_size <= self.avg_size
+            && self.avg_size <= self.max_size
+            && self.normalization <= 3;
+        if in_range {
+            Ok(())
+        } else {
+            Err(ChunkerParamsError {
+                avg: self.avg_size as u64,
+            })
+        }
+    }
+
+    fn level(&self) -> v2020::Normalization {
+        match self.normalization {
+            0 => v2020::Normalization::Level0,
+            1 => v2020::Normalization::Level1,
+            2 => v2020::Normalization::Level2,
+            _ => v2020::Normalization::Level3,
+        }
+    }
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self::with_avg(Self::DEFAULT_AVG as u64).expect("default chunker parameters are valid")
+    }
+}
+
+/// Streams chunks out of a reader. Holds at most two `max_size` windows of data.
+pub struct Chunker<R> {
+    reader: R,
+    params: ChunkerParams,
+    masks: (u64, u64),
+    buf: Vec<u8>,
+    /// Start of unconsumed data in `buf`.
+    start: usize,
+    /// End of valid data in `buf`.
+    end: usize,
+    eof: bool,
+}
+
+impl<R: Read> Chunker<R> {
+    pub fn new(reader: R, params: ChunkerParams) -> Self {
+        let masks = v2020::select_masks(params.avg_size as usize, params.level());
+        Self {
+            reader,
+            params,
+            masks,
+            buf: vec![0; 2 * params.max_size as usize],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// Ensures `buf[start..end]` holds at least `max_size` bytes, or everything left.
+    fn fill(&mut self) -> io::Result<()> {
+        let want = self.params.max_size as usize;
+        if self.end - self.start >= want || self.eof {
+            return Ok(());
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end < want && !self.eof {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk as a slice borrowed from the chunker, or `None` at the end.
+    pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+        self.fill()?;
+        let avail = &self.buf[self.start..self.end];
+        if avail.is_empty() {
+            return Ok(None);
+        }
+        let p = &self.params;
+        let (mask_s, mask_l) = self.masks;
+        let (_, len) = v2020::cut(
+            avail,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+        );
+        let len = len.max(1).min(avail.len());
+        let chunk_start = self.start;
+        self.start += len;
+        Ok(Some(&self.buf[chunk_start..chunk_start + len]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Deterministic pseudo-random bytes (splitmix64).
+    fn seeded(len: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn lengths<R: Read>(reader: R, params: ChunkerParams) -> Vec<usize> {
+        let mut c = Chunker::new(reader, params);
+        let mut out = vec![];
+        while let Some(chunk) = c.next_chunk().unwrap() {
+            out.push(chunk.len());
+        }
+        out
+    }
+
+    /// A reader that hands out at most `step` bytes per call.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// Golden test: these boundaries are part of the repository format. If this fails, the
+    /// chunker changed and existing repositories would stop deduplicating: bump the format.
+    #[test]
+    fn golden_boundaries_on_seeded_data() {
+        let data = seeded(1 << 20, 42);
+        let params = ChunkerParams::with_avg(64 * 1024).unwrap();
+        let lens = lengths(&data[..], params);
+        assert_eq!(lens.iter().sum::<usize>(), data.len());
+        let digest = blake3::hash(
+            &lens
+                .iter()
+                .flat_map(|l| (*l as u64).to_le_bytes())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            (lens.len(), &lens[..4], &digest.to_hex()[..16]),
+            GOLDEN,
+            "chunk boundaries moved: {lens:?}"
+        );
+    }
+    const GOLDEN: (usize, &[usize], &str) =
+        (13, &[106594, 75208, 19070, 105223], "490ab2ac6251615b");
+
+    #[test]
+    fn boundaries_independent_of_read_sizes() {
+        let data = seeded(700_000, 7);
+        let params = ChunkerParams::with_avg(16 * 1024).unwrap();
+        let whole = lengths(&data[..], params);
+        for step in [1, 37, 255, 4096, 100_000] {
+            let lens = lengths(Trickle { data: &data, step }, params);
+            assert_eq!(lens, whole, "read size {step}");
+        }
+    }
+
+    #[test]
+    fn sizes_respect_limits() {
+        let data = seeded(3 << 20, 9);
+        let params = ChunkerParams::with_avg(64 * 1024).unwrap();
+        let lens = lengths(&data[..], params);
+        let (last, rest) = lens.split_last().unwrap();
+        assert!(*last <= params.max_size as usize);
+        for l in rest {
+            assert!((params.min_size as usize..=params.max_size as usize).contains(l));
+        }
+        // All zeros: every chunk is cut at max_size.
+        let zeros = vec![0u8; 1 << 20];
+        assert!(lengths(&zeros[..], params)
+            .iter()
+            .all(|l| *l == params.max_size as usize || *l < params.min_size as usize * 4));
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        assert!(ChunkerParams::with_avg(1000).is_err());
+        assert!(ChunkerParams::with_avg(64 << 20).is_err());
+        assert!(ChunkerParams::default().validate().is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn chunks_concatenate_to_input(len in 0usize..300_000, seed: u64, step in 1usize..5000) {
+            let data = seeded(len, seed);
+            let params = ChunkerParams::with_avg(4096).unwrap();
+            let mut c = Chunker::new(Trickle { data: &data, step }, params);
+            let mut joined = Vec::new();
+            while let Some(chunk) = c.next_chunk().unwrap() {
+                joined.extend_from_slice(chunk);
+            }
+            prop_assert_eq!(joined, data);
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The CLI's commands as library calls: parse URLs, open stores and the local index, run an
+//! operation, and render its report for people.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::chunker::ChunkerParams;
+use crate::ids::SnapshotId;
+use crate::index::Index;
+use crate::ops::push::PushReport;
+use crate::ops::replicate::ReplicateReport;
+use crate::ops::restore::{Destination, RestoreReport};
+use crate::ops::source::Source;
+use crate::ops::sync::sync_index;
+use crate::ops::verify::VerifyReport;
+use crate::ops::OpError;
+use crate::repo::config::{RepoConfig, DEFAULT_PACK_SIZE, PACK_SIZE_RANGE};
+use crate::repo::{Repository, Snapshot};
+use crate::store::{Access, Store, StoreUrl};
+
+/// Shared settings for every command.
+pub struct Context {
+    index_dir: PathBuf,
+    index: std::sync::OnceLock<Index>,
+    /// Show progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Context {
+    pub fn new(index_dir: PathBuf, progress: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            index_dir,
+            index: std::sync::OnceLock::new(),
+            progress,
+        })
+    }
+
+    /// Opens the local index on first use, waiting up to a minute for another process.
+    pub fn index(&self) -> Result<&Index, OpError> {
+        if let Some(i) = self.index.get() {
+            return Ok(i);
+        }
+        let idx = Index::open(&self.index_dir, Duration::from_secs(60))?;
+        Ok(self.index.get_or_init(|| idx))
+    }
+}
+
+fn url(s: &str) -> Result<StoreUrl, OpError> {
+    Ok(s.parse::<StoreUrl>()
+        .map_err(crate::store::StoreError::from)?)
+}
+
+async fn open_repo(s: &str) -> Result<Repository, OpError> {
+    let store = Store::open(&url(s)?, Access::Read)?;
+    Ok(Repository::open(store).await?)
+}
+
+/// A config from the CLI's `--chunk-avg` and `--pack-size` (defaults when `None`).
+pub fn new_config(chunk_avg: Option<u64>, pack_size: Option<u64>) -> Result<RepoConfig, OpError> {
+    let chunker = match chunk_avg {
+        Some(avg) => ChunkerParams::with_avg(avg)?,
+        None => ChunkerParams::default(),
+    };
+    let pack_size = pack_size.unwrap_or(DEFAULT_PACK_SIZE);
+    if !PACK_SIZE_RANGE.contains(&pack_size) {
+        return Err(OpError::Invalid(format!(
+            "pack size {pack_size} is out of range: choose between 1MiB and 1GiB (e.g. --pack-size 32MiB)"
+        )));
+    }
+    Ok(RepoConfig::new(chunker, pack_size))
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitReport {
+    pub repo: String,
+    pub id: String,
+    pub chunk_avg: u32,
+    pub pack_size: u64,
+}
+
+pub async fn init(repo: &str, config: RepoConfig) -> Result<InitReport, OpError> {
+    let store = Store::open(&url(repo)?, Access::Write)?;
+    let r = Repository::init(store, config).await?;
+    Ok(InitReport {
+        repo: r.url(),
+        id: r.id().to_string(),
+        chunk_avg: r.config().chunker.avg_size,
+        pack_size: r.config().pack_size,
+    })
+}
+
+pub async fn push(
+    ctx: &Context,
+    source: &str,
+    repos: &[String],
+    name: &str,
+) -> Result<PushReport, OpError> {
+    crate::repo::check_ref_name(name)?;
+    let source = Source::open(&url(source)?)?;
+    let mut targets = Vec::new();
+    for r in repos {
+        let store = Store::open(&url(r)?, Access::Write)?;
+        let (repo, created) = Repository::open_or_init(store, || {
+            RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE)
+        })
+        .await?;
+        targets.push((repo, created));
+    }
+    crate::ops::push::push(&source, targets, name, ctx.index()?, ctx.progress).await
+}
+
+pub async fn restore(
+    ctx: &Context,
+    repo: &str,
+    spec: &str,
+    dest: &str,
+) -> Result<RestoreReport, OpError> {
+    let repo = open_repo(repo).await?;
+    let rindex = ctx.index()?.repo(repo.id())?;
+    sync_index(&repo, &rindex).await?;
+    let id = repo.resolve(spec).await?;
+    let dest = match url(dest)? {
+        StoreUrl::Local(p) => {
+            std::fs::create_dir_all(&p).map_err(|e| OpError::io(p.display(), e))?;
+            Destination::Local(p)
+        }
+        other => Destination::Objects(Store::open(&other, Access::Write)?),
+    };
+    crate::ops::restore::restore(&repo, &rindex, id, &dest, ctx.progress).await
+}
+
+pub async fn replicate(
+    ctx: &Context,
+    from: &str,
+    to: &str,
+    names: &[String],
+) -> Result<ReplicateReport, OpError> {
+    let from = open_repo(from).await?;
+    let store = Store::open(&url(to)?, Access::Write)?;
+    let (to, _) = Repository::open_or_init(store, || from.config().derived()).await?;
+    crate::ops::replicate::replicate(&from, &to, names, ctx.index()?, ctx.progress).await
+}
+
+pub async fn verify(repo: &str, read_data: bool) -> Result<VerifyReport, OpError> {
+    let repo = open_repo(repo).await?;
+    crate::ops::verify::verify(&repo, read_data).await
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotRow {
+    pub name: String,
+    pub seq: u64,
+    pub snapshot: SnapshotId,
+    pub time: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotsReport {
+    pub repo: String,
+    pub snapshots: Vec<SnapshotRow>,
+}
+
+pub async fn snapshots(repo: &str, name: Option<&str>) -> Result<SnapshotsReport, OpError> {
+    let repo = open_repo(repo).await?;
+    let names = match name {
+        Some(n) => vec![n.to_string()],
+        None => repo.ref_names().await?,
+    };
+    let mut rows = Vec::new();
+    for n in names {
+        for e in repo.ref_log(&n).await? {
+            let snap = repo.read_snapshot(&e.snapshot).await?;
+            rows.push(SnapshotRow {
+                name: n.clone(),
+                seq: e.seq,
+                snapshot: e.snapshot,
+                time: e.time,
+                files: snap.files(),
+                bytes: snap.bytes(),
+            });
+        }
+    }
+    Ok(SnapshotsReport {
+        repo: repo.url(),
+        snapshots: rows,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct LsRow {
+    pub path: String,
+    pub kind: &'static str,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LsReport {
+    pub snapshot: SnapshotId,
+    pub entries: Vec<LsRow>,
+}
+
+pub async fn ls(repo: &str, spec: &str) -> Result<LsReport, OpError> {
+    let repo = open_repo(repo).await?;
+    let id = repo.resolve(spec).await?;
+    let snap: Snapshot = repo.read_snapshot(&id).await?;
+    Ok(LsReport {
+        snapshot: id,
+        entries: snap
+            .entries
+            .iter()
+            .map(|e| LsRow {
+                path: e.path().to_string(),
+                kind: e.kind(),
+                size: e.size(),
+            })
+            .collect(),
+    })
+}
+
+/// Human-readable byte count (binary units).
+pub fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+pub fn render_push(r: &PushReport) -> String {
+    let mut s = format!(
+        "pushed {:?}: {} files ({} read, {} unchanged), {} in the tree, {} read\n  {} chunks, {} new ({}); uploaded {} in {} packs; dedup {:.2}x, compression {:.2}x; {:.1}s",
+        r.name,
+        r.files_total,
+        r.files_read,
+        r.files_unchanged,
+        bytes(r.bytes_total),
+        bytes(r.bytes_read),
+        r.chunks_total,
+        r.chunks_new,
+        bytes(r.bytes_new_logical),
+        bytes(r.bytes_uploaded),
+        r.packs_uploaded,
+        r.dedup_ratio,
+        r.compression_ratio,
+        r.duration_secs
+    );
+    for t in &r.targets {
+        let what = if t.unchanged {
+            "unchanged, ref stays at"
+        } else {
+            "snapshot"
+        };
+        s.push_str(&format!(
+            "\n  {}: {what} {} ({} in {} packs)",
+            t.repo,
+            &t.snapshot.to_hex()[..12],
+            bytes(t.stats.bytes_uploaded),
+            t.stats.packs_uploaded
+        ));
+    }
+    s
+}
+
+pub fn render_restore(r: &RestoreReport) -> String {
+    format!(
+        "restored snapshot {} to {}: {} files, {} written, {} downloaded, {} chunks verified; {:.1}s",
+        &r.snapshot.to_hex()[..12],
+        r.destination,
+        r.files,
+        bytes(r.bytes_written),
+        bytes(r.bytes_downloaded),
+        r.chunks_verified,
+        r.duration_secs
+    )
+}
+
+pub fn render_replicate(r: &ReplicateReport) -> String {
+    format!(
+        "replicated {} → {}: {} snapshots, {} chunks copied ({} read, {} uploaded in {} packs); {:.1}s",
+        r.from,
+        r.to,
+        r.snapshots_copied,
+        r.chunks_copied,
+        bytes(r.bytes_downloaded),
+        bytes(r.upload.bytes_uploaded),
+        r.upload.packs_uploaded,
+        r.duration_secs
+    )
+}
+
+pub fn render_verify(r: &VerifyReport) -> String {
+    let mut s = format!(
+        "{} {}: {} packs, {} snapshots, {} chunks re-hashed",
+        if r.ok { "ok" } else { "PROBLEMS in" },
+        r.repo,
+        r.packs_checked,
+        r.snapshots_checked,
+        r.chunks_checked
+    );
+    for p in &r.problems {
+        s.push_str(&format!("\n  problem: {}: {}", p.object, p.problem));
+    }
+    for p in &r.notes {
+        s.push_str(&format!("\n  note: {}: {}", p.object, p.problem));
+    }
+    s
+}
+
+pub fn render_snapshots(r: &SnapshotsReport) -> String {
+    let mut s = format!(
+        "{:<24} {:>5} {:<12} {:<24} {:>8} {:>12}",
+        "NAME", "SEQ", "SNAPSHOT", "TIME", "FILES", "SIZE"
+    );
+    for row in &r.snapshots {
+        s.push_str(&format!(
+            "\n{:<24} {:>5} {:<12} {:<24} {:>8} {:>12}",
+            row.name,
+            row.seq,
+            &row.snapshot.to_hex()[..12],
+            row.time,
+            row.files,
+            bytes(row.bytes)
+        ));
+    }
+    s
+}
+
+pub fn render_ls(r: &LsReport) -> String {
+    r.entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{:<8} {:>12}  {}",
+                e.kind,
+                if e.kind == "file" {
+                    bytes(e.size)
+                } else {
+                    String::new()
+                },
+                e.path
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,402 @@
+//! The local index: a sled database that caches what is where. It is never the only copy of
+//! anything: delete it and the next run rebuilds what it needs from the repositories' pack
+//! indexes. Only this module speaks sled.
+//!
+//! Trees (all keys and values binary, see FORMAT.md "Local index"):
+//! - `chunks/<repo id>`: chunk id → pack id, frame offset, frame length, raw length
+//! - `packs/<repo id>`: pack id → () for every pack index loaded
+//! - `files/<source key>`: relative path → size, mtime, etag, mode, BLAKE3, chunk list
+//! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::ids::{ChunkId, PackId, SnapshotId};
+use crate::repo::pack::{PackEntry, PackIndex};
+use crate::repo::snapshot::ChunkRef;
+
+/// Version of the index's own layout; a mismatch wipes the cache.
+const INDEX_VERSION: &[u8] = b"1";
+const VERSION_KEY: &[u8] = b"ferry-index-version";
+
+/// Errors opening or using the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot open the local index at {path}: {source} (another ferry may be using it; wait, or pass --index-dir)")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "local index at {path}: {source} (it is only a cache: delete the folder to rebuild it)"
+    )]
+    Db { path: PathBuf, source: sled::Error },
+}
+
+/// The local index.
+#[derive(Clone)]
+pub struct Index {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+/// Where a chunk is stored in one repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub pack: PackId,
+    pub entry: PackEntry,
+}
+
+/// What the index remembers about one source file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedFile {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Object etag for object sources.
+    pub etag: Option<String>,
+    pub mode: u32,
+    pub blake3: ChunkId,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Index {
+    /// The default location: `<data dir>/ferry/index` (e.g. `~/.local/share/ferry/index`).
+    pub fn default_dir() -> PathBuf {
+        directories::ProjectDirs::from("", "", "ferry")
+            .map(|d| d.data_dir().join("index"))
+            .unwrap_or_else(|| std::env::temp_dir().join("ferry-index"))
+    }
+
+    /// Opens (or creates) the index, waiting up to `wait` for another process to release it.
+    pub fn open(path: &Path, wait: Duration) -> Result<Self, IndexError> {
+        let start = Instant::now();
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(64 << 20)
+                .flush_every_ms(Some(1000))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if start.elapsed() < wait && is_lock_error(&e) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(source) => {
+                    return Err(IndexError::Open {
+                        path: path.into(),
+                        source,
+                    })
+                }
+            }
+        };
+        let index = Self {
+            db,
+            path: path.into(),
+        };
+        let version = index.db.get(VERSION_KEY).map_err(|e| index.err(e))?;
+        if version.as_deref() != Some(INDEX_VERSION) {
+            for name in index.db.tree_names() {
+                if name != b"__sled__default" {
+                    index.db.drop_tree(name).map_err(|e| index.err(e))?;
+                }
+            }
+            index
+                .db
+                .insert(VERSION_KEY, INDEX_VERSION)
+                .map_err(|e| index.err(e))?;
+        }
+        Ok(index)
+    }
+
+    fn err(&self, source: sled::Error) -> IndexError {
+        IndexError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn tree(&self, name: String) -> Result<sled::Tree, IndexError> {
+        self.db.open_tree(name).map_err(|e| self.err(e))
+    }
+
+    /// What the index knows about one repository's chunks and packs.
+    pub fn repo(&self, repo_id: &str) -> Result<RepoIndex, IndexError> {
+        Ok(RepoIndex {
+            chunks: self.tree(format!("chunks/{repo_id}"))?,
+            packs: self.tree(format!("packs/{repo_id}"))?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Cached state of one source's files. `source_key` names the source (its URL).
+    pub fn files(&self, source_key: &str) -> Result<FileCache, IndexError> {
+        let key = blake3::hash(source_key.as_bytes()).to_hex();
+        Ok(FileCache {
+            tree: self.tree(format!("files/{key}"))?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Records that `snapshot` was replicated from one repository to another.
+    pub fn mark_replicated(
+        &self,
+        from: &str,
+        to: &str,
+        snapshot: &SnapshotId,
+    ) -> Result<(), IndexError> {
+        self.tree(format!("replicated/{from}/{to}"))?
+            .insert(snapshot.0, &[])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn is_replicated(
+        &self,
+        from: &str,
+        to: &str,
+        snapshot: &SnapshotId,
+    ) -> Result<bool, IndexError> {
+        self.tree(format!("replicated/{from}/{to}"))?
+            .contains_key(snapshot.0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    }
+}
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("lock"))
+}
+
+/// One repository's chunk locations and loaded packs.
+#[derive(Clone)]
+pub struct RepoIndex {
+    chunks: sled::Tree,
+    packs: sled::Tree,
+    path: PathBuf,
+}
+
+impl RepoIndex {
+    fn err(&self, source: sled::Error) -> IndexError {
+        IndexError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
+        self.chunks.contains_key(id.0).map_err(|e| self.err(e))
+    }
+
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>, IndexError> {
+        let Some(v) = self.chunks.get(id.0).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        Ok(decode_location(id, &v))
+    }
+
+    pub fn has_pack(&self, id: &PackId) -> Result<bool, IndexError> {
+        self.packs.contains_key(id.0).map_err(|e| self.err(e))
+    }
+
+    pub fn packs(&self) -> Result<Vec<PackId>, IndexError> {
+        self.packs
+            .iter()
+            .keys()
+            .map(|k| k.map(|k| PackId::from_slice(&k).unwrap_or(PackId([0; 32]))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Records a pack's chunks, then the pack itself (so a pack marks a complete load).
+    pub fn add_pack(&self, index: &PackIndex) -> Result<(), IndexError> {
+        let mut batch = sled::Batch::default();
+        for e in &index.entries {
+            batch.insert(&e.chunk.0, encode_location(&index.pack, e).as_slice());
+        }
+        self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.packs
+            .insert(index.pack.0, &[])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets everything about this repository.
+    pub fn clear(&self) -> Result<(), IndexError> {
+        self.packs.clear().map_err(|e| self.err(e))?;
+        self.chunks.clear().map_err(|e| self.err(e))
+    }
+}
+
+fn encode_location(pack: &PackId, e: &PackEntry) -> [u8; 48] {
+    let mut v = [0u8; 48];
+    v[..32].copy_from_slice(&pack.0);
+    v[32..40].copy_from_slice(&e.offset.to_le_bytes());
+    v[40..44].copy_from_slice(&e.frame_len.to_le_bytes());
+    v[44..48].copy_from_slice(&e.raw_len.to_le_bytes());
+    v
+}
+
+fn decode_location(chunk: &ChunkId, v: &[u8]) -> Option<ChunkLocation> {
+    if v.len() != 48 {
+        return None;
+    }
+    Some(ChunkLocation {
+        pack: PackId::from_slice(v)?,
+        entry: PackEntry {
+            chunk: *chunk,
+            offset: u64::from_le_bytes(v[32..40].try_into().ok()?),
+            frame_len: u32::from_le_bytes(v[40..44].try_into().ok()?),
+            raw_len: u32::from_le_bytes(v[44..48].try_into().ok()?),
+        },
+    })
+}
+
+/// Cached source-file states for one source.
+#[derive(Clone)]
+pub struct FileCache {
+    tree: sled::Tree,
+    path: PathBuf,
+}
+
+impl FileCache {
+    fn err(&self, source: sled::Error) -> IndexError {
+        IndexError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn get(&self, rel_path: &str) -> Result<Option<CachedFile>, IndexError> {
+        let v = self
+            .tree
+            .get(rel_path.as_bytes())
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| decode_file(&v)))
+    }
+
+    pub fn put(&self, rel_path: &str, file: &CachedFile) -> Result<(), IndexError> {
+        self.tree
+            .insert(rel_path.as_bytes(), encode_file(file))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+}
+
+const FILE_RECORD_VERSION: u8 = 1;
+
+fn encode_file(f: &CachedFile) -> Vec<u8> {
+    let etag = f.etag.as_deref().unwrap_or("").as_bytes();
+    let mut v = Vec::with_capacity(1 + 8 + 8 + 2 + etag.len() + 4 + 32 + 4 + f.chunks.len() * 36);
+    v.push(FILE_RECORD_VERSION);
+    v.extend_from_slice(&f.size.to_le_bytes());
+    v.extend_from_slice(&f.mtime_ns.to_le_bytes());
+    v.push(u8::from(f.etag.is_some()));
+    v.extend_from_slice(&(etag.len() as u16).to_le_bytes());
+    v.extend_from_slice(etag);
+    v.extend_from_slice(&f.mode.to_le_bytes());
+    v.extend_from_slice(&f.blake3.0);
+    v.extend_from_slice(&(f.chunks.len() as u32).to_le_bytes());
+    for c in &f.chunks {
+        v.extend_from_slice(&c.0 .0);
+        v.extend_from_slice(&c.1.to_le_bytes());
+    }
+    v
+}
+
+/// Decodes a file record; anything malformed reads as "not cached".
+fn decode_file(v: &[u8]) -> Option<CachedFile> {
+    let mut r = v;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (a, b) = r.split_at_checked(n)?;
+        r = b;
+        Some(a)
+    };
+    if take(1)?[0] != FILE_RECORD_VERSION {
+        return None;
+    }
+    let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let mtime_ns = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let has_etag = take(1)?[0] == 1;
+    let etag_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+    let etag = String::from_utf8(take(etag_len)?.to_vec()).ok();
+    let mode = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let blake3 = ChunkId::from_slice(take(32)?)?;
+    let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut chunks = Vec::with_capacity(n.min(1 << 20));
+    for _ in 0..n {
+        let id = ChunkId::from_slice(take(32)?)?;
+        let len = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        chunks.push(ChunkRef(id, len));
+    }
+    Some(CachedFile {
+        size,
+        mtime_ns,
+        etag: if has_etag { etag } else { None },
+        mode,
+        blake3,
+        chunks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_records_round_trip_and_garbage_reads_as_missing() {
+        let f = CachedFile {
+            size: 10,
+            mtime_ns: -5,
+            etag: Some("\"abc\"".into()),
+            mode: 0o644,
+            blake3: ChunkId::of(b"x"),
+            chunks: vec![
+                ChunkRef(ChunkId::of(b"a"), 4),
+                ChunkRef(ChunkId::of(b"b"), 6),
+            ],
+        };
+        let enc = encode_file(&f);
+        assert_eq!(decode_file(&enc), Some(f));
+        assert_eq!(decode_file(&enc[..enc.len() - 1]), None);
+        assert_eq!(decode_file(b""), None);
+    }
+
+    #[test]
+    fn repo_index_survives_reopen_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = PackEntry {
+            chunk: ChunkId::of(b"c"),
+            offset: 8,
+            frame_len: 3,
+            raw_len: 2,
+        };
+        let pack = PackIndex {
+            pack: PackId::of(b"p"),
+            pack_size: 100,
+            entries: vec![entry],
+        };
+        {
+            let idx = Index::open(dir.path(), Duration::ZERO).unwrap();
+            idx.repo("r1").unwrap().add_pack(&pack).unwrap();
+            idx.flush().unwrap();
+        }
+        let idx = Index::open(dir.path(), Duration::ZERO).unwrap();
+        let r = idx.repo("r1").unwrap();
+        assert_eq!(
+            r.chunk_location(&entry.chunk).unwrap(),
+            Some(ChunkLocation {
+                pack: pack.pack,
+                entry
+            })
+        );
+        assert!(!idx.repo("r2").unwrap().has_chunk(&entry.chunk).unwrap());
+        r.clear().unwrap();
+        assert!(!r.has_chunk(&entry.chunk).unwrap());
+    }
+}

@@ -1,0 +1,378 @@
+//! Push: source → one or more repositories. The source is read once; each repository gets
+//! only the chunks it lacks.
+//!
+//! Pipeline (every queue bounded):
+//! `producer` (blocking thread: list, read, chunk, hash, dedup) → `compress` workers
+//! (blocking threads: zstd) → packer (async: one `PackUploader` per repository, bounded uploads).
+//! Then, once every pack is durable: snapshot, then ref.
+
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::chunker::Chunker;
+use crate::ids::{ChunkId, SnapshotId};
+use crate::index::{CachedFile, FileCache, Index, RepoIndex};
+use crate::ops::source::{Source, SourceEntry};
+use crate::ops::sync::sync_index;
+use crate::ops::uploader::{PackUploader, UploadStats};
+use crate::ops::{ratio, OpError};
+use crate::progress::Progress;
+use crate::repo::snapshot::{ChunkRef, Entry, SNAPSHOT_VERSION};
+use crate::repo::{check_ref_name, Repository, Snapshot};
+
+/// Packs uploading at once per repository.
+const UPLOADS_IN_FLIGHT: usize = 2;
+
+/// What a push did, overall and per repository.
+#[derive(Debug, Serialize)]
+pub struct PushReport {
+    pub name: String,
+    pub source: String,
+    pub files_total: u64,
+    pub files_read: u64,
+    pub files_unchanged: u64,
+    pub bytes_total: u64,
+    pub bytes_read: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+    pub packs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_new_logical: u64,
+    /// Logical bytes of the tree over the raw bytes of new chunks.
+    pub dedup_ratio: f64,
+    /// Raw bytes of new chunks over their stored size.
+    pub compression_ratio: f64,
+    pub duration_secs: f64,
+    pub targets: Vec<TargetReport>,
+}
+
+/// One repository's share of a push.
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    pub repo: String,
+    pub snapshot: SnapshotId,
+    /// True when the tree equals the ref's current snapshot: nothing was written.
+    pub unchanged: bool,
+    /// True when the push initialized this repository.
+    pub created: bool,
+    #[serde(flatten)]
+    pub stats: UploadStats,
+}
+
+struct Job {
+    id: ChunkId,
+    data: Vec<u8>,
+    targets: u64,
+}
+
+struct Frame {
+    id: ChunkId,
+    raw_len: u32,
+    frame: Vec<u8>,
+    targets: u64,
+}
+
+#[derive(Default)]
+struct Produced {
+    entries: Vec<Entry>,
+    files_read: u64,
+    files_unchanged: u64,
+    bytes_total: u64,
+    bytes_read: u64,
+    chunks_total: u64,
+}
+
+/// Pushes `source` into every repository in `targets` under the ref `name`.
+/// `targets` pairs each opened repository with whether this push created it.
+pub async fn push(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &str,
+    index: &Index,
+    progress: bool,
+) -> Result<PushReport, OpError> {
+    check_ref_name(name)?;
+    let started = Instant::now();
+    let time = SystemTime::now();
+    if targets.is_empty() || targets.len() > 64 {
+        return Err(OpError::Invalid("push takes 1 to 64 repositories".into()));
+    }
+    let params = targets[0].0.config().chunker;
+    let level = targets[0].0.config().zstd_level;
+    for (t, _) in &targets[1..] {
+        if t.config().chunker != params {
+            return Err(OpError::ChunkerMismatch {
+                a: targets[0].0.url(),
+                b: t.url(),
+            });
+        }
+    }
+    let mut rindexes = Vec::new();
+    for (repo, _) in &targets {
+        let ri = index.repo(repo.id())?;
+        sync_index(repo, &ri).await?;
+        rindexes.push(ri);
+    }
+
+    let listing = source.list().await?;
+    let total: u64 = listing
+        .iter()
+        .map(|e| match e {
+            SourceEntry::File(f) => f.size,
+            _ => 0,
+        })
+        .sum();
+    let bar = Progress::bytes(progress, "push", total);
+    let cache = index.files(&source.key())?;
+
+    // Stage 1 → 2: chunks to compress. Stage 2 → 3: frames to pack.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+    let (frame_tx, mut frame_rx) = tokio::sync::mpsc::channel::<Frame>(workers * 2);
+
+    let rt = tokio::runtime::Handle::current();
+    let producer = {
+        let (source, rindexes, bar) = (source.clone(), rindexes.clone(), bar.clone());
+        tokio::task::spawn_blocking(move || {
+            produce(
+                &source, listing, &cache, &rindexes, params, &job_tx, &rt, &bar,
+            )
+        })
+    };
+    let mut compressors = Vec::new();
+    for _ in 0..workers {
+        let (rx, tx) = (job_rx.clone(), frame_tx.clone());
+        compressors.push(tokio::task::spawn_blocking(move || {
+            for job in rx {
+                let frame = crate::codec::encode(&job.data, level);
+                let out = Frame {
+                    id: job.id,
+                    raw_len: job.data.len() as u32,
+                    frame,
+                    targets: job.targets,
+                };
+                if tx.blocking_send(out).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop((job_rx, frame_tx));
+
+    let mut uploaders: Vec<PackUploader> = targets
+        .iter()
+        .zip(&rindexes)
+        .map(|((repo, _), ri)| PackUploader::new(repo.clone(), ri.clone(), UPLOADS_IN_FLIGHT))
+        .collect();
+    let mut stored_new = 0u64;
+    let mut raw_new = 0u64;
+    let mut chunks_new = 0u64;
+    while let Some(f) = frame_rx.recv().await {
+        stored_new += f.frame.len() as u64;
+        raw_new += f.raw_len as u64;
+        chunks_new += 1;
+        for (t, up) in uploaders.iter_mut().enumerate() {
+            if f.targets & (1 << t) != 0 {
+                up.add(f.id, &f.frame, f.raw_len).await?;
+            }
+        }
+    }
+    let produced = producer.await.map_err(OpError::join)??;
+    for c in compressors {
+        c.await.map_err(OpError::join)?;
+    }
+    let mut stats = Vec::new();
+    for up in uploaders {
+        bar.set_message(format!("finishing uploads to {}", up.repo().url()));
+        stats.push(up.finish().await?);
+    }
+    bar.finish();
+
+    // Every pack is durable: now the snapshot, then the ref.
+    let mut reports = Vec::new();
+    for ((repo, created), stats) in targets.into_iter().zip(stats) {
+        let head = repo.ref_head(name).await?;
+        let parent = match &head {
+            Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
+            None => None,
+        };
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: humantime::format_rfc3339_seconds(time).to_string(),
+            name: name.to_string(),
+            source: source.key(),
+            parent: parent.as_ref().map(|p| p.0),
+            entries: produced.entries.clone(),
+        };
+        let (id, unchanged) = match parent {
+            Some((pid, p)) if p.same_tree(&snapshot) => (pid, true),
+            _ => {
+                let id = repo
+                    .write_snapshot_bytes(Bytes::from(snapshot.encode()))
+                    .await?;
+                repo.advance_ref(name, id).await?;
+                (id, false)
+            }
+        };
+        reports.push(TargetReport {
+            repo: repo.url(),
+            snapshot: id,
+            unchanged,
+            created,
+            stats,
+        });
+    }
+    index.flush()?;
+
+    let packs_uploaded = reports.iter().map(|r| r.stats.packs_uploaded).sum();
+    let bytes_uploaded = reports.iter().map(|r| r.stats.bytes_uploaded).sum();
+    Ok(PushReport {
+        name: name.to_string(),
+        source: source.key(),
+        files_total: produced.files_read + produced.files_unchanged,
+        files_read: produced.files_read,
+        files_unchanged: produced.files_unchanged,
+        bytes_total: produced.bytes_total,
+        bytes_read: produced.bytes_read,
+        chunks_total: produced.chunks_total,
+        chunks_new,
+        chunks_reused: produced.chunks_total.saturating_sub(chunks_new),
+        packs_uploaded,
+        bytes_uploaded,
+        bytes_new_logical: raw_new,
+        dedup_ratio: ratio(produced.bytes_total, raw_new),
+        compression_ratio: ratio(raw_new, stored_new),
+        duration_secs: started.elapsed().as_secs_f64(),
+        targets: reports,
+    })
+}
+
+/// Reads every file that changed, chunks and hashes it, and sends chunks some repository
+/// lacks to the compressors. Runs on a blocking thread.
+#[allow(clippy::too_many_arguments)]
+fn produce(
+    source: &Source,
+    listing: Vec<SourceEntry>,
+    cache: &FileCache,
+    rindexes: &[RepoIndex],
+    params: crate::chunker::ChunkerParams,
+    jobs: &crossbeam_channel::Sender<Job>,
+    rt: &tokio::runtime::Handle,
+    bar: &Progress,
+) -> Result<Produced, OpError> {
+    let mut out = Produced::default();
+    // Chunks already on their way to each repository in this run.
+    let mut sent: Vec<HashSet<ChunkId>> = vec![HashSet::new(); rindexes.len()];
+    let lacking = |id: &ChunkId, sent: &[HashSet<ChunkId>]| -> Result<u64, OpError> {
+        let mut mask = 0u64;
+        for (t, ri) in rindexes.iter().enumerate() {
+            if !sent[t].contains(id) && !ri.has_chunk(id)? {
+                mask |= 1 << t;
+            }
+        }
+        Ok(mask)
+    };
+    for entry in listing {
+        let file = match entry {
+            SourceEntry::Dir { rel, mode } => {
+                out.entries.push(Entry::Dir { path: rel, mode });
+                continue;
+            }
+            SourceEntry::Symlink { rel, target } => {
+                out.entries.push(Entry::Symlink { path: rel, target });
+                continue;
+            }
+            SourceEntry::File(f) => f,
+        };
+        out.bytes_total += file.size;
+        if let Some(c) = cache.get(&file.rel)? {
+            if c.size == file.size && c.mtime_ns == file.mtime_ns && c.etag == file.etag {
+                let mut complete = true;
+                for ch in &c.chunks {
+                    if lacking(&ch.0, &sent)? != 0 {
+                        complete = false;
+                        break;
+                    }
+                }
+                if complete {
+                    out.files_unchanged += 1;
+                    out.chunks_total += c.chunks.len() as u64;
+                    bar.inc(file.size);
+                    out.entries.push(Entry::File {
+                        path: file.rel,
+                        size: c.size,
+                        mode: file.mode,
+                        mtime_ns: file.mtime_ns,
+                        blake3: c.blake3,
+                        chunks: c.chunks,
+                    });
+                    continue;
+                }
+            }
+        }
+        let reader = source.reader(&file, rt)?;
+        let mut chunker = Chunker::new(reader, params);
+        let mut whole = blake3::Hasher::new();
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        while let Some(data) = chunker
+            .next_chunk()
+            .map_err(|e| OpError::io(source.describe(&file.rel), e))?
+        {
+            whole.update(data);
+            let id = ChunkId::of(data);
+            let len = data.len() as u32;
+            size += len as u64;
+            chunks.push(ChunkRef(id, len));
+            let targets = lacking(&id, &sent)?;
+            if targets != 0 {
+                for (t, s) in sent.iter_mut().enumerate() {
+                    if targets & (1 << t) != 0 {
+                        s.insert(id);
+                    }
+                }
+                let job = Job {
+                    id,
+                    data: data.to_vec(),
+                    targets,
+                };
+                jobs.send(job).map_err(|_| OpError::Cancelled)?;
+            }
+            bar.inc(len as u64);
+        }
+        if size != file.size {
+            tracing::warn!(path = %source.describe(&file.rel), listed = file.size, read = size, "file changed size while it was read");
+            out.bytes_total = out.bytes_total - file.size + size;
+        }
+        out.files_read += 1;
+        out.bytes_read += size;
+        out.chunks_total += chunks.len() as u64;
+        let blake3 = ChunkId::from(whole.finalize());
+        cache.put(
+            &file.rel,
+            &CachedFile {
+                size,
+                mtime_ns: file.mtime_ns,
+                etag: file.etag.clone(),
+                mode: file.mode,
+                blake3,
+                chunks: chunks.clone(),
+            },
+        )?;
+        out.entries.push(Entry::File {
+            path: file.rel,
+            size,
+            mode: file.mode,
+            mtime_ns: file.mtime_ns,
+            blake3,
+            chunks,
+        });
+    }
+    Ok(out)
+}

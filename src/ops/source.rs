@@ -1,0 +1,232 @@
+//! Sources: the trees a push reads, either a local folder (or single file) or the objects
+//! under a store prefix. Lists entries and opens blocking readers over file contents.
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::ops::OpError;
+use crate::repo::snapshot::check_path;
+use crate::store::{Access, Store, StoreUrl};
+
+/// A tree to push.
+#[derive(Clone)]
+pub enum Source {
+    /// A local folder, or a single file (then its name is the only path).
+    Local { root: PathBuf, single_file: bool },
+    /// Plain objects under a store prefix.
+    Objects(Store),
+}
+
+/// A regular file in a source.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Relative `/`-separated path.
+    pub rel: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    /// Object etag (object sources only).
+    pub etag: Option<String>,
+}
+
+/// One entry of a source, in path order.
+#[derive(Debug, Clone)]
+pub enum SourceEntry {
+    File(SourceFile),
+    Dir { rel: String, mode: u32 },
+    Symlink { rel: String, target: String },
+}
+
+impl Source {
+    pub fn open(url: &StoreUrl) -> Result<Self, OpError> {
+        match url {
+            StoreUrl::Local(path) => {
+                let meta = std::fs::metadata(path).map_err(|e| OpError::io(path.display(), e))?;
+                Ok(Source::Local {
+                    root: path.clone(),
+                    single_file: meta.is_file(),
+                })
+            }
+            other => Ok(Source::Objects(Store::open(other, Access::Read)?)),
+        }
+    }
+
+    /// Names the source in the local index's file cache.
+    pub fn key(&self) -> String {
+        match self {
+            Source::Local { root, .. } => format!("file://{}", root.display()),
+            Source::Objects(store) => store.url().to_string(),
+        }
+    }
+
+    /// Every entry, sorted by path (parents before children).
+    pub async fn list(&self) -> Result<Vec<SourceEntry>, OpError> {
+        match self {
+            Source::Local { root, single_file } => {
+                let (root, single) = (root.clone(), *single_file);
+                tokio::task::spawn_blocking(move || list_local(&root, single))
+                    .await
+                    .map_err(OpError::join)?
+            }
+            Source::Objects(store) => {
+                let mut out = Vec::new();
+                for meta in store.list(None).await? {
+                    let rel = meta.location.as_ref().to_string();
+                    check_path(&rel).map_err(|why| OpError::Source {
+                        path: store.object_url(&meta.location),
+                        problem: why.into(),
+                    })?;
+                    out.push(SourceEntry::File(SourceFile {
+                        rel,
+                        size: meta.size,
+                        mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0) as i64,
+                        mode: 0o644,
+                        etag: meta.e_tag,
+                    }));
+                }
+                out.sort_by(|a, b| entry_rel(a).cmp(entry_rel(b)));
+                Ok(out)
+            }
+        }
+    }
+
+    /// A blocking reader over a file's contents. Call from a blocking thread.
+    pub fn reader(
+        &self,
+        file: &SourceFile,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Box<dyn Read + Send>, OpError> {
+        match self {
+            Source::Local { root, single_file } => {
+                let path = if *single_file {
+                    root.clone()
+                } else {
+                    root.join(&file.rel)
+                };
+                let f = std::fs::File::open(&path).map_err(|e| OpError::io(path.display(), e))?;
+                Ok(Box::new(f))
+            }
+            Source::Objects(store) => {
+                let path = object_store::path::Path::from(file.rel.as_str());
+                let url = store.object_url(&path);
+                let os = store.object_store().clone();
+                let got = rt
+                    .block_on(async move { os.get(&path).await })
+                    .map_err(|e| OpError::Source {
+                        path: url,
+                        problem: e.to_string(),
+                    })?;
+                let stream = got.into_stream().map_err(std::io::Error::other);
+                Ok(Box::new(SyncIoBridge::new_with_handle(
+                    StreamReader::new(stream),
+                    rt.clone(),
+                )))
+            }
+        }
+    }
+
+    /// Where a relative path lives, for messages.
+    pub fn describe(&self, rel: &str) -> String {
+        match self {
+            Source::Local {
+                root,
+                single_file: true,
+            } => root.display().to_string(),
+            Source::Local { root, .. } => root.join(rel).display().to_string(),
+            Source::Objects(store) => store.url().join(rel),
+        }
+    }
+}
+
+pub fn entry_rel(e: &SourceEntry) -> &str {
+    match e {
+        SourceEntry::File(f) => &f.rel,
+        SourceEntry::Dir { rel, .. } | SourceEntry::Symlink { rel, .. } => rel,
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime() as i64 * 1_000_000_000 + meta.mtime_nsec() as i64
+}
+
+fn list_local(root: &Path, single_file: bool) -> Result<Vec<SourceEntry>, OpError> {
+    if single_file {
+        let meta = std::fs::metadata(root).map_err(|e| OpError::io(root.display(), e))?;
+        let name = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| OpError::Source {
+                path: root.display().to_string(),
+                problem: "file name is not UTF-8".into(),
+            })?;
+        return Ok(vec![SourceEntry::File(SourceFile {
+            rel: name.to_string(),
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            mode: meta.permissions().mode() & 0o7777,
+            etag: None,
+        })]);
+    }
+    let mut out = Vec::new();
+    walk(root, "", &mut out)?;
+    Ok(out)
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<(), OpError> {
+    let mut children: Vec<(String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| OpError::io(dir.display(), e))? {
+        let entry = entry.map_err(|e| OpError::io(dir.display(), e))?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| OpError::Source {
+                path: dir.join(n).display().to_string(),
+                problem: "file name is not UTF-8; ferry stores UTF-8 paths".into(),
+            })?;
+        children.push((name, entry.path()));
+    }
+    children.sort();
+    for (name, path) in children {
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| OpError::io(path.display(), e))?;
+        let ft = meta.file_type();
+        let mode = meta.permissions().mode() & 0o7777;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| OpError::io(path.display(), e))?;
+            let target = target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| OpError::Source {
+                    path: path.display().to_string(),
+                    problem: "symlink target is not UTF-8".into(),
+                })?;
+            out.push(SourceEntry::Symlink { rel, target });
+        } else if ft.is_dir() {
+            out.push(SourceEntry::Dir {
+                rel: rel.clone(),
+                mode,
+            });
+            walk(&path, &rel, out)?;
+        } else if ft.is_file() {
+            out.push(SourceEntry::File(SourceFile {
+                rel,
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+                mode,
+                etag: None,
+            }));
+        } else {
+            tracing::warn!(path = %path.display(), "skipping a special file (socket, fifo or device)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Verify: checks a repository's structure (configs, pack indexes, snapshots, refs) and,
+//! with `--read-data`, re-reads every pack and re-hashes every chunk.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::ids::{ChunkId, PackId};
+use crate::ops::OpError;
+use crate::repo::pack::read_pack_table;
+use crate::repo::{index_path, snapshot_path, Repository};
+
+/// One problem found, with the object that holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub object: String,
+    pub problem: String,
+}
+
+/// The outcome of a verify.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub repo: String,
+    pub ok: bool,
+    pub problems: Vec<Problem>,
+    /// Harmless findings, e.g. packs left without an index by an interrupted push.
+    pub notes: Vec<Problem>,
+    pub packs_checked: u64,
+    pub chunks_checked: u64,
+    pub snapshots_checked: u64,
+    pub duration_secs: f64,
+}
+
+/// At most this many bad chunks are listed per pack.
+const CHUNK_PROBLEMS_PER_PACK: usize = 5;
+
+pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, OpError> {
+    let started = Instant::now();
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut problem = |object: String, p: String| problems.push(Problem { object, problem: p });
+
+    let packs: HashMap<PackId, u64> = repo
+        .list_packs()
+        .await?
+        .into_iter()
+        .map(|(id, size, _)| (id, size))
+        .collect();
+    let mut chunks: HashSet<ChunkId> = HashSet::new();
+    let mut indexed = Vec::new();
+    for id in repo.list_pack_indexes().await? {
+        let url = repo.store().object_url(&index_path(&id));
+        match repo.read_pack_index(&id).await {
+            Ok(idx) => {
+                match packs.get(&id) {
+                    None => problem(url, format!("its pack {} is missing", repo.pack_url(&id))),
+                    Some(size) if *size != idx.pack_size => problem(
+                        repo.pack_url(&id),
+                        format!(
+                            "size {size} differs from the {} its index records",
+                            idx.pack_size
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+                chunks.extend(idx.entries.iter().map(|e| e.chunk));
+                indexed.push(idx);
+            }
+            Err(e) => problem(url, e.to_string()),
+        }
+    }
+    let indexed_ids: HashSet<PackId> = indexed.iter().map(|i| i.pack).collect();
+    for id in packs.keys().filter(|id| !indexed_ids.contains(id)) {
+        notes.push(Problem {
+            object: repo.pack_url(id),
+            problem: "pack has no index (left by an interrupted push; unused)".into(),
+        });
+    }
+
+    let snapshot_ids = repo.list_snapshots().await?;
+    let snapshot_set: HashSet<_> = snapshot_ids.iter().copied().collect();
+    for id in &snapshot_ids {
+        let url = repo.store().object_url(&snapshot_path(id));
+        match repo.read_snapshot(id).await {
+            Ok(snap) => {
+                let missing: Vec<_> = snap.chunks().filter(|c| !chunks.contains(&c.0)).collect();
+                if let Some(first) = missing.first() {
+                    problem(
+                        url,
+                        format!(
+                            "references {} chunks no pack holds (first: {})",
+                            missing.len(),
+                            first.0
+                        ),
+                    );
+                }
+            }
+            Err(e) => problem(url, e.to_string()),
+        }
+    }
+    for name in repo.ref_names().await? {
+        match repo.ref_log(&name).await {
+            Ok(log) => {
+                for e in log.iter().filter(|e| !snapshot_set.contains(&e.snapshot)) {
+                    problem(
+                        repo.store()
+                            .url()
+                            .join(&format!("refs/{name}/{:020}", e.seq)),
+                        format!("points to missing snapshot {}", e.snapshot),
+                    );
+                }
+            }
+            Err(e) => problem(
+                repo.store().url().join(&format!("refs/{name}")),
+                e.to_string(),
+            ),
+        }
+    }
+
+    let mut chunks_checked = 0;
+    if read_data {
+        for idx in &indexed {
+            if !packs.contains_key(&idx.pack) {
+                continue;
+            }
+            let url = repo.pack_url(&idx.pack);
+            let data = match repo.read_pack(&idx.pack).await {
+                Ok(d) => d,
+                Err(e) => {
+                    problem(url, e.to_string());
+                    continue;
+                }
+            };
+            let entries = idx.entries.clone();
+            let pack_id = idx.pack;
+            let found = tokio::task::spawn_blocking(move || check_pack(&pack_id, &data, &entries))
+                .await
+                .map_err(OpError::join)?;
+            chunks_checked += idx.entries.len() as u64;
+            for p in found {
+                problem(url.clone(), p);
+            }
+        }
+    }
+    let ok = problems.is_empty();
+    Ok(VerifyReport {
+        repo: repo.url(),
+        ok,
+        problems,
+        notes,
+        packs_checked: indexed.len() as u64,
+        chunks_checked,
+        snapshots_checked: snapshot_ids.len() as u64,
+        duration_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Re-hashes a pack and every chunk in it; returns what is wrong.
+fn check_pack(id: &PackId, data: &[u8], entries: &[crate::repo::pack::PackEntry]) -> Vec<String> {
+    let mut out = Vec::new();
+    let actual = PackId::of(data);
+    if actual != *id {
+        out.push(format!("content hashes to {actual}, not its id"));
+    }
+    match read_pack_table(data) {
+        Ok(table) if table != entries => out.push("its table differs from its index".into()),
+        Ok(_) => {}
+        Err(e) => out.push(format!("table unreadable: {e}")),
+    }
+    let mut bad = 0;
+    for e in entries {
+        let r = e.range();
+        let Some(frame) = data.get(r.start as usize..r.end as usize) else {
+            out.push(format!("chunk {} lies past the end of the pack", e.chunk));
+            continue;
+        };
+        if let Err(err) = crate::codec::decode(frame, e.raw_len as usize, &e.chunk) {
+            bad += 1;
+            if bad <= CHUNK_PROBLEMS_PER_PACK {
+                out.push(format!("chunk {} at offset {}: {err}", e.chunk, e.offset));
+            }
+        }
+    }
+    if bad > CHUNK_PROBLEMS_PER_PACK {
+        out.push(format!("{} more bad chunks", bad - CHUNK_PROBLEMS_PER_PACK));
+    }
+    out
+}

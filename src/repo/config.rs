@@ -1,0 +1,123 @@
+//! The repository config object (`config`): format version, repository id, chunker
+//! parameters, pack size and compression. Written once at init, never changed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+
+/// Highest repository format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Marker that tells a ferry config from any other JSON object.
+pub const FORMAT_NAME: &str = "ferry-repository";
+
+/// Persisted form of the config (JSON). Kept apart from in-memory types on purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub format: String,
+    pub version: u32,
+    /// Random id; the local index keys everything it knows about this repository by it.
+    pub id: String,
+    pub chunker: ChunkerParams,
+    /// Target size of a pack object in bytes.
+    pub pack_size: u64,
+    /// zstd level used for new chunks.
+    pub zstd_level: i32,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// Pack size bounds: below 1 MiB request costs dominate, above 1 GiB memory does.
+pub const PACK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
+/// Default pack size, 32 MiB: in the 16–64 MiB range the industry settled on.
+pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
+/// Default zstd level: fast enough to keep up with two cores' hashing.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+impl RepoConfig {
+    pub fn new(chunker: ChunkerParams, pack_size: u64) -> Self {
+        Self {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            chunker,
+            pack_size,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        }
+    }
+
+    /// The same parameters under a new id (for a replication target).
+    pub fn derived(&self) -> Self {
+        let mut c = Self::new(self.chunker, self.pack_size);
+        c.zstd_level = self.zstd_level;
+        c
+    }
+
+    /// Parses and checks a config object's bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let probe: Probe =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a ferry config: {e}"))?;
+        if probe.format.as_deref() != Some(FORMAT_NAME) {
+            return Err("not a ferry repository config".into());
+        }
+        match probe.version {
+            Some(v) if v > FORMAT_VERSION => {
+                return Err(format!(
+                    "format version {v} is newer than this ferry reads ({FORMAT_VERSION}): upgrade ferry"
+                ))
+            }
+            Some(_) => {}
+            None => return Err("config has no version".into()),
+        }
+        let cfg: RepoConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid config: {e}"))?;
+        cfg.chunker.validate().map_err(|e| e.to_string())?;
+        if !PACK_SIZE_RANGE.contains(&cfg.pack_size) {
+            return Err(format!("pack size {} out of range", cfg.pack_size));
+        }
+        if cfg.id.is_empty() || !cfg.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err("config id must be alphanumeric".into());
+        }
+        if !(-7..=22).contains(&cfg.zstd_level) {
+            return Err(format!("zstd level {} out of range", cfg.zstd_level));
+        }
+        Ok(cfg)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("config serializes");
+        out.push(b'\n');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejects() {
+        let cfg = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+        assert_eq!(RepoConfig::decode(&cfg.encode()).unwrap(), cfg);
+        assert!(RepoConfig::decode(b"{}")
+            .unwrap_err()
+            .contains("not a ferry"));
+        assert!(RepoConfig::decode(b"\x00garbage").is_err());
+        let newer = String::from_utf8(cfg.encode())
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 99");
+        assert!(RepoConfig::decode(newer.as_bytes())
+            .unwrap_err()
+            .contains("upgrade"));
+        let unknown = String::from_utf8(cfg.encode())
+            .unwrap()
+            .replacen('{', "{\"extra\": 1,", 1);
+        assert!(RepoConfig::decode(unknown.as_bytes()).is_err());
+    }
+}

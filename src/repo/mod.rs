@@ -1,0 +1,427 @@
+//! The repository: content-addressed storage on one store (config, packs, pack indexes,
+//! snapshots, refs) and the only code that knows its layout.
+//!
+//! Write order is packs → pack index → snapshot → ref; nothing is referenced before it is
+//! durable, so a crash anywhere leaves a valid repository.
+
+pub mod config;
+pub mod pack;
+pub mod snapshot;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{PackId, SnapshotId};
+use crate::store::{Store, StoreError};
+pub use config::RepoConfig;
+use pack::{PackIndex, SealedPack};
+pub use snapshot::Snapshot;
+
+/// Errors about a repository. Each names the object or location concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "no ferry repository at {url}: run `ferry init {url}` first, or push to an empty location"
+    )]
+    NotARepo { url: String },
+    #[error("{url} is not empty and holds no ferry repository: choose an empty location")]
+    Occupied { url: String },
+    #[error("{url} already holds a ferry repository")]
+    Exists { url: String },
+    #[error("{object}: {problem}")]
+    Corrupt { object: String, problem: String },
+    #[error(
+        "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
+    )]
+    BadRefName { name: String },
+    #[error("{spec:?} not found in {url}: `ferry snapshots {url}` lists what is there")]
+    NoSuchSnapshot { spec: String, url: String },
+    #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
+    RefContention { name: String, url: String },
+}
+
+/// One entry in a ref's log: `refs/<name>/<seq>`, written once with If-None-Match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefEntry {
+    pub name: String,
+    pub seq: u64,
+    pub snapshot: SnapshotId,
+    pub time: String,
+}
+
+/// An opened repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Store,
+    config: RepoConfig,
+}
+
+fn config_path() -> Path {
+    Path::from("config")
+}
+
+pub fn pack_path(id: &PackId) -> Path {
+    let hex = id.to_hex();
+    Path::from(format!("packs/{}/{}", &hex[..2], hex))
+}
+
+pub fn index_path(id: &PackId) -> Path {
+    Path::from(format!("index/{id}"))
+}
+
+pub fn snapshot_path(id: &SnapshotId) -> Path {
+    Path::from(format!("snapshots/{id}"))
+}
+
+fn ref_path(name: &str, seq: u64) -> Path {
+    Path::from(format!("refs/{name}/{seq:020}"))
+}
+
+/// Checks a ref name: letters, digits, `.`, `_`, `-`; not starting with `.`; ≤ 128 bytes.
+pub fn check_ref_name(name: &str) -> Result<(), RepoError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RepoError::BadRefName { name: name.into() })
+    }
+}
+
+impl Repository {
+    /// Opens the repository at `store`; fails if there is none.
+    pub async fn open(store: Store) -> Result<Self, RepoError> {
+        match Self::read_config(&store).await? {
+            Some(config) => Ok(Self { store, config }),
+            None => {
+                // Listing proves the bucket/container exists before blaming the prefix.
+                store.is_empty().await?;
+                Err(RepoError::NotARepo {
+                    url: store.url().to_string(),
+                })
+            }
+        }
+    }
+
+    /// Creates a repository at an empty location.
+    pub async fn init(store: Store, config: RepoConfig) -> Result<Self, RepoError> {
+        if Self::read_config(&store).await?.is_some() {
+            return Err(RepoError::Exists {
+                url: store.url().to_string(),
+            });
+        }
+        if !store.is_empty().await? {
+            return Err(RepoError::Occupied {
+                url: store.url().to_string(),
+            });
+        }
+        if !store
+            .put_new(&config_path(), Bytes::from(config.encode()))
+            .await?
+        {
+            // Another process initialized it first: use theirs.
+            return Self::open(store).await;
+        }
+        Ok(Self { store, config })
+    }
+
+    /// Opens the repository, or initializes an empty location with `config()`.
+    /// Returns whether it was created.
+    pub async fn open_or_init(
+        store: Store,
+        config: impl FnOnce() -> RepoConfig,
+    ) -> Result<(Self, bool), RepoError> {
+        if let Some(existing) = Self::read_config(&store).await? {
+            return Ok((
+                Self {
+                    store,
+                    config: existing,
+                },
+                false,
+            ));
+        }
+        let repo = Self::init(store, config()).await?;
+        Ok((repo, true))
+    }
+
+    async fn read_config(store: &Store) -> Result<Option<RepoConfig>, RepoError> {
+        let Some(bytes) = store.get_opt(&config_path()).await? else {
+            return Ok(None);
+        };
+        RepoConfig::decode(&bytes)
+            .map(Some)
+            .map_err(|problem| RepoError::Corrupt {
+                object: store.object_url(&config_path()),
+                problem,
+            })
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn url(&self) -> String {
+        self.store.url().to_string()
+    }
+
+    fn corrupt(&self, path: &Path, problem: impl Into<String>) -> RepoError {
+        RepoError::Corrupt {
+            object: self.store.object_url(path),
+            problem: problem.into(),
+        }
+    }
+
+    /// Writes a sealed pack, then its index. Returns the bytes written.
+    pub async fn write_pack(&self, pack: &SealedPack) -> Result<u64, RepoError> {
+        self.store
+            .put(&pack_path(&pack.id), pack.data.clone())
+            .await?;
+        let index = PackIndex {
+            pack: pack.id,
+            pack_size: pack.data.len() as u64,
+            entries: pack.entries.clone(),
+        }
+        .encode();
+        let index_len = index.len() as u64;
+        self.store
+            .put(&index_path(&pack.id), Bytes::from(index))
+            .await?;
+        Ok(pack.data.len() as u64 + index_len)
+    }
+
+    /// Ids of every pack that has an index.
+    pub async fn list_pack_indexes(&self) -> Result<Vec<PackId>, RepoError> {
+        let prefix = Path::from("index");
+        let mut ids = Vec::new();
+        for meta in self.store.list(Some(&prefix)).await? {
+            match meta.location.filename().and_then(|n| n.parse().ok()) {
+                Some(id) => ids.push(id),
+                None => {
+                    tracing::warn!(object = %self.store.object_url(&meta.location), "ignoring a stray object under index/")
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Every pack object with its size.
+    pub async fn list_packs(&self) -> Result<Vec<(PackId, u64, Path)>, RepoError> {
+        let prefix = Path::from("packs");
+        Ok(self
+            .store
+            .list(Some(&prefix))
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let id = m.location.filename()?.parse().ok()?;
+                Some((id, m.size, m.location))
+            })
+            .collect())
+    }
+
+    pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
+        let path = index_path(id);
+        let bytes = self.store.get(&path).await?;
+        let idx = PackIndex::decode(&bytes).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        if idx.pack != *id {
+            return Err(self.corrupt(&path, format!("describes pack {} instead", idx.pack)));
+        }
+        Ok(idx)
+    }
+
+    /// Reads a byte range of a pack (one or more adjacent frames).
+    pub async fn read_pack_range(
+        &self,
+        id: &PackId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, RepoError> {
+        let path = pack_path(id);
+        let len = range.end - range.start;
+        let bytes = self.store.get_range(&path, range).await?;
+        if bytes.len() as u64 != len {
+            return Err(self.corrupt(&path, format!("short read: {} of {len} bytes", bytes.len())));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a whole pack object.
+    pub async fn read_pack(&self, id: &PackId) -> Result<Bytes, RepoError> {
+        Ok(self.store.get(&pack_path(id)).await?)
+    }
+
+    pub fn pack_url(&self, id: &PackId) -> String {
+        self.store.object_url(&pack_path(id))
+    }
+
+    /// Writes an encoded snapshot under its id. Idempotent.
+    pub async fn write_snapshot_bytes(&self, encoded: Bytes) -> Result<SnapshotId, RepoError> {
+        let id = Snapshot::id_of(&encoded);
+        let path = snapshot_path(&id);
+        // Content addressed: an existing object with this name already holds these bytes.
+        self.store.put_new(&path, encoded).await?;
+        Ok(id)
+    }
+
+    pub async fn read_snapshot_bytes(&self, id: &SnapshotId) -> Result<Bytes, RepoError> {
+        let path = snapshot_path(id);
+        let bytes = self.store.get(&path).await?;
+        if SnapshotId::of(&bytes) != *id {
+            return Err(self.corrupt(&path, "content does not match its id"));
+        }
+        Ok(bytes)
+    }
+
+    pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
+        let bytes = self.read_snapshot_bytes(id).await?;
+        Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p))
+    }
+
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
+        let prefix = Path::from("snapshots");
+        Ok(self
+            .store
+            .list(Some(&prefix))
+            .await?
+            .into_iter()
+            .filter_map(|m| m.location.filename()?.parse().ok())
+            .collect())
+    }
+
+    /// The log of one ref, oldest first.
+    pub async fn ref_log(&self, name: &str) -> Result<Vec<RefEntry>, RepoError> {
+        check_ref_name(name)?;
+        let prefix = Path::from(format!("refs/{name}"));
+        let mut metas = self.store.list(Some(&prefix)).await?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            out.push(self.read_ref_entry(&m.location).await?);
+        }
+        Ok(out)
+    }
+
+    async fn read_ref_entry(&self, path: &Path) -> Result<RefEntry, RepoError> {
+        let bytes = self.store.get(path).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(path, format!("invalid ref entry: {e}")))
+    }
+
+    /// The newest entry of a ref, if it has any.
+    pub async fn ref_head(&self, name: &str) -> Result<Option<RefEntry>, RepoError> {
+        check_ref_name(name)?;
+        let prefix = Path::from(format!("refs/{name}"));
+        let newest = self
+            .store
+            .list(Some(&prefix))
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .max();
+        match newest {
+            Some(path) => Ok(Some(self.read_ref_entry(&path).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Names of all refs.
+    pub async fn ref_names(&self) -> Result<Vec<String>, RepoError> {
+        let prefix = Path::from("refs");
+        let mut names: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .await?
+            .into_iter()
+            .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_string()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Appends `snapshot` to the ref's log by conditional create; a concurrent writer that
+    /// takes the same sequence number makes this one retry on top of it, so no snapshot is
+    /// lost and the log stays linear. Does nothing if the ref already points there.
+    pub async fn advance_ref(
+        &self,
+        name: &str,
+        snapshot: SnapshotId,
+    ) -> Result<RefEntry, RepoError> {
+        check_ref_name(name)?;
+        for _ in 0..64 {
+            let head = self.ref_head(name).await?;
+            if let Some(h) = &head {
+                if h.snapshot == snapshot {
+                    return Ok(h.clone());
+                }
+            }
+            let entry = RefEntry {
+                name: name.to_string(),
+                seq: head.map_or(1, |h| h.seq + 1),
+                snapshot,
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            };
+            let body = serde_json::to_vec(&entry).expect("ref entry serializes");
+            if self
+                .store
+                .put_new(&ref_path(name, entry.seq), Bytes::from(body))
+                .await?
+            {
+                return Ok(entry);
+            }
+            tracing::debug!(name, seq = entry.seq, "ref moved concurrently; retrying");
+        }
+        Err(RepoError::RefContention {
+            name: name.into(),
+            url: self.url(),
+        })
+    }
+
+    /// Resolves `NAME`, `NAME@SEQ` or `NAME@<snapshot id or unique prefix>` to a snapshot id.
+    pub async fn resolve(&self, spec: &str) -> Result<SnapshotId, RepoError> {
+        let missing = || RepoError::NoSuchSnapshot {
+            spec: spec.into(),
+            url: self.url(),
+        };
+        let (name, at) = match spec.split_once('@') {
+            Some((n, a)) => (n, Some(a)),
+            None => (spec, None),
+        };
+        let log = self.ref_log(name).await?;
+        match at {
+            None | Some("latest") => log.last().map(|e| e.snapshot).ok_or_else(missing),
+            Some(at) => {
+                if let Ok(seq) = at.parse::<u64>() {
+                    if at.len() < 20 {
+                        return log
+                            .iter()
+                            .find(|e| e.seq == seq)
+                            .map(|e| e.snapshot)
+                            .ok_or_else(missing);
+                    }
+                }
+                let at = at.to_ascii_lowercase();
+                let mut hits = log.iter().filter(|e| e.snapshot.to_hex().starts_with(&at));
+                match (hits.next(), hits.next()) {
+                    (Some(e), None) => Ok(e.snapshot),
+                    _ => Err(missing()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Packs and pack indexes: the binary formats (see FORMAT.md) and a builder that gathers
+//! frames into a pack.
+//!
+//! A pack is `magic | frames… | table | trailer`; its pack index object repeats the table so a
+//! client learns a repository's chunk set without reading packs.
+
+use bytes::Bytes;
+
+use crate::ids::{ChunkId, PackId};
+
+const PACK_MAGIC: &[u8; 8] = b"FRYPACK1";
+const PACK_END: &[u8; 8] = b"FRYPEND1";
+const INDEX_MAGIC: &[u8; 8] = b"FRYIDX01";
+/// One table entry: chunk id, frame offset, frame length, raw length.
+pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
+/// Trailer: table offset (u64), entry count (u32), BLAKE3 of the table (32), end magic (8).
+const TRAILER_LEN: usize = 8 + 4 + 32 + 8;
+
+/// Where one chunk's frame sits in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub chunk: ChunkId,
+    /// Byte offset of the frame from the start of the pack.
+    pub offset: u64,
+    /// Frame length (codec byte + payload).
+    pub frame_len: u32,
+    /// Length of the chunk's raw bytes.
+    pub raw_len: u32,
+}
+
+impl PackEntry {
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + self.frame_len as u64
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.chunk.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.frame_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+    }
+
+    fn read(b: &[u8]) -> Self {
+        Self {
+            chunk: ChunkId::from_slice(b).expect("entry slice holds an id"),
+            offset: u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
+            frame_len: u32::from_le_bytes(b[40..44].try_into().expect("4 bytes")),
+            raw_len: u32::from_le_bytes(b[44..48].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+/// A pack or pack index that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum PackFormatError {
+    #[error("too short ({0} bytes)")]
+    TooShort(usize),
+    #[error("bad magic: not a ferry {0} (or a newer format version)")]
+    Magic(&'static str),
+    #[error("table checksum mismatch")]
+    Checksum,
+    #[error("table is inconsistent: {0}")]
+    Table(String),
+}
+
+/// Gathers frames into one pack in memory.
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack, ready to upload.
+pub struct SealedPack {
+    pub id: PackId,
+    pub data: Bytes,
+    pub entries: Vec<PackEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        Self {
+            buf: PACK_MAGIC.to_vec(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes gathered so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn add(&mut self, chunk: ChunkId, frame: &[u8], raw_len: u32) {
+        self.entries.push(PackEntry {
+            chunk,
+            offset: self.buf.len() as u64,
+            frame_len: frame.len() as u32,
+            raw_len,
+        });
+        self.buf.extend_from_slice(frame);
+    }
+
+    /// Appends the table and trailer; the pack id is the BLAKE3 of the whole object.
+    pub fn seal(self) -> SealedPack {
+        let Self { mut buf, entries } = self;
+        let table_offset = buf.len() as u64;
+        let mut table = Vec::with_capacity(entries.len() * ENTRY_LEN);
+        for e in &entries {
+            e.write(&mut table);
+        }
+        buf.extend_from_slice(&table);
+        buf.extend_from_slice(&table_offset.to_le_bytes());
+        buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        buf.extend_from_slice(blake3::hash(&table).as_bytes());
+        buf.extend_from_slice(PACK_END);
+        SealedPack {
+            id: PackId::of(&buf),
+            data: Bytes::from(buf),
+            entries,
+        }
+    }
+}
+
+fn parse_entries(table: &[u8], limit: u64) -> Result<Vec<PackEntry>, PackFormatError> {
+    let entries: Vec<PackEntry> = table.chunks_exact(ENTRY_LEN).map(PackEntry::read).collect();
+    for e in &entries {
+        if e.frame_len == 0 || e.offset < PACK_MAGIC.len() as u64 || e.range().end > limit {
+            return Err(PackFormatError::Table(format!(
+                "chunk {} has frame {}..{} outside the data area",
+                e.chunk,
+                e.offset,
+                e.range().end
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+/// Reads the table from a whole pack object.
+pub fn read_pack_table(pack: &[u8]) -> Result<Vec<PackEntry>, PackFormatError> {
+    if pack.len() < PACK_MAGIC.len() + TRAILER_LEN {
+        return Err(PackFormatError::TooShort(pack.len()));
+    }
+    if &pack[..8] != PACK_MAGIC || &pack[pack.len() - 8..] != PACK_END {
+        return Err(PackFormatError::Magic("pack"));
+    }
+    let t = &pack[pack.len() - TRAILER_LEN..];
+    let table_offset = u64::from_le_bytes(t[0..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(t[8..12].try_into().expect("4 bytes")) as u64;
+    let table_end = (pack.len() - TRAILER_LEN) as u64;
+    if table_offset < 8
+        || table_offset > table_end
+        || table_end - table_offset != count * ENTRY_LEN as u64
+    {
+        return Err(PackFormatError::Table(
+            "table size does not match its entry count".into(),
+        ));
+    }
+    let table = &pack[table_offset as usize..table_end as usize];
+    if blake3::hash(table).as_bytes() != &t[12..44] {
+        return Err(PackFormatError::Checksum);
+    }
+    parse_entries(table, table_offset)
+}
+
+/// A pack index object: which chunks a pack holds and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackIndex {
+    pub pack: PackId,
+    pub pack_size: u64,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackIndex {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 32 + 8 + 4 + self.entries.len() * ENTRY_LEN + 32);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&self.pack.0);
+        out.extend_from_slice(&self.pack_size.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            e.write(&mut out);
+        }
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, PackFormatError> {
+        const HEAD: usize = 8 + 32 + 8 + 4;
+        if b.len() < HEAD + 32 {
+            return Err(PackFormatError::TooShort(b.len()));
+        }
+        if &b[..8] != INDEX_MAGIC {
+            return Err(PackFormatError::Magic("pack index"));
+        }
+        let (body, sum) = b.split_at(b.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(PackFormatError::Checksum);
+        }
+        let pack = PackId::from_slice(&body[8..40]).expect("32 bytes");
+        let pack_size = u64::from_le_bytes(body[40..48].try_into().expect("8 bytes"));
+        let count = u32::from_le_bytes(body[48..52].try_into().expect("4 bytes")) as usize;
+        let table = &body[HEAD..];
+        if table.len() != count * ENTRY_LEN {
+            return Err(PackFormatError::Table(
+                "entry count does not match the table size".into(),
+            ));
+        }
+        let entries = parse_entries(table, pack_size)?;
+        Ok(Self {
+            pack,
+            pack_size,
+            entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn build(chunks: &[Vec<u8>]) -> SealedPack {
+        let mut b = PackBuilder::new();
+        for c in chunks {
+            let frame = crate::codec::encode(c, 1);
+            b.add(ChunkId::of(c), &frame, c.len() as u32);
+        }
+        b.seal()
+    }
+
+    #[test]
+    fn corruption_and_truncation_are_errors() {
+        let pack = build(&[b"aaaa".repeat(50), b"bbb".to_vec()]);
+        let mut bad = pack.data.to_vec();
+        let n = bad.len();
+        bad[n - 20] ^= 1;
+        assert!(read_pack_table(&bad).is_err());
+        assert!(read_pack_table(&pack.data[..pack.data.len() - 1]).is_err());
+        assert!(read_pack_table(b"short").is_err());
+        let idx = PackIndex {
+            pack: pack.id,
+            pack_size: pack.data.len() as u64,
+            entries: pack.entries.clone(),
+        }
+        .encode();
+        assert!(PackIndex::decode(&idx[..idx.len() - 3]).is_err());
+        let mut flipped = idx.clone();
+        flipped[50] ^= 4;
+        assert!(matches!(
+            PackIndex::decode(&flipped),
+            Err(PackFormatError::Checksum)
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn pack_and_index_round_trip(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..2000), 0..20)) {
+            let pack = build(&chunks);
+            prop_assert_eq!(pack.id, PackId::of(&pack.data));
+            let table = read_pack_table(&pack.data).unwrap();
+            prop_assert_eq!(&table, &pack.entries);
+            for (e, c) in table.iter().zip(&chunks) {
+                let frame = &pack.data[e.offset as usize..e.range().end as usize];
+                prop_assert_eq!(&crate::codec::decode(frame, e.raw_len as usize, &e.chunk).unwrap(), c);
+            }
+            let idx = PackIndex { pack: pack.id, pack_size: pack.data.len() as u64, entries: table };
+            prop_assert_eq!(PackIndex::decode(&idx.encode()).unwrap(), idx);
+        }
+    }
+}

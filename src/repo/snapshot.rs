@@ -1,0 +1,256 @@
+//! Snapshots: immutable records of a tree (paths, sizes, modes, times, whole-file BLAKE3 and
+//! chunk lists). Stored as `FRYSNAP1` + zstd(JSON); the snapshot id is the object's BLAKE3.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChunkId, SnapshotId};
+
+const MAGIC: &[u8; 8] = b"FRYSNAP1";
+/// Snapshot JSON version this build writes and the highest it reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+/// A snapshot larger than this once decompressed is refused (hostile input guard).
+const MAX_JSON: usize = 4 << 30;
+
+/// A snapshot as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub version: u32,
+    /// RFC 3339 time the push finished reading the source.
+    pub time: String,
+    /// The ref this snapshot was pushed under.
+    pub name: String,
+    /// Where the tree came from (URL or path), for people.
+    pub source: String,
+    /// The ref's head the push compared against, if any.
+    pub parent: Option<SnapshotId>,
+    /// Entries sorted by path; parents come before children.
+    pub entries: Vec<Entry>,
+}
+
+/// One path in a snapshot. Paths are relative, `/`-separated, without `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Entry {
+    File {
+        path: String,
+        size: u64,
+        mode: u32,
+        mtime_ns: i64,
+        /// BLAKE3 of the whole file.
+        blake3: ChunkId,
+        chunks: Vec<ChunkRef>,
+    },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+}
+
+/// A chunk of a file: its id and raw length. Serialized as `["hex", len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef(pub ChunkId, pub u32);
+
+impl Entry {
+    pub fn path(&self) -> &str {
+        match self {
+            Entry::File { path, .. } | Entry::Dir { path, .. } | Entry::Symlink { path, .. } => {
+                path
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::File { .. } => "file",
+            Entry::Dir { .. } => "dir",
+            Entry::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Entry::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn files(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e, Entry::File { .. }))
+            .count()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(Entry::size).sum()
+    }
+
+    /// Every chunk the snapshot references, in order of appearance (with repeats).
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.entries.iter().flat_map(|e| match e {
+            Entry::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        })
+    }
+
+    /// True when both describe the same tree (ignores time, parent and source).
+    pub fn same_tree(&self, other: &Snapshot) -> bool {
+        self.entries == other.entries
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("snapshot serializes");
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&zstd::bulk::compress(&json, 3).expect("zstd compresses a buffer"));
+        out
+    }
+
+    /// Parses a snapshot object and checks every path and each file's chunk lengths.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let body = bytes
+            .strip_prefix(MAGIC)
+            .ok_or("bad magic: not a ferry snapshot (or a newer format version)")?;
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(body)
+            .and_then(|d| std::io::Read::take(d, MAX_JSON as u64 + 1).read_to_end(&mut json))
+            .map_err(|e| format!("does not decompress: {e}"))?;
+        if json.len() > MAX_JSON {
+            return Err("larger than 4 GiB once decompressed".into());
+        }
+        #[derive(Deserialize)]
+        struct Probe {
+            version: u32,
+        }
+        let probe: Probe =
+            serde_json::from_slice(&json).map_err(|e| format!("invalid snapshot: {e}"))?;
+        if probe.version > SNAPSHOT_VERSION {
+            return Err(format!(
+                "snapshot version {} is newer than this ferry reads: upgrade ferry",
+                probe.version
+            ));
+        }
+        let snap: Snapshot =
+            serde_json::from_slice(&json).map_err(|e| format!("invalid snapshot: {e}"))?;
+        for e in &snap.entries {
+            check_path(e.path()).map_err(|why| format!("entry {:?}: {why}", e.path()))?;
+            if let Entry::File { size, chunks, .. } = e {
+                let sum: u64 = chunks.iter().map(|c| c.1 as u64).sum();
+                if sum != *size {
+                    return Err(format!(
+                        "entry {:?}: chunk lengths add up to {sum}, not {size}",
+                        e.path()
+                    ));
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    pub fn id_of(encoded: &[u8]) -> SnapshotId {
+        SnapshotId::of(encoded)
+    }
+}
+
+/// Checks a snapshot path: relative, `/`-separated, no empty, `.` or `..` parts, no NUL.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("empty path");
+    }
+    if path.starts_with('/') || path.starts_with('\\') || path.contains(':') && cfg!(windows) {
+        return Err("absolute path");
+    }
+    if path.contains('\0') {
+        return Err("NUL in path");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return Err("empty path component"),
+            "." | ".." => return Err("'.' or '..' in path"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        let data = b"hello world";
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: "2026-01-01T00:00:00Z".into(),
+            name: "m".into(),
+            source: "/src".into(),
+            parent: None,
+            entries: vec![
+                Entry::Dir {
+                    path: "d".into(),
+                    mode: 0o755,
+                },
+                Entry::File {
+                    path: "d/f".into(),
+                    size: data.len() as u64,
+                    mode: 0o644,
+                    mtime_ns: 1,
+                    blake3: ChunkId::of(data),
+                    chunks: vec![ChunkRef(ChunkId::of(data), data.len() as u32)],
+                },
+                Entry::Symlink {
+                    path: "l".into(),
+                    target: "d/f".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        let enc = s.encode();
+        assert_eq!(Snapshot::decode(&enc).unwrap(), s);
+        assert!(Snapshot::decode(&enc[..enc.len() - 4]).is_err());
+        assert!(Snapshot::decode(b"FRYSNAP1garbage").is_err());
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "",
+            "./a",
+            "a/\0",
+        ] {
+            let mut s = sample();
+            if let Entry::Dir { path, .. } = &mut s.entries[0] {
+                *path = bad.into();
+            }
+            let err = Snapshot::decode(&s.encode()).unwrap_err();
+            assert!(err.contains("entry"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn chunk_lengths_must_add_up() {
+        let mut s = sample();
+        if let Entry::File { size, .. } = &mut s.entries[1] {
+            *size += 1;
+        }
+        assert!(Snapshot::decode(&s.encode())
+            .unwrap_err()
+            .contains("add up"));
+    }
+}

@@ -1,0 +1,428 @@
+//! Stores by URL: parses `file://`, `s3://`, `az://` and `memory://` URLs and opens them as
+//! `Arc<dyn ObjectStore>`. Only this module knows which cloud a store is.
+//!
+//! Credentials and endpoints come from the standard environment variables read by
+//! `object_store`'s `from_env` builders, so the same URL works against AWS, Azure and the
+//! local emulators.
+
+mod url;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    ClientConfigKey, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
+
+pub use self::url::{StoreUrl, UrlError};
+
+/// Whether opening a local store may create its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reading only: a missing folder is an error.
+    Read,
+    /// Writing: a missing local folder is created.
+    Write,
+}
+
+/// Errors from opening or using a store. Messages name the object and, where known, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("cannot open {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("{op} {object} failed: {summary}{hint}")]
+    Op {
+        op: &'static str,
+        object: String,
+        summary: String,
+        hint: String,
+        /// Kept for matching; its text is already in `summary`.
+        cause: object_store::Error,
+    },
+}
+
+impl StoreError {
+    /// True when the object does not exist (and the bucket/container does).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Op {
+                cause: object_store::Error::NotFound { .. },
+                ..
+            }
+        ) && !self.is_missing_container()
+    }
+
+    fn is_missing_container(&self) -> bool {
+        match self {
+            StoreError::Op { summary, .. } => {
+                summary.contains("NoSuchBucket") || summary.contains("ContainerNotFound")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An opened store: its URL and the object store rooted at the URL's prefix.
+#[derive(Clone)]
+pub struct Store {
+    url: StoreUrl,
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.url)
+    }
+}
+
+impl Store {
+    /// Opens the store a URL names. Makes no request.
+    pub fn open(url: &StoreUrl, access: Access) -> Result<Self, StoreError> {
+        let fail = |reason: String| StoreError::Open {
+            url: url.to_string(),
+            reason,
+        };
+        let inner: Arc<dyn ObjectStore> = match url {
+            StoreUrl::Local(path) => {
+                if access == Access::Write {
+                    std::fs::create_dir_all(path)
+                        .map_err(|e| fail(format!("cannot create the folder: {e}")))?;
+                } else if !path.is_dir() {
+                    return Err(fail("no such folder".into()));
+                }
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(path)
+                        .map_err(|e| fail(first_line(&e.to_string())))?,
+                )
+            }
+            StoreUrl::S3 { bucket, prefix } => {
+                check_aws_credentials().map_err(fail)?;
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config());
+                for (key, value) in client_defaults("AWS_") {
+                    b = b.with_config(AmazonS3ConfigKey::Client(key), value);
+                }
+                let s3 = b.build().map_err(|e| fail(first_line(&e.to_string())))?;
+                prefixed(s3, prefix)
+            }
+            StoreUrl::Azure { container, prefix } => {
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_retry(retry_config());
+                for (key, value) in client_defaults("AZURE_") {
+                    b = b.with_config(AzureConfigKey::Client(key), value);
+                }
+                let az = b.build()
+                    .map_err(|e| {
+                        fail(format!(
+                            "{} (set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, or AZURE_STORAGE_USE_EMULATOR=true for Azurite)",
+                            first_line(&e.to_string())
+                        ))
+                    })?;
+                prefixed(az, prefix)
+            }
+            StoreUrl::Memory { name, prefix } => {
+                static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+                let mut stores = STORES
+                    .get_or_init(Default::default)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let mem = stores.entry(name.clone()).or_default().clone();
+                prefixed_arc(mem, prefix)
+            }
+        };
+        Ok(Self {
+            url: url.clone(),
+            inner,
+        })
+    }
+
+    /// Wraps an existing object store (tests, decorators).
+    pub fn from_parts(url: StoreUrl, inner: Arc<dyn ObjectStore>) -> Self {
+        Self { url, inner }
+    }
+
+    pub fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    /// The object store rooted at this store's prefix.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    /// The full URL of an object, for messages.
+    pub fn object_url(&self, path: &Path) -> String {
+        self.url.join(path.as_ref())
+    }
+
+    fn op_error(&self, op: &'static str, path: &Path, source: object_store::Error) -> StoreError {
+        let summary = summarize(&source);
+        let hint = hint(&self.url, &source, &summary);
+        StoreError::Op {
+            op,
+            object: self.object_url(path),
+            summary,
+            hint,
+            cause: source,
+        }
+    }
+
+    pub async fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
+        async { self.inner.get(path).await?.bytes().await }
+            .await
+            .map_err(|e| self.op_error("reading", path, e))
+    }
+
+    /// Reads an object, or `None` when it does not exist.
+    pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>, StoreError> {
+        match self.get(path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get_range(
+        &self,
+        path: &Path,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        self.inner
+            .get_range(path, range)
+            .await
+            .map_err(|e| self.op_error("reading", path, e))
+    }
+
+    pub async fn head(&self, path: &Path) -> Result<ObjectMeta, StoreError> {
+        self.inner
+            .head(path)
+            .await
+            .map_err(|e| self.op_error("inspecting", path, e))
+    }
+
+    /// Writes an object, replacing any previous one.
+    pub async fn put(&self, path: &Path, data: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put(path, PutPayload::from(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.op_error("writing", path, e))
+    }
+
+    /// Writes an object only if none exists (If-None-Match: *). Returns false if one existed.
+    pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool, StoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .inner
+            .put_opts(path, PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.op_error("creating", path, e)),
+        }
+    }
+
+    pub async fn delete(&self, path: &Path) -> Result<(), StoreError> {
+        self.inner
+            .delete(path)
+            .await
+            .map_err(|e| self.op_error("deleting", path, e))
+    }
+
+    /// Lists every object under `prefix` (all of the store when `None`).
+    pub async fn list(&self, prefix: Option<&Path>) -> Result<Vec<ObjectMeta>, StoreError> {
+        let root = Path::default();
+        self.inner
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(|e| self.op_error("listing", prefix.unwrap_or(&root), e))
+    }
+
+    /// True when nothing is stored under this store's prefix. Also proves the bucket or
+    /// container exists and the credentials work.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        let first = self.inner.list(None).try_next().await;
+        first
+            .map(|o| o.is_none())
+            .map_err(|e| self.op_error("listing", &Path::default(), e))
+    }
+}
+
+fn prefixed<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+fn prefixed_arc(store: Arc<InMemory>, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+/// Retry budget: object_store's backoff with `FERRY_RETRY_MAX` retries (default 10) within
+/// `FERRY_RETRY_TIMEOUT_SECS` (default 180). Tests lower both so a dead server fails fast.
+fn retry_config() -> RetryConfig {
+    let env = |key: &str| std::env::var(key).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut cfg = RetryConfig::default();
+    if let Some(n) = env("FERRY_RETRY_MAX") {
+        cfg.max_retries = n as usize;
+    }
+    if let Some(s) = env("FERRY_RETRY_TIMEOUT_SECS") {
+        cfg.retry_timeout = Duration::from_secs(s);
+    }
+    if cfg.max_retries <= 1 {
+        cfg.backoff.init_backoff = Duration::from_millis(20);
+    }
+    cfg
+}
+
+/// Client settings ferry changes from object_store's defaults, unless the environment sets
+/// them (`AWS_TIMEOUT`, `AZURE_CONNECT_TIMEOUT`, …): packs are tens of MiB, so allow slow
+/// links, but notice a dead endpoint quickly.
+fn client_defaults(env_prefix: &str) -> Vec<(ClientConfigKey, &'static str)> {
+    [
+        (ClientConfigKey::Timeout, "TIMEOUT", "300s"),
+        (ClientConfigKey::ConnectTimeout, "CONNECT_TIMEOUT", "10s"),
+    ]
+    .into_iter()
+    .filter(|(_, name, _)| std::env::var_os(format!("{env_prefix}{name}")).is_none())
+    .map(|(key, _, value)| (key, value))
+    .collect()
+}
+
+/// Refuses to go on without credentials when the instance metadata service is switched off,
+/// rather than failing later with an opaque signing error.
+fn check_aws_credentials() -> Result<(), String> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let has_source = (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || set("AWS_SKIP_SIGNATURE");
+    let imds_off =
+        std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    if set("AWS_ACCESS_KEY_ID") != set("AWS_SECRET_ACCESS_KEY") {
+        return Err("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into());
+    }
+    if !has_source && imds_off {
+        return Err("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT for a non-AWS server)".into());
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// A one-line summary of an object_store error: the operation, the HTTP status and the
+/// service's error code and message when there are any, else the innermost cause.
+fn summarize(err: &object_store::Error) -> String {
+    let mut full = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        full.push_str(": ");
+        full.push_str(&s.to_string());
+        source = s.source();
+    }
+    let full = full.replace(['\n', '\r'], " ");
+    let between = |open: &str, close: &str| -> Option<String> {
+        let start = full.find(open)? + open.len();
+        let end = start + full[start..].find(close)?;
+        Some(full[start..end].trim().to_string())
+    };
+    let mut msg = match full.find(" - ") {
+        Some(i) => full[..i].to_string(),
+        None => first_line(&full),
+    };
+    if let Some(status) = between("status code: ", ":") {
+        msg = format!("{msg}: HTTP {status}");
+    }
+    match (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
+        (Some(code), Some(m)) => {
+            msg = format!(
+                "{msg}: {code}: {}",
+                m.split(" RequestId").next().unwrap_or(&m)
+            )
+        }
+        (Some(code), None) => msg = format!("{msg}: {code}"),
+        _ => {
+            if let Some(inner) = full.rsplit(": ").next() {
+                if !msg.contains(inner) {
+                    msg = format!("{msg}: {inner}");
+                }
+            }
+        }
+    }
+    const MAX: usize = 400;
+    if msg.len() > MAX {
+        let cut = (0..=MAX)
+            .rev()
+            .find(|i| msg.is_char_boundary(*i))
+            .unwrap_or(0);
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    msg
+}
+
+fn hint(url: &StoreUrl, err: &object_store::Error, summary: &str) -> String {
+    use object_store::Error as E;
+    let h = match (url, err) {
+        (StoreUrl::S3 { bucket, .. }, _) if summary.contains("NoSuchBucket") => {
+            format!("bucket {bucket:?} does not exist: create it or fix the URL")
+        }
+        (StoreUrl::Azure { container, .. }, _) if summary.contains("ContainerNotFound") => {
+            format!("container {container:?} does not exist: create it or fix the URL")
+        }
+        (StoreUrl::S3 { .. }, E::Unauthenticated { .. } | E::PermissionDenied { .. }) => {
+            "access denied: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION".into()
+        }
+        (StoreUrl::Azure { .. }, E::Unauthenticated { .. } | E::PermissionDenied { .. }) => {
+            "access denied: check AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY".into()
+        }
+        (StoreUrl::S3 { .. }, _) if is_connect_error(summary) => {
+            "cannot reach the S3 endpoint: check AWS_ENDPOINT and that the server runs".into()
+        }
+        (StoreUrl::Azure { .. }, _) if is_connect_error(summary) => {
+            "cannot reach the Azure endpoint: check the account settings (AZURITE_BLOB_STORAGE_URL for the emulator) and that the server runs".into()
+        }
+        _ => return String::new(),
+    };
+    format!(" ({h})")
+}
+
+fn is_connect_error(summary: &str) -> bool {
+    let s = summary.to_ascii_lowercase();
+    s.contains("connection refused")
+        || s.contains("error sending request")
+        || s.contains("dns error")
+}

@@ -1,0 +1,209 @@
+//! `StoreUrl`: the parsed form of `file://`, plain paths, `s3://`, `az://` and `memory://`.
+
+use std::fmt;
+use std::path::{Component, PathBuf};
+use std::str::FromStr;
+
+/// A location on some store: where a repository, a source or a restore destination lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoreUrl {
+    /// A local folder (absolute, normalized).
+    Local(PathBuf),
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Azure {
+        container: String,
+        prefix: String,
+    },
+    /// Process-local in-memory store, for tests.
+    Memory {
+        name: String,
+        prefix: String,
+    },
+}
+
+/// A URL ferry cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid store URL {url:?}: {reason}")]
+pub struct UrlError {
+    url: String,
+    reason: String,
+}
+
+impl StoreUrl {
+    /// The URL of `path` below this location.
+    pub fn join(&self, path: &str) -> String {
+        let base = self.to_string();
+        if path.is_empty() {
+            base
+        } else if base.ends_with('/') {
+            format!("{base}{path}")
+        } else {
+            format!("{base}/{path}")
+        }
+    }
+
+    /// True for local folders.
+    pub fn is_local(&self) -> bool {
+        matches!(self, StoreUrl::Local(_))
+    }
+}
+
+impl FromStr for StoreUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| UrlError {
+            url: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some((scheme, rest)) = s.split_once("://") else {
+            if s.is_empty() {
+                return Err(err("empty"));
+            }
+            return local(s).map_err(|r| err(&r));
+        };
+        match scheme {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(err("file URLs need an absolute path: file:///abs/path"));
+                }
+                local(rest).map_err(|r| err(&r))
+            }
+            "s3" | "az" | "azure" | "memory" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let prefix = prefix.trim_matches('/').to_string();
+                if bucket.is_empty() {
+                    return Err(err("the bucket or container name is missing"));
+                }
+                if prefix.split('/').any(|p| p == ".." || p == ".") {
+                    return Err(err("the prefix may not contain '.' or '..'"));
+                }
+                if prefix.contains("//") {
+                    return Err(err("the prefix may not contain empty segments"));
+                }
+                let bucket = bucket.to_string();
+                Ok(match scheme {
+                    "s3" => {
+                        if !valid_bucket(&bucket) {
+                            return Err(err("S3 bucket names use 3-63 lowercase letters, digits, '.' and '-'"));
+                        }
+                        StoreUrl::S3 { bucket, prefix }
+                    }
+                    "memory" => StoreUrl::Memory { name: bucket, prefix },
+                    _ => {
+                        if !valid_bucket(&bucket) || bucket.contains('.') {
+                            return Err(err("Azure container names use 3-63 lowercase letters, digits and '-'"));
+                        }
+                        StoreUrl::Azure {
+                            container: bucket,
+                            prefix,
+                        }
+                    }
+                })
+            }
+            other => Err(err(&format!(
+                "unsupported scheme {other:?}: use file:///path, s3://bucket/prefix or az://container/prefix"
+            ))),
+        }
+    }
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// Makes a local path absolute and lexically normal (no `.`/`..`), without touching the disk.
+fn local(path: &str) -> Result<StoreUrl, String> {
+    let p = PathBuf::from(path);
+    let abs = if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("cannot resolve a relative path: {e}"))?
+            .join(p)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(StoreUrl::Local(out))
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, bucket, prefix) = match self {
+            StoreUrl::Local(p) => return write!(f, "file://{}", p.display()),
+            StoreUrl::S3 { bucket, prefix } => ("s3", bucket, prefix),
+            StoreUrl::Azure { container, prefix } => ("az", container, prefix),
+            StoreUrl::Memory { name, prefix } => ("memory", name, prefix),
+        };
+        if prefix.is_empty() {
+            write!(f, "{scheme}://{bucket}")
+        } else {
+            write!(f, "{scheme}://{bucket}/{prefix}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_scheme() {
+        assert_eq!(
+            "s3://models/llama/7b/".parse::<StoreUrl>().unwrap(),
+            StoreUrl::S3 {
+                bucket: "models".into(),
+                prefix: "llama/7b".into()
+            }
+        );
+        assert_eq!(
+            "az://ckpt".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Azure {
+                container: "ckpt".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            "file:///tmp/a/../b".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Local("/tmp/b".into())
+        );
+        assert_eq!(
+            "/tmp/x/./y".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Local("/tmp/x/y".into())
+        );
+        assert_eq!(
+            "s3://models/a/b".parse::<StoreUrl>().unwrap().to_string(),
+            "s3://models/a/b"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_reasons() {
+        for (url, needle) in [
+            ("ftp://host/x", "unsupported scheme"),
+            ("s3:///x", "missing"),
+            ("s3://Bad_Bucket/x", "bucket names"),
+            ("az://c.with.dots/x", "container names"),
+            ("s3://bucket/a/../b", "'..'"),
+            ("file://relative", "absolute"),
+        ] {
+            let e = url.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(e.contains(needle), "{url}: {e}");
+            assert!(e.contains(url), "{url}: {e}");
+        }
+    }
+}
