@@ -1,12 +1,10 @@
 //! Damage from outside: a pack flipped at rest must be caught and named; a push killed with
 //! SIGKILL must leave a valid repository and resume without re-sending what landed.
 
-use std::thread;
-use std::time::{Duration, Instant};
-
 use crate::data::{self, MIB};
 use crate::harness::{
-    array, boolean, indexed_pack_ids, pack_objects, s, string, uint, Backend, Ctx, Object,
+    array, boolean, indexed_pack_ids, pack_objects, s, size_field, string, uint, Backend, Ctx,
+    Object,
 };
 
 per_backend!(corrupted_pack_is_named, killed_push_resumes);
@@ -66,24 +64,27 @@ pub fn killed_push_resumes(backend: Backend) {
     data::random_tree(&src, 600, 8, 8 * MIB);
     let (_, bytes_total) = data::totals(&src);
     let ferry = ctx.ferry();
-    ferry.json(&["init", &repo.url, "--pack-size", "4MiB"]);
+    // Small packs: the first index lands early, while most of the push is still to come.
+    let init = ferry.json(&[
+        "init",
+        &repo.url,
+        "--pack-size",
+        "1MiB",
+        "--chunk-avg",
+        "256KiB",
+    ]);
+    assert_eq!(size_field(&init, "pack_size"), MIB as u64, "{init}");
 
     let args = ["push", s(&src), &repo.url, "--name", "ckpt"];
+    // Each pack's index follows its pack: once one index landed, a pack is durable.
+    let watch = repo.raw.watch("index/");
     let mut push = ferry.spawn(&args);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            !push.has_exited(),
-            "the push ended before a pack landed, so it could not be killed mid-way: {}",
-            push.wait()
-        );
-        let packs = pack_objects(&repo.raw).len();
-        if !indexed_pack_ids(&repo.raw).is_empty() || packs >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no pack landed within 120 s");
-        thread::sleep(Duration::from_millis(10));
-    }
+    let landed = watch.wait(|| push.has_exited());
+    assert!(
+        landed,
+        "the push ended before a pack index landed, so it could not be killed mid-way: {}",
+        push.wait()
+    );
     let killed = push.kill();
     assert!(
         !killed.status.success(),
@@ -104,6 +105,11 @@ pub fn killed_push_resumes(backend: Backend) {
         with_index
     };
     let durable_bytes: u64 = durable.iter().map(|p| p.size).sum();
+    eprintln!(
+        "killed after {} packs landed ({} with their index)",
+        landed.len(),
+        indexed.len()
+    );
 
     let rerun = ferry.json(&args);
     let total_packs = pack_objects(&repo.raw).len() as u64;

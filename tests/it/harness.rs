@@ -273,6 +273,25 @@ impl RawStore {
         }
     }
 
+    /// Starts watching for the first object under `sub`; start it before the writer, so
+    /// that its setup does not delay the first look.
+    pub fn watch(&self, sub: &str) -> Watch<'_> {
+        let watcher = match self {
+            RawStore::Dir(_) => None,
+            RawStore::Server { prefix, .. } => Some(
+                self.python_command(&["await", &format!("{prefix}/{sub}")])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("run python3"),
+            ),
+        };
+        Watch {
+            store: self,
+            sub: sub.to_string(),
+            watcher,
+        }
+    }
+
     /// Deletes everything under a server location (moto and Azurite keep it all in RAM).
     fn clear(&self) {
         if let RawStore::Server { prefix, .. } = self {
@@ -281,6 +300,22 @@ impl RawStore {
     }
 
     fn python(&self, args: &[&str], file: Option<&Path>) -> Vec<u8> {
+        let mut cmd = self.python_command(args);
+        if let Some(file) = file {
+            cmd.arg(file);
+        }
+        let out = cmd
+            .output()
+            .expect("run python3 (it is needed for raw access to the test servers)");
+        assert!(
+            out.status.success(),
+            "rawstore.py {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn python_command(&self, args: &[&str]) -> Command {
         let RawStore::Server {
             kind,
             endpoint,
@@ -295,18 +330,7 @@ impl RawStore {
             .arg(RAWSTORE_PY)
             .args([*kind, endpoint, bucket])
             .args(args);
-        if let Some(file) = file {
-            cmd.arg(file);
-        }
-        let out = cmd
-            .output()
-            .expect("run python3 (it is needed for raw access to the test servers)");
-        assert!(
-            out.status.success(),
-            "rawstore.py {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        cmd
     }
 }
 
@@ -326,6 +350,48 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<Object>) {
                 key: s(rel).replace('\\', "/"),
                 size: meta.len(),
             });
+        }
+    }
+}
+
+/// A watch for the first object under a prefix: see [`RawStore::watch`].
+pub struct Watch<'a> {
+    store: &'a RawStore,
+    sub: String,
+    /// For the servers, `rawstore.py await`, which polls in one process.
+    watcher: Option<Child>,
+}
+
+impl Watch<'_> {
+    /// Returns `true` as soon as an object exists, or `false` once `give_up()` says so.
+    pub fn wait(mut self, mut give_up: impl FnMut() -> bool) -> bool {
+        loop {
+            let found = match &mut self.watcher {
+                None => !self.store.list(&self.sub).is_empty(),
+                Some(child) => match child.try_wait().expect("poll python3") {
+                    Some(status) => {
+                        assert!(status.success(), "rawstore.py await {} failed", self.sub);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if found {
+                return true;
+            }
+            if give_up() {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.watcher {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -9,12 +9,14 @@ Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, whe
   get KEY        writes the object's bytes to stdout
   put KEY FILE   replaces the object with the bytes of FILE
   clear PREFIX   deletes every object under PREFIX
+  await PREFIX   returns once an object exists under PREFIX (polls in-process, for speed)
 """
 import base64
 import datetime
 import hashlib
 import hmac
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -141,6 +143,12 @@ def main():
         elif op == "put":
             with open(sys.argv[6], "rb") as f:
                 request("PUT", base, bucket, arg, {}, f.read())
+        elif op == "await":
+            deadline = time.monotonic() + 120
+            while not list_objects(kind, base, bucket, arg):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no object under {arg!r} after 120 s")
+                time.sleep(0.005)
         elif op == "clear":
             for _, key in list_objects(kind, base, bucket, arg):
                 request("DELETE", base, bucket, key, {})
