@@ -152,6 +152,18 @@ pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
     out
 }
 
+/// Every regular file under `root` and its bytes, keyed by `/`-separated relative path.
+pub fn file_contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    tree(root)
+        .into_iter()
+        .filter(|(_, entry)| matches!(entry, Entry::File(_)))
+        .map(|(rel, _)| {
+            let bytes = fs::read(root.join(&rel)).expect("read file");
+            (rel, bytes)
+        })
+        .collect()
+}
+
 /// Number of regular files and their total size.
 pub fn totals(root: &Path) -> (u64, u64) {
     tree(root)

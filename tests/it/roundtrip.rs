@@ -1,6 +1,7 @@
 //! Push → restore round trips: a checkpoint tree, an unchanged re-push, a 100-byte insertion
 //! into a large file, and a re-push after the local index was deleted.
 
+use std::collections::BTreeMap;
 use std::fs;
 
 use crate::data::{self, MIB};
@@ -13,6 +14,7 @@ per_backend!(
     repush_unchanged_uploads_nothing,
     insertion_uploads_few_chunks,
     deleted_index_is_rebuilt_from_repo,
+    object_prefix_source_and_dest,
 );
 
 /// Push a tree, restore it to a fresh dir, and see it byte-identical; `ls` and `snapshots`
@@ -209,4 +211,56 @@ pub fn deleted_index_is_rebuilt_from_repo(backend: Backend) {
     let dest = ctx.path("restore");
     ctx.ferry().json(&["restore", &repo.url, "ckpt", s(&dest)]);
     data::assert_same_tree(&src, &dest);
+}
+
+/// A source held as plain objects under a store prefix pushes like a folder, and a snapshot
+/// restores to plain objects under another prefix (for `file://`, URLs of folders).
+pub fn object_prefix_source_and_dest(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let tree = ctx.dir("tree");
+    data::checkpoint_tree(&tree, 10);
+    let (files, bytes) = data::totals(&tree);
+    let want = data::file_contents(&tree);
+    let source = ctx.location(backend);
+    for (key, contents) in &want {
+        source.raw.put(key, contents);
+    }
+    let repo = ctx.location(backend);
+    let ferry = ctx.ferry();
+
+    let push = ferry.json(&["push", &source.url, &repo.url, "--name", "ckpt"]);
+    assert_eq!(uint(&push, "files_total"), files, "{push}");
+    assert_eq!(uint(&push, "bytes_total"), bytes, "{push}");
+
+    let dest = ctx.location(backend);
+    let restore = ferry.json(&["restore", &repo.url, "ckpt", &dest.url]);
+    assert_eq!(uint(&restore, "files"), files, "{restore}");
+    assert_eq!(uint(&restore, "bytes_written"), bytes, "{restore}");
+    let got: BTreeMap<String, Vec<u8>> = dest
+        .raw
+        .list("")
+        .into_iter()
+        .map(|o| {
+            let contents = dest.raw.get(&o.key);
+            (o.key, contents)
+        })
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "restored objects under {}",
+        dest.url
+    );
+    for (key, contents) in &want {
+        assert!(
+            got[key] == *contents,
+            "object {key} differs from the source"
+        );
+    }
+
+    let local = ctx.path("restore");
+    ferry.json(&["restore", &repo.url, "ckpt", s(&local)]);
+    data::assert_same_tree(&tree, &local);
 }
