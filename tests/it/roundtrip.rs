@@ -264,3 +264,39 @@ pub fn object_prefix_source_and_dest(backend: Backend) {
     ferry.json(&["restore", &repo.url, "ckpt", s(&local)]);
     data::assert_same_tree(&tree, &local);
 }
+
+/// One push, three repositories (the sidecar's fan-out to a disk and both clouds): each gets
+/// its snapshot and restores byte-identical; a re-push leaves all three unchanged.
+#[test]
+fn fan_out_push_to_file_s3_and_azure() {
+    let Some(ctx) = Ctx::new(&[Backend::File, Backend::S3, Backend::Azure]) else {
+        return;
+    };
+    let repos = [Backend::File, Backend::S3, Backend::Azure].map(|b| ctx.location(b));
+    let src = ctx.dir("src");
+    data::checkpoint_tree(&src, 11);
+    let ferry = ctx.ferry();
+    let mut args = vec!["push", s(&src)];
+    args.extend(repos.iter().map(|r| r.url.as_str()));
+    args.extend(["--name", "ckpt"]);
+
+    let push = ferry.json(&args);
+    let targets = array(&push, "targets");
+    assert_eq!(targets.len(), repos.len(), "{push}");
+    for (target, repo) in targets.iter().zip(&repos) {
+        assert_eq!(string(target, "repo"), repo.url, "{push}");
+        assert!(uint(target, "packs_uploaded") >= 1, "{push}");
+        assert!(!boolean(target, "unchanged"), "{push}");
+        let dest = ctx.path("restore");
+        let restore = ferry.json(&["restore", &repo.url, "ckpt", s(&dest)]);
+        assert_eq!(string(&restore, "snapshot"), string(target, "snapshot"));
+        data::assert_same_tree(&src, &dest);
+    }
+
+    let again = ferry.json(&args);
+    assert_eq!(uint(&again, "packs_uploaded"), 0, "{again}");
+    for target in array(&again, "targets") {
+        assert!(boolean(target, "unchanged"), "{again}");
+        assert_eq!(uint(target, "packs_uploaded"), 0, "{again}");
+    }
+}
