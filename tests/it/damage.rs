@@ -2,10 +2,8 @@
 //! SIGKILL must leave a valid repository and resume without re-sending what landed.
 
 use crate::data::{self, MIB};
-use crate::harness::{
-    array, boolean, indexed_pack_ids, pack_objects, s, size_field, string, uint, Backend, Ctx,
-    Object,
-};
+use crate::harness::{array, boolean, s, size_field, string, uint, Backend, Ctx};
+use crate::raw::{indexed_pack_ids, pack_objects, Object};
 
 per_backend!(corrupted_pack_is_named, killed_push_resumes);
 

@@ -36,5 +36,7 @@ mod damage;
 mod data;
 mod errors;
 mod harness;
+mod raw;
 mod replicate;
 mod roundtrip;
+mod run;
