@@ -84,7 +84,7 @@ impl Source {
                     out.push(SourceEntry::File(SourceFile {
                         rel,
                         size: meta.size,
-                        mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0) as i64,
+                        mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
                         mode: 0o644,
                         etag: meta.e_tag,
                     }));
@@ -151,7 +151,7 @@ pub fn entry_rel(e: &SourceEntry) -> &str {
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime() as i64 * 1_000_000_000 + meta.mtime_nsec() as i64
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
 }
 
 fn list_local(root: &Path, single_file: bool) -> Result<Vec<SourceEntry>, OpError> {

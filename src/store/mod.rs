@@ -49,7 +49,7 @@ pub enum StoreError {
         summary: String,
         hint: String,
         /// Kept for matching; its text is already in `summary`.
-        cause: object_store::Error,
+        cause: Box<object_store::Error>,
     },
 }
 
@@ -58,10 +58,7 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            StoreError::Op {
-                cause: object_store::Error::NotFound { .. },
-                ..
-            }
+            StoreError::Op { cause, .. } if matches!(**cause, object_store::Error::NotFound { .. })
         ) && !self.is_missing_container()
     }
 
@@ -178,7 +175,7 @@ impl Store {
             object: self.object_url(path),
             summary,
             hint,
-            cause: source,
+            cause: Box::new(source),
         }
     }
 
