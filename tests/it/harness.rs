@@ -176,6 +176,13 @@ pub fn uint(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("field {key:?} missing or not an unsigned integer in {v}"))
 }
 
+/// A required numeric field (integer or float) of a JSON summary.
+pub fn number(v: &Value, key: &str) -> f64 {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("field {key:?} missing or not a number in {v}"))
+}
+
 pub fn string<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key)
         .and_then(Value::as_str)

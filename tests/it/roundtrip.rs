@@ -6,7 +6,7 @@ use std::fs;
 
 use crate::data::{self, MIB};
 use crate::harness::{
-    array, boolean, only_target, pushed_snapshot, s, size_field, string, uint, Backend, Ctx,
+    array, boolean, number, only_target, pushed_snapshot, s, size_field, string, uint, Backend, Ctx,
 };
 
 per_backend!(
@@ -43,6 +43,13 @@ pub fn push_restore_roundtrip(backend: Backend) {
     // tree even with their tables.
     let uploaded = uint(&push, "bytes_uploaded");
     assert!(uploaded > 0 && uploaded < bytes, "{push}");
+    // Nothing repeats in the tree, so every byte is new to the repository.
+    assert_eq!(uint(&push, "bytes_new_logical"), bytes, "{push}");
+    assert_eq!(uint(&push, "files_read"), files, "{push}");
+    assert_eq!(uint(&push, "bytes_read"), bytes, "{push}");
+    for key in ["dedup_ratio", "compression_ratio", "duration_secs"] {
+        assert!(number(&push, key) >= 0.0, "{push}");
+    }
     let target = only_target(&push);
     assert!(!boolean(target, "unchanged"), "{push}");
     assert_eq!(uint(target, "bytes_uploaded"), uploaded, "{push}");
@@ -137,7 +144,9 @@ pub fn insertion_uploads_few_chunks(backend: Backend) {
     let ferry = ctx.ferry();
     let init = ferry.json(&["init", &repo.url, "--chunk-avg", "64KiB"]);
     assert_eq!(size_field(&init, "chunk_avg"), 64 * 1024, "{init}");
+    assert!(size_field(&init, "pack_size") >= MIB as u64, "{init}");
     assert!(!string(&init, "id").is_empty(), "{init}");
+    assert_eq!(string(&init, "repo"), repo.url, "{init}");
 
     let original = data::random_bytes(3, 24 * MIB);
     let v1 = ctx.dir("v1");
