@@ -131,6 +131,10 @@ pub fn killed_push_resumes(backend: Backend) {
     assert!(boolean(&verify, "ok"), "{verify}");
     assert!(array(&verify, "problems").is_empty(), "{verify}");
     assert!(uint(&verify, "packs_checked") >= 1, "{verify}");
+    assert!(
+        uint(&verify, "chunks_checked") >= uint(&rerun, "chunks_total"),
+        "verify --read-data skipped chunks: {verify} after {rerun}"
+    );
     let snapshots = ferry.json(&["snapshots", &repo.url, "ckpt"]);
     assert_eq!(array(&snapshots, "snapshots").len(), 1, "{snapshots}");
     let dest = ctx.path("restore");

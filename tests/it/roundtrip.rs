@@ -84,19 +84,24 @@ pub fn push_restore_roundtrip(backend: Backend) {
     // Global flags are accepted after the subcommand, too.
     let index = s(ctx.index_dir());
     let snapshots = ferry
-        .run_bare(&[
-            "snapshots",
-            &repo.url,
-            "ckpt",
-            "--json",
-            "--index-dir",
-            index,
-        ])
+        .run_bare(
+            &[
+                "snapshots",
+                &repo.url,
+                "ckpt",
+                "--json",
+                "-v",
+                "--index-dir",
+                index,
+            ],
+            &[],
+        )
         .json();
     let list = array(&snapshots, "snapshots");
     assert_eq!(list.len(), 1, "{snapshots}");
     assert_eq!(string(&list[0], "name"), "ckpt", "{snapshots}");
     assert_eq!(string(&list[0], "snapshot"), snapshot, "{snapshots}");
+    assert!(!string(&list[0], "time").is_empty(), "{snapshots}");
     assert_eq!(uint(&list[0], "files"), files, "{snapshots}");
     assert_eq!(uint(&list[0], "bytes"), bytes, "{snapshots}");
 }
@@ -212,7 +217,18 @@ pub fn deleted_index_is_rebuilt_from_repo(backend: Backend) {
     assert!(uint(&first, "packs_uploaded") >= 1, "{first}");
 
     fs::remove_dir_all(ctx.index_dir()).expect("delete the index dir");
-    let again = ctx.ferry().json(&args);
+    // The index dir may come from the environment instead of --index-dir.
+    let index = s(ctx.index_dir());
+    let mut bare = vec!["--json"];
+    bare.extend(args);
+    let again = ctx
+        .ferry()
+        .run_bare(&bare, &[("FERRY_INDEX_DIR", index)])
+        .json();
+    assert!(
+        ctx.index_dir().exists(),
+        "FERRY_INDEX_DIR={index} was not used"
+    );
     assert_eq!(uint(&again, "packs_uploaded"), 0, "{again}");
     assert_eq!(uint(&again, "bytes_uploaded"), 0, "{again}");
     assert_eq!(uint(&again, "chunks_new"), 0, "{again}");

@@ -71,9 +71,12 @@ impl Ferry {
         self.spawn_command(self.command(args))
     }
 
-    /// Runs `ferry ARGS...` to completion without adding `--index-dir` or `--json`.
-    pub fn run_bare(&self, args: &[&str]) -> Run {
-        self.spawn_command(Self::bare_command(args)).wait()
+    /// Runs `ferry ARGS...` (with extra environment `envs`) to completion without adding
+    /// `--index-dir` or `--json`.
+    pub fn run_bare(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let mut cmd = Self::bare_command(args);
+        cmd.envs(envs.iter().copied());
+        self.spawn_command(cmd).wait()
     }
 
     fn spawn_command(&self, mut cmd: Command) -> Running {
