@@ -8,6 +8,7 @@ use crate::data::{self, MIB};
 use crate::harness::{
     array, boolean, number, only_target, pushed_snapshot, s, size_field, string, uint, Backend, Ctx,
 };
+use crate::raw::{indexed_pack_ids, pack_objects, RawStore};
 
 per_backend!(
     push_restore_roundtrip,
@@ -102,8 +103,38 @@ pub fn push_restore_roundtrip(backend: Backend) {
     assert_eq!(string(&list[0], "name"), "ckpt", "{snapshots}");
     assert_eq!(string(&list[0], "snapshot"), snapshot, "{snapshots}");
     assert!(!string(&list[0], "time").is_empty(), "{snapshots}");
+    assert_layout(&repo.raw, &snapshot, uint(&list[0], "seq"));
     assert_eq!(uint(&list[0], "files"), files, "{snapshots}");
     assert_eq!(uint(&list[0], "bytes"), bytes, "{snapshots}");
+}
+
+/// The documented repository layout: `config`, `packs/<2 hex>/<pack id>` each with its
+/// `index/<pack id>`, `snapshots/<id>`, `refs/<name>/<seq>`.
+fn assert_layout(raw: &RawStore, snapshot: &str, seq: u64) {
+    let keys: Vec<String> = raw.list("").into_iter().map(|o| o.key).collect();
+    assert!(keys.iter().any(|k| k == "config"), "no config in {keys:?}");
+    let packs = pack_objects(raw);
+    assert!(!packs.is_empty(), "no packs/<2 hex>/<64 hex> in {keys:?}");
+    let indexed = indexed_pack_ids(raw);
+    for pack in &packs {
+        let id = pack.file_name();
+        assert_eq!(pack.key, format!("packs/{}/{id}", &id[..2]), "{keys:?}");
+        assert!(
+            indexed.contains(id),
+            "pack {id} has no index/{id}: {keys:?}"
+        );
+    }
+    assert!(
+        keys.contains(&format!("snapshots/{snapshot}")),
+        "no snapshots/{snapshot} in {keys:?}"
+    );
+    let refs: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with("refs/ckpt/"))
+        .collect();
+    assert_eq!(refs.len(), 1, "{keys:?}");
+    let ref_seq = refs[0].trim_start_matches("refs/ckpt/").parse::<u64>();
+    assert_eq!(ref_seq, Ok(seq), "ref object {} for seq {seq}", refs[0]);
 }
 
 /// Pushing the same tree again sends no pack.
