@@ -20,13 +20,18 @@ impl SplitMix {
         z ^ (z >> 31)
     }
     fn normal(&mut self) -> f32 {
-        (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
+        (0..4)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0
     }
 }
 
 fn fp32(n: usize) -> Vec<u8> {
     let mut r = SplitMix(1);
-    (0..n / 4).flat_map(|_| (r.normal() * 0.02).to_le_bytes()).collect()
+    (0..n / 4)
+        .flat_map(|_| (r.normal() * 0.02).to_le_bytes())
+        .collect()
 }
 
 fn bf16(n: usize) -> Vec<u8> {
@@ -38,7 +43,9 @@ fn bf16(n: usize) -> Vec<u8> {
 
 fn text(n: usize) -> Vec<u8> {
     let mut r = SplitMix(3);
-    let words = ["the", "model", "layer", "weight", "gradient", "step", "loss", "token", "{", "}", "\n"];
+    let words = [
+        "the", "model", "layer", "weight", "gradient", "step", "loss", "token", "{", "}", "\n",
+    ];
     let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
         out.extend_from_slice(words[(r.next() % words.len() as u64) as usize].as_bytes());
@@ -54,7 +61,12 @@ fn random(n: usize) -> Vec<u8> {
 }
 
 fn datasets() -> Vec<(&'static str, Vec<u8>)> {
-    vec![("fp32", fp32(SIZE)), ("bf16", bf16(SIZE)), ("text", text(SIZE)), ("random", random(SIZE))]
+    vec![
+        ("fp32", fp32(SIZE)),
+        ("bf16", bf16(SIZE)),
+        ("text", text(SIZE)),
+        ("random", random(SIZE)),
+    ]
 }
 
 fn chunking_and_hashing(c: &mut Criterion) {
@@ -90,7 +102,10 @@ fn codecs(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("decode", name), &frame, |b, f| {
             b.iter(|| black_box(codec::decode(f, chunk.len(), &id).unwrap()))
         });
-        eprintln!("{name}: stored/raw = {:.3}", frame.len() as f64 / chunk.len() as f64);
+        eprintln!(
+            "{name}: stored/raw = {:.3}",
+            frame.len() as f64 / chunk.len() as f64
+        );
     }
     g.finish();
 }
@@ -109,18 +124,30 @@ fn end_to_end(c: &mut Criterion) {
             let work = tempfile::tempdir().unwrap();
             let ctx = ferry::commands::Context::new(work.path().join("idx"), false).unwrap();
             let repo = format!("file://{}/repo", work.path().display());
-            rt.block_on(ferry::commands::push(&ctx, &src_path, &[repo], "bench")).unwrap();
+            rt.block_on(ferry::commands::push(&ctx, &src_path, &[repo], "bench"))
+                .unwrap();
         })
     });
     let work = tempfile::tempdir().unwrap();
     let ctx = ferry::commands::Context::new(work.path().join("idx"), false).unwrap();
     let repo = format!("file://{}/repo", work.path().display());
-    rt.block_on(ferry::commands::push(&ctx, &src_path, &[repo.clone()], "bench")).unwrap();
+    rt.block_on(ferry::commands::push(
+        &ctx,
+        &src_path,
+        &[repo.clone()],
+        "bench",
+    ))
+    .unwrap();
     g.bench_function("restore-64MiB", |b| {
         b.iter(|| {
             let out = tempfile::tempdir().unwrap();
-            rt.block_on(ferry::commands::restore(&ctx, &repo, "bench", &out.path().display().to_string()))
-                .unwrap();
+            rt.block_on(ferry::commands::restore(
+                &ctx,
+                &repo,
+                "bench",
+                &out.path().display().to_string(),
+            ))
+            .unwrap();
         })
     });
     g.finish();

@@ -40,7 +40,8 @@ pub struct DemoReport {
 /// Runs the demo in `dir` (kept), or in a temporary folder that is removed afterwards.
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<DemoReport> {
     let keep = dir.is_some();
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
+    let dir = dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = run_in(&dir).await;
     if !keep {
@@ -87,7 +88,13 @@ async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
     }
     let rep = commands::replicate(&ctx, &repos[0], &replica, &[]).await?;
     let restored = dir.join("restored");
-    commands::restore(&ctx, &replica, "demo-model", &restored.display().to_string()).await?;
+    commands::restore(
+        &ctx,
+        &replica,
+        "demo-model",
+        &restored.display().to_string(),
+    )
+    .await?;
     let identical = same_tree(&last, &restored)?;
     if !identical {
         anyhow::bail!("restored files differ from {}", last.display());
@@ -132,7 +139,11 @@ pub fn render(r: &DemoReport) -> String {
         r.repositories[0],
         r.repositories[2],
         bytes(r.replicated_bytes),
-        if r.restored_identical { "byte-identical" } else { "DIFFERENT" }
+        if r.restored_identical {
+            "byte-identical"
+        } else {
+            "DIFFERENT"
+        }
     ));
     s
 }
@@ -161,7 +172,10 @@ fn write_checkpoint(folder: &Path, tensors: &[Vec<u8>], step: usize) -> anyhow::
     std::fs::write(folder.join("model.safetensors"), file)?;
     std::fs::write(
         folder.join("trainer_state.json"),
-        format!("{{\"global_step\": {}, \"learning_rate\": 2e-5}}\n", (step + 1) * 1000),
+        format!(
+            "{{\"global_step\": {}, \"learning_rate\": 2e-5}}\n",
+            (step + 1) * 1000
+        ),
     )?;
     Ok(())
 }
@@ -170,7 +184,10 @@ fn write_checkpoint(folder: &Path, tensors: &[Vec<u8>], step: usize) -> anyhow::
 fn weights(rng: &mut SplitMix, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 2);
     for _ in 0..n {
-        let u: f32 = (0..4).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0;
+        let u: f32 = (0..4)
+            .map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0;
         let bits = (u * 0.02).to_bits();
         out.extend_from_slice(&((bits >> 16) as u16).to_le_bytes());
     }
@@ -190,8 +207,12 @@ impl SplitMix {
 }
 
 fn same_tree(a: &Path, b: &Path) -> anyhow::Result<bool> {
-    let mut names_a: Vec<_> = std::fs::read_dir(a)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
-    let mut names_b: Vec<_> = std::fs::read_dir(b)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names_a: Vec<_> = std::fs::read_dir(a)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    let mut names_b: Vec<_> = std::fs::read_dir(b)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names_a.sort();
     names_b.sort();
     if names_a != names_b {
