@@ -46,7 +46,7 @@ start() {
   echo $! >"$state/azurite.pid"
   wait_port moto "$S3_PORT"
   wait_port azurite "$AZ_PORT"
-  curl -fsS -X PUT "http://127.0.0.1:$S3_PORT/ferry-test" >/dev/null
+  python3 -c "import urllib.request as u; u.urlopen(u.Request(\"http://127.0.0.1:$S3_PORT/ferry-test\", method=\"PUT\"))" >/dev/null
   python3 "$root/scripts/azurite_container.py" "http://127.0.0.1:$AZ_PORT" ferry-test >&2
 }
 

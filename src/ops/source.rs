@@ -151,7 +151,9 @@ pub fn entry_rel(e: &SourceEntry) -> &str {
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }
 
 fn list_local(root: &Path, single_file: bool) -> Result<Vec<SourceEntry>, OpError> {
