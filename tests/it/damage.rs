@@ -59,7 +59,7 @@ pub fn killed_push_resumes(backend: Backend) {
     };
     let repo = ctx.location(backend);
     let src = ctx.dir("src");
-    data::random_tree(&src, 600, 8, 8 * MIB);
+    data::random_tree(&src, 600, 12, 8 * MIB);
     let (_, bytes_total) = data::totals(&src);
     let ferry = ctx.ferry();
     // Small packs: the first index lands early, while most of the push is still to come.
@@ -89,43 +89,40 @@ pub fn killed_push_resumes(backend: Backend) {
         "the push finished before the kill; the test needs more data: {killed}"
     );
 
-    // Packs with their index are certainly reusable; if the design writes indexes last, the
-    // packs themselves must be (invariant 1: a rerun does not re-send what landed).
+    // A pack with its index has landed for good: the rerun must not send its chunks again.
     let landed = pack_objects(&repo.raw);
     let indexed = indexed_pack_ids(&repo.raw);
-    let with_index: Vec<&Object> = landed
+    let durable: Vec<&Object> = landed
         .iter()
         .filter(|p| indexed.contains(p.file_name()))
         .collect();
-    let durable: Vec<&Object> = if with_index.is_empty() {
-        landed.iter().collect()
-    } else {
-        with_index
-    };
+    assert!(
+        !durable.is_empty(),
+        "no pack with its index after the kill; objects: {:?}",
+        repo.raw.list("")
+    );
     let durable_bytes: u64 = durable.iter().map(|p| p.size).sum();
     eprintln!(
-        "killed after {} packs landed ({} with their index)",
+        "killed after {} packs landed, {} with their index",
         landed.len(),
-        indexed.len()
+        durable.len()
     );
 
     let rerun = ferry.json(&args);
     let total_packs = pack_objects(&repo.raw).len() as u64;
-    if !durable.is_empty() {
-        assert!(
-            uint(&rerun, "packs_uploaded") < total_packs,
-            "the rerun re-uploaded every pack ({total_packs} in the repo): {rerun}"
-        );
-        assert!(uint(&rerun, "chunks_reused") >= 1, "{rerun}");
-        // Random data does not compress: a full push stores about bytes_total.
-        let allowed = bytes_total + bytes_total / 50 + 256 * 1024;
-        assert!(
-            uint(&rerun, "bytes_uploaded") + durable_bytes <= allowed,
-            "the rerun re-sent data that had landed ({} packs, {durable_bytes} bytes, before \
-             the kill): {rerun}",
-            durable.len()
-        );
-    }
+    assert!(
+        uint(&rerun, "packs_uploaded") < total_packs,
+        "the rerun re-uploaded every pack ({total_packs} in the repo): {rerun}"
+    );
+    assert!(uint(&rerun, "chunks_reused") >= 1, "{rerun}");
+    // Random data does not compress: a whole push stores about bytes_total.
+    let allowed = bytes_total + bytes_total / 50 + 256 * 1024;
+    assert!(
+        uint(&rerun, "bytes_uploaded") + durable_bytes <= allowed,
+        "the rerun re-sent data that had landed ({} packs, {durable_bytes} bytes, before the \
+         kill): {rerun}",
+        durable.len()
+    );
 
     let verify = ferry.json(&["verify", &repo.url, "--read-data"]);
     assert!(boolean(&verify, "ok"), "{verify}");

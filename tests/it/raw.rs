@@ -110,8 +110,9 @@ impl RawStore {
         }
     }
 
-    /// Starts watching for the first object under `sub`; start it before the writer, so
-    /// that its setup does not delay the first look.
+    /// Starts watching for the first object under `sub` named by a 64-hex id (so not a
+    /// file store's staging file, `<id>#<n>`); start it before the writer, so that its setup
+    /// does not delay the first look.
     pub fn watch(&self, sub: &str) -> Watch<'_> {
         let watcher = match self {
             RawStore::Dir(_) => None,
@@ -191,7 +192,7 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<Object>) {
     }
 }
 
-/// A watch for the first object under a prefix: see [`RawStore::watch`].
+/// A watch for the first object named by an id under a prefix: see [`RawStore::watch`].
 pub struct Watch<'a> {
     store: &'a RawStore,
     sub: String,
@@ -204,7 +205,11 @@ impl Watch<'_> {
     pub fn wait(mut self, mut give_up: impl FnMut() -> bool) -> bool {
         loop {
             let found = match &mut self.watcher {
-                None => !self.store.list(&self.sub).is_empty(),
+                None => self
+                    .store
+                    .list(&self.sub)
+                    .iter()
+                    .any(|o| is_object_id(o.file_name())),
                 Some(child) => match child.try_wait().expect("poll python3") {
                     Some(status) => {
                         assert!(status.success(), "rawstore.py await {} failed", self.sub);

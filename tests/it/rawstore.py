@@ -9,12 +9,14 @@ Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, whe
   get KEY        writes the object's bytes to stdout
   put KEY FILE   replaces the object with the bytes of FILE
   clear PREFIX   deletes every object under PREFIX
-  await PREFIX   returns once an object exists under PREFIX (polls in-process, for speed)
+  await PREFIX   returns once an object named by a 64-hex id exists under PREFIX (polls
+                 in-process, for speed)
 """
 import base64
 import datetime
 import hashlib
 import hmac
+import re
 import sys
 import time
 import urllib.error
@@ -29,6 +31,7 @@ KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr
 AZ_VERSION = "2021-08-06"
 # The dummy credentials the tests give ferry as well.
 S3_KEY_ID, S3_SECRET, S3_REGION = "test", "test", "us-east-1"
+OBJECT_ID = re.compile("[0-9a-fA-F]{64}")
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
@@ -145,7 +148,8 @@ def main():
                 request("PUT", base, bucket, arg, {}, f.read())
         elif op == "await":
             deadline = time.monotonic() + 120
-            while not list_objects(kind, base, bucket, arg):
+            while not any(OBJECT_ID.fullmatch(key.rsplit("/", 1)[-1])
+                          for _, key in list_objects(kind, base, bucket, arg)):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"no object under {arg!r} after 120 s")
                 time.sleep(0.005)
