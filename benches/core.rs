@@ -134,7 +134,7 @@ fn end_to_end(c: &mut Criterion) {
     rt.block_on(ferry::commands::push(
         &ctx,
         &src_path,
-        &[repo.clone()],
+        std::slice::from_ref(&repo),
         "bench",
     ))
     .unwrap();
