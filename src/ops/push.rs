@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::chunker::Chunker;
 use crate::ids::{ChunkId, SnapshotId};
-use crate::index::{CachedFile, FileCache, Index, RepoIndex};
+use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::source::{Source, SourceEntry};
-use crate::ops::sync::sync_index;
+use crate::ops::sync::{check_not_marked, sync_index, Presence};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::Progress;
@@ -111,11 +111,10 @@ pub async fn push(
             });
         }
     }
-    let mut rindexes = Vec::new();
+    let mut presences = Vec::new();
     for (repo, _) in &targets {
         let ri = index.repo(repo.id())?;
-        sync_index(repo, &ri).await?;
-        rindexes.push(ri);
+        presences.push(sync_index(repo, &ri).await?);
     }
 
     let listing = source.list().await?;
@@ -138,10 +137,10 @@ pub async fn push(
 
     let rt = tokio::runtime::Handle::current();
     let producer = {
-        let (source, rindexes, bar) = (source.clone(), rindexes.clone(), bar.clone());
+        let (source, presences, bar) = (source.clone(), presences.clone(), bar.clone());
         tokio::task::spawn_blocking(move || {
             produce(
-                &source, listing, &cache, &rindexes, params, &job_tx, &rt, &bar,
+                &source, listing, &cache, &presences, params, &job_tx, &rt, &bar,
             )
         })
     };
@@ -167,8 +166,8 @@ pub async fn push(
 
     let mut uploaders: Vec<PackUploader> = targets
         .iter()
-        .zip(&rindexes)
-        .map(|((repo, _), ri)| PackUploader::new(repo.clone(), ri.clone(), UPLOADS_IN_FLIGHT))
+        .zip(&presences)
+        .map(|((repo, _), p)| PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT))
         .collect();
     let mut stored_new = 0u64;
     let mut raw_new = 0u64;
@@ -195,8 +194,18 @@ pub async fn push(
     bar.finish();
 
     // Every pack is durable: now the snapshot, then the ref.
+    let referenced: HashSet<ChunkId> = produced
+        .entries
+        .iter()
+        .flat_map(|e| match e {
+            Entry::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        })
+        .map(|c| c.0)
+        .collect();
     let mut reports = Vec::new();
-    for ((repo, created), stats) in targets.into_iter().zip(stats) {
+    for (((repo, created), stats), presence) in targets.into_iter().zip(stats).zip(&presences) {
+        check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
         let head = repo.ref_head(name).await?;
         let parent = match &head {
             Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
@@ -260,7 +269,7 @@ fn produce(
     source: &Source,
     listing: Vec<SourceEntry>,
     cache: &FileCache,
-    rindexes: &[RepoIndex],
+    presences: &[Presence],
     params: crate::chunker::ChunkerParams,
     jobs: &crossbeam_channel::Sender<Job>,
     rt: &tokio::runtime::Handle,
@@ -268,11 +277,11 @@ fn produce(
 ) -> Result<Produced, OpError> {
     let mut out = Produced::default();
     // Chunks already on their way to each repository in this run.
-    let mut sent: Vec<HashSet<ChunkId>> = vec![HashSet::new(); rindexes.len()];
+    let mut sent: Vec<HashSet<ChunkId>> = vec![HashSet::new(); presences.len()];
     let lacking = |id: &ChunkId, sent: &[HashSet<ChunkId>]| -> Result<u64, OpError> {
         let mut mask = 0u64;
-        for (t, ri) in rindexes.iter().enumerate() {
-            if !sent[t].contains(id) && !ri.has_chunk(id)? {
+        for (t, p) in presences.iter().enumerate() {
+            if !sent[t].contains(id) && !p.has(id)? {
                 mask |= 1 << t;
             }
         }
