@@ -148,7 +148,11 @@ pub async fn verify(repo: &str, read_data: bool) -> Result<VerifyReport, OpError
     crate::ops::verify::verify(&repo, read_data).await
 }
 
-pub async fn gc(ctx: &Context, repo: &str, opts: crate::ops::gc::GcOptions) -> Result<crate::ops::gc::GcReport, OpError> {
+pub async fn gc(
+    ctx: &Context,
+    repo: &str,
+    opts: crate::ops::gc::GcOptions,
+) -> Result<crate::ops::gc::GcReport, OpError> {
     let repo = open_repo(repo).await?;
     crate::ops::gc::gc(&repo, ctx.index()?, opts).await
 }

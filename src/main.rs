@@ -245,11 +245,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_every,
             dry_run,
         } => {
-            let keep = ferry::ops::gc::Retention { keep_last, keep_every };
+            let keep = ferry::ops::gc::Retention {
+                keep_last,
+                keep_every,
+            };
             let r = commands::forget(&repo, &name, keep, dry_run).await?;
             emit(json, &r, commands::render_forget)?;
         }
-        Command::Gc { repo, grace, dry_run } => {
+        Command::Gc {
+            repo,
+            grace,
+            dry_run,
+        } => {
             let r = commands::gc(&ctx, &repo, ferry::ops::gc::GcOptions { grace, dry_run }).await?;
             emit(json, &r, commands::render_gc)?;
         }

@@ -91,8 +91,18 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     let live = live_chunks(repo, roots.iter().filter(|r| existing.contains(r)).copied()).await?;
     report.snapshots_live = roots.len() as u64;
 
-    let packs: HashMap<PackId, SystemTime> = repo.list_packs().await?.into_iter().map(|p| (p.id, p.modified)).collect();
-    let marks: HashMap<PackId, SystemTime> = repo.list_gc_marks().await?.into_iter().map(|m| (m.id, m.modified)).collect();
+    let packs: HashMap<PackId, SystemTime> = repo
+        .list_packs()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.modified))
+        .collect();
+    let marks: HashMap<PackId, SystemTime> = repo
+        .list_gc_marks()
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.modified))
+        .collect();
     let indexes: Vec<PackIndex> = futures::stream::iter(repo.list_pack_indexes().await?)
         .map(|id| async move { repo.read_pack_index(&id).await })
         .buffer_unordered(8)
@@ -118,10 +128,9 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
             continue; // index without pack: verify reports it
         };
         if let Some(&mark_time) = marks.get(&idx.pack) {
-            let needed = idx
-                .entries
-                .iter()
-                .any(|e| live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0);
+            let needed = idx.entries.iter().any(|e| {
+                live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0
+            });
             if needed {
                 to_unmark.push(idx.pack);
             } else if old(mark_time) {
@@ -151,7 +160,11 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         .map(|(id, _)| *id)
         .collect();
     // Marks whose pack is gone.
-    let stale_marks: Vec<PackId> = marks.keys().filter(|id| !packs.contains_key(id)).copied().collect();
+    let stale_marks: Vec<PackId> = marks
+        .keys()
+        .filter(|id| !packs.contains_key(id))
+        .copied()
+        .collect();
 
     report.snapshots_deleted = doomed_snapshots.len() as u64;
     report.packs_marked = (to_mark.len() + to_rewrite.len()) as u64;
@@ -180,13 +193,18 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
                 .entries
                 .iter()
                 .filter(|e| live.contains(&e.chunk) && done.insert(e.chunk))
-                .map(|e| ChunkLocation { pack: idx.pack, entry: *e })
+                .map(|e| ChunkLocation {
+                    pack: idx.pack,
+                    entry: *e,
+                })
                 .collect();
             let mut frames = std::pin::pin!(fetch(repo, plan(locations), Want::Frames));
             while let Some(batch) = frames.next().await {
                 for f in batch? {
                     report.chunks_rewritten += 1;
-                    uploader.add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len).await?;
+                    uploader
+                        .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                        .await?;
                 }
             }
         }
@@ -251,9 +269,16 @@ pub struct ForgetReport {
 
 /// Removes ref log entries that `keep` does not keep. The snapshots they named become garbage
 /// for a later `gc` unless another ref names them.
-pub async fn forget(repo: &Repository, name: &str, keep: Retention, dry_run: bool) -> Result<ForgetReport, OpError> {
+pub async fn forget(
+    repo: &Repository,
+    name: &str,
+    keep: Retention,
+    dry_run: bool,
+) -> Result<ForgetReport, OpError> {
     if keep.keep_last == 0 {
-        return Err(OpError::Invalid("--keep-last must be at least 1: the ref's newest snapshot is always kept".into()));
+        return Err(OpError::Invalid(
+            "--keep-last must be at least 1: the ref's newest snapshot is always kept".into(),
+        ));
     }
     if keep.keep_every == Some(0) {
         return Err(OpError::Invalid("--keep-every must be at least 1".into()));

@@ -71,7 +71,12 @@ pub async fn check_not_marked(
     rindex: &RepoIndex,
     chunks: impl IntoIterator<Item = ChunkId>,
 ) -> Result<(), OpError> {
-    let marks: HashSet<PackId> = repo.list_gc_marks().await?.into_iter().map(|m| m.id).collect();
+    let marks: HashSet<PackId> = repo
+        .list_gc_marks()
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     if marks.is_empty() {
         return Ok(());
     }

@@ -53,6 +53,16 @@ pub struct RefEntry {
     pub time: String,
 }
 
+impl RefEntry {
+    /// Parses a ref log entry and checks its name.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let e: RefEntry =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid ref entry: {e}"))?;
+        check_ref_name(&e.name).map_err(|e| e.to_string())?;
+        Ok(e)
+    }
+}
+
 /// An object found by listing: its id, size and last-modified time (the store's clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Listed<T> {
@@ -233,7 +243,10 @@ impl Repository {
     }
 
     /// Every object under `prefix` whose name parses as an id, with size and time.
-    async fn list_ids<T: std::str::FromStr>(&self, prefix: &str) -> Result<Vec<Listed<T>>, RepoError> {
+    async fn list_ids<T: std::str::FromStr>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Listed<T>>, RepoError> {
         let prefix = Path::from(prefix);
         Ok(self
             .store
@@ -267,7 +280,10 @@ impl Repository {
 
     /// Marks a pack for deletion by a later gc. Pushes stop relying on its chunks.
     pub async fn mark_pack(&self, id: &PackId) -> Result<(), RepoError> {
-        Ok(self.store.put(&gc_mark_path(id), Bytes::from_static(b"{}")).await?)
+        Ok(self
+            .store
+            .put(&gc_mark_path(id), Bytes::from_static(b"{}"))
+            .await?)
     }
 
     pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
@@ -350,7 +366,12 @@ impl Repository {
     }
 
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
-        Ok(self.list_snapshot_objects().await?.into_iter().map(|l| l.id).collect())
+        Ok(self
+            .list_snapshot_objects()
+            .await?
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
     }
 
     /// The log of one ref, oldest first.

@@ -15,8 +15,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
 /// What to inject.
@@ -45,8 +45,14 @@ impl FaultConfig {
             match k {
                 "rate" => cfg.rate = v.parse::<f64>().map_err(|e| bad(&e))?.clamp(0.0, 1.0),
                 "seed" => cfg.seed = v.parse().map_err(|e| bad(&e))?,
-                "latency_ms" => cfg.max_latency = Duration::from_millis(v.parse().map_err(|e| bad(&e))?),
-                _ => return Err(format!("FERRY_FAULTS: unknown key {k:?} (use rate, seed, latency_ms)")),
+                "latency_ms" => {
+                    cfg.max_latency = Duration::from_millis(v.parse().map_err(|e| bad(&e))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "FERRY_FAULTS: unknown key {k:?} (use rate, seed, latency_ms)"
+                    ))
+                }
             }
         }
         Ok(cfg)
@@ -115,7 +121,9 @@ impl FaultStore {
         let latency = if self.cfg.max_latency.is_zero() {
             Duration::ZERO
         } else {
-            self.cfg.max_latency.mul_f64(((splitmix(r) >> 11) as f64) / (1u64 << 53) as f64)
+            self.cfg
+                .max_latency
+                .mul_f64(((splitmix(r) >> 11) as f64) / (1u64 << 53) as f64)
         };
         let fault = (unit < self.cfg.rate).then(|| match splitmix(r ^ 0xFA17) % 4 {
             0 => Fault::ServerError,
@@ -128,7 +136,12 @@ impl FaultStore {
 
     /// Sleeps the drawn latency; returns the error to fail with, if any. A truncated body is
     /// only possible on reads, so elsewhere it becomes a reset.
-    async fn before(&self, op: &'static str, location: &str, reading: bool) -> Result<Option<Fault>> {
+    async fn before(
+        &self,
+        op: &'static str,
+        location: &str,
+        reading: bool,
+    ) -> Result<Option<Fault>> {
         let (fault, latency) = self.draw();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -140,7 +153,11 @@ impl FaultStore {
                 Ok(Some(Fault::TruncatedBody))
             }
             Some(f) => {
-                let f = if f == Fault::TruncatedBody { Fault::ConnectionReset } else { f };
+                let f = if f == Fault::TruncatedBody {
+                    Fault::ConnectionReset
+                } else {
+                    f
+                };
                 self.note(f, op, location);
                 Err(error(f))
             }
@@ -189,7 +206,9 @@ fn truncate(result: GetResult) -> GetResult {
             sent += n;
             Ok(chunk.slice(..n))
         })
-        .chain(futures::stream::once(async { Err(error(Fault::TruncatedBody)) }))
+        .chain(futures::stream::once(async {
+            Err(error(Fault::TruncatedBody))
+        }))
         .boxed();
     shell.payload = GetResultPayload::Stream(cut);
     shell
@@ -209,13 +228,23 @@ impl fmt::Debug for FaultStore {
 
 #[async_trait]
 impl ObjectStore for FaultStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         self.before("put", location.as_ref(), false).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
-        self.before("put_multipart", location.as_ref(), false).await?;
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.before("put_multipart", location.as_ref(), false)
+            .await?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -233,7 +262,10 @@ impl ObjectStore for FaultStore {
         self.inner.get_ranges(location, ranges).await
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         self.inner.delete_stream(locations)
     }
 
@@ -249,7 +281,8 @@ impl ObjectStore for FaultStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.before("list", prefix.map_or("", |p| p.as_ref()), false).await?;
+        self.before("list", prefix.map_or("", |p| p.as_ref()), false)
+            .await?;
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -273,8 +306,13 @@ mod tests {
     #[test]
     fn parses_specs() {
         let c = FaultConfig::parse("rate=0.25,seed=9,latency_ms=3").unwrap();
-        assert_eq!((c.rate, c.seed, c.max_latency), (0.25, 9, Duration::from_millis(3)));
-        assert!(FaultConfig::parse("bogus=1").unwrap_err().contains("unknown key"));
+        assert_eq!(
+            (c.rate, c.seed, c.max_latency),
+            (0.25, 9, Duration::from_millis(3))
+        );
+        assert!(FaultConfig::parse("bogus=1")
+            .unwrap_err()
+            .contains("unknown key"));
         assert!(FaultConfig::parse("rate=x").is_err());
     }
 
@@ -292,7 +330,9 @@ mod tests {
             let mut outcomes = Vec::new();
             for i in 0..500 {
                 let path = Path::from(format!("o{i}"));
-                let put = store.put(&path, PutPayload::from_static(b"0123456789")).await;
+                let put = store
+                    .put(&path, PutPayload::from_static(b"0123456789"))
+                    .await;
                 let get = match store.get(&path).await {
                     Ok(r) => r.bytes().await.map(|b| b.len()),
                     Err(e) => Err(e),
@@ -307,7 +347,9 @@ mod tests {
         // 1000 requests at 20 %: expect ~200 (binomial sd ~13).
         assert!((140..=260).contains(&injected), "{injected}");
         // A truncated body never yields the whole object.
-        assert!(a.iter().all(|(_, got)| got.is_none_or(|n| n == 10 || n == 0)));
+        assert!(a
+            .iter()
+            .all(|(_, got)| got.is_none_or(|n| n == 10 || n == 0)));
         assert!(a.iter().any(|(ok, _)| !ok));
     }
 }
