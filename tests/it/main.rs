@@ -31,12 +31,15 @@ macro_rules! per_backend {
     )*};
 }
 
+mod checks;
 mod concurrent;
 mod damage;
 mod data;
 mod errors;
+mod faults;
 mod harness;
 mod raw;
 mod replicate;
 mod roundtrip;
 mod run;
+mod torture;
