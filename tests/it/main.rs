@@ -31,6 +31,7 @@ macro_rules! per_backend {
     )*};
 }
 
+mod badinput;
 mod checks;
 mod concurrent;
 mod damage;
@@ -38,6 +39,7 @@ mod data;
 mod errors;
 mod faults;
 mod harness;
+mod hostile;
 mod raw;
 mod replicate;
 mod roundtrip;
