@@ -38,6 +38,7 @@ mod damage;
 mod data;
 mod errors;
 mod faults;
+mod gc;
 mod harness;
 mod hostile;
 mod raw;
