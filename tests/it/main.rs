@@ -45,4 +45,5 @@ mod raw;
 mod replicate;
 mod roundtrip;
 mod run;
+mod secrets;
 mod torture;
