@@ -107,16 +107,27 @@ pub struct Chunker<R> {
 
 impl<R: Read> Chunker<R> {
     pub fn new(reader: R, params: ChunkerParams) -> Self {
+        Self::with_buffer(reader, params, Vec::new())
+    }
+
+    /// Like `new`, reusing a buffer from `into_buffer` (saves an allocation per file).
+    pub fn with_buffer(reader: R, params: ChunkerParams, mut buf: Vec<u8>) -> Self {
         let masks = v2020::select_masks(params.avg_size as usize, params.level());
+        buf.resize(2 * params.max_size as usize, 0);
         Self {
             reader,
             params,
             masks,
-            buf: vec![0; 2 * params.max_size as usize],
+            buf,
             start: 0,
             end: 0,
             eof: false,
         }
+    }
+
+    /// Gives the buffer back for the next file.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// Ensures `buf[start..end]` holds at least `max_size` bytes, or everything left.

@@ -37,24 +37,41 @@ pub enum FrameError {
     Hash { got: ChunkId, want: ChunkId },
 }
 
-/// Encodes a chunk: zstd at `level`, or raw when compression saves less than 1/32 of the size.
-pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
-    if raw.len() >= 64 {
-        let bound = zstd::zstd_safe::compress_bound(raw.len());
-        let mut out = Vec::with_capacity(1 + bound);
-        out.push(Codec::Zstd as u8);
-        out.resize(1 + bound, 0);
-        if let Ok(n) = zstd::bulk::compress_to_buffer(raw, &mut out[1..], level) {
-            if n < raw.len() - raw.len() / 32 {
-                out.truncate(1 + n);
-                return out;
-            }
+/// Encodes chunks into frames, reusing one zstd context (one per worker thread).
+pub struct Encoder {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Encoder {
+    pub fn new(level: i32) -> Self {
+        Self {
+            zstd: zstd::bulk::Compressor::new(level).ok(),
         }
     }
-    let mut out = Vec::with_capacity(1 + raw.len());
-    out.push(Codec::Raw as u8);
-    out.extend_from_slice(raw);
-    out
+
+    /// Encodes a chunk: zstd, or raw when compression saves less than 1/32 of the size.
+    pub fn encode(&mut self, raw: &[u8]) -> Vec<u8> {
+        if let (true, Some(z)) = (raw.len() >= 64, self.zstd.as_mut()) {
+            let bound = zstd::zstd_safe::compress_bound(raw.len());
+            let mut out = vec![0u8; 1 + bound];
+            out[0] = Codec::Zstd as u8;
+            if let Ok(n) = z.compress_to_buffer(raw, &mut out[1..]) {
+                if n < raw.len() - raw.len() / 32 {
+                    out.truncate(1 + n);
+                    return out;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(1 + raw.len());
+        out.push(Codec::Raw as u8);
+        out.extend_from_slice(raw);
+        out
+    }
+}
+
+/// Encodes one chunk with a fresh context (see `Encoder` for many).
+pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
+    Encoder::new(level).encode(raw)
 }
 
 /// Decodes a frame into `raw_len` bytes and checks them against `id`.

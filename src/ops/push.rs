@@ -148,8 +148,9 @@ pub async fn push(
     for _ in 0..workers {
         let (rx, tx) = (job_rx.clone(), frame_tx.clone());
         compressors.push(tokio::task::spawn_blocking(move || {
+            let mut encoder = crate::codec::Encoder::new(level);
             for job in rx {
-                let frame = crate::codec::encode(&job.data, level);
+                let frame = encoder.encode(&job.data);
                 let out = Frame {
                     id: job.id,
                     raw_len: job.data.len() as u32,
@@ -276,6 +277,7 @@ fn produce(
     bar: &Progress,
 ) -> Result<Produced, OpError> {
     let mut out = Produced::default();
+    let mut buffer = Vec::new();
     // Chunks already on their way to each repository in this run.
     let mut sent: Vec<HashSet<ChunkId>> = vec![HashSet::new(); presences.len()];
     let lacking = |id: &ChunkId, sent: &[HashSet<ChunkId>]| -> Result<u64, OpError> {
@@ -326,7 +328,7 @@ fn produce(
             }
         }
         let reader = source.reader(&file, rt)?;
-        let mut chunker = Chunker::new(reader, params);
+        let mut chunker = Chunker::with_buffer(reader, params, std::mem::take(&mut buffer));
         let mut whole = blake3::Hasher::new();
         let mut chunks = Vec::new();
         let mut size = 0u64;
@@ -355,6 +357,7 @@ fn produce(
             }
             bar.inc(len as u64);
         }
+        buffer = chunker.into_buffer();
         if size != file.size {
             tracing::warn!(path = %source.describe(&file.rel), listed = file.size, read = size, "file changed size while it was read");
             out.bytes_total = out.bytes_total - file.size + size;
