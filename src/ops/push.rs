@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::chunker::Chunker;
+use crate::chunker::cut_file;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::source::{Source, SourceEntry};
@@ -66,6 +66,8 @@ pub struct TargetReport {
 struct Job {
     id: ChunkId,
     data: Vec<u8>,
+    /// Element width for byte-plane compression (1: not elements).
+    width: u8,
     targets: u64,
 }
 
@@ -150,7 +152,7 @@ pub async fn push(
         compressors.push(tokio::task::spawn_blocking(move || {
             let mut encoder = crate::codec::Encoder::new(level);
             for job in rx {
-                let frame = encoder.encode(&job.data);
+                let frame = encoder.encode_elements(&job.data, job.width);
                 let out = Frame {
                     id: job.id,
                     raw_len: job.data.len() as u32,
@@ -321,6 +323,7 @@ fn produce(
                         mode: file.mode,
                         mtime_ns: file.mtime_ns,
                         blake3: c.blake3,
+                        layout: c.layout,
                         chunks: c.chunks,
                     });
                     continue;
@@ -328,36 +331,45 @@ fn produce(
             }
         }
         let reader = source.reader(&file, rt)?;
-        let mut chunker = Chunker::with_buffer(reader, params, std::mem::take(&mut buffer));
         let mut whole = blake3::Hasher::new();
         let mut chunks = Vec::new();
         let mut size = 0u64;
-        while let Some(data) = chunker
-            .next_chunk()
-            .map_err(|e| OpError::io(source.describe(&file.rel), e))?
-        {
-            whole.update(data);
-            let id = ChunkId::of(data);
-            let len = data.len() as u32;
-            size += len as u64;
-            chunks.push(ChunkRef(id, len));
-            let targets = lacking(&id, &sent)?;
-            if targets != 0 {
-                for (t, s) in sent.iter_mut().enumerate() {
-                    if targets & (1 << t) != 0 {
-                        s.insert(id);
+        let layout = cut_file(
+            reader,
+            &file.rel,
+            file.size,
+            params,
+            &mut buffer,
+            |data, width| {
+                whole.update(data);
+                let id = ChunkId::of(data);
+                let len = data.len() as u32;
+                size += len as u64;
+                chunks.push(ChunkRef(id, len));
+                let targets = lacking(&id, &sent).map_err(std::io::Error::other)?;
+                if targets != 0 {
+                    for (t, s) in sent.iter_mut().enumerate() {
+                        if targets & (1 << t) != 0 {
+                            s.insert(id);
+                        }
                     }
+                    let job = Job {
+                        id,
+                        data: data.to_vec(),
+                        width,
+                        targets,
+                    };
+                    jobs.send(job)
+                        .map_err(|_| std::io::Error::other(OpError::Cancelled))?;
                 }
-                let job = Job {
-                    id,
-                    data: data.to_vec(),
-                    targets,
-                };
-                jobs.send(job).map_err(|_| OpError::Cancelled)?;
-            }
-            bar.inc(len as u64);
-        }
-        buffer = chunker.into_buffer();
+                bar.inc(len as u64);
+                Ok(())
+            },
+        )
+        .map_err(|e| match e.downcast::<OpError>() {
+            Ok(op) => op,
+            Err(e) => OpError::io(source.describe(&file.rel), e),
+        })?;
         if size != file.size {
             tracing::warn!(path = %source.describe(&file.rel), listed = file.size, read = size, "file changed size while it was read");
             out.bytes_total = out.bytes_total - file.size + size;
@@ -374,6 +386,7 @@ fn produce(
                 etag: file.etag.clone(),
                 mode: file.mode,
                 blake3,
+                layout,
                 chunks: chunks.clone(),
             },
         )?;
@@ -383,6 +396,7 @@ fn produce(
             mode: file.mode,
             mtime_ns: file.mtime_ns,
             blake3,
+            layout,
             chunks,
         });
     }
