@@ -78,11 +78,7 @@ impl Encoder {
         let mut out = Vec::with_capacity(raw.len() + 2 + 5 * w);
         out.push(Codec::Planes as u8);
         out.push(width);
-        let mut plane = vec![0u8; n];
-        for k in 0..w {
-            for (dst, src) in plane.iter_mut().zip(raw.chunks_exact(w)) {
-                *dst = src[k];
-            }
+        for plane in split_planes(&raw[..n * w], w) {
             let packed = if entropy_bits(&plane, 1) < PLANE_INCOMPRESSIBLE_BITS {
                 self.compress(&plane)
             } else {
@@ -123,6 +119,41 @@ impl Encoder {
         out.extend_from_slice(&z);
         Some(out)
     }
+}
+
+/// Splits whole elements into `w` byte planes in one pass (w = 2 or 4).
+fn split_planes(raw: &[u8], w: usize) -> Vec<Vec<u8>> {
+    let n = raw.len() / w;
+    let mut planes = vec![vec![0u8; n]; w];
+    match planes.as_mut_slice() {
+        [p0, p1] => {
+            for ((a, b), e) in p0.iter_mut().zip(p1.iter_mut()).zip(raw.chunks_exact(2)) {
+                *a = e[0];
+                *b = e[1];
+            }
+        }
+        [p0, p1, p2, p3] => {
+            let dst = p0
+                .iter_mut()
+                .zip(p1.iter_mut())
+                .zip(p2.iter_mut())
+                .zip(p3.iter_mut());
+            for ((((a, b), c), d), e) in dst.zip(raw.chunks_exact(4)) {
+                *a = e[0];
+                *b = e[1];
+                *c = e[2];
+                *d = e[3];
+            }
+        }
+        _ => {
+            for (i, e) in raw.chunks_exact(w).enumerate() {
+                for (k, byte) in e.iter().enumerate() {
+                    planes[k][i] = *byte;
+                }
+            }
+        }
+    }
+    planes
 }
 
 /// Order-0 entropy above which a whole chunk is not worth handing to zstd (bits per byte).
