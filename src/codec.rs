@@ -79,7 +79,7 @@ impl Encoder {
         out.push(Codec::Planes as u8);
         out.push(width);
         for plane in split_planes(&raw[..n * w], w) {
-            let packed = if entropy_bits(&plane, 1) < PLANE_INCOMPRESSIBLE_BITS {
+            let packed = if entropy_bits(&plane, 3) < PLANE_INCOMPRESSIBLE_BITS {
                 self.compress(&plane)
             } else {
                 None

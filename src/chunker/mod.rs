@@ -94,7 +94,7 @@ impl Default for ChunkerParams {
     }
 }
 
-/// Streams chunks out of a reader. Holds at most two `max_size` windows of data.
+/// Streams chunks out of a reader. Holds at most four `max_size` windows of data.
 pub struct Chunker<R> {
     reader: R,
     params: ChunkerParams,
@@ -117,7 +117,8 @@ impl<R: Read> Chunker<R> {
     /// Like `new`, reusing a buffer from `into_buffer` (saves an allocation per file).
     pub fn with_buffer(reader: R, params: ChunkerParams, mut buf: Vec<u8>) -> Self {
         let masks = v2020::select_masks(params.avg_size as usize, params.level());
-        buf.resize(2 * params.max_size as usize, 0);
+        // Four windows: refilling moves at most one window per three consumed.
+        buf.resize(4 * params.max_size as usize, 0);
         Self {
             reader,
             params,
