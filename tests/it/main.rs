@@ -31,12 +31,19 @@ macro_rules! per_backend {
     )*};
 }
 
+mod badinput;
+mod checks;
 mod concurrent;
 mod damage;
 mod data;
 mod errors;
+mod faults;
+mod gc;
 mod harness;
+mod hostile;
 mod raw;
 mod replicate;
 mod roundtrip;
 mod run;
+mod secrets;
+mod torture;

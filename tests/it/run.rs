@@ -71,6 +71,18 @@ impl Ferry {
         self.spawn_command(self.command(args))
     }
 
+    /// Like [`Ferry::spawn`], with extra environment variables.
+    pub fn spawn_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Running {
+        let mut cmd = self.command(args);
+        cmd.envs(envs.iter().copied());
+        self.spawn_command(cmd)
+    }
+
+    /// Like [`Ferry::run`], with extra environment variables.
+    pub fn run_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        self.spawn_env(args, envs).wait()
+    }
+
     /// Runs `ferry ARGS...` (with extra environment `envs`) to completion without adding
     /// `--index-dir` or `--json`.
     pub fn run_bare(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
