@@ -19,6 +19,7 @@
 pub mod chunker;
 pub mod codec;
 pub mod commands;
+pub mod config;
 pub mod demo;
 pub mod ids;
 pub mod index;
