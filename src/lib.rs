@@ -20,6 +20,7 @@ pub mod chunker;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod ids;
 pub mod index;

@@ -2,6 +2,7 @@
 //! validate (every problem names its key and the fix) → typed [`Config`]. `ferry daemon`,
 //! `ferry sync` and `ferry check-config` all load through [`Config::load`].
 
+mod jobs;
 mod raw;
 mod validate;
 

@@ -46,19 +46,38 @@ fn shipped_configs_load() {
     else {
         panic!("checkpoints is a push job")
     };
-    assert_eq!(source.to_string(), "file:///work/here/ferry-local/checkpoints");
+    assert_eq!(
+        source.to_string(),
+        "file:///work/here/ferry-local/checkpoints"
+    );
     assert_eq!(*layout, Layout::Steps);
     assert_eq!(reference, "demo-model");
     assert_eq!(complete.settle, Duration::from_secs(3));
     assert_eq!(ckpt.targets[0].label, "local-a");
-    assert!(matches!(local.job("mirror").unwrap().kind, JobKind::Replicate { .. }));
+    assert!(matches!(
+        local.job("mirror").unwrap().kind,
+        JobKind::Replicate { .. }
+    ));
 
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/aws-azure.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/aws-azure.toml"
+    ))
+    .unwrap();
     let aws = load(&text).unwrap();
     assert_eq!(aws.jobs.len(), 3);
-    assert_eq!(aws.server.token.as_ref().unwrap().expose(), "0123456789abcdef0123");
-    assert!(matches!(aws.job("datasets").unwrap().trigger, Trigger::Cron(..)));
-    assert_eq!(aws.job("llama-checkpoints").unwrap().targets[0].egress_usd_per_gb, 0.0);
+    assert_eq!(
+        aws.server.token.as_ref().unwrap().expose(),
+        "0123456789abcdef0123"
+    );
+    assert!(matches!(
+        aws.job("datasets").unwrap().trigger,
+        Trigger::Cron(..)
+    ));
+    assert_eq!(
+        aws.job("llama-checkpoints").unwrap().targets[0].egress_usd_per_gb,
+        0.0
+    );
 }
 
 #[test]
@@ -85,7 +104,10 @@ fn defaults_fill_in() {
 #[test]
 fn unknown_keys_are_refused_at_their_line() {
     let e = error(&MINIMAL.replace("watch = true", "watch = true\nsettel = \"5s\""));
-    assert!(e.starts_with("test.toml:8:1: jobs[0].settel: unknown field `settel`"), "{e}");
+    assert!(
+        e.starts_with("test.toml:8:1: jobs[0].settel: unknown field `settel`"),
+        "{e}"
+    );
     let e = error("version = 1\n[server]\nport = 1\n");
     assert!(e.contains("server.port: unknown field `port`"), "{e}");
 }
@@ -109,20 +131,76 @@ fn version_is_required_and_checked() {
 #[test]
 fn validation_names_key_and_fix() {
     for (from, to, needle) in [
-        ("watch = true", "every = \"5 parsecs\"", "jobs[0].every: \"5 parsecs\" is not a duration"),
-        ("watch = true", "cron = \"61 * * * *\"", "jobs[0].cron: \"61 * * * *\" is not a cron schedule"),
-        ("watch = true", "", "jobs[0]: no triggers: set exactly one of watch"),
-        ("watch = true", "watch = true\nevery = \"1m\"", "several triggers"),
-        ("[\"file:///repo\"]", "[\"aws\"]", "jobs[0].targets[0]: no store named \"aws\": define [stores.aws]"),
-        ("[\"file:///repo\"]", "[\"file:///repo\", \"/repo\"]", "jobs[0].targets[1]: file:///repo is listed twice"),
-        ("[\"file:///repo\"]", "[\"data/ckpt\"]", "jobs[0].targets[0]: is the job's own source"),
-        ("name = \"ckpt\"", "name = \"a b\"", "jobs[0].name: \"a b\" is not a valid job name"),
-        ("source = \"data/ckpt\"", "source = \"s3://bucket/x\"", "jobs[0].watch: watch needs a local folder source"),
-        ("watch = true", "watch = true\nlatest = \"latest\"", "jobs[0].latest: a latest pointer names a step folder: set layout = \"steps\""),
-        ("watch = true", "watch = true\nmarker = \"a/b\"", "jobs[0].marker: \"a/b\" is not a file-name pattern"),
-        ("watch = true", "watch = true\nrefs = [\"x\"]", "jobs[0].refs: applies to replicate jobs"),
-        ("watch = true", "watch = true\nref = \".bad\"", "jobs[0].ref: invalid ref name"),
-        ("watch = true", "watch = true\nlayout = \"flat\"", "jobs[0].layout: \"flat\" is not a layout"),
+        (
+            "watch = true",
+            "every = \"5 parsecs\"",
+            "jobs[0].every: \"5 parsecs\" is not a duration",
+        ),
+        (
+            "watch = true",
+            "cron = \"61 * * * *\"",
+            "jobs[0].cron: \"61 * * * *\" is not a cron schedule",
+        ),
+        (
+            "watch = true",
+            "",
+            "jobs[0]: no triggers: set exactly one of watch",
+        ),
+        (
+            "watch = true",
+            "watch = true\nevery = \"1m\"",
+            "several triggers",
+        ),
+        (
+            "[\"file:///repo\"]",
+            "[\"aws\"]",
+            "jobs[0].targets[0]: no store named \"aws\": define [stores.aws]",
+        ),
+        (
+            "[\"file:///repo\"]",
+            "[\"file:///repo\", \"/repo\"]",
+            "jobs[0].targets[1]: file:///repo is listed twice",
+        ),
+        (
+            "[\"file:///repo\"]",
+            "[\"data/ckpt\"]",
+            "jobs[0].targets[0]: is the job's own source",
+        ),
+        (
+            "name = \"ckpt\"",
+            "name = \"a b\"",
+            "jobs[0].name: \"a b\" is not a valid job name",
+        ),
+        (
+            "source = \"data/ckpt\"",
+            "source = \"s3://bucket/x\"",
+            "jobs[0].watch: watch needs a local folder source",
+        ),
+        (
+            "watch = true",
+            "watch = true\nlatest = \"latest\"",
+            "jobs[0].latest: a latest pointer names a step folder: set layout = \"steps\"",
+        ),
+        (
+            "watch = true",
+            "watch = true\nmarker = \"a/b\"",
+            "jobs[0].marker: \"a/b\" is not a file-name pattern",
+        ),
+        (
+            "watch = true",
+            "watch = true\nrefs = [\"x\"]",
+            "jobs[0].refs: applies to replicate jobs",
+        ),
+        (
+            "watch = true",
+            "watch = true\nref = \".bad\"",
+            "jobs[0].ref: invalid ref name",
+        ),
+        (
+            "watch = true",
+            "watch = true\nlayout = \"flat\"",
+            "jobs[0].layout: \"flat\" is not a layout",
+        ),
     ] {
         let text = MINIMAL.replace(from, to);
         let e = error(&text);
@@ -135,20 +213,35 @@ fn validation_names_key_and_fix() {
 fn server_rules() {
     let with = |server: &str| format!("version = 1\n[server]\n{server}\n{}", &MINIMAL[12..]);
     let e = error(&with("bind = \"0.0.0.0:7878\""));
-    assert!(e.contains("server.bind: 0.0.0.0:7878 is not a loopback address and no API token"), "{e}");
-    let c = load(&with("bind = \"0.0.0.0:7878\"\ntoken_env = \"FERRY_API_TOKEN\"")).unwrap();
+    assert!(
+        e.contains("server.bind: 0.0.0.0:7878 is not a loopback address and no API token"),
+        "{e}"
+    );
+    let c = load(&with(
+        "bind = \"0.0.0.0:7878\"\ntoken_env = \"FERRY_API_TOKEN\"",
+    ))
+    .unwrap();
     assert_eq!(format!("{:?}", c.server.token), "Some(***)");
     assert!(!format!("{c:?}").contains("0123456789abcdef"));
     let e = error(&with("token_env = \"NOPE\""));
-    assert!(e.contains("server.token_env: environment variable NOPE is not set"), "{e}");
+    assert!(
+        e.contains("server.token_env: environment variable NOPE is not set"),
+        "{e}"
+    );
     let e = error(&with("bind = \"localhost:80\""));
-    assert!(e.contains("server.bind: \"localhost:80\" is not an address"), "{e}");
+    assert!(
+        e.contains("server.bind: \"localhost:80\" is not an address"),
+        "{e}"
+    );
 }
 
 #[test]
 fn all_problems_are_reported_together() {
     let e = error(&MINIMAL.replace("watch = true", "every = \"soon\"\nqueue = 0"));
-    assert!(e.contains("jobs[0].every") && e.contains("jobs[0].queue"), "{e}");
+    assert!(
+        e.contains("jobs[0].every") && e.contains("jobs[0].queue"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -164,7 +257,13 @@ fn patterns_match_file_names() {
 #[test]
 fn key_at_finds_tables_and_array_indexes() {
     let text = "version = 1\n[server]\nbind = 1\n[[jobs]]\nname = \"a\"\n[[jobs]]\nevery = 3\n";
-    assert_eq!(validate::key_at(text, text.find("bind").unwrap()), "server.bind");
-    assert_eq!(validate::key_at(text, text.find("every").unwrap()), "jobs[1].every");
+    assert_eq!(
+        validate::key_at(text, text.find("bind").unwrap()),
+        "server.bind"
+    );
+    assert_eq!(
+        validate::key_at(text, text.find("every").unwrap()),
+        "jobs[1].every"
+    );
     assert_eq!(validate::key_at(text, 0), "version");
 }

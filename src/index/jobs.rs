@@ -135,6 +135,13 @@ impl JobLog {
             .map_err(|e| self.err(e))
     }
 
+    pub fn remove_item(&self, job: &str, target: &str, item: &str) -> Result<(), IndexError> {
+        self.items
+            .remove(item_key(job, target, item))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Every item of one job target, in key order.
     pub fn items(&self, job: &str, target: &str) -> Result<Vec<(String, ItemRecord)>, IndexError> {
         let p = prefix(job, target);
@@ -152,7 +159,10 @@ impl JobLog {
     /// A new run id, larger than any handed out before (also across restarts).
     pub fn next_run_id(&self) -> Result<u64, IndexError> {
         // sled's ids are monotonic but may jump after a crash; that is fine for ordering.
-        self.db.generate_id().map(|i| i + 1).map_err(|e| self.err(e))
+        self.db
+            .generate_id()
+            .map(|i| i + 1)
+            .map_err(|e| self.err(e))
     }
 
     pub fn put_run(&self, id: u64, record: &[u8]) -> Result<(), IndexError> {
@@ -163,7 +173,11 @@ impl JobLog {
     }
 
     /// Up to `limit` runs, newest first, with ids below `before` when given.
-    pub fn runs(&self, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
+    pub fn runs(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
         let iter = match before {
             Some(b) => self.runs.range(..b.to_be_bytes()),
             None => self.runs.iter(),
@@ -212,18 +226,28 @@ mod tests {
             at_ms: since_ms + 1,
         };
         {
-            let log = Index::open(dir.path(), Duration::ZERO).unwrap().job_log().unwrap();
-            log.set_item("j", "t", "step-2", rec(ItemState::Pending, 20)).unwrap();
-            log.set_item("j", "t", "step-1", rec(ItemState::Done, 10)).unwrap();
-            log.set_item("j", "t2", "step-1", rec(ItemState::Skipped, 10)).unwrap();
-            log.set_item("j2", "t", "x", rec(ItemState::Pending, 1)).unwrap();
+            let log = Index::open(dir.path(), Duration::ZERO)
+                .unwrap()
+                .job_log()
+                .unwrap();
+            log.set_item("j", "t", "step-2", rec(ItemState::Pending, 20))
+                .unwrap();
+            log.set_item("j", "t", "step-1", rec(ItemState::Done, 10))
+                .unwrap();
+            log.set_item("j", "t2", "step-1", rec(ItemState::Skipped, 10))
+                .unwrap();
+            log.set_item("j2", "t", "x", rec(ItemState::Pending, 1))
+                .unwrap();
             for i in 0..5u8 {
                 let id = log.next_run_id().unwrap();
                 log.put_run(id, &[i]).unwrap();
             }
             log.flush().unwrap();
         }
-        let log = Index::open(dir.path(), Duration::ZERO).unwrap().job_log().unwrap();
+        let log = Index::open(dir.path(), Duration::ZERO)
+            .unwrap()
+            .job_log()
+            .unwrap();
         assert_eq!(
             log.items("j", "t").unwrap(),
             vec![
@@ -231,10 +255,16 @@ mod tests {
                 ("step-2".to_string(), rec(ItemState::Pending, 20)),
             ]
         );
-        assert_eq!(log.item("j", "t2", "step-1").unwrap(), Some(rec(ItemState::Skipped, 10)));
+        assert_eq!(
+            log.item("j", "t2", "step-1").unwrap(),
+            Some(rec(ItemState::Skipped, 10))
+        );
         assert_eq!(log.item("j", "t", "nope").unwrap(), None);
         let runs = log.runs(None, 3).unwrap();
-        assert_eq!(runs.iter().map(|r| r.1[0]).collect::<Vec<_>>(), vec![4, 3, 2]);
+        assert_eq!(
+            runs.iter().map(|r| r.1[0]).collect::<Vec<_>>(),
+            vec![4, 3, 2]
+        );
         let older = log.runs(Some(runs[2].0), 10).unwrap();
         assert_eq!(older.iter().map(|r| r.1[0]).collect::<Vec<_>>(), vec![1, 0]);
         let next = log.next_run_id().unwrap();
