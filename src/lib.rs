@@ -27,4 +27,6 @@ pub mod index;
 pub mod ops;
 pub mod progress;
 pub mod repo;
+pub mod server;
+pub mod service;
 pub mod store;

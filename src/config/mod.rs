@@ -220,6 +220,21 @@ impl Config {
         validate::validate(raw, origin, env)
     }
 
+    /// The same config listening on `bind` instead (`ferry daemon --bind`), under the same
+    /// rule: off loopback only with a token.
+    pub fn with_bind(mut self, bind: SocketAddr) -> Result<Config, ConfigError> {
+        if !bind.ip().is_loopback() && self.server.token.is_none() {
+            return Err(ConfigError::Invalid {
+                path: self.origin.clone(),
+                problems: vec![format!(
+                    "--bind {bind}: not a loopback address and no API token is configured: set server.token_env (or token_file), or bind 127.0.0.1"
+                )],
+            });
+        }
+        self.server.bind = bind;
+        Ok(self)
+    }
+
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|j| j.name == name)
     }

@@ -357,7 +357,8 @@ fn server(p: &mut Problems, raw: &RawConfig, env: &Env) -> ServerConfig {
             p.add(key, format!("the token is shorter than {MIN_TOKEN_LEN} characters: use a long random one (e.g. `openssl rand -hex 32`)"));
         }
     }
-    if token.is_none() && !bind.ip().is_loopback() {
+    let token_configured = s.token_env.is_some() || s.token_file.is_some();
+    if !token_configured && !bind.ip().is_loopback() {
         p.add(
             "server.bind",
             format!("{bind} is not a loopback address and no API token is configured: set server.token_env (or token_file), or bind 127.0.0.1"),

@@ -131,6 +131,8 @@ impl Daemon {
     pub fn start(&self) {
         let s = &self.shared;
         for job in &s.jobs {
+            let next = clock::next_fire(&job.config.trigger, s.clock.now());
+            job.with(|l| l.next_fire_ms = next.map(|t| t.timestamp_millis()));
             let (sh, j) = (s.clone(), job.clone());
             match job.config.trigger {
                 Trigger::Watch => s.tracker.spawn(discover::watch_loop(sh, j)),
