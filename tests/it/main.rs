@@ -31,12 +31,16 @@ macro_rules! per_backend {
     )*};
 }
 
+mod browser;
 mod concurrent;
+mod daemon;
 mod damage;
 mod data;
 mod errors;
 mod harness;
+mod http;
 mod raw;
 mod replicate;
 mod roundtrip;
 mod run;
+mod service;

@@ -71,6 +71,13 @@ impl Ferry {
         self.spawn_command(self.command(args))
     }
 
+    /// Like [`Ferry::spawn`], with extra (or overriding) environment variables.
+    pub fn spawn_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Running {
+        let mut cmd = self.command(args);
+        cmd.envs(envs.iter().copied());
+        self.spawn_command(cmd)
+    }
+
     /// Runs `ferry ARGS...` (with extra environment `envs`) to completion without adding
     /// `--index-dir` or `--json`.
     pub fn run_bare(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
@@ -124,6 +131,20 @@ pub struct Running {
 impl Running {
     pub fn has_exited(&mut self) -> bool {
         self.child.try_wait().expect("poll child").is_some()
+    }
+
+    /// Sends SIGTERM (through `kill`, the tests have no libc binding).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// SIGKILL, then reap.
