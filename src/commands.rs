@@ -148,6 +148,56 @@ pub async fn verify(repo: &str, read_data: bool) -> Result<VerifyReport, OpError
     crate::ops::verify::verify(&repo, read_data).await
 }
 
+pub async fn gc(
+    ctx: &Context,
+    repo: &str,
+    opts: crate::ops::gc::GcOptions,
+) -> Result<crate::ops::gc::GcReport, OpError> {
+    let repo = open_repo(repo).await?;
+    crate::ops::gc::gc(&repo, ctx.index()?, opts).await
+}
+
+pub async fn forget(
+    repo: &str,
+    name: &str,
+    keep: crate::ops::gc::Retention,
+    dry_run: bool,
+) -> Result<crate::ops::gc::ForgetReport, OpError> {
+    let repo = open_repo(repo).await?;
+    crate::ops::gc::forget(&repo, name, keep, dry_run).await
+}
+
+pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
+    format!(
+        "{}gc {}: {} live snapshots; {} snapshots deleted; of {} packs: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {:.1}s",
+        if r.dry_run { "[dry run] " } else { "" },
+        r.repo,
+        r.snapshots_live,
+        r.snapshots_deleted,
+        r.packs_total,
+        r.packs_marked,
+        r.packs_unmarked,
+        r.packs_deleted,
+        bytes(r.bytes_deleted),
+        r.packs_rewritten,
+        r.chunks_rewritten,
+        r.orphans_deleted,
+        r.duration_secs
+    )
+}
+
+pub fn render_forget(r: &crate::ops::gc::ForgetReport) -> String {
+    format!(
+        "{}forget {:?} in {}: kept {} entries, forgot {:?}; run `ferry gc {}` to reclaim space",
+        if r.dry_run { "[dry run] " } else { "" },
+        r.name,
+        r.repo,
+        r.kept.len(),
+        r.forgotten,
+        r.repo
+    )
+}
+
 #[derive(Debug, Serialize)]
 pub struct SnapshotRow {
     pub name: String,

@@ -108,6 +108,31 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Trim a ref's history; the snapshots it no longer names are reclaimed by `gc`.
+    Forget {
+        repo: String,
+        name: String,
+        /// Keep the newest N snapshots (at least 1).
+        #[arg(long, default_value_t = 1)]
+        keep_last: u64,
+        /// Also keep every snapshot whose sequence number is a multiple of N.
+        #[arg(long)]
+        keep_every: Option<u64>,
+        /// Show what would be forgotten, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete packs and snapshots no ref needs (two-phase, safe alongside pushes).
+    Gc {
+        repo: String,
+        /// Age a pack must reach before it is marked, and a mark before the pack is deleted.
+        /// Must exceed your longest push.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Show what would be deleted, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Generate a small checkpoint series and show push, replicate and restore on local repositories.
     Demo {
         /// Work folder (default: a new temporary folder, removed afterwards).
@@ -121,6 +146,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{e} (examples: 64KiB, 1MiB, 32MiB)"))
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))
 }
 
 fn main() -> ExitCode {
@@ -296,6 +325,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !r.ok {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Forget {
+            repo,
+            name,
+            keep_last,
+            keep_every,
+            dry_run,
+        } => {
+            let keep = ferry::ops::gc::Retention {
+                keep_last,
+                keep_every,
+            };
+            let r = commands::forget(&repo, &name, keep, dry_run).await?;
+            emit(json, &r, commands::render_forget)?;
+        }
+        Command::Gc {
+            repo,
+            grace,
+            dry_run,
+        } => {
+            let r = commands::gc(&ctx, &repo, ferry::ops::gc::GcOptions { grace, dry_run }).await?;
+            emit(json, &r, commands::render_gc)?;
         }
         Command::Demo { dir } => {
             let r = ferry::demo::run(dir).await?;

@@ -16,6 +16,7 @@ pub use jobs::{ItemRecord, ItemState, JobLog};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::chunker::Layout;
 use crate::ids::{ChunkId, PackId, SnapshotId};
 use crate::repo::pack::{PackEntry, PackIndex};
 use crate::repo::snapshot::ChunkRef;
@@ -58,6 +59,7 @@ pub struct CachedFile {
     pub etag: Option<String>,
     pub mode: u32,
     pub blake3: ChunkId,
+    pub layout: Layout,
     pub chunks: Vec<ChunkRef>,
 }
 
@@ -293,7 +295,7 @@ impl FileCache {
     }
 }
 
-const FILE_RECORD_VERSION: u8 = 1;
+const FILE_RECORD_VERSION: u8 = 2;
 
 fn encode_file(f: &CachedFile) -> Vec<u8> {
     let etag = f.etag.as_deref().unwrap_or("").as_bytes();
@@ -305,6 +307,10 @@ fn encode_file(f: &CachedFile) -> Vec<u8> {
     v.extend_from_slice(&(etag.len() as u16).to_le_bytes());
     v.extend_from_slice(etag);
     v.extend_from_slice(&f.mode.to_le_bytes());
+    v.push(match f.layout {
+        Layout::Cdc => 0,
+        Layout::Safetensors => 1,
+    });
     v.extend_from_slice(&f.blake3.0);
     v.extend_from_slice(&(f.chunks.len() as u32).to_le_bytes());
     for c in &f.chunks {
@@ -331,6 +337,11 @@ fn decode_file(v: &[u8]) -> Option<CachedFile> {
     let etag_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let etag = String::from_utf8(take(etag_len)?.to_vec()).ok();
     let mode = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let layout = match take(1)?[0] {
+        0 => Layout::Cdc,
+        1 => Layout::Safetensors,
+        _ => return None,
+    };
     let blake3 = ChunkId::from_slice(take(32)?)?;
     let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
     let mut chunks = Vec::with_capacity(n.min(1 << 20));
@@ -345,6 +356,7 @@ fn decode_file(v: &[u8]) -> Option<CachedFile> {
         etag: if has_etag { etag } else { None },
         mode,
         blake3,
+        layout,
         chunks,
     })
 }
@@ -361,6 +373,7 @@ mod tests {
             etag: Some("\"abc\"".into()),
             mode: 0o644,
             blake3: ChunkId::of(b"x"),
+            layout: Layout::Safetensors,
             chunks: vec![
                 ChunkRef(ChunkId::of(b"a"), 4),
                 ChunkRef(ChunkId::of(b"b"), 6),

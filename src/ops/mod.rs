@@ -2,6 +2,7 @@
 //! opened stores and the local index and returns a serializable report.
 
 pub mod fetch;
+pub mod gc;
 pub mod push;
 pub mod replicate;
 pub mod restore;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::Index;
 use crate::ops::fetch::{fetch, locate, plan, Want};
-use crate::ops::sync::sync_index;
+use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
 use crate::progress::Progress;
@@ -48,7 +48,7 @@ pub async fn replicate(
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
     sync_index(from, &from_index).await?;
-    sync_index(to, &to_index).await?;
+    let to_presence = sync_index(to, &to_index).await?;
 
     let names = if names.is_empty() {
         from.ref_names().await?
@@ -92,6 +92,7 @@ pub async fn replicate(
     let mut bytes_downloaded = 0;
     let mut chunks_copied = 0;
     let mut snapshots = Vec::new();
+    let mut referenced = HashSet::new();
     for id in &wanted {
         let bytes = from.read_snapshot_bytes(id).await?;
         let snap = Snapshot::decode(&bytes).map_err(|p| crate::repo::RepoError::Corrupt {
@@ -99,8 +100,9 @@ pub async fn replicate(
             problem: p,
         })?;
         let mut need = Vec::new();
+        referenced.extend(snap.chunks().map(|c| c.0));
         for c in snap.chunks() {
-            if !sent.contains(&c.0) && !to_index.has_chunk(&c.0)? {
+            if !sent.contains(&c.0) && !to_presence.has(&c.0)? {
                 sent.insert(c.0);
                 need.push(c.0);
             }
@@ -127,6 +129,7 @@ pub async fn replicate(
     }
     // Packs first, then snapshots, then refs.
     let upload = uploader.finish().await?;
+    check_not_marked(to, &to_index, referenced).await?;
     for (id, bytes) in &snapshots {
         let written = to.write_snapshot_bytes(bytes.clone()).await?;
         debug_assert_eq!(written, *id);

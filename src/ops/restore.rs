@@ -96,6 +96,7 @@ pub async fn restore(
                 mtime_ns,
                 blake3,
                 chunks,
+                ..
             } => {
                 let file = FileSpec {
                     path,

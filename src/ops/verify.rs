@@ -45,7 +45,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
         .list_packs()
         .await?
         .into_iter()
-        .map(|(id, size, _)| (id, size))
+        .map(|l| (l.id, l.size))
         .collect();
     let mut chunks: HashSet<ChunkId> = HashSet::new();
     let mut indexed = Vec::new();

@@ -53,6 +53,24 @@ pub struct RefEntry {
     pub time: String,
 }
 
+impl RefEntry {
+    /// Parses a ref log entry and checks its name.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let e: RefEntry =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid ref entry: {e}"))?;
+        check_ref_name(&e.name).map_err(|e| e.to_string())?;
+        Ok(e)
+    }
+}
+
+/// An object found by listing: its id, size and last-modified time (the store's clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<T> {
+    pub id: T,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// An opened repository.
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -75,6 +93,10 @@ pub fn index_path(id: &PackId) -> Path {
 
 pub fn snapshot_path(id: &SnapshotId) -> Path {
     Path::from(format!("snapshots/{id}"))
+}
+
+pub fn gc_mark_path(id: &PackId) -> Path {
+    Path::from(format!("gc/{id}"))
 }
 
 fn ref_path(name: &str, seq: u64) -> Path {
@@ -220,19 +242,70 @@ impl Repository {
         Ok(ids)
     }
 
-    /// Every pack object with its size.
-    pub async fn list_packs(&self) -> Result<Vec<(PackId, u64, Path)>, RepoError> {
-        let prefix = Path::from("packs");
+    /// Every object under `prefix` whose name parses as an id, with size and time.
+    async fn list_ids<T: std::str::FromStr>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Listed<T>>, RepoError> {
+        let prefix = Path::from(prefix);
         Ok(self
             .store
             .list(Some(&prefix))
             .await?
             .into_iter()
             .filter_map(|m| {
-                let id = m.location.filename()?.parse().ok()?;
-                Some((id, m.size, m.location))
+                Some(Listed {
+                    id: m.location.filename()?.parse().ok()?,
+                    size: m.size,
+                    modified: std::time::SystemTime::from(m.last_modified),
+                })
             })
             .collect())
+    }
+
+    /// Every pack object.
+    pub async fn list_packs(&self) -> Result<Vec<Listed<PackId>>, RepoError> {
+        self.list_ids("packs").await
+    }
+
+    /// Every snapshot object.
+    pub async fn list_snapshot_objects(&self) -> Result<Vec<Listed<SnapshotId>>, RepoError> {
+        self.list_ids("snapshots").await
+    }
+
+    /// Packs marked for deletion by gc (`gc/<pack id>`), with the marker's time.
+    pub async fn list_gc_marks(&self) -> Result<Vec<Listed<PackId>>, RepoError> {
+        self.list_ids("gc").await
+    }
+
+    /// Marks a pack for deletion by a later gc. Pushes stop relying on its chunks.
+    pub async fn mark_pack(&self, id: &PackId) -> Result<(), RepoError> {
+        Ok(self
+            .store
+            .put(&gc_mark_path(id), Bytes::from_static(b"{}"))
+            .await?)
+    }
+
+    pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
+        Ok(self.store.delete(&gc_mark_path(id)).await?)
+    }
+
+    /// Deletes a pack: its index first (so no client learns of it any more), then the pack,
+    /// then any gc mark.
+    pub async fn delete_pack(&self, id: &PackId) -> Result<(), RepoError> {
+        self.store.delete(&index_path(id)).await?;
+        self.store.delete(&pack_path(id)).await?;
+        Ok(self.store.delete(&gc_mark_path(id)).await?)
+    }
+
+    pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), RepoError> {
+        Ok(self.store.delete(&snapshot_path(id)).await?)
+    }
+
+    /// Removes one entry from a ref's log (never the head: callers check).
+    pub async fn delete_ref_entry(&self, name: &str, seq: u64) -> Result<(), RepoError> {
+        check_ref_name(name)?;
+        Ok(self.store.delete(&ref_path(name, seq)).await?)
     }
 
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
@@ -293,13 +366,11 @@ impl Repository {
     }
 
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
-        let prefix = Path::from("snapshots");
         Ok(self
-            .store
-            .list(Some(&prefix))
+            .list_snapshot_objects()
             .await?
             .into_iter()
-            .filter_map(|m| m.location.filename()?.parse().ok())
+            .map(|l| l.id)
             .collect())
     }
 

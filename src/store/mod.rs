@@ -5,6 +5,7 @@
 //! `object_store`'s `from_env` builders, so the same URL works against AWS, Azure and the
 //! local emulators.
 
+pub mod fault;
 mod url;
 
 use std::collections::HashMap;
@@ -141,6 +142,14 @@ impl Store {
                 let mem = stores.entry(name.clone()).or_default().clone();
                 prefixed_arc(mem, prefix)
             }
+        };
+        let inner = match std::env::var("FERRY_FAULTS") {
+            Ok(spec) if !spec.is_empty() => {
+                let cfg = fault::FaultConfig::parse(&spec).map_err(fail)?;
+                tracing::warn!(?cfg, store = %url, "fault injection enabled (FERRY_FAULTS): for tests only");
+                Arc::new(fault::FaultStore::new(inner, cfg))
+            }
+            _ => inner,
         };
         Ok(Self {
             url: url.clone(),

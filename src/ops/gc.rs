@@ -1,0 +1,316 @@
+//! Retention and garbage collection: `forget` trims a ref's log; `gc` deletes what no
+//! snapshot needs, in two phases so that it is safe alongside pushes.
+//!
+//! Phase 1 marks a pack no live snapshot needs (`gc/<pack id>`), but only once the pack is
+//! older than the grace period, so a running push's fresh packs are never marked. Pushes stop
+//! relying on marked packs, and refuse to write a snapshot that relies on one. Phase 2, in a
+//! later gc run, deletes a marked pack once its mark is older than the grace period and it is
+//! still not needed by any snapshot that exists then; a pack needed again is unmarked. Packs
+//! whose live chunks fill less than half of them are rewritten: their live chunks are copied
+//! into new packs, then the old pack is marked.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::ids::{ChunkId, PackId, SnapshotId};
+use crate::index::{ChunkLocation, Index};
+use crate::ops::fetch::{fetch, plan, Want};
+use crate::ops::uploader::{PackUploader, UploadStats};
+use crate::ops::OpError;
+use crate::repo::pack::PackIndex;
+use crate::repo::{RepoError, Repository};
+
+/// How gc decides and whether it acts.
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    /// Minimum age of a pack before it is marked, and of a mark before the pack is deleted.
+    /// Must exceed the longest push.
+    pub grace: Duration,
+    pub dry_run: bool,
+}
+
+/// What gc found and did (or would do, with `dry_run`).
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub repo: String,
+    pub dry_run: bool,
+    pub grace_secs: u64,
+    pub snapshots_live: u64,
+    pub snapshots_deleted: u64,
+    pub packs_total: u64,
+    pub packs_marked: u64,
+    pub packs_unmarked: u64,
+    pub packs_deleted: u64,
+    pub packs_rewritten: u64,
+    pub orphans_deleted: u64,
+    pub bytes_deleted: u64,
+    pub chunks_rewritten: u64,
+    pub rewrite: UploadStats,
+    pub duration_secs: f64,
+}
+
+/// Live chunks below this share of a pack's bytes make it a rewrite candidate.
+const REWRITE_BELOW: f64 = 0.5;
+
+pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcReport, OpError> {
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let old = |t: SystemTime| now.duration_since(t).is_ok_and(|age| age >= opts.grace);
+    let mut report = GcReport {
+        repo: repo.url(),
+        dry_run: opts.dry_run,
+        grace_secs: opts.grace.as_secs(),
+        ..Default::default()
+    };
+
+    // Roots: every snapshot a ref log names, and every young snapshot (a push may be about to
+    // point a ref at it). Old snapshots no ref names are garbage.
+    let mut roots: HashSet<SnapshotId> = HashSet::new();
+    for name in repo.ref_names().await? {
+        roots.extend(repo.ref_log(&name).await?.into_iter().map(|e| e.snapshot));
+    }
+    let mut doomed_snapshots = Vec::new();
+    let existing: HashSet<SnapshotId> = repo
+        .list_snapshot_objects()
+        .await?
+        .into_iter()
+        .map(|s| {
+            if !roots.contains(&s.id) {
+                if old(s.modified) {
+                    doomed_snapshots.push(s.id);
+                } else {
+                    roots.insert(s.id);
+                }
+            }
+            s.id
+        })
+        .collect();
+    let live = live_chunks(repo, roots.iter().filter(|r| existing.contains(r)).copied()).await?;
+    report.snapshots_live = roots.len() as u64;
+
+    let packs: HashMap<PackId, SystemTime> = repo
+        .list_packs()
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p.modified))
+        .collect();
+    let marks: HashMap<PackId, SystemTime> = repo
+        .list_gc_marks()
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.modified))
+        .collect();
+    let indexes: Vec<PackIndex> = futures::stream::iter(repo.list_pack_indexes().await?)
+        .map(|id| async move { repo.read_pack_index(&id).await })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    report.packs_total = packs.len() as u64;
+
+    // How many unmarked packs hold each live chunk.
+    let mut copies: HashMap<ChunkId, u32> = HashMap::new();
+    for idx in indexes.iter().filter(|i| !marks.contains_key(&i.pack)) {
+        for e in idx.entries.iter().filter(|e| live.contains(&e.chunk)) {
+            *copies.entry(e.chunk).or_default() += 1;
+        }
+    }
+
+    let mut to_mark = Vec::new();
+    let mut to_unmark = Vec::new();
+    let mut to_delete = Vec::new();
+    let mut to_rewrite = Vec::new();
+    let indexed: HashSet<PackId> = indexes.iter().map(|i| i.pack).collect();
+    for idx in &indexes {
+        let Some(&pack_time) = packs.get(&idx.pack) else {
+            continue; // index without pack: verify reports it
+        };
+        if let Some(&mark_time) = marks.get(&idx.pack) {
+            let needed = idx.entries.iter().any(|e| {
+                live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0
+            });
+            if needed {
+                to_unmark.push(idx.pack);
+            } else if old(mark_time) {
+                to_delete.push((idx.pack, idx.pack_size));
+            }
+            continue;
+        }
+        if !old(pack_time) {
+            continue;
+        }
+        let live_bytes: u64 = idx
+            .entries
+            .iter()
+            .filter(|e| live.contains(&e.chunk))
+            .map(|e| e.frame_len as u64)
+            .sum();
+        if live_bytes == 0 {
+            to_mark.push(idx.pack);
+        } else if (live_bytes as f64) < REWRITE_BELOW * idx.pack_size as f64 {
+            to_rewrite.push(idx);
+        }
+    }
+    // Packs with no index are leftovers of interrupted writers once they are old.
+    let orphans: Vec<PackId> = packs
+        .iter()
+        .filter(|(id, t)| !indexed.contains(id) && old(**t))
+        .map(|(id, _)| *id)
+        .collect();
+    // Marks whose pack is gone.
+    let stale_marks: Vec<PackId> = marks
+        .keys()
+        .filter(|id| !packs.contains_key(id))
+        .copied()
+        .collect();
+
+    report.snapshots_deleted = doomed_snapshots.len() as u64;
+    report.packs_marked = (to_mark.len() + to_rewrite.len()) as u64;
+    report.packs_unmarked = to_unmark.len() as u64;
+    report.packs_deleted = to_delete.len() as u64;
+    report.bytes_deleted = to_delete.iter().map(|(_, size)| size).sum();
+    report.packs_rewritten = to_rewrite.len() as u64;
+    report.orphans_deleted = orphans.len() as u64;
+    if opts.dry_run {
+        report.chunks_rewritten = to_rewrite
+            .iter()
+            .flat_map(|i| i.entries.iter())
+            .filter(|e| live.contains(&e.chunk))
+            .count() as u64;
+        report.duration_secs = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // Rewrite first: new packs are durable before the old ones are marked.
+    if !to_rewrite.is_empty() {
+        let rindex = index.repo(repo.id())?;
+        let mut uploader = PackUploader::new(repo.clone(), rindex, 2);
+        let mut done: HashSet<ChunkId> = HashSet::new();
+        for idx in &to_rewrite {
+            let locations: Vec<ChunkLocation> = idx
+                .entries
+                .iter()
+                .filter(|e| live.contains(&e.chunk) && done.insert(e.chunk))
+                .map(|e| ChunkLocation {
+                    pack: idx.pack,
+                    entry: *e,
+                })
+                .collect();
+            let mut frames = std::pin::pin!(fetch(repo, plan(locations), Want::Frames));
+            while let Some(batch) = frames.next().await {
+                for f in batch? {
+                    report.chunks_rewritten += 1;
+                    uploader
+                        .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                        .await?;
+                }
+            }
+        }
+        report.rewrite = uploader.finish().await?;
+        to_mark.extend(to_rewrite.iter().map(|i| i.pack));
+    }
+    for id in &to_mark {
+        repo.mark_pack(id).await?;
+    }
+    for id in &to_unmark {
+        repo.unmark_pack(id).await?;
+    }
+    for (id, _) in &to_delete {
+        repo.delete_pack(id).await?;
+    }
+    for id in orphans.iter().chain(&stale_marks) {
+        repo.delete_pack(id).await?;
+    }
+    for id in &doomed_snapshots {
+        repo.delete_snapshot(id).await?;
+    }
+    index.flush()?;
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Every chunk the given snapshots reference. A snapshot that cannot be read stops gc: it
+/// cannot know what that snapshot needs.
+async fn live_chunks(
+    repo: &Repository,
+    snapshots: impl Iterator<Item = SnapshotId>,
+) -> Result<HashSet<ChunkId>, OpError> {
+    let mut live = HashSet::new();
+    for id in snapshots {
+        match repo.read_snapshot(&id).await {
+            Ok(s) => live.extend(s.chunks().map(|c| c.0)),
+            // Deleted since listing (another gc): it needs nothing any more.
+            Err(RepoError::Store(e)) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(live)
+}
+
+/// Which ref log entries to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Keep the newest N entries (at least 1).
+    pub keep_last: u64,
+    /// Also keep every entry whose sequence number is a multiple of N.
+    pub keep_every: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForgetReport {
+    pub repo: String,
+    pub name: String,
+    pub dry_run: bool,
+    pub kept: Vec<u64>,
+    pub forgotten: Vec<u64>,
+}
+
+/// Removes ref log entries that `keep` does not keep. The snapshots they named become garbage
+/// for a later `gc` unless another ref names them.
+pub async fn forget(
+    repo: &Repository,
+    name: &str,
+    keep: Retention,
+    dry_run: bool,
+) -> Result<ForgetReport, OpError> {
+    if keep.keep_last == 0 {
+        return Err(OpError::Invalid(
+            "--keep-last must be at least 1: the ref's newest snapshot is always kept".into(),
+        ));
+    }
+    if keep.keep_every == Some(0) {
+        return Err(OpError::Invalid("--keep-every must be at least 1".into()));
+    }
+    let log = repo.ref_log(name).await?;
+    if log.is_empty() {
+        return Err(RepoError::NoSuchSnapshot {
+            spec: name.into(),
+            url: repo.url(),
+        }
+        .into());
+    }
+    let cut = log.len().saturating_sub(keep.keep_last as usize);
+    let (mut kept, mut forgotten) = (Vec::new(), Vec::new());
+    for (i, e) in log.iter().enumerate() {
+        let every = keep.keep_every.is_some_and(|n| e.seq % n == 0);
+        if i >= cut || every {
+            kept.push(e.seq);
+        } else {
+            forgotten.push(e.seq);
+        }
+    }
+    if !dry_run {
+        for seq in &forgotten {
+            repo.delete_ref_entry(name, *seq).await?;
+        }
+    }
+    Ok(ForgetReport {
+        repo: repo.url(),
+        name: name.into(),
+        dry_run,
+        kept,
+        forgotten,
+    })
+}

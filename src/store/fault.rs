@@ -1,0 +1,355 @@
+//! Fault injection for tests: an `ObjectStore` wrapper that fails a seeded, deterministic
+//! share of requests (HTTP 5xx, timeouts, connection resets, bodies cut short) and adds
+//! latency. Enabled in the binary by `FERRY_FAULTS=rate=0.1,seed=7,latency_ms=5`; never
+//! enabled otherwise.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+};
+
+/// What to inject.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultConfig {
+    /// Share of requests that fail, 0.0–1.0.
+    pub rate: f64,
+    pub seed: u64,
+    /// Upper bound of the random latency added to every request.
+    pub max_latency: Duration,
+}
+
+impl FaultConfig {
+    /// Parses `rate=0.1,seed=7,latency_ms=5` (every key optional; rate defaults to 0.1).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut cfg = FaultConfig {
+            rate: 0.1,
+            seed: 0,
+            max_latency: Duration::ZERO,
+        };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("FERRY_FAULTS: {part:?} is not key=value"))?;
+            let bad = |e: &dyn fmt::Display| format!("FERRY_FAULTS: {k}={v}: {e}");
+            match k {
+                "rate" => cfg.rate = v.parse::<f64>().map_err(|e| bad(&e))?.clamp(0.0, 1.0),
+                "seed" => cfg.seed = v.parse().map_err(|e| bad(&e))?,
+                "latency_ms" => {
+                    cfg.max_latency = Duration::from_millis(v.parse().map_err(|e| bad(&e))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "FERRY_FAULTS: unknown key {k:?} (use rate, seed, latency_ms)"
+                    ))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The kinds of failure injected, in rotation by the seeded draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    ServerError,
+    Timeout,
+    ConnectionReset,
+    TruncatedBody,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::ServerError => "injected fault: HTTP 503 Service Unavailable",
+            Fault::Timeout => "injected fault: operation timed out",
+            Fault::ConnectionReset => "injected fault: connection reset by peer",
+            Fault::TruncatedBody => "injected fault: response body cut short",
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Injected(Fault);
+
+impl fmt::Display for Injected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Injected {}
+
+/// Wraps a store and injects faults.
+pub struct FaultStore {
+    inner: Arc<dyn ObjectStore>,
+    cfg: FaultConfig,
+    requests: AtomicU64,
+    injected: Arc<AtomicU64>,
+}
+
+impl FaultStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, cfg: FaultConfig) -> Self {
+        Self {
+            inner,
+            cfg,
+            requests: AtomicU64::new(0),
+            injected: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How many faults were injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Seeded draw for the next request: the fault to inject, if any, and the latency.
+    fn draw(&self) -> (Option<Fault>, Duration) {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let r = splitmix(self.cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
+        let latency = if self.cfg.max_latency.is_zero() {
+            Duration::ZERO
+        } else {
+            self.cfg
+                .max_latency
+                .mul_f64(((splitmix(r) >> 11) as f64) / (1u64 << 53) as f64)
+        };
+        let fault = (unit < self.cfg.rate).then(|| match splitmix(r ^ 0xFA17) % 4 {
+            0 => Fault::ServerError,
+            1 => Fault::Timeout,
+            2 => Fault::ConnectionReset,
+            _ => Fault::TruncatedBody,
+        });
+        (fault, latency)
+    }
+
+    /// Sleeps the drawn latency; returns the error to fail with, if any. A truncated body is
+    /// only possible on reads, so elsewhere it becomes a reset.
+    async fn before(
+        &self,
+        op: &'static str,
+        location: &str,
+        reading: bool,
+    ) -> Result<Option<Fault>> {
+        let (fault, latency) = self.draw();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        match fault {
+            None => Ok(None),
+            Some(Fault::TruncatedBody) if reading => {
+                self.note(Fault::TruncatedBody, op, location);
+                Ok(Some(Fault::TruncatedBody))
+            }
+            Some(f) => {
+                let f = if f == Fault::TruncatedBody {
+                    Fault::ConnectionReset
+                } else {
+                    f
+                };
+                self.note(f, op, location);
+                Err(error(f))
+            }
+        }
+    }
+
+    fn note(&self, fault: Fault, op: &str, location: &str) {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%fault, op, location, "fault injected");
+    }
+}
+
+fn error(f: Fault) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "FaultStore",
+        source: Box::new(Injected(f)),
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Passes on the first half of a body, then fails like a dropped connection.
+fn truncate(result: GetResult) -> GetResult {
+    let keep = ((result.range.end - result.range.start) / 2) as usize;
+    let mut shell = GetResult {
+        payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
+        meta: result.meta.clone(),
+        range: result.range.clone(),
+        attributes: result.attributes.clone(),
+        extensions: result.extensions.clone(),
+    };
+    let mut sent = 0usize;
+    let cut = result
+        .into_stream()
+        .map(move |chunk| {
+            let chunk = chunk?;
+            if sent >= keep {
+                return Err(error(Fault::TruncatedBody));
+            }
+            let n = chunk.len().min(keep - sent);
+            sent += n;
+            Ok(chunk.slice(..n))
+        })
+        .chain(futures::stream::once(async {
+            Err(error(Fault::TruncatedBody))
+        }))
+        .boxed();
+    shell.payload = GetResultPayload::Stream(cut);
+    shell
+}
+
+impl fmt::Display for FaultStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultStore({})", self.inner)
+    }
+}
+
+impl fmt::Debug for FaultStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultStore({:?}, {:?})", self.inner, self.cfg)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.before("put", location.as_ref(), false).await?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.before("put_multipart", location.as_ref(), false)
+            .await?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let fault = self.before("get", location.as_ref(), true).await?;
+        let result = self.inner.get_opts(location, options).await?;
+        Ok(match fault {
+            Some(Fault::TruncatedBody) => truncate(result),
+            _ => result,
+        })
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.before("get_ranges", location.as_ref(), false).await?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let (fault, _) = self.draw();
+        match fault {
+            Some(f) => {
+                self.note(f, "list", prefix.map_or("", |p| p.as_ref()));
+                futures::stream::once(async move { Err(error(f)) }).boxed()
+            }
+            None => self.inner.list(prefix),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.before("list", prefix.map_or("", |p| p.as_ref()), false)
+            .await?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.before("copy", from.as_ref(), false).await?;
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.before("rename", from.as_ref(), false).await?;
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    #[test]
+    fn parses_specs() {
+        let c = FaultConfig::parse("rate=0.25,seed=9,latency_ms=3").unwrap();
+        assert_eq!(
+            (c.rate, c.seed, c.max_latency),
+            (0.25, 9, Duration::from_millis(3))
+        );
+        assert!(FaultConfig::parse("bogus=1")
+            .unwrap_err()
+            .contains("unknown key"));
+        assert!(FaultConfig::parse("rate=x").is_err());
+    }
+
+    #[tokio::test]
+    async fn injects_the_configured_share_deterministically() {
+        let run = || async {
+            let store = FaultStore::new(
+                Arc::new(InMemory::new()),
+                FaultConfig {
+                    rate: 0.2,
+                    seed: 42,
+                    max_latency: Duration::ZERO,
+                },
+            );
+            let mut outcomes = Vec::new();
+            for i in 0..500 {
+                let path = Path::from(format!("o{i}"));
+                let put = store
+                    .put(&path, PutPayload::from_static(b"0123456789"))
+                    .await;
+                let get = match store.get(&path).await {
+                    Ok(r) => r.bytes().await.map(|b| b.len()),
+                    Err(e) => Err(e),
+                };
+                outcomes.push((put.is_ok(), get.ok()));
+            }
+            (outcomes, store.injected())
+        };
+        let (a, injected) = run().await;
+        let (b, _) = run().await;
+        assert_eq!(a, b, "same seed, same faults");
+        // 1000 requests at 20 %: expect ~200 (binomial sd ~13).
+        assert!((140..=260).contains(&injected), "{injected}");
+        // A truncated body never yields the whole object.
+        assert!(a
+            .iter()
+            .all(|(_, got)| got.is_none_or(|n| n == 10 || n == 0)));
+        assert!(a.iter().any(|(ok, _)| !ok));
+    }
+}
