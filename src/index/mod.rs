@@ -7,6 +7,11 @@
 //! - `packs/<repo id>`: pack id → () for every pack index loaded
 //! - `files/<source key>`: relative path → size, mtime, etag, mode, BLAKE3, chunk list
 //! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
+//! - `jobs/items`, `jobs/runs`: the daemon's work items and run history ([`jobs`])
+
+mod jobs;
+
+pub use jobs::{ItemRecord, ItemState, JobLog};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
