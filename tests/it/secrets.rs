@@ -47,7 +47,8 @@ fn secrets_stay_out_of_output() {
     let push_az = ["-vv", "push", s(&src), az.url.as_str(), "--name", "ckpt"];
 
     // Each case: what, args, extra environment, whether it must succeed.
-    let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>, bool)> = vec![
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, bool);
+    let cases: Vec<Case> = vec![
         (
             "S3 push (moto ignores signatures)",
             push_s3.to_vec(),
