@@ -60,6 +60,25 @@ fn random(n: usize) -> Vec<u8> {
     (0..n / 8).flat_map(|_| r.next().to_le_bytes()).collect()
 }
 
+/// Wraps raw tensor bytes as a safetensors file of 4 MiB tensors.
+fn safetensors(data: &[u8], dtype: &str) -> Vec<u8> {
+    let tensor = 4 << 20;
+    let mut header = String::from("{");
+    for (i, start) in (0..data.len()).step_by(tensor).enumerate() {
+        let end = (start + tensor).min(data.len());
+        header.push_str(&format!(
+            "\"t{i}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{start},{end}]}},",
+            end - start
+        ));
+    }
+    header.pop();
+    header.push('}');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 fn datasets() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("fp32", fp32(SIZE)),
@@ -97,6 +116,22 @@ fn codecs(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("encode-zstd1", name), chunk, |b, d| {
             b.iter(|| black_box(codec::encode(d, 1)))
         });
+        let width = match name {
+            "fp32" => 4,
+            "bf16" => 2,
+            _ => 1,
+        };
+        if width > 1 {
+            g.bench_with_input(BenchmarkId::new("encode-planes", name), chunk, |b, d| {
+                let mut enc = codec::Encoder::new(1);
+                b.iter(|| black_box(enc.encode_elements(d, width)))
+            });
+            let planes = codec::Encoder::new(1).encode_elements(chunk, width);
+            eprintln!(
+                "{name}: planes stored/raw = {:.3}",
+                planes.len() as f64 / chunk.len() as f64
+            );
+        }
         let frame = codec::encode(chunk, 1);
         let id = ferry::ids::ChunkId::of(chunk);
         g.bench_with_input(BenchmarkId::new("decode", name), &frame, |b, f| {
@@ -116,8 +151,16 @@ fn end_to_end(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Bytes(SIZE as u64 * 2));
     let src = tempfile::tempdir().unwrap();
-    std::fs::write(src.path().join("model.bin"), fp32(SIZE)).unwrap();
-    std::fs::write(src.path().join("opt.bin"), bf16(SIZE)).unwrap();
+    std::fs::write(
+        src.path().join("model.safetensors"),
+        safetensors(&fp32(SIZE), "F32"),
+    )
+    .unwrap();
+    std::fs::write(
+        src.path().join("model-bf16.safetensors"),
+        safetensors(&bf16(SIZE), "BF16"),
+    )
+    .unwrap();
     let src_path = src.path().display().to_string();
     g.bench_function("push-64MiB-first", |b| {
         b.iter(|| {

@@ -10,6 +10,10 @@ pub enum Codec {
     Raw = 0,
     /// Payload is one zstd frame.
     Zstd = 1,
+    /// Payload is the chunk split into byte planes (byte k of every element together), each
+    /// plane stored raw or as zstd: `width u8`, then per plane `codec u8, len u32, bytes`,
+    /// then the `raw_len % width` tail bytes raw.
+    Planes = 2,
 }
 
 impl Codec {
@@ -17,6 +21,7 @@ impl Codec {
         match b {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
+            2 => Some(Codec::Planes),
             _ => None,
         }
     }
@@ -36,30 +41,162 @@ pub enum FrameError {
     UnknownCodec(u8),
     #[error("zstd payload does not decompress: {0}")]
     Zstd(std::io::Error),
+    #[error("byte-plane payload is malformed: {0}")]
+    Planes(&'static str),
     #[error("decoded length {got} differs from the recorded {want}")]
     Length { got: usize, want: usize },
     #[error("content hash {got} differs from the chunk id {want}")]
     Hash { got: ChunkId, want: ChunkId },
 }
 
-/// Encodes a chunk: zstd at `level`, or raw when compression saves less than 1/32 of the size.
-pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
-    if raw.len() >= 64 {
-        let bound = zstd::zstd_safe::compress_bound(raw.len());
-        let mut out = Vec::with_capacity(1 + bound);
+/// Encodes chunks into frames, reusing one zstd context (one per worker thread).
+pub struct Encoder {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Encoder {
+    pub fn new(level: i32) -> Self {
+        Self {
+            zstd: zstd::bulk::Compressor::new(level).ok(),
+        }
+    }
+
+    /// Encodes a chunk of unknown type: zstd, or raw when a quick entropy estimate says it
+    /// will not compress or compression saves less than 1/32 of the size.
+    pub fn encode(&mut self, raw: &[u8]) -> Vec<u8> {
+        if raw.len() >= 64 && entropy_bits(raw, 7) < INCOMPRESSIBLE_BITS {
+            if let Some(frame) = self.zstd_frame(raw) {
+                return frame;
+            }
+        }
+        raw_frame(raw)
+    }
+
+    /// Encodes a chunk of `width`-byte elements (2: F16/BF16, 4: F32) as byte planes, each
+    /// compressed only when it pays; other widths fall back to `encode`.
+    pub fn encode_elements(&mut self, raw: &[u8], width: u8) -> Vec<u8> {
+        let w = width as usize;
+        if !(w == 2 || w == 4) || raw.len() < 64 * w {
+            return self.encode(raw);
+        }
+        let n = raw.len() / w;
+        let mut out = Vec::with_capacity(raw.len() + 2 + 5 * w);
+        out.push(Codec::Planes as u8);
+        out.push(width);
+        for plane in split_planes(&raw[..n * w], w) {
+            let packed = if entropy_bits(&plane, 3) < PLANE_INCOMPRESSIBLE_BITS {
+                self.compress(&plane)
+            } else {
+                None
+            };
+            match packed {
+                Some(z) => {
+                    out.push(Codec::Zstd as u8);
+                    out.extend_from_slice(&(z.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&z);
+                }
+                None => {
+                    out.push(Codec::Raw as u8);
+                    out.extend_from_slice(&(n as u32).to_le_bytes());
+                    out.extend_from_slice(&plane);
+                }
+            }
+        }
+        out.extend_from_slice(&raw[n * w..]);
+        if out.len() > raw.len() {
+            return raw_frame(raw);
+        }
+        out
+    }
+
+    /// zstd of `raw` if it saves at least 1/32.
+    fn compress(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+        let z = self.zstd.as_mut()?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+        let n = z.compress_to_buffer(raw, &mut out).ok()?;
+        (n < raw.len() - raw.len() / 32).then_some(out)
+    }
+
+    fn zstd_frame(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
+        let z = self.compress(raw)?;
+        let mut out = Vec::with_capacity(1 + z.len());
         out.push(Codec::Zstd as u8);
-        out.resize(1 + bound, 0);
-        if let Ok(n) = zstd::bulk::compress_to_buffer(raw, &mut out[1..], level) {
-            if n < raw.len() - raw.len() / 32 {
-                out.truncate(1 + n);
-                return out;
+        out.extend_from_slice(&z);
+        Some(out)
+    }
+}
+
+/// Splits whole elements into `w` byte planes in one pass (w = 2 or 4).
+fn split_planes(raw: &[u8], w: usize) -> Vec<Vec<u8>> {
+    let n = raw.len() / w;
+    let mut planes = vec![vec![0u8; n]; w];
+    match planes.as_mut_slice() {
+        [p0, p1] => {
+            for ((a, b), e) in p0.iter_mut().zip(p1.iter_mut()).zip(raw.chunks_exact(2)) {
+                *a = e[0];
+                *b = e[1];
+            }
+        }
+        [p0, p1, p2, p3] => {
+            let dst = p0
+                .iter_mut()
+                .zip(p1.iter_mut())
+                .zip(p2.iter_mut())
+                .zip(p3.iter_mut());
+            for ((((a, b), c), d), e) in dst.zip(raw.chunks_exact(4)) {
+                *a = e[0];
+                *b = e[1];
+                *c = e[2];
+                *d = e[3];
+            }
+        }
+        _ => {
+            for (i, e) in raw.chunks_exact(w).enumerate() {
+                for (k, byte) in e.iter().enumerate() {
+                    planes[k][i] = *byte;
+                }
             }
         }
     }
+    planes
+}
+
+/// Order-0 entropy above which a whole chunk is not worth handing to zstd (bits per byte).
+const INCOMPRESSIBLE_BITS: f64 = 7.95;
+/// The same for one byte plane: mantissa planes sit near 8 and gain nothing.
+const PLANE_INCOMPRESSIBLE_BITS: f64 = 7.7;
+
+/// Order-0 entropy in bits per byte, estimated from every `stride`-th byte.
+fn entropy_bits(data: &[u8], stride: usize) -> f64 {
+    let mut hist = [0u32; 256];
+    let mut n = 0u32;
+    for b in data.iter().step_by(stride.max(1)) {
+        hist[*b as usize] += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    let n = n as f64;
+    hist.iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = *c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+fn raw_frame(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + raw.len());
     out.push(Codec::Raw as u8);
     out.extend_from_slice(raw);
     out
+}
+
+/// Encodes one chunk with a fresh context (see `Encoder` for many).
+pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
+    Encoder::new(level).encode(raw)
 }
 
 /// Decodes a frame into `raw_len` bytes and checks them against `id`.
@@ -75,6 +212,7 @@ pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, Fra
             // The capacity bound keeps a hostile frame from allocating without limit.
             zstd::bulk::decompress(payload, raw_len).map_err(FrameError::Zstd)?
         }
+        Codec::Planes => decode_planes(payload, raw_len)?,
     };
     if raw.len() != raw_len {
         return Err(FrameError::Length {
@@ -87,6 +225,47 @@ pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, Fra
         return Err(FrameError::Hash { got, want: *id });
     }
     Ok(raw)
+}
+
+fn decode_planes(payload: &[u8], raw_len: usize) -> Result<Vec<u8>, FrameError> {
+    let (&width, mut rest) = payload
+        .split_first()
+        .ok_or(FrameError::Planes("no width"))?;
+    let w = width as usize;
+    if !(w == 2 || w == 4) {
+        return Err(FrameError::Planes("width must be 2 or 4"));
+    }
+    let n = raw_len / w;
+    let mut out = vec![0u8; raw_len];
+    for k in 0..w {
+        if rest.len() < 5 {
+            return Err(FrameError::Planes("truncated plane header"));
+        }
+        let codec = rest[0];
+        let len = u32::from_le_bytes(rest[1..5].try_into().expect("4 bytes")) as usize;
+        let body = rest
+            .get(5..5 + len)
+            .ok_or(FrameError::Planes("truncated plane"))?;
+        rest = &rest[5 + len..];
+        let plane = match Codec::from_byte(codec) {
+            Some(Codec::Raw) => std::borrow::Cow::Borrowed(body),
+            Some(Codec::Zstd) => {
+                std::borrow::Cow::Owned(zstd::bulk::decompress(body, n).map_err(FrameError::Zstd)?)
+            }
+            _ => return Err(FrameError::Planes("plane codec must be raw or zstd")),
+        };
+        if plane.len() != n {
+            return Err(FrameError::Planes("plane length differs from the chunk's"));
+        }
+        for (dst, src) in out.chunks_exact_mut(w).zip(plane.iter()) {
+            dst[k] = *src;
+        }
+    }
+    if rest.len() != raw_len - n * w {
+        return Err(FrameError::Planes("tail length differs from the chunk's"));
+    }
+    out[n * w..].copy_from_slice(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -139,7 +318,61 @@ mod tests {
         ));
     }
 
+    /// bf16-like data: sign/exponent bytes cluster, mantissa bytes look random.
+    fn bf16ish(n: usize) -> Vec<u8> {
+        let mut x = 88172645463325252u64;
+        (0..n)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let v = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04;
+                ((v.to_bits() >> 16) as u16).to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn byte_planes_beat_plain_zstd_on_floats() {
+        let raw = bf16ish(1 << 18);
+        let mut enc = Encoder::new(1);
+        let planes = enc.encode_elements(&raw, 2);
+        let plain = enc.encode(&raw);
+        assert_eq!(planes[0], Codec::Planes as u8);
+        assert!(
+            planes.len() < plain.len(),
+            "planes {} vs plain {}",
+            planes.len(),
+            plain.len()
+        );
+        assert_eq!(decode(&planes, raw.len(), &ChunkId::of(&raw)).unwrap(), raw);
+        // An odd length keeps a raw tail.
+        let odd = &raw[..raw.len() - 1];
+        let f = enc.encode_elements(odd, 2);
+        assert_eq!(decode(&f, odd.len(), &ChunkId::of(odd)).unwrap(), odd);
+    }
+
+    #[test]
+    fn malformed_planes_are_errors() {
+        let raw = bf16ish(4096);
+        let frame = Encoder::new(1).encode_elements(&raw, 2);
+        let id = ChunkId::of(&raw);
+        for cut in [1, 2, 5, frame.len() / 2, frame.len() - 1] {
+            assert!(decode(&frame[..cut], raw.len(), &id).is_err(), "cut {cut}");
+        }
+        let mut bad_width = frame.clone();
+        bad_width[1] = 3;
+        assert!(decode(&bad_width, raw.len(), &id).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn planes_round_trip(raw in proptest::collection::vec(any::<u8>(), 0..3000), rep in 1usize..6, width in prop_oneof![Just(2u8), Just(4u8)]) {
+            let raw = raw.repeat(rep);
+            let frame = Encoder::new(1).encode_elements(&raw, width);
+            prop_assert_eq!(decode(&frame, raw.len(), &ChunkId::of(&raw)).unwrap(), raw);
+        }
+
         #[test]
         fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..5000), rep in 1usize..4) {
             let raw = raw.repeat(rep);

@@ -19,10 +19,14 @@
 pub mod chunker;
 pub mod codec;
 pub mod commands;
+pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod ids;
 pub mod index;
 pub mod ops;
 pub mod progress;
 pub mod repo;
+pub mod server;
+pub mod service;
 pub mod store;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferry::commands::{self, Context};
+use ferry::service;
 use serde::Serialize;
 
 /// Keep ML checkpoints and datasets in sync between S3, Azure Blob and local disks,
@@ -72,6 +73,41 @@ enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// Check a daemon config file exactly as `ferry daemon` loads it.
+    CheckConfig {
+        /// The config file (default: the built-in config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers).
+    Sync {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Watch, schedule and replicate as configured; serve the dashboard, API and /metrics.
+    Daemon {
+        /// The config file (default: the built-in config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen here instead of server.bind (port 0 picks a free port).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+        /// Testing: run the schedule clock from this time, optionally faster (TIME[@SPEED]).
+        #[arg(long, hide = true)]
+        fake_clock: Option<String>,
+    },
+    /// Show each job's targets: state, last success, lag, bytes, savings.
+    Status {
+        /// The config file (default: the built-in config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The daemon's address (default: the config's server.bind).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Trim a ref's history; the snapshots it no longer names are reclaimed by `gc`.
     Forget {
         repo: String,
@@ -129,13 +165,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A push dropped at shutdown may still have a blocking reader finishing its chunk. Shut
+    // down before printing, so the error is the last line a user (or a script) sees.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
-    }
+    };
+    code
 }
 
 /// The error and its causes on one line, without repeating a cause already in the message.
@@ -184,8 +225,57 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .index_dir
         .clone()
         .unwrap_or_else(ferry::index::Index::default_dir);
-    let ctx = Context::new(index_dir, !cli.json)?;
     let json = cli.json;
+    // The service commands open the index themselves (the daemon holds it for its lifetime).
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let r = service::check_config(config.as_ref())?;
+            emit(json, &r, service::render_check)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Sync { config, job } => {
+            let config = ferry::config::Config::load(&config)?;
+            let r = service::sync(config, &index_dir, job.as_deref()).await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            emit(json, &r, |r| service::render_sync(r, now))?;
+            return Ok(if r.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Daemon {
+            config,
+            bind,
+            fake_clock,
+        } => {
+            let mut config = ferry::config::Config::load_or_default(config.as_ref())?;
+            if let Some(bind) = bind {
+                config = config.with_bind(bind)?;
+            }
+            let clock = match fake_clock {
+                Some(text) => ferry::daemon::Clock::parse(&text)?,
+                None => ferry::daemon::Clock::real(),
+            };
+            service::daemon(config, &index_dir, clock, |addr, c| {
+                eprintln!(
+                    "ferry daemon: {} jobs from {}; dashboard on http://{addr}/",
+                    c.jobs.len(),
+                    c.origin
+                );
+            })
+            .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Status { config, url } => {
+            let config = ferry::config::Config::load_or_default(config.as_ref())?;
+            let r = service::status(config, &index_dir, url.as_deref()).await?;
+            emit(json, &r, service::render_statuses)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let ctx = Context::new(index_dir, !cli.json)?;
     match cli.command {
         Command::Init {
             repo,
@@ -264,6 +354,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = ferry::demo::run(dir).await?;
             emit(json, &r, ferry::demo::render)?;
         }
+        // Returned above.
+        Command::CheckConfig { .. }
+        | Command::Sync { .. }
+        | Command::Daemon { .. }
+        | Command::Status { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,12 +7,12 @@
 //! Then, once every pack is durable: snapshot, then ref.
 
 use std::collections::HashSet;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::chunker::Chunker;
+use crate::chunker::cut_file;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::source::{Source, SourceEntry};
@@ -65,7 +65,9 @@ pub struct TargetReport {
 
 struct Job {
     id: ChunkId,
-    data: Vec<u8>,
+    data: std::sync::Arc<[u8]>,
+    /// Element width for byte-plane compression (1: not elements).
+    width: u8,
     targets: u64,
 }
 
@@ -148,8 +150,13 @@ pub async fn push(
     for _ in 0..workers {
         let (rx, tx) = (job_rx.clone(), frame_tx.clone());
         compressors.push(tokio::task::spawn_blocking(move || {
+            let mut encoder = crate::codec::Encoder::new(level);
+            let (mut busy, mut blocked) = (Duration::ZERO, Duration::ZERO);
             for job in rx {
-                let frame = crate::codec::encode(&job.data, level);
+                let t0 = Instant::now();
+                let frame = encoder.encode_elements(&job.data, job.width);
+                let t1 = Instant::now();
+                busy += t1 - t0;
                 let out = Frame {
                     id: job.id,
                     raw_len: job.data.len() as u32,
@@ -159,7 +166,9 @@ pub async fn push(
                 if tx.blocking_send(out).is_err() {
                     break;
                 }
+                blocked += t1.elapsed();
             }
+            tracing::debug!(?busy, ?blocked, "compressor done");
         }));
     }
     drop((job_rx, frame_tx));
@@ -262,6 +271,52 @@ pub async fn push(
     })
 }
 
+/// Computes whole-file BLAKE3 on its own thread, so the producer hashes each byte only once.
+struct FileHasher {
+    tx: std::sync::mpsc::SyncSender<Option<std::sync::Arc<[u8]>>>,
+    rx: std::sync::mpsc::Receiver<ChunkId>,
+}
+
+impl FileHasher {
+    fn spawn() -> Self {
+        let (tx, data_rx) = std::sync::mpsc::sync_channel::<Option<std::sync::Arc<[u8]>>>(16);
+        let (hash_tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut h = blake3::Hasher::new();
+            for msg in data_rx {
+                match msg {
+                    Some(data) => {
+                        h.update(&data);
+                    }
+                    None => {
+                        if hash_tx.send(ChunkId::from(h.finalize())).is_err() {
+                            return;
+                        }
+                        h.reset();
+                    }
+                }
+            }
+        });
+        Self { tx, rx }
+    }
+
+    fn update(&self, data: std::sync::Arc<[u8]>) -> std::io::Result<()> {
+        self.tx
+            .send(Some(data))
+            .map_err(|_| std::io::Error::other("file hasher stopped"))
+    }
+
+    /// The hash of everything sent since the last `finish`.
+    fn finish(&self) -> std::io::Result<ChunkId> {
+        self.tx
+            .send(None)
+            .map_err(|_| std::io::Error::other("file hasher stopped"))?;
+        self.rx
+            .recv()
+            .map_err(|_| std::io::Error::other("file hasher stopped"))
+    }
+}
+
 /// Reads every file that changed, chunks and hashes it, and sends chunks some repository
 /// lacks to the compressors. Runs on a blocking thread.
 #[allow(clippy::too_many_arguments)]
@@ -276,6 +331,10 @@ fn produce(
     bar: &Progress,
 ) -> Result<Produced, OpError> {
     let mut out = Produced::default();
+    let mut buffer = Vec::new();
+    let hasher = FileHasher::spawn();
+    let started = Instant::now();
+    let mut waited = Duration::ZERO;
     // Chunks already on their way to each repository in this run.
     let mut sent: Vec<HashSet<ChunkId>> = vec![HashSet::new(); presences.len()];
     let lacking = |id: &ChunkId, sent: &[HashSet<ChunkId>]| -> Result<u64, OpError> {
@@ -319,6 +378,7 @@ fn produce(
                         mode: file.mode,
                         mtime_ns: file.mtime_ns,
                         blake3: c.blake3,
+                        layout: c.layout,
                         chunks: c.chunks,
                     });
                     continue;
@@ -326,35 +386,48 @@ fn produce(
             }
         }
         let reader = source.reader(&file, rt)?;
-        let mut chunker = Chunker::new(reader, params);
-        let mut whole = blake3::Hasher::new();
+        let whole = &hasher;
         let mut chunks = Vec::new();
         let mut size = 0u64;
-        while let Some(data) = chunker
-            .next_chunk()
-            .map_err(|e| OpError::io(source.describe(&file.rel), e))?
-        {
-            whole.update(data);
-            let id = ChunkId::of(data);
-            let len = data.len() as u32;
-            size += len as u64;
-            chunks.push(ChunkRef(id, len));
-            let targets = lacking(&id, &sent)?;
-            if targets != 0 {
-                for (t, s) in sent.iter_mut().enumerate() {
-                    if targets & (1 << t) != 0 {
-                        s.insert(id);
+        let layout = cut_file(
+            reader,
+            &file.rel,
+            file.size,
+            params,
+            &mut buffer,
+            |data, width| {
+                let data: std::sync::Arc<[u8]> = data.into();
+                whole.update(data.clone())?;
+                let id = ChunkId::of(&data);
+                let len = data.len() as u32;
+                size += len as u64;
+                chunks.push(ChunkRef(id, len));
+                let targets = lacking(&id, &sent).map_err(std::io::Error::other)?;
+                if targets != 0 {
+                    for (t, s) in sent.iter_mut().enumerate() {
+                        if targets & (1 << t) != 0 {
+                            s.insert(id);
+                        }
                     }
+                    let job = Job {
+                        id,
+                        data,
+                        width,
+                        targets,
+                    };
+                    let t = Instant::now();
+                    let sent = jobs.send(job);
+                    waited += t.elapsed();
+                    sent.map_err(|_| std::io::Error::other(OpError::Cancelled))?;
                 }
-                let job = Job {
-                    id,
-                    data: data.to_vec(),
-                    targets,
-                };
-                jobs.send(job).map_err(|_| OpError::Cancelled)?;
-            }
-            bar.inc(len as u64);
-        }
+                bar.inc(len as u64);
+                Ok(())
+            },
+        )
+        .map_err(|e| match e.downcast::<OpError>() {
+            Ok(op) => op,
+            Err(e) => OpError::io(source.describe(&file.rel), e),
+        })?;
         if size != file.size {
             tracing::warn!(path = %source.describe(&file.rel), listed = file.size, read = size, "file changed size while it was read");
             out.bytes_total = out.bytes_total - file.size + size;
@@ -362,7 +435,9 @@ fn produce(
         out.files_read += 1;
         out.bytes_read += size;
         out.chunks_total += chunks.len() as u64;
-        let blake3 = ChunkId::from(whole.finalize());
+        let blake3 = hasher
+            .finish()
+            .map_err(|e| OpError::io(source.describe(&file.rel), e))?;
         cache.put(
             &file.rel,
             &CachedFile {
@@ -371,6 +446,7 @@ fn produce(
                 etag: file.etag.clone(),
                 mode: file.mode,
                 blake3,
+                layout,
                 chunks: chunks.clone(),
             },
         )?;
@@ -380,8 +456,10 @@ fn produce(
             mode: file.mode,
             mtime_ns: file.mtime_ns,
             blake3,
+            layout,
             chunks,
         });
     }
+    tracing::debug!(elapsed = ?started.elapsed(), blocked_on_compressors = ?waited, "producer done");
     Ok(out)
 }

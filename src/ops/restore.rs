@@ -120,6 +120,7 @@ pub async fn restore(
                 mtime_ns,
                 blake3,
                 chunks,
+                ..
             } => {
                 let file = FileSpec {
                     path,

@@ -5,6 +5,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunker::Layout;
 use crate::ids::{ChunkId, SnapshotId};
 
 const MAGIC: &[u8; 8] = b"FRYSNAP1";
@@ -41,6 +42,9 @@ pub enum Entry {
         mtime_ns: i64,
         /// BLAKE3 of the whole file.
         blake3: ChunkId,
+        /// How the file was cut (absent: plain content-defined chunking).
+        #[serde(default, skip_serializing_if = "Layout::is_cdc")]
+        layout: Layout,
         chunks: Vec<ChunkRef>,
     },
     Dir {
@@ -204,6 +208,7 @@ mod tests {
                     mode: 0o644,
                     mtime_ns: 1,
                     blake3: ChunkId::of(data),
+                    layout: Layout::Safetensors,
                     chunks: vec![ChunkRef(ChunkId::of(data), data.len() as u32)],
                 },
                 Entry::Symlink {

@@ -382,6 +382,7 @@ const CASES: &[Case] = &[
                 mode: 0o644,
                 mtime_ns: 0,
                 blake3: bogus,
+                layout: Default::default(),
                 chunks: vec![ChunkRef(bogus, 21)],
             });
             plant_head(&r.loc.raw, &snap, None);

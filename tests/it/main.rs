@@ -32,8 +32,10 @@ macro_rules! per_backend {
 }
 
 mod badinput;
+mod browser;
 mod checks;
 mod concurrent;
+mod daemon;
 mod damage;
 mod data;
 mod errors;
@@ -41,9 +43,11 @@ mod faults;
 mod gc;
 mod harness;
 mod hostile;
+mod http;
 mod raw;
 mod replicate;
 mod roundtrip;
 mod run;
 mod secrets;
+mod service;
 mod torture;

@@ -71,7 +71,7 @@ impl Ferry {
         self.spawn_command(self.command(args))
     }
 
-    /// Like [`Ferry::spawn`], with extra environment variables.
+    /// Like [`Ferry::spawn`], with extra (or overriding) environment variables.
     pub fn spawn_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Running {
         let mut cmd = self.command(args);
         cmd.envs(envs.iter().copied());
@@ -136,6 +136,20 @@ pub struct Running {
 impl Running {
     pub fn has_exited(&mut self) -> bool {
         self.child.try_wait().expect("poll child").is_some()
+    }
+
+    /// Sends SIGTERM (through `kill`, the tests have no libc binding).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// SIGKILL, then reap.

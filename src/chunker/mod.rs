@@ -3,6 +3,8 @@
 //! The chunker never does I/O of its own beyond pulling from the `Read` it is given, and its
 //! boundaries depend only on the bytes, never on how the reader hands them over.
 
+pub mod safetensors;
+
 use std::io::{self, Read};
 
 use fastcdc::v2020;
@@ -92,7 +94,7 @@ impl Default for ChunkerParams {
     }
 }
 
-/// Streams chunks out of a reader. Holds at most two `max_size` windows of data.
+/// Streams chunks out of a reader. Holds at most four `max_size` windows of data.
 pub struct Chunker<R> {
     reader: R,
     params: ChunkerParams,
@@ -103,20 +105,42 @@ pub struct Chunker<R> {
     /// End of valid data in `buf`.
     end: usize,
     eof: bool,
+    /// Cuts inside the input fall on multiples of this (element width of a tensor).
+    align: usize,
 }
 
 impl<R: Read> Chunker<R> {
     pub fn new(reader: R, params: ChunkerParams) -> Self {
+        Self::with_buffer(reader, params, Vec::new())
+    }
+
+    /// Like `new`, reusing a buffer from `into_buffer` (saves an allocation per file).
+    pub fn with_buffer(reader: R, params: ChunkerParams, mut buf: Vec<u8>) -> Self {
         let masks = v2020::select_masks(params.avg_size as usize, params.level());
+        // Four windows: refilling moves at most one window per three consumed.
+        buf.resize(4 * params.max_size as usize, 0);
         Self {
             reader,
             params,
             masks,
-            buf: vec![0; 2 * params.max_size as usize],
+            buf,
             start: 0,
             end: 0,
             eof: false,
+            align: 1,
         }
+    }
+
+    /// Makes every cut except the last fall on a multiple of `align` bytes from the start,
+    /// so chunks of a tensor hold whole elements (byte-plane compression needs that).
+    pub fn aligned(mut self, align: usize) -> Self {
+        self.align = align.max(1);
+        self
+    }
+
+    /// Gives the buffer back for the next file.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// Ensures `buf[start..end]` holds at least `max_size` bytes, or everything left.
@@ -160,11 +184,108 @@ impl<R: Read> Chunker<R> {
             mask_s << 1,
             mask_l << 1,
         );
-        let len = len.max(1).min(avail.len());
+        let mut len = len.max(1).min(avail.len());
+        if self.align > 1 && len < avail.len() && len >= self.align {
+            len -= len % self.align;
+        }
         let chunk_start = self.start;
         self.start += len;
         Ok(Some(&self.buf[chunk_start..chunk_start + len]))
     }
+}
+
+/// How a file was cut into chunks; recorded in its snapshot entry so nothing downstream ever
+/// re-derives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Content-defined chunking over the whole file.
+    #[default]
+    Cdc,
+    /// Safetensors: the header and each tensor cut separately, cuts on element boundaries.
+    Safetensors,
+}
+
+impl Layout {
+    pub fn is_cdc(&self) -> bool {
+        *self == Layout::Cdc
+    }
+}
+
+/// Cuts a whole file into chunks, calling `on_chunk(bytes, element_width)` for each in order.
+/// Safetensors files (by name, with a valid header) are cut per tensor; anything else, or a
+/// file whose header does not parse, is cut as plain bytes. `buffer` is reused across files.
+pub fn cut_file<R: Read>(
+    mut reader: R,
+    path: &str,
+    size: u64,
+    params: ChunkerParams,
+    buffer: &mut Vec<u8>,
+    mut on_chunk: impl FnMut(&[u8], u8) -> io::Result<()>,
+) -> io::Result<Layout> {
+    let mut head = Vec::new();
+    let mut plan = None;
+    if safetensors::is_safetensors(path) && size >= 8 {
+        head.resize(8, 0);
+        let got = read_full(&mut reader, &mut head)?;
+        head.truncate(got);
+        let first8: Option<[u8; 8]> = head.as_slice().try_into().ok();
+        if let Some(n) = first8.and_then(|f| safetensors::header_len(f, size)) {
+            head.resize(8 + n as usize, 0);
+            let got = read_full(&mut reader, &mut head[8..])?;
+            head.truncate(8 + got);
+            plan = safetensors::plan(&head, size);
+        }
+    }
+    let mut input = io::Cursor::new(head).chain(reader);
+    let layout = match plan {
+        Some(segments) => {
+            for seg in segments {
+                cut_all(
+                    (&mut input).take(seg.len),
+                    params,
+                    seg.width,
+                    buffer,
+                    &mut on_chunk,
+                )?;
+            }
+            Layout::Safetensors
+        }
+        None => Layout::Cdc,
+    };
+    // Everything else (a plain file, or bytes past the planned end of a file that grew).
+    cut_all(&mut input, params, 1, buffer, &mut on_chunk)?;
+    Ok(layout)
+}
+
+fn cut_all<R: Read>(
+    reader: R,
+    params: ChunkerParams,
+    width: u8,
+    buffer: &mut Vec<u8>,
+    on_chunk: &mut impl FnMut(&[u8], u8) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut chunker =
+        Chunker::with_buffer(reader, params, std::mem::take(buffer)).aligned(width as usize);
+    while let Some(chunk) = chunker.next_chunk()? {
+        on_chunk(chunk, width)?;
+    }
+    *buffer = chunker.into_buffer();
+    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
@@ -267,6 +388,124 @@ mod tests {
         assert!(ChunkerParams::with_avg(64 << 20).is_err());
         assert!(ChunkerParams::default().validate().is_ok());
     }
+
+    /// A safetensors file: a header, then tensors of `sizes` bytes filled from `seed`s.
+    fn safetensors_file(tensors: &[(usize, u64)]) -> Vec<u8> {
+        let mut header = String::from("{");
+        let mut off = 0;
+        for (i, (len, _)) in tensors.iter().enumerate() {
+            header.push_str(&format!(
+                "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{off},{}]}},",
+                len / 4,
+                off + len
+            ));
+            off += len;
+        }
+        header.pop();
+        header.push('}');
+        let mut f = (header.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(header.as_bytes());
+        for (len, seed) in tensors {
+            f.extend_from_slice(&seeded(*len, *seed));
+        }
+        f
+    }
+
+    fn cut(data: &[u8], path: &str, params: ChunkerParams) -> (Layout, Vec<(blake3::Hash, u8)>) {
+        let mut out = vec![];
+        let mut buf = Vec::new();
+        let layout = cut_file(data, path, data.len() as u64, params, &mut buf, |c, w| {
+            out.push((blake3::hash(c), w));
+            Ok(())
+        })
+        .unwrap();
+        (layout, out)
+    }
+
+    #[test]
+    fn safetensors_tensors_dedup_whatever_their_neighbours_do() {
+        let params = ChunkerParams::with_avg(16 * 1024).unwrap();
+        let before = safetensors_file(&[(200_000, 1), (70_000, 2), (300_000, 3)]);
+        // The middle tensor changes size and content; the others stay.
+        let after = safetensors_file(&[(200_000, 1), (90_004, 9), (300_000, 3)]);
+        let (layout, a) = cut(&before, "m.safetensors", params);
+        let (_, b) = cut(&after, "m.safetensors", params);
+        assert_eq!(layout, Layout::Safetensors);
+        let old: std::collections::HashSet<_> = a.iter().map(|c| c.0).collect();
+        let new_chunks = b.iter().filter(|c| !old.contains(&c.0)).count();
+        // Header + the changed tensor's chunks only (90 KB at 16 KiB average: a handful).
+        assert!(
+            new_chunks <= 1 + 90_004 / params.min_size as usize,
+            "{new_chunks} new"
+        );
+        assert!(
+            b.iter().skip(1).all(|c| c.1 == 4),
+            "tensor chunks carry the element width"
+        );
+        // The same bytes under another name are plain CDC.
+        assert_eq!(cut(&before, "m.bin", params).0, Layout::Cdc);
+        // A broken header falls back to plain chunking and still covers every byte.
+        let mut broken = before.clone();
+        broken[9] = b'#';
+        let (layout, chunks) = cut(&broken, "m.safetensors", params);
+        assert_eq!(layout, Layout::Cdc);
+        assert!(!chunks.is_empty());
+    }
+
+    /// Golden test of the safetensors layout: boundaries on a generated file are part of the
+    /// format. Tensor chunks hold whole F32 elements, and every tensor starts a new chunk.
+    #[test]
+    fn golden_safetensors_boundaries() {
+        let params = ChunkerParams::with_avg(16 * 1024).unwrap();
+        let tensors = [(150_000, 11), (4_096, 12), (260_004, 13), (64, 14)];
+        let file = safetensors_file(&tensors);
+        let mut lens = vec![];
+        let mut buf = Vec::new();
+        let layout = cut_file(
+            &file[..],
+            "x.safetensors",
+            file.len() as u64,
+            params,
+            &mut buf,
+            |c, w| {
+                lens.push((c.len(), w));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(layout, Layout::Safetensors);
+        assert_eq!(lens.iter().map(|l| l.0).sum::<usize>(), file.len());
+        // Chunk ends fall on the header end and on every tensor end.
+        let header_end = file.len() - tensors.iter().map(|t| t.0).sum::<usize>();
+        let mut ends = std::collections::BTreeSet::new();
+        let mut pos = 0;
+        for (len, _) in &lens {
+            pos += len;
+            ends.insert(pos);
+        }
+        let mut tensor_end = header_end;
+        assert!(ends.contains(&header_end));
+        for (len, _) in &tensors {
+            tensor_end += len;
+            assert!(
+                ends.contains(&tensor_end),
+                "no cut at tensor end {tensor_end}"
+            );
+        }
+        assert!(lens[1..].iter().all(|(l, w)| *w == 4 && l % 4 == 0));
+        let digest = blake3::hash(
+            &lens
+                .iter()
+                .flat_map(|l| (l.0 as u64).to_le_bytes())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            (lens.len(), &digest.to_hex()[..16]),
+            GOLDEN_SAFETENSORS,
+            "safetensors chunk boundaries moved: {lens:?}"
+        );
+    }
+    const GOLDEN_SAFETENSORS: (usize, &str) = (26, "d3eee25bc02099e1");
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]

@@ -1,0 +1,302 @@
+//! Validation of `[[jobs]]` entries: sources, targets, completion rules and triggers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::raw::RawJob;
+use super::validate::{duration, Env, Problems};
+use super::{Completion, JobConfig, JobKind, Layout, Pattern, ServerConfig, Target, Trigger};
+use crate::store::StoreUrl;
+
+const DEFAULT_SETTLE: Duration = Duration::from_secs(10);
+
+/// A store URL or a plain path; relative paths resolve against `env.cwd`.
+pub(super) fn parse_url(text: &str, env: &Env) -> Result<StoreUrl, String> {
+    let text = text.trim();
+    let resolved = if !text.contains("://") && !text.starts_with('/') && !text.is_empty() {
+        env.cwd.join(text).display().to_string()
+    } else {
+        text.to_string()
+    };
+    resolved.parse::<StoreUrl>().map_err(|e| e.to_string())
+}
+
+/// A store name from `[stores]`, or a URL / path.
+fn location(
+    text: &str,
+    stores: &BTreeMap<String, Target>,
+    default_price: f64,
+    env: &Env,
+) -> Result<Target, String> {
+    if let Some(t) = stores.get(text) {
+        return Ok(t.clone());
+    }
+    let looks_like_path =
+        text.contains("://") || text.starts_with(['/', '.']) || text.contains('/');
+    if !looks_like_path {
+        return Err(format!(
+            "no store named {text:?}: define [stores.{text}] with a url, or write a URL such as s3://bucket/prefix or ./folder"
+        ));
+    }
+    Ok(Target {
+        label: text.to_string(),
+        url: parse_url(text, env)?,
+        egress_usd_per_gb: default_price,
+    })
+}
+
+pub(super) fn job(
+    p: &mut Problems,
+    key: &str,
+    job: &RawJob,
+    stores: &BTreeMap<String, Target>,
+    server: &ServerConfig,
+    env: &Env,
+) -> Option<JobConfig> {
+    let before = p.0.len();
+    let price = server.egress_usd_per_gb;
+    let mut targets: Vec<Target> = Vec::new();
+    if job.targets.is_empty() || job.targets.len() > 64 {
+        p.add(
+            format!("{key}.targets"),
+            "list 1 to 64 target repositories (store names or URLs)",
+        );
+    }
+    for (t, text) in job.targets.iter().enumerate() {
+        match location(text, stores, price, env) {
+            Ok(target) if targets.iter().any(|x| x.url == target.url) => p.add(
+                format!("{key}.targets[{t}]"),
+                format!("{} is listed twice: remove one", target.url),
+            ),
+            Ok(target) => targets.push(target),
+            Err(e) => p.add(format!("{key}.targets[{t}]"), e),
+        }
+    }
+    let only_push = |p: &mut Problems, name: &str, set: bool| {
+        if set {
+            p.add(
+                format!("{key}.{name}"),
+                "applies to push jobs (with source = …) only: remove it",
+            );
+        }
+    };
+    let kind = match (&job.source, &job.from) {
+        (Some(_), Some(_)) => {
+            p.add(
+                format!("{key}.from"),
+                "set either source (push) or from (replicate), not both",
+            );
+            None
+        }
+        (None, None) => {
+            p.add(
+                key,
+                "no source: set source = \"./folder\" or \"s3://bucket/prefix\" (push), or from = \"store or URL\" (replicate)",
+            );
+            None
+        }
+        (Some(src), None) => push_kind(p, key, job, src, env),
+        (None, Some(from)) => {
+            only_push(p, "ref", job.reference.is_some());
+            only_push(p, "layout", job.layout.is_some());
+            only_push(p, "settle", job.settle.is_some());
+            only_push(p, "marker", job.marker.is_some());
+            only_push(p, "latest", job.latest.is_some());
+            for (r, name) in job.refs.iter().flatten().enumerate() {
+                if let Err(e) = crate::repo::check_ref_name(name) {
+                    p.add(format!("{key}.refs[{r}]"), e);
+                }
+            }
+            match location(from, stores, price, env) {
+                Ok(from) => Some(JobKind::Replicate {
+                    from,
+                    refs: job.refs.clone().unwrap_or_default(),
+                }),
+                Err(e) => {
+                    p.add(format!("{key}.from"), e);
+                    None
+                }
+            }
+        }
+    };
+    let source_url = match &kind {
+        Some(JobKind::Push { source, .. }) => Some(source.clone()),
+        Some(JobKind::Replicate { from, .. }) => Some(from.url.clone()),
+        None => None,
+    };
+    for (t, target) in targets.iter().enumerate() {
+        if Some(&target.url) == source_url.as_ref() {
+            p.add(
+                format!("{key}.targets[{t}]"),
+                "is the job's own source: choose another repository",
+            );
+        }
+    }
+    let trigger = trigger(p, key, job, kind.as_ref());
+    let queue = job.queue.unwrap_or(16);
+    if !(1..=10_000).contains(&queue) {
+        p.add(
+            format!("{key}.queue"),
+            "must be between 1 and 10000 pending items per target",
+        );
+    }
+    if p.0.len() != before {
+        return None;
+    }
+    Some(JobConfig {
+        name: job.name.clone(),
+        kind: kind?,
+        targets,
+        trigger: trigger?,
+        queue,
+    })
+}
+
+fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) -> Option<JobKind> {
+    if job.refs.is_some() {
+        p.add(
+            format!("{key}.refs"),
+            "applies to replicate jobs (with from = …) only: use ref = \"name\" for a push job",
+        );
+    }
+    let source = match parse_url(src, env) {
+        Ok(u) => u,
+        Err(e) => {
+            p.add(format!("{key}.source"), e);
+            return None;
+        }
+    };
+    let reference = job.reference.clone().unwrap_or_else(|| job.name.clone());
+    if let Err(e) = crate::repo::check_ref_name(&reference) {
+        p.add(format!("{key}.ref"), e);
+    }
+    let layout = match job.layout.as_deref() {
+        None | Some("tree") => Layout::Tree,
+        Some("steps") => Layout::Steps,
+        Some(other) => {
+            p.add(
+                format!("{key}.layout"),
+                format!("{other:?} is not a layout: use \"tree\" (the source is one tree) or \"steps\" (each subfolder is a checkpoint)"),
+            );
+            Layout::Tree
+        }
+    };
+    let local = source.is_local();
+    if !local {
+        for (name, set) in [
+            ("settle", job.settle.is_some()),
+            ("marker", job.marker.is_some()),
+            ("latest", job.latest.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("{key}.{name}"),
+                    "checkpoint completion applies to local folder sources only: remove it",
+                );
+            }
+        }
+        if layout == Layout::Steps {
+            p.add(
+                format!("{key}.layout"),
+                "\"steps\" needs a local folder source: use layout = \"tree\" for object prefixes",
+            );
+        }
+    }
+    let settle = duration(
+        p,
+        &format!("{key}.settle"),
+        job.settle.as_deref(),
+        if local {
+            DEFAULT_SETTLE
+        } else {
+            Duration::ZERO
+        },
+    );
+    let marker = job.marker.as_ref().and_then(|m| {
+        if m.is_empty() || m.contains('/') || m == "*" {
+            p.add(
+                format!("{key}.marker"),
+                format!("{m:?} is not a file-name pattern: write a name like \"_SUCCESS\" or \"*.done\" (no '/')"),
+            );
+            None
+        } else {
+            Some(Pattern(m.clone()))
+        }
+    });
+    let latest = job.latest.as_ref().and_then(|l| {
+        if layout != Layout::Steps {
+            p.add(
+                format!("{key}.latest"),
+                "a latest pointer names a step folder: set layout = \"steps\"",
+            );
+            None
+        } else if l.is_empty() || l.contains('/') {
+            p.add(
+                format!("{key}.latest"),
+                format!("{l:?} is not a file name: write e.g. \"latest\""),
+            );
+            None
+        } else {
+            Some(l.clone())
+        }
+    });
+    Some(JobKind::Push {
+        source,
+        reference,
+        layout,
+        complete: Completion {
+            settle,
+            marker,
+            latest,
+        },
+    })
+}
+
+fn trigger(p: &mut Problems, key: &str, job: &RawJob, kind: Option<&JobKind>) -> Option<Trigger> {
+    let watch = job.watch == Some(true);
+    let set =
+        usize::from(watch) + usize::from(job.every.is_some()) + usize::from(job.cron.is_some());
+    if set != 1 {
+        p.add(
+            key,
+            format!("{} triggers: set exactly one of watch = true, every = \"5m\" or cron = \"0 */6 * * *\"", if set == 0 { "no" } else { "several" }),
+        );
+        return None;
+    }
+    if watch {
+        match kind {
+            Some(JobKind::Push { source, .. }) if source.is_local() => {}
+            Some(_) => {
+                p.add(format!("{key}.watch"), "watch needs a local folder source: use every = \"5m\" or cron = \"…\" for object prefixes and repositories");
+                return None;
+            }
+            None => return None,
+        }
+        return Some(Trigger::Watch);
+    }
+    if let Some(every) = &job.every {
+        let k = format!("{key}.every");
+        let d = duration(p, &k, Some(every), Duration::ZERO);
+        if d < Duration::from_secs(1) {
+            if !d.is_zero() {
+                p.add(&k, "shorter than 1s: use at least \"1s\"");
+            }
+            return None;
+        }
+        return Some(Trigger::Every(d));
+    }
+    let text = job.cron.as_deref().unwrap_or("");
+    let parser = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build();
+    match parser.parse(text) {
+        Ok(c) => Some(Trigger::Cron(Box::new(c), text.to_string())),
+        Err(e) => {
+            p.add(
+                format!("{key}.cron"),
+                format!("{text:?} is not a cron schedule ({e}): write five fields (minute hour day month weekday), e.g. \"0 */6 * * *\", or six with seconds first"),
+            );
+            None
+        }
+    }
+}

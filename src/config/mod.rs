@@ -1,0 +1,244 @@
+//! Daemon and scheduled-sync configuration: parse (TOML, versioned, unknown keys refused) →
+//! validate (every problem names its key and the fix) → typed [`Config`]. `ferry daemon`,
+//! `ferry sync` and `ferry check-config` all load through [`Config::load`].
+
+mod jobs;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::store::StoreUrl;
+
+pub use validate::Env;
+
+/// The embedded default configuration (`config/local.toml`): local folders and `file://`
+/// repositories under `./ferry-local`, no cloud needed.
+pub const LOCAL_TOML: &str = include_str!("../../config/local.toml");
+
+/// Errors loading a config file. Each names the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {}", problems.join("; "))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path, or `<embedded config/local.toml>`), for messages.
+    pub origin: String,
+    pub server: ServerConfig,
+    pub runner: RunnerConfig,
+    pub jobs: Vec<JobConfig>,
+}
+
+/// The HTTP server's settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    /// Bearer token required by mutating endpoints; `None` leaves them open (loopback only).
+    pub token: Option<Secret>,
+    /// Default price of sending one GB to a target, for "egress cost avoided".
+    pub egress_usd_per_gb: f64,
+}
+
+/// How runs are retried and stopped.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Attempts after the first, for transient errors.
+    pub retries: u32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How long an in-flight run may take to finish after SIGTERM before it is interrupted.
+    pub shutdown_grace: Duration,
+    /// Finished runs kept in the local index.
+    pub history: usize,
+}
+
+/// A string that never prints: `Debug` shows `***`, and it has no `Display` or `Serialize`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One configured job.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub name: String,
+    pub kind: JobKind,
+    pub targets: Vec<Target>,
+    pub trigger: Trigger,
+    /// Pending items a target may hold before the oldest are skipped.
+    pub queue: usize,
+}
+
+/// What a job moves.
+#[derive(Debug, Clone)]
+pub enum JobKind {
+    /// Source (folder or object prefix) → target repositories, under `reference`.
+    Push {
+        source: StoreUrl,
+        reference: String,
+        layout: Layout,
+        complete: Completion,
+    },
+    /// Source repository → target repositories; `refs` empty means every ref.
+    Replicate { from: Target, refs: Vec<String> },
+}
+
+/// How a push job's source splits into checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The whole source is one tree.
+    Tree,
+    /// Every subfolder of the source is a checkpoint, pushed once when complete.
+    Steps,
+}
+
+/// When a checkpoint counts as complete.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// No change for this long.
+    pub settle: Duration,
+    /// A file whose name matches this pattern exists in the checkpoint's folder.
+    pub marker: Option<Pattern>,
+    /// A file in the source folder naming the newest complete step folder.
+    pub latest: Option<String>,
+}
+
+/// A file-name pattern: `*` matches any run of characters, `?` any one character.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// A repository a job writes to (or replicates from).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The store name from `[stores]`, or the URL as written.
+    pub label: String,
+    pub url: StoreUrl,
+    pub egress_usd_per_gb: f64,
+}
+
+/// What starts a job's runs.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// Filesystem events on the source folder.
+    Watch,
+    Every(Duration),
+    /// A cron schedule, evaluated in UTC; the text as written.
+    Cron(Box<croner::Cron>, String),
+}
+
+impl Trigger {
+    /// `watch`, `every 5m` or `cron 0 */6 * * *`.
+    pub fn describe(&self) -> String {
+        match self {
+            Trigger::Watch => "watch".into(),
+            Trigger::Every(d) => format!("every {}", humantime::format_duration(*d)),
+            Trigger::Cron(_, text) => format!("cron {text}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &origin, &Env::from_process())
+    }
+
+    /// Loads `path`, or the embedded `config/local.toml` when `None`.
+    pub fn load_or_default(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Self::from_toml(
+                LOCAL_TOML,
+                "<embedded config/local.toml>",
+                &Env::from_process(),
+            ),
+        }
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors, `env` supplies the
+    /// environment (token variables, the working directory for relative paths).
+    pub fn from_toml(text: &str, origin: &str, env: &Env) -> Result<Config, ConfigError> {
+        let raw = validate::parse(text, origin)?;
+        validate::validate(raw, origin, env)
+    }
+
+    /// The same config listening on `bind` instead (`ferry daemon --bind`), under the same
+    /// rule: off loopback only with a token.
+    pub fn with_bind(mut self, bind: SocketAddr) -> Result<Config, ConfigError> {
+        if !bind.ip().is_loopback() && self.server.token.is_none() {
+            return Err(ConfigError::Invalid {
+                path: self.origin.clone(),
+                problems: vec![format!(
+                    "--bind {bind}: not a loopback address and no API token is configured: set server.token_env (or token_file), or bind 127.0.0.1"
+                )],
+            });
+        }
+        self.server.bind = bind;
+        Ok(self)
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobConfig> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+//! The config file as written (format version 1): serde types that mirror the TOML, reject
+//! unknown keys, and hold strings where the typed config holds durations, URLs and schedules.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The only format version this ferry reads.
+pub const VERSION: i64 = 1;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Checked against [`VERSION`] before this struct is parsed; kept so the key is known.
+    #[allow(dead_code)]
+    pub version: i64,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub runner: RawRunner,
+    #[serde(default)]
+    pub stores: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    pub jobs: Vec<RawJob>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub bind: Option<String>,
+    /// Name of the environment variable that holds the API token.
+    pub token_env: Option<String>,
+    /// A file whose first line is the API token.
+    pub token_file: Option<String>,
+    pub egress_usd_per_gb: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRunner {
+    pub retries: Option<u32>,
+    pub retry_initial: Option<String>,
+    pub retry_max: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub history: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub url: String,
+    pub egress_usd_per_gb: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub name: String,
+    /// A local folder or an object prefix (push jobs).
+    pub source: Option<String>,
+    /// A source repository (replicate jobs).
+    pub from: Option<String>,
+    pub targets: Vec<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// Refs to replicate (replicate jobs; all when absent).
+    pub refs: Option<Vec<String>>,
+    pub layout: Option<String>,
+    pub watch: Option<bool>,
+    pub every: Option<String>,
+    pub cron: Option<String>,
+    pub settle: Option<String>,
+    pub marker: Option<String>,
+    pub latest: Option<String>,
+    pub queue: Option<usize>,
+}

@@ -1,0 +1,269 @@
+//! Config parsing and validation: the shipped files load, and every error names its key.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn env() -> Env {
+    Env {
+        cwd: PathBuf::from("/work/here"),
+        vars: HashMap::from([("FERRY_API_TOKEN".into(), "0123456789abcdef0123".into())]),
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", &env())
+}
+
+fn error(text: &str) -> String {
+    load(text).expect_err("expected an error").to_string()
+}
+
+const MINIMAL: &str = r#"
+version = 1
+[[jobs]]
+name = "ckpt"
+source = "data/ckpt"
+targets = ["file:///repo"]
+watch = true
+"#;
+
+#[test]
+fn shipped_configs_load() {
+    let local = load(LOCAL_TOML).unwrap();
+    assert_eq!(local.server.bind.to_string(), "127.0.0.1:7878");
+    assert!(local.server.token.is_none());
+    let ckpt = local.job("checkpoints").unwrap();
+    assert!(matches!(ckpt.trigger, Trigger::Watch));
+    let JobKind::Push {
+        source,
+        layout,
+        complete,
+        reference,
+    } = &ckpt.kind
+    else {
+        panic!("checkpoints is a push job")
+    };
+    assert_eq!(
+        source.to_string(),
+        "file:///work/here/ferry-local/checkpoints"
+    );
+    assert_eq!(*layout, Layout::Steps);
+    assert_eq!(reference, "demo-model");
+    assert_eq!(complete.settle, Duration::from_secs(3));
+    assert_eq!(ckpt.targets[0].label, "local-a");
+    assert!(matches!(
+        local.job("mirror").unwrap().kind,
+        JobKind::Replicate { .. }
+    ));
+
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/aws-azure.toml"
+    ))
+    .unwrap();
+    let aws = load(&text).unwrap();
+    assert_eq!(aws.jobs.len(), 3);
+    assert_eq!(
+        aws.server.token.as_ref().unwrap().expose(),
+        "0123456789abcdef0123"
+    );
+    assert!(matches!(
+        aws.job("datasets").unwrap().trigger,
+        Trigger::Cron(..)
+    ));
+    assert_eq!(
+        aws.job("llama-checkpoints").unwrap().targets[0].egress_usd_per_gb,
+        0.0
+    );
+}
+
+#[test]
+fn defaults_fill_in() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.runner.retries, 4);
+    let j = &c.jobs[0];
+    assert_eq!(j.queue, 16);
+    let JobKind::Push {
+        reference,
+        layout,
+        complete,
+        ..
+    } = &j.kind
+    else {
+        panic!()
+    };
+    assert_eq!(reference, "ckpt");
+    assert_eq!(*layout, Layout::Tree);
+    assert_eq!(complete.settle, Duration::from_secs(10));
+    assert_eq!(j.targets[0].egress_usd_per_gb, 0.09);
+}
+
+#[test]
+fn unknown_keys_are_refused_at_their_line() {
+    let e = error(&MINIMAL.replace("watch = true", "watch = true\nsettel = \"5s\""));
+    assert!(
+        e.starts_with("test.toml:8:1: jobs[0].settel: unknown field `settel`"),
+        "{e}"
+    );
+    let e = error("version = 1\n[server]\nport = 1\n");
+    assert!(e.contains("server.port: unknown field `port`"), "{e}");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let e = error(&MINIMAL.replace("watch = true", "watch = \"yes\""));
+    assert!(e.contains(":7:") && e.contains("jobs[0].watch:"), "{e}");
+    let e = error("version = 1\n[[jobs]]\nsource = \"x\"\ntargets = []\n");
+    assert!(e.contains("jobs[0]: missing field `name`"), "{e}");
+}
+
+#[test]
+fn version_is_required_and_checked() {
+    let e = error(&MINIMAL.replace("version = 1", ""));
+    assert!(e.contains("version: missing: add `version = 1`"), "{e}");
+    let e = error(&MINIMAL.replace("version = 1", "version = 2"));
+    assert!(e.contains("version: 2 is not supported"), "{e}");
+}
+
+#[test]
+fn validation_names_key_and_fix() {
+    for (from, to, needle) in [
+        (
+            "watch = true",
+            "every = \"5 parsecs\"",
+            "jobs[0].every: \"5 parsecs\" is not a duration",
+        ),
+        (
+            "watch = true",
+            "cron = \"61 * * * *\"",
+            "jobs[0].cron: \"61 * * * *\" is not a cron schedule",
+        ),
+        (
+            "watch = true",
+            "",
+            "jobs[0]: no triggers: set exactly one of watch",
+        ),
+        (
+            "watch = true",
+            "watch = true\nevery = \"1m\"",
+            "several triggers",
+        ),
+        (
+            "[\"file:///repo\"]",
+            "[\"aws\"]",
+            "jobs[0].targets[0]: no store named \"aws\": define [stores.aws]",
+        ),
+        (
+            "[\"file:///repo\"]",
+            "[\"file:///repo\", \"/repo\"]",
+            "jobs[0].targets[1]: file:///repo is listed twice",
+        ),
+        (
+            "[\"file:///repo\"]",
+            "[\"data/ckpt\"]",
+            "jobs[0].targets[0]: is the job's own source",
+        ),
+        (
+            "name = \"ckpt\"",
+            "name = \"a b\"",
+            "jobs[0].name: \"a b\" is not a valid job name",
+        ),
+        (
+            "source = \"data/ckpt\"",
+            "source = \"s3://bucket/x\"",
+            "jobs[0].watch: watch needs a local folder source",
+        ),
+        (
+            "watch = true",
+            "watch = true\nlatest = \"latest\"",
+            "jobs[0].latest: a latest pointer names a step folder: set layout = \"steps\"",
+        ),
+        (
+            "watch = true",
+            "watch = true\nmarker = \"a/b\"",
+            "jobs[0].marker: \"a/b\" is not a file-name pattern",
+        ),
+        (
+            "watch = true",
+            "watch = true\nrefs = [\"x\"]",
+            "jobs[0].refs: applies to replicate jobs",
+        ),
+        (
+            "watch = true",
+            "watch = true\nref = \".bad\"",
+            "jobs[0].ref: invalid ref name",
+        ),
+        (
+            "watch = true",
+            "watch = true\nlayout = \"flat\"",
+            "jobs[0].layout: \"flat\" is not a layout",
+        ),
+    ] {
+        let text = MINIMAL.replace(from, to);
+        let e = error(&text);
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains(needle), "{to:?}: expected {needle:?} in {e}");
+    }
+}
+
+#[test]
+fn server_rules() {
+    let with = |server: &str| format!("version = 1\n[server]\n{server}\n{}", &MINIMAL[12..]);
+    let e = error(&with("bind = \"0.0.0.0:7878\""));
+    assert!(
+        e.contains("server.bind: 0.0.0.0:7878 is not a loopback address and no API token"),
+        "{e}"
+    );
+    let c = load(&with(
+        "bind = \"0.0.0.0:7878\"\ntoken_env = \"FERRY_API_TOKEN\"",
+    ))
+    .unwrap();
+    assert_eq!(format!("{:?}", c.server.token), "Some(***)");
+    assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    let e = error(&with("token_env = \"NOPE\""));
+    assert!(
+        e.contains("server.token_env: environment variable NOPE is not set"),
+        "{e}"
+    );
+    let e = error(&with("bind = \"localhost:80\""));
+    assert!(
+        e.contains("server.bind: \"localhost:80\" is not an address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let e = error(&MINIMAL.replace("watch = true", "every = \"soon\"\nqueue = 0"));
+    assert!(
+        e.contains("jobs[0].every") && e.contains("jobs[0].queue"),
+        "{e}"
+    );
+}
+
+#[test]
+fn patterns_match_file_names() {
+    let p = |s: &str| Pattern(s.into());
+    assert!(p("_SUCCESS").matches("_SUCCESS"));
+    assert!(!p("_SUCCESS").matches("_SUCCESS.tmp"));
+    assert!(p("*.done").matches("step-10.done"));
+    assert!(!p("*.done").matches("step-10.done.tmp"));
+    assert!(p("commit_?").matches("commit_1"));
+}
+
+#[test]
+fn key_at_finds_tables_and_array_indexes() {
+    let text = "version = 1\n[server]\nbind = 1\n[[jobs]]\nname = \"a\"\n[[jobs]]\nevery = 3\n";
+    assert_eq!(
+        validate::key_at(text, text.find("bind").unwrap()),
+        "server.bind"
+    );
+    assert_eq!(
+        validate::key_at(text, text.find("every").unwrap()),
+        "jobs[1].every"
+    );
+    assert_eq!(validate::key_at(text, 0), "version");
+}

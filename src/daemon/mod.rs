@@ -1,0 +1,445 @@
+//! The sidecar daemon and `ferry sync`: jobs from the config, each with a discovery task
+//! (watch or schedule) feeding per-target pending queues and one worker that runs them.
+//! State lives in memory for the API and in the local index for restarts.
+//!
+//! Shutdown: cancelling the token stops discovery and the workers take no new work; a
+//! running push gets `runner.shutdown_grace` to finish, then is dropped at whatever await
+//! point it reached (the repository is valid at every point, and landed packs are in the
+//! local index). Its item stays pending in the index and runs again on the next start.
+
+mod clock;
+mod discover;
+pub mod retry;
+mod runner;
+pub mod scan;
+pub mod state;
+mod views;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use clock::{Clock, ClockError};
+pub use state::{JobStatus, RunRecord, RunState, TargetStatus};
+pub use views::{render_status, RunFilter, Series, SyncReport, TriggerOutcome};
+
+use crate::commands::Context;
+use crate::config::{Config, Layout, Trigger};
+use crate::index::{IndexError, ItemRecord, ItemState, JobLog};
+use scan::Fingerprint;
+use state::{Cause, Job, Pending, RunRecord as Record};
+
+/// Errors starting or asking the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Op(#[from] crate::ops::OpError),
+    #[error("no job named {name:?} in {origin}: the jobs are {known}")]
+    NoSuchJob {
+        name: String,
+        origin: String,
+        known: String,
+    },
+    #[error("internal task failed: {0}")]
+    Join(String),
+}
+
+/// Whether the process runs until stopped or drains its work once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `ferry daemon`: watch and schedule until SIGTERM; failed targets retry slowly.
+    Daemon,
+    /// `ferry sync`: discover once, run everything, return.
+    Once,
+}
+
+pub(crate) struct Shared {
+    config: Config,
+    ctx: Context,
+    log: JobLog,
+    clock: Clock,
+    jobs: Vec<Arc<Job>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    mode: Mode,
+    ready: AtomicBool,
+    started_ms: i64,
+    runs_written: AtomicU64,
+}
+
+/// A running (or once-running) set of jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, DaemonError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DaemonError::Join(e.to_string()))
+}
+
+impl Daemon {
+    /// Opens the local index (waiting up to a minute for another ferry to release it) and
+    /// loads each job's pending work and recent runs.
+    pub async fn open(
+        config: Config,
+        index_dir: &Path,
+        clock: Clock,
+        mode: Mode,
+    ) -> Result<Daemon, DaemonError> {
+        let ctx = Context::new(index_dir.to_path_buf(), false)
+            .map_err(|e| DaemonError::Join(e.to_string()))?;
+        let (ctx, log) = blocking(move || {
+            let log = ctx.index().map_err(DaemonError::from)?.job_log()?;
+            Ok::<_, DaemonError>((ctx, log))
+        })
+        .await??;
+        let jobs: Vec<Arc<Job>> = config
+            .jobs
+            .iter()
+            .cloned()
+            .map(|j| Arc::new(Job::new(j)))
+            .collect();
+        let started_ms = clock.now_ms();
+        let shared = Arc::new(Shared {
+            config,
+            ctx,
+            log,
+            clock,
+            jobs,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            mode,
+            ready: AtomicBool::new(false),
+            started_ms,
+            runs_written: AtomicU64::new(0),
+        });
+        views::load(&shared).await?;
+        Ok(Daemon { shared })
+    }
+
+    /// Starts every job's discovery and worker (daemon mode).
+    pub fn start(&self) {
+        let s = &self.shared;
+        for job in &s.jobs {
+            let next = clock::next_fire(&job.config.trigger, s.clock.now());
+            job.with(|l| l.next_fire_ms = next.map(|t| t.timestamp_millis()));
+            let (sh, j) = (s.clone(), job.clone());
+            match job.config.trigger {
+                Trigger::Watch => s.tracker.spawn(discover::watch_loop(sh, j)),
+                _ => s.tracker.spawn(discover::schedule_loop(sh, j)),
+            };
+            s.tracker.spawn(runner::work(s.clone(), job.clone()));
+            // Work left pending by a previous run starts right away.
+            job.wake.notify_one();
+        }
+        s.ready.store(true, Ordering::Release);
+    }
+
+    /// Runs the selected jobs (all when `only` is `None`) once: discover, run, retry, report.
+    pub async fn sync(&self, only: Option<&str>) -> Result<SyncReport, DaemonError> {
+        let s = &self.shared;
+        let jobs: Vec<Arc<Job>> = match only {
+            Some(name) => vec![self.find(name)?],
+            None => s.jobs.clone(),
+        };
+        let first_run = s.log.next_run_id()?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for job in &jobs {
+            let (sh, j) = (s.clone(), job.clone());
+            tasks.spawn(async move {
+                discover::seed_done(&sh, &j).await;
+                discover::discover_once(&sh, &j, Cause::Sync).await;
+                runner::work(sh, j).await;
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| DaemonError::Join(e.to_string()))?;
+        }
+        self.flush().await;
+        views::sync_report(self, &jobs, first_run).await
+    }
+
+    fn find(&self, name: &str) -> Result<Arc<Job>, DaemonError> {
+        self.shared
+            .jobs
+            .iter()
+            .find(|j| j.config.name == name)
+            .cloned()
+            .ok_or_else(|| DaemonError::NoSuchJob {
+                name: name.into(),
+                origin: self.shared.config.origin.clone(),
+                known: self
+                    .shared
+                    .jobs
+                    .iter()
+                    .map(|j| j.config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    /// Cancelled when the daemon shuts down (the HTTP server stops with it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// True once jobs are started and until shutdown begins.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire) && !self.shared.shutdown.is_cancelled()
+    }
+
+    /// Stops taking work, lets the running push finish within the grace period, and waits at
+    /// most `bound` for every task. Returns false if some task was still running.
+    pub async fn shutdown(&self, bound: Duration) -> bool {
+        let s = &self.shared;
+        s.ready.store(false, Ordering::Release);
+        s.shutdown.cancel();
+        s.tracker.close();
+        let done = tokio::time::timeout(bound, s.tracker.wait()).await.is_ok();
+        self.flush().await;
+        done
+    }
+
+    /// Spawns a task that stops with the daemon (the HTTP server).
+    pub fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.shared.tracker.spawn(f);
+    }
+
+    async fn flush(&self) {
+        let log = self.shared.log.clone();
+        if let Ok(Err(e)) = blocking(move || log.flush()).await {
+            tracing::warn!(error = %e, "cannot flush the local index");
+        }
+    }
+
+    /// Starts a run of `name` now: failed targets are retried, scheduled jobs look at their
+    /// source, watched ones rescan (a checkpoint still has to be complete to be pushed).
+    pub async fn trigger(&self, name: &str) -> Result<TriggerOutcome, DaemonError> {
+        let job = self.find(name)?;
+        let s = &self.shared;
+        job.with(|l| {
+            for t in &mut l.targets {
+                if t.failed.take().is_some() {
+                    t.retry = None;
+                    t.open_run = None;
+                }
+            }
+        });
+        let action = if matches!(job.config.trigger, Trigger::Watch) {
+            job.rescan.notify_one();
+            "rescan"
+        } else {
+            discover::discover_once(s, &job, Cause::Api).await;
+            "queued"
+        };
+        job.wake.notify_one();
+        Ok(TriggerOutcome {
+            job: name.to_string(),
+            action: action.to_string(),
+            pending: job.with(|l| l.targets.iter().map(|t| t.pending.len()).sum()),
+        })
+    }
+
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        let now = self.shared.clock.now_ms();
+        self.shared.jobs.iter().map(|j| j.status(now)).collect()
+    }
+
+    pub fn job(&self, name: &str) -> Option<JobStatus> {
+        let now = self.shared.clock.now_ms();
+        self.find(name).ok().map(|j| j.status(now))
+    }
+}
+
+impl Shared {
+    async fn next_run_id(&self) -> u64 {
+        let log = self.log.clone();
+        match blocking(move || log.next_run_id()).await {
+            Ok(Ok(id)) => id,
+            _ => {
+                tracing::warn!("cannot allocate a run id in the local index; using the clock");
+                self.clock.now_ms() as u64
+            }
+        }
+    }
+
+    async fn put_run(&self, r: Record) {
+        let Ok(bytes) = serde_json::to_vec(&r) else {
+            return;
+        };
+        let log = self.log.clone();
+        if let Ok(Err(e)) = blocking(move || log.put_run(r.id, &bytes)).await {
+            tracing::warn!(error = %e, "cannot record a run in the local index");
+        }
+        self.runs_written.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Trims the run history now and then (counting runs is a scan).
+    async fn trim_runs(&self) {
+        if self.runs_written.load(Ordering::Relaxed) % 50 != 0 {
+            return;
+        }
+        let (log, keep) = (self.log.clone(), self.config.runner.history);
+        let _ = blocking(move || log.trim_runs(keep)).await;
+    }
+
+    async fn put_item(&self, job: &str, target: &str, item: &str, record: Option<ItemRecord>) {
+        let (log, job, target, item) = (
+            self.log.clone(),
+            job.to_string(),
+            target.to_string(),
+            item.to_string(),
+        );
+        let r = blocking(move || match record {
+            Some(r) => log.set_item(&job, &target, &item, r),
+            None => log.remove_item(&job, &target, &item),
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "cannot record work in the local index");
+        }
+    }
+
+    /// Adds `item` to every target that lacks it. A target over its queue limit skips its
+    /// oldest pending items (a newer checkpoint supersedes them). New work un-parks a failed
+    /// target.
+    async fn enqueue(
+        &self,
+        job: &Arc<Job>,
+        item: &str,
+        since_ms: i64,
+        trigger: Cause,
+        fp: Option<Fingerprint>,
+    ) {
+        let steps = matches!(
+            job.config.kind,
+            crate::config::JobKind::Push {
+                layout: Layout::Steps,
+                ..
+            }
+        );
+        let queue = job.config.queue;
+        let mut added = Vec::new();
+        let mut skipped = Vec::new();
+        job.with(|live| {
+            let running_item = live.running.as_ref().map(|r| r.item.clone());
+            for (i, t) in live.targets.iter_mut().enumerate() {
+                if steps && t.done.contains(item) {
+                    continue;
+                }
+                if let Some(p) = t.pending.get_mut(item) {
+                    if t.running && running_item.as_deref() == Some(item) && p.fingerprint != fp {
+                        p.dirty = true;
+                    }
+                    if fp.is_some() {
+                        p.fingerprint = fp.clone();
+                    }
+                    continue;
+                }
+                // An unchanged tree is not pushed again, unless someone asked for it.
+                if !steps && trigger != Cause::Api && fp.is_some() && t.pushed == fp {
+                    continue;
+                }
+                t.pending.insert(
+                    item.to_string(),
+                    Pending {
+                        since_ms,
+                        trigger,
+                        fingerprint: fp.clone(),
+                        dirty: false,
+                    },
+                );
+                if t.failed.take().is_some() {
+                    t.retry = None;
+                    t.open_run = None;
+                }
+                added.push(i);
+                while t.pending.len() > queue {
+                    let Some(oldest) = t
+                        .ordered_pending()
+                        .into_iter()
+                        .map(|(n, _)| n.clone())
+                        .find(|n| !(t.running && running_item.as_deref() == Some(n)))
+                    else {
+                        break;
+                    };
+                    t.pending.remove(&oldest);
+                    if steps {
+                        t.done.insert(oldest.clone());
+                    }
+                    t.totals.skipped += 1;
+                    skipped.push((i, oldest));
+                }
+            }
+        });
+        let now = self.clock.now_ms();
+        for i in added {
+            let rec = ItemRecord {
+                state: ItemState::Pending,
+                since_ms,
+                at_ms: now,
+            };
+            self.put_item(
+                &job.config.name,
+                &job.target(i).url.to_string(),
+                item,
+                Some(rec),
+            )
+            .await;
+        }
+        for (i, old) in skipped {
+            tracing::warn!(job = %job.config.name, target = %job.target(i).label, item = %old, "target is behind; skipping a superseded checkpoint");
+            let rec = ItemRecord {
+                state: ItemState::Skipped,
+                since_ms: now,
+                at_ms: now,
+            };
+            self.put_item(
+                &job.config.name,
+                &job.target(i).url.to_string(),
+                &old,
+                Some(rec),
+            )
+            .await;
+            let mut r = views::bare_record(
+                job,
+                i,
+                &old,
+                trigger.as_str(),
+                self.next_run_id().await,
+                now,
+            );
+            r.state = RunState::Skipped;
+            r.finished_ms = Some(now);
+            r.error = Some(format!(
+                "superseded by {item}: the target was more than {queue} items behind"
+            ));
+            self.put_run(r).await;
+        }
+        job.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,466 @@
+//! The daemon's live state per job and target (in memory, behind a short-held mutex), the run
+//! record persisted in the local index, and the status views the API and `ferry status` show.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::retry::FailureKind;
+use super::scan::{natural_cmp, Fingerprint, Waiting};
+use crate::config::{JobConfig, JobKind, Target};
+
+/// Version of the persisted [`RunRecord`] encoding.
+pub const RUN_RECORD_VERSION: u8 = 1;
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    /// Failed transiently; waiting to try again.
+    Retrying,
+    Succeeded,
+    Failed,
+    /// Stopped by a shutdown; the work stays pending and resumes on the next start.
+    Interrupted,
+    /// Superseded by a newer checkpoint before it reached the target.
+    Skipped,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Retrying => "retrying",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Interrupted => "interrupted",
+            RunState::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunState::Running | RunState::Retrying)
+    }
+}
+
+/// One work item's journey to one target: persisted in the local index (JSON, `v` = 1) and
+/// served by `/api/v1/runs`. Times are Unix milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub v: u8,
+    pub id: u64,
+    pub job: String,
+    pub target: String,
+    /// The checkpoint (step folder), `tree`, or `refs` for replication.
+    pub item: String,
+    /// What started it: `watch`, `every`, `cron`, `api`, `sync` or `startup`.
+    pub trigger: String,
+    pub state: RunState,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub error_kind: Option<FailureKind>,
+    /// The snapshot the target's ref points to afterwards.
+    pub snapshot: Option<String>,
+    /// True when the target already had this tree: nothing was written.
+    pub unchanged: bool,
+    /// Size of the tree (push) or of the new chunks (replicate).
+    pub bytes_logical: u64,
+    /// Bytes uploaded to the target: packs and pack indexes.
+    pub bytes_sent: u64,
+    /// Raw size of chunks the target lacked.
+    pub bytes_new: u64,
+    pub duration_secs: f64,
+    /// From the source change to the end of this run.
+    pub lag_secs: Option<f64>,
+}
+
+/// What started a piece of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Watch,
+    Every,
+    Cron,
+    /// `POST /api/v1/jobs/{name}/run`: runs even when the source looks unchanged.
+    Api,
+    Sync,
+    /// Left pending by a previous process.
+    Startup,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Watch => "watch",
+            Cause::Every => "every",
+            Cause::Cron => "cron",
+            Cause::Api => "api",
+            Cause::Sync => "sync",
+            Cause::Startup => "startup",
+        }
+    }
+}
+
+/// Work waiting for one target.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// When the source change happened (clock ms).
+    pub since_ms: i64,
+    pub trigger: Cause,
+    /// The checkpoint's fingerprint when it was found complete (local sources).
+    pub fingerprint: Option<Fingerprint>,
+    /// Enqueued again while it ran: push it once more afterwards.
+    pub dirty: bool,
+}
+
+/// A transient failure waiting for its next attempt.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub at: Instant,
+    pub at_ms: i64,
+    pub item: String,
+}
+
+/// The last failure of a target.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureInfo {
+    pub message: String,
+    pub kind: FailureKind,
+    pub at_ms: i64,
+    pub attempts: u32,
+    pub item: String,
+}
+
+/// Sums over the kept run history and this process's runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub bytes_logical: u64,
+    pub bytes_sent: u64,
+    pub bytes_new: u64,
+    pub runs_succeeded: u64,
+    pub runs_failed: u64,
+    pub skipped: u64,
+}
+
+/// One target of one job, live.
+#[derive(Debug, Default)]
+pub struct TargetLive {
+    pub pending: BTreeMap<String, Pending>,
+    /// Items done or skipped (step layouts): never pushed again.
+    pub done: HashSet<String>,
+    /// The fingerprint last pushed (tree layouts).
+    pub pushed: Option<Fingerprint>,
+    pub running: bool,
+    pub retry: Option<Retry>,
+    /// The open run record while attempts go on (id, started ms, attempts so far).
+    pub open_run: Option<(u64, i64, u32)>,
+    /// Failed and parked: not retried until the next trigger.
+    pub failed: Option<FailureInfo>,
+    pub last_error: Option<FailureInfo>,
+    pub last_success_ms: Option<i64>,
+    pub last_snapshot: Option<String>,
+    pub totals: Totals,
+}
+
+impl TargetLive {
+    /// Pending items in the order they are pushed: oldest change first, then step order.
+    pub fn ordered_pending(&self) -> Vec<(&String, &Pending)> {
+        let mut v: Vec<_> = self.pending.iter().collect();
+        v.sort_by(|a, b| {
+            a.1.since_ms
+                .cmp(&b.1.since_ms)
+                .then_with(|| natural_cmp(a.0, b.0))
+        });
+        v
+    }
+}
+
+/// Byte progress of the running run, fed by [`crate::progress::Observer`].
+#[derive(Debug, Default)]
+pub struct ProgressCounter {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+    pub phase: Mutex<String>,
+}
+
+impl crate::progress::Observer for ProgressCounter {
+    fn start(&self, label: &str, total: u64) {
+        self.total.fetch_add(total, Ordering::Relaxed);
+        if let Ok(mut p) = self.phase.lock() {
+            *p = label.to_string();
+        }
+    }
+
+    fn inc(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The run in progress.
+#[derive(Debug)]
+pub struct Running {
+    pub item: String,
+    pub targets: Vec<usize>,
+    pub started_ms: i64,
+    pub progress: std::sync::Arc<ProgressCounter>,
+    /// Bytes per second over the last sampling window.
+    pub rate: f64,
+}
+
+/// A job, live.
+#[derive(Debug, Default)]
+pub struct JobLive {
+    pub targets: Vec<TargetLive>,
+    pub running: Option<Running>,
+    /// Checkpoints seen but not complete yet, from the last scan.
+    pub waiting: Vec<(String, Waiting)>,
+    pub next_fire_ms: Option<i64>,
+    pub scan_error: Option<String>,
+}
+
+/// A job's config and live state.
+pub struct Job {
+    pub config: JobConfig,
+    pub live: Mutex<JobLive>,
+    /// Something became runnable: the worker looks again.
+    pub wake: tokio::sync::Notify,
+    /// Look at the source again now (API trigger).
+    pub rescan: tokio::sync::Notify,
+}
+
+impl Job {
+    pub fn new(config: JobConfig) -> Self {
+        let live = JobLive {
+            targets: config
+                .targets
+                .iter()
+                .map(|_| TargetLive::default())
+                .collect(),
+            ..Default::default()
+        };
+        Job {
+            config,
+            live: Mutex::new(live),
+            wake: tokio::sync::Notify::new(),
+            rescan: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Runs `f` on the live state. A poisoned lock (a panic elsewhere) still yields the data:
+    /// every update leaves it consistent.
+    pub fn with<R>(&self, f: impl FnOnce(&mut JobLive) -> R) -> R {
+        let mut g = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    pub fn target(&self, i: usize) -> &Target {
+        &self.config.targets[i]
+    }
+}
+
+/// `/api/v1/jobs` entries and `ferry status` rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub name: String,
+    /// `push` or `replicate`.
+    pub kind: String,
+    pub source: String,
+    /// The ref pushed to (push jobs) or the refs replicated (empty: all).
+    pub refs: Vec<String>,
+    pub trigger: String,
+    /// `idle`, `waiting`, `running`, `retrying` or `failed`.
+    pub state: String,
+    pub next_run_ms: Option<i64>,
+    pub waiting: Vec<WaitingStatus>,
+    pub running: Option<RunningStatus>,
+    pub scan_error: Option<String>,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitingStatus {
+    pub item: String,
+    /// `marker`, `latest` or `settle`.
+    pub waiting_for: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunningStatus {
+    pub item: String,
+    pub targets: Vec<String>,
+    pub started_ms: i64,
+    pub phase: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub bytes_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub url: String,
+    /// `idle`, `pending`, `running`, `retrying` or `failed`.
+    pub state: String,
+    pub pending: usize,
+    pub lag_secs: f64,
+    pub last_success_ms: Option<i64>,
+    pub last_snapshot: Option<String>,
+    pub next_retry_ms: Option<i64>,
+    pub last_error: Option<ErrorStatus>,
+    pub bytes_logical: u64,
+    pub bytes_sent: u64,
+    pub dedup_ratio: f64,
+    pub compression_ratio: f64,
+    pub egress_usd_per_gb: f64,
+    pub egress_avoided_usd: f64,
+    pub runs_succeeded: u64,
+    pub runs_failed: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorStatus {
+    pub message: String,
+    pub kind: FailureKind,
+    pub at_ms: i64,
+    pub attempts: u32,
+    pub item: String,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        1.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Bytes a plain copy would have sent but ferry did not, priced per GB (10^9 bytes).
+pub fn egress_avoided_usd(t: &Totals, usd_per_gb: f64) -> f64 {
+    t.bytes_logical.saturating_sub(t.bytes_sent) as f64 / 1e9 * usd_per_gb
+}
+
+impl Job {
+    /// The job's status at clock time `now_ms`.
+    pub fn status(&self, now_ms: i64) -> JobStatus {
+        let c = &self.config;
+        let (kind, source, refs) = match &c.kind {
+            JobKind::Push {
+                source, reference, ..
+            } => ("push", source.to_string(), vec![reference.clone()]),
+            JobKind::Replicate { from, refs } => ("replicate", from.url.to_string(), refs.clone()),
+        };
+        self.with(|live| {
+            let targets: Vec<TargetStatus> = live
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| target_status(c.targets.get(i), t, live.running.as_ref(), i, now_ms))
+                .collect();
+            let state = if live.running.is_some() {
+                "running"
+            } else if targets.iter().any(|t| t.state == "failed") {
+                "failed"
+            } else if targets.iter().any(|t| t.state == "retrying") {
+                "retrying"
+            } else if !live.waiting.is_empty() || targets.iter().any(|t| t.pending > 0) {
+                "waiting"
+            } else {
+                "idle"
+            };
+            JobStatus {
+                name: c.name.clone(),
+                kind: kind.into(),
+                source,
+                refs,
+                trigger: c.trigger.describe(),
+                state: state.into(),
+                next_run_ms: live.next_fire_ms,
+                waiting: live
+                    .waiting
+                    .iter()
+                    .map(|(item, w)| WaitingStatus {
+                        item: item.clone(),
+                        waiting_for: format!("{w:?}").to_lowercase(),
+                    })
+                    .collect(),
+                running: live.running.as_ref().map(|r| RunningStatus {
+                    item: r.item.clone(),
+                    targets: r
+                        .targets
+                        .iter()
+                        .filter_map(|i| c.targets.get(*i))
+                        .map(|t| t.label.clone())
+                        .collect(),
+                    started_ms: r.started_ms,
+                    phase: r
+                        .progress
+                        .phase
+                        .lock()
+                        .map(|p| p.clone())
+                        .unwrap_or_default(),
+                    bytes_done: r.progress.done.load(Ordering::Relaxed),
+                    bytes_total: r.progress.total.load(Ordering::Relaxed),
+                    bytes_per_sec: r.rate,
+                }),
+                scan_error: live.scan_error.clone(),
+                targets,
+            }
+        })
+    }
+}
+
+fn target_status(
+    cfg: Option<&Target>,
+    t: &TargetLive,
+    running: Option<&Running>,
+    i: usize,
+    now_ms: i64,
+) -> TargetStatus {
+    let is_running = running.is_some_and(|r| r.targets.contains(&i));
+    let state = if is_running {
+        "running"
+    } else if t.failed.is_some() {
+        "failed"
+    } else if t.retry.is_some() {
+        "retrying"
+    } else if !t.pending.is_empty() {
+        "pending"
+    } else {
+        "idle"
+    };
+    let oldest = t.pending.values().map(|p| p.since_ms).min();
+    let price = cfg.map_or(0.0, |c| c.egress_usd_per_gb);
+    let err = t.failed.as_ref().or(t.last_error.as_ref());
+    TargetStatus {
+        target: cfg.map(|c| c.label.clone()).unwrap_or_default(),
+        url: cfg.map(|c| c.url.to_string()).unwrap_or_default(),
+        state: state.into(),
+        pending: t.pending.len(),
+        lag_secs: oldest.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1000.0),
+        last_success_ms: t.last_success_ms,
+        last_snapshot: t.last_snapshot.clone(),
+        next_retry_ms: t.retry.as_ref().map(|r| r.at_ms),
+        last_error: err.map(|e| ErrorStatus {
+            message: e.message.clone(),
+            kind: e.kind,
+            at_ms: e.at_ms,
+            attempts: e.attempts,
+            item: e.item.clone(),
+        }),
+        bytes_logical: t.totals.bytes_logical,
+        bytes_sent: t.totals.bytes_sent,
+        dedup_ratio: ratio(t.totals.bytes_logical, t.totals.bytes_new),
+        compression_ratio: ratio(t.totals.bytes_new, t.totals.bytes_sent),
+        egress_usd_per_gb: price,
+        egress_avoided_usd: egress_avoided_usd(&t.totals, price),
+        runs_succeeded: t.totals.runs_succeeded,
+        runs_failed: t.totals.runs_failed,
+        skipped: t.totals.skipped,
+    }
+}

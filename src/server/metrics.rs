@@ -1,0 +1,142 @@
+//! `/metrics`: the `metrics` facade with its Prometheus exporter. Counters and the duration
+//! histogram are recorded by the runner as runs finish; gauges that describe the present
+//! (lag, pending items, failing targets, running jobs) are set from the daemon's status at
+//! each scrape.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `ferry_runs_total` | counter | job, target, outcome (`succeeded`, `failed`) |
+//! | `ferry_run_retries_total` | counter | job, target |
+//! | `ferry_logical_bytes_total` | counter | job, target |
+//! | `ferry_sent_bytes_total` | counter | job, target |
+//! | `ferry_run_duration_seconds` | histogram | job, target |
+//! | `ferry_last_success_timestamp_seconds` | gauge | job, target |
+//! | `ferry_replication_lag_seconds` | gauge | job, target |
+//! | `ferry_pending_items` | gauge | job, target |
+//! | `ferry_target_failing` | gauge (0/1) | job, target |
+//! | `ferry_egress_avoided_dollars` | gauge | job, target |
+//! | `ferry_job_running` | gauge (0/1) | job |
+//! | `ferry_run_progress_bytes` | gauge | job |
+//! | `ferry_build_info` | gauge (1) | version |
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::AppState;
+
+/// The process-wide recorder's handle. The first call installs the recorder; if another
+/// recorder was installed first (an embedding program), ours still renders its own metrics.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("ferry_run_duration_seconds".into()),
+                &[
+                    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+                ],
+            )
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only ferry's own"
+            );
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        "ferry_runs_total",
+        "Finished runs (one item to one target), by outcome."
+    );
+    describe_counter!(
+        "ferry_run_retries_total",
+        "Transient failures that were retried."
+    );
+    describe_counter!(
+        "ferry_logical_bytes_total",
+        Unit::Bytes,
+        "Size of the trees pushed (what a plain copy would send)."
+    );
+    describe_counter!(
+        "ferry_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes uploaded to targets: packs and pack indexes."
+    );
+    describe_histogram!(
+        "ferry_run_duration_seconds",
+        Unit::Seconds,
+        "Duration of successful runs."
+    );
+    describe_gauge!(
+        "ferry_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful run."
+    );
+    describe_gauge!(
+        "ferry_replication_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest source change the target does not have yet; 0 when up to date."
+    );
+    describe_gauge!(
+        "ferry_pending_items",
+        "Checkpoints or trees waiting for the target."
+    );
+    describe_gauge!(
+        "ferry_target_failing",
+        "1 when the target's last run failed for good (after retries)."
+    );
+    describe_gauge!(
+        "ferry_egress_avoided_dollars",
+        "Estimated egress cost avoided: (logical - sent) bytes at the configured $/GB."
+    );
+    describe_gauge!(
+        "ferry_job_running",
+        "1 while the job has a run in progress."
+    );
+    describe_gauge!(
+        "ferry_run_progress_bytes",
+        Unit::Bytes,
+        "Bytes processed by the running run."
+    );
+    describe_gauge!(
+        "ferry_build_info",
+        "Always 1; the version label says which ferry runs."
+    );
+}
+
+pub(super) async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
+    let h = handle();
+    gauge!("ferry_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for j in s.daemon.jobs() {
+        gauge!("ferry_job_running", "job" => j.name.clone())
+            .set(f64::from(u8::from(j.running.is_some())));
+        gauge!("ferry_run_progress_bytes", "job" => j.name.clone())
+            .set(j.running.as_ref().map_or(0.0, |r| r.bytes_done as f64));
+        for t in &j.targets {
+            let labels = [("job", j.name.clone()), ("target", t.target.clone())];
+            gauge!("ferry_replication_lag_seconds", &labels).set(t.lag_secs);
+            gauge!("ferry_pending_items", &labels).set(t.pending as f64);
+            gauge!("ferry_target_failing", &labels).set(f64::from(u8::from(t.state == "failed")));
+            gauge!("ferry_egress_avoided_dollars", &labels).set(t.egress_avoided_usd);
+        }
+    }
+    h.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        h.render(),
+    )
+}

@@ -1,0 +1,263 @@
+//! The service commands as library calls: `check-config`, `sync`, `daemon` (server, signals,
+//! bounded shutdown) and `status` (from the running daemon's API, else the local index).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, JobKind};
+use crate::daemon::{render_status, Clock, Daemon, DaemonError, JobStatus, Mode, SyncReport};
+use crate::server::ServerError;
+
+/// Errors of the service commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("cannot listen for signals: {0}")]
+    Signal(std::io::Error),
+    #[error("the daemon at {url} answered {problem}")]
+    Api { url: String, problem: String },
+}
+
+/// What `ferry check-config` found: a summary without secrets.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub config: String,
+    pub bind: String,
+    pub token: bool,
+    pub jobs: Vec<CheckedJob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckedJob {
+    pub name: String,
+    pub kind: &'static str,
+    pub source: String,
+    pub targets: Vec<String>,
+    pub trigger: String,
+}
+
+/// Loads the config exactly as the daemon does, and summarizes it.
+pub fn check_config(path: Option<&PathBuf>) -> Result<CheckReport, ServiceError> {
+    let c = Config::load_or_default(path)?;
+    Ok(CheckReport {
+        config: c.origin.clone(),
+        bind: c.server.bind.to_string(),
+        token: c.server.token.is_some(),
+        jobs: c
+            .jobs
+            .iter()
+            .map(|j| CheckedJob {
+                name: j.name.clone(),
+                kind: match j.kind {
+                    JobKind::Push { .. } => "push",
+                    JobKind::Replicate { .. } => "replicate",
+                },
+                source: match &j.kind {
+                    JobKind::Push { source, .. } => source.to_string(),
+                    JobKind::Replicate { from, .. } => from.url.to_string(),
+                },
+                targets: j.targets.iter().map(|t| t.url.to_string()).collect(),
+                trigger: j.trigger.describe(),
+            })
+            .collect(),
+    })
+}
+
+pub fn render_check(r: &CheckReport) -> String {
+    let mut s = format!(
+        "{}: ok; dashboard on http://{} ({}), {} jobs",
+        r.config,
+        r.bind,
+        if r.token {
+            "token required for POST"
+        } else {
+            "no token"
+        },
+        r.jobs.len()
+    );
+    for j in &r.jobs {
+        s.push_str(&format!(
+            "\n  {} ({}, {}): {} → {}",
+            j.name,
+            j.kind,
+            j.trigger,
+            j.source,
+            j.targets.join(", ")
+        ));
+    }
+    s
+}
+
+/// `ferry sync`: runs the jobs once.
+pub async fn sync(
+    config: Config,
+    index_dir: &Path,
+    job: Option<&str>,
+) -> Result<SyncReport, ServiceError> {
+    let daemon = Daemon::open(config, index_dir, Clock::real(), Mode::Once).await?;
+    Ok(daemon.sync(job).await?)
+}
+
+pub fn render_sync(r: &SyncReport, now_ms: i64) -> String {
+    let mut s = format!(
+        "{}: {} runs",
+        if r.ok { "sync ok" } else { "sync FAILED" },
+        r.runs.iter().filter(|r| r.state.is_final()).count()
+    );
+    for run in r.runs.iter().filter(|r| r.state.is_final()) {
+        s.push_str(&format!(
+            "\n  {}/{} {}: {} ({} sent{})",
+            run.job,
+            run.target,
+            run.item,
+            run.state.as_str(),
+            crate::commands::bytes(run.bytes_sent),
+            run.error
+                .as_deref()
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    s.push('\n');
+    s.push_str(&render_status(&r.jobs, now_ms));
+    s
+}
+
+/// `ferry daemon`: serves and runs the jobs until SIGTERM or SIGINT, then stops within the
+/// shutdown grace period (plus a few seconds). `on_listen` hears the bound address.
+pub async fn daemon(
+    config: Config,
+    index_dir: &Path,
+    clock: Clock,
+    on_listen: impl FnOnce(SocketAddr, &Config),
+) -> Result<(), ServiceError> {
+    let (listener, addr) = crate::server::bind(config.server.bind).await?;
+    let grace = config.runner.shutdown_grace;
+    let daemon = Daemon::open(config, index_dir, clock, Mode::Daemon).await?;
+    let server = {
+        let d = daemon.clone();
+        tokio::spawn(async move { crate::server::serve(d, listener).await })
+    };
+    daemon.start();
+    on_listen(addr, daemon.config());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServiceError::Signal)?;
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        r = tokio::signal::ctrl_c() => { r.map_err(ServiceError::Signal)?; "SIGINT" }
+        r = server => {
+            // The server stopped by itself: that is an error worth exiting for.
+            daemon.shutdown(grace + Duration::from_secs(5)).await;
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(DaemonError::Join(e.to_string()).into()),
+            };
+        }
+    };
+    tracing::warn!(signal, grace = ?grace, "shutting down: no new work; the running push may finish");
+    let clean = daemon.shutdown(grace + Duration::from_secs(5)).await;
+    if !clean {
+        tracing::warn!("some tasks did not stop in time; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Where `ferry status` got its answer.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// `daemon` (its API) or `index` (the local index; no daemon answered).
+    pub from: String,
+    pub now_ms: i64,
+    pub jobs: Vec<JobStatus>,
+}
+
+/// Asks the daemon at `url` (default: the config's bind address); when none answers, reads
+/// the same state from the local index.
+pub async fn status(
+    config: Config,
+    index_dir: &Path,
+    url: Option<&str>,
+) -> Result<StatusReport, ServiceError> {
+    let bind = config.server.bind;
+    let host = if bind.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], bind.port()))
+    } else {
+        bind
+    };
+    let base = url.map_or_else(
+        || format!("http://{host}"),
+        |u| u.trim_end_matches('/').to_string(),
+    );
+    match fetch_jobs(&base).await {
+        Ok(r) => Ok(StatusReport {
+            from: "daemon".into(),
+            now_ms: r.now_ms,
+            jobs: r.jobs,
+        }),
+        Err(FetchError::Unreachable) if url.is_none() => {
+            let clock = Clock::real();
+            let daemon = Daemon::open(config, index_dir, clock.clone(), Mode::Once).await?;
+            Ok(StatusReport {
+                from: "index".into(),
+                now_ms: clock.now_ms(),
+                jobs: daemon.jobs(),
+            })
+        }
+        Err(FetchError::Unreachable) => Err(ServiceError::Api {
+            url: base,
+            problem: "nothing: is the daemon running there?".into(),
+        }),
+        Err(FetchError::Bad(problem)) => Err(ServiceError::Api { url: base, problem }),
+    }
+}
+
+enum FetchError {
+    Unreachable,
+    Bad(String),
+}
+
+async fn fetch_jobs(base: &str) -> Result<crate::server::JobsResponse, FetchError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| FetchError::Bad(e.to_string()))?;
+    let res = client
+        .get(format!("{base}/api/v1/jobs"))
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                FetchError::Unreachable
+            } else {
+                FetchError::Bad(e.to_string())
+            }
+        })?;
+    if !res.status().is_success() {
+        return Err(FetchError::Bad(format!("HTTP {}", res.status())));
+    }
+    let body = res
+        .bytes()
+        .await
+        .map_err(|e| FetchError::Bad(e.to_string()))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| FetchError::Bad(format!("a body that is not ferry's jobs JSON ({e})")))
+}
+
+pub fn render_statuses(r: &StatusReport) -> String {
+    let note = if r.from == "index" {
+        "\n(no daemon answered: state from the local index)"
+    } else {
+        ""
+    };
+    format!("{}{note}", render_status(&r.jobs, r.now_ms))
+}
