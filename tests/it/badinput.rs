@@ -189,7 +189,7 @@ pub fn plant_ref(raw: &RawStore, name: &str, seq: u64, snapshot: &str) {
     );
 }
 
-/// The decoded head snapshot of a repository, read raw.
+/// Snapshot `id` of a repository, read raw and decoded.
 pub fn read_snapshot(raw: &RawStore, id: &str) -> Snapshot {
     Snapshot::decode(&raw.get(&format!("snapshots/{id}"))).expect("snapshot decodes")
 }

@@ -259,11 +259,14 @@ fn gc_beside_pushes(backend: Backend) {
                     while !stop.load(Ordering::Relaxed) {
                         writer_tree(&src, w, i);
                         let args = ["push", s(&src), url.as_str(), "--name", &name];
+                        let mut attempts = 0;
                         let snapshot = loop {
                             let run = ferry.run(&args);
                             if run.status.success() {
                                 break pushed_snapshot(&run.json());
                             }
+                            attempts += 1;
+                            assert!(attempts < 20, "a push kept failing beside gc: {run}");
                             let line = run.error_line();
                             assert!(
                                 line.contains("a concurrent gc marked pack")

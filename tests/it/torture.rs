@@ -1,5 +1,6 @@
-//! Crash torture: SIGKILL `ferry push` and `ferry replicate` at seeded random moments over
-//! their typical duration, rerun, and check after every kill that
+//! Crash torture: SIGKILL `ferry push` and `ferry replicate` at seeded random fractions of
+//! their typical duration (which follows the machine's load), rerun, and check after every
+//! kill that
 //! - the repository verifies with `--read-data` (every pack and snapshot hashes to its id,
 //!   every chunk to its id, every referenced chunk is indexed);
 //! - no object that existed before the kill was removed or resized;
@@ -261,7 +262,8 @@ impl Timing {
     }
 
     fn draw(&self, rng: &mut Rng) -> Duration {
-        self.typical().mul_f64((rng.next_u64() % 1000) as f64 / 1000.0)
+        self.typical()
+            .mul_f64((rng.next_u64() % 1000) as f64 / 1000.0)
     }
 }
 
@@ -365,7 +367,14 @@ fn replicate_kills(backend: Backend) {
         t.check(&ferry, &rerun, round);
     }
     t.restore_all(&ferry);
-    report("replicate", backend, seed, timing.typical(), &points, t.restores);
+    report(
+        "replicate",
+        backend,
+        seed,
+        timing.typical(),
+        &points,
+        t.restores,
+    );
     assert!(landed(&points) >= KILLS, "too few kills landed: {points:?}");
 }
 
