@@ -88,6 +88,34 @@ impl Repository {
         Ok(out)
     }
 
+    /// Snapshots of the partials of every run not yet committed: gc keeps them, however old,
+    /// so a slow or rerun shard can still complete its run.
+    pub async fn pending_partial_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
+        let metas = self.store.list(Some(&Path::from("partials"))).await?;
+        let committed: std::collections::HashSet<Path> = metas
+            .iter()
+            .filter(|m| m.location.filename() == Some("commit"))
+            .map(|m| m.location.clone())
+            .collect();
+        let mut out = Vec::new();
+        for m in &metas {
+            let parts: Vec<_> = m.location.parts().collect();
+            let [_, name, run, file] = parts.as_slice() else {
+                continue;
+            };
+            if file.as_ref() == "commit"
+                || committed.contains(&commit_path(name.as_ref(), run.as_ref()))
+            {
+                continue;
+            }
+            let bytes = self.store.get(&m.location).await?;
+            let p: PartialEntry = serde_json::from_slice(&bytes)
+                .map_err(|e| self.corrupt(&m.location, format!("invalid partial: {e}")))?;
+            out.push(p.snapshot);
+        }
+        Ok(out)
+    }
+
     /// The run's commit marker, if some shard committed it.
     pub async fn read_commit(
         &self,
