@@ -55,8 +55,9 @@ enum Command {
         /// shard to finish combines the partials and moves the ref. Needs --run.
         #[arg(long, value_name = "I/N", requires = "run")]
         shard: Option<ferry::ops::shard::Shard>,
-        /// The id every shard of one sharded push shares (e.g. the Job's uid).
-        #[arg(long, env = "FERRY_RUN", requires = "shard")]
+        /// The id every shard of one sharded push shares (e.g. the Job's uid). Ignored
+        /// without --shard.
+        #[arg(long, env = "FERRY_RUN")]
         run: Option<String>,
     },
     /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
