@@ -27,11 +27,16 @@ impl Codec {
     }
 }
 
+/// No chunk is longer than the chunker's largest `max_size`, whatever the repository.
+pub const MAX_CHUNK: usize = fastcdc::v2020::MAXIMUM_MAX;
+
 /// A frame that cannot be turned back into its chunk.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("empty frame")]
     Empty,
+    #[error("recorded length {0} is longer than any chunk ({MAX_CHUNK} bytes)")]
+    TooLong(usize),
     #[error("unknown codec {0} (written by a newer ferry?)")]
     UnknownCodec(u8),
     #[error("zstd payload does not decompress: {0}")]
@@ -212,6 +217,10 @@ pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
 /// Decodes a frame into `raw_len` bytes and checks them against `id`.
 pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
     let (&codec, payload) = frame.split_first().ok_or(FrameError::Empty)?;
+    // The length comes from a pack table: never let it size an allocation unchecked.
+    if raw_len > MAX_CHUNK {
+        return Err(FrameError::TooLong(raw_len));
+    }
     let raw = match Codec::from_byte(codec).ok_or(FrameError::UnknownCodec(codec))? {
         Codec::Raw => payload.to_vec(),
         Codec::Zstd => {
@@ -317,6 +326,11 @@ mod tests {
             Err(FrameError::UnknownCodec(9))
         ));
         assert!(matches!(decode(&[], 0, &id), Err(FrameError::Empty)));
+        // A hostile table cannot make decode allocate gigabytes.
+        assert!(matches!(
+            decode(&frame, u32::MAX as usize, &id),
+            Err(FrameError::TooLong(_))
+        ));
     }
 
     /// bf16-like data: sign/exponent bytes cluster, mantissa bytes look random.

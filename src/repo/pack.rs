@@ -133,12 +133,17 @@ impl PackBuilder {
 fn parse_entries(table: &[u8], limit: u64) -> Result<Vec<PackEntry>, PackFormatError> {
     let entries: Vec<PackEntry> = table.chunks_exact(ENTRY_LEN).map(PackEntry::read).collect();
     for e in &entries {
-        if e.frame_len == 0 || e.offset < PACK_MAGIC.len() as u64 || e.range().end > limit {
+        // Checked: a hostile offset near u64::MAX must not wrap around into the data area.
+        let end = e.offset.checked_add(e.frame_len as u64);
+        if e.frame_len == 0
+            || e.offset < PACK_MAGIC.len() as u64
+            || end.is_none_or(|end| end > limit)
+        {
             return Err(PackFormatError::Table(format!(
                 "chunk {} has frame {}..{} outside the data area",
                 e.chunk,
                 e.offset,
-                e.range().end
+                e.offset.saturating_add(e.frame_len as u64)
             )));
         }
     }
@@ -260,6 +265,23 @@ mod tests {
         assert!(matches!(
             PackIndex::decode(&flipped),
             Err(PackFormatError::Checksum)
+        ));
+    }
+
+    #[test]
+    fn frame_offsets_cannot_wrap_around() {
+        let pack = build(&[b"abc".repeat(40)]);
+        let mut entries = pack.entries.clone();
+        entries[0].offset = u64::MAX - 2;
+        entries[0].frame_len = 16;
+        let idx = PackIndex {
+            pack: pack.id,
+            pack_size: pack.data.len() as u64,
+            entries,
+        };
+        assert!(matches!(
+            PackIndex::decode(&idx.encode()),
+            Err(PackFormatError::Table(_))
         ));
     }
 

@@ -209,12 +209,20 @@ impl<'a> Tortured<'a> {
     }
 }
 
-/// Runs `args`, SIGKILLs it after `delay` unless it finished; returns the run and whether the
-/// kill landed while it still ran.
-fn kill_after(ferry: &Ferry, args: &[&str], delay: Duration) -> (Run, bool) {
+/// Runs `args` and SIGKILLs it after `delay` unless it finished first. Returns the run, and
+/// how long it took when it finished on its own.
+fn kill_after(ferry: &Ferry, args: &[&str], delay: Duration) -> (Run, Option<Duration>) {
+    let started = Instant::now();
     let mut running = ferry.spawn(args);
-    thread::sleep(delay);
-    let run = if running.has_exited() {
+    let mut finished = None;
+    while started.elapsed() < delay {
+        if running.has_exited() {
+            finished = Some(started.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    let run = if finished.is_some() || running.has_exited() {
         running.wait()
     } else {
         running.kill()
@@ -225,13 +233,36 @@ fn kill_after(ferry: &Ferry, args: &[&str], delay: Duration) -> (Run, bool) {
         landed || run.status.success(),
         "failed on its own before the kill: {run}"
     );
-    (run, landed)
+    let took = (!landed).then(|| finished.unwrap_or(delay));
+    (run, took)
 }
 
-/// Draws kill delays uniformly over [0, typical] milliseconds.
-fn delay(rng: &mut Rng, typical: Duration) -> Duration {
-    let ms = typical.as_millis().max(1) as u64;
-    Duration::from_millis(rng.next_u64() % (ms + 1))
+/// The time scale of the kills: the median of the last whole runs, so that kill points
+/// follow the machine's load. Each delay is a seeded fraction of it.
+struct Timing {
+    recent: Vec<Duration>,
+}
+
+impl Timing {
+    fn typical(&self) -> Duration {
+        let mut last: Vec<Duration> = self.recent.iter().rev().take(5).copied().collect();
+        last.sort();
+        last[last.len() / 2]
+    }
+
+    /// A run killed after `wait`, or that finished on its own after `took`.
+    fn note(&mut self, wait: Duration, took: Option<Duration>) {
+        match took {
+            Some(took) => self.recent.push(took),
+            // Killed late in the expected run: runs take longer now.
+            None if wait > self.typical().mul_f64(0.9) => self.recent.push(wait.mul_f64(1.1)),
+            None => {}
+        }
+    }
+
+    fn draw(&self, rng: &mut Rng) -> Duration {
+        self.typical().mul_f64((rng.next_u64() % 1000) as f64 / 1000.0)
+    }
 }
 
 fn init_small(ferry: &Ferry, url: &str) {
@@ -252,12 +283,12 @@ fn push_kills(backend: Backend) {
     let args = ["push", s(&src), &url, "--name", "ckpt"];
 
     // Two whole pushes: the second, incremental like the tortured ones, sets the time scale.
-    let mut typical = Duration::ZERO;
+    let mut timing = Timing { recent: Vec::new() };
     for round in 0..2 {
         write_version(&src, round);
         let started = Instant::now();
         let pushed = ferry.json(&args);
-        typical = started.elapsed();
+        timing.recent = vec![started.elapsed()];
         let tree = ctx.path("expected");
         checks::copy_tree(&src, &tree);
         t.expected.push((pushed_snapshot(&pushed), tree));
@@ -272,16 +303,17 @@ fn push_kills(backend: Backend) {
         write_version(&src, round as u64);
         let tree = ctx.path("expected");
         checks::copy_tree(&src, &tree);
-        let wait = delay(&mut rng, typical);
-        let (_, killed) = kill_after(&ferry, &args, wait);
-        points.push((wait.as_millis(), killed));
+        let wait = timing.draw(&mut rng);
+        let (_, took) = kill_after(&ferry, &args, wait);
+        timing.note(wait, took);
+        points.push((wait.as_millis(), took.is_none()));
         t.observe("after the kill");
         let rerun = ferry.json(&args);
         t.expected.push((pushed_snapshot(&rerun), tree));
         t.check(&ferry, &rerun, round);
     }
     t.restore_all(&ferry);
-    report("push", backend, seed, typical, &points, t.restores);
+    report("push", backend, seed, timing.typical(), &points, t.restores);
     assert!(landed(&points) >= KILLS, "too few kills landed: {points:?}");
 }
 
@@ -308,12 +340,12 @@ fn replicate_kills(backend: Backend) {
     };
     // Two whole replications: the second, incremental like the tortured ones, sets the time
     // scale.
-    let mut typical = Duration::ZERO;
+    let mut timing = Timing { recent: Vec::new() };
     for round in 0..2 {
         new_version(round, &mut t);
         let started = Instant::now();
         ferry.json(&args);
-        typical = started.elapsed();
+        timing.recent = vec![started.elapsed()];
     }
     t.observe("after the first replications");
 
@@ -323,16 +355,17 @@ fn replicate_kills(backend: Backend) {
             break;
         }
         new_version(round as u64, &mut t);
-        let wait = delay(&mut rng, typical);
-        let (_, killed) = kill_after(&ferry, &args, wait);
-        points.push((wait.as_millis(), killed));
+        let wait = timing.draw(&mut rng);
+        let (_, took) = kill_after(&ferry, &args, wait);
+        timing.note(wait, took);
+        points.push((wait.as_millis(), took.is_none()));
         t.observe("after the kill");
         let rerun = ferry.json(&args);
         assert!(uint(&rerun, "snapshots_copied") <= 1, "{rerun}");
         t.check(&ferry, &rerun, round);
     }
     t.restore_all(&ferry);
-    report("replicate", backend, seed, typical, &points, t.restores);
+    report("replicate", backend, seed, timing.typical(), &points, t.restores);
     assert!(landed(&points) >= KILLS, "too few kills landed: {points:?}");
 }
 
