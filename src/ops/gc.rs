@@ -147,9 +147,14 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
             .filter(|e| live.contains(&e.chunk))
             .map(|e| e.frame_len as u64)
             .sum();
+        let frame_bytes: u64 = idx.entries.iter().map(|e| e.frame_len as u64).sum();
         if live_bytes == 0 {
             to_mark.push(idx.pack);
-        } else if (live_bytes as f64) < REWRITE_BELOW * idx.pack_size as f64 {
+        } else if live_bytes < frame_bytes
+            && (live_bytes as f64) < REWRITE_BELOW * idx.pack_size as f64
+        {
+            // Only a pack holding dead chunks: a small pack whose every chunk is live would
+            // otherwise be rewritten into another such pack on every run.
             to_rewrite.push(idx);
         }
     }

@@ -2,6 +2,7 @@
 //! Every chunk is checked against its id and every file against its whole-file BLAKE3; nothing
 //! is written outside the destination.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -58,13 +59,27 @@ pub async fn restore(
     let started = Instant::now();
     let snap = repo.read_snapshot(&id).await?;
     // Validate everything before writing anything.
+    let links: HashSet<&str> = snap
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Symlink { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
     for e in &snap.entries {
         check_path(e.path()).map_err(|why| OpError::Unsafe {
             path: e.path().into(),
             why: why.into(),
         })?;
+        if let Some(link) = linked_prefix(e.path(), &links) {
+            return Err(OpError::Unsafe {
+                path: e.path().into(),
+                why: format!("{link:?} is a symlink; restore never writes through one"),
+            });
+        }
         if let Entry::Symlink { path, target } = e {
-            check_symlink(path, target)?;
+            check_symlink(path, target, &links)?;
         }
     }
     let bar = Progress::bytes(progress, "restore", snap.bytes());
@@ -84,6 +99,15 @@ pub async fn restore(
             Entry::Dir { path, mode } => {
                 if let Destination::Local(root) = dest {
                     let p = safe_join(root, path)?;
+                    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                        return Err(OpError::Unsafe {
+                            path: path.clone(),
+                            why: format!(
+                                "{} is a symlink; restore never writes through one",
+                                p.display()
+                            ),
+                        });
+                    }
                     std::fs::create_dir_all(&p).map_err(|err| OpError::io(p.display(), err))?;
                     dir_modes.push((p, *mode));
                 }
@@ -181,8 +205,16 @@ fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, OpError> {
     Ok(p)
 }
 
-/// A symlink may only point inside the destination, by a relative target.
-fn check_symlink(path: &str, target: &str) -> Result<(), OpError> {
+/// The symlink among `links` that a proper prefix of `path` names, if any.
+fn linked_prefix<'a>(path: &str, links: &HashSet<&'a str>) -> Option<&'a str> {
+    path.match_indices('/')
+        .find_map(|(i, _)| links.get(&path[..i]).copied())
+}
+
+/// A symlink may only point inside the destination, by a relative target. The target is
+/// walked lexically, which is only sound until it passes through another of the snapshot's
+/// `links`: a `..` after that could lead anywhere, so it is refused.
+fn check_symlink(path: &str, target: &str, links: &HashSet<&str>) -> Result<(), OpError> {
     let unsafe_link = |why: &str| OpError::Unsafe {
         path: path.into(),
         why: format!("symlink target {target:?} {why}"),
@@ -194,17 +226,31 @@ fn check_symlink(path: &str, target: &str) -> Result<(), OpError> {
     if t.is_absolute() {
         return Err(unsafe_link("is absolute"));
     }
-    // Depth of the link's folder below the root, then walk the target lexically.
-    let mut depth = path.split('/').count() as i64 - 1;
+    // Start in the link's folder, then walk the target.
+    let mut at: Vec<&str> = path.split('/').collect();
+    at.pop();
+    let mut through: Option<String> = None;
     for c in t.components() {
         match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
+            Component::ParentDir => {
+                if let Some(link) = &through {
+                    return Err(unsafe_link(&format!(
+                        "goes up after passing through symlink {link:?}"
+                    )));
+                }
+                if at.pop().is_none() {
+                    return Err(unsafe_link("points outside the destination"));
+                }
+            }
+            Component::Normal(part) => {
+                at.push(part.to_str().ok_or_else(|| unsafe_link("is not UTF-8"))?);
+                let here = at.join("/");
+                if through.is_none() && links.contains(here.as_str()) {
+                    through = Some(here);
+                }
+            }
             Component::CurDir => {}
             _ => return Err(unsafe_link("is not a plain relative path")),
-        }
-        if depth < 0 {
-            return Err(unsafe_link("points outside the destination"));
         }
     }
     Ok(())
@@ -416,12 +462,26 @@ mod tests {
 
     #[test]
     fn symlink_targets_must_stay_inside() {
-        assert!(check_symlink("a/l", "../b").is_ok());
-        assert!(check_symlink("a/l", "b/c").is_ok());
-        assert!(check_symlink("l", "../x").is_err());
-        assert!(check_symlink("a/l", "../../x").is_err());
-        assert!(check_symlink("a/l", "/etc/passwd").is_err());
-        assert!(check_symlink("a/l", "b/../../../x").is_err());
+        let none = HashSet::new();
+        assert!(check_symlink("a/l", "../b", &none).is_ok());
+        assert!(check_symlink("a/l", "b/c", &none).is_ok());
+        assert!(check_symlink("l", "../x", &none).is_err());
+        assert!(check_symlink("a/l", "../../x", &none).is_err());
+        assert!(check_symlink("a/l", "/etc/passwd", &none).is_err());
+        assert!(check_symlink("a/l", "b/../../../x", &none).is_err());
+    }
+
+    #[test]
+    fn symlink_targets_may_not_climb_out_through_other_symlinks() {
+        // d/e/root -> ../.. is the destination itself, so d/e/root/.. is its parent.
+        let links = HashSet::from(["d/e/root", "up"]);
+        assert!(check_symlink("d/e/root", "../..", &links).is_ok());
+        assert!(check_symlink("up", "d/e/root/..", &links).is_err());
+        assert!(check_symlink("x", "d/e/root/f", &links).is_ok());
+        assert!(check_symlink("x", "d/e/f/..", &links).is_ok());
+        assert_eq!(linked_prefix("up/file", &links), Some("up"));
+        assert_eq!(linked_prefix("up", &links), None);
+        assert_eq!(linked_prefix("upper/file", &links), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::ids::{ChunkId, PackId};
 use crate::index::RepoIndex;
 use crate::ops::OpError;
-use crate::repo::Repository;
+use crate::repo::{RepoError, Repository};
 
 /// A repository's chunk set as of the last sync.
 #[derive(Clone)]
@@ -49,11 +49,20 @@ pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presenc
         tracing::debug!(repo = %repo.url(), packs = fresh.len(), "loading pack indexes");
     }
     futures::stream::iter(fresh)
-        .map(|id| async move { repo.read_pack_index(&id).await })
+        .map(|id| async move {
+            match repo.read_pack_index(&id).await {
+                Ok(idx) => Ok(Some(idx)),
+                // Deleted by a gc since the listing (index first, then pack): nothing to learn.
+                Err(RepoError::Store(e)) if e.is_not_found() => Ok(None),
+                Err(e) => Err(OpError::from(e)),
+            }
+        })
         .buffer_unordered(8)
-        .map_err(OpError::from)
         .try_for_each(|idx| {
-            let r = rindex.add_pack(&idx).map_err(OpError::from);
+            let r = match idx {
+                Some(idx) => rindex.add_pack(&idx).map_err(OpError::from),
+                None => Ok(()),
+            };
             async move { r }
         })
         .await?;

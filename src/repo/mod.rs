@@ -389,8 +389,22 @@ impl Repository {
 
     async fn read_ref_entry(&self, path: &Path) -> Result<RefEntry, RepoError> {
         let bytes = self.store.get(path).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(path, format!("invalid ref entry: {e}")))
+        let entry = RefEntry::decode(&bytes).map_err(|e| self.corrupt(path, e))?;
+        // The log's order comes from object names: an entry must sit where its name and
+        // sequence number say, or the history would not be the one its entries claim.
+        let home = ref_path(&entry.name, entry.seq);
+        if *path != home {
+            return Err(self.corrupt(
+                path,
+                format!(
+                    "entry for ref {:?} seq {} belongs at {}",
+                    entry.name,
+                    entry.seq,
+                    self.store.object_url(&home)
+                ),
+            ));
+        }
+        Ok(entry)
     }
 
     /// The newest entry of a ref, if it has any.

@@ -101,9 +101,11 @@ impl Store {
                 } else if !path.is_dir() {
                     return Err(fail("no such folder".into()));
                 }
+                // fsync: a pack must be on disk before the snapshot that needs it is written.
                 Arc::new(
                     LocalFileSystem::new_with_prefix(path)
-                        .map_err(|e| fail(first_line(&e.to_string())))?,
+                        .map_err(|e| fail(first_line(&e.to_string())))?
+                        .with_fsync(true),
                 )
             }
             StoreUrl::S3 { bucket, prefix } => {

@@ -1,9 +1,11 @@
 //! Pushes of different trees to the same repository and name at once: refs change only by
-//! conditional write, so no snapshot is lost.
+//! conditional write, so no snapshot is lost, the ref history stays linear and the
+//! repository verifies with `--read-data`.
 
 use std::collections::BTreeSet;
 use std::fs;
 
+use crate::checks;
 use crate::data::{self, MIB};
 use crate::harness::{array, pushed_snapshot, s, string, uint, Backend, Ctx};
 
@@ -103,4 +105,11 @@ pub fn concurrent_pushes_keep_every_snapshot(backend: Backend) {
             .json(&["restore", &repo.url, &format!("ckpt@{snapshot}"), s(&dest)]);
         data::assert_same_tree(copy, &dest);
     }
+
+    // The history is linear (seqs 1..=n, each snapshot once), and no pack was damaged.
+    let fresh = ctx.ferry_with_index(&ctx.path("index"));
+    let log = checks::ref_log(&fresh, &repo.url, "ckpt");
+    checks::assert_linear(&log);
+    assert_eq!(log.len(), 2 + expected.len(), "{log:?}");
+    checks::verify_read_data(&fresh, &repo.url);
 }

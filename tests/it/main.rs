@@ -31,16 +31,23 @@ macro_rules! per_backend {
     )*};
 }
 
+mod badinput;
 mod browser;
+mod checks;
 mod concurrent;
 mod daemon;
 mod damage;
 mod data;
 mod errors;
+mod faults;
+mod gc;
 mod harness;
+mod hostile;
 mod http;
 mod raw;
 mod replicate;
 mod roundtrip;
 mod run;
+mod secrets;
 mod service;
+mod torture;

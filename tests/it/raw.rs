@@ -95,6 +95,35 @@ impl RawStore {
         }
     }
 
+    /// The bytes of each of `keys`, in order (one process for the servers).
+    pub fn get_many(&self, keys: &[String]) -> Vec<Vec<u8>> {
+        match self {
+            RawStore::Dir(_) => keys.iter().map(|k| self.get(k)).collect(),
+            RawStore::Server { prefix, .. } => {
+                if keys.is_empty() {
+                    return Vec::new();
+                }
+                let full: Vec<String> = keys.iter().map(|k| format!("{prefix}/{k}")).collect();
+                let mut args = vec!["getmany"];
+                args.extend(full.iter().map(String::as_str));
+                let out = self.python(&args, None);
+                let mut rest = &out[..];
+                let mut bodies = Vec::new();
+                while !rest.is_empty() {
+                    let eol = rest.iter().position(|&b| b == b'\n').expect("SIZE line");
+                    let size: usize = std::str::from_utf8(&rest[..eol])
+                        .expect("UTF-8 size")
+                        .parse()
+                        .expect("numeric size");
+                    bodies.push(rest[eol + 1..eol + 1 + size].to_vec());
+                    rest = &rest[eol + 1 + size..];
+                }
+                assert_eq!(bodies.len(), keys.len(), "rawstore.py getmany lost objects");
+                bodies
+            }
+        }
+    }
+
     pub fn put(&self, key: &str, data: &[u8]) {
         match self {
             RawStore::Dir(root) => {

@@ -8,6 +8,7 @@ Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, whe
   list PREFIX    prints one "SIZE KEY" line per object under PREFIX
   get KEY        writes the object's bytes to stdout
   put KEY FILE   replaces the object with the bytes of FILE
+  getmany KEY... writes "SIZE\n" and then the bytes, for each object in turn
   clear PREFIX   deletes every object under PREFIX
   await PREFIX   returns once an object named by a 64-hex id exists under PREFIX (polls
                  in-process, for speed)
@@ -135,7 +136,8 @@ def list_objects(kind, base, bucket, prefix):
 
 
 def main():
-    kind, base, bucket, op, arg = sys.argv[1:6]
+    kind, base, bucket, op = sys.argv[1:5]
+    arg = sys.argv[5] if len(sys.argv) > 5 else ""
     request = s3_request if kind == "s3" else az_request
     try:
         if op == "list":
@@ -153,6 +155,10 @@ def main():
                 if time.monotonic() > deadline:
                     raise SystemExit(f"no object under {arg!r} after 120 s")
                 time.sleep(0.005)
+        elif op == "getmany":
+            for key in sys.argv[5:]:
+                body = request("GET", base, bucket, key, {})
+                sys.stdout.buffer.write(f"{len(body)}\n".encode() + body)
         elif op == "clear":
             for _, key in list_objects(kind, base, bucket, arg):
                 request("DELETE", base, bucket, key, {})

@@ -78,6 +78,11 @@ impl Ferry {
         self.spawn_command(cmd)
     }
 
+    /// Like [`Ferry::run`], with extra environment variables.
+    pub fn run_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        self.spawn_env(args, envs).wait()
+    }
+
     /// Runs `ferry ARGS...` (with extra environment `envs`) to completion without adding
     /// `--index-dir` or `--json`.
     pub fn run_bare(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
