@@ -154,7 +154,8 @@ impl Daemon {
             Some(name) => vec![self.find(name)?],
             None => s.jobs.clone(),
         };
-        let first_run = s.log.next_run_id()?;
+        let log = s.log.clone();
+        let first_run = blocking(move || log.next_run_id()).await??;
         let mut tasks = tokio::task::JoinSet::new();
         for job in &jobs {
             let (sh, j) = (s.clone(), job.clone());

@@ -218,6 +218,8 @@ pub struct JobLive {
     pub waiting: Vec<(String, Waiting)>,
     pub next_fire_ms: Option<i64>,
     pub scan_error: Option<String>,
+    /// Scans of the source so far (an idle watched folder is scanned twice a minute).
+    pub scans: u64,
 }
 
 /// A job's config and live state.

@@ -223,6 +223,12 @@ marker = "*.done"
     let runs = d.runs(RunFilter::default()).await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].trigger, "watch");
+    // Idle: our own scans (directory opens and reads) must not wake the watcher again.
+    let job = d.find("ckpt").unwrap();
+    let before = job.with(|l| l.scans);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = job.with(|l| l.scans) - before;
+    assert!(idle <= 1, "{idle} scans of an idle folder in 1.5s");
     assert!(d.shutdown(Duration::from_secs(5)).await);
 }
 
