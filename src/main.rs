@@ -165,15 +165,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A push dropped at shutdown may still have a blocking reader finishing its chunk. Shut
+    // down before printing, so the error is the last line a user (or a script) sees.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     };
-    // A push dropped at shutdown may still have a blocking reader finishing its chunk.
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     code
 }
 

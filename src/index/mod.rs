@@ -28,7 +28,7 @@ const VERSION_KEY: &[u8] = b"ferry-index-version";
 /// Errors opening or using the index.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("cannot open the local index at {path}: {source} (another ferry may be using it; wait, or pass --index-dir)")]
+    #[error("cannot open the local index at {path}: {source} (if another ferry is using it, wait or pass --index-dir; the index is only a cache, so a damaged one can be deleted)")]
     Open { path: PathBuf, source: sled::Error },
     #[error(
         "local index at {path}: {source} (it is only a cache: delete the folder to rebuild it)"
@@ -74,6 +74,7 @@ impl Index {
     /// Opens (or creates) the index, waiting up to `wait` for another process to release it.
     pub fn open(path: &Path, wait: Duration) -> Result<Self, IndexError> {
         let start = Instant::now();
+        let mut wiped = false;
         let db = loop {
             match sled::Config::new()
                 .path(path)
@@ -82,8 +83,17 @@ impl Index {
                 .open()
             {
                 Ok(db) => break db,
-                Err(e) if start.elapsed() < wait && is_lock_error(&e) => {
+                Err(e) if is_lock_error(&e) && start.elapsed() < wait => {
                     std::thread::sleep(Duration::from_millis(100));
+                }
+                // A cache damaged by a crash is rebuilt, not repaired: nothing is lost.
+                Err(e) if !wiped && !is_lock_error(&e) && looks_like_sled(path) => {
+                    tracing::warn!(path = %path.display(), error = %e, "the local index is damaged; rebuilding it from the repositories");
+                    std::fs::remove_dir_all(path).map_err(|io| IndexError::Open {
+                        path: path.into(),
+                        source: sled::Error::Io(io),
+                    })?;
+                    wiped = true;
                 }
                 Err(source) => {
                     return Err(IndexError::Open {
@@ -169,6 +179,27 @@ impl Index {
     pub fn flush(&self) -> Result<(), IndexError> {
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))
     }
+}
+
+/// True when every entry of `dir` is one sled writes, so wiping it can only lose the cache
+/// (never a folder someone pointed `--index-dir` at by mistake).
+fn looks_like_sled(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut saw_db = false;
+    for e in entries {
+        let Ok(e) = e else { return false };
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        match name.as_ref() {
+            "conf" | "db" => saw_db = true,
+            "blobs" => {}
+            n if n.starts_with("snap.") => {}
+            _ => return false,
+        }
+    }
+    saw_db
 }
 
 fn is_lock_error(e: &sled::Error) -> bool {
@@ -383,6 +414,35 @@ mod tests {
         assert_eq!(decode_file(&enc), Some(f));
         assert_eq!(decode_file(&enc[..enc.len() - 1]), None);
         assert_eq!(decode_file(b""), None);
+    }
+
+    #[test]
+    fn a_damaged_index_is_rebuilt_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let idx = Index::open(dir.path(), Duration::ZERO).unwrap();
+            idx.mark_replicated("a", "b", &SnapshotId::of(b"s"))
+                .unwrap();
+            idx.flush().unwrap();
+        }
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::write(&p, vec![0xA5u8; 4096]).unwrap();
+            }
+        }
+        let idx = Index::open(dir.path(), Duration::ZERO).expect("a damaged cache is rebuilt");
+        assert!(!idx.is_replicated("a", "b", &SnapshotId::of(b"s")).unwrap());
+        drop(idx);
+        // A folder that is not a sled database is never wiped.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("conf"), b"garbage").unwrap();
+        std::fs::write(other.path().join("notes.txt"), b"precious").unwrap();
+        let _ = Index::open(other.path(), Duration::ZERO);
+        assert_eq!(
+            std::fs::read(other.path().join("notes.txt")).unwrap(),
+            b"precious"
+        );
     }
 
     #[test]
