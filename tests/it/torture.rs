@@ -261,7 +261,8 @@ impl Timing {
     }
 
     fn draw(&self, rng: &mut Rng) -> Duration {
-        self.typical().mul_f64((rng.next_u64() % 1000) as f64 / 1000.0)
+        self.typical()
+            .mul_f64((rng.next_u64() % 1000) as f64 / 1000.0)
     }
 }
 
@@ -365,7 +366,14 @@ fn replicate_kills(backend: Backend) {
         t.check(&ferry, &rerun, round);
     }
     t.restore_all(&ferry);
-    report("replicate", backend, seed, timing.typical(), &points, t.restores);
+    report(
+        "replicate",
+        backend,
+        seed,
+        timing.typical(),
+        &points,
+        t.restores,
+    );
     assert!(landed(&points) >= KILLS, "too few kills landed: {points:?}");
 }
 
