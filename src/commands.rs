@@ -30,12 +30,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(index_dir: PathBuf, progress: bool) -> anyhow::Result<Self> {
-        Ok(Self {
+    pub fn new(index_dir: PathBuf, progress: bool) -> Self {
+        Self {
             index_dir,
             index: std::sync::OnceLock::new(),
             progress,
-        })
+        }
     }
 
     /// Opens the local index on first use, waiting up to a minute for another process.

@@ -298,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let ctx = Context::new(index_dir, !cli.json)?;
+    let ctx = Context::new(index_dir, !cli.json);
     match cli.command {
         Command::Init {
             repo,

@@ -97,8 +97,7 @@ impl Daemon {
         clock: Clock,
         mode: Mode,
     ) -> Result<Daemon, DaemonError> {
-        let ctx = Context::new(index_dir.to_path_buf(), false)
-            .map_err(|e| DaemonError::Join(e.to_string()))?;
+        let ctx = Context::new(index_dir.to_path_buf(), false);
         let (ctx, log) = blocking(move || {
             let log = ctx.index().map_err(DaemonError::from)?.job_log()?;
             Ok::<_, DaemonError>((ctx, log))
