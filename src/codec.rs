@@ -52,12 +52,23 @@ pub enum FrameError {
 /// Encodes chunks into frames, reusing one zstd context (one per worker thread).
 pub struct Encoder {
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// For byte planes: long minimum matches and a shallow search, so zstd spends its time
+    /// on entropy coding (what exponent planes need) rather than hunting short matches.
+    planes: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl Encoder {
     pub fn new(level: i32) -> Self {
+        use zstd::zstd_safe::CParameter;
+        let planes = zstd::bulk::Compressor::new(level).ok().and_then(|mut c| {
+            c.set_parameter(CParameter::MinMatch(7)).ok()?;
+            c.set_parameter(CParameter::SearchLog(1)).ok()?;
+            c.set_parameter(CParameter::HashLog(12)).ok()?;
+            Some(c)
+        });
         Self {
             zstd: zstd::bulk::Compressor::new(level).ok(),
+            planes,
         }
     }
 
@@ -85,7 +96,7 @@ impl Encoder {
         out.push(width);
         for plane in split_planes(&raw[..n * w], w) {
             let packed = if entropy_bits(&plane, 3) < PLANE_INCOMPRESSIBLE_BITS {
-                self.compress(&plane)
+                compress_with(self.planes.as_mut(), &plane)
             } else {
                 None
             };
@@ -109,12 +120,8 @@ impl Encoder {
         out
     }
 
-    /// zstd of `raw` if it saves at least 1/32.
     fn compress(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
-        let z = self.zstd.as_mut()?;
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
-        let n = z.compress_to_buffer(raw, &mut out).ok()?;
-        (n < raw.len() - raw.len() / 32).then_some(out)
+        compress_with(self.zstd.as_mut(), raw)
     }
 
     fn zstd_frame(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
@@ -124,6 +131,14 @@ impl Encoder {
         out.extend_from_slice(&z);
         Some(out)
     }
+}
+
+/// zstd of `raw` if it saves at least 1/32.
+fn compress_with(z: Option<&mut zstd::bulk::Compressor<'static>>, raw: &[u8]) -> Option<Vec<u8>> {
+    let z = z?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+    let n = z.compress_to_buffer(raw, &mut out).ok()?;
+    (n < raw.len() - raw.len() / 32).then_some(out)
 }
 
 /// Splits whole elements into `w` byte planes in one pass (w = 2 or 4).

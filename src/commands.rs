@@ -12,6 +12,7 @@ use crate::index::Index;
 use crate::ops::push::PushReport;
 use crate::ops::replicate::ReplicateReport;
 use crate::ops::restore::{Destination, RestoreReport};
+use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::Source;
 use crate::ops::sync::sync_index;
 use crate::ops::verify::VerifyReport;
@@ -29,12 +30,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(index_dir: PathBuf, progress: bool) -> anyhow::Result<Self> {
-        Ok(Self {
+    pub fn new(index_dir: PathBuf, progress: bool) -> Self {
+        Self {
             index_dir,
             index: std::sync::OnceLock::new(),
             progress,
-        })
+        }
     }
 
     /// Opens the local index on first use, waiting up to a minute for another process.
@@ -97,7 +98,19 @@ pub async fn push(
     repos: &[String],
     name: &str,
 ) -> Result<PushReport, OpError> {
+    push_with(ctx, source, repos, name, &PushMode::Replace).await
+}
+
+/// [`push`] that merges into the ref's head or pushes one shard of a run.
+pub async fn push_with(
+    ctx: &Context,
+    source: &str,
+    repos: &[String],
+    name: &str,
+    mode: &PushMode,
+) -> Result<PushReport, OpError> {
     crate::repo::check_ref_name(name)?;
+    mode.check()?;
     let source = Source::open(&url(source)?)?;
     let mut targets = Vec::new();
     for r in repos {
@@ -108,7 +121,62 @@ pub async fn push(
         .await?;
         targets.push((repo, created));
     }
-    crate::ops::push::push(&source, targets, name, ctx.index()?, ctx.progress).await
+    crate::ops::push::push_with(&source, targets, name, ctx.index()?, ctx.progress, mode).await
+}
+
+/// `ferry commit`: what combining a sharded run did in each repository.
+#[derive(Debug, Serialize)]
+pub struct CommitReport {
+    pub name: String,
+    pub targets: Vec<CommitTarget>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommitTarget {
+    pub repo: String,
+    #[serde(flatten)]
+    pub report: ShardReport,
+}
+
+/// Combines a sharded run's partial snapshots and moves the ref, in every repository.
+pub async fn commit(repos: &[String], name: &str, run: &str) -> Result<CommitReport, OpError> {
+    crate::repo::check_ref_name(name)?;
+    let mut targets = Vec::new();
+    for r in repos {
+        let repo = Repository::open(Store::open(&url(r)?, Access::Write)?).await?;
+        let report = crate::ops::shard::commit(&repo, name, run).await?;
+        targets.push(CommitTarget {
+            repo: repo.url(),
+            report,
+        });
+    }
+    Ok(CommitReport {
+        name: name.to_string(),
+        targets,
+    })
+}
+
+fn render_shard(r: &ShardReport) -> String {
+    match (&r.committed, &r.shard) {
+        (Some(id), _) => format!(
+            "run {:?} committed as snapshot {}",
+            r.run,
+            &id.to_hex()[..12]
+        ),
+        (None, Some(s)) => format!(
+            "shard {}/{} of run {:?} done; waiting for shards {:?}",
+            s.index, s.count, r.run, r.missing
+        ),
+        (None, None) => format!("run {:?} waiting for shards {:?}", r.run, r.missing),
+    }
+}
+
+pub fn render_commit(r: &CommitReport) -> String {
+    let mut s = format!("commit {:?}", r.name);
+    for t in &r.targets {
+        s.push_str(&format!("\n  {}: {}", t.repo, render_shard(&t.report)));
+    }
+    s
 }
 
 pub async fn restore(
@@ -307,6 +375,9 @@ pub fn render_push(r: &PushReport) -> String {
             bytes(t.stats.bytes_uploaded),
             t.stats.packs_uploaded
         ));
+        if let Some(shard) = &t.shard {
+            s.push_str(&format!("; {}", render_shard(shard)));
+        }
     }
     s
 }

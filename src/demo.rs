@@ -51,7 +51,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<DemoReport> {
 }
 
 async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
-    let ctx = Context::new(dir.join("index"), false)?;
+    let ctx = Context::new(dir.join("index"), false);
     let repos: Vec<String> = ["repo-a", "repo-b"]
         .iter()
         .map(|r| format!("file://{}", dir.join(r).display()))

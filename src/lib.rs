@@ -10,7 +10,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use ferry::commands::{Context, push};
-//! let ctx = Context::new(std::env::temp_dir().join("ferry-index"), false)?;
+//! let ctx = Context::new(std::env::temp_dir().join("ferry-index"), false);
 //! let report = push(&ctx, "/data/ckpt", &["file:///backups/repo".into()], "llama-7b").await?;
 //! println!("uploaded {} bytes", report.bytes_uploaded);
 //! # Ok(()) }

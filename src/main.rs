@@ -47,6 +47,29 @@ enum Command {
         /// The ref to move to the new snapshot.
         #[arg(long)]
         name: String,
+        /// Add the tree's files to the ref's head instead of replacing its tree (many writers
+        /// pushing different files into one ref).
+        #[arg(long, conflicts_with = "shard")]
+        merge: bool,
+        /// Push only shard I of N (paths hashed with BLAKE3) as a partial snapshot; the last
+        /// shard to finish combines the partials and moves the ref. Needs --run.
+        #[arg(long, value_name = "I/N", requires = "run")]
+        shard: Option<ferry::ops::shard::Shard>,
+        /// The id every shard of one sharded push shares (e.g. the Job's uid). Ignored
+        /// without --shard.
+        #[arg(long, env = "FERRY_RUN")]
+        run: Option<String>,
+    },
+    /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
+    Commit {
+        #[arg(required = true)]
+        repos: Vec<String>,
+        /// The ref the shards pushed to.
+        #[arg(long)]
+        name: String,
+        /// The run id the shards were given.
+        #[arg(long, env = "FERRY_RUN")]
+        run: String,
     },
     /// Rebuild a snapshot's files, byte-identical, in a folder or under an object prefix.
     Restore {
@@ -275,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let ctx = Context::new(index_dir, !cli.json)?;
+    let ctx = Context::new(index_dir, !cli.json);
     match cli.command {
         Command::Init {
             repo,
@@ -297,9 +320,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             source,
             repos,
             name,
+            merge,
+            shard,
+            run,
         } => {
-            let r = commands::push(&ctx, &source, &repos, &name).await?;
+            use ferry::ops::shard::PushMode;
+            let mode = match (shard, run) {
+                (Some(shard), Some(run)) => PushMode::Shard { shard, run },
+                _ if merge => PushMode::Merge,
+                _ => PushMode::Replace,
+            };
+            let r = commands::push_with(&ctx, &source, &repos, &name, &mode).await?;
             emit(json, &r, commands::render_push)?;
+        }
+        Command::Commit { repos, name, run } => {
+            let r = commands::commit(&repos, &name, &run).await?;
+            emit(json, &r, commands::render_commit)?;
         }
         Command::Restore {
             repo,

@@ -55,6 +55,11 @@ fn settled_items(job: &Job) -> HashSet<String> {
     })
 }
 
+fn count_scan(job: &Job) {
+    job.with(|l| l.scans += 1);
+    metrics::counter!("ferry_source_scans_total", "job" => job.config.name.clone()).increment(1);
+}
+
 /// Watches a local folder and enqueues each checkpoint once it is complete.
 pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
     let Some((root, layout, complete)) = local_push(&job) else {
@@ -69,7 +74,10 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
     let watch_root = root.clone();
     let watcher = tokio::task::spawn_blocking(move || {
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Opens and reads (our own scans among them) change nothing: reacting to them
+            // would make every scan trigger the next.
+            let changed = res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
+            if changed {
                 // A full channel already holds a wake-up: dropping this one loses nothing.
                 let _ = tx.try_send(());
             }
@@ -94,6 +102,7 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
         let skip = settled_items(&job);
         let (r, c) = (root.clone(), complete.clone());
         let scanned = tokio::task::spawn_blocking(move || scan::scan(&r, layout, &c, &skip)).await;
+        count_scan(&job);
         let mut recheck = Instant::now() + idle_rescan;
         match scanned {
             Ok(Ok(found)) => {
@@ -173,6 +182,7 @@ pub(super) async fn discover_once(shared: &Arc<Shared>, job: &Arc<Job>, trigger:
     let skip = settled_items(job);
     let (r, c) = (root.clone(), complete.clone());
     let scanned = tokio::task::spawn_blocking(move || scan::scan(&r, layout, &c, &skip)).await;
+    count_scan(job);
     let found = match scanned {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {

@@ -71,6 +71,7 @@ pub(crate) struct Shared {
     ready: AtomicBool,
     started_ms: i64,
     runs_written: AtomicU64,
+    runs_trimmed: AtomicU64,
 }
 
 /// A running (or once-running) set of jobs. Cheap to clone.
@@ -96,8 +97,7 @@ impl Daemon {
         clock: Clock,
         mode: Mode,
     ) -> Result<Daemon, DaemonError> {
-        let ctx = Context::new(index_dir.to_path_buf(), false)
-            .map_err(|e| DaemonError::Join(e.to_string()))?;
+        let ctx = Context::new(index_dir.to_path_buf(), false);
         let (ctx, log) = blocking(move || {
             let log = ctx.index().map_err(DaemonError::from)?.job_log()?;
             Ok::<_, DaemonError>((ctx, log))
@@ -122,6 +122,7 @@ impl Daemon {
             ready: AtomicBool::new(false),
             started_ms,
             runs_written: AtomicU64::new(0),
+            runs_trimmed: AtomicU64::new(0),
         });
         views::load(&shared).await?;
         Ok(Daemon { shared })
@@ -152,7 +153,8 @@ impl Daemon {
             Some(name) => vec![self.find(name)?],
             None => s.jobs.clone(),
         };
-        let first_run = s.log.next_run_id()?;
+        let log = s.log.clone();
+        let first_run = blocking(move || log.next_run_id()).await??;
         let mut tasks = tokio::task::JoinSet::new();
         for job in &jobs {
             let (sh, j) = (s.clone(), job.clone());
@@ -295,9 +297,16 @@ impl Shared {
         self.runs_written.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Trims the run history now and then (counting runs is a scan).
+    /// Trims the run history every 50 records written (counting runs is a scan).
     async fn trim_runs(&self) {
-        if self.runs_written.load(Ordering::Relaxed) % 50 != 0 {
+        let written = self.runs_written.load(Ordering::Relaxed);
+        let last = self.runs_trimmed.load(Ordering::Relaxed);
+        if written < last + 50
+            || self
+                .runs_trimmed
+                .compare_exchange(last, written, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
         let (log, keep) = (self.log.clone(), self.config.runner.history);
@@ -322,8 +331,9 @@ impl Shared {
     }
 
     /// Adds `item` to every target that lacks it. A target over its queue limit skips its
-    /// oldest pending items (a newer checkpoint supersedes them). New work un-parks a failed
-    /// target.
+    /// oldest pending items (a newer checkpoint supersedes them). A failed target stays
+    /// parked until its slow retry or an API trigger, so that it does not drag every new
+    /// checkpoint through a fan-out push that is bound to fail.
     async fn enqueue(
         &self,
         job: &Arc<Job>,
@@ -370,10 +380,6 @@ impl Shared {
                         dirty: false,
                     },
                 );
-                if t.failed.take().is_some() {
-                    t.retry = None;
-                    t.open_run = None;
-                }
                 added.push(i);
                 while t.pending.len() > queue {
                     let Some(oldest) = t

@@ -1,4 +1,4 @@
-//! The runner: one worker per job (so one run at a time per job) takes the oldest pending item,
+//! The runner: one worker per job (so one run at a time per job) takes the first pending item,
 //! pushes it to every target waiting for it in one fan-out push (the source is read once),
 //! and on failure tries the targets one by one, so that one failing target never holds back
 //! the others. Transient failures are retried with backoff; permanent ones are reported.
@@ -67,9 +67,10 @@ pub(super) async fn work(shared: Arc<Shared>, job: Arc<Job>) {
     }
 }
 
-/// The oldest item any ready target waits for, and every ready target waiting for it.
+/// The first item (in step order) any ready target waits for, and every ready target whose
+/// first item it is.
 fn next_batch(live: &super::state::JobLive, now: Instant) -> Next {
-    let mut best: Option<(i64, &String)> = None;
+    let mut best: Option<&String> = None;
     let mut wait: Option<Instant> = None;
     let mut ready = Vec::new();
     for (i, t) in live.targets.iter().enumerate() {
@@ -81,28 +82,20 @@ fn next_batch(live: &super::state::JobLive, now: Instant) -> Next {
                 wait = Some(wait.map_or(r.at, |w| w.min(r.at)));
                 continue;
             }
-            // Failed targets wait for the next trigger (or, in the daemon, a slow retry).
+            // Failed targets wait for an API trigger (or, in the daemon, a slow retry).
             None if t.failed.is_some() => continue,
             _ => {}
         }
-        let Some((name, p)) = t.ordered_pending().into_iter().next() else {
+        let Some((name, _)) = t.ordered_pending().into_iter().next() else {
             continue;
         };
         ready.push(i);
-        let better = match best {
-            None => true,
-            Some((since, b)) => p
-                .since_ms
-                .cmp(&since)
-                .then_with(|| scan::natural_cmp(name, b))
-                .is_lt(),
-        };
-        if better {
-            best = Some((p.since_ms, name));
+        if best.is_none_or(|b| scan::natural_cmp(name, b).is_lt()) {
+            best = Some(name);
         }
     }
     match best {
-        Some((_, item)) => Next::Run {
+        Some(item) => Next::Run {
             item: item.clone(),
             targets: ready
                 .into_iter()

@@ -168,14 +168,11 @@ pub struct TargetLive {
 }
 
 impl TargetLive {
-    /// Pending items in the order they are pushed: oldest change first, then step order.
+    /// Pending items in the order they are pushed: step order (`step-9` before `step-10`),
+    /// so that a target's ref ends at the newest checkpoint.
     pub fn ordered_pending(&self) -> Vec<(&String, &Pending)> {
         let mut v: Vec<_> = self.pending.iter().collect();
-        v.sort_by(|a, b| {
-            a.1.since_ms
-                .cmp(&b.1.since_ms)
-                .then_with(|| natural_cmp(a.0, b.0))
-        });
+        v.sort_by(|a, b| natural_cmp(a.0, b.0));
         v
     }
 }
@@ -221,6 +218,8 @@ pub struct JobLive {
     pub waiting: Vec<(String, Waiting)>,
     pub next_fire_ms: Option<i64>,
     pub scan_error: Option<String>,
+    /// Scans of the source so far (an idle watched folder is scanned twice a minute).
+    pub scans: u64,
 }
 
 /// A job's config and live state.

@@ -223,6 +223,12 @@ marker = "*.done"
     let runs = d.runs(RunFilter::default()).await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].trigger, "watch");
+    // Idle: our own scans (directory opens and reads) must not wake the watcher again.
+    let job = d.find("ckpt").unwrap();
+    let before = job.with(|l| l.scans);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = job.with(|l| l.scans) - before;
+    assert!(idle <= 1, "{idle} scans of an idle folder in 1.5s");
     assert!(d.shutdown(Duration::from_secs(5)).await);
 }
 
@@ -326,4 +332,45 @@ cron = "30 2 * * *"
         "{s:?}"
     );
     assert!(d.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_full_queue_skips_the_oldest_checkpoints_and_keeps_order() {
+    let w = World::new();
+    for step in ["step-1", "step-2", "step-10", "step-3"] {
+        write(&w.path(&format!("src/{step}/w.bin")), step.as_bytes());
+        write(&w.path(&format!("src/{step}/_SUCCESS")), b"");
+    }
+    age(&w.path("src"));
+    let job = STEPS_JOB.replace("settle = \"1s\"", "settle = \"1s\"\nqueue = 2");
+    let d = w.daemon(w.config(&job), Mode::Once).await;
+    let report = d.sync(None).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    let a = report.jobs[0].targets[0].target.clone();
+    let runs: Vec<_> = report
+        .runs
+        .iter()
+        .filter(|r| r.target == a && r.state.is_final())
+        .map(|r| (r.item.as_str(), r.state))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("step-1", RunState::Skipped),
+            ("step-2", RunState::Skipped),
+            ("step-3", RunState::Succeeded),
+            ("step-10", RunState::Succeeded),
+        ]
+    );
+    let sources = snapshots_of(&w.path("repo-a"), "model").await;
+    let steps: Vec<_> = sources
+        .iter()
+        .map(|s| s.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["step-3", "step-10"],
+        "the ref ends at the newest checkpoint"
+    );
+    assert_eq!(report.jobs[0].targets[0].skipped, 2);
 }

@@ -72,6 +72,8 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     for name in repo.ref_names().await? {
         roots.extend(repo.ref_log(&name).await?.into_iter().map(|e| e.snapshot));
     }
+    // Partial snapshots of sharded runs still waiting for a shard are live too.
+    roots.extend(repo.pending_partial_snapshots().await?);
     let mut doomed_snapshots = Vec::new();
     let existing: HashSet<SnapshotId> = repo
         .list_snapshot_objects()

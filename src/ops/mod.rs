@@ -6,6 +6,7 @@ pub mod gc;
 pub mod push;
 pub mod replicate;
 pub mod restore;
+pub mod shard;
 pub mod source;
 pub mod sync;
 pub mod uploader;

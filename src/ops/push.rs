@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::chunker::cut_file;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
+use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
 use crate::ops::sync::{check_not_marked, sync_index, Presence};
 use crate::ops::uploader::{PackUploader, UploadStats};
@@ -61,6 +62,10 @@ pub struct TargetReport {
     pub created: bool,
     #[serde(flatten)]
     pub stats: UploadStats,
+    /// A sharded push: `snapshot` is this shard's partial; this says whether the run is
+    /// committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardReport>,
 }
 
 struct Job {
@@ -97,7 +102,20 @@ pub async fn push(
     index: &Index,
     progress: bool,
 ) -> Result<PushReport, OpError> {
+    push_with(source, targets, name, index, progress, &PushMode::Replace).await
+}
+
+/// [`push`] with a choice of what the new snapshot holds (see [`PushMode`]).
+pub async fn push_with(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &str,
+    index: &Index,
+    progress: bool,
+    mode: &PushMode,
+) -> Result<PushReport, OpError> {
     check_ref_name(name)?;
+    mode.check()?;
     let started = Instant::now();
     let time = SystemTime::now();
     if targets.is_empty() || targets.len() > 64 {
@@ -119,7 +137,7 @@ pub async fn push(
         presences.push(sync_index(repo, &ri).await?);
     }
 
-    let listing = source.list().await?;
+    let listing = mode.select(source.list().await?);
     let total: u64 = listing
         .iter()
         .map(|e| match e {
@@ -215,27 +233,39 @@ pub async fn push(
     let mut reports = Vec::new();
     for (((repo, created), stats), presence) in targets.into_iter().zip(stats).zip(&presences) {
         check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
-        let head = repo.ref_head(name).await?;
-        let parent = match &head {
-            Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
-            None => None,
-        };
-        let snapshot = Snapshot {
+        let mut snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             time: humantime::format_rfc3339_seconds(time).to_string(),
             name: name.to_string(),
             source: source.key(),
-            parent: parent.as_ref().map(|p| p.0),
+            parent: None,
             entries: produced.entries.clone(),
         };
-        let (id, unchanged) = match parent {
-            Some((pid, p)) if p.same_tree(&snapshot) => (pid, true),
-            _ => {
-                let id = repo
-                    .write_snapshot_bytes(Bytes::from(snapshot.encode()))
-                    .await?;
-                repo.advance_ref(name, id).await?;
+        let mut shard = None;
+        let (id, unchanged) = match mode {
+            PushMode::Merge => crate::ops::shard::finish_merge(&repo, snapshot).await?,
+            PushMode::Shard { shard: s, run } => {
+                let (id, r) = crate::ops::shard::finish_shard(&repo, snapshot, *s, run).await?;
+                shard = Some(r);
                 (id, false)
+            }
+            PushMode::Replace => {
+                let head = repo.ref_head(name).await?;
+                let parent = match &head {
+                    Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
+                    None => None,
+                };
+                snapshot.parent = parent.as_ref().map(|p| p.0);
+                match parent {
+                    Some((pid, p)) if p.same_tree(&snapshot) => (pid, true),
+                    _ => {
+                        let id = repo
+                            .write_snapshot_bytes(Bytes::from(snapshot.encode()))
+                            .await?;
+                        repo.advance_ref(name, id).await?;
+                        (id, false)
+                    }
+                }
             }
         };
         reports.push(TargetReport {
@@ -244,6 +274,7 @@ pub async fn push(
             unchanged,
             created,
             stats,
+            shard,
         });
     }
     index.flush()?;

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod pack;
+pub mod partial;
 pub mod snapshot;
 
 use bytes::Bytes;
@@ -39,6 +40,10 @@ pub enum RepoError {
     BadRefName { name: String },
     #[error("{spec:?} not found in {url}: `ferry snapshots {url}` lists what is there")]
     NoSuchSnapshot { spec: String, url: String },
+    #[error(
+        "invalid run id {run:?}: use letters, digits, '.', '_' and '-' (not starting with '.'), at most 128 bytes"
+    )]
+    BadRunId { run: String },
     #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
     RefContention { name: String, url: String },
 }

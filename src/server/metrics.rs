@@ -10,6 +10,7 @@
 //! | `ferry_logical_bytes_total` | counter | job, target |
 //! | `ferry_sent_bytes_total` | counter | job, target |
 //! | `ferry_run_duration_seconds` | histogram | job, target |
+//! | `ferry_source_scans_total` | counter | job |
 //! | `ferry_last_success_timestamp_seconds` | gauge | job, target |
 //! | `ferry_replication_lag_seconds` | gauge | job, target |
 //! | `ferry_pending_items` | gauge | job, target |
@@ -72,6 +73,10 @@ fn describe() {
         "ferry_sent_bytes_total",
         Unit::Bytes,
         "Bytes uploaded to targets: packs and pack indexes."
+    );
+    describe_counter!(
+        "ferry_source_scans_total",
+        "Scans of a job's source folder for complete checkpoints."
     );
     describe_histogram!(
         "ferry_run_duration_seconds",

@@ -26,13 +26,14 @@ struct Browser {
 }
 
 impl Browser {
-    fn start(chromedriver: &str) -> Browser {
+    /// Starts chromedriver and a headless Chromium whose profile lives in `profile`.
+    fn start(chromedriver: &str, profile: &std::path::Path) -> Browser {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new(chromedriver)
+        let mut driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -40,14 +41,17 @@ impl Browser {
             .expect("start chromedriver");
         let addr = format!("127.0.0.1:{port}");
         let started = Instant::now();
+        let mut fail = |why: String| -> ! {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("{why}");
+        };
         while http::request(&addr, "GET", "/status", &[], None).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "chromedriver did not start"
-            );
+            if started.elapsed() > Duration::from_secs(30) {
+                fail("chromedriver did not start within 30s".into());
+            }
             thread::sleep(Duration::from_millis(50));
         }
-        let profile = tempfile::tempdir().unwrap().keep();
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"args": [
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -55,11 +59,9 @@ impl Browser {
             format!("--user-data-dir={}", profile.display()),
         ]}}}});
         let r = http::post(&addr, "/session", &[], Some(&caps));
-        let v = r.json();
-        let session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no browser session: {}", r.body))
-            .to_string();
+        let Some(session) = r.json()["value"]["sessionId"].as_str().map(String::from) else {
+            fail(format!("no browser session: {}", r.body));
+        };
         Browser {
             driver,
             addr,
@@ -220,7 +222,7 @@ fn dashboard_updates_live_in_chromium() {
         |d| (d.runs("job=checkpoints&state=succeeded").len() == 2).then_some(()),
     );
 
-    let browser = Browser::start(&chromedriver);
+    let browser = Browser::start(&chromedriver, &ctx.dir("chromium-profile"));
     browser.call(
         "POST",
         "/url",

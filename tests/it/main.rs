@@ -50,4 +50,5 @@ mod roundtrip;
 mod run;
 mod secrets;
 mod service;
+mod shards;
 mod torture;

@@ -134,11 +134,16 @@ fn api_endpoints_tokens_and_status() {
     let repo = ctx.location(Backend::File);
     let src = ctx.dir("src");
     data::write_file(&src, "a.bin", &data::random_bytes(2, MIB));
+    // The config's own address is a port nothing listens on (the daemon below binds port 0),
+    // so the offline `ferry status` at the end cannot reach some other test's daemon.
+    let idle = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let config = write_config(
         &ctx,
         "",
         &format!(
-            "[server]\ntoken_env = \"FERRY_API_TOKEN\"\n\n{}",
+            "[server]\nbind = \"{idle}\"\ntoken_env = \"FERRY_API_TOKEN\"\n\n{}",
             job(s(&src), &repo.url)
         ),
     );
