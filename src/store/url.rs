@@ -56,7 +56,7 @@ impl FromStr for StoreUrl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason: &str| UrlError {
-            url: s.to_string(),
+            url: redact(s),
             reason: reason.to_string(),
         };
         let Some((scheme, rest)) = s.split_once("://") else {
@@ -108,6 +108,20 @@ impl FromStr for StoreUrl {
                 "unsupported scheme {other:?}: use file:///path, s3://bucket/prefix or az://container/prefix"
             ))),
         }
+    }
+}
+
+/// The URL with any `user:password@` part replaced, so an error never echoes a secret.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
     }
 }
 
@@ -189,6 +203,16 @@ mod tests {
             "s3://models/a/b".parse::<StoreUrl>().unwrap().to_string(),
             "s3://models/a/b"
         );
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_never_echoed() {
+        let e = "s3://AKIAXX:s3cr3t@bucket/x"
+            .parse::<StoreUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t") && !e.contains("AKIAXX"), "{e}");
+        assert!(e.contains("***@bucket/x"), "{e}");
     }
 
     #[test]
