@@ -460,21 +460,10 @@ impl Repository {
                     return Ok(h.clone());
                 }
             }
-            let entry = RefEntry {
-                name: name.to_string(),
-                seq: head.map_or(1, |h| h.seq + 1),
-                snapshot,
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            };
-            let body = serde_json::to_vec(&entry).expect("ref entry serializes");
-            if self
-                .store
-                .put_new(&ref_path(name, entry.seq), Bytes::from(body))
-                .await?
-            {
+            if let Some(entry) = self.append_ref(name, head.as_ref(), snapshot).await? {
                 return Ok(entry);
             }
-            tracing::debug!(name, seq = entry.seq, "ref moved concurrently; retrying");
+            tracing::debug!(name, "ref moved concurrently; retrying");
         }
         Err(RepoError::RefContention {
             name: name.into(),
