@@ -17,9 +17,10 @@ use bytes::Bytes;
 
 use crate::store::StoreUrl;
 
-/// Object metadata key holding the whole-file BLAKE3 (hex). Azure metadata names must be C#
-/// identifiers, hence the underscore; S3 sends it as `x-amz-meta-ferry_blake3`.
-pub const BLAKE3_METADATA: &str = "ferry_blake3";
+/// Object metadata holding the whole-file BLAKE3 (hex): `x-amz-meta-ferry-blake3` on S3,
+/// `x-ms-meta-ferry_blake3` on Azure (metadata names there must be C# identifiers).
+pub const S3_BLAKE3_METADATA: &str = "ferry-blake3";
+pub const AZURE_BLAKE3_METADATA: &str = "ferry_blake3";
 
 /// A block id: BLAKE3 of the block's bytes. Azure receives it base64-encoded (all ids of a
 /// blob must have the same length: 32 bytes here); S3 does not use it.
@@ -60,7 +61,7 @@ pub struct RemoteObject {
     /// Entity tag, without surrounding quotes.
     pub etag: String,
     pub size: u64,
-    /// The `ferry_blake3` metadata, if the object has it.
+    /// The whole-file BLAKE3 metadata, if the object has it.
     pub blake3: Option<String>,
     /// Azure: the committed block list in order (id, size); ids that are not 32 bytes long
     /// (blocks written by other tools) are reported as `None`. S3: empty.
@@ -101,7 +102,7 @@ pub struct WriteRequest<'a> {
     /// write must fail with [`NativeError::Changed`] rather than use bytes of any other
     /// version. `None` when there are no `Keep` parts.
     pub base_etag: Option<&'a str>,
-    /// Whole-file BLAKE3 (hex), stored as the `ferry_blake3` metadata.
+    /// Whole-file BLAKE3 (hex), stored as object metadata.
     pub blake3: &'a str,
 }
 
