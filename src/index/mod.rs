@@ -8,10 +8,13 @@
 //! - `files/<source key>`: relative path → size, mtime, etag, mode, BLAKE3, chunk list
 //! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
 //! - `jobs/items`, `jobs/runs`: the daemon's work items and run history ([`jobs`])
+//! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote ([`mirror`])
 
 mod jobs;
+mod mirror;
 
 pub use jobs::{ItemRecord, ItemState, JobLog};
+pub use mirror::{MirrorCache, MirrorRecord};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

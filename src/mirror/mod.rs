@@ -2,3 +2,4 @@
 //! sending only changed byte ranges where the destination supports it (see [`native`]).
 
 pub mod native;
+pub mod plan;
