@@ -211,6 +211,94 @@ pub async fn replicate(
     crate::ops::replicate::replicate(&from, &to, names, ctx.index()?, ctx.progress).await
 }
 
+/// `ferry mirror`: opens the source, the destination and its native client.
+pub async fn mirror(
+    ctx: &Context,
+    source: &str,
+    dest: &str,
+    opts: crate::mirror::MirrorOptions,
+) -> Result<crate::mirror::MirrorReport, OpError> {
+    let source = Source::open(&url(source)?)?;
+    let (store, native) = open_mirror_dest(dest, Access::Write)?;
+    crate::mirror::mirror(&source, &store, native, ctx.index()?, opts, ctx.progress).await
+}
+
+/// `ferry verify --mirror SOURCE DEST`.
+pub async fn verify_mirror(
+    source: &str,
+    dest: &str,
+) -> Result<crate::mirror::VerifyMirrorReport, OpError> {
+    let source = Source::open(&url(source)?)?;
+    let (store, native) = open_mirror_dest(dest, Access::Read)?;
+    crate::mirror::verify_mirror(&source, &store, native).await
+}
+
+type NativeStore = Option<std::sync::Arc<dyn crate::mirror::native::DeltaStore>>;
+
+fn open_mirror_dest(dest: &str, access: Access) -> Result<(Store, NativeStore), OpError> {
+    let dest = url(dest)?;
+    let store = Store::open(&dest, access)?;
+    let native = crate::mirror::native::open(&dest).map_err(|e| OpError::Invalid(e.to_string()))?;
+    Ok((store, native))
+}
+
+pub fn render_mirror(r: &crate::mirror::MirrorReport) -> String {
+    use crate::mirror::Action;
+    let mut s = String::new();
+    for a in &r.actions {
+        let verb = match a.action {
+            Action::Create => "create",
+            Action::Delta => "update",
+            Action::Replace => "replace",
+            Action::Adopt => "adopt",
+            Action::Delete => "delete",
+        };
+        s.push_str(&format!(
+            "{}{verb:<7} {} ({}, {} sent)",
+            if r.dry_run { "would " } else { "" },
+            a.path,
+            bytes(a.size),
+            bytes(a.sent)
+        ));
+        if let Some(n) = &a.note {
+            s.push_str(&format!(": {n}"));
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "{}mirrored {} → {}: {} files, {} unchanged, {} created, {} updated, {} replaced, {} adopted, {} deleted; {} written, {} sent, {} reused",
+        if r.dry_run { "dry run: " } else { "" },
+        r.source,
+        r.dest,
+        r.files,
+        r.unchanged,
+        r.created,
+        r.updated,
+        r.replaced,
+        r.adopted,
+        r.deleted,
+        bytes(r.bytes_written),
+        bytes(r.bytes_sent),
+        bytes(r.bytes_kept)
+    ));
+    s
+}
+
+pub fn render_verify_mirror(r: &crate::mirror::VerifyMirrorReport) -> String {
+    let mut s = format!(
+        "{} {} → {}: {} of {} files match",
+        if r.ok { "ok" } else { "MISMATCH in" },
+        r.source,
+        r.dest,
+        r.matched,
+        r.files
+    );
+    for m in &r.mismatches {
+        s.push_str(&format!("\n  {}: {}", m.path, m.problem));
+    }
+    s
+}
+
 pub async fn verify(repo: &str, read_data: bool) -> Result<VerifyReport, OpError> {
     let repo = open_repo(repo).await?;
     crate::ops::verify::verify(&repo, read_data).await

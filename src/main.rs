@@ -90,11 +90,29 @@ enum Command {
     Snapshots { repo: String, name: Option<String> },
     /// List the entries of a snapshot.
     Ls { repo: String, snapshot: String },
-    /// Check a repository's structure; with --read-data, re-hash every chunk.
+    /// Check a repository's structure; with --read-data, re-hash every chunk. With
+    /// --mirror SOURCE DEST, compare a mirror's objects with their source files instead.
     Verify {
-        repo: String,
-        #[arg(long)]
+        #[arg(required_unless_present = "mirror")]
+        repo: Option<String>,
+        #[arg(long, conflicts_with = "mirror")]
         read_data: bool,
+        /// Compare each source file's BLAKE3 with the mirrored object's (its ferry_blake3
+        /// metadata on S3 and Azure, its bytes elsewhere).
+        #[arg(long, num_args = 2, value_names = ["SOURCE", "DEST"], conflicts_with = "repo")]
+        mirror: Option<Vec<String>>,
+    },
+    /// Make DEST hold the same plain objects as SOURCE (a folder or object prefix), sending
+    /// only changed parts of changed files (Azure block lists, S3 part copies).
+    Mirror {
+        source: String,
+        dest: String,
+        /// Also remove objects under DEST that SOURCE no longer has.
+        #[arg(long)]
+        delete: bool,
+        /// Print what would move, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check a daemon config file exactly as `ferry daemon` loads it.
     CheckConfig {
@@ -357,12 +375,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = commands::ls(&repo, &snapshot).await?;
             emit(json, &r, commands::render_ls)?;
         }
-        Command::Verify { repo, read_data } => {
-            let r = commands::verify(&repo, read_data).await?;
-            emit(json, &r, commands::render_verify)?;
-            if !r.ok {
+        Command::Verify {
+            repo,
+            read_data,
+            mirror,
+        } => {
+            let ok = match (mirror.as_deref(), repo) {
+                (Some([source, dest]), _) => {
+                    let r = commands::verify_mirror(source, dest).await?;
+                    emit(json, &r, commands::render_verify_mirror)?;
+                    r.ok
+                }
+                (_, Some(repo)) => {
+                    let r = commands::verify(&repo, read_data).await?;
+                    emit(json, &r, commands::render_verify)?;
+                    r.ok
+                }
+                _ => unreachable!("clap requires a repository or --mirror SOURCE DEST"),
+            };
+            if !ok {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Mirror {
+            source,
+            dest,
+            delete,
+            dry_run,
+        } => {
+            let opts = ferry::mirror::MirrorOptions { delete, dry_run };
+            let r = commands::mirror(&ctx, &source, &dest, opts).await?;
+            emit(json, &r, commands::render_mirror)?;
         }
         Command::Forget {
             repo,

@@ -1,5 +1,774 @@
-//! `ferry mirror`: makes a destination prefix hold the same plain objects as a source,
-//! sending only changed byte ranges where the destination supports it (see [`native`]).
+//! `ferry mirror`: makes a destination prefix hold the same plain objects as a source (a local
+//! folder or a store prefix), byte-identical, for consumers that cannot run ferry. Sends only
+//! what changed:
+//!
+//! * an unchanged file (same size, mtime and source etag as last time, and the destination
+//!   object still carrying the etag ferry got back) costs nothing: no read, no request but
+//!   the destination listing;
+//! * a new file is uploaded whole;
+//! * a changed file is cut by the chunker and planned against what the destination holds
+//!   ([`plan`]): on Azure only blocks the blob lacks are staged and `Put Block List`
+//!   re-commits the rest; on S3 a multipart upload copies unchanged ranges of the previous
+//!   object server-side ([`native`]). Local folders get whole files (written atomically).
+//!
+//! Safety: a write is atomic (readers see the old object until the commit) and pinned to the
+//! etag it was planned against; if the destination changed behind ferry's back, the file is
+//! uploaded whole. The whole-file BLAKE3 is stored as object metadata, which
+//! [`verify_mirror`] compares.
 
 pub mod native;
 pub mod plan;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{GetOptions, GetRange, ObjectStoreExt, WriteMultipart};
+use serde::Serialize;
+
+use crate::chunker::{cut_file, ChunkerParams};
+use crate::index::{Index, MirrorCache, MirrorRecord};
+use crate::mirror::native::{
+    normalize_etag, DeltaStore, NativeError, PartSource, RemoteObject, WriteObserver,
+    WriteRequest,
+};
+use crate::mirror::plan::{Base, Chunk, Plan};
+use crate::ops::source::{Source, SourceEntry, SourceFile};
+use crate::ops::OpError;
+use crate::progress::Progress;
+use crate::store::Store;
+
+/// Files mirrored at once.
+const FILES_IN_FLIGHT: usize = 4;
+
+/// What to do beyond copying.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MirrorOptions {
+    /// Remove destination objects the source no longer has.
+    pub delete: bool,
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// New at the destination: uploaded whole.
+    Create,
+    /// Changed: only the changed parts were sent.
+    Delta,
+    /// Changed, but nothing usable of the old object was known (or it changed behind
+    /// ferry's back): uploaded whole.
+    Replace,
+    /// The destination already held exactly this content (BLAKE3 metadata): recorded only.
+    Adopt,
+    /// Gone from the source: removed (`--delete`).
+    Delete,
+}
+
+/// One object written (or, in a dry run, that would be).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileAction {
+    pub path: String,
+    pub action: Action,
+    pub size: u64,
+    /// Bytes sent for it (planned, in a dry run).
+    pub sent: u64,
+    /// Why a changed file was uploaded whole, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What a mirror run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MirrorReport {
+    pub source: String,
+    pub dest: String,
+    pub dry_run: bool,
+    pub files: u64,
+    pub unchanged: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub replaced: u64,
+    pub adopted: u64,
+    pub deleted: u64,
+    /// Entries that are not regular files (folders, symlinks): objects have no such thing.
+    pub skipped: u64,
+    /// Size of the files written.
+    pub bytes_written: u64,
+    /// Payload bytes sent to the destination.
+    pub bytes_sent: u64,
+    /// Bytes the destination reused from previous versions (server-side copy or re-commit).
+    pub bytes_kept: u64,
+    pub actions: Vec<FileAction>,
+}
+
+/// Mirrors `source` to `dest`. `native` writes S3 and Azure destinations (see
+/// [`native::open`]); without it files are written whole through `object_store`.
+pub async fn mirror(
+    source: &Source,
+    dest: &Store,
+    native: Option<Arc<dyn DeltaStore>>,
+    index: &Index,
+    opts: MirrorOptions,
+    progress: bool,
+) -> Result<MirrorReport, OpError> {
+    let dest_url = dest.url().to_string();
+    let cache = index.mirror(&source.key(), &dest_url)?;
+    let mut report = MirrorReport {
+        source: source.key(),
+        dest: dest_url,
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+
+    let entries = source.list().await?;
+    let listed: BTreeMap<String, (u64, String)> = dest
+        .list(None)
+        .await?
+        .into_iter()
+        .map(|m| {
+            let etag = m.e_tag.as_deref().map(normalize_etag).unwrap_or_default();
+            (m.location.as_ref().to_string(), (m.size, etag))
+        })
+        .collect();
+
+    let mut work = Vec::new();
+    let mut present = HashSet::new();
+    for e in entries {
+        let SourceEntry::File(f) = e else {
+            if matches!(e, SourceEntry::Symlink { .. }) {
+                report.skipped += 1;
+            }
+            continue;
+        };
+        report.files += 1;
+        present.insert(f.rel.clone());
+        let remote = listed.get(&f.rel).cloned();
+        let rec = cache.get(&f.rel)?;
+        if unchanged(&f, rec.as_ref(), remote.as_ref()) {
+            report.unchanged += 1;
+            continue;
+        }
+        work.push((f, rec, remote));
+    }
+
+    let total: u64 = work.iter().map(|(f, _, _)| f.size).sum();
+    let bar = Progress::bytes(progress, "mirror", total);
+    let ctx = Arc::new(FileCtx {
+        source: source.clone(),
+        dest: dest.clone(),
+        native,
+        cache: cache.clone(),
+        dry_run: opts.dry_run,
+        bar: bar.clone(),
+    });
+    let mut results = futures::stream::iter(work.into_iter().map(|(f, rec, remote)| {
+        let ctx = ctx.clone();
+        async move { ctx.mirror_file(f, rec, remote).await }
+    }))
+    .buffer_unordered(FILES_IN_FLIGHT);
+    let mut actions = Vec::new();
+    let mut first_error = None;
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(Some(a)) => actions.push(a),
+            Ok(None) => report.unchanged += 1,
+            Err(e) => {
+                // Let the other files in flight finish; report the first failure.
+                tracing::error!("{e}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    drop(results);
+    bar.finish();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+
+    if opts.delete {
+        for path in listed.keys().filter(|k| !present.contains(*k)) {
+            if !opts.dry_run {
+                dest.delete(&ObjPath::from(path.as_str())).await?;
+                cache.remove(path)?;
+            }
+            actions.push(FileAction {
+                path: path.clone(),
+                action: Action::Delete,
+                size: listed[path].0,
+                sent: 0,
+                note: None,
+            });
+        }
+    }
+
+    actions.sort_by(|a, b| a.path.cmp(&b.path));
+    for a in &actions {
+        match a.action {
+            Action::Create => report.created += 1,
+            Action::Delta => report.updated += 1,
+            Action::Replace => report.replaced += 1,
+            Action::Adopt => report.adopted += 1,
+            Action::Delete => report.deleted += 1,
+        }
+        if !matches!(a.action, Action::Delete | Action::Adopt) {
+            report.bytes_written += a.size;
+            report.bytes_sent += a.sent;
+            report.bytes_kept += a.size - a.sent.min(a.size);
+        }
+    }
+    report.actions = actions;
+    if !opts.dry_run {
+        index.flush()?;
+    }
+    Ok(report)
+}
+
+/// The no-read fast path: the source file is as it was mirrored and the destination object
+/// still carries the etag ferry wrote.
+fn unchanged(f: &SourceFile, rec: Option<&MirrorRecord>, remote: Option<&(u64, String)>) -> bool {
+    match (rec, remote) {
+        (Some(r), Some((size, etag))) => {
+            r.size == f.size
+                && r.mtime_ns == f.mtime_ns
+                && r.source_etag == f.etag
+                && *size == f.size
+                && !etag.is_empty()
+                && *etag == r.dest_etag
+        }
+        _ => false,
+    }
+}
+
+struct FileCtx {
+    source: Source,
+    dest: Store,
+    native: Option<Arc<dyn DeltaStore>>,
+    cache: MirrorCache,
+    dry_run: bool,
+    bar: Progress,
+}
+
+/// A file cut into chunks, with its whole-file hash.
+struct Cut {
+    chunks: Vec<Chunk>,
+    blake3: [u8; 32],
+    size: u64,
+}
+
+impl FileCtx {
+    /// Mirrors one changed or new file; `None` when it turned out unchanged.
+    async fn mirror_file(
+        &self,
+        f: SourceFile,
+        rec: Option<MirrorRecord>,
+        remote: Option<(u64, String)>,
+    ) -> Result<Option<FileAction>, OpError> {
+        let cut = self.cut(&f).await?;
+        let hex = blake3::Hash::from_bytes(cut.blake3).to_hex().to_string();
+        let record = |etag: String| MirrorRecord {
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            source_etag: f.etag.clone(),
+            dest_etag: etag,
+            blake3: cut.blake3,
+            chunks: cut.chunks.iter().map(|c| (c.hash, c.len)).collect(),
+        };
+        let remote_etag = remote.as_ref().map(|(_, e)| e.clone());
+        let trusted = match (&rec, &remote_etag) {
+            (Some(r), Some(e)) => *e == r.dest_etag,
+            _ => false,
+        };
+
+        // Same content as what ferry wrote last time (only the mtime moved): record only.
+        if trusted && rec.as_ref().is_some_and(|r| r.blake3 == cut.blake3) {
+            if !self.dry_run {
+                self.cache
+                    .put(&f.rel, &record(remote_etag.clone().unwrap_or_default()))?;
+            }
+            self.bar.inc(f.size);
+            return Ok(None);
+        }
+
+        let native = self.native.clone();
+        let probe = match (&native, &remote) {
+            (Some(n), Some(_)) => n.probe(&f.rel).await.map_err(native_err)?,
+            _ => None,
+        };
+        // Not written by this mirror (or changed since), but already the same content.
+        if let Some(p) = &probe {
+            if p.blake3.as_deref() == Some(hex.as_str()) && p.size == cut.size {
+                if !self.dry_run {
+                    self.cache.put(&f.rel, &record(p.etag.clone()))?;
+                }
+                self.bar.inc(f.size);
+                return Ok(Some(FileAction {
+                    path: f.rel,
+                    action: Action::Adopt,
+                    size: cut.size,
+                    sent: 0,
+                    note: None,
+                }));
+            }
+        }
+
+        let (action, note) = match (&remote, &rec) {
+            (None, _) => (Action::Create, None),
+            (Some(_), None) => (
+                Action::Replace,
+                Some("no record of the destination object's layout".to_string()),
+            ),
+            (Some(_), Some(_)) if !trusted => (
+                Action::Replace,
+                Some("the destination object changed since ferry wrote it".to_string()),
+            ),
+            (Some(_), Some(_)) => (Action::Delta, None),
+        };
+
+        let Some(native) = native else {
+            // A local folder: whole files, written atomically.
+            if !self.dry_run {
+                let etag = self.put_whole(&f, &cut).await?;
+                self.cache.put(&f.rel, &record(etag))?;
+            }
+            self.bar.inc(f.size);
+            let action = if action == Action::Delta {
+                Action::Replace
+            } else {
+                action
+            };
+            return Ok(Some(FileAction {
+                path: f.rel,
+                action,
+                size: cut.size,
+                sent: cut.size,
+                note,
+            }));
+        };
+
+        let limits = native.limits();
+        let old_chunks: Vec<Chunk>;
+        let committed: HashSet<native::BlockId>;
+        let base_etag;
+        let base = match (&action, &probe, &rec) {
+            (Action::Delta, Some(p), Some(r)) if p.etag == r.dest_etag => {
+                base_etag = Some(p.etag.clone());
+                if limits.keep_by_block_id {
+                    committed = p.blocks.iter().filter_map(|(id, _)| *id).collect();
+                    Base::Blocks(&committed)
+                } else {
+                    old_chunks = r
+                        .chunks
+                        .iter()
+                        .map(|(hash, len)| Chunk {
+                            hash: *hash,
+                            len: *len,
+                        })
+                        .collect();
+                    Base::Layout(&old_chunks)
+                }
+            }
+            _ => {
+                base_etag = None;
+                Base::None
+            }
+        };
+        let (action, note) = match (action, &base) {
+            (Action::Delta, Base::None) => (
+                Action::Replace,
+                Some("the destination object changed since ferry wrote it".to_string()),
+            ),
+            (action, _) => (action, note),
+        };
+        let mut planned = plan::plan(&cut.chunks, base, &limits);
+        let mut action = action;
+        let mut note = note;
+        if planned.kept == 0 && action == Action::Delta {
+            action = Action::Replace;
+            note = Some("no part of the previous object could be reused".into());
+        }
+        if self.dry_run {
+            self.bar.inc(f.size);
+            return Ok(Some(FileAction {
+                path: f.rel,
+                action,
+                size: cut.size,
+                sent: planned.sent,
+                note,
+            }));
+        }
+
+        if let Some(upload) = self.cache.unfinished_upload(&f.rel)? {
+            native.abort(&f.rel, &upload).await.map_err(native_err)?;
+            self.cache.upload_finished(&f.rel)?;
+        }
+        let reader = self.part_source(&f)?;
+        let observer = Observed {
+            cache: &self.cache,
+            rel: &f.rel,
+            bar: &self.bar,
+            sent: AtomicU64::new(0),
+        };
+        let etag = match self
+            .write(&*native, &f, &planned, base_etag.as_deref(), &hex, &*reader, &observer)
+            .await
+        {
+            Err(NativeError::Changed { url, .. }) => {
+                tracing::warn!("{url} changed while mirroring: uploading it whole");
+                planned = plan::plan(&cut.chunks, Base::None, &limits);
+                action = Action::Replace;
+                note = Some("the destination object changed during the write".into());
+                self.write(&*native, &f, &planned, None, &hex, &*reader, &observer)
+                    .await
+            }
+            other => other,
+        }
+        .map_err(native_err)?;
+        self.cache.upload_finished(&f.rel)?;
+        self.check_source_unchanged(&f).await?;
+        self.cache.put(&f.rel, &record(etag))?;
+        let sent = observer.sent.load(Ordering::Relaxed);
+        self.bar.inc(f.size.saturating_sub(sent));
+        Ok(Some(FileAction {
+            path: f.rel,
+            action,
+            size: cut.size,
+            sent,
+            note,
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        native: &dyn DeltaStore,
+        f: &SourceFile,
+        planned: &Plan,
+        base_etag: Option<&str>,
+        hex: &str,
+        reader: &dyn PartSource,
+        observer: &Observed<'_>,
+    ) -> Result<String, NativeError> {
+        let req = WriteRequest {
+            key: &f.rel,
+            parts: &planned.parts,
+            size: planned.size,
+            base_etag: if planned.has_keeps() { base_etag } else { None },
+            blake3: hex,
+        };
+        native.write(&req, reader, observer).await
+    }
+
+    /// Reads the file once: chunk boundaries, chunk hashes and the whole-file BLAKE3.
+    async fn cut(&self, f: &SourceFile) -> Result<Cut, OpError> {
+        let source = self.source.clone();
+        let file = f.clone();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let reader = source.reader(&file, &rt)?;
+            let mut whole = blake3::Hasher::new();
+            let mut chunks = Vec::new();
+            let mut buffer = Vec::new();
+            cut_file(
+                reader,
+                &file.rel,
+                file.size,
+                ChunkerParams::default(),
+                &mut buffer,
+                |data, _| {
+                    whole.update(data);
+                    chunks.push(Chunk {
+                        hash: *blake3::hash(data).as_bytes(),
+                        len: data.len() as u64,
+                    });
+                    Ok(())
+                },
+            )
+            .map_err(|e| OpError::io(source.describe(&file.rel), e))?;
+            let size = chunks.iter().map(|c| c.len).sum();
+            if size != file.size {
+                return Err(OpError::Source {
+                    path: source.describe(&file.rel),
+                    problem: format!(
+                        "it changed while being read ({} bytes listed, {size} read): rerun the mirror",
+                        file.size
+                    ),
+                });
+            }
+            Ok(Cut {
+                chunks,
+                blake3: *whole.finalize().as_bytes(),
+                size,
+            })
+        })
+        .await
+        .map_err(OpError::join)?
+    }
+
+    /// Local sources are re-checked after the write: a file modified while it was being
+    /// mirrored is not recorded (the next run sends it again) and fails this run.
+    async fn check_source_unchanged(&self, f: &SourceFile) -> Result<(), OpError> {
+        if let Source::Local { .. } = &self.source {
+            let path = self.source.describe(&f.rel);
+            let meta = tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| OpError::io(&path, e))?;
+            use std::os::unix::fs::MetadataExt;
+            let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+            if meta.len() != f.size || mtime_ns != f.mtime_ns {
+                return Err(OpError::Source {
+                    path,
+                    problem: "it changed while being mirrored: rerun the mirror".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn part_source(&self, f: &SourceFile) -> Result<Box<dyn PartSource>, OpError> {
+        Ok(match &self.source {
+            Source::Local { .. } => {
+                let path = self.source.describe(&f.rel);
+                let file = std::fs::File::open(&path).map_err(|e| OpError::io(&path, e))?;
+                Box::new(LocalPart(Arc::new(file)))
+            }
+            Source::Objects(store) => Box::new(ObjectPart {
+                store: store.clone(),
+                path: ObjPath::from(f.rel.as_str()),
+                etag: f.etag.clone(),
+            }),
+        })
+    }
+
+    /// Writes a whole file through `object_store` (local destinations): a multipart upload,
+    /// which the local store stages in a temporary file and renames into place.
+    async fn put_whole(&self, f: &SourceFile, cut: &Cut) -> Result<String, OpError> {
+        let path = ObjPath::from(f.rel.as_str());
+        let url = self.dest.object_url(&path);
+        let fail = |e: object_store::Error| OpError::Source {
+            path: url.clone(),
+            problem: format!("writing: {e}"),
+        };
+        let reader = self.part_source(f)?;
+        let upload = self
+            .dest
+            .object_store()
+            .put_multipart(&path)
+            .await
+            .map_err(fail)?;
+        let mut w = WriteMultipart::new(upload);
+        let step = 8u64 << 20;
+        let mut at = 0;
+        while at < cut.size {
+            let end = (at + step).min(cut.size);
+            let data = reader
+                .read(at..end)
+                .await
+                .map_err(|e| OpError::io(self.source.describe(&f.rel), e))?;
+            w.wait_for_capacity(2).await.map_err(fail)?;
+            w.put(data);
+            at = end;
+        }
+        let put = w.finish().await.map_err(fail)?;
+        self.check_source_unchanged(f).await?;
+        Ok(put.e_tag.as_deref().map(normalize_etag).unwrap_or_default())
+    }
+}
+
+fn native_err(e: NativeError) -> OpError {
+    OpError::Invalid(e.to_string())
+}
+
+struct Observed<'a> {
+    cache: &'a MirrorCache,
+    rel: &'a str,
+    bar: &'a Progress,
+    sent: AtomicU64,
+}
+
+impl WriteObserver for Observed<'_> {
+    fn started(&self, _key: &str, upload_id: &str) {
+        if let Err(e) = self.cache.upload_started(self.rel, upload_id) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        self.bar.inc(n);
+    }
+}
+
+/// Ranges of a local file (positioned reads on a blocking thread).
+struct LocalPart(Arc<std::fs::File>);
+
+#[async_trait]
+impl PartSource for LocalPart {
+    async fn read(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            file.read_exact_at(&mut buf, range.start)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// Ranges of a source object, pinned to the version that was listed.
+struct ObjectPart {
+    store: Store,
+    path: ObjPath,
+    etag: Option<String>,
+}
+
+#[async_trait]
+impl PartSource for ObjectPart {
+    async fn read(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            if_match: self.etag.clone(),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .object_store()
+            .get_opts(&self.path, opts)
+            .await
+            .map_err(std::io::Error::other)?;
+        let parts: Vec<Bytes> = got
+            .into_stream()
+            .map_err(std::io::Error::other)
+            .try_collect()
+            .await?;
+        Ok(parts.concat().into())
+    }
+}
+
+/// `ferry verify --mirror`: one object that does not match its source.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    pub path: String,
+    pub problem: String,
+}
+
+/// What `verify --mirror` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyMirrorReport {
+    pub source: String,
+    pub dest: String,
+    pub files: u64,
+    pub matched: u64,
+    pub mismatches: Vec<Mismatch>,
+    pub ok: bool,
+}
+
+/// Compares every source file's BLAKE3 with the destination object's: the `ferry_blake3`
+/// metadata on S3 and Azure (with the size), the object's bytes hashed elsewhere.
+pub async fn verify_mirror(
+    source: &Source,
+    dest: &Store,
+    native: Option<Arc<dyn DeltaStore>>,
+) -> Result<VerifyMirrorReport, OpError> {
+    let mut report = VerifyMirrorReport {
+        source: source.key(),
+        dest: dest.url().to_string(),
+        ..Default::default()
+    };
+    let files: Vec<SourceFile> = source
+        .list()
+        .await?
+        .into_iter()
+        .filter_map(|e| match e {
+            SourceEntry::File(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    report.files = files.len() as u64;
+    let results = futures::stream::iter(files.into_iter().map(|f| {
+        let native = native.clone();
+        async move {
+            let want = hash_source(source, &f).await?;
+            let problem = match &native {
+                Some(n) => match n.probe(&f.rel).await.map_err(native_err)? {
+                    None => Some("missing at the destination".to_string()),
+                    Some(RemoteObject { size, .. }) if size != f.size => {
+                        Some(format!("size {size}, source {}", f.size))
+                    }
+                    Some(RemoteObject { blake3: None, .. }) => {
+                        Some("no ferry_blake3 metadata (not written by ferry mirror)".into())
+                    }
+                    Some(RemoteObject {
+                        blake3: Some(have), ..
+                    }) if have != want => Some(format!("BLAKE3 {have}, source {want}")),
+                    Some(_) => None,
+                },
+                None => match hash_object(dest, &f.rel).await? {
+                    None => Some("missing at the destination".to_string()),
+                    Some(have) if have != want => Some(format!("BLAKE3 {have}, source {want}")),
+                    Some(_) => None,
+                },
+            };
+            Ok::<_, OpError>((f.rel, problem))
+        }
+    }))
+    .buffer_unordered(FILES_IN_FLIGHT)
+    .try_collect::<Vec<_>>()
+    .await?;
+    for (path, problem) in results {
+        match problem {
+            None => report.matched += 1,
+            Some(problem) => report.mismatches.push(Mismatch { path, problem }),
+        }
+    }
+    report.mismatches.sort_by(|a, b| a.path.cmp(&b.path));
+    report.ok = report.mismatches.is_empty();
+    Ok(report)
+}
+
+async fn hash_source(source: &Source, f: &SourceFile) -> Result<String, OpError> {
+    let source = source.clone();
+    let f = f.clone();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = source.reader(&f, &rt)?;
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut reader, &mut h).map_err(|e| OpError::io(source.describe(&f.rel), e))?;
+        Ok(h.finalize().to_hex().to_string())
+    })
+    .await
+    .map_err(OpError::join)?
+}
+
+async fn hash_object(dest: &Store, rel: &str) -> Result<Option<String>, OpError> {
+    let path = ObjPath::from(rel);
+    let got = match dest.object_store().get(&path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => {
+            return Err(OpError::Source {
+                path: dest.object_url(&path),
+                problem: e.to_string(),
+            })
+        }
+    };
+    let mut stream = got.into_stream();
+    let mut h = blake3::Hasher::new();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| OpError::Source {
+            path: dest.object_url(&path),
+            problem: e.to_string(),
+        })?;
+        h.update(&b);
+    }
+    Ok(Some(h.finalize().to_hex().to_string()))
+}

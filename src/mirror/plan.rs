@@ -245,13 +245,22 @@ fn plan_ranges(chunks: &[Chunk], base: Base<'_>, limits: &Limits) -> Plan {
     }
 }
 
+/// Sent parts are read into memory whole: this bounds them (a few are in flight), unless the
+/// part-count limit needs larger ones.
+pub const SEND_PART: u64 = 64 << 20;
+
 /// Turns runs into parts: every part but the last at least `min_part` bytes (short copies
-/// become sends, short sends borrow from the next run), none over `limits.max_part`.
+/// become sends, short sends borrow from the next run), none over `limits.max_part`, sends
+/// cut into pieces of about [`SEND_PART`].
 fn fit_ranges(runs: &[Run], limits: &Limits, min_part: u64) -> Vec<Part> {
+    let total_end = runs.last().map(|r| r.new.1).unwrap_or(0);
+    let send_max = SEND_PART
+        .max(total_end.div_ceil((limits.max_parts as u64 * 3 / 4).max(1)))
+        .max(min_part)
+        .min(limits.max_part);
     let mut parts: Vec<Part> = Vec::new();
     // The send part being built: a range of the new file.
     let mut pending: Option<(u64, u64)> = None;
-    let total_end = runs.last().map(|r| r.new.1).unwrap_or(0);
     for run in runs {
         let Some(old_start) = run.old_start else {
             pending = Some(match pending {
@@ -284,13 +293,13 @@ fn fit_ranges(runs: &[Run], limits: &Limits, min_part: u64) -> Vec<Part> {
             continue;
         }
         if let Some(p) = pending.take() {
-            push_sends(&mut parts, p, limits.max_part);
+            push_sends(&mut parts, p, send_max);
         }
         let old = old_start + (keep.0 - run.new.0);
         push_keeps(&mut parts, old, keep_len, limits.max_part);
     }
     if let Some(p) = pending.take() {
-        push_sends(&mut parts, p, limits.max_part);
+        push_sends(&mut parts, p, send_max);
     }
     parts
 }
@@ -437,6 +446,15 @@ mod tests {
         let p = plan(&new, Base::Layout(&old), &Limits::S3);
         check(&p, &new, Base::Layout(&old), &Limits::S3);
         assert!(p.sent < 6 * MIB, "sent {}", p.sent);
+    }
+
+    #[test]
+    fn big_new_files_are_sent_in_bounded_parts() {
+        let new = file(300, 1);
+        let p = plan(&new, Base::None, &Limits::S3);
+        check(&p, &new, Base::None, &Limits::S3);
+        assert_eq!(p.parts.len(), 5, "{:?}", p.parts);
+        assert!(p.parts.iter().all(|x| x.len() <= SEND_PART));
     }
 
     #[test]
