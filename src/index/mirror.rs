@@ -148,10 +148,12 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
     fn str(&mut self) -> Option<String> {
         let n = self.u16()? as usize;
@@ -223,7 +225,10 @@ mod tests {
             assert_eq!(decode(&bytes[..n]), None, "prefix of {n} bytes");
         }
         cache.upload_started("a/b.bin", "up-1").unwrap();
-        assert_eq!(cache.unfinished_upload("a/b.bin").unwrap().as_deref(), Some("up-1"));
+        assert_eq!(
+            cache.unfinished_upload("a/b.bin").unwrap().as_deref(),
+            Some("up-1")
+        );
         cache.upload_finished("a/b.bin").unwrap();
         assert_eq!(cache.unfinished_upload("a/b.bin").unwrap(), None);
         cache.remove("a/b.bin").unwrap();

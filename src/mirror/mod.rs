@@ -35,8 +35,7 @@ use serde::Serialize;
 use crate::chunker::{cut_file, ChunkerParams};
 use crate::index::{Index, MirrorCache, MirrorRecord};
 use crate::mirror::native::{
-    normalize_etag, DeltaStore, NativeError, PartSource, RemoteObject, WriteObserver,
-    WriteRequest,
+    normalize_etag, DeltaStore, NativeError, PartSource, RemoteObject, WriteObserver, WriteRequest,
 };
 use crate::mirror::plan::{Base, Chunk, Plan};
 use crate::ops::source::{Source, SourceEntry, SourceFile};
@@ -418,7 +417,15 @@ impl FileCtx {
             sent: AtomicU64::new(0),
         };
         let etag = match self
-            .write(&*native, &f, &planned, base_etag.as_deref(), &hex, &*reader, &observer)
+            .write(
+                &*native,
+                &f,
+                &planned,
+                base_etag.as_deref(),
+                &hex,
+                &*reader,
+                &observer,
+            )
             .await
         {
             Err(NativeError::Changed { url, .. }) => {

@@ -352,7 +352,9 @@ mod tests {
 
     /// A file of `n` chunks of about 1 MiB, chunk i named by `seed + i`.
     fn file(n: u64, seed: u64) -> Vec<Chunk> {
-        (0..n).map(|i| chunk(seed + i, MIB + (i % 7) * 1000)).collect()
+        (0..n)
+            .map(|i| chunk(seed + i, MIB + (i % 7) * 1000))
+            .collect()
     }
 
     /// Checks the invariants every plan must hold: parts tile the new file (sends and keeps
@@ -374,7 +376,11 @@ mod tests {
             assert!(p.len() > 0, "empty part");
             assert!(p.len() <= limits.max_part);
             if i + 1 < n {
-                assert!(p.len() >= limits.min_part, "part {i} of {n} is {} bytes", p.len());
+                assert!(
+                    p.len() >= limits.min_part,
+                    "part {i} of {n} is {} bytes",
+                    p.len()
+                );
             }
             match (p, base) {
                 (Part::Send { new: r, .. }, _) => assert_eq!(r.start, cursor),
@@ -423,7 +429,11 @@ mod tests {
         check(&p, &new, Base::Layout(&old), &Limits::S3);
         let changed: u64 = new[38..52].iter().map(|c| c.len).sum();
         assert!(p.sent >= changed);
-        assert!(p.sent <= changed + 0, "sent {} for {changed} changed", p.sent);
+        assert!(
+            p.sent <= changed + 0,
+            "sent {} for {changed} changed",
+            p.sent
+        );
         assert_eq!(p.parts.len(), 3, "{:?}", p.parts);
     }
 
@@ -503,8 +513,12 @@ mod tests {
     }
 
     fn arb_edit() -> impl Strategy<Value = (Vec<Chunk>, Vec<Chunk>)> {
-        (1u64..60, any::<u64>(), prop::collection::vec((0usize..80, 0u8..3), 0..6)).prop_map(
-            |(n, seed, edits)| {
+        (
+            1u64..60,
+            any::<u64>(),
+            prop::collection::vec((0usize..80, 0u8..3), 0..6),
+        )
+            .prop_map(|(n, seed, edits)| {
                 let old: Vec<Chunk> = (0..n)
                     .map(|i| chunk(seed.wrapping_add(i), 1 + (seed.wrapping_add(i) % (3 * MIB))))
                     .collect();
@@ -522,8 +536,7 @@ mod tests {
                     }
                 }
                 (old, new)
-            },
-        )
+            })
     }
 
     proptest! {

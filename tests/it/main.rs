@@ -44,6 +44,8 @@ mod gc;
 mod harness;
 mod hostile;
 mod http;
+mod mirror;
+mod proxy;
 mod raw;
 mod replicate;
 mod roundtrip;
