@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, JobKind};
+use crate::config::{Config, ConfigError};
 use crate::daemon::{render_status, Clock, Daemon, DaemonError, JobStatus, Mode, SyncReport};
 use crate::server::ServerError;
 
@@ -56,14 +56,8 @@ pub fn check_config(path: Option<&PathBuf>) -> Result<CheckReport, ServiceError>
             .iter()
             .map(|j| CheckedJob {
                 name: j.name.clone(),
-                kind: match j.kind {
-                    JobKind::Push { .. } => "push",
-                    JobKind::Replicate { .. } => "replicate",
-                },
-                source: match &j.kind {
-                    JobKind::Push { source, .. } => source.to_string(),
-                    JobKind::Replicate { from, .. } => from.url.to_string(),
-                },
+                kind: j.kind.name(),
+                source: j.kind.source_url().to_string(),
                 targets: j.targets.iter().map(|t| t.url.to_string()).collect(),
                 trigger: j.trigger.describe(),
             })

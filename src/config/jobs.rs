@@ -80,7 +80,25 @@ pub(super) fn job(
             );
         }
     };
+    let mirror = match job.kind.as_deref() {
+        None | Some("push") | Some("replicate") => false,
+        Some("mirror") => true,
+        Some(other) => {
+            p.add(
+                format!("{key}.kind"),
+                format!("{other:?} is not a job kind: use \"push\", \"replicate\" or \"mirror\" (or leave it out)"),
+            );
+            false
+        }
+    };
+    if job.delete.is_some() && !mirror {
+        p.add(
+            format!("{key}.delete"),
+            "applies to mirror jobs (kind = \"mirror\") only: remove it",
+        );
+    }
     let kind = match (&job.source, &job.from) {
+        _ if mirror => mirror_kind(p, key, job, env),
         (Some(_), Some(_)) => {
             p.add(
                 format!("{key}.from"),
@@ -119,11 +137,7 @@ pub(super) fn job(
             }
         }
     };
-    let source_url = match &kind {
-        Some(JobKind::Push { source, .. }) => Some(source.clone()),
-        Some(JobKind::Replicate { from, .. }) => Some(from.url.clone()),
-        None => None,
-    };
+    let source_url = kind.as_ref().map(|k| k.source_url().clone());
     for (t, target) in targets.iter().enumerate() {
         if Some(&target.url) == source_url.as_ref() {
             p.add(
@@ -150,6 +164,51 @@ pub(super) fn job(
         trigger: trigger?,
         queue,
     })
+}
+
+/// `kind = "mirror"`: a source like a push job's, plain-object destinations, no refs.
+fn mirror_kind(p: &mut Problems, key: &str, job: &RawJob, env: &Env) -> Option<JobKind> {
+    let not_here = |p: &mut Problems, name: &str, set: bool| {
+        if set {
+            p.add(
+                format!("{key}.{name}"),
+                "does not apply to mirror jobs (they write plain objects, not snapshots): remove it",
+            );
+        }
+    };
+    not_here(p, "from", job.from.is_some());
+    not_here(p, "ref", job.reference.is_some());
+    not_here(p, "refs", job.refs.is_some());
+    if job.layout.as_deref().is_some_and(|l| l != "tree") {
+        p.add(
+            format!("{key}.layout"),
+            "mirror jobs mirror the whole source tree: remove layout",
+        );
+    }
+    let Some(src) = &job.source else {
+        p.add(
+            key,
+            "no source: set source = \"./folder\" or \"s3://bucket/prefix\" for a mirror job",
+        );
+        return None;
+    };
+    // Sources and completion rules are a push job's.
+    let plain = RawJob {
+        layout: None,
+        reference: None,
+        refs: None,
+        ..job.clone()
+    };
+    match push_kind(p, key, &plain, src, env)? {
+        JobKind::Push {
+            source, complete, ..
+        } => Some(JobKind::Mirror {
+            source,
+            delete: job.delete.unwrap_or(false),
+            complete,
+        }),
+        _ => None,
+    }
 }
 
 fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) -> Option<JobKind> {
@@ -265,7 +324,8 @@ fn trigger(p: &mut Problems, key: &str, job: &RawJob, kind: Option<&JobKind>) ->
     }
     if watch {
         match kind {
-            Some(JobKind::Push { source, .. }) if source.is_local() => {}
+            Some(JobKind::Push { source, .. } | JobKind::Mirror { source, .. })
+                if source.is_local() => {}
             Some(_) => {
                 p.add(format!("{key}.watch"), "watch needs a local folder source: use every = \"5m\" or cron = \"…\" for object prefixes and repositories");
                 return None;

@@ -114,6 +114,32 @@ pub enum JobKind {
     },
     /// Source repository → target repositories; `refs` empty means every ref.
     Replicate { from: Target, refs: Vec<String> },
+    /// Source (folder or object prefix) → plain objects under each target prefix
+    /// (`ferry mirror`), once the source tree is complete.
+    Mirror {
+        source: StoreUrl,
+        delete: bool,
+        complete: Completion,
+    },
+}
+
+impl JobKind {
+    /// The kind's name in configs, the API and the dashboard.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Push { .. } => "push",
+            JobKind::Replicate { .. } => "replicate",
+            JobKind::Mirror { .. } => "mirror",
+        }
+    }
+
+    /// Where the job reads from.
+    pub fn source_url(&self) -> &StoreUrl {
+        match self {
+            JobKind::Push { source, .. } | JobKind::Mirror { source, .. } => source,
+            JobKind::Replicate { from, .. } => &from.url,
+        }
+    }
 }
 
 /// How a push job's source splits into checkpoints.

@@ -52,7 +52,7 @@ pub struct RawStore {
     pub egress_usd_per_gb: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJob {
     pub name: String,
@@ -73,4 +73,8 @@ pub struct RawJob {
     pub marker: Option<String>,
     pub latest: Option<String>,
     pub queue: Option<usize>,
+    /// "push", "replicate" or "mirror"; inferred from source / from when absent.
+    pub kind: Option<String>,
+    /// Mirror jobs: remove destination objects the source no longer has.
+    pub delete: Option<bool>,
 }

@@ -267,3 +267,49 @@ fn key_at_finds_tables_and_array_indexes() {
     );
     assert_eq!(validate::key_at(text, 0), "version");
 }
+
+#[test]
+fn mirror_jobs_parse_and_refuse_push_only_keys() {
+    let text = MINIMAL.replace(
+        "targets = [\"file:///repo\"]",
+        "kind = \"mirror\"\ntargets = [\"s3://serving/llama\", \"az://serving/llama\"]\ndelete = true\nsettle = \"2s\"\nmarker = \"_SUCCESS\"",
+    );
+    let c = load(&text).unwrap();
+    let job = c.job("ckpt").unwrap();
+    let JobKind::Mirror {
+        source,
+        delete,
+        complete,
+    } = &job.kind
+    else {
+        panic!("expected a mirror job, got {:?}", job.kind)
+    };
+    assert_eq!(source.to_string(), "file:///work/here/data/ckpt");
+    assert!(*delete);
+    assert_eq!(complete.settle, Duration::from_secs(2));
+    assert!(complete.marker.is_some());
+    assert_eq!(job.kind.name(), "mirror");
+    assert!(matches!(job.trigger, Trigger::Watch));
+
+    for (extra, needle) in [
+        ("ref = \"x\"", "jobs[0].ref: does not apply to mirror jobs"),
+        (
+            "layout = \"steps\"",
+            "jobs[0].layout: mirror jobs mirror the whole source tree",
+        ),
+        (
+            "refs = [\"a\"]",
+            "jobs[0].refs: does not apply to mirror jobs",
+        ),
+    ] {
+        let e = error(&text.replace("delete = true", extra));
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    let e = error(&MINIMAL.replace("watch = true", "watch = true\ndelete = true"));
+    assert!(e.contains("jobs[0].delete: applies to mirror jobs"), "{e}");
+    let e = error(&MINIMAL.replace("watch = true", "watch = true\nkind = \"copy\""));
+    assert!(
+        e.contains("jobs[0].kind: \"copy\" is not a job kind"),
+        "{e}"
+    );
+}

@@ -36,6 +36,11 @@ fn local_push(job: &Job) -> Option<(PathBuf, Layout, &crate::config::Completion)
             complete,
             ..
         } => Some((root.clone(), *layout, complete)),
+        JobKind::Mirror {
+            source: StoreUrl::Local(root),
+            complete,
+            ..
+        } => Some((root.clone(), Layout::Tree, complete)),
         _ => None,
     }
 }

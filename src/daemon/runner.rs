@@ -306,6 +306,7 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
 fn job_layout(job: &Job) -> Option<Layout> {
     match &job.config.kind {
         JobKind::Push { layout, .. } => Some(*layout),
+        JobKind::Mirror { .. } => Some(Layout::Tree),
         JobKind::Replicate { .. } => None,
     }
 }
@@ -433,6 +434,9 @@ async fn execute(
                 Ok(v) => v.into_iter().map(|(t, o)| (t, Ok(o))).collect(),
             }
         }
+        JobKind::Mirror { source, delete, .. } => {
+            mirror_targets(shared, job, source, *delete, targets).await
+        }
         JobKind::Replicate { from, refs } => {
             let mut out = Vec::new();
             for &t in targets {
@@ -463,6 +467,36 @@ async fn execute(
             out
         }
     }
+}
+
+/// `ferry mirror` to each target in turn.
+async fn mirror_targets(
+    shared: &Shared,
+    job: &Job,
+    source: &StoreUrl,
+    delete: bool,
+    targets: &[usize],
+) -> Vec<(usize, Result<Outcome, OpError>)> {
+    let opts = crate::mirror::MirrorOptions {
+        delete,
+        dry_run: false,
+    };
+    let mut out = Vec::new();
+    for &t in targets {
+        let dest = job.target(t).url.to_string();
+        let r = crate::commands::mirror(&shared.ctx, &source.to_string(), &dest, opts)
+            .await
+            .map(|r| Outcome {
+                snapshot: None,
+                unchanged: r.bytes_written == 0 && r.deleted == 0,
+                bytes_logical: r.bytes_written,
+                bytes_sent: r.bytes_sent,
+                bytes_new: r.bytes_sent,
+                changed: false,
+            });
+        out.push((t, r));
+    }
+    out
 }
 
 fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
@@ -528,7 +562,7 @@ async fn push(
 /// The default item of a job without step folders.
 pub fn whole_item(job: &Job) -> &'static str {
     match &job.config.kind {
-        JobKind::Push { .. } => TREE_ITEM,
+        JobKind::Push { .. } | JobKind::Mirror { .. } => TREE_ITEM,
         JobKind::Replicate { .. } => REFS_ITEM,
     }
 }

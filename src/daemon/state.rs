@@ -353,6 +353,7 @@ impl Job {
                 source, reference, ..
             } => ("push", source.to_string(), vec![reference.clone()]),
             JobKind::Replicate { from, refs } => ("replicate", from.url.to_string(), refs.clone()),
+            JobKind::Mirror { source, .. } => ("mirror", source.to_string(), Vec::new()),
         };
         self.with(|live| {
             let targets: Vec<TargetStatus> = live

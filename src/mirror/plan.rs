@@ -373,7 +373,7 @@ mod tests {
         }
         let mut cursor = 0u64;
         for (i, p) in plan.parts.iter().enumerate() {
-            assert!(p.len() > 0, "empty part");
+            assert!(!p.is_empty(), "empty part");
             assert!(p.len() <= limits.max_part);
             if i + 1 < n {
                 assert!(
@@ -430,7 +430,7 @@ mod tests {
         let changed: u64 = new[38..52].iter().map(|c| c.len).sum();
         assert!(p.sent >= changed);
         assert!(
-            p.sent <= changed + 0,
+            p.sent == changed,
             "sent {} for {changed} changed",
             p.sent
         );

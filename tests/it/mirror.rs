@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::daemon::write_config;
 use crate::data::{self, MIB};
 use crate::harness::{array, s, server_url, uint, Backend, Ctx, AZURITE_URL_VAR, S3_ENDPOINT_VAR};
 use crate::proxy::Proxy;
@@ -17,7 +18,8 @@ use crate::run::Ferry;
 per_backend!(
     changed_middle_costs_only_its_bytes,
     object_changed_behind_ferrys_back_is_replaced,
-    killed_mirror_keeps_the_previous_object
+    killed_mirror_keeps_the_previous_object,
+    sync_runs_a_mirror_job
 );
 
 const MODEL: &str = "model.safetensors";
@@ -247,4 +249,41 @@ pub fn killed_mirror_keeps_the_previous_object(backend: Backend) {
     assert_object(&dest, "big.bin", &v2);
     let verify = ferry.json(&["verify", "--mirror", s(&src), &dest.url]);
     assert_eq!(uint(&verify, "matched"), 1, "{verify} after {r}");
+}
+
+/// A `kind = "mirror"` job in the daemon's config, run by `ferry sync`: objects appear, a
+/// second run finds nothing to do, `delete = true` removes what the source dropped.
+pub fn sync_runs_a_mirror_job(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let dest = ctx.location(backend);
+    let src = ctx.dir("src");
+    data::write_file(&src, "a.bin", &data::random_bytes(41, 3 * MIB));
+    data::write_file(&src, "b/c.txt", b"hello");
+    let job = format!(
+        "[[jobs]]\nname = \"serve\"\nkind = \"mirror\"\nsource = \"{}\"\ntargets = [\"{}\"]\ndelete = true\nevery = \"1h\"\nsettle = \"0s\"\n",
+        s(&src),
+        dest.url
+    );
+    let config = write_config(&ctx, "", &job);
+    let ferry = ctx.ferry();
+    let first = ferry.json(&["sync", "--config", s(&config)]);
+    assert_eq!(first["ok"], true, "{first}");
+    let run = &array(&first, "runs")[0];
+    assert_eq!(run["state"], "succeeded", "{first}");
+    assert_eq!(uint(run, "bytes_sent"), 3 * MIB as u64 + 5, "{first}");
+    assert_object(&dest, "a.bin", &data::random_bytes(41, 3 * MIB));
+    assert_object(&dest, "b/c.txt", b"hello");
+
+    let again = ferry.json(&["sync", "--config", s(&config)]);
+    let run = &array(&again, "runs")[0];
+    assert_eq!(run["unchanged"], true, "{again}");
+    assert_eq!(uint(run, "bytes_sent"), 0, "{again}");
+
+    std::fs::remove_file(src.join("b/c.txt")).expect("remove");
+    let third = ferry.json(&["sync", "--config", s(&config)]);
+    assert_eq!(third["ok"], true, "{third}");
+    let keys: Vec<String> = dest.raw.list("").into_iter().map(|o| o.key).collect();
+    assert_eq!(keys, vec!["a.bin".to_string()], "{third}");
 }
