@@ -302,21 +302,31 @@ impl FileCtx {
             (Some(n), Some(_)) => n.probe(&f.rel).await.map_err(native_err)?,
             _ => None,
         };
-        // Not written by this mirror (or changed since), but already the same content.
-        if let Some(p) = &probe {
-            if p.blake3.as_deref() == Some(hex.as_str()) && p.size == cut.size {
-                if !self.dry_run {
-                    self.cache.put(&f.rel, &record(p.etag.clone()))?;
-                }
-                self.bar.inc(f.size);
-                return Ok(Some(FileAction {
-                    path: f.rel,
-                    action: Action::Adopt,
-                    size: cut.size,
-                    sent: 0,
-                    note: None,
-                }));
+        // Not written by this mirror (or changed since), but already the same content: the
+        // BLAKE3 metadata says so, or (local folders) the file's own bytes.
+        let same = match (&probe, &native, &remote) {
+            (Some(p), _, _) => p.blake3.as_deref() == Some(hex.as_str()) && p.size == cut.size,
+            (None, None, Some((size, _))) if *size == cut.size => {
+                hash_object(&self.dest, &f.rel).await?.as_deref() == Some(hex.as_str())
             }
+            _ => false,
+        };
+        if same {
+            let etag = match &probe {
+                Some(p) => p.etag.clone(),
+                None => remote_etag.clone().unwrap_or_default(),
+            };
+            if !self.dry_run {
+                self.cache.put(&f.rel, &record(etag))?;
+            }
+            self.bar.inc(f.size);
+            return Ok(Some(FileAction {
+                path: f.rel,
+                action: Action::Adopt,
+                size: cut.size,
+                sent: 0,
+                note: None,
+            }));
         }
 
         let (action, note) = match (&remote, &rec) {
@@ -375,6 +385,13 @@ impl FileCtx {
                     Base::Layout(&old_chunks)
                 }
             }
+            // No local record (a new machine, a deleted index) of a blob an earlier mirror
+            // wrote: its committed blocks are named by their content, so they can be reused.
+            (Action::Replace, Some(p), None) if limits.keep_by_block_id && p.blake3.is_some() => {
+                base_etag = Some(p.etag.clone());
+                committed = p.blocks.iter().filter_map(|(id, _)| *id).collect();
+                Base::Blocks(&committed)
+            }
             _ => {
                 base_etag = None;
                 Base::None
@@ -385,6 +402,7 @@ impl FileCtx {
                 Action::Replace,
                 Some("the destination object changed since ferry wrote it".to_string()),
             ),
+            (Action::Replace, Base::Blocks(_)) => (Action::Delta, None),
             (action, _) => (action, note),
         };
         let mut planned = plan::plan(&cut.chunks, base, &limits);

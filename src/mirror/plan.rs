@@ -429,11 +429,7 @@ mod tests {
         check(&p, &new, Base::Layout(&old), &Limits::S3);
         let changed: u64 = new[38..52].iter().map(|c| c.len).sum();
         assert!(p.sent >= changed);
-        assert!(
-            p.sent == changed,
-            "sent {} for {changed} changed",
-            p.sent
-        );
+        assert!(p.sent == changed, "sent {} for {changed} changed", p.sent);
         assert_eq!(p.parts.len(), 3, "{:?}", p.parts);
     }
 

@@ -19,7 +19,8 @@ per_backend!(
     changed_middle_costs_only_its_bytes,
     object_changed_behind_ferrys_back_is_replaced,
     killed_mirror_keeps_the_previous_object,
-    sync_runs_a_mirror_job
+    sync_runs_a_mirror_job,
+    a_lost_index_costs_no_resend
 );
 
 const MODEL: &str = "model.safetensors";
@@ -286,4 +287,43 @@ pub fn sync_runs_a_mirror_job(backend: Backend) {
     assert_eq!(third["ok"], true, "{third}");
     let keys: Vec<String> = dest.raw.list("").into_iter().map(|o| o.key).collect();
     assert_eq!(keys, vec!["a.bin".to_string()], "{third}");
+}
+
+/// The local index is a cache: on a new machine (empty index) objects whose BLAKE3 metadata
+/// matches are adopted without sending anything, and on Azure a changed file still sends only
+/// the blocks the blob lacks (block ids are content-derived). S3 needs the recorded layout for
+/// part copies, so there the changed file goes whole.
+pub fn a_lost_index_costs_no_resend(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let dest = ctx.location(backend);
+    let src = ctx.dir("src");
+    let mut w = data::random_bytes(51, 20 * MIB);
+    data::write_file(&src, "w.bin", &w);
+    data::write_file(&src, "small.txt", b"tokenizer");
+    ctx.ferry().json(&["mirror", s(&src), &dest.url]);
+
+    let fresh = ctx.ferry_with_index(&ctx.dir("other-index"));
+    let r = fresh.json(&["mirror", s(&src), &dest.url]);
+    assert_eq!(action_of(&r, "w.bin"), "adopt", "{r}");
+    assert_eq!(uint(&r, "adopted"), 2, "{r}");
+    assert_eq!(uint(&r, "bytes_sent"), 0, "{r}");
+
+    w[10 * MIB..12 * MIB].copy_from_slice(&data::random_bytes(52, 2 * MIB));
+    data::write_file(&src, "w.bin", &w);
+    let newer = ctx.ferry_with_index(&ctx.dir("third-index"));
+    let r = newer.json(&["mirror", s(&src), &dest.url]);
+    assert_object(&dest, "w.bin", &w);
+    let sent = uint(&r, "bytes_sent");
+    match backend {
+        Backend::Azure => {
+            assert_eq!(action_of(&r, "w.bin"), "update", "{r}");
+            assert!(sent < 6 * MIB as u64, "sent {sent} for a 2 MiB change: {r}");
+        }
+        _ => {
+            assert_eq!(action_of(&r, "w.bin"), "replace", "{r}");
+            assert_eq!(sent, 20 * MIB as u64, "{r}");
+        }
+    }
 }
