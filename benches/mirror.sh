@@ -42,7 +42,7 @@ for dest in "s3://ferry-test/bench-mirror-$run" "az://ferry-test/bench-mirror-$r
     start=$(date +%s.%N)
     sent=$("$bin" --index-dir "$work/idx-$cloud" --json mirror "$work/src" "$dest" |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_sent"])')
-    wall=$(echo "$(date +%s.%N) - $start" | bc)
+    wall=$(python3 -c "print($(date +%s.%N) - $start)")
     plain=$size
     [ "$pass" = unchanged ] && plain=0
     ratio=$(python3 -c "print(f'{$sent / $plain:.3f}' if $plain else '-')")
