@@ -219,6 +219,8 @@ pub async fn mirror(
     opts: crate::mirror::MirrorOptions,
 ) -> Result<crate::mirror::MirrorReport, OpError> {
     let source = Source::open(&url(source)?)?;
+    // Before the destination is opened (which creates a local folder).
+    crate::mirror::check_no_overlap(&source.key(), &url(dest)?.to_string())?;
     let (store, native) = open_mirror_dest(dest, Access::Write)?;
     crate::mirror::mirror(&source, &store, native, ctx.index()?, opts, ctx.progress).await
 }

@@ -98,8 +98,13 @@ pub struct MirrorReport {
     pub replaced: u64,
     pub adopted: u64,
     pub deleted: u64,
-    /// Entries that are not regular files (folders, symlinks): objects have no such thing.
+    /// Symlinks (objects have no such thing) and files whose names object stores cannot
+    /// hold as they are (see `skipped_paths`).
     pub skipped: u64,
+    /// Files not mirrored because their names hold characters object keys avoid
+    /// (`\ { } ^ % ` [ ] " < > ~ # | * ?` or control characters).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_paths: Vec<String>,
     /// Size of the files written.
     pub bytes_written: u64,
     /// Payload bytes sent to the destination.
@@ -120,6 +125,7 @@ pub async fn mirror(
     progress: bool,
 ) -> Result<MirrorReport, OpError> {
     let dest_url = dest.url().to_string();
+    check_no_overlap(&source.key(), &dest_url)?;
     let cache = index.mirror(&source.key(), &dest_url)?;
     let mut report = MirrorReport {
         source: source.key(),
@@ -150,6 +156,12 @@ pub async fn mirror(
         };
         report.files += 1;
         present.insert(f.rel.clone());
+        if ObjPath::from(f.rel.as_str()).as_ref() != f.rel {
+            tracing::warn!(path = %f.rel, "not mirrored: its name holds characters object keys avoid; rename it");
+            report.skipped += 1;
+            report.skipped_paths.push(f.rel);
+            continue;
+        }
         let remote = listed.get(&f.rel).cloned();
         let rec = cache.get(&f.rel)?;
         if unchanged(&f, rec.as_ref(), remote.as_ref()) {
@@ -229,6 +241,18 @@ pub async fn mirror(
         index.flush()?;
     }
     Ok(report)
+}
+
+/// A destination inside its source (or the reverse) would mirror its own output.
+pub fn check_no_overlap(source: &str, dest: &str) -> Result<(), OpError> {
+    let inside =
+        |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
+    if inside(source, dest) || inside(dest, source) {
+        return Err(OpError::Invalid(format!(
+            "cannot mirror {source} to {dest}: one is inside the other; choose a destination outside the source"
+        )));
+    }
+    Ok(())
 }
 
 /// The no-read fast path: the source file is as it was mirrored and the destination object
@@ -796,4 +820,29 @@ async fn hash_object(dest: &Store, rel: &str) -> Result<Option<String>, OpError>
         h.update(&b);
     }
     Ok(Some(h.finalize().to_hex().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_locations_are_refused() {
+        for (a, b) in [
+            ("file:///data/ckpt", "file:///data/ckpt/out"),
+            ("file:///data/ckpt/out", "file:///data/ckpt"),
+            ("s3://b/x", "s3://b/x"),
+            ("s3://b", "s3://b/mirror"),
+        ] {
+            let e = check_no_overlap(a, b).unwrap_err().to_string();
+            assert!(e.contains("one is inside the other"), "{a} {b}: {e}");
+        }
+        for (a, b) in [
+            ("file:///data/ckpt", "file:///data/ckpt2"),
+            ("s3://b/x", "az://b/x"),
+            ("s3://b/x", "s3://b/y"),
+        ] {
+            check_no_overlap(a, b).unwrap();
+        }
+    }
 }

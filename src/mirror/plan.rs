@@ -459,7 +459,12 @@ mod tests {
         let new = file(300, 1);
         let p = plan(&new, Base::None, &Limits::S3);
         check(&p, &new, Base::None, &Limits::S3);
-        assert_eq!(p.parts.len() as u64, p.size.div_ceil(SEND_PART), "{:?}", p.parts);
+        assert_eq!(
+            p.parts.len() as u64,
+            p.size.div_ceil(SEND_PART),
+            "{:?}",
+            p.parts
+        );
         assert!(p.parts.iter().all(|x| x.len() <= SEND_PART));
     }
 

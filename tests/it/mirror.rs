@@ -20,7 +20,8 @@ per_backend!(
     object_changed_behind_ferrys_back_is_replaced,
     killed_mirror_keeps_the_previous_object,
     sync_runs_a_mirror_job,
-    a_lost_index_costs_no_resend
+    a_lost_index_costs_no_resend,
+    unsafe_names_are_skipped_and_reported
 );
 
 const MODEL: &str = "model.safetensors";
@@ -326,4 +327,39 @@ pub fn a_lost_index_costs_no_resend(backend: Backend) {
             assert_eq!(sent, 20 * MIB as u64, "{r}");
         }
     }
+}
+
+/// A file whose name object stores would mangle (`#`, `%`, …) is reported and left out, not
+/// written under an encoded key that `--delete` would later take for a stranger; a mirror
+/// into its own source is refused.
+pub fn unsafe_names_are_skipped_and_reported(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let dest = ctx.location(backend);
+    let src = ctx.dir("src");
+    data::write_file(&src, "ok.bin", b"fine");
+    data::write_file(&src, "notes #1.txt", b"odd");
+    let ferry = ctx.ferry();
+    let args = ["mirror", s(&src), &dest.url, "--delete"];
+    for _ in 0..2 {
+        let r = ferry.json(&args);
+        assert_eq!(uint(&r, "skipped"), 1, "{r}");
+        assert_eq!(r["skipped_paths"][0], "notes #1.txt", "{r}");
+    }
+    let keys: Vec<String> = dest.raw.list("").into_iter().map(|o| o.key).collect();
+    assert_eq!(keys, vec!["ok.bin".to_string()]);
+
+    let inside = format!("file://{}/out", s(&src));
+    let run = ferry.run(&["mirror", s(&src), &inside]);
+    assert!(!run.status.success());
+    assert!(
+        run.error_line().contains("one is inside the other"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !src.join("out").exists(),
+        "the refused mirror created a folder in its source"
+    );
 }
