@@ -38,6 +38,7 @@ use crate::mirror::native::{
     normalize_etag, DeltaStore, NativeError, PartSource, RemoteObject, WriteObserver, WriteRequest,
 };
 use crate::mirror::plan::{Base, Chunk, Plan};
+use crate::ops::hasher::FileHasher;
 use crate::ops::source::{Source, SourceEntry, SourceFile};
 use crate::ops::OpError;
 use crate::progress::Progress;
@@ -45,6 +46,8 @@ use crate::store::Store;
 
 /// Files mirrored at once.
 const FILES_IN_FLIGHT: usize = 4;
+/// Files larger than this get their whole-file hash computed on a second thread.
+const PARALLEL_HASH_FROM: u64 = 16 << 20;
 
 /// What to do beyond copying.
 #[derive(Debug, Clone, Copy, Default)]
@@ -523,9 +526,12 @@ impl FileCtx {
         let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let reader = source.reader(&file, &rt)?;
-            let mut whole = blake3::Hasher::new();
+            // Large files: the whole-file hash runs on a second thread, beside chunking.
+            let mut inline = blake3::Hasher::new();
+            let threaded = (file.size > PARALLEL_HASH_FROM).then(FileHasher::spawn);
             let mut chunks = Vec::new();
             let mut buffer = Vec::new();
+            let describe = |e| OpError::io(source.describe(&file.rel), e);
             cut_file(
                 reader,
                 &file.rel,
@@ -533,7 +539,12 @@ impl FileCtx {
                 ChunkerParams::default(),
                 &mut buffer,
                 |data, _| {
-                    whole.update(data);
+                    match &threaded {
+                        Some(h) => h.update(data.into())?,
+                        None => {
+                            inline.update(data);
+                        }
+                    }
                     chunks.push(Chunk {
                         hash: *blake3::hash(data).as_bytes(),
                         len: data.len() as u64,
@@ -541,7 +552,11 @@ impl FileCtx {
                     Ok(())
                 },
             )
-            .map_err(|e| OpError::io(source.describe(&file.rel), e))?;
+            .map_err(describe)?;
+            let blake3 = match &threaded {
+                Some(h) => h.finish().map_err(describe)?.0,
+                None => *inline.finalize().as_bytes(),
+            };
             let size = chunks.iter().map(|c| c.len).sum();
             if size != file.size {
                 return Err(OpError::Source {
@@ -554,7 +569,7 @@ impl FileCtx {
             }
             Ok(Cut {
                 chunks,
-                blake3: *whole.finalize().as_bytes(),
+                blake3,
                 size,
             })
         })

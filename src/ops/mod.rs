@@ -3,6 +3,7 @@
 
 pub mod fetch;
 pub mod gc;
+pub(crate) mod hasher;
 pub mod push;
 pub mod replicate;
 pub mod restore;

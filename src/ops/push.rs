@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::chunker::cut_file;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
+use crate::ops::hasher::FileHasher;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
 use crate::ops::sync::{check_not_marked, sync_index, Presence};
@@ -300,52 +301,6 @@ pub async fn push_with(
         duration_secs: started.elapsed().as_secs_f64(),
         targets: reports,
     })
-}
-
-/// Computes whole-file BLAKE3 on its own thread, so the producer hashes each byte only once.
-struct FileHasher {
-    tx: std::sync::mpsc::SyncSender<Option<std::sync::Arc<[u8]>>>,
-    rx: std::sync::mpsc::Receiver<ChunkId>,
-}
-
-impl FileHasher {
-    fn spawn() -> Self {
-        let (tx, data_rx) = std::sync::mpsc::sync_channel::<Option<std::sync::Arc<[u8]>>>(16);
-        let (hash_tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut h = blake3::Hasher::new();
-            for msg in data_rx {
-                match msg {
-                    Some(data) => {
-                        h.update(&data);
-                    }
-                    None => {
-                        if hash_tx.send(ChunkId::from(h.finalize())).is_err() {
-                            return;
-                        }
-                        h.reset();
-                    }
-                }
-            }
-        });
-        Self { tx, rx }
-    }
-
-    fn update(&self, data: std::sync::Arc<[u8]>) -> std::io::Result<()> {
-        self.tx
-            .send(Some(data))
-            .map_err(|_| std::io::Error::other("file hasher stopped"))
-    }
-
-    /// The hash of everything sent since the last `finish`.
-    fn finish(&self) -> std::io::Result<ChunkId> {
-        self.tx
-            .send(None)
-            .map_err(|_| std::io::Error::other("file hasher stopped"))?;
-        self.rx
-            .recv()
-            .map_err(|_| std::io::Error::other("file hasher stopped"))
-    }
 }
 
 /// Reads every file that changed, chunks and hashes it, and sends chunks some repository
