@@ -44,6 +44,7 @@ mod gc;
 mod harness;
 mod hostile;
 mod http;
+mod native_s3;
 mod raw;
 mod replicate;
 mod roundtrip;
