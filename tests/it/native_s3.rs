@@ -15,7 +15,7 @@ use ferry::mirror::native::s3::S3Delta;
 use ferry::mirror::native::{
     DeltaStore, Limits, NativeError, Part, PartSource, WriteObserver, WriteRequest,
 };
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::RetryConfig;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -422,6 +422,15 @@ fn plans_over_the_limits_are_refused_before_any_request() {
         assert!(observer.started.lock().unwrap().is_empty());
     }
     assert_eq!(dead.limits(), Limits::S3);
+    // The same store does make requests for a valid call, and says which one failed.
+    match rt.block_on(dead.probe("model.bin")) {
+        Err(NativeError::Request { url, message }) => {
+            assert_eq!(url, "s3://ferry-test/some/prefix/model.bin");
+            assert!(message.starts_with("HeadObject failed"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        other => panic!("expected a connection error, got {other:?}"),
+    }
 }
 
 #[test]
@@ -437,6 +446,8 @@ fn open_returns_the_s3_store() {
         Err(e) => panic!("{e}"),
     }
 }
+
+const FAKE_SECRET: &str = "fake-secret-never-printed";
 
 /// What the fake S3 server saw of one request.
 #[derive(Debug, Clone)]
@@ -483,6 +494,10 @@ async fn fake_s3(
         )
     };
     match method {
+        _ if fake.fail == "forbidden" => xml(
+            StatusCode::FORBIDDEN,
+            "<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>",
+        ),
         Method::HEAD => (StatusCode::OK, [("etag", "\"e1\"")]).into_response(),
         Method::POST if query.contains("uploads") => xml(
             StatusCode::OK,
@@ -507,6 +522,13 @@ async fn fake_s3(
 /// Runs a keep + send write against the fake server failing at `fail`; returns the result
 /// and the requests it saw.
 fn write_against_fake(fail: &'static str) -> (Result<String, NativeError>, Vec<Seen>) {
+    write_against_fake_with(fail, |b| b)
+}
+
+fn write_against_fake_with(
+    fail: &'static str,
+    configure: impl FnOnce(AmazonS3Builder) -> AmazonS3Builder,
+) -> (Result<String, NativeError>, Vec<Seen>) {
     let rt = runtime();
     let fake = FakeS3 {
         fail,
@@ -520,8 +542,12 @@ fn write_against_fake(fail: &'static str) -> (Result<String, NativeError>, Vec<S
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let app = Router::new().fallback(fake_s3).with_state(fake);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let s3 = S3Delta::from_builder(builder(&endpoint, "ferry-test"), "p", &few_retries())
-            .expect("open store");
+        let s3 = S3Delta::from_builder(
+            configure(builder(&endpoint, "ferry-test").with_secret_access_key(FAKE_SECRET)),
+            "p",
+            &few_retries(),
+        )
+        .expect("open store");
         let bytes = data(9, 7 * MIB);
         let parts = [keep(0..6 * MIB), send(6 * MIB..7 * MIB)];
         let blake3 = hash(&bytes);
@@ -607,5 +633,41 @@ fn fake_server_write_succeeds_when_nothing_changed() {
     assert!(
         !seen.iter().any(|s| s.method == Method::DELETE),
         "aborted a good upload"
+    );
+    let upload = |seen: &[Seen]| {
+        let part = seen
+            .iter()
+            .find(|s| s.method == Method::PUT && !s.headers.contains_key("x-amz-copy-source"))
+            .expect("a part upload");
+        header(part, "x-amz-content-sha256").map(str::to_string)
+    };
+    let signed = upload(&seen).expect("a payload hash header");
+    assert!(
+        signed.len() == 64 && signed.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{signed}"
+    );
+    // AWS_UNSIGNED_PAYLOAD, as object_store reads it.
+    let (result, seen) = write_against_fake_with("nothing", |b| {
+        b.with_config(AmazonS3ConfigKey::UnsignedPayload, "true")
+    });
+    result.expect("unsigned write");
+    assert_eq!(upload(&seen).as_deref(), Some("UNSIGNED-PAYLOAD"));
+}
+
+#[test]
+fn forbidden_names_the_operation_and_the_fix_without_secrets() {
+    let (result, _) = write_against_fake("forbidden");
+    let err = result.expect_err("a 403 must fail the write");
+    let (shown, debug) = (err.to_string(), format!("{err:?}"));
+    assert!(matches!(err, NativeError::Request { .. }), "{debug}");
+    assert!(
+        shown.starts_with("s3://ferry-test/p/model.bin: HeadObject failed: HTTP 403"),
+        "{shown}"
+    );
+    assert!(shown.contains("AWS_ACCESS_KEY_ID"), "{shown}");
+    assert!(!shown.contains('\n'), "{shown}");
+    assert!(
+        !shown.contains(FAKE_SECRET) && !debug.contains(FAKE_SECRET),
+        "{debug}"
     );
 }

@@ -19,7 +19,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, IdentityCache, ProvideCredentials, Region,
     RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use aws_sdk_s3::Client;
@@ -44,6 +44,8 @@ pub struct S3Delta {
     /// Key prefix, without surrounding slashes; may be empty.
     prefix: String,
     sse: Encryption,
+    /// `AWS_UNSIGNED_PAYLOAD`: skip SigV4's SHA-256 of part bodies (TLS still protects them).
+    unsigned_payload: bool,
 }
 
 /// Server-side encryption requested through `AWS_SERVER_SIDE_ENCRYPTION` & co., applied to
@@ -74,7 +76,8 @@ impl S3Delta {
 
     /// The store for the builder's bucket (which must be set) below `prefix`, with the
     /// builder's endpoint, region, addressing style, timeouts, encryption and credential
-    /// provider; `retry` bounds the SDK's standard retries. Makes no request.
+    /// provider, and `AWS_UNSIGNED_PAYLOAD`; `retry` bounds the SDK's standard retries. Makes no
+    /// request.
     pub fn from_builder(
         builder: AmazonS3Builder,
         prefix: &str,
@@ -159,6 +162,7 @@ impl S3Delta {
             bucket,
             prefix: prefix.trim_matches('/').to_string(),
             sse,
+            unsigned_payload: flag(AmazonS3ConfigKey::UnsignedPayload),
         })
     }
 
@@ -182,7 +186,7 @@ impl S3Delta {
         observer: &dyn WriteObserver,
     ) -> Result<String, NativeError> {
         let n = body.len() as u64;
-        let out = self
+        let put = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -191,10 +195,13 @@ impl S3Delta {
             .set_server_side_encryption(self.sse.kind.clone())
             .set_ssekms_key_id(self.sse.kms_key_id.clone())
             .set_bucket_key_enabled(self.sse.bucket_key_enabled)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| request_error("PutObject", &self.url(key), &e))?;
+            .body(ByteStream::from(body));
+        let sent = if self.unsigned_payload {
+            put.customize().disable_payload_signing().send().await
+        } else {
+            put.send().await
+        };
+        let out = sent.map_err(|e| request_error("PutObject", &self.url(key), &e))?;
         observer.sent(n);
         Ok(normalize_etag(out.e_tag().unwrap_or_default()))
     }
@@ -276,17 +283,20 @@ impl S3Delta {
             Part::Send { new, .. } => {
                 let body = self.read(source, key, new.clone()).await?;
                 let n = body.len() as u64;
-                let out = self
+                let upload = self
                     .client
                     .upload_part()
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(number)
-                    .body(ByteStream::from(body))
-                    .send()
-                    .await
-                    .map_err(|e| request_error("UploadPart", &self.url(key), &e))?;
+                    .body(ByteStream::from(body));
+                let sent = if self.unsigned_payload {
+                    upload.customize().disable_payload_signing().send().await
+                } else {
+                    upload.send().await
+                };
+                let out = sent.map_err(|e| request_error("UploadPart", &self.url(key), &e))?;
                 observer.sent(n);
                 out.e_tag().unwrap_or_default().to_string()
             }
@@ -659,7 +669,7 @@ fn request_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
             }
             m
         }
-        (None, _) => format!("{op} failed: {}", DisplayErrorContext(err)),
+        (None, _) => format!("{op} failed: {}", error_chain(err)),
     };
     message = message.replace(['\n', '\r'], " ");
     let credentials = status(err) == Some(403)
@@ -682,6 +692,21 @@ fn request_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         url: url.to_string(),
         message,
     }
+}
+
+/// An error and its causes, `: `-separated (the SDK's own rendering adds a `Debug` dump).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 fn first_line(s: &str) -> String {
