@@ -438,9 +438,11 @@ fn open_returns_the_s3_store() {
     let url = "s3://ferry-test/native-open".parse().expect("URL");
     match ferry::mirror::native::open(&url) {
         Ok(Some(store)) => assert_eq!(store.limits(), Limits::S3),
-        // Without credentials in this process's environment (and IMDS off), the fix is named.
+        // This process's environment may lack credentials (with IMDS off) or allow-http for
+        // its endpoint; then the store is refused with the fix, but it exists.
         Err(NativeError::Config(message)) => {
-            assert!(message.contains("AWS_ACCESS_KEY_ID"), "{message}")
+            assert!(message.contains("AWS_"), "{message}");
+            assert!(!message.contains("not built"), "{message}");
         }
         Ok(None) => panic!("no native store for S3"),
         Err(e) => panic!("{e}"),

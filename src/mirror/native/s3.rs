@@ -144,8 +144,8 @@ impl S3Delta {
                     .with_max_backoff(retry.backoff.max_backoff),
             )
             .timeout_config(timeouts)
-            // Payloads are signed (SHA-256) and the whole file carries its BLAKE3; no CRC
-            // trailers, which some S3 servers do not take.
+            // SigV4 hashes the payload (unless AWS_UNSIGNED_PAYLOAD) and the whole file
+            // carries its BLAKE3; no CRC trailers, which some S3 servers do not take.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(endpoint) = endpoint {
