@@ -295,7 +295,7 @@ fn prefixed_arc(store: Arc<InMemory>, prefix: &str) -> Arc<dyn ObjectStore> {
 
 /// Retry budget: object_store's backoff with `FERRY_RETRY_MAX` retries (default 10) within
 /// `FERRY_RETRY_TIMEOUT_SECS` (default 180). Tests lower both so a dead server fails fast.
-fn retry_config() -> RetryConfig {
+pub(crate) fn retry_config() -> RetryConfig {
     let env = |key: &str| std::env::var(key).ok().and_then(|v| v.parse::<u64>().ok());
     let mut cfg = RetryConfig::default();
     if let Some(n) = env("FERRY_RETRY_MAX") {
@@ -313,7 +313,7 @@ fn retry_config() -> RetryConfig {
 /// Client settings ferry changes from object_store's defaults, unless the environment sets
 /// them (`AWS_TIMEOUT`, `AZURE_CONNECT_TIMEOUT`, …): packs are tens of MiB, so allow slow
 /// links, but notice a dead endpoint quickly.
-fn client_defaults(env_prefix: &str) -> Vec<(ClientConfigKey, &'static str)> {
+pub(crate) fn client_defaults(env_prefix: &str) -> Vec<(ClientConfigKey, &'static str)> {
     [
         (ClientConfigKey::Timeout, "TIMEOUT", "300s"),
         (ClientConfigKey::ConnectTimeout, "CONNECT_TIMEOUT", "10s"),
@@ -326,7 +326,7 @@ fn client_defaults(env_prefix: &str) -> Vec<(ClientConfigKey, &'static str)> {
 
 /// Refuses to go on without credentials when the instance metadata service is switched off,
 /// rather than failing later with an opaque signing error.
-fn check_aws_credentials() -> Result<(), String> {
+pub(crate) fn check_aws_credentials() -> Result<(), String> {
     let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     let has_source = (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
         || set("AWS_WEB_IDENTITY_TOKEN_FILE")

@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 use crate::store::StoreUrl;
 
+pub mod s3;
+
 /// Object metadata holding the whole-file BLAKE3 (hex): `x-amz-meta-ferry-blake3` on S3,
 /// `x-ms-meta-ferry_blake3` on Azure (metadata names there must be C# identifiers).
 pub const S3_BLAKE3_METADATA: &str = "ferry-blake3";
@@ -167,7 +169,7 @@ pub trait DeltaStore: Send + Sync {
 /// endpoints from the same environment variables as `object_store`'s `from_env` builders.
 pub fn open(url: &StoreUrl) -> Result<Option<std::sync::Arc<dyn DeltaStore>>, NativeError> {
     match url {
-        StoreUrl::S3 { .. } => todo_native("S3", url),
+        StoreUrl::S3 { bucket, prefix } => s3::open(bucket, prefix).map(Some),
         StoreUrl::Azure { .. } => todo_native("Azure", url),
         StoreUrl::Local(_) | StoreUrl::Memory { .. } => Ok(None),
     }
