@@ -44,6 +44,7 @@ mod gc;
 mod harness;
 mod hostile;
 mod http;
+mod native_azure;
 mod raw;
 mod replicate;
 mod roundtrip;

@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 use crate::store::StoreUrl;
 
+pub mod azure;
+
 /// Object metadata holding the whole-file BLAKE3 (hex): `x-amz-meta-ferry-blake3` on S3,
 /// `x-ms-meta-ferry_blake3` on Azure (metadata names there must be C# identifiers).
 pub const S3_BLAKE3_METADATA: &str = "ferry-blake3";
@@ -168,7 +170,9 @@ pub trait DeltaStore: Send + Sync {
 pub fn open(url: &StoreUrl) -> Result<Option<std::sync::Arc<dyn DeltaStore>>, NativeError> {
     match url {
         StoreUrl::S3 { .. } => todo_native("S3", url),
-        StoreUrl::Azure { .. } => todo_native("Azure", url),
+        StoreUrl::Azure { container, prefix } => Ok(Some(std::sync::Arc::new(
+            azure::AzureDelta::open(container, prefix)?,
+        ))),
         StoreUrl::Local(_) | StoreUrl::Memory { .. } => Ok(None),
     }
 }
