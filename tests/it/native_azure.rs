@@ -394,3 +394,107 @@ async fn an_impossible_plan_is_refused_before_any_request() {
         .expect_err("unpinned keep");
     assert!(err.to_string().contains("no base etag"), "{err}");
 }
+
+/// A source that, on its first read, has another writer replace the blob: the write's
+/// pre-check has passed by then, so only the conditional commit can notice.
+struct Meddling<'a> {
+    inner: Source,
+    raw: &'a RawStore,
+    key: &'a str,
+    other: &'a [u8],
+    done: std::sync::Once,
+}
+
+#[async_trait]
+impl PartSource for Meddling<'_> {
+    async fn read(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        self.done.call_once(|| self.raw.put(self.key, self.other));
+        self.inner.read(range).await
+    }
+}
+
+#[tokio::test]
+async fn a_blob_replaced_during_the_write_fails_the_commit_and_keeps_the_other_version() {
+    let Some((_ctx, store, location)) = setup() else {
+        return;
+    };
+    let raw = &location.raw;
+    let key = "raced.bin";
+    let v1 = random_bytes(20, 3 * MIB);
+    let etag1 = store
+        .write(
+            &request(key, &send_all(&v1, MIB), None, &hex_blake3(&v1)),
+            &Source::new(&v1),
+            &Sent::default(),
+        )
+        .await
+        .expect("v1");
+    let mut v2 = v1.clone();
+    v2[MIB..MIB + 5].fill(1);
+    let parts: Vec<Part> = send_all(&v2, MIB)
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| match part {
+            Part::Send { block, new } if i != 1 => Part::Keep { block, old: new },
+            other => other,
+        })
+        .collect();
+    let other = b"someone else's bytes".to_vec();
+    let source = Meddling {
+        inner: Source::new(&v2),
+        raw,
+        key,
+        other: &other,
+        done: std::sync::Once::new(),
+    };
+    let err = store
+        .write(
+            &request(key, &parts, Some(&etag1), &hex_blake3(&v2)),
+            &source,
+            &Sent::default(),
+        )
+        .await
+        .expect_err("the commit is conditional");
+    assert!(
+        matches!(&err, NativeError::Changed { expected, .. } if *expected == etag1),
+        "{err:?}"
+    );
+    assert_eq!(
+        raw.get(key),
+        other,
+        "the other writer's version stands whole"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_an_error_naming_the_fix_not_the_key() {
+    let Some((_ctx, _store, location)) = setup() else {
+        return;
+    };
+    let RawStore::Server { prefix, .. } = &location.raw else {
+        panic!("an Azure location is on the server");
+    };
+    let endpoint = server_url(AZURITE_URL_VAR).expect("checked by Ctx::new");
+    let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+    let builder = MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(wrong_key)
+        .with_container_name(CONTAINER)
+        .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
+        .with_allow_http(true);
+    let store = AzureDelta::from_builder(builder, prefix).expect("native Azure store");
+    let err = store
+        .probe("x.bin")
+        .await
+        .expect_err("Azurite checks signatures");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "az://ferry-test/{prefix}/x.bin: Get Blob Properties: HTTP 403"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("AZURE_STORAGE_ACCOUNT_KEY"), "{text}");
+    assert!(!text.contains(wrong_key) && !text.contains(KEY), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+}
