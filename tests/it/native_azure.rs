@@ -308,6 +308,37 @@ async fn a_rerun_after_an_interruption_sends_only_unstaged_blocks() {
 }
 
 #[tokio::test]
+async fn a_new_blob_interrupted_before_its_first_commit_resumes_and_stays_invisible() {
+    let Some((_ctx, store, location)) = setup() else {
+        return;
+    };
+    let raw = &location.raw;
+    let data = random_bytes(30, 6 * MIB);
+    let parts = send_all(&data, MIB);
+    let hash = hex_blake3(&data);
+    let req = request("fresh.bin", &parts, None, &hash);
+    let sent1 = Sent::default();
+    store
+        .write(&req, &Source::failing_at(&data, 3), &sent1)
+        .await
+        .expect_err("interrupted");
+    assert!(sent1.get() > 0);
+    assert_eq!(
+        store.probe("fresh.bin").await.expect("probe"),
+        None,
+        "staged blocks are not a blob"
+    );
+    assert!(raw.list("").is_empty(), "readers see no blob");
+    let sent2 = Sent::default();
+    store
+        .write(&req, &Source::new(&data), &sent2)
+        .await
+        .expect("rerun");
+    assert_eq!(sent1.get() + sent2.get(), data.len() as u64);
+    assert!(raw.get("fresh.bin") == data);
+}
+
+#[tokio::test]
 async fn probe_reads_a_blob_written_whole() {
     let Some((_ctx, store, location)) = setup() else {
         return;

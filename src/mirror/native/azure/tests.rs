@@ -253,3 +253,24 @@ fn a_builder_without_account_is_a_config_error_naming_the_fix() {
     assert!(text.contains("AZURE_STORAGE_ACCOUNT_NAME"), "{text}");
     assert!(text.contains("AZURE_STORAGE_USE_EMULATOR=true"), "{text}");
 }
+
+#[test]
+fn the_emulator_path_puts_the_account_before_the_container() {
+    let builder = MicrosoftAzureBuilder::new()
+        .with_use_emulator(true)
+        .with_container_name("ferry-test");
+    let store = AzureDelta::from_builder(builder, "p").expect("the emulator needs no settings");
+    // object_store reads the same variable for the emulator's address.
+    let base = std::env::var("AZURITE_BLOB_STORAGE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or(EMULATOR_URL.into());
+    assert_eq!(
+        store.blob_url("k", &[]).as_str(),
+        format!(
+            "{}/devstoreaccount1/ferry-test/p/k",
+            base.trim_end_matches('/')
+        )
+    );
+    assert_eq!(store.display("k"), "az://ferry-test/p/k");
+}
