@@ -29,6 +29,7 @@ use super::{
 
 /// Blocks staged at once: bounds memory to this many blocks' bytes.
 const STAGE_CONCURRENCY: usize = 4;
+const DEFAULT_RETRIES: u32 = 3;
 /// The emulator's account and endpoint, as `object_store` defaults them.
 const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
 const EMULATOR_URL: &str = "http://127.0.0.1:10000";
@@ -47,6 +48,9 @@ pub struct AzureDelta {
     container_url: Url,
     /// Key prefix inside the container, without surrounding slashes.
     prefix: String,
+    /// Retries of one call after a transient failure (`FERRY_RETRY_MAX`, default 3; an
+    /// interrupted write resumes anyway, so fewer than the data plane's 10).
+    max_retries: u32,
 }
 
 impl std::fmt::Debug for AzureDelta {
@@ -58,10 +62,21 @@ impl std::fmt::Debug for AzureDelta {
 impl AzureDelta {
     /// For `az://container/prefix`, with settings from the environment (as `Store::open`).
     pub fn open(container: &str, prefix: &str) -> Result<Self, NativeError> {
-        Self::from_builder(
+        let store = Self::from_builder(
             MicrosoftAzureBuilder::from_env().with_container_name(container),
             prefix,
-        )
+        )?;
+        let retries = std::env::var("FERRY_RETRY_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        Ok(store.with_max_retries(retries.unwrap_or(DEFAULT_RETRIES)))
+    }
+
+    /// Retries of one call after a transient failure (connection refused or reset, timeout,
+    /// HTTP 408/429/500/502/503/504; the commit only when it was never sent).
+    pub fn with_max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
     }
 
     /// From an `object_store` builder that names the container; builds it to resolve the
@@ -128,6 +143,7 @@ impl AzureDelta {
             container,
             container_url,
             prefix: prefix.trim_matches('/').to_string(),
+            max_retries: DEFAULT_RETRIES,
         })
     }
 
@@ -155,15 +171,54 @@ impl AzureDelta {
         url
     }
 
-    /// Signs and sends one request. `op` names the operation in errors.
+    /// Signs and sends a request, again after transient failures as `retry` allows, with
+    /// backoff. `op` names the operation in errors.
     async fn send(
         &self,
         op: Op<'_>,
         method: Method,
         url: Url,
+        headers: HeaderMap,
+        body: Bytes,
+        retry: Retry,
+    ) -> Result<reqwest::Response, NativeError> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .send_once(
+                    &op,
+                    method.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    body.clone(),
+                )
+                .await;
+            let transient = match &result {
+                Ok(resp) => retry == Retry::Idempotent && is_transient_status(resp.status()),
+                Err(Attempt::Transport(e)) => retry == Retry::Idempotent || e.is_connect(),
+                Err(Attempt::Fatal(_)) => false,
+            };
+            if !transient || attempt >= self.max_retries {
+                return result.map_err(|e| match e {
+                    Attempt::Transport(e) => op.fail(transport_message(e)),
+                    Attempt::Fatal(e) => e,
+                });
+            }
+            attempt += 1;
+            let wait = Duration::from_millis(100 << attempt.min(6));
+            tracing::debug!(url = %op.url, op = op.name, attempt, ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        op: &Op<'_>,
+        method: Method,
+        url: Url,
         mut headers: HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, NativeError> {
+    ) -> Result<reqwest::Response, Attempt> {
         if method == Method::PUT {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
@@ -172,19 +227,21 @@ impl AzureDelta {
         *req.uri_mut() = url
             .as_str()
             .parse()
-            .map_err(|_| op.fail("the request URL is not valid".into()))?;
+            .map_err(|_| Attempt::Fatal(op.fail("the request URL is not valid".into())))?;
         *req.headers_mut() = headers;
         match &self.credentials {
             Some(provider) => {
                 let credential = provider.get_credential().await.map_err(|e| {
-                    op.fail(format!(
+                    Attempt::Fatal(op.fail(format!(
                         "cannot get Azure credentials: {} ({AUTH_HINT})",
                         first_line(&e.to_string())
-                    ))
+                    )))
                 })?;
                 AzureAuthorizer::new(&credential, &self.account)
                     .try_authorize(&mut req)
-                    .map_err(|e| op.fail(format!("signing: {}", first_line(&e.to_string()))))?;
+                    .map_err(|e| {
+                        Attempt::Fatal(op.fail(format!("signing: {}", first_line(&e.to_string()))))
+                    })?;
             }
             None => {
                 let h = req.headers_mut();
@@ -205,7 +262,7 @@ impl AzureDelta {
             .body(body)
             .send()
             .await
-            .map_err(|e| op.fail(transport_message(e)))
+            .map_err(Attempt::Transport)
     }
 
     /// Get Block List; a missing blob has no blocks.
@@ -213,7 +270,14 @@ impl AzureDelta {
         let op = Op::new("Get Block List", self.display(key));
         let url = self.blob_url(key, &[("comp", "blocklist"), ("blocklisttype", list_type)]);
         let resp = self
-            .send(op.clone(), Method::GET, url, HeaderMap::new(), Bytes::new())
+            .send(
+                op.clone(),
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                Bytes::new(),
+                Retry::Idempotent,
+            )
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(BlockList::default());
@@ -244,6 +308,7 @@ impl AzureDelta {
                 url,
                 HeaderMap::new(),
                 Bytes::new(),
+                Retry::Idempotent,
             )
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -340,7 +405,14 @@ impl AzureDelta {
         let op = Op::new("Put Block", self.display(key));
         let url = self.blob_url(key, &[("comp", "block"), ("blockid", id)]);
         let resp = self
-            .send(op.clone(), Method::PUT, url, HeaderMap::new(), data)
+            .send(
+                op.clone(),
+                Method::PUT,
+                url,
+                HeaderMap::new(),
+                data,
+                Retry::Idempotent,
+            )
             .await?;
         check(resp, &op).await?;
         observer.sent(len);
@@ -364,7 +436,7 @@ impl AzureDelta {
         let url = self.blob_url(req.key, &[("comp", "blocklist")]);
         let body = Bytes::from(block_list_xml(req.parts));
         let resp = self
-            .send(op.clone(), Method::PUT, url, headers, body)
+            .send(op.clone(), Method::PUT, url, headers, body, Retry::Unsent)
             .await?;
         if resp.status() == StatusCode::PRECONDITION_FAILED {
             return Err(changed(url_text, req.base_etag.unwrap_or_default()));
@@ -459,6 +531,26 @@ impl DeltaStore for AzureDelta {
         // Uncommitted blocks expire on their own (a week on Azure).
         Ok(())
     }
+}
+
+/// Which failures a call may be repeated after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, and Put Block (same id, same bytes): any transient failure.
+    Idempotent,
+    /// The commit: only when it never reached the server. After a lost answer a repeat
+    /// would meet the commit's own etag change as a 412.
+    Unsent,
+}
+
+/// How one attempt failed.
+enum Attempt {
+    Transport(reqwest::Error),
+    Fatal(NativeError),
+}
+
+fn is_transient_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// An operation on one blob, for error messages.

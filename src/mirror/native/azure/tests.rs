@@ -40,7 +40,9 @@ fn unreachable_store() -> AzureDelta {
         .with_container_name("ferry-test")
         .with_endpoint(format!("http://127.0.0.1:9/{EMULATOR_ACCOUNT}"))
         .with_allow_http(true);
-    AzureDelta::from_builder(builder, "/runs/a/").expect("builder is complete")
+    AzureDelta::from_builder(builder, "/runs/a/")
+        .expect("builder is complete")
+        .with_max_retries(0)
 }
 
 /// Counts reads; a plan refused up front must not read anything.
@@ -273,4 +275,84 @@ fn the_emulator_path_puts_the_account_before_the_container() {
         )
     );
     assert_eq!(store.display("k"), "az://ferry-test/p/k");
+}
+
+/// A stand-in for the service on 127.0.0.1 that fails the first Get Block List and Put
+/// Block with 503, and fails the first Put Block List with 503 too.
+#[derive(Default)]
+struct Flaky {
+    lists: AtomicUsize,
+    blocks: AtomicUsize,
+    commits: AtomicUsize,
+}
+
+async fn flaky_service(
+    axum::extract::State(flaky): axum::extract::State<std::sync::Arc<Flaky>>,
+    method: Method,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE.into_response();
+    match (method, query.get("comp").map(String::as_str)) {
+        (Method::GET, Some("blocklist")) => match flaky.lists.fetch_add(1, Ordering::SeqCst) {
+            0 => unavailable,
+            _ => StatusCode::NOT_FOUND.into_response(),
+        },
+        (Method::PUT, Some("block")) => match flaky.blocks.fetch_add(1, Ordering::SeqCst) {
+            0 => unavailable,
+            _ => StatusCode::CREATED.into_response(),
+        },
+        (Method::PUT, Some("blocklist")) => match flaky.commits.fetch_add(1, Ordering::SeqCst) {
+            0 => unavailable,
+            _ => (StatusCode::CREATED, [(ETAG, "\"0x8D1\"")]).into_response(),
+        },
+        _ => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_but_an_answered_commit_is_not_repeated() {
+    let flaky = std::sync::Arc::new(Flaky::default());
+    let app = axum::Router::new()
+        .fallback(flaky_service)
+        .with_state(flaky.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let builder = MicrosoftAzureBuilder::new()
+        .with_account(EMULATOR_ACCOUNT)
+        .with_access_key(EMULATOR_KEY)
+        .with_container_name("ferry-test")
+        .with_endpoint(format!("http://127.0.0.1:{port}/{EMULATOR_ACCOUNT}"))
+        .with_allow_http(true);
+    let store = AzureDelta::from_builder(builder, "p")
+        .expect("builder is complete")
+        .with_max_retries(2);
+    let parts = [send(1, 0..5)];
+    let req = request(&parts, None);
+
+    // The list and the block succeed on their second attempt; the commit was answered
+    // (503), so it is not sent again: the write fails and says why.
+    let err = store
+        .write(&req, &CountingSource::default(), &NoObserver)
+        .await
+        .expect_err("the commit failed");
+    assert!(
+        err.to_string()
+            .ends_with("ckpt/model.bin: Put Block List: HTTP 503"),
+        "{err}"
+    );
+    assert_eq!(flaky.lists.load(Ordering::SeqCst), 2);
+    assert_eq!(flaky.blocks.load(Ordering::SeqCst), 2);
+    assert_eq!(flaky.commits.load(Ordering::SeqCst), 1);
+
+    let etag = store
+        .write(&req, &CountingSource::default(), &NoObserver)
+        .await
+        .expect("the second run commits");
+    assert_eq!(etag, "0x8D1");
+    assert_eq!(flaky.commits.load(Ordering::SeqCst), 2);
+    server.abort();
 }
