@@ -3,8 +3,12 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use super::wire::META_HEADER;
 use super::*;
-use crate::mirror::native::AZURE_BLAKE3_METADATA;
+use crate::mirror::native::{BlockId, AZURE_BLAKE3_METADATA};
 
 /// Azurite's well-known development key (public, documented by Microsoft).
 const EMULATOR_KEY: &str =
