@@ -360,3 +360,16 @@ async fn transient_failures_are_retried_but_an_answered_commit_is_not_repeated()
     assert_eq!(flaky.commits.load(Ordering::SeqCst), 2);
     server.abort();
 }
+
+#[test]
+fn error_bodies_yield_their_code_and_message() {
+    let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidBlockList</Code>\
+                <Message>The specified block list is invalid.\nRequestId:1\nTime:2026</Message></Error>";
+    assert_eq!(xml_field(body, "Code").as_deref(), Some("InvalidBlockList"));
+    assert_eq!(
+        xml_field(body, "Message").map(|m| first_line(&m).to_string()),
+        Some("The specified block list is invalid.".to_string())
+    );
+    assert_eq!(xml_field("not xml", "Code"), None);
+    assert_eq!(xml_field("<Code>unterminated", "Code"), None);
+}

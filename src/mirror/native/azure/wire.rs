@@ -99,7 +99,8 @@ pub(super) fn block_list_xml(parts: &[Part]) -> String {
 pub(super) struct BlockList {
     pub(super) committed: Vec<(String, u64)>,
     pub(super) uncommitted: Vec<(String, u64)>,
-    /// The blob's etag, when it has committed blocks.
+    /// The response's ETag: Azure sends it when the blob has committed blocks (Azurite also
+    /// for a blob that has only staged ones, which HEAD reports as missing).
     pub(super) etag: Option<String>,
     /// Whether the blob exists (committed or with staged blocks only).
     pub(super) exists: bool,
