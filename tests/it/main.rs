@@ -45,6 +45,7 @@ mod harness;
 mod hostile;
 mod http;
 mod mirror;
+mod native_azure;
 mod native_s3;
 mod proxy;
 mod raw;

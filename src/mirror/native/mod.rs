@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::store::StoreUrl;
 
+pub mod azure;
 pub mod s3;
 
 /// Object metadata holding the whole-file BLAKE3 (hex): `x-amz-meta-ferry-blake3` on S3,
@@ -170,19 +171,11 @@ pub trait DeltaStore: Send + Sync {
 pub fn open(url: &StoreUrl) -> Result<Option<std::sync::Arc<dyn DeltaStore>>, NativeError> {
     match url {
         StoreUrl::S3 { bucket, prefix } => s3::open(bucket, prefix).map(Some),
-        StoreUrl::Azure { .. } => todo_native("Azure", url),
+        StoreUrl::Azure { container, prefix } => Ok(Some(std::sync::Arc::new(
+            azure::AzureDelta::open(container, prefix)?,
+        ))),
         StoreUrl::Local(_) | StoreUrl::Memory { .. } => Ok(None),
     }
-}
-
-// Replaced by the s3 and azure modules.
-fn todo_native(
-    cloud: &str,
-    url: &StoreUrl,
-) -> Result<Option<std::sync::Arc<dyn DeltaStore>>, NativeError> {
-    Err(NativeError::Config(format!(
-        "{url}: native {cloud} writes are not built yet"
-    )))
 }
 
 /// Strips the quotes some APIs put around entity tags.
