@@ -1,6 +1,8 @@
 //! Many writers, one ref: four shard processes of one sharded push at once, one of them
 //! killed and rerun, combine into one snapshot that restores byte-identical; four merging
-//! writers pushing different rank files into one ref lose none of them.
+//! writers pushing different rank files into one ref lose none of them; four shards of one
+//! replication, one killed and rerun, copy disjoint chunks and move the target's ref once per
+//! snapshot.
 
 use std::thread;
 use std::time::Duration;
@@ -9,11 +11,12 @@ use serde_json::Value;
 
 use crate::checks;
 use crate::data::{self, KIB, MIB};
-use crate::harness::{array, only_target, s, Backend, Ctx};
+use crate::harness::{array, boolean, only_target, s, uint, Backend, Ctx};
 
 per_backend!(
     sharded_push_survives_a_killed_shard,
-    merging_writers_keep_every_rank
+    merging_writers_keep_every_rank,
+    sharded_replicate_survives_a_killed_shard
 );
 
 const SHARDS: usize = 4;
@@ -162,4 +165,172 @@ pub fn merging_writers_keep_every_rank(backend: Backend) {
     let log = checks::ref_log(&fresh, &repo.url, "ckpt");
     checks::assert_linear(&log);
     checks::verify_read_data(&fresh, &repo.url);
+}
+
+/// The `shard` object of a sharded replicate's report.
+fn replica_shard(report: &Value) -> &Value {
+    report
+        .get("shard")
+        .unwrap_or_else(|| panic!("no shard report in {report}"))
+}
+
+/// A source repository (`file://`) with two snapshots of `ckpt`, replicated into `backend` by
+/// four shard processes at once; shard 0 is SIGKILLed (if still running) and rerun.
+pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let from = ctx.location(Backend::File);
+    let to = ctx.location(backend);
+    let src = ctx.dir("src");
+    data::checkpoint_tree(&src, 90);
+    for i in 0..12u64 {
+        data::write_file(
+            &src,
+            &format!("ranks/rank-{i:02}/optim.bin"),
+            &data::random_bytes(8000 + i, MIB),
+        );
+    }
+    let ferry = ctx.ferry();
+    let push1 = ferry.json(&["push", s(&src), &from.url, "--name", "ckpt"]);
+    let first = ctx.dir("first");
+    checks::copy_tree(&src, &first);
+    for i in 0..4u64 {
+        data::write_file(
+            &src,
+            &format!("ranks/rank-{i:02}/optim.bin"),
+            &data::random_bytes(8100 + i, MIB),
+        );
+    }
+    let push2 = ferry.json(&["push", s(&src), &from.url, "--name", "ckpt"]);
+    // The source repository is fresh: its chunk set is what the two pushes added.
+    let total = uint(&push1, "chunks_new") + uint(&push2, "chunks_new");
+    let source_log = checks::ref_log(&ferry, &from.url, "ckpt");
+    assert_eq!(source_log.len(), 2, "{source_log:?}");
+
+    let run = format!("rep-{}", std::process::id());
+    let shard_args = |i: usize| -> Vec<String> {
+        [
+            "replicate",
+            &from.url,
+            &to.url,
+            "--shard",
+            &format!("{i}/{SHARDS}"),
+            "--run",
+            &run,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let spawn = |i: usize| {
+        let args = shard_args(i);
+        ctx.ferry_with_index(&ctx.path("index"))
+            .spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut running: Vec<_> = (0..SHARDS).map(spawn).collect();
+    let survivors_running = running.split_off(1);
+    let victim = running.pop().expect("shard 0");
+    thread::sleep(Duration::from_millis(150));
+    let killed = victim.kill();
+    let survivors: Vec<Value> = survivors_running
+        .into_iter()
+        .map(|r| r.wait().json())
+        .collect();
+    let victim_finished = killed.status.success();
+    eprintln!("replicate shard 0 finished before the kill: {victim_finished}");
+    let mut finals = survivors.clone();
+    if victim_finished {
+        finals.insert(0, killed.json());
+    } else {
+        for r in &survivors {
+            let sh = replica_shard(r);
+            assert!(!boolean(sh, "committed"), "committed without shard 0: {r}");
+            assert!(array(sh, "missing").contains(&Value::from(0)), "{r}");
+            assert_eq!(uint(r, "refs_advanced"), 0, "{r}");
+            assert_eq!(uint(r, "snapshots_copied"), 0, "{r}");
+        }
+    }
+
+    // A shard given another shard count cannot join the run.
+    let wrong = ctx.ferry().run(&[
+        "replicate",
+        &from.url,
+        &to.url,
+        "--shard",
+        "1/3",
+        "--run",
+        &run,
+    ]);
+    assert!(
+        wrong.error_line().contains("planned with 4 shards"),
+        "{wrong}"
+    );
+
+    // The rerun (a fresh pod: empty index) finishes last and commits the run.
+    let args = shard_args(0);
+    let rerun = ctx
+        .ferry_with_index(&ctx.path("index"))
+        .json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(boolean(replica_shard(&rerun), "committed"), "{rerun}");
+    if !victim_finished {
+        finals.insert(0, rerun.clone());
+    }
+
+    // The shards split the chunks: each owns a proper, non-empty share, the shares add up to
+    // the source's chunk set, and no shard copied more than it owns.
+    let mut owned_sum = 0;
+    for (i, r) in finals.iter().enumerate() {
+        let sh = replica_shard(r);
+        assert_eq!(uint(&sh["shard"], "index"), i as u64, "{r}");
+        let owned = uint(sh, "chunks_owned");
+        assert!(
+            owned > 0 && owned < total,
+            "shard {i} owns {owned} of {total}: {r}"
+        );
+        assert!(uint(r, "chunks_copied") <= owned, "{r}");
+        eprintln!(
+            "replicate shard {i}: owns {owned} of {total} chunks, copied {} ({} bytes uploaded)",
+            uint(r, "chunks_copied"),
+            uint(r, "bytes_uploaded")
+        );
+        owned_sum += owned;
+    }
+    assert_eq!(
+        owned_sum, total,
+        "shards' chunks do not cover the source: {finals:?}"
+    );
+
+    // Each snapshot entered the target's log exactly once, in the source's order.
+    let mut advanced: u64 = survivors.iter().map(|r| uint(r, "refs_advanced")).sum();
+    advanced += uint(&rerun, "refs_advanced");
+    if victim_finished {
+        advanced += uint(&finals[0], "refs_advanced");
+    }
+    assert_eq!(
+        advanced, 2,
+        "the target's ref moved {advanced} times for 2 snapshots"
+    );
+    let fresh = ctx.ferry_with_index(&ctx.path("index"));
+    let target_log = checks::ref_log(&fresh, &to.url, "ckpt");
+    checks::assert_linear(&target_log);
+    let ids = |log: &[checks::Logged]| -> Vec<String> {
+        log.iter().map(|e| e.snapshot.clone()).collect()
+    };
+    assert_eq!(ids(&target_log), ids(&source_log));
+
+    // Rerunning a shard of a committed run, or replicating unsharded, finds nothing to do.
+    let late = ctx
+        .ferry_with_index(&ctx.path("index"))
+        .json(&shard_args(2).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(uint(&late, "chunks_copied"), 0, "{late}");
+    assert_eq!(uint(&late, "refs_advanced"), 0, "{late}");
+    assert!(boolean(replica_shard(&late), "committed"), "{late}");
+    let plain = fresh.json(&["replicate", &from.url, &to.url]);
+    assert_eq!(uint(&plain, "chunks_copied"), 0, "{plain}");
+    assert_eq!(uint(&plain, "snapshots_copied"), 0, "{plain}");
+    assert_eq!(uint(&plain, "refs_advanced"), 0, "{plain}");
+
+    checks::assert_restores(&ctx, &fresh, &to.url, "ckpt", &src);
+    checks::assert_restores(&ctx, &fresh, &to.url, "ckpt@1", &first);
+    checks::verify_read_data(&fresh, &to.url);
 }
