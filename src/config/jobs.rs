@@ -98,6 +98,7 @@ pub(super) fn job(
         (Some(src), None) => push_kind(p, key, job, src, env),
         (None, Some(from)) => {
             only_push(p, "ref", job.reference.is_some());
+            only_push(p, "merge", job.merge.is_some());
             only_push(p, "layout", job.layout.is_some());
             only_push(p, "settle", job.settle.is_some());
             only_push(p, "marker", job.marker.is_some());
@@ -249,6 +250,7 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
             marker,
             latest,
         },
+        merge: job.merge.unwrap_or(false),
     })
 }
 

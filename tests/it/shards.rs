@@ -2,7 +2,7 @@
 //! killed and rerun, combine into one snapshot that restores byte-identical; four merging
 //! writers pushing different rank files into one ref lose none of them; four shards of one
 //! replication, one killed and rerun, copy disjoint chunks and move the target's ref once per
-//! snapshot.
+//! snapshot; daemon jobs with `merge = true` (one sidecar per rank) keep every rank's file.
 
 use std::thread;
 use std::time::Duration;
@@ -10,13 +10,15 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::checks;
+use crate::daemon::write_config;
 use crate::data::{self, KIB, MIB};
 use crate::harness::{array, boolean, only_target, s, uint, Backend, Ctx};
 
 per_backend!(
     sharded_push_survives_a_killed_shard,
     merging_writers_keep_every_rank,
-    sharded_replicate_survives_a_killed_shard
+    sharded_replicate_survives_a_killed_shard,
+    merge_jobs_keep_every_rank
 );
 
 const SHARDS: usize = 4;
@@ -333,4 +335,54 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
     checks::assert_restores(&ctx, &fresh, &to.url, "ckpt", &src);
     checks::assert_restores(&ctx, &fresh, &to.url, "ckpt@1", &first);
     checks::verify_read_data(&fresh, &to.url);
+}
+
+/// One sidecar per rank, each `ferry sync` with its own config whose job pushes only that
+/// rank's folder into the shared ref with `merge = true`: all ranks' files stay in the ref. A
+/// job without `merge` then replaces the tree, which shows the option is what keeps them.
+pub fn merge_jobs_keep_every_rank(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let all = ctx.dir("all");
+    let sidecar = |r: usize, merge: &str| {
+        let dir = ctx.dir("rank");
+        let rel = format!("step/model-{:05}-of-{SHARDS:05}.safetensors", r + 1);
+        let bytes = data::random_bytes(9500 + r as u64, 96 * KIB);
+        data::write_file(&dir, &rel, &bytes);
+        let job = format!(
+            "[[jobs]]\nname = \"rank-{r}\"\nsource = \"{}\"\ntargets = [\"{}\"]\nref = \"ckpt\"\nevery = \"1h\"\nsettle = \"0s\"\n{merge}\n",
+            s(&dir),
+            repo.url
+        );
+        (dir, rel, bytes, write_config(&ctx, "", &job))
+    };
+    let ranks: Vec<_> = (0..SHARDS).map(|r| sidecar(r, "merge = true")).collect();
+    for (_, rel, bytes, _) in &ranks {
+        data::write_file(&all, rel, bytes);
+    }
+    // All sidecars sync at once, each a process with its own index.
+    let running: Vec<_> = ranks
+        .iter()
+        .map(|(_, _, _, config)| {
+            ctx.ferry_with_index(&ctx.path("index"))
+                .spawn(&["sync", "--config", s(config)])
+        })
+        .collect();
+    for r in running {
+        let report = r.wait().json();
+        assert_eq!(report["ok"], true, "{report}");
+    }
+    let fresh = ctx.ferry_with_index(&ctx.path("index"));
+    checks::assert_restores(&ctx, &fresh, &repo.url, "ckpt", &all);
+    let log = checks::ref_log(&fresh, &repo.url, "ckpt");
+    assert_eq!(log.len(), SHARDS, "one snapshot per rank: {log:?}");
+    checks::assert_linear(&log);
+
+    // Without merge, a job's push replaces the ref's tree with its own folder.
+    let (dir, _, _, config) = sidecar(SHARDS, "");
+    let report = ctx.ferry().json(&["sync", "--config", s(&config)]);
+    assert_eq!(report["ok"], true, "{report}");
+    checks::assert_restores(&ctx, &fresh, &repo.url, "ckpt", &dir);
 }
