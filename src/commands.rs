@@ -248,7 +248,7 @@ pub async fn forget(
 
 pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
     format!(
-        "{}gc {}: {} live snapshots; {} snapshots deleted; of {} packs: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {:.1}s",
+        "{}gc {}: {} live snapshots; {} snapshots deleted; of {} packs: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {} committed sharded runs pruned; {:.1}s",
         if r.dry_run { "[dry run] " } else { "" },
         r.repo,
         r.snapshots_live,
@@ -261,6 +261,7 @@ pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
         r.packs_rewritten,
         r.chunks_rewritten,
         r.orphans_deleted,
+        r.runs_pruned,
         r.duration_secs
     )
 }

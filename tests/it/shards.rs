@@ -2,7 +2,8 @@
 //! killed and rerun, combine into one snapshot that restores byte-identical; four merging
 //! writers pushing different rank files into one ref lose none of them; four shards of one
 //! replication, one killed and rerun, copy disjoint chunks and move the target's ref once per
-//! snapshot; daemon jobs with `merge = true` (one sidecar per rank) keep every rank's file.
+//! snapshot; daemon jobs with `merge = true` (one sidecar per rank) keep every rank's file;
+//! gc prunes the pointers and markers of committed runs, and only those.
 
 use std::thread;
 use std::time::Duration;
@@ -18,7 +19,8 @@ per_backend!(
     sharded_push_survives_a_killed_shard,
     merging_writers_keep_every_rank,
     sharded_replicate_survives_a_killed_shard,
-    merge_jobs_keep_every_rank
+    merge_jobs_keep_every_rank,
+    gc_prunes_committed_runs
 );
 
 const SHARDS: usize = 4;
@@ -385,4 +387,116 @@ pub fn merge_jobs_keep_every_rank(backend: Backend) {
     let report = ctx.ferry().json(&["sync", "--config", s(&config)]);
     assert_eq!(report["ok"], true, "{report}");
     checks::assert_restores(&ctx, &fresh, &repo.url, "ckpt", &dir);
+}
+
+fn keys(raw: &crate::raw::RawStore, sub: &str) -> Vec<String> {
+    raw.list(sub).into_iter().map(|o| o.key).collect()
+}
+
+/// A committed sharded push, an uncommitted one and a committed sharded replication: gc keeps
+/// their run objects while the markers are younger than the grace period, then deletes those
+/// of the committed runs only; the uncommitted run still completes and everything restores.
+pub fn gc_prunes_committed_runs(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let copy = ctx.location(backend);
+    let ferry = ctx.ferry();
+    let src = ctx.dir("src");
+    data::checkpoint_tree(&src, 120);
+    let shard = |run: &str, i: usize| {
+        ferry.json(&[
+            "push",
+            s(&src),
+            &repo.url,
+            "--name",
+            "ckpt",
+            "--shard",
+            &format!("{i}/2"),
+            "--run",
+            run,
+        ])
+    };
+    shard("done", 0);
+    assert!(committed(shard_report(&shard("done", 1))).is_some());
+    for i in 0..2 {
+        let r = ferry.json(&[
+            "replicate",
+            &repo.url,
+            &copy.url,
+            "--shard",
+            &format!("{i}/2"),
+            "--run",
+            "copied",
+        ]);
+        assert_eq!(boolean(replica_shard(&r), "committed"), i == 1, "{r}");
+    }
+    let other = ctx.dir("other");
+    data::checkpoint_tree(&other, 121);
+    let open = ferry.json(&[
+        "push",
+        s(&other),
+        &repo.url,
+        "--name",
+        "other",
+        "--shard",
+        "0/2",
+        "--run",
+        "open",
+    ]);
+    assert_eq!(committed(shard_report(&open)), None, "{open}");
+    let pushed_runs = [
+        "partials/ckpt/done/0-of-2",
+        "partials/ckpt/done/1-of-2",
+        "partials/ckpt/done/commit",
+        "partials/other/open/0-of-2",
+    ];
+    assert_eq!(keys(&repo.raw, "partials/"), pushed_runs);
+    let replica_run = [
+        "replicas/copied/0-of-2",
+        "replicas/copied/1-of-2",
+        "replicas/copied/commit",
+        "replicas/copied/plan",
+    ];
+    assert_eq!(keys(&copy.raw, "replicas/"), replica_run);
+
+    // Markers younger than the grace period: nothing is pruned.
+    let young = ferry.json(&["gc", &repo.url, "--grace", "1h"]);
+    assert_eq!(uint(&young, "runs_pruned"), 0, "{young}");
+    assert_eq!(keys(&repo.raw, "partials/"), pushed_runs);
+
+    // Committed runs go (a dry run only counts them); the open run stays.
+    let dry = ferry.json(&["gc", &repo.url, "--grace", "0s", "--dry-run"]);
+    assert_eq!(uint(&dry, "runs_pruned"), 1, "{dry}");
+    assert_eq!(uint(&dry, "run_objects_deleted"), 3, "{dry}");
+    assert_eq!(keys(&repo.raw, "partials/"), pushed_runs);
+    let gc = ferry.json(&["gc", &repo.url, "--grace", "0s"]);
+    assert_eq!(uint(&gc, "runs_pruned"), 1, "{gc}");
+    assert_eq!(uint(&gc, "run_objects_deleted"), 3, "{gc}");
+    assert_eq!(keys(&repo.raw, "partials/"), ["partials/other/open/0-of-2"]);
+    let gc = ferry.json(&["gc", &copy.url, "--grace", "0s"]);
+    assert_eq!(uint(&gc, "runs_pruned"), 1, "{gc}");
+    assert_eq!(uint(&gc, "run_objects_deleted"), 4, "{gc}");
+    assert!(keys(&copy.raw, "replicas/").is_empty());
+
+    // The open run's partial survived gc and completes; every ref still restores.
+    let last = ferry.json(&[
+        "push",
+        s(&other),
+        &repo.url,
+        "--name",
+        "other",
+        "--shard",
+        "1/2",
+        "--run",
+        "open",
+    ]);
+    assert!(committed(shard_report(&last)).is_some(), "{last}");
+    let fresh = ctx.ferry_with_index(&ctx.path("index"));
+    checks::assert_restores(&ctx, &fresh, &repo.url, "ckpt", &src);
+    checks::assert_restores(&ctx, &fresh, &repo.url, "other", &other);
+    checks::assert_restores(&ctx, &fresh, &copy.url, "ckpt", &src);
+    checks::verify_read_data(&fresh, &repo.url);
+    checks::verify_read_data(&fresh, &copy.url);
 }
