@@ -196,6 +196,8 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
         );
     }
     let ferry = ctx.ferry();
+    // Small packs (the target inherits them), so a shard lands several before it is done.
+    ferry.json(&["init", &from.url, "--pack-size", "1MiB"]);
     let push1 = ferry.json(&["push", s(&src), &from.url, "--name", "ckpt"]);
     let first = ctx.dir("first");
     checks::copy_tree(&src, &first);
@@ -226,22 +228,33 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
         .map(String::from)
         .to_vec()
     };
-    let spawn = |i: usize| {
+    // All four start at once; shard 0's every request is slowed down (no failures), so it is
+    // still copying when the others are done.
+    let spawn = |i: usize, env: &[(&str, &str)]| {
         let args = shard_args(i);
         ctx.ferry_with_index(&ctx.path("index"))
-            .spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .spawn_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
     };
-    let mut running: Vec<_> = (0..SHARDS).map(spawn).collect();
-    let survivors_running = running.split_off(1);
-    let victim = running.pop().expect("shard 0");
-    thread::sleep(Duration::from_millis(150));
-    let killed = victim.kill();
-    let survivors: Vec<Value> = survivors_running
+    let mut victim = spawn(0, &[("FERRY_FAULTS", "rate=0,latency_ms=400")]);
+    let survivors: Vec<Value> = (1..SHARDS)
+        .map(|i| spawn(i, &[]))
+        .collect::<Vec<_>>()
         .into_iter()
         .map(|r| r.wait().json())
         .collect();
+    // SIGKILL shard 0 midway: once it has landed a pack (the target holds more pack indexes
+    // than the other shards wrote), unless it finished first.
+    let others: u64 = survivors.iter().map(|r| uint(r, "packs_uploaded")).sum();
+    let mut landed = false;
+    while !landed && !victim.has_exited() {
+        landed = to.raw.list("index/").len() as u64 > others;
+        thread::sleep(Duration::from_millis(20));
+    }
+    let killed = victim.kill();
     let victim_finished = killed.status.success();
-    eprintln!("replicate shard 0 finished before the kill: {victim_finished}");
+    eprintln!(
+        "replicate shard 0 finished before the kill: {victim_finished}; had landed a pack: {landed}"
+    );
     let mut finals = survivors.clone();
     if victim_finished {
         finals.insert(0, killed.json());
@@ -276,6 +289,11 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
         .ferry_with_index(&ctx.path("index"))
         .json(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(boolean(replica_shard(&rerun), "committed"), "{rerun}");
+    if landed && !victim_finished {
+        // The rerun resumed: what the killed shard landed is not copied again.
+        let owned = uint(replica_shard(&rerun), "chunks_owned");
+        assert!(uint(&rerun, "chunks_copied") < owned, "{rerun}");
+    }
     if !victim_finished {
         finals.insert(0, rerun.clone());
     }
