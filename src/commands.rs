@@ -10,7 +10,7 @@ use crate::chunker::ChunkerParams;
 use crate::ids::SnapshotId;
 use crate::index::Index;
 use crate::ops::push::PushReport;
-use crate::ops::replicate::ReplicateReport;
+use crate::ops::replicate::{ReplicaShard, ReplicateReport};
 use crate::ops::restore::{Destination, RestoreReport};
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::Source;
@@ -205,10 +205,21 @@ pub async fn replicate(
     to: &str,
     names: &[String],
 ) -> Result<ReplicateReport, OpError> {
+    replicate_with(ctx, from, to, names, None).await
+}
+
+/// [`replicate`] of one shard of a sharded replication.
+pub async fn replicate_with(
+    ctx: &Context,
+    from: &str,
+    to: &str,
+    names: &[String],
+    sharded: Option<&ReplicaShard>,
+) -> Result<ReplicateReport, OpError> {
     let from = open_repo(from).await?;
     let store = Store::open(&url(to)?, Access::Write)?;
     let (to, _) = Repository::open_or_init(store, || from.config().derived()).await?;
-    crate::ops::replicate::replicate(&from, &to, names, ctx.index()?, ctx.progress).await
+    crate::ops::replicate::replicate(&from, &to, names, ctx.index()?, ctx.progress, sharded).await
 }
 
 /// `ferry mirror`: opens the source, the destination and its native client.
@@ -327,7 +338,7 @@ pub async fn forget(
 
 pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
     format!(
-        "{}gc {}: {} live snapshots; {} snapshots deleted; of {} packs: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {:.1}s",
+        "{}gc {}: {} live snapshots; {} snapshots deleted; of {} packs: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {} committed sharded runs pruned; {:.1}s",
         if r.dry_run { "[dry run] " } else { "" },
         r.repo,
         r.snapshots_live,
@@ -340,6 +351,7 @@ pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
         r.packs_rewritten,
         r.chunks_rewritten,
         r.orphans_deleted,
+        r.runs_pruned,
         r.duration_secs
     )
 }
@@ -486,7 +498,7 @@ pub fn render_restore(r: &RestoreReport) -> String {
 }
 
 pub fn render_replicate(r: &ReplicateReport) -> String {
-    format!(
+    let mut s = format!(
         "replicated {} → {}: {} snapshots, {} chunks copied ({} read, {} uploaded in {} packs); {:.1}s",
         r.from,
         r.to,
@@ -496,7 +508,18 @@ pub fn render_replicate(r: &ReplicateReport) -> String {
         bytes(r.upload.bytes_uploaded),
         r.upload.packs_uploaded,
         r.duration_secs
-    )
+    );
+    if let Some(sh) = &r.shard {
+        if sh.committed {
+            s.push_str(&format!("; run {:?} committed", sh.run));
+        } else {
+            s.push_str(&format!(
+                "; shard {}/{} of run {:?} done, waiting for shards {:?}",
+                sh.shard.index, sh.shard.count, sh.run, sh.missing
+            ));
+        }
+    }
+    s
 }
 
 pub fn render_verify(r: &VerifyReport) -> String {

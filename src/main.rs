@@ -85,6 +85,13 @@ enum Command {
         /// Only this ref (default: all refs).
         #[arg(long)]
         name: Vec<String>,
+        /// Copy only the chunks of shard I of N (chunk ids hashed); the last shard to finish
+        /// writes the snapshots and moves the refs. Needs --run.
+        #[arg(long, value_name = "I/N", requires = "run")]
+        shard: Option<ferry::ops::shard::Shard>,
+        /// The id every shard of one sharded replication shares. Ignored without --shard.
+        #[arg(long, env = "FERRY_RUN")]
+        run: Option<String>,
     },
     /// List snapshots, for every ref or one.
     Snapshots { repo: String, name: Option<String> },
@@ -363,8 +370,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = commands::restore(&ctx, &repo, &snapshot, &dest).await?;
             emit(json, &r, commands::render_restore)?;
         }
-        Command::Replicate { from, to, name } => {
-            let r = commands::replicate(&ctx, &from, &to, &name).await?;
+        Command::Replicate {
+            from,
+            to,
+            name,
+            shard,
+            run,
+        } => {
+            let sharded = match (shard, run) {
+                (Some(shard), Some(run)) => {
+                    Some(ferry::ops::replicate::ReplicaShard { shard, run })
+                }
+                _ => None,
+            };
+            let r = commands::replicate_with(&ctx, &from, &to, &name, sharded.as_ref()).await?;
             emit(json, &r, commands::render_replicate)?;
         }
         Command::Snapshots { repo, name } => {

@@ -116,6 +116,7 @@ pub(super) fn job(
         (Some(src), None) => push_kind(p, key, job, src, env),
         (None, Some(from)) => {
             only_push(p, "ref", job.reference.is_some());
+            only_push(p, "merge", job.merge.is_some());
             only_push(p, "layout", job.layout.is_some());
             only_push(p, "settle", job.settle.is_some());
             only_push(p, "marker", job.marker.is_some());
@@ -179,6 +180,7 @@ fn mirror_kind(p: &mut Problems, key: &str, job: &RawJob, env: &Env) -> Option<J
     not_here(p, "from", job.from.is_some());
     not_here(p, "ref", job.reference.is_some());
     not_here(p, "refs", job.refs.is_some());
+    not_here(p, "merge", job.merge.is_some());
     if job.layout.as_deref().is_some_and(|l| l != "tree") {
         p.add(
             format!("{key}.layout"),
@@ -197,6 +199,7 @@ fn mirror_kind(p: &mut Problems, key: &str, job: &RawJob, env: &Env) -> Option<J
         layout: None,
         reference: None,
         refs: None,
+        merge: None,
         ..job.clone()
     };
     match push_kind(p, key, &plain, src, env)? {
@@ -308,6 +311,7 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
             marker,
             latest,
         },
+        merge: job.merge.unwrap_or(false),
     })
 }
 

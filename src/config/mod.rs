@@ -111,6 +111,9 @@ pub enum JobKind {
         reference: String,
         layout: Layout,
         complete: Completion,
+        /// Each push is laid over the ref's head (`PushMode::Merge`): writers pushing
+        /// different files into one ref (one sidecar per rank) keep each other's files.
+        merge: bool,
     },
     /// Source repository → target repositories; `refs` empty means every ref.
     Replicate { from: Target, refs: Vec<String> },

@@ -63,6 +63,8 @@ pub struct RawJob {
     pub targets: Vec<String>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
+    /// Push jobs: lay each push over the ref's head instead of replacing its tree.
+    pub merge: Option<bool>,
     /// Refs to replicate (replicate jobs; all when absent).
     pub refs: Option<Vec<String>>,
     pub layout: Option<String>,

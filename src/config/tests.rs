@@ -42,6 +42,7 @@ fn shipped_configs_load() {
         layout,
         complete,
         reference,
+        merge,
     } = &ckpt.kind
     else {
         panic!("checkpoints is a push job")
@@ -52,6 +53,7 @@ fn shipped_configs_load() {
     );
     assert_eq!(*layout, Layout::Steps);
     assert_eq!(reference, "demo-model");
+    assert!(!merge, "the local demo replaces the ref's tree");
     assert_eq!(complete.settle, Duration::from_secs(3));
     assert_eq!(ckpt.targets[0].label, "local-a");
     assert!(matches!(
@@ -294,6 +296,10 @@ fn mirror_jobs_parse_and_refuse_push_only_keys() {
     for (extra, needle) in [
         ("ref = \"x\"", "jobs[0].ref: does not apply to mirror jobs"),
         (
+            "merge = true",
+            "jobs[0].merge: does not apply to mirror jobs",
+        ),
+        (
             "layout = \"steps\"",
             "jobs[0].layout: mirror jobs mirror the whole source tree",
         ),
@@ -310,6 +316,48 @@ fn mirror_jobs_parse_and_refuse_push_only_keys() {
     let e = error(&MINIMAL.replace("watch = true", "watch = true\nkind = \"copy\""));
     assert!(
         e.contains("jobs[0].kind: \"copy\" is not a job kind"),
+        "{e}"
+    );
+}
+
+#[test]
+fn merge_is_a_push_job_option() {
+    let merging = |text: &str| match &load(text).unwrap().jobs[0].kind {
+        JobKind::Push { merge, .. } => *merge,
+        other => panic!("not a push job: {other:?}"),
+    };
+    assert!(!merging(MINIMAL));
+    assert!(merging(
+        &MINIMAL.replace("watch = true", "watch = true\nmerge = true")
+    ));
+    assert!(!merging(
+        &MINIMAL.replace("watch = true", "watch = true\nmerge = false")
+    ));
+    // A misspelling is refused at its line, not silently ignored (which would replace trees).
+    let e = error(&MINIMAL.replace("watch = true", "watch = true\nmerged = true"));
+    assert!(
+        e.starts_with("test.toml:8:1: jobs[0].merged: unknown field `merged`"),
+        "{e}"
+    );
+    let e = error(&MINIMAL.replace("watch = true", "watch = true\nmerge = \"yes\""));
+    assert!(
+        e.starts_with(
+            "test.toml:8:9: jobs[0].merge: invalid type: string \"yes\", expected a boolean"
+        ),
+        "{e}"
+    );
+    let replicate = r#"
+version = 1
+[[jobs]]
+name = "copy"
+from = "file:///a"
+targets = ["file:///b"]
+every = "5m"
+merge = true
+"#;
+    let e = error(replicate);
+    assert!(
+        e.contains("jobs[0].merge: applies to push jobs (with source = …) only: remove it"),
         "{e}"
     );
 }

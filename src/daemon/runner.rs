@@ -14,6 +14,7 @@ use super::state::{FailureInfo, Job, ProgressCounter, Retry, RunState, Running};
 use super::{Mode, Shared};
 use crate::config::{JobKind, Layout};
 use crate::index::{ItemRecord, ItemState};
+use crate::ops::shard::PushMode;
 use crate::ops::OpError;
 use crate::repo::RepoError;
 use crate::store::{StoreError, StoreUrl};
@@ -523,7 +524,12 @@ async fn push(
         .iter()
         .map(|t| job.target(*t).url.to_string())
         .collect();
-    let report = crate::commands::push(&shared.ctx, &src.to_string(), &urls, reference).await?;
+    let mode = match &job.config.kind {
+        JobKind::Push { merge: true, .. } => PushMode::Merge,
+        _ => PushMode::Replace,
+    };
+    let report =
+        crate::commands::push_with(&shared.ctx, &src.to_string(), &urls, reference, &mode).await?;
     // A checkpoint that changed while it was read is pushed again once it settles.
     let changed = match (src, before) {
         (StoreUrl::Local(path), Some(before)) => {

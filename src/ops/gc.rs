@@ -46,6 +46,10 @@ pub struct GcReport {
     pub packs_deleted: u64,
     pub packs_rewritten: u64,
     pub orphans_deleted: u64,
+    /// Committed sharded runs (pushes and replications) whose pointers and marker were
+    /// deleted: committed longer ago than the grace period.
+    pub runs_pruned: u64,
+    pub run_objects_deleted: u64,
     pub bytes_deleted: u64,
     pub chunks_rewritten: u64,
     pub rewrite: UploadStats,
@@ -180,6 +184,19 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     report.bytes_deleted = to_delete.iter().map(|(_, size)| size).sum();
     report.packs_rewritten = to_rewrite.len() as u64;
     report.orphans_deleted = orphans.len() as u64;
+    // A committed run's pointers are never read again; wait out the grace period anyway, so
+    // that a shard still finishing sees the marker rather than a half-pruned run.
+    let finished_runs: Vec<_> = repo
+        .committed_runs()
+        .await?
+        .into_iter()
+        .filter(|r| old(r.committed))
+        .collect();
+    report.runs_pruned = finished_runs.len() as u64;
+    report.run_objects_deleted = finished_runs
+        .iter()
+        .map(|r| r.objects.len() as u64 + 1)
+        .sum();
     if opts.dry_run {
         report.chunks_rewritten = to_rewrite
             .iter()
@@ -232,6 +249,9 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     }
     for id in &doomed_snapshots {
         repo.delete_snapshot(id).await?;
+    }
+    for run in &finished_runs {
+        repo.delete_run(run).await?;
     }
     index.flush()?;
     report.duration_secs = started.elapsed().as_secs_f64();

@@ -1,5 +1,10 @@
 //! Replicate: repository → repository. Copies snapshots, ref entries and only the chunks the
 //! target lacks, as stored frames (verified on the way, never recompressed).
+//!
+//! A sharded replication (`--shard I/N --run ID`) splits the chunks by id: every shard adopts
+//! the run's plan (written once to the target), copies the chunks it owns, records that it is
+//! done, and whoever sees every shard done writes the snapshots and moves the refs, each entry
+//! exactly once (`Repository::advance_ref_once`).
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -10,11 +15,34 @@ use serde::Serialize;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::Index;
 use crate::ops::fetch::{fetch, locate, plan, Want};
+use crate::ops::shard::Shard;
 use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
 use crate::progress::Progress;
+use crate::repo::partial::check_run_id;
+use crate::repo::replicas::{PlannedRef, ReplicaPlan, ReplicaPointer};
 use crate::repo::{Repository, Snapshot};
+
+/// One shard of a sharded replication: copies the chunks `shard` owns for run `run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaShard {
+    pub shard: Shard,
+    pub run: String,
+}
+
+/// What one shard of a sharded replication found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaShardReport {
+    pub run: String,
+    pub shard: Shard,
+    /// Distinct chunks of the planned snapshots this shard owns, copied now or already there.
+    pub chunks_owned: u64,
+    /// Shards of the run that have not finished yet.
+    pub missing: Vec<u32>,
+    /// True once the run is committed (by this process or another).
+    pub committed: bool,
+}
 
 /// What a replication copied.
 #[derive(Debug, Serialize)]
@@ -27,16 +55,22 @@ pub struct ReplicateReport {
     pub bytes_downloaded: u64,
     #[serde(flatten)]
     pub upload: UploadStats,
+    /// Ref log entries this process appended in the target.
+    pub refs_advanced: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ReplicaShardReport>,
     pub duration_secs: f64,
 }
 
-/// Copies the refs `names` (all refs when empty) from `from` to `to`.
+/// Copies the refs `names` (all refs when empty) from `from` to `to`; with `sharded`, only
+/// the chunks that shard owns, committing the run when every shard is done.
 pub async fn replicate(
     from: &Repository,
     to: &Repository,
     names: &[String],
     index: &Index,
     progress: bool,
+    sharded: Option<&ReplicaShard>,
 ) -> Result<ReplicateReport, OpError> {
     let started = Instant::now();
     if from.config().chunker != to.config().chunker {
@@ -45,50 +79,30 @@ pub async fn replicate(
             b: to.url(),
         });
     }
+    if let Some(s) = sharded {
+        check_run_id(&s.run)?;
+    }
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
     sync_index(from, &from_index).await?;
     let to_presence = sync_index(to, &to_index).await?;
 
-    let names = if names.is_empty() {
-        from.ref_names().await?
-    } else {
-        names.to_vec()
+    let plans = match sharded {
+        None => plan_refs(from, to, names).await?,
+        Some(s) => adopt_plan(from, to, names, s).await?,
     };
     let present: HashSet<SnapshotId> = to.list_snapshots().await?.into_iter().collect();
-    // Per ref: the source log entries the target's log lacks, oldest first.
-    let mut plans = Vec::new();
     let mut wanted: Vec<SnapshotId> = Vec::new();
-    for name in &names {
-        let log = from.ref_log(name).await?;
-        if log.is_empty() {
-            return Err(crate::repo::RepoError::NoSuchSnapshot {
-                spec: name.clone(),
-                url: from.url(),
-            }
-            .into());
+    for s in plans.iter().flat_map(|p| &p.snapshots) {
+        if !present.contains(s) && !wanted.contains(s) {
+            wanted.push(*s);
         }
-        let have: HashSet<SnapshotId> = to
-            .ref_log(name)
-            .await?
-            .into_iter()
-            .map(|e| e.snapshot)
-            .collect();
-        let missing: Vec<SnapshotId> = log
-            .iter()
-            .map(|e| e.snapshot)
-            .filter(|s| !have.contains(s))
-            .collect();
-        for s in &missing {
-            if !present.contains(s) && !wanted.contains(s) {
-                wanted.push(*s);
-            }
-        }
-        plans.push((name.clone(), missing));
     }
 
+    let owns = |c: &ChunkId| sharded.is_none_or(|s| s.shard.owns_chunk(c));
     let mut uploader = PackUploader::new(to.clone(), to_index.clone(), 2);
     let mut sent: HashSet<ChunkId> = HashSet::new();
+    let mut owned: HashSet<ChunkId> = HashSet::new();
     let mut bytes_downloaded = 0;
     let mut chunks_copied = 0;
     let mut snapshots = Vec::new();
@@ -101,7 +115,8 @@ pub async fn replicate(
         })?;
         let mut need = Vec::new();
         referenced.extend(snap.chunks().map(|c| c.0));
-        for c in snap.chunks() {
+        for c in snap.chunks().filter(|c| owns(&c.0)) {
+            owned.insert(c.0);
             if !sent.contains(&c.0) && !to_presence.has(&c.0)? {
                 sent.insert(c.0);
                 need.push(c.0);
@@ -129,26 +144,161 @@ pub async fn replicate(
     }
     // Packs first, then snapshots, then refs.
     let upload = uploader.finish().await?;
+    let mut report = ReplicateReport {
+        from: from.url(),
+        to: to.url(),
+        refs: plans.iter().map(|p| p.name.clone()).collect(),
+        snapshots_copied: 0,
+        chunks_copied,
+        bytes_downloaded,
+        upload,
+        refs_advanced: 0,
+        shard: None,
+        duration_secs: 0.0,
+    };
+    if let Some(s) = sharded {
+        to.write_replica_pointer(&ReplicaPointer {
+            run: s.run.clone(),
+            shard: s.shard.index,
+            of: s.shard.count,
+        })
+        .await?;
+        let done = to.list_replica_pointers(&s.run).await?;
+        let missing: Vec<u32> = (0..s.shard.count)
+            .filter(|i| !done.iter().any(|p| p.shard == *i && p.of == s.shard.count))
+            .collect();
+        report.shard = Some(ReplicaShardReport {
+            run: s.run.clone(),
+            shard: s.shard,
+            chunks_owned: owned.len() as u64,
+            missing: missing.clone(),
+            committed: false,
+        });
+        if !missing.is_empty() {
+            report.duration_secs = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        // Every shard is done: the target must now hold every chunk the snapshots need.
+        let presence = sync_index(to, &to_index).await?;
+        for c in &referenced {
+            if !presence.has(c)? {
+                let owner = (0..s.shard.count)
+                    .find(|i| {
+                        Shard {
+                            index: *i,
+                            count: s.shard.count,
+                        }
+                        .owns_chunk(c)
+                    })
+                    .unwrap_or(0);
+                return Err(OpError::Invalid(format!(
+                    "chunk {c} is missing from {} although every shard of run {:?} reported done: rerun shard {owner}/{} with --run {}",
+                    to.url(),
+                    s.run,
+                    s.shard.count,
+                    s.run
+                )));
+            }
+        }
+    }
     check_not_marked(to, &to_index, referenced).await?;
     for (id, bytes) in &snapshots {
         let written = to.write_snapshot_bytes(bytes.clone()).await?;
         debug_assert_eq!(written, *id);
     }
-    for (name, missing) in &plans {
-        for s in missing {
-            to.advance_ref(name, *s).await?;
+    report.snapshots_copied = snapshots.len() as u64;
+    if let Some(s) = sharded {
+        to.commit_replica_once(&s.run).await?;
+    }
+    for p in &plans {
+        for s in &p.snapshots {
+            if to.advance_ref_once(&p.name, *s).await?.is_some() {
+                report.refs_advanced += 1;
+            }
             index.mark_replicated(from.id(), to.id(), s)?;
         }
     }
     index.flush()?;
-    Ok(ReplicateReport {
-        from: from.url(),
-        to: to.url(),
-        refs: names,
-        snapshots_copied: snapshots.len() as u64,
-        chunks_copied,
-        bytes_downloaded,
-        upload,
-        duration_secs: started.elapsed().as_secs_f64(),
-    })
+    if let Some(r) = &mut report.shard {
+        r.committed = true;
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Per ref: the source log's snapshots the target's log lacks, oldest first.
+async fn plan_refs(
+    from: &Repository,
+    to: &Repository,
+    names: &[String],
+) -> Result<Vec<PlannedRef>, OpError> {
+    let names = if names.is_empty() {
+        from.ref_names().await?
+    } else {
+        names.to_vec()
+    };
+    let mut plans = Vec::new();
+    for name in names {
+        let log = from.ref_log(&name).await?;
+        if log.is_empty() {
+            return Err(crate::repo::RepoError::NoSuchSnapshot {
+                spec: name.clone(),
+                url: from.url(),
+            }
+            .into());
+        }
+        let have: HashSet<SnapshotId> = to
+            .ref_log(&name)
+            .await?
+            .into_iter()
+            .map(|e| e.snapshot)
+            .collect();
+        let snapshots = log
+            .iter()
+            .map(|e| e.snapshot)
+            .filter(|s| !have.contains(s))
+            .collect();
+        plans.push(PlannedRef { name, snapshots });
+    }
+    Ok(plans)
+}
+
+/// The run's plan: the one in the target if a shard wrote it, else ours, written once.
+async fn adopt_plan(
+    from: &Repository,
+    to: &Repository,
+    names: &[String],
+    s: &ReplicaShard,
+) -> Result<Vec<PlannedRef>, OpError> {
+    let plan = match to.read_replica_plan(&s.run).await? {
+        Some(p) => p,
+        None => {
+            let refs = plan_refs(from, to, names).await?;
+            to.plan_replica_once(&ReplicaPlan {
+                run: s.run.clone(),
+                of: s.shard.count,
+                from: from.id().to_string(),
+                refs,
+            })
+            .await?
+        }
+    };
+    if plan.of != s.shard.count {
+        return Err(OpError::Invalid(format!(
+            "run {:?} in {} was planned with {} shards, not {}: give every shard of a run the same N, or start a new run id",
+            s.run,
+            to.url(),
+            plan.of,
+            s.shard.count
+        )));
+    }
+    if plan.from != from.id() {
+        return Err(OpError::Invalid(format!(
+            "run {:?} in {} replicates another source repository than {}: give each replication its own run id",
+            s.run,
+            to.url(),
+            from.url()
+        )));
+    }
+    Ok(plan.refs)
 }

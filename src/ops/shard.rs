@@ -13,7 +13,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::ids::SnapshotId;
+use crate::ids::{ChunkId, SnapshotId};
 use crate::ops::source::SourceEntry;
 use crate::ops::OpError;
 use crate::repo::partial::{check_run_id, CommitMarker, PartialEntry};
@@ -54,6 +54,15 @@ impl Shard {
         let h = blake3::hash(rel.as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(&h.as_bytes()[..8]);
+        u64::from_le_bytes(first) % self.count as u64 == self.index as u64
+    }
+
+    /// True when this shard copies the chunk in a sharded replication: the chunk id's first
+    /// 8 bytes, little-endian, are `index` modulo `count` (ids are uniform, so bytes split
+    /// evenly whatever the files' sizes).
+    pub fn owns_chunk(&self, id: &ChunkId) -> bool {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&id.0[..8]);
         u64::from_le_bytes(first) % self.count as u64 == self.index as u64
     }
 }
@@ -247,10 +256,7 @@ pub async fn commit(repo: &Repository, name: &str, run: &str) -> Result<ShardRep
     };
     // The marker is durable; the ref may not have moved yet (a crash in between), so move it
     // unless its log already holds the run's snapshot.
-    let log = repo.ref_log(name).await?;
-    if !log.iter().any(|e| e.snapshot == marker.snapshot) {
-        repo.advance_ref(name, marker.snapshot).await?;
-    }
+    repo.advance_ref_once(name, marker.snapshot).await?;
     report.committed = Some(marker.snapshot);
     Ok(report)
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod pack;
 pub mod partial;
+pub mod replicas;
 pub mod snapshot;
 
 use bytes::Bytes;
@@ -175,8 +176,24 @@ impl Repository {
                 false,
             ));
         }
-        let repo = Self::init(store, config()).await?;
-        Ok((repo, true))
+        match Self::init(store.clone(), config()).await {
+            Ok(repo) => Ok((repo, true)),
+            // Another process initialized it between our read and our init (shards of one
+            // run starting at once): use theirs.
+            Err(e @ (RepoError::Exists { .. } | RepoError::Occupied { .. })) => {
+                match Self::read_config(&store).await? {
+                    Some(existing) => Ok((
+                        Self {
+                            store,
+                            config: existing,
+                        },
+                        false,
+                    )),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_config(store: &Store) -> Result<Option<RepoConfig>, RepoError> {

@@ -31,6 +31,16 @@ pub struct CommitMarker {
     pub snapshot: SnapshotId,
 }
 
+/// A committed sharded run's objects: pointers (and a replication's plan), and the marker.
+#[derive(Debug, Clone)]
+pub struct CommittedRun {
+    pub marker: Path,
+    /// When the run's commit marker was written.
+    pub committed: std::time::SystemTime,
+    /// Everything else under the run's folder.
+    pub objects: Vec<Path>,
+}
+
 /// Checks a run id: the same alphabet as ref names.
 pub fn check_run_id(run: &str) -> Result<(), RepoError> {
     check_ref_name(run).map_err(|_| RepoError::BadRunId { run: run.into() })
@@ -114,6 +124,49 @@ impl Repository {
             out.push(p.snapshot);
         }
         Ok(out)
+    }
+
+    /// Every committed sharded run (sharded pushes under `partials/`, sharded replications
+    /// under `replicas/`): its commit marker's time and the run's other objects.
+    pub async fn committed_runs(&self) -> Result<Vec<CommittedRun>, RepoError> {
+        let mut runs: std::collections::BTreeMap<Vec<String>, CommittedRun> = Default::default();
+        let mut others: Vec<(Vec<String>, Path)> = Vec::new();
+        for (prefix, depth) in [("partials", 4), ("replicas", 3)] {
+            for m in self.store.list(Some(&Path::from(prefix))).await? {
+                let parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                if parts.len() != depth {
+                    continue; // not ours: left alone
+                }
+                let dir = parts[..depth - 1].to_vec();
+                if parts[depth - 1] == "commit" {
+                    runs.insert(
+                        dir,
+                        CommittedRun {
+                            marker: m.location,
+                            committed: m.last_modified.into(),
+                            objects: Vec::new(),
+                        },
+                    );
+                } else {
+                    others.push((dir, m.location));
+                }
+            }
+        }
+        for (dir, path) in others {
+            if let Some(run) = runs.get_mut(&dir) {
+                run.objects.push(path);
+            }
+        }
+        Ok(runs.into_values().collect())
+    }
+
+    /// Deletes a committed run's objects, its commit marker last.
+    pub async fn delete_run(&self, run: &CommittedRun) -> Result<(), RepoError> {
+        for path in run.objects.iter().chain([&run.marker]) {
+            self.store.delete(path).await?;
+        }
+        Ok(())
     }
 
     /// The run's commit marker, if some shard committed it.
