@@ -261,7 +261,7 @@ pub fn render_mirror(r: &crate::mirror::MirrorReport) -> String {
     for a in &r.actions {
         let verb = match a.action {
             Action::Create => "create",
-            Action::Delta => "update",
+            Action::Update => "update",
             Action::Replace => "replace",
             Action::Adopt => "adopt",
             Action::Delete => "delete",

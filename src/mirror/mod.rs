@@ -65,7 +65,7 @@ pub enum Action {
     /// New at the destination: uploaded whole.
     Create,
     /// Changed: only the changed parts were sent.
-    Delta,
+    Update,
     /// Changed, but nothing usable of the old object was known (or it changed behind
     /// ferry's back): uploaded whole.
     Replace,
@@ -228,7 +228,7 @@ pub async fn mirror(
     for a in &actions {
         match a.action {
             Action::Create => report.created += 1,
-            Action::Delta => report.updated += 1,
+            Action::Update => report.updated += 1,
             Action::Replace => report.replaced += 1,
             Action::Adopt => report.adopted += 1,
             Action::Delete => report.deleted += 1,
@@ -366,7 +366,7 @@ impl FileCtx {
                 Action::Replace,
                 Some("the destination object changed since ferry wrote it".to_string()),
             ),
-            (Some(_), Some(_)) => (Action::Delta, None),
+            (Some(_), Some(_)) => (Action::Update, None),
         };
 
         let Some(native) = native else {
@@ -376,7 +376,7 @@ impl FileCtx {
                 self.cache.put(&f.rel, &record(etag))?;
             }
             self.bar.inc(f.size);
-            let action = if action == Action::Delta {
+            let action = if action == Action::Update {
                 Action::Replace
             } else {
                 action
@@ -395,7 +395,7 @@ impl FileCtx {
         let committed: HashSet<native::BlockId>;
         let base_etag;
         let base = match (&action, &probe, &rec) {
-            (Action::Delta, Some(p), Some(r)) if p.etag == r.dest_etag => {
+            (Action::Update, Some(p), Some(r)) if p.etag == r.dest_etag => {
                 base_etag = Some(p.etag.clone());
                 if limits.keep_by_block_id {
                     committed = p.blocks.iter().filter_map(|(id, _)| *id).collect();
@@ -425,17 +425,17 @@ impl FileCtx {
             }
         };
         let (action, note) = match (action, &base) {
-            (Action::Delta, Base::None) => (
+            (Action::Update, Base::None) => (
                 Action::Replace,
                 Some("the destination object changed since ferry wrote it".to_string()),
             ),
-            (Action::Replace, Base::Blocks(_)) => (Action::Delta, None),
+            (Action::Replace, Base::Blocks(_)) => (Action::Update, None),
             (action, _) => (action, note),
         };
         let mut planned = plan::plan(&cut.chunks, base, &limits);
         let mut action = action;
         let mut note = note;
-        if planned.kept == 0 && action == Action::Delta {
+        if planned.kept == 0 && action == Action::Update {
             action = Action::Replace;
             note = Some("no part of the previous object could be reused".into());
         }
