@@ -403,7 +403,7 @@ async fn an_impossible_plan_is_refused_before_any_request() {
         .expect_err("too many blocks");
     let text = err.to_string();
     assert!(
-        text.contains("/big.bin: 50001 parts, but a blob holds at most 50000 blocks"),
+        text.contains("/big.bin: 50001 parts, but one object holds at most 50000"),
         "{text}"
     );
     assert_eq!(source.reads.load(Ordering::SeqCst), 0);

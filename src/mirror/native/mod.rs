@@ -84,7 +84,7 @@ pub enum Part {
 impl Part {
     pub fn len(&self) -> u64 {
         match self {
-            Part::Keep { old: r, .. } | Part::Send { new: r, .. } => r.end - r.start,
+            Part::Keep { old: r, .. } | Part::Send { new: r, .. } => r.end.saturating_sub(r.start),
         }
     }
 
@@ -107,6 +107,67 @@ pub struct WriteRequest<'a> {
     pub base_etag: Option<&'a str>,
     /// Whole-file BLAKE3 (hex), stored as object metadata.
     pub blake3: &'a str,
+}
+
+impl WriteRequest<'_> {
+    /// Checks the request against a store's limits before any call: part counts and sizes,
+    /// keeps pinned to a base etag, sizes adding up, a hex BLAKE3. The message is one line
+    /// naming the offending part (1-based).
+    pub fn check(&self, limits: &Limits) -> Result<(), String> {
+        let count = self.parts.len();
+        if count > limits.max_parts {
+            return Err(format!(
+                "{count} parts, but one object holds at most {}",
+                limits.max_parts
+            ));
+        }
+        let mut total: u64 = 0;
+        for (i, part) in self.parts.iter().enumerate() {
+            let (Part::Keep { old: range, .. } | Part::Send { new: range, .. }) = part;
+            let n = i + 1;
+            if range.start >= range.end {
+                return Err(format!(
+                    "part {n} of {count} has an empty or reversed range {}..{}",
+                    range.start, range.end
+                ));
+            }
+            let len = range.end - range.start;
+            if len > limits.max_part {
+                return Err(format!(
+                    "part {n} of {count} is {len} bytes, more than the {} bytes a part can hold",
+                    limits.max_part
+                ));
+            }
+            if n < count && len < limits.min_part {
+                return Err(format!(
+                    "part {n} of {count} is {len} bytes; every part but the last needs at least {} bytes",
+                    limits.min_part
+                ));
+            }
+            if matches!(part, Part::Keep { .. }) && self.base_etag.is_none() {
+                return Err(format!(
+                    "part {n} of {count} keeps bytes of the current object, but the plan has no base etag to pin them"
+                ));
+            }
+            total = total.saturating_add(len);
+        }
+        if total != self.size {
+            return Err(format!(
+                "the parts add up to {total} bytes, but the object is {} bytes",
+                self.size
+            ));
+        }
+        if self.blake3.is_empty() || !self.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the BLAKE3 metadata must be a non-empty hex string".into());
+        }
+        if self
+            .base_etag
+            .is_some_and(|e| e.is_empty() || e.contains(['"', '\r', '\n']))
+        {
+            return Err("the base etag must be non-empty, without quotes or line breaks".into());
+        }
+        Ok(())
+    }
 }
 
 /// Reads byte ranges of the source file being mirrored.

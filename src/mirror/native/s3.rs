@@ -419,10 +419,11 @@ impl DeltaStore for S3Delta {
         observer: &dyn WriteObserver,
     ) -> Result<String, NativeError> {
         let key = self.full_key(req.key);
-        validate(req, &Limits::S3).map_err(|problem| NativeError::Request {
-            url: self.url(&key),
-            message: format!("refusing the write plan: {problem}"),
-        })?;
+        req.check(&Limits::S3)
+            .map_err(|problem| NativeError::Request {
+                url: self.url(&key),
+                message: format!("refusing the write plan: {problem}"),
+            })?;
         match req.parts {
             [] => return self.put(&key, req, Bytes::new(), observer).await,
             [Part::Send { new, .. }] => {
@@ -485,64 +486,6 @@ impl DeltaStore for S3Delta {
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), NativeError> {
         self.abort_upload(&self.full_key(key), upload_id).await
     }
-}
-
-/// Checks a write plan against a store's limits, before any request. Never panics, whatever
-/// the plan.
-fn validate(req: &WriteRequest<'_>, limits: &Limits) -> Result<(), String> {
-    let count = req.parts.len();
-    if count > limits.max_parts {
-        return Err(format!(
-            "{count} parts, more than the {} one object can have",
-            limits.max_parts
-        ));
-    }
-    let mut total: u64 = 0;
-    for (i, part) in req.parts.iter().enumerate() {
-        let (Part::Keep { old: range, .. } | Part::Send { new: range, .. }) = part;
-        let n = i + 1;
-        if range.start >= range.end {
-            return Err(format!(
-                "part {n} of {count} has an empty or reversed range {}..{}",
-                range.start, range.end
-            ));
-        }
-        let len = range.end - range.start;
-        if len > limits.max_part {
-            return Err(format!(
-                "part {n} of {count} is {len} bytes, more than the {} bytes a part can hold",
-                limits.max_part
-            ));
-        }
-        if n < count && len < limits.min_part {
-            return Err(format!(
-                "part {n} of {count} is {len} bytes; every part but the last needs at least {} bytes",
-                limits.min_part
-            ));
-        }
-        if matches!(part, Part::Keep { .. }) && req.base_etag.is_none() {
-            return Err(format!(
-                "part {n} of {count} keeps bytes of the current object, but the plan has no base etag to pin them"
-            ));
-        }
-        total = total.saturating_add(len);
-    }
-    if total != req.size {
-        return Err(format!(
-            "the parts add up to {total} bytes, but the object is {} bytes",
-            req.size
-        ));
-    }
-    if req.blake3.is_empty() || !req.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("the BLAKE3 metadata must be a non-empty hex string".into());
-    }
-    if req
-        .base_etag
-        .is_some_and(|e| e.is_empty() || e.contains(['"', '\r', '\n']))
-    {
-        return Err("the base etag must be non-empty, without quotes or line breaks".into());
-    }
-    Ok(())
 }
 
 /// object_store's credential provider, as the SDK's. object_store caches and refreshes the
@@ -755,7 +698,7 @@ mod tests {
             base_etag: base,
             blake3: HASH,
         };
-        validate(&req, &Limits::S3)
+        req.check(&Limits::S3)
     }
 
     #[test]
@@ -818,7 +761,7 @@ mod tests {
             base_etag: None,
             blake3: HASH,
         };
-        let err = validate(&req, &Limits::S3).unwrap_err();
+        let err = req.check(&Limits::S3).unwrap_err();
         assert!(err.contains("add up to 10 bytes"), "{err}");
     }
 
@@ -832,10 +775,10 @@ mod tests {
             base_etag: None,
             blake3: "not hex\n",
         };
-        assert!(validate(&req, &Limits::S3).is_err());
+        assert!(req.check(&Limits::S3).is_err());
         req.blake3 = HASH;
         req.base_etag = Some("\"quoted\"");
-        assert!(validate(&req, &Limits::S3).is_err());
+        assert!(req.check(&Limits::S3).is_err());
     }
 
     #[test]

@@ -158,27 +158,28 @@ fn validation_refuses_plans_azure_cannot_take() {
     };
 
     let many: Vec<Part> = (0..50_001u64).map(|i| send(0, i..i + 1)).collect();
-    assert!(refuse(&request(&many, None))
-        .contains("50001 parts, but a blob holds at most 50000 blocks"));
+    assert!(
+        refuse(&request(&many, None)).contains("50001 parts, but one object holds at most 50000")
+    );
     let at_limit = &many[..50_000];
     validate(&request(at_limit, None), &Limits::AZURE, url).expect("50,000 blocks fit");
 
     let big = [send(1, 0..(4000 << 20) + 1)];
-    assert!(refuse(&request(&big, None)).contains("sent part 0 is 4194304001 bytes"));
+    assert!(refuse(&request(&big, None)).contains("part 1 of 1 is 4194304001 bytes"));
     let max = [send(1, 0..4000 << 20)];
     validate(&request(&max, None), &Limits::AZURE, url).expect("4000 MiB fits");
 
     let unpinned = [send(1, 0..5), keep(2, 0..5)];
     assert!(refuse(&request(&unpinned, None))
-        .contains("part 1 keeps a block but the write names no base etag"));
+        .contains("part 2 of 2 keeps bytes of the current object, but the plan has no base etag"));
 
     let empty = [send(1, 5..5)];
-    assert!(refuse(&request(&empty, None)).contains("sent part 0 is empty"));
+    assert!(refuse(&request(&empty, None)).contains("part 1 of 1 has an empty or reversed range"));
 
     let parts = [send(1, 0..5)];
     let mut wrong_size = request(&parts, None);
     wrong_size.size = 6;
-    assert!(refuse(&wrong_size).contains("add up to 5 bytes, but the write says 6"));
+    assert!(refuse(&wrong_size).contains("add up to 5 bytes, but the object is 6 bytes"));
 
     let mut bad_hash = request(&parts, None);
     bad_hash.blake3 = "ab\ncd";

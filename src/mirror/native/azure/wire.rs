@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::HeaderName;
 
 use super::first_line;
 use crate::mirror::native::{BlockId, Limits, NativeError, Part, WriteRequest};
@@ -21,50 +21,7 @@ pub(super) fn validate(
     if req.key.trim_matches('/').is_empty() {
         return Err(fail("the blob name is empty".into()));
     }
-    if req.parts.len() > limits.max_parts {
-        return Err(fail(format!(
-            "{} parts, but a blob holds at most {} blocks",
-            req.parts.len(),
-            limits.max_parts
-        )));
-    }
-    let mut total = 0u64;
-    for (i, part) in req.parts.iter().enumerate() {
-        let (range, kind) = match part {
-            Part::Keep { old, .. } => (old, "kept"),
-            Part::Send { new, .. } => (new, "sent"),
-        };
-        if range.end <= range.start {
-            return Err(fail(format!(
-                "{kind} part {i} is empty ({}..{}); blocks hold at least one byte",
-                range.start, range.end
-            )));
-        }
-        if part.len() > limits.max_part {
-            return Err(fail(format!(
-                "{kind} part {i} is {} bytes, but a block holds at most {} bytes",
-                part.len(),
-                limits.max_part
-            )));
-        }
-        if matches!(part, Part::Keep { .. }) && req.base_etag.is_none() {
-            return Err(fail(format!(
-                "part {i} keeps a block but the write names no base etag to pin it to"
-            )));
-        }
-        total += part.len();
-    }
-    if total != req.size {
-        return Err(fail(format!(
-            "the parts add up to {total} bytes, but the write says {}",
-            req.size
-        )));
-    }
-    if HeaderValue::from_str(req.blake3).is_err() || req.blake3.is_empty() {
-        return Err(fail(
-            "the BLAKE3 metadata is empty or not printable ASCII".into(),
-        ));
-    }
+    req.check(limits).map_err(fail)?;
     Ok(())
 }
 
