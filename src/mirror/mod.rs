@@ -177,6 +177,7 @@ pub async fn mirror(
     let total: u64 = work.iter().map(|(f, _, _)| f.size).sum();
     let bar = Progress::bytes(progress, "mirror", total);
     let ctx = Arc::new(FileCtx {
+        buffers: Default::default(),
         source: source.clone(),
         dest: dest.clone(),
         native,
@@ -275,6 +276,9 @@ fn unchanged(f: &SourceFile, rec: Option<&MirrorRecord>, remote: Option<&(u64, S
 }
 
 struct FileCtx {
+    /// Chunker buffers (four max-size windows each), reused across files: allocating and
+    /// zeroing one per file would cost more than mirroring a small file.
+    buffers: std::sync::Mutex<Vec<Vec<u8>>>,
     source: Source,
     dest: Store,
     native: Option<Arc<dyn DeltaStore>>,
@@ -524,59 +528,82 @@ impl FileCtx {
         let source = self.source.clone();
         let file = f.clone();
         let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let reader = source.reader(&file, &rt)?;
-            // Large files: the whole-file hash runs on a second thread, beside chunking.
-            let mut inline = blake3::Hasher::new();
-            let threaded = (file.size > PARALLEL_HASH_FROM).then(FileHasher::spawn);
-            let mut chunks = Vec::new();
-            let mut buffer = Vec::new();
-            let describe = |e| OpError::io(source.describe(&file.rel), e);
-            cut_file(
-                reader,
-                &file.rel,
-                file.size,
-                ChunkerParams::default(),
-                &mut buffer,
-                |data, _| {
-                    match &threaded {
-                        Some(h) => h.update(data.into())?,
-                        None => {
-                            inline.update(data);
-                        }
-                    }
-                    chunks.push(Chunk {
-                        hash: *blake3::hash(data).as_bytes(),
-                        len: data.len() as u64,
-                    });
-                    Ok(())
-                },
-            )
-            .map_err(describe)?;
-            let blake3 = match &threaded {
-                Some(h) => h.finish().map_err(describe)?.0,
-                None => *inline.finalize().as_bytes(),
-            };
-            let size = chunks.iter().map(|c| c.len).sum();
-            if size != file.size {
-                return Err(OpError::Source {
-                    path: source.describe(&file.rel),
-                    problem: format!(
-                        "it changed while being read ({} bytes listed, {size} read): rerun the mirror",
-                        file.size
-                    ),
-                });
-            }
-            Ok(Cut {
-                chunks,
-                blake3,
-                size,
-            })
+        let mut buffer = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let (cut, buffer) = tokio::task::spawn_blocking(move || {
+            let cut = cut_blocking(&source, &file, &rt, &mut buffer);
+            (cut, buffer)
         })
         .await
-        .map_err(OpError::join)?
+        .map_err(OpError::join)?;
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buffer);
+        cut
     }
+}
 
+/// [`FileCtx::cut`] on a blocking thread.
+fn cut_blocking(
+    source: &Source,
+    file: &SourceFile,
+    rt: &tokio::runtime::Handle,
+    buffer: &mut Vec<u8>,
+) -> Result<Cut, OpError> {
+    let reader = source.reader(file, rt)?;
+    // Large files: the whole-file hash runs on a second thread, beside chunking.
+    let mut inline = blake3::Hasher::new();
+    let threaded = (file.size > PARALLEL_HASH_FROM).then(FileHasher::spawn);
+    let mut chunks = Vec::new();
+    let describe = |e| OpError::io(source.describe(&file.rel), e);
+    cut_file(
+        reader,
+        &file.rel,
+        file.size,
+        ChunkerParams::default(),
+        buffer,
+        |data, _| {
+            match &threaded {
+                Some(h) => h.update(data.into())?,
+                None => {
+                    inline.update(data);
+                }
+            }
+            chunks.push(Chunk {
+                hash: *blake3::hash(data).as_bytes(),
+                len: data.len() as u64,
+            });
+            Ok(())
+        },
+    )
+    .map_err(describe)?;
+    let blake3 = match &threaded {
+        Some(h) => h.finish().map_err(describe)?.0,
+        None => *inline.finalize().as_bytes(),
+    };
+    let size = chunks.iter().map(|c| c.len).sum();
+    if size != file.size {
+        return Err(OpError::Source {
+            path: source.describe(&file.rel),
+            problem: format!(
+                "it changed while being read ({} bytes listed, {size} read): rerun the mirror",
+                file.size
+            ),
+        });
+    }
+    Ok(Cut {
+        chunks,
+        blake3,
+        size,
+    })
+}
+
+impl FileCtx {
     /// Local sources are re-checked after the write: a file modified while it was being
     /// mirrored is not recorded (the next run sends it again) and fails this run.
     async fn check_source_unchanged(&self, f: &SourceFile) -> Result<(), OpError> {
