@@ -247,6 +247,14 @@ pub async fn mirror(
     Ok(report)
 }
 
+/// How old an unfinished upload of a key must be to count as abandoned.
+fn stale_uploads_after() -> std::time::Duration {
+    std::env::var("FERRY_MIRROR_STALE_UPLOADS")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(std::time::Duration::from_secs(3600))
+}
+
 /// A destination inside its source (or the reverse) would mirror its own output.
 pub fn check_no_overlap(source: &str, dest: &str) -> Result<(), OpError> {
     let inside =
@@ -454,10 +462,7 @@ impl FileCtx {
             }));
         }
 
-        if let Some(upload) = self.cache.unfinished_upload(&f.rel)? {
-            native.abort(&f.rel, &upload).await.map_err(native_err)?;
-            self.cache.upload_finished(&f.rel)?;
-        }
+        self.abort_unfinished(&*native, &f.rel).await?;
         let reader = self.part_source(&f)?;
         let observer = Observed {
             cache: &self.cache,
@@ -500,6 +505,33 @@ impl FileCtx {
             sent,
             note,
         }))
+    }
+
+    /// Aborts what interrupted runs left of `rel`'s uploads: the one the index recorded, and
+    /// any other older than `FERRY_MIRROR_STALE_UPLOADS` (default 1h), which catches an
+    /// upload killed before its id was recorded without touching a concurrent writer's.
+    async fn abort_unfinished(&self, native: &dyn DeltaStore, rel: &str) -> Result<(), OpError> {
+        let recorded = self.cache.unfinished_upload(rel)?;
+        let stale_before = std::time::SystemTime::now() - stale_uploads_after();
+        let mut ids: Vec<String> = native
+            .unfinished_uploads(rel)
+            .await
+            .map_err(native_err)?
+            .into_iter()
+            .filter(|(id, started)| Some(id) == recorded.as_ref() || *started <= stale_before)
+            .map(|(id, _)| id)
+            .collect();
+        if let Some(r) = recorded {
+            if !ids.contains(&r) {
+                ids.push(r);
+            }
+        }
+        for id in ids {
+            tracing::info!(path = rel, upload = %id, "aborting an unfinished upload of an earlier run");
+            native.abort(rel, &id).await.map_err(native_err)?;
+        }
+        self.cache.upload_finished(rel)?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -363,6 +363,18 @@ fn abort_a_started_upload() {
         };
         let (key, upload_id) = rx.recv().await.expect("the upload started");
         assert_eq!(key, "aborted.bin");
+        // A later run finds it without having recorded it.
+        let listed = s3.unfinished_uploads(&key).await.expect("list uploads");
+        assert_eq!(
+            listed.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            vec![upload_id.as_str()]
+        );
+        // (moto reports a fixed `Initiated` time from 2010, so the start time is not checked.)
+        assert!(s3
+            .unfinished_uploads("other.bin")
+            .await
+            .expect("list")
+            .is_empty());
         s3.abort(&key, &upload_id)
             .await
             .expect("abort the started upload");
@@ -376,6 +388,7 @@ fn abort_a_started_upload() {
         assert_eq!(s3.probe("aborted.bin").await.expect("probe"), None);
         // Aborting what is gone is success.
         s3.abort(&key, &upload_id).await.expect("abort again");
+        assert!(s3.unfinished_uploads(&key).await.expect("list").is_empty());
     });
 }
 

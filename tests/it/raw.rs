@@ -124,6 +124,23 @@ impl RawStore {
         }
     }
 
+    /// Keys of unfinished S3 multipart uploads under `sub` (none elsewhere).
+    pub fn multipart_uploads(&self, sub: &str) -> Vec<String> {
+        match self {
+            RawStore::Server {
+                kind: "s3", prefix, ..
+            } => {
+                let out = self.python(&["uploads", &format!("{prefix}/{sub}")], None);
+                String::from_utf8(out)
+                    .expect("UTF-8 keys")
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     pub fn put(&self, key: &str, data: &[u8]) {
         match self {
             RawStore::Dir(root) => {

@@ -10,6 +10,7 @@ Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, whe
   put KEY FILE   replaces the object with the bytes of FILE
   getmany KEY... writes "SIZE\n" and then the bytes, for each object in turn
   clear PREFIX   deletes every object under PREFIX
+  uploads PREFIX (S3) prints the key of each unfinished multipart upload under PREFIX
   await PREFIX   returns once an object named by a 64-hex id exists under PREFIX (polls
                  in-process, for speed)
 """
@@ -159,6 +160,10 @@ def main():
             for key in sys.argv[5:]:
                 body = request("GET", base, bucket, key, {})
                 sys.stdout.buffer.write(f"{len(body)}\n".encode() + body)
+        elif op == "uploads":
+            root = ET.fromstring(s3_request("GET", base, bucket, "", {"uploads": "", "prefix": arg}))
+            for upload in root.iter(f"{S3_NS}Upload"):
+                print(upload.findtext(f"{S3_NS}Key"))
         elif op == "clear":
             for _, key in list_objects(kind, base, bucket, arg):
                 request("DELETE", base, bucket, key, {})

@@ -221,6 +221,15 @@ pub trait DeltaStore: Send + Sync {
         observer: &dyn WriteObserver,
     ) -> Result<String, NativeError>;
 
+    /// Unfinished writes of `key` (S3: multipart uploads, with when each was started),
+    /// including any an interrupted run had no time to record. Others: none.
+    async fn unfinished_uploads(
+        &self,
+        _key: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, NativeError> {
+        Ok(Vec::new())
+    }
+
     /// Cleans up after a write that never finished (S3: aborts the multipart upload
     /// `upload_id`; Azure: nothing, uncommitted blocks expire). Not finding it is success.
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), NativeError>;

@@ -483,6 +483,34 @@ impl DeltaStore for S3Delta {
         result
     }
 
+    async fn unfinished_uploads(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, NativeError> {
+        let key = self.full_key(key);
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&key)
+            .send()
+            .await
+            .map_err(|e| request_error("ListMultipartUploads", &self.url(&key), &e))?;
+        Ok(out
+            .uploads()
+            .iter()
+            .filter(|u| u.key() == Some(key.as_str()))
+            .filter_map(|u| {
+                let id = u.upload_id()?.to_string();
+                let secs = u.initiated().map(|t| t.secs()).unwrap_or(0).max(0) as u64;
+                Some((
+                    id,
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                ))
+            })
+            .collect())
+    }
+
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), NativeError> {
         self.abort_upload(&self.full_key(key), upload_id).await
     }
