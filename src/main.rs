@@ -112,7 +112,9 @@ enum Command {
     /// Make DEST hold the same plain objects as SOURCE (a folder or object prefix), sending
     /// only changed parts of changed files (Azure block lists, S3 part copies).
     Mirror {
+        /// A local folder or an object prefix (s3://bucket/prefix, az://container/prefix).
         source: String,
+        /// Where the plain objects go: s3://bucket/prefix, az://container/prefix or a folder.
         dest: String,
         /// Also remove objects under DEST that SOURCE no longer has.
         #[arg(long)]
