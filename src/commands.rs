@@ -257,8 +257,11 @@ fn open_mirror_dest(dest: &str, access: Access) -> Result<(Store, NativeStore), 
 
 pub fn render_mirror(r: &crate::mirror::MirrorReport) -> String {
     use crate::mirror::Action;
+    /// Beyond this many, a real run prints the summary only (a dry run prints every action).
+    const LISTED: usize = 50;
     let mut s = String::new();
-    for a in &r.actions {
+    let listed = if r.dry_run { r.actions.len() } else { LISTED };
+    for a in r.actions.iter().take(listed) {
         let verb = match a.action {
             Action::Create => "create",
             Action::Update => "update",
@@ -277,6 +280,17 @@ pub fn render_mirror(r: &crate::mirror::MirrorReport) -> String {
             s.push_str(&format!(": {n}"));
         }
         s.push('\n');
+    }
+    if r.actions.len() > listed {
+        s.push_str(&format!(
+            "… and {} more (--json lists every object, --dry-run prints them)\n",
+            r.actions.len() - listed
+        ));
+    }
+    for p in &r.skipped_paths {
+        s.push_str(&format!(
+            "skipped {p}: object keys avoid one of its characters; rename it\n"
+        ));
     }
     s.push_str(&format!(
         "{}mirrored {} → {}: {} files, {} unchanged, {} created, {} updated, {} replaced, {} adopted, {} deleted; {} written, {} sent, {} reused",
