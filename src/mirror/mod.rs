@@ -19,7 +19,7 @@
 pub mod native;
 pub mod plan;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,28 +138,30 @@ pub async fn mirror(
     };
 
     let entries = source.list().await?;
-    let listed: BTreeMap<String, (u64, String)> = dest
-        .list(None)
-        .await?
-        .into_iter()
-        .map(|m| {
-            let etag = m.e_tag.as_deref().map(normalize_etag).unwrap_or_default();
-            (m.location.as_ref().to_string(), (m.size, etag))
-        })
-        .collect();
+    // Key → (size, etag, the location exactly as listed: deletes use it, never a re-encoding).
+    let mut listed: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut locations: BTreeMap<String, ObjPath> = BTreeMap::new();
+    for m in dest.list(None).await? {
+        let etag = m.e_tag.as_deref().map(normalize_etag).unwrap_or_default();
+        let key = m.location.as_ref().to_string();
+        listed.insert(key.clone(), (m.size, etag));
+        locations.insert(key, m.location);
+    }
 
     let mut work = Vec::new();
     let mut present = HashSet::new();
     for e in entries {
         let SourceEntry::File(f) = e else {
-            if matches!(e, SourceEntry::Symlink { .. }) {
+            if let SourceEntry::Symlink { rel, .. } = e {
+                // Not mirrored, and not a reason to delete what the destination has there.
                 report.skipped += 1;
+                present.insert(rel);
             }
             continue;
         };
         report.files += 1;
         present.insert(f.rel.clone());
-        if ObjPath::from(f.rel.as_str()).as_ref() != f.rel {
+        if !mirrorable(&f.rel) {
             tracing::warn!(path = %f.rel, "not mirrored: its name holds characters object keys avoid; rename it");
             report.skipped += 1;
             report.skipped_paths.push(f.rel);
@@ -210,9 +212,18 @@ pub async fn mirror(
     }
 
     if opts.delete {
-        for path in listed.keys().filter(|k| !present.contains(*k)) {
+        let doomed: Vec<&String> = listed.keys().filter(|k| !present.contains(*k)).collect();
+        if report.files == 0 && !doomed.is_empty() {
+            return Err(OpError::Invalid(format!(
+                "{} lists no files: refusing --delete, which would remove all {} objects under {} (is the folder mounted, the prefix right?)",
+                report.source,
+                doomed.len(),
+                report.dest
+            )));
+        }
+        for path in doomed {
             if !opts.dry_run {
-                dest.delete(&ObjPath::from(path.as_str())).await?;
+                dest.delete(&locations[path]).await?;
                 cache.remove(path)?;
             }
             actions.push(FileAction {
@@ -245,6 +256,12 @@ pub async fn mirror(
         index.flush()?;
     }
     Ok(report)
+}
+
+/// Whether a relative path can be an object key as it is (object_store would percent-encode
+/// some characters, writing the object under another name).
+fn mirrorable(rel: &str) -> bool {
+    ObjPath::from(rel).as_ref() == rel
 }
 
 /// How old an unfinished upload of a key must be to count as abandoned.
@@ -322,7 +339,7 @@ impl FileCtx {
         };
         let remote_etag = remote.as_ref().map(|(_, e)| e.clone());
         let trusted = match (&rec, &remote_etag) {
-            (Some(r), Some(e)) => *e == r.dest_etag,
+            (Some(r), Some(e)) => !e.is_empty() && *e == r.dest_etag,
             _ => false,
         };
 
@@ -404,13 +421,17 @@ impl FileCtx {
 
         let limits = native.limits();
         let old_chunks: Vec<Chunk>;
-        let committed: HashSet<native::BlockId>;
+        let committed: HashMap<native::BlockId, u64>;
         let base_etag;
         let base = match (&action, &probe, &rec) {
-            (Action::Update, Some(p), Some(r)) if p.etag == r.dest_etag => {
+            (Action::Update, Some(p), Some(r)) if !p.etag.is_empty() && p.etag == r.dest_etag => {
                 base_etag = Some(p.etag.clone());
                 if limits.keep_by_block_id {
-                    committed = p.blocks.iter().filter_map(|(id, _)| *id).collect();
+                    committed = p
+                        .blocks
+                        .iter()
+                        .filter_map(|(id, n)| Some(((*id)?, *n)))
+                        .collect();
                     Base::Blocks(&committed)
                 } else {
                     old_chunks = r
@@ -426,9 +447,15 @@ impl FileCtx {
             }
             // No local record (a new machine, a deleted index) of a blob an earlier mirror
             // wrote: its committed blocks are named by their content, so they can be reused.
-            (Action::Replace, Some(p), None) if limits.keep_by_block_id && p.blake3.is_some() => {
+            (Action::Replace, Some(p), None)
+                if limits.keep_by_block_id && p.blake3.is_some() && !p.etag.is_empty() =>
+            {
                 base_etag = Some(p.etag.clone());
-                committed = p.blocks.iter().filter_map(|(id, _)| *id).collect();
+                committed = p
+                    .blocks
+                    .iter()
+                    .filter_map(|(id, n)| Some(((*id)?, *n)))
+                    .collect();
                 Base::Blocks(&committed)
             }
             _ => {
@@ -512,7 +539,9 @@ impl FileCtx {
     /// upload killed before its id was recorded without touching a concurrent writer's.
     async fn abort_unfinished(&self, native: &dyn DeltaStore, rel: &str) -> Result<(), OpError> {
         let recorded = self.cache.unfinished_upload(rel)?;
-        let stale_before = std::time::SystemTime::now() - stale_uploads_after();
+        let stale_before = std::time::SystemTime::now()
+            .checked_sub(stale_uploads_after())
+            .unwrap_or(std::time::UNIX_EPOCH);
         let mut ids: Vec<String> = native
             .unfinished_uploads(rel)
             .await
@@ -644,8 +673,7 @@ impl FileCtx {
             let meta = tokio::fs::metadata(&path)
                 .await
                 .map_err(|e| OpError::io(&path, e))?;
-            use std::os::unix::fs::MetadataExt;
-            let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+            let mtime_ns = crate::ops::source::mtime_ns(&meta);
             if meta.len() != f.size || mtime_ns != f.mtime_ns {
                 return Err(OpError::Source {
                     path,
@@ -812,7 +840,8 @@ pub async fn verify_mirror(
         .await?
         .into_iter()
         .filter_map(|e| match e {
-            SourceEntry::File(f) => Some(f),
+            // Names mirror leaves out (see `skipped_paths`) are not expected at the destination.
+            SourceEntry::File(f) if mirrorable(&f.rel) => Some(f),
             _ => None,
         })
         .collect();

@@ -8,13 +8,14 @@
 //! * **Azure** keeps *blocks by id*. Chunks are grouped into blocks at content-defined points
 //!   (a chunk whose hash is 0 modulo `k` ends a block, `k` a power of two chosen so the file
 //!   stays under the block limit), so unchanged regions give the same blocks, with the same
-//!   ids, version after version. A block is kept when the blob's committed list holds its id.
+//!   ids, version after version. A block is kept when the blob's committed list holds its id
+//!   at its size.
 //! * **S3** keeps *byte ranges* of the previous object. Each chunk found in the previous
 //!   layout (recorded by the last mirror) maps to its old offset; adjacent ones form copy
 //!   runs. Parts but the last must be at least 5 MiB, so short copy runs are sent instead and
 //!   short send runs borrow bytes from their neighbours until they are long enough.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::mirror::native::{BlockId, Limits, Part};
@@ -32,8 +33,8 @@ pub struct Chunk {
 pub enum Base<'a> {
     /// Nothing usable: send everything.
     None,
-    /// Azure: the ids of the blob's committed blocks.
-    Blocks(&'a HashSet<BlockId>),
+    /// Azure: the blob's committed blocks, id → size.
+    Blocks(&'a HashMap<BlockId, u64>),
     /// S3: the chunks of the previous object, in order (their offsets follow from lengths).
     Layout(&'a [Chunk]),
 }
@@ -152,7 +153,7 @@ fn plan_blocks(chunks: &[Chunk], base: Base<'_>, limits: &Limits) -> Plan {
     let parts = blocks(chunks, limits)
         .into_iter()
         .map(|b| match committed {
-            Some(ids) if ids.contains(&b.id) => Part::Keep {
+            Some(ids) if ids.get(&b.id) == Some(&(b.range.end - b.range.start)) => Part::Keep {
                 block: b.id,
                 old: b.range,
             },
@@ -385,7 +386,7 @@ mod tests {
             match (p, base) {
                 (Part::Send { new: r, .. }, _) => assert_eq!(r.start, cursor),
                 (Part::Keep { block, old }, Base::Blocks(ids)) => {
-                    assert!(ids.contains(block));
+                    assert_eq!(ids.get(block), Some(&p.len()));
                     assert_eq!(old.start, cursor);
                 }
                 (Part::Keep { old, .. }, Base::Layout(prev)) => {
@@ -486,8 +487,7 @@ mod tests {
         for (i, c) in new[38..52].iter_mut().enumerate() {
             *c = chunk(10_000 + i as u64, c.len);
         }
-        let committed: HashSet<BlockId> =
-            blocks(&old, &Limits::AZURE).iter().map(|b| b.id).collect();
+        let committed = committed(&old);
         let p = plan(&new, Base::Blocks(&committed), &Limits::AZURE);
         check(&p, &new, Base::Blocks(&committed), &Limits::AZURE);
         let changed: u64 = new[38..52].iter().map(|c| c.len).sum();
@@ -508,9 +508,27 @@ mod tests {
         let mut new = old.clone();
         new[500] = chunk(77_777, new[500].len);
         let b_new = blocks(&new, &limits);
-        let ids: HashSet<_> = b_old.iter().map(|b| b.id).collect();
+        let ids: std::collections::HashSet<_> = b_old.iter().map(|b| b.id).collect();
         let fresh = b_new.iter().filter(|b| !ids.contains(&b.id)).count();
         assert!(fresh <= 2, "{fresh} new blocks");
+    }
+
+    fn committed(chunks: &[Chunk]) -> HashMap<BlockId, u64> {
+        blocks(chunks, &Limits::AZURE)
+            .iter()
+            .map(|b| (b.id, b.range.end - b.range.start))
+            .collect()
+    }
+
+    #[test]
+    fn azure_keeps_a_block_only_at_its_committed_size() {
+        let old = file(10, 0);
+        let mut sizes = committed(&old);
+        let (id, len) = sizes.iter().next().map(|(i, l)| (*i, *l)).unwrap();
+        sizes.insert(id, len + 1);
+        let p = plan(&old, Base::Blocks(&sizes), &Limits::AZURE);
+        check(&p, &old, Base::Blocks(&sizes), &Limits::AZURE);
+        assert_eq!(p.sent, len, "{:?}", p.parts);
     }
 
     fn arb_edit() -> impl Strategy<Value = (Vec<Chunk>, Vec<Chunk>)> {
@@ -552,7 +570,7 @@ mod tests {
                 prop_assert!(p.parts.len() <= 7, "{} parts", p.parts.len());
                 check(&p, &new, Base::Layout(&old), &small);
             }
-            let committed: HashSet<BlockId> = blocks(&old, &Limits::AZURE).iter().map(|b| b.id).collect();
+            let committed = committed(&old);
             let p = plan(&new, Base::Blocks(&committed), &Limits::AZURE);
             check(&p, &new, Base::Blocks(&committed), &Limits::AZURE);
         }

@@ -150,7 +150,8 @@ pub fn entry_rel(e: &SourceEntry) -> &str {
     }
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+/// A file's mtime in nanoseconds, saturating (mtimes past 2262 do not overflow).
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())
