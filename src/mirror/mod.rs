@@ -199,9 +199,13 @@ pub async fn mirror(
             Ok(Some(a)) => actions.push(a),
             Ok(None) => report.unchanged += 1,
             Err(e) => {
-                // Let the other files in flight finish; report the first failure.
-                tracing::error!("{e}");
-                first_error.get_or_insert(e);
+                // Let the other files in flight finish; the first failure is the command's
+                // error (its last line), any further ones are logged.
+                if first_error.is_some() {
+                    tracing::error!("{e}");
+                } else {
+                    first_error = Some(e);
+                }
             }
         }
     }
@@ -327,7 +331,10 @@ impl FileCtx {
         rec: Option<MirrorRecord>,
         remote: Option<(u64, String)>,
     ) -> Result<Option<FileAction>, OpError> {
-        let cut = self.cut(&f).await?;
+        // One open file for the cut and the part reads: a writer renaming a new version
+        // into place cannot mix two versions into one object.
+        let local = self.open_local(&f)?;
+        let cut = self.cut(&f, local.clone()).await?;
         let hex = blake3::Hash::from_bytes(cut.blake3).to_hex().to_string();
         let record = |etag: String| MirrorRecord {
             size: f.size,
@@ -401,7 +408,7 @@ impl FileCtx {
         let Some(native) = native else {
             // A local folder: whole files, written atomically.
             if !self.dry_run {
-                let etag = self.put_whole(&f, &cut).await?;
+                let etag = self.put_whole(&f, local, &cut).await?;
                 self.cache.put(&f.rel, &record(etag))?;
             }
             self.bar.inc(f.size);
@@ -490,8 +497,9 @@ impl FileCtx {
         }
 
         self.abort_unfinished(&*native, &f.rel).await?;
-        let reader = self.part_source(&f)?;
+        let reader = self.part_source(&f, local, &cut)?;
         let observer = Observed {
+            check: self.local_check(&f),
             cache: &self.cache,
             rel: &f.rel,
             bar: &self.bar,
@@ -585,7 +593,7 @@ impl FileCtx {
     }
 
     /// Reads the file once: chunk boundaries, chunk hashes and the whole-file BLAKE3.
-    async fn cut(&self, f: &SourceFile) -> Result<Cut, OpError> {
+    async fn cut(&self, f: &SourceFile, local: Option<Arc<std::fs::File>>) -> Result<Cut, OpError> {
         let source = self.source.clone();
         let file = f.clone();
         let rt = tokio::runtime::Handle::current();
@@ -596,7 +604,7 @@ impl FileCtx {
             .pop()
             .unwrap_or_default();
         let (cut, buffer) = tokio::task::spawn_blocking(move || {
-            let cut = cut_blocking(&source, &file, &rt, &mut buffer);
+            let cut = cut_blocking(&source, &file, local, &rt, &mut buffer);
             (cut, buffer)
         })
         .await
@@ -613,10 +621,14 @@ impl FileCtx {
 fn cut_blocking(
     source: &Source,
     file: &SourceFile,
+    local: Option<Arc<std::fs::File>>,
     rt: &tokio::runtime::Handle,
     buffer: &mut Vec<u8>,
 ) -> Result<Cut, OpError> {
-    let reader = source.reader(file, rt)?;
+    let reader: Box<dyn std::io::Read + Send> = match local {
+        Some(f) => Box::new(SharedFile(f)),
+        None => source.reader(file, rt)?,
+    };
     // Large files: the whole-file hash runs on a second thread, beside chunking.
     let mut inline = blake3::Hasher::new();
     let threaded = (file.size > PARALLEL_HASH_FROM).then(FileHasher::spawn);
@@ -684,31 +696,77 @@ impl FileCtx {
         Ok(())
     }
 
-    fn part_source(&self, f: &SourceFile) -> Result<Box<dyn PartSource>, OpError> {
-        Ok(match &self.source {
+    /// The source file opened once, for local sources.
+    fn open_local(&self, f: &SourceFile) -> Result<Option<Arc<std::fs::File>>, OpError> {
+        match &self.source {
             Source::Local { .. } => {
                 let path = self.source.describe(&f.rel);
                 let file = std::fs::File::open(&path).map_err(|e| OpError::io(&path, e))?;
-                Box::new(LocalPart(Arc::new(file)))
+                Ok(Some(Arc::new(file)))
             }
-            Source::Objects(store) => Box::new(ObjectPart {
+            Source::Objects(_) => Ok(None),
+        }
+    }
+
+    /// What `before_commit` compares: a local source file's path, size and mtime as listed.
+    fn local_check(&self, f: &SourceFile) -> Option<(String, u64, i64)> {
+        match &self.source {
+            Source::Local { .. } => Some((self.source.describe(&f.rel), f.size, f.mtime_ns)),
+            Source::Objects(_) => None,
+        }
+    }
+
+    /// Reads parts of the file, each checked against the chunk hashes of the cut: bytes
+    /// that changed since are never sent under the old hashes (and block ids).
+    fn part_source(
+        &self,
+        f: &SourceFile,
+        local: Option<Arc<std::fs::File>>,
+        cut: &Cut,
+    ) -> Result<Box<dyn PartSource>, OpError> {
+        let inner: Box<dyn PartSource> = match (&self.source, local) {
+            (_, Some(file)) => Box::new(LocalPart(file)),
+            (Source::Objects(store), None) => Box::new(ObjectPart {
                 store: store.clone(),
                 path: ObjPath::from(f.rel.as_str()),
                 etag: f.etag.clone(),
             }),
-        })
+            (Source::Local { .. }, None) => match self.open_local(f)? {
+                Some(file) => Box::new(LocalPart(file)),
+                None => return Err(OpError::Invalid("a local source opened no file".into())),
+            },
+        };
+        let mut at = 0;
+        let chunks = cut
+            .chunks
+            .iter()
+            .map(|c| {
+                let start = at;
+                at += c.len;
+                (start, c.len, c.hash)
+            })
+            .collect();
+        Ok(Box::new(Verified {
+            inner,
+            chunks: Arc::new(chunks),
+        }))
     }
 
     /// Writes a whole file through `object_store` (local destinations): a multipart upload,
     /// which the local store stages in a temporary file and renames into place.
-    async fn put_whole(&self, f: &SourceFile, cut: &Cut) -> Result<String, OpError> {
+    async fn put_whole(
+        &self,
+        f: &SourceFile,
+        local: Option<Arc<std::fs::File>>,
+        cut: &Cut,
+    ) -> Result<String, OpError> {
         let path = ObjPath::from(f.rel.as_str());
         let url = self.dest.object_url(&path);
         let fail = |e: object_store::Error| OpError::Source {
             path: url.clone(),
             problem: format!("writing: {e}"),
         };
-        let reader = self.part_source(f)?;
+        let reader = self.part_source(f, local, cut)?;
         let upload = self
             .dest
             .object_store()
@@ -728,8 +786,12 @@ impl FileCtx {
             w.put(data);
             at = end;
         }
+        // The rename into place is the commit: the source must not have changed before it.
+        if let Err(e) = self.check_source_unchanged(f).await {
+            let _ = w.abort().await;
+            return Err(e);
+        }
         let put = w.finish().await.map_err(fail)?;
-        self.check_source_unchanged(f).await?;
         Ok(put.e_tag.as_deref().map(normalize_etag).unwrap_or_default())
     }
 }
@@ -739,6 +801,8 @@ fn native_err(e: NativeError) -> OpError {
 }
 
 struct Observed<'a> {
+    /// A local source file's path, size and mtime as listed.
+    check: Option<(String, u64, i64)>,
     cache: &'a MirrorCache,
     rel: &'a str,
     bar: &'a Progress,
@@ -746,6 +810,19 @@ struct Observed<'a> {
 }
 
 impl WriteObserver for Observed<'_> {
+    fn before_commit(&self) -> std::io::Result<()> {
+        let Some((path, size, mtime_ns)) = &self.check else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(path)?;
+        if meta.len() != *size || crate::ops::source::mtime_ns(&meta) != *mtime_ns {
+            return Err(std::io::Error::other(format!(
+                "{path} changed while it was being mirrored: not committed, rerun the mirror"
+            )));
+        }
+        Ok(())
+    }
+
     fn started(&self, _key: &str, upload_id: &str) {
         if let Err(e) = self.cache.upload_started(self.rel, upload_id) {
             tracing::warn!("{e}");
@@ -755,6 +832,60 @@ impl WriteObserver for Observed<'_> {
     fn sent(&self, n: u64) {
         self.sent.fetch_add(n, Ordering::Relaxed);
         self.bar.inc(n);
+    }
+}
+
+/// A shared open file as a sequential reader (the chunker's pass).
+struct SharedFile(Arc<std::fs::File>);
+
+impl std::io::Read for SharedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// Part reads checked against the cut: every chunk wholly inside a range must still hash to
+/// what the cut saw (partial chunks at a part's edges are covered by the before-commit
+/// check of the file's size and mtime).
+struct Verified {
+    inner: Box<dyn PartSource>,
+    /// (offset, length, BLAKE3) of each chunk, in order.
+    chunks: Arc<Vec<(u64, u64, [u8; 32])>>,
+}
+
+#[async_trait]
+impl PartSource for Verified {
+    async fn read(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        let data = self.inner.read(range.clone()).await?;
+        if data.len() as u64 != range.end - range.start {
+            return Err(std::io::Error::other(format!(
+                "read {} bytes of {}..{}: the file changed while being mirrored; rerun the mirror",
+                data.len(),
+                range.start,
+                range.end
+            )));
+        }
+        let chunks = self.chunks.clone();
+        let bytes = data.clone();
+        tokio::task::spawn_blocking(move || {
+            let first = chunks.partition_point(|c| c.0 < range.start);
+            for &(off, len, hash) in &chunks[first..] {
+                if off + len > range.end {
+                    break;
+                }
+                let at = (off - range.start) as usize;
+                if blake3::hash(&bytes[at..at + len as usize]).as_bytes() != &hash {
+                    return Err(std::io::Error::other(format!(
+                        "bytes {off}..{} changed while being mirrored; rerun the mirror",
+                        off + len
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(data)
     }
 }
 
@@ -928,6 +1059,47 @@ async fn hash_object(dest: &Store, rel: &str) -> Result<Option<String>, OpError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves ranges of an in-memory file.
+    struct Mem(Bytes);
+
+    #[async_trait]
+    impl PartSource for Mem {
+        async fn read(&self, r: Range<u64>) -> std::io::Result<Bytes> {
+            let end = (r.end as usize).min(self.0.len());
+            Ok(self.0.slice(r.start as usize..end))
+        }
+    }
+
+    #[tokio::test]
+    async fn part_reads_are_checked_against_the_cut() {
+        let old: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let chunks: Vec<(u64, u64, [u8; 32])> = (0..3u64)
+            .map(|i| {
+                let span = &old[(i * 100) as usize..((i + 1) * 100) as usize];
+                (i * 100, 100, *blake3::hash(span).as_bytes())
+            })
+            .collect();
+        let verified = |data: Vec<u8>| Verified {
+            inner: Box::new(Mem(Bytes::from(data))),
+            chunks: Arc::new(chunks.clone()),
+        };
+        let same = verified(old.clone());
+        assert_eq!(&same.read(0..300).await.unwrap()[..], &old[..]);
+        assert_eq!(&same.read(100..200).await.unwrap()[..], &old[100..200]);
+
+        let mut changed = old.clone();
+        changed[150] ^= 1;
+        let v = verified(changed);
+        let e = v.read(0..300).await.unwrap_err().to_string();
+        assert!(e.contains("bytes 100..200 changed"), "{e}");
+        assert!(v.read(100..200).await.is_err());
+        // Chunks wholly outside the change still read fine.
+        assert!(v.read(0..100).await.is_ok() && v.read(200..300).await.is_ok());
+        // A file that got shorter is a short read.
+        let short = verified(old[..250].to_vec());
+        assert!(short.read(200..300).await.is_err());
+    }
 
     #[test]
     fn overlapping_locations_are_refused() {

@@ -21,7 +21,8 @@ per_backend!(
     killed_mirror_keeps_the_previous_object,
     sync_runs_a_mirror_job,
     a_lost_index_costs_no_resend,
-    unsafe_names_are_skipped_and_reported
+    unsafe_names_are_skipped_and_reported,
+    source_changing_mid_mirror_is_not_committed
 );
 
 const MODEL: &str = "model.safetensors";
@@ -378,4 +379,49 @@ pub fn unsafe_names_are_skipped_and_reported(backend: Backend) {
         !src.join("out").exists(),
         "the refused mirror created a folder in its source"
     );
+}
+
+/// A checkpoint rewritten in place while its delta is being sent: ferry must not commit a
+/// mix of versions. The run fails naming the file, the object stays the previous version
+/// whole, and the rerun sends the newest. (Local folders are written too fast to interleave.)
+pub fn source_changing_mid_mirror_is_not_committed(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let Some((var, url)) = upstream(backend) else {
+        return;
+    };
+    let dest = ctx.location(backend);
+    let src = ctx.dir("src");
+    let v1 = data::random_bytes(61, 24 * MIB);
+    data::write_file(&src, "ckpt.bin", &v1);
+    let ferry = ctx.ferry();
+    mirror(&ferry, &src, &dest, None);
+
+    let mut v2 = v1.clone();
+    v2[4 * MIB..16 * MIB].copy_from_slice(&data::random_bytes(62, 12 * MIB));
+    data::write_file(&src, "ckpt.bin", &v2);
+    let proxy = Proxy::start(&url, Some(4_000_000));
+    let running = ferry.spawn_env(&["mirror", s(&src), &dest.url], &[(var, &proxy.url)]);
+    // Wait until parts are on their way, then rewrite the file in place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while proxy.sent() < 2 * MIB as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut v3 = v2.clone();
+    v3[4 * MIB..20 * MIB].copy_from_slice(&data::random_bytes(63, 16 * MIB));
+    data::write_file(&src, "ckpt.bin", &v3);
+    let run = running.wait();
+    assert!(
+        !run.status.success(),
+        "a mirror whose source changed mid-way succeeded: {}",
+        run.stdout
+    );
+    assert!(run.error_line().contains("changed while"), "{}", run.stderr);
+    assert_object(&dest, "ckpt.bin", &v1);
+
+    let r = mirror(&ferry, &src, &dest, None);
+    assert_object(&dest, "ckpt.bin", &v3);
+    let verify = ferry.json(&["verify", "--mirror", s(&src), &dest.url]);
+    assert_eq!(uint(&verify, "matched"), 1, "{verify} after {r}");
 }

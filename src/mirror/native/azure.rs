@@ -524,6 +524,12 @@ impl DeltaStore for AzureDelta {
         }
         let staged: HashMap<String, u64> = list.uncommitted.into_iter().collect();
         self.stage(req, &staged, source, observer).await?;
+        observer
+            .before_commit()
+            .map_err(|source| NativeError::Source {
+                url: self.display(req.key),
+                source,
+            })?;
         self.commit(req).await
     }
 

@@ -183,6 +183,12 @@ pub trait WriteObserver: Send + Sync {
     fn started(&self, _key: &str, _upload_id: &str) {}
     /// `n` more payload bytes were sent (part bodies only; not headers, not copies).
     fn sent(&self, _n: u64) {}
+    /// Called right before the call that makes the new object visible (and before a
+    /// single-request upload): an error aborts the write, leaving the previous object. The
+    /// mirror checks here that the source did not change while its parts were read.
+    fn before_commit(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Errors of native calls. Messages name the object and the fix.

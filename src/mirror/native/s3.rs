@@ -224,6 +224,27 @@ impl S3Delta {
             .buffered(PARTS_IN_FLIGHT)
             .try_collect()
             .await?;
+        observer
+            .before_commit()
+            .map_err(|source| NativeError::Source {
+                url: self.url(key),
+                source,
+            })?;
+        if let Some(base) = req.base_etag {
+            // Again right before the complete: servers that ignore the copy and complete
+            // conditions (moto) would otherwise mix two versions of a changed object.
+            let relative = key
+                .strip_prefix(&self.prefix)
+                .map(|k| k.trim_start_matches('/'))
+                .unwrap_or(key);
+            let current = self.probe(relative).await?;
+            if current.as_ref().map(|o| o.etag.as_str()) != Some(base) {
+                return Err(NativeError::Changed {
+                    url: self.url(key),
+                    expected: base.to_string(),
+                });
+            }
+        }
         let mut complete = self
             .client
             .complete_multipart_upload()
@@ -424,10 +445,22 @@ impl DeltaStore for S3Delta {
                 url: self.url(&key),
                 message: format!("refusing the write plan: {problem}"),
             })?;
+        let before_commit = || {
+            observer
+                .before_commit()
+                .map_err(|source| NativeError::Source {
+                    url: self.url(&key),
+                    source,
+                })
+        };
         match req.parts {
-            [] => return self.put(&key, req, Bytes::new(), observer).await,
+            [] => {
+                before_commit()?;
+                return self.put(&key, req, Bytes::new(), observer).await;
+            }
             [Part::Send { new, .. }] => {
                 let body = self.read(source, &key, new.clone()).await?;
+                before_commit()?;
                 return self.put(&key, req, body, observer).await;
             }
             _ => {}
