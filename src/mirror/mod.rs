@@ -898,7 +898,15 @@ impl PartSource for LocalPart {
         let file = self.0.clone();
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; (range.end - range.start) as usize];
-            file.read_exact_at(&mut buf, range.start)?;
+            file.read_exact_at(&mut buf, range.start).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    std::io::Error::other(
+                        "it changed while being mirrored (it got shorter); rerun the mirror",
+                    )
+                } else {
+                    e
+                }
+            })?;
             Ok(Bytes::from(buf))
         })
         .await
