@@ -240,10 +240,11 @@ pub async fn mirror(
 pub async fn verify_mirror(
     source: &str,
     dest: &str,
+    read_data: bool,
 ) -> Result<crate::mirror::VerifyMirrorReport, OpError> {
     let source = Source::open(&url(source)?)?;
     let (store, native) = open_mirror_dest(dest, Access::Read)?;
-    crate::mirror::verify_mirror(&source, &store, native).await
+    crate::mirror::verify_mirror(&source, &store, native, read_data).await
 }
 
 type NativeStore = Option<std::sync::Arc<dyn crate::mirror::native::DeltaStore>>;

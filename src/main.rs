@@ -102,7 +102,8 @@ enum Command {
     Verify {
         #[arg(required_unless_present = "mirror")]
         repo: Option<String>,
-        #[arg(long, conflicts_with = "mirror")]
+        /// Re-hash every chunk (a repository) or every mirrored object's bytes (--mirror).
+        #[arg(long)]
         read_data: bool,
         /// Compare each source file's BLAKE3 with the mirrored object's (its ferry_blake3
         /// metadata on S3 and Azure, its bytes elsewhere).
@@ -403,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let ok = match (mirror.as_deref(), repo) {
                 (Some([source, dest]), _) => {
-                    let r = commands::verify_mirror(source, dest).await?;
+                    let r = commands::verify_mirror(source, dest, read_data).await?;
                     emit(json, &r, commands::render_verify_mirror)?;
                     r.ok
                 }

@@ -964,10 +964,14 @@ pub struct VerifyMirrorReport {
 
 /// Compares every source file's BLAKE3 with the destination object's: the `ferry_blake3`
 /// metadata on S3 and Azure (with the size), the object's bytes hashed elsewhere.
+///
+/// With `read_data`, every object's bytes are read back and hashed as well, so an object
+/// whose metadata is right but whose bytes are not is found too.
 pub async fn verify_mirror(
     source: &Source,
     dest: &Store,
     native: Option<Arc<dyn DeltaStore>>,
+    read_data: bool,
 ) -> Result<VerifyMirrorReport, OpError> {
     let mut report = VerifyMirrorReport {
         source: source.key(),
@@ -1001,6 +1005,13 @@ pub async fn verify_mirror(
                     Some(RemoteObject {
                         blake3: Some(have), ..
                     }) if have != want => Some(format!("BLAKE3 {have}, source {want}")),
+                    Some(_) if read_data => match hash_object(dest, &f.rel).await? {
+                        None => Some("missing at the destination".to_string()),
+                        Some(have) if have != want => Some(format!(
+                            "its bytes hash to BLAKE3 {have} (its metadata says {want}), source {want}"
+                        )),
+                        Some(_) => None,
+                    },
                     Some(_) => None,
                 },
                 None => match hash_object(dest, &f.rel).await? {

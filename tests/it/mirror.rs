@@ -161,6 +161,22 @@ pub fn changed_middle_costs_only_its_bytes(backend: Backend) {
 
     let verify = ferry.json(&["verify", "--mirror", s(&src), &dest.url]);
     assert_eq!(uint(&verify, "matched"), 3, "{verify}");
+    let verify = ferry.json(&["verify", "--mirror", s(&src), &dest.url, "--read-data"]);
+    assert_eq!(uint(&verify, "matched"), 3, "{verify}");
+    // An object with the right metadata but other bytes: only --read-data sees it.
+    let mut forged = model.clone();
+    forged[1000] ^= 1;
+    let hex = blake3::hash(&model).to_hex().to_string();
+    dest.raw.forge(MODEL, &forged, &hex);
+    let meta_only = ferry.json(&["verify", "--mirror", s(&src), &dest.url]);
+    assert_eq!(uint(&meta_only, "matched"), 3, "{meta_only}");
+    let bad = ferry.run(&["verify", "--mirror", s(&src), &dest.url, "--read-data"]);
+    assert!(
+        !bad.status.success(),
+        "verify --read-data passed a forged object"
+    );
+    assert!(bad.stdout.contains("its bytes hash to"), "{}", bad.stdout);
+    dest.raw.put(MODEL, &model);
     // verify --mirror notices an object that no longer matches its source.
     model[0] ^= 1;
     data::write_file(&src, MODEL, &model);

@@ -124,6 +124,24 @@ impl RawStore {
         }
     }
 
+    /// Replaces a server object with `data` but gives it ferry mirror's BLAKE3 metadata
+    /// `blake3_hex` (a forgery only reading the bytes can expose).
+    pub fn forge(&self, key: &str, data: &[u8], blake3_hex: &str) {
+        let RawStore::Server { prefix, .. } = self else {
+            panic!("only server objects carry metadata");
+        };
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        fs::write(file.path(), data).expect("write temp file");
+        let mut cmd = self.python_command(&["forge", &format!("{prefix}/{key}")]);
+        cmd.arg(file.path()).arg(blake3_hex);
+        let out = cmd.output().expect("run python3");
+        assert!(
+            out.status.success(),
+            "rawstore.py forge failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Keys of unfinished S3 multipart uploads under `sub` (none elsewhere).
     pub fn multipart_uploads(&self, sub: &str) -> Vec<String> {
         match self {

@@ -8,6 +8,7 @@ Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, whe
   list PREFIX    prints one "SIZE KEY" line per object under PREFIX
   get KEY        writes the object's bytes to stdout
   put KEY FILE   replaces the object with the bytes of FILE
+  forge KEY FILE HEX  the same, with ferry mirror's BLAKE3 metadata set to HEX (a lie)
   getmany KEY... writes "SIZE\n" and then the bytes, for each object in turn
   clear PREFIX   deletes every object under PREFIX
   uploads PREFIX (S3) prints the key of each unfinished multipart upload under PREFIX
@@ -37,10 +38,12 @@ OBJECT_ID = re.compile("[0-9a-fA-F]{64}")
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-def az_request(method, base, container, blob, query, body=b""):
+def az_request(method, base, container, blob, query, body=b"", meta=None):
     """A SharedKey-signed Azurite request; returns the response body."""
     date = formatdate(usegmt=True)
     headers = {"x-ms-date": date, "x-ms-version": AZ_VERSION}
+    for k, v in (meta or {}).items():
+        headers[f"x-ms-meta-{k}"] = v
     content_type = ""
     if method == "PUT":
         headers["x-ms-blob-type"] = "BlockBlob"
@@ -72,7 +75,7 @@ def az_request(method, base, container, blob, query, body=b""):
         return resp.read()
 
 
-def s3_request(method, base, bucket, key, query, body=b""):
+def s3_request(method, base, bucket, key, query, body=b"", meta=None):
     """A SigV4-signed S3 request with the tests' dummy keys; returns the response body."""
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
@@ -84,6 +87,8 @@ def s3_request(method, base, bucket, key, query, body=b""):
     payload_hash = hashlib.sha256(body).hexdigest()
     host = urllib.parse.urlparse(base).netloc
     headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    for k, v in (meta or {}).items():
+        headers[f"x-amz-meta-{k}"] = v
     signed = ";".join(sorted(headers))
     canonical_request = "\n".join([
         method, path, canonical_query,
@@ -160,6 +165,10 @@ def main():
             for key in sys.argv[5:]:
                 body = request("GET", base, bucket, key, {})
                 sys.stdout.buffer.write(f"{len(body)}\n".encode() + body)
+        elif op == "forge":
+            name = "ferry-blake3" if kind == "s3" else "ferry_blake3"
+            with open(sys.argv[6], "rb") as f:
+                request("PUT", base, bucket, arg, {}, f.read(), meta={name: sys.argv[7]})
         elif op == "uploads":
             root = ET.fromstring(s3_request("GET", base, bucket, "", {"uploads": "", "prefix": arg}))
             for upload in root.iter(f"{S3_NS}Upload"):

@@ -521,27 +521,48 @@ impl DeltaStore for S3Delta {
         key: &str,
     ) -> Result<Vec<(String, std::time::SystemTime)>, NativeError> {
         let key = self.full_key(key);
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(&key)
-            .send()
-            .await
-            .map_err(|e| request_error("ListMultipartUploads", &self.url(&key), &e))?;
-        Ok(out
-            .uploads()
-            .iter()
-            .filter(|u| u.key() == Some(key.as_str()))
-            .filter_map(|u| {
-                let id = u.upload_id()?.to_string();
-                let secs = u.initiated().map(|t| t.secs()).unwrap_or(0).max(0) as u64;
-                Some((
-                    id,
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-                ))
-            })
-            .collect())
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        // Pages of 1,000; a bounded number of them (a key with more unfinished uploads than
+        // that has a bigger problem than this cleanup).
+        for _ in 0..100 {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&key)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| request_error("ListMultipartUploads", &self.url(&key), &e))?;
+            found.extend(
+                page.uploads()
+                    .iter()
+                    .filter(|u| u.key() == Some(key.as_str()))
+                    .filter_map(|u| {
+                        let id = u.upload_id()?.to_string();
+                        // No start time: treat it as just started (never stale).
+                        let started = match u.initiated() {
+                            Some(t) => {
+                                std::time::UNIX_EPOCH
+                                    + std::time::Duration::from_secs(t.secs().max(0) as u64)
+                            }
+                            None => std::time::SystemTime::now(),
+                        };
+                        Some((id, started))
+                    }),
+            );
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), NativeError> {
