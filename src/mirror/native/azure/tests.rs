@@ -207,7 +207,8 @@ async fn a_plan_over_the_limits_is_refused_before_any_request() {
 #[tokio::test]
 async fn request_errors_name_the_blob_the_operation_and_the_fix_without_secrets() {
     let store = unreachable_store();
-    let parts = [send(1, 0..5)];
+    // Two blocks: staged, so the write starts with Get Block List.
+    let parts = [send(1, 0..5), send(2, 5..10)];
     let err = store
         .write(
             &request(&parts, None),
@@ -220,6 +221,21 @@ async fn request_errors_name_the_blob_the_operation_and_the_fix_without_secrets(
     assert!(
         text.starts_with("az://ferry-test/runs/a/ckpt/model.bin: Get Block List: "),
         "{text}"
+    );
+    // One small new block: a single Put Blob.
+    let one = [send(1, 0..5)];
+    let single = store
+        .write(
+            &request(&one, None),
+            &CountingSource::default(),
+            &NoObserver,
+        )
+        .await
+        .expect_err("nothing listens on port 9")
+        .to_string();
+    assert!(
+        single.starts_with("az://ferry-test/runs/a/ckpt/model.bin: Put Blob: "),
+        "{single}"
     );
     assert!(text.contains("cannot reach the Azure endpoint"), "{text}");
     assert!(!text.contains('\n'), "{text}");
@@ -335,7 +351,8 @@ async fn transient_failures_are_retried_but_an_answered_commit_is_not_repeated()
     let store = AzureDelta::from_builder(builder, "p")
         .expect("builder is complete")
         .with_max_retries(2);
-    let parts = [send(1, 0..5)];
+    // One block id twice: staged (not a single Put Blob), and staged once.
+    let parts = [send(1, 0..5), send(1, 5..10)];
     let req = request(&parts, None);
 
     // The list and the block succeed on their second attempt; the commit was answered
