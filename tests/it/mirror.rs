@@ -22,7 +22,8 @@ per_backend!(
     sync_runs_a_mirror_job,
     a_lost_index_costs_no_resend,
     unsafe_names_are_skipped_and_reported,
-    source_changing_mid_mirror_is_not_committed
+    source_changing_mid_mirror_is_not_committed,
+    delete_spares_symlinks_and_refuses_an_empty_source
 );
 
 const MODEL: &str = "model.safetensors";
@@ -440,4 +441,41 @@ pub fn source_changing_mid_mirror_is_not_committed(backend: Backend) {
     assert_object(&dest, "ckpt.bin", &v3);
     let verify = ferry.json(&["verify", "--mirror", s(&src), &dest.url]);
     assert_eq!(uint(&verify, "matched"), 1, "{verify} after {r}");
+}
+
+/// `--delete` removes only what the source no longer has: not the object named like a source
+/// symlink (which mirror skips), and nothing at all when the source lists no files (an
+/// unmounted folder or a mistyped prefix).
+pub fn delete_spares_symlinks_and_refuses_an_empty_source(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let dest = ctx.location(backend);
+    let src = ctx.dir("src");
+    data::write_file(&src, "model.bin", b"weights");
+    std::os::unix::fs::symlink("model.bin", src.join("latest.bin")).expect("symlink");
+    dest.raw.put("latest.bin", b"served by another tool");
+    dest.raw.put("stale.bin", b"gone from the source");
+    let ferry = ctx.ferry();
+    let r = ferry.json(&["mirror", s(&src), &dest.url, "--delete"]);
+    assert_eq!(uint(&r, "deleted"), 1, "{r}");
+    assert_eq!(action_of(&r, "stale.bin"), "delete", "{r}");
+    let keys: Vec<String> = dest.raw.list("").into_iter().map(|o| o.key).collect();
+    assert_eq!(
+        keys,
+        vec!["latest.bin".to_string(), "model.bin".to_string()]
+    );
+
+    let empty = ctx.dir("empty");
+    let run = ferry.run(&["mirror", s(&empty), &dest.url, "--delete"]);
+    assert!(
+        !run.status.success(),
+        "an empty source emptied the destination"
+    );
+    assert!(
+        run.error_line().contains("lists no files"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(dest.raw.list("").len(), 2);
 }
