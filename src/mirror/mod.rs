@@ -434,11 +434,7 @@ impl FileCtx {
             (Action::Update, Some(p), Some(r)) if !p.etag.is_empty() && p.etag == r.dest_etag => {
                 base_etag = Some(p.etag.clone());
                 if limits.keep_by_block_id {
-                    committed = p
-                        .blocks
-                        .iter()
-                        .filter_map(|(id, n)| Some(((*id)?, *n)))
-                        .collect();
+                    committed = p.committed();
                     Base::Blocks(&committed)
                 } else {
                     old_chunks = r
@@ -458,11 +454,7 @@ impl FileCtx {
                 if limits.keep_by_block_id && p.blake3.is_some() && !p.etag.is_empty() =>
             {
                 base_etag = Some(p.etag.clone());
-                committed = p
-                    .blocks
-                    .iter()
-                    .filter_map(|(id, n)| Some(((*id)?, *n)))
-                    .collect();
+                committed = p.committed();
                 Base::Blocks(&committed)
             }
             _ => {
@@ -528,8 +520,8 @@ impl FileCtx {
             other => other,
         }
         .map_err(native_err)?;
+        // (The source was checked unchanged right before the commit: `before_commit`.)
         self.cache.upload_finished(&f.rel)?;
-        self.check_source_unchanged(&f).await?;
         self.cache.put(&f.rel, &record(etag))?;
         let sent = observer.sent.load(Ordering::Relaxed);
         self.bar.inc(f.size.saturating_sub(sent));
@@ -677,25 +669,6 @@ fn cut_blocking(
 }
 
 impl FileCtx {
-    /// Local sources are re-checked after the write: a file modified while it was being
-    /// mirrored is not recorded (the next run sends it again) and fails this run.
-    async fn check_source_unchanged(&self, f: &SourceFile) -> Result<(), OpError> {
-        if let Source::Local { .. } = &self.source {
-            let path = self.source.describe(&f.rel);
-            let meta = tokio::fs::metadata(&path)
-                .await
-                .map_err(|e| OpError::io(&path, e))?;
-            let mtime_ns = crate::ops::source::mtime_ns(&meta);
-            if meta.len() != f.size || mtime_ns != f.mtime_ns {
-                return Err(OpError::Source {
-                    path,
-                    problem: "it changed while being mirrored: rerun the mirror".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// The source file opened once, for local sources.
     fn open_local(&self, f: &SourceFile) -> Result<Option<Arc<std::fs::File>>, OpError> {
         match &self.source {
@@ -708,10 +681,14 @@ impl FileCtx {
         }
     }
 
-    /// What `before_commit` compares: a local source file's path, size and mtime as listed.
-    fn local_check(&self, f: &SourceFile) -> Option<(String, u64, i64)> {
+    /// What `before_commit` compares: a local source file as it was listed.
+    fn local_check(&self, f: &SourceFile) -> Option<LocalCheck> {
         match &self.source {
-            Source::Local { .. } => Some((self.source.describe(&f.rel), f.size, f.mtime_ns)),
+            Source::Local { .. } => Some(LocalCheck {
+                path: self.source.describe(&f.rel),
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+            }),
             Source::Objects(_) => None,
         }
     }
@@ -787,9 +764,9 @@ impl FileCtx {
             at = end;
         }
         // The rename into place is the commit: the source must not have changed before it.
-        if let Err(e) = self.check_source_unchanged(f).await {
+        if let Some(Err(e)) = self.local_check(f).map(|c| c.unchanged()) {
             let _ = w.abort().await;
-            return Err(e);
+            return Err(OpError::io(self.source.describe(&f.rel), e));
         }
         let put = w.finish().await.map_err(fail)?;
         Ok(put.e_tag.as_deref().map(normalize_etag).unwrap_or_default())
@@ -800,9 +777,29 @@ fn native_err(e: NativeError) -> OpError {
     OpError::Invalid(e.to_string())
 }
 
+/// A local source file's path, size and mtime as listed.
+struct LocalCheck {
+    path: String,
+    size: u64,
+    mtime_ns: i64,
+}
+
+impl LocalCheck {
+    /// Fails if the file no longer has its listed size and mtime.
+    fn unchanged(&self) -> std::io::Result<()> {
+        let meta = std::fs::metadata(&self.path)?;
+        if meta.len() != self.size || crate::ops::source::mtime_ns(&meta) != self.mtime_ns {
+            return Err(std::io::Error::other(format!(
+                "{} changed while it was being mirrored: not committed, rerun the mirror",
+                self.path
+            )));
+        }
+        Ok(())
+    }
+}
+
 struct Observed<'a> {
-    /// A local source file's path, size and mtime as listed.
-    check: Option<(String, u64, i64)>,
+    check: Option<LocalCheck>,
     cache: &'a MirrorCache,
     rel: &'a str,
     bar: &'a Progress,
@@ -811,16 +808,10 @@ struct Observed<'a> {
 
 impl WriteObserver for Observed<'_> {
     fn before_commit(&self) -> std::io::Result<()> {
-        let Some((path, size, mtime_ns)) = &self.check else {
-            return Ok(());
-        };
-        let meta = std::fs::metadata(path)?;
-        if meta.len() != *size || crate::ops::source::mtime_ns(&meta) != *mtime_ns {
-            return Err(std::io::Error::other(format!(
-                "{path} changed while it was being mirrored: not committed, rerun the mirror"
-            )));
+        match &self.check {
+            Some(c) => c.unchanged(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn started(&self, _key: &str, upload_id: &str) {

@@ -23,8 +23,8 @@ use url::Url;
 use self::wire::{block_list_xml, meta_header, parse_block_list, validate, xml_field, BlockList};
 pub use self::wire::{decode_block_id, encode_block_id};
 use super::{
-    normalize_etag, DeltaStore, Limits, NativeError, Part, PartSource, RemoteObject, WriteObserver,
-    WriteRequest,
+    check_before_commit, normalize_etag, DeltaStore, Limits, NativeError, Part, PartSource,
+    RemoteObject, WriteObserver, WriteRequest,
 };
 
 /// Blocks staged at once: bounds memory to this many blocks' bytes.
@@ -381,27 +381,7 @@ impl AzureDelta {
         observer: &dyn WriteObserver,
     ) -> Result<(), NativeError> {
         let len = range.end - range.start;
-        let data = source
-            .read(range.clone())
-            .await
-            .map_err(|source| NativeError::Source {
-                url: self.display(key),
-                source,
-            })?;
-        if data.len() as u64 != len {
-            return Err(NativeError::Source {
-                url: self.display(key),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "bytes {}..{}: read {} bytes, expected {len}",
-                        range.start,
-                        range.end,
-                        data.len()
-                    ),
-                ),
-            });
-        }
+        let data = self.read_part(key, range, source).await?;
         let op = Op::new("Put Block", self.display(key));
         let url = self.blob_url(key, &[("comp", "block"), ("blockid", id)]);
         let resp = self
@@ -419,6 +399,38 @@ impl AzureDelta {
         Ok(())
     }
 
+    /// Bytes `range` of the source, all of them.
+    async fn read_part(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        source: &dyn PartSource,
+    ) -> Result<Bytes, NativeError> {
+        let data = source
+            .read(range.clone())
+            .await
+            .map_err(|source| NativeError::Source {
+                url: self.display(key),
+                source,
+            })?;
+        if data.len() as u64 != range.end - range.start {
+            return Err(NativeError::Source {
+                url: self.display(key),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "bytes {}..{}: read {} bytes, expected {}",
+                        range.start,
+                        range.end,
+                        data.len(),
+                        range.end - range.start
+                    ),
+                ),
+            });
+        }
+        Ok(data)
+    }
+
     /// Put Blob: the whole blob in one request, with its BLAKE3 metadata.
     async fn put_blob(
         &self,
@@ -429,28 +441,8 @@ impl AzureDelta {
     ) -> Result<String, NativeError> {
         let url_text = self.display(req.key);
         let len = range.end - range.start;
-        let data = source
-            .read(range)
-            .await
-            .map_err(|source| NativeError::Source {
-                url: url_text.clone(),
-                source,
-            })?;
-        if data.len() as u64 != len {
-            return Err(NativeError::Source {
-                url: url_text,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("read {} bytes, expected {len}", data.len()),
-                ),
-            });
-        }
-        observer
-            .before_commit()
-            .map_err(|source| NativeError::Source {
-                url: url_text.clone(),
-                source,
-            })?;
+        let data = self.read_part(req.key, range, source).await?;
+        check_before_commit(observer, &url_text)?;
         let op = Op::new("Put Blob", url_text);
         let mut headers = HeaderMap::new();
         headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
@@ -594,12 +586,7 @@ impl DeltaStore for AzureDelta {
         }
         let staged: HashMap<String, u64> = list.uncommitted.into_iter().collect();
         self.stage(req, &staged, source, observer).await?;
-        observer
-            .before_commit()
-            .map_err(|source| NativeError::Source {
-                url: self.display(req.key),
-                source,
-            })?;
+        check_before_commit(observer, &self.display(req.key))?;
         self.commit(req).await
     }
 

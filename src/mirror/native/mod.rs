@@ -71,6 +71,16 @@ pub struct RemoteObject {
     pub blocks: Vec<(Option<BlockId>, u64)>,
 }
 
+impl RemoteObject {
+    /// The committed blocks ferry can name (32-byte ids), id → size.
+    pub fn committed(&self) -> std::collections::HashMap<BlockId, u64> {
+        self.blocks
+            .iter()
+            .filter_map(|(id, n)| Some(((*id)?, *n)))
+            .collect()
+    }
+}
+
 /// One part of the object being written, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
@@ -189,6 +199,19 @@ pub trait WriteObserver: Send + Sync {
     fn before_commit(&self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Asks `observer` whether the write may be committed; a refusal names the object `url`.
+pub(crate) fn check_before_commit(
+    observer: &dyn WriteObserver,
+    url: &str,
+) -> Result<(), NativeError> {
+    observer
+        .before_commit()
+        .map_err(|source| NativeError::Source {
+            url: url.to_string(),
+            source,
+        })
 }
 
 /// Errors of native calls. Messages name the object and the fix.

@@ -29,8 +29,8 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvide
 use object_store::ClientConfigKey;
 
 use super::{
-    normalize_etag, DeltaStore, Limits, NativeError, Part, PartSource, RemoteObject, WriteObserver,
-    WriteRequest, S3_BLAKE3_METADATA,
+    check_before_commit, normalize_etag, DeltaStore, Limits, NativeError, Part, PartSource,
+    RemoteObject, WriteObserver, WriteRequest, S3_BLAKE3_METADATA,
 };
 
 /// Parts uploaded or copied at once: bounds memory to this many parts' bytes.
@@ -174,6 +174,34 @@ impl S3Delta {
         }
     }
 
+    /// HeadObject of a full key; `None` when there is no object.
+    async fn head(&self, key: &str) -> Result<Option<RemoteObject>, NativeError> {
+        let out = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(request_error("HeadObject", &self.url(key), &e)),
+        };
+        Ok(Some(RemoteObject {
+            etag: normalize_etag(out.e_tag().unwrap_or_default()),
+            size: out
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            blake3: out
+                .metadata()
+                .and_then(|m| m.get(S3_BLAKE3_METADATA))
+                .cloned(),
+            blocks: Vec::new(),
+        }))
+    }
+
     fn url(&self, full_key: &str) -> String {
         format!("s3://{}/{full_key}", self.bucket)
     }
@@ -224,20 +252,11 @@ impl S3Delta {
             .buffered(PARTS_IN_FLIGHT)
             .try_collect()
             .await?;
-        observer
-            .before_commit()
-            .map_err(|source| NativeError::Source {
-                url: self.url(key),
-                source,
-            })?;
+        check_before_commit(observer, &self.url(key))?;
         if let Some(base) = req.base_etag {
             // Again right before the complete: servers that ignore the copy and complete
             // conditions (moto) would otherwise mix two versions of a changed object.
-            let relative = key
-                .strip_prefix(&self.prefix)
-                .map(|k| k.trim_start_matches('/'))
-                .unwrap_or(key);
-            let current = self.probe(relative).await?;
+            let current = self.head(key).await?;
             if current.as_ref().map(|o| o.etag.as_str()) != Some(base) {
                 return Err(NativeError::Changed {
                     url: self.url(key),
@@ -406,31 +425,7 @@ impl DeltaStore for S3Delta {
     }
 
     async fn probe(&self, key: &str) -> Result<Option<RemoteObject>, NativeError> {
-        let key = self.full_key(key);
-        let out = match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(request_error("HeadObject", &self.url(&key), &e)),
-        };
-        Ok(Some(RemoteObject {
-            etag: normalize_etag(out.e_tag().unwrap_or_default()),
-            size: out
-                .content_length()
-                .and_then(|n| u64::try_from(n).ok())
-                .unwrap_or(0),
-            blake3: out
-                .metadata()
-                .and_then(|m| m.get(S3_BLAKE3_METADATA))
-                .cloned(),
-            blocks: Vec::new(),
-        }))
+        self.head(&self.full_key(key)).await
     }
 
     async fn write(
@@ -445,14 +440,7 @@ impl DeltaStore for S3Delta {
                 url: self.url(&key),
                 message: format!("refusing the write plan: {problem}"),
             })?;
-        let before_commit = || {
-            observer
-                .before_commit()
-                .map_err(|source| NativeError::Source {
-                    url: self.url(&key),
-                    source,
-                })
-        };
+        let before_commit = || check_before_commit(observer, &self.url(&key));
         match req.parts {
             [] => {
                 before_commit()?;
