@@ -16,4 +16,5 @@ if [ ${#manifests[@]} -eq 0 ]; then
     exit 1
 fi
 python3 -m kubernetes_validate --strict --kubernetes-version "$K8S_VERSION" "${manifests[@]}"
+python3 scripts/k8s_identity.py "${manifests[@]}"
 echo "lint-k8s: ${#manifests[@]} manifests valid for Kubernetes $K8S_VERSION (kubernetes-validate, strict)"
