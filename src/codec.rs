@@ -2,6 +2,8 @@
 
 use crate::ids::ChunkId;
 
+pub mod delta;
+
 /// Codec ids as they appear in the first byte of every frame. Append only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
