@@ -171,7 +171,7 @@ fn series(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 .collect()
         })
         .collect();
-    let mut nudge = Rng(seed ^ 0x5EED_0F57_E95);
+    let mut nudge = Rng(seed ^ 0x05EE_D0F5_7E95);
     for step in 0..steps {
         if step > 0 {
             for w in master.iter_mut().flatten() {
