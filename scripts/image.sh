@@ -10,7 +10,8 @@
 #
 # This machine's containers: cgroup v1/v2 hybrid (crun refuses it: runc is used) and no
 # CAP_SYS_RESOURCE (podman's default raised rlimits are refused: they are lowered explicitly).
-# Usage: scripts/image.sh            FERRY_DEBIAN_MIRROR overrides the archive URL.
+# Usage: scripts/image.sh            FERRY_DEBIAN_MIRROR overrides the archive URL;
+#   FERRY_IMAGE_BINARY=PATH puts that ferry binary in the image instead of building release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,11 +44,21 @@ if ! podman image exists "$BASE"; then
   rm -rf "$rootfs" "$rootfs.log"
 fi
 
-log "cargo build --release --locked --bin ferry"
-cargo build --release --locked --bin ferry
+# The build context: the Dockerfile and the binary only (what the prebuilt stage copies).
+ctx=$(mktemp -d)
+mkdir -p "$ctx/docker" "$ctx/target/release"
+if [ -n "${FERRY_IMAGE_BINARY:-}" ]; then
+  cp "$FERRY_IMAGE_BINARY" "$ctx/target/release/ferry"
+else
+  log "cargo build --release --locked --bin ferry"
+  cargo build --release --locked --bin ferry
+  cp "${CARGO_TARGET_DIR:-target}/release/ferry" "$ctx/target/release/ferry"
+fi
+cp docker/Dockerfile "$ctx/docker/Dockerfile"
 log "podman build (BINARY=prebuilt, RUNTIME_BASE=$BASE)"
 podman build "${RUN_OPTS[@]}" --quiet --pull=never -f docker/Dockerfile \
-  --build-arg BINARY=prebuilt --build-arg RUNTIME_BASE="$BASE" -t "$IMAGE" . >/dev/null
+  --build-arg BINARY=prebuilt --build-arg RUNTIME_BASE="$BASE" -t "$IMAGE" "$ctx" >/dev/null
+rm -rf "$ctx"
 
 version=$(podman run "${RUN_OPTS[@]}" --rm "$IMAGE" --version)
 want="ferry $(sed -nE 's/^version *= *"([^"]+)"/\1/p' Cargo.toml | head -1)"
@@ -85,7 +96,10 @@ metrics=$(get "http://127.0.0.1:$PORT/metrics")
 grep -q '^ferry_' <<<"$metrics" || { log "/metrics has no ferry_ series"; exit 1; }
 user=$(podman exec "$NAME" /usr/local/bin/ferry --version >/dev/null && podman top "$NAME" user | tail -1 | tr -d ' ')
 [ "$user" = 10001 ] || [ "$user" = ferry ] || { log "the daemon runs as '$user', not 10001"; exit 1; }
-if podman exec "$NAME" /usr/local/bin/ferry init file:///usr/local/probe >/dev/null 2>&1; then
+# Even root inside the container cannot write the root file system.
+[ "$(podman inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$NAME")" = true ] ||
+  { log "the container's root file system is not read-only"; exit 1; }
+if podman exec --user 0 "$NAME" /usr/local/bin/ferry init file:///probe-repo >/dev/null 2>&1; then
   log "the root file system is writable"; exit 1
 fi
 log "daemon in the image: /healthz '${health//$'\n'/ }', /metrics $(grep -c '^ferry_' <<<"$metrics") ferry_ samples, user $user, read-only root"
