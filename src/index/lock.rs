@@ -115,7 +115,13 @@ fn command_line(pid: u32) -> Option<String> {
         .chain(args.into_iter().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
-    Some(line.chars().filter(|c| !c.is_control()).take(120).collect())
+    let mut line: String = line.chars().filter(|c| !c.is_control()).collect();
+    const MAX: usize = 200;
+    if let Some((cut, _)) = line.char_indices().nth(MAX) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    Some(line)
 }
 
 #[cfg(test)]

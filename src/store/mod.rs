@@ -6,8 +6,8 @@
 //! local emulators.
 
 pub mod fault;
-mod slow;
 mod url;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -160,11 +160,11 @@ impl Store {
             _ => inner,
         };
         let inner: Arc<dyn ObjectStore> = match &endpoint {
-            Some(e) => Arc::new(slow::SlowWatch::new(
+            Some(e) => Arc::new(watch::Watched::new(
                 inner,
                 url.clone(),
                 e.clone(),
-                slow::slow_after(),
+                watch::slow_after(),
             )),
             None => inner,
         };
@@ -199,7 +199,11 @@ impl Store {
     }
 
     fn op_error(&self, op: &'static str, path: &Path, source: object_store::Error) -> StoreError {
-        let summary = summarize(&source);
+        let mut summary = summarize(&source);
+        if summary.contains(NO_AWS_CREDENTIALS) {
+            // Explained by `watch`: the hint says what to set.
+            summary = NO_AWS_CREDENTIALS.into();
+        }
         let hint = hint(&self.url, self.endpoint.as_deref(), &source, &summary);
         StoreError::Op {
             op,
@@ -401,8 +405,15 @@ fn has_aws_credential_source() -> bool {
         || set("AWS_SKIP_SIGNATURE")
 }
 
+/// True when `e` is a failure to fetch credentials while the environment names none.
+fn lacks_aws_credentials(e: &object_store::Error) -> bool {
+    !has_aws_credential_source() && is_credential_error(&summarize(e))
+}
+
 /// What to set when no AWS credentials were found.
-const NO_AWS_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; ferry reads no ~/.aws profiles (AWS_PROFILE): export a profile's keys with `eval \"$(aws configure export-credentials --format env)\"`; set AWS_ENDPOINT for a non-AWS server";
+const NO_AWS_CREDENTIALS: &str = "no AWS credentials found";
+/// How to give ferry AWS credentials.
+const AWS_CREDENTIALS_FIX: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; ferry reads no ~/.aws profiles (AWS_PROFILE): export a profile's keys with `eval \"$(aws configure export-credentials --format env)\"`; set AWS_ENDPOINT for a non-AWS server";
 
 /// Refuses to go on without credentials when the instance metadata service is switched off,
 /// rather than failing later with an opaque signing error.
@@ -415,7 +426,7 @@ pub(crate) fn check_aws_credentials() -> Result<(), String> {
         return Err("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into());
     }
     if !has_source && imds_off {
-        return Err(NO_AWS_CREDENTIALS.into());
+        return Err(format!("{NO_AWS_CREDENTIALS}: {AWS_CREDENTIALS_FIX}"));
     }
     Ok(())
 }
@@ -489,8 +500,11 @@ fn hint(
     let h = match (url, err) {
         // Without credentials in the environment, object_store asks the instance metadata
         // service; off EC2 that fails with an answer that names no variable.
-        (StoreUrl::S3 { .. }, _) if !has_aws_credential_source() && is_credential_error(summary) => {
-            NO_AWS_CREDENTIALS.into()
+        (StoreUrl::S3 { .. }, _) if summary == NO_AWS_CREDENTIALS => AWS_CREDENTIALS_FIX.into(),
+        (StoreUrl::S3 { .. }, _)
+            if !has_aws_credential_source() && is_credential_error(summary) =>
+        {
+            format!("{NO_AWS_CREDENTIALS}: {AWS_CREDENTIALS_FIX}")
         }
         (StoreUrl::S3 { bucket, .. }, _) if summary.contains("NoSuchBucket") => {
             format!("bucket {bucket:?} does not exist: create it or fix the URL")

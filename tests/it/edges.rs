@@ -143,22 +143,37 @@ fn s3_without_credentials_says_what_to_set() {
         }
     });
     let loc = ctx.location(Backend::S3);
-    let mut cmd = ctx.ferry().command(&["snapshots", &loc.url]);
-    cmd.env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env("AWS_METADATA_ENDPOINT", &metadata)
-        .env("AWS_PROFILE", "dev");
-    let out = cmd.output().expect("run ferry");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    let last = err.trim().lines().last().unwrap_or_default();
-    for needle in [
-        "no AWS credentials found",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_PROFILE",
-    ] {
-        assert!(last.contains(needle), "{needle} missing from: {err}");
+    // A repository to restore from: a local one, pushed with the usual environment.
+    let src = ctx.dir("src");
+    data::write_file(&src, "a.bin", b"a");
+    let repo = format!("file://{}", s(&ctx.dir("repo")));
+    ctx.ferry().json(&["push", s(&src), &repo, "--name", "x"]);
+    // Reading a repository (the store's own errors) and writing restored objects (errors
+    // that pass through the restore) both say what to set.
+    let dest = format!("{}/restored", loc.url);
+    for args in [vec!["snapshots", loc.url.as_str()], vec!["restore", &repo, "x", &dest]] {
+        let mut cmd = ctx.ferry().command(&args);
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_METADATA_ENDPOINT", &metadata)
+            .env("AWS_PROFILE", "dev");
+        let out = cmd.output().expect("run ferry");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        for needle in [
+            "no AWS credentials found",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_PROFILE",
+        ] {
+            assert!(last.contains(needle), "{args:?}: {needle} missing from: {err}");
+        }
+        assert_eq!(
+            last.matches("no AWS credentials found").count(),
+            1,
+            "said twice: {last}"
+        );
     }
 }
 
@@ -227,7 +242,7 @@ fn a_held_index_names_its_holder_and_readers_go_on() {
     );
     let line = run.error_line();
     assert!(
-        line.contains("in use by process") && line.contains("ferry daemon"),
+        line.contains("in use by process") && line.contains(" daemon --config"),
         "{run}"
     );
     assert!(line.contains("--index-dir"), "{run}");

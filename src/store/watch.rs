@@ -1,7 +1,10 @@
-//! Saying what is slow: an `ObjectStore` wrapper that, while a request to a remote store has
-//! not answered for `FERRY_SLOW_SECS` (default 10), logs a warning naming the operation, the
+//! Watching requests to S3 and Azure: an `ObjectStore` wrapper that, while a request has not
+//! answered for `FERRY_SLOW_SECS` (default 10), logs a warning naming the operation, the
 //! object and the endpoint, and again at each further interval until it answers or times out
 //! (the client's timeouts and retries bound how long that is: see `store::client_defaults`).
+//! It also turns an S3 request that failed for want of credentials (no keys in the
+//! environment, and the instance metadata service refused) into `Unauthenticated` with a
+//! message that says what to set, wherever the error ends up being printed.
 
 use std::fmt;
 use std::future::Future;
@@ -35,7 +38,7 @@ pub(crate) fn slow_after() -> Duration {
 
 /// Reports requests that take longer than `after`.
 #[derive(Debug, Clone)]
-pub struct SlowWatch {
+pub struct Watched {
     inner: Arc<dyn ObjectStore>,
     /// Context for messages, shared with streams that outlive a call.
     ctx: Arc<Ctx>,
@@ -48,7 +51,25 @@ struct Ctx {
     after: Duration,
 }
 
-impl SlowWatch {
+/// No AWS credentials anywhere: what to set. Its source is the metadata service's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", super::NO_AWS_CREDENTIALS, super::AWS_CREDENTIALS_FIX)]
+struct NoAwsCredentials(#[source] object_store::Error);
+
+/// `r`, with a failure to find AWS credentials explained.
+fn explain<T>(ctx: &Ctx, object: &str, r: Result<T>) -> Result<T> {
+    match r {
+        Err(e) if matches!(ctx.url, StoreUrl::S3 { .. }) && super::lacks_aws_credentials(&e) => {
+            Err(object_store::Error::Unauthenticated {
+                path: ctx.url.join(object),
+                source: Box::new(NoAwsCredentials(e)),
+            })
+        }
+        other => other,
+    }
+}
+
+impl Watched {
     /// Watches `inner`, the store rooted at `url`, whose requests go to `endpoint`.
     pub fn new(
         inner: Arc<dyn ObjectStore>,
@@ -66,8 +87,14 @@ impl SlowWatch {
         }
     }
 
-    async fn watched<T>(&self, op: &'static str, object: &Path, fut: impl Future<Output = T>) -> T {
-        watch(&self.ctx, op, object.as_ref(), fut).await
+    async fn watched<T>(
+        &self,
+        op: &'static str,
+        object: &Path,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let r = watch(&self.ctx, op, object.as_ref(), fut).await;
+        explain(&self.ctx, object.as_ref(), r)
     }
 }
 
@@ -97,26 +124,26 @@ fn watch_stream<T: Send + 'static>(
     ctx: Arc<Ctx>,
     op: &'static str,
     object: String,
-    stream: BoxStream<'static, T>,
-) -> BoxStream<'static, T> {
+    stream: BoxStream<'static, Result<T>>,
+) -> BoxStream<'static, Result<T>> {
     futures::stream::unfold(
         (stream, ctx, object),
         move |(mut stream, ctx, object)| async move {
             let next = watch(&ctx, op, &object, stream.next()).await;
-            next.map(|item| (item, (stream, ctx, object)))
+            next.map(|item| (explain(&ctx, &object, item), (stream, ctx, object)))
         },
     )
     .boxed()
 }
 
-impl fmt::Display for SlowWatch {
+impl fmt::Display for Watched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SlowWatch({})", self.inner)
+        write!(f, "Watched({})", self.inner)
     }
 }
 
 #[async_trait]
-impl ObjectStore for SlowWatch {
+impl ObjectStore for Watched {
     async fn put_opts(
         &self,
         location: &Path,
@@ -292,7 +319,7 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
         let url: StoreUrl = "s3://bucket/pre".parse().unwrap();
         let inner = Arc::new(Sluggish(InMemory::new(), Duration::from_secs(25)));
-        let store = SlowWatch::new(
+        let store = Watched::new(
             inner,
             url,
             "http://127.0.0.1:9".into(),
@@ -319,7 +346,7 @@ mod tests {
         }
         logs.0.lock().unwrap().clear();
         // A quick call says nothing.
-        let fast = SlowWatch::new(
+        let fast = Watched::new(
             Arc::new(InMemory::new()),
             "s3://bucket".parse().unwrap(),
             "e".into(),
