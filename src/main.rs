@@ -460,7 +460,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshots { repo, name } => {
             let r = commands::snapshots(&repo, name.as_deref()).await?;
             emit(json, &r, commands::render_snapshots)?;
-            if !r.problems.is_empty() {
+            if let Some(first) = r.problems.first() {
+                // The rows that could be read are above; the failure is one line, as always.
+                let more = match r.problems.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" (and {} more)", commands::count(n as u64, "problem")),
+                };
+                eprintln!(
+                    "error: ref {:?}: {}{more}",
+                    first.name,
+                    ferry::listing::printable(&first.error)
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
