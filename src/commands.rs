@@ -396,7 +396,7 @@ pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
         r.repo,
         r.snapshots_live,
         r.snapshots_deleted,
-        count(r.packs_total as u64, "pack"),
+        count(r.packs_total, "pack"),
         r.packs_marked,
         r.packs_unmarked,
         r.packs_deleted,
@@ -463,16 +463,16 @@ pub fn render_push(r: &PushReport) -> String {
     let mut s = format!(
         "pushed {:?}: {} ({} read, {} unchanged), {} in the tree, {} read\n  {}, {} new ({}); uploaded {} in {}; dedup {:.2}x, compression {:.2}x; {:.1}s",
         r.name,
-        count(r.files_total as u64, "file"),
+        count(r.files_total, "file"),
         r.files_read,
         r.files_unchanged,
         bytes(r.bytes_total),
         bytes(r.bytes_read),
-        count(r.chunks_total as u64, "chunk"),
+        count(r.chunks_total, "chunk"),
         r.chunks_new,
         bytes(r.bytes_new_logical),
         bytes(r.bytes_uploaded),
-        count(r.packs_uploaded as u64, "pack"),
+        count(r.packs_uploaded, "pack"),
         r.dedup_ratio,
         r.compression_ratio,
         r.duration_secs
@@ -488,7 +488,7 @@ pub fn render_push(r: &PushReport) -> String {
             t.repo,
             &t.snapshot.to_hex()[..12],
             bytes(t.stats.bytes_uploaded),
-            count(t.stats.packs_uploaded as u64, "pack")
+            count(t.stats.packs_uploaded, "pack")
         ));
         if let Some(shard) = &t.shard {
             s.push_str(&format!("; {}", render_shard(shard)));
@@ -502,10 +502,10 @@ pub fn render_restore(r: &RestoreReport) -> String {
         "restored snapshot {} to {}: {}, {} written, {} downloaded, {} verified; {:.1}s",
         &r.snapshot.to_hex()[..12],
         r.destination,
-        count(r.files as u64, "file"),
+        count(r.files, "file"),
         bytes(r.bytes_written),
         bytes(r.bytes_downloaded),
-        count(r.chunks_verified as u64, "chunk"),
+        count(r.chunks_verified, "chunk"),
         r.duration_secs
     )
 }
@@ -515,11 +515,11 @@ pub fn render_replicate(r: &ReplicateReport) -> String {
         "replicated {} → {}: {}, {} copied ({} read, {} uploaded in {}); {:.1}s",
         r.from,
         r.to,
-        count(r.snapshots_copied as u64, "snapshot"),
-        count(r.chunks_copied as u64, "chunk"),
+        count(r.snapshots_copied, "snapshot"),
+        count(r.chunks_copied, "chunk"),
         bytes(r.bytes_downloaded),
         bytes(r.upload.bytes_uploaded),
-        count(r.upload.packs_uploaded as u64, "pack"),
+        count(r.upload.packs_uploaded, "pack"),
         r.duration_secs
     );
     if let Some(sh) = &r.shard {
@@ -540,9 +540,9 @@ pub fn render_verify(r: &VerifyReport) -> String {
         "{} {}: {}, {}, {} re-hashed",
         if r.ok { "ok" } else { "PROBLEMS in" },
         r.repo,
-        count(r.packs_checked as u64, "pack"),
-        count(r.snapshots_checked as u64, "snapshot"),
-        count(r.chunks_checked as u64, "chunk")
+        count(r.packs_checked, "pack"),
+        count(r.snapshots_checked, "snapshot"),
+        count(r.chunks_checked, "chunk")
     );
     for p in &r.problems {
         s.push_str(&format!("\n  problem: {}: {}", p.object, p.problem));

@@ -276,6 +276,16 @@ mod tests {
         );
     }
 
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        use crate::commands::count;
+        assert_eq!(count(1, "pack"), "1 pack");
+        assert_eq!(count(0, "pack"), "0 packs");
+        assert_eq!(count(2, "entry"), "2 entries");
+        assert_eq!(count(1, "entry"), "1 entry");
+        assert_eq!(count(3, "day"), "3 days");
+    }
+
     proptest! {
         /// Whatever a name holds, its rendering is one line without control characters.
         #[test]

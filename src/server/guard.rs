@@ -86,7 +86,7 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = host_name(host);
     name.parse::<std::net::IpAddr>().is_ok()
         || name == "localhost"
-        || allowed.iter().any(|a| *a == name)
+        || allowed.contains(&name)
 }
 
 /// The token of an `Authorization` value, whatever the case of its `Bearer` scheme.
