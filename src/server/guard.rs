@@ -84,9 +84,7 @@ fn host_name(host: &str) -> String {
 /// An IP address cannot be rebound; `localhost` resolves here; other names must be listed.
 fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = host_name(host);
-    name.parse::<std::net::IpAddr>().is_ok()
-        || name == "localhost"
-        || allowed.contains(&name)
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || allowed.contains(&name)
 }
 
 /// The token of an `Authorization` value, whatever the case of its `Bearer` scheme.

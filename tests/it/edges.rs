@@ -408,3 +408,69 @@ fn one_malformed_ref_does_not_hide_the_others(backend: Backend) {
     assert_eq!(problems.len(), 1, "{run}");
     assert_eq!(string(&problems[0], "name"), "bad");
 }
+
+/// Item 10, native clients: the S3 (aws-sdk-s3) and Azure (reqwest) clients of `ferry mirror`
+/// take the same read timeout as the data plane, so a stalled server fails the call (after
+/// retrying it) instead of hanging for the whole-request timeout.
+#[test]
+fn native_clients_time_out_on_a_stalled_server() {
+    use ferry::mirror::native::azure::AzureDelta;
+    use ferry::mirror::native::s3::S3Delta;
+    use ferry::mirror::native::DeltaStore;
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    use object_store::ClientConfigKey;
+
+    let hole = Blackhole::start();
+    let retry = object_store::RetryConfig {
+        max_retries: 1,
+        ..Default::default()
+    };
+    let s3 = S3Delta::from_builder(
+        AmazonS3Builder::new()
+            .with_bucket_name("ferry-test")
+            .with_endpoint(&hole.url)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
+                "1s",
+            ),
+        "stalled",
+        &retry,
+    )
+    .expect("native S3 store");
+    let azure = AzureDelta::from_builder(
+        MicrosoftAzureBuilder::new()
+            .with_account("devstoreaccount1")
+            .with_access_key("a2V5")
+            .with_container_name("ferry-test")
+            .with_endpoint(format!("{}/devstoreaccount1", hole.url))
+            .with_allow_http(true)
+            .with_config(AzureConfigKey::Client(ClientConfigKey::ReadTimeout), "1s"),
+        "stalled",
+    )
+    .expect("native Azure store")
+    .with_max_retries(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (name, store) in [
+        ("s3", &s3 as &dyn DeltaStore),
+        ("azure", &azure as &dyn DeltaStore),
+    ] {
+        let before = hole.connections.load(Ordering::Relaxed);
+        let probed = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(40), store.probe("x.bin")).await
+        });
+        let result = probed.unwrap_or_else(|_| panic!("{name}: still waiting after 40 s"));
+        let err = result.expect_err("a stalled server answers nothing");
+        assert!(
+            hole.connections.load(Ordering::Relaxed) - before >= 2,
+            "{name}: the stalled call was not retried: {err}"
+        );
+    }
+}
