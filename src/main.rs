@@ -298,7 +298,9 @@ fn print_out(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// The error and its causes on one line, without repeating a cause already in the message.
+/// The error and its causes on one line, each part said once: a cause already in the message
+/// is not appended, and a part repeated by nested wrappers (an OS error quoted by each layer)
+/// is kept only where it first appears.
 fn one_line(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {
@@ -307,7 +309,14 @@ fn one_line(e: &anyhow::Error) -> String {
             msg = format!("{msg}: {c}");
         }
     }
-    msg.replace('\n', " ")
+    let msg = msg.replace(['\n', '\r'], " ");
+    let mut parts: Vec<&str> = Vec::new();
+    for part in msg.split(": ") {
+        if !(part.contains("(os error") && parts.contains(&part)) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 fn init_logging(verbose: u8) {
@@ -564,6 +573,20 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "no --help text for: {missing:?}");
+    }
+
+    #[test]
+    fn an_os_error_is_said_once() {
+        let io = || std::io::Error::from_raw_os_error(2);
+        let wrapped = anyhow::Error::new(io())
+            .context(format!("reading config: {}", io()))
+            .context(format!("cannot open x: {}: {}", io(), io()));
+        let line = one_line(&wrapped);
+        assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+        assert!(line.starts_with("cannot open x: No such file"), "{line}");
+        assert!(line.contains("reading config"), "{line}");
+        let plain = anyhow::anyhow!("a: b: a: b");
+        assert_eq!(one_line(&plain), "a: b: a: b");
     }
 
     #[test]
