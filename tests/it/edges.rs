@@ -212,6 +212,32 @@ fn a_query_or_fragment_in_a_store_url_is_refused_unechoed(backend: Backend) {
     assert!(loc.raw.list("").is_empty(), "something was written");
 }
 
+/// Item 12, config files: a target URL with a SAS in its query is refused at its key, and
+/// the secret is not echoed.
+#[test]
+fn a_query_in_a_config_url_is_refused_unechoed() {
+    let Some(ctx) = Ctx::new(&[]) else { return };
+    let src = ctx.dir("src");
+    let config = write_config(
+        &ctx,
+        "",
+        &format!(
+            "[[jobs]]\nname = \"a\"\nsource = \"{}\"\ntargets = [\"az://ckpt/p?sv=1&sig=SECRETSIG\"]\nevery = \"1h\"\n",
+            s(&src)
+        ),
+    );
+    let run = ctx.ferry().run(&["check-config", "--config", s(&config)]);
+    let line = run.error_line();
+    assert!(
+        line.contains("jobs[0].targets[0]") && line.contains("no query string"),
+        "{run}"
+    );
+    assert!(
+        !run.stdout.contains("SECRETSIG") && !run.stderr.contains("SECRETSIG"),
+        "{run}"
+    );
+}
+
 /// Item 11: while a daemon holds the local index, a writing command says at once which
 /// process holds it and what to do; a restore (which only reads) goes on with a temporary
 /// index and says so.
