@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::chunker::ChunkerParams;
-use crate::ids::SnapshotId;
 use crate::index::Index;
 use crate::ops::push::PushReport;
 use crate::ops::replicate::{ReplicaShard, ReplicateReport};
@@ -18,13 +17,15 @@ use crate::ops::sync::sync_index;
 use crate::ops::verify::VerifyReport;
 use crate::ops::OpError;
 use crate::repo::config::{RepoConfig, DEFAULT_PACK_SIZE, PACK_SIZE_RANGE};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::Repository;
 use crate::store::{Access, Store, StoreUrl};
 
 /// Shared settings for every command.
 pub struct Context {
     index_dir: PathBuf,
     index: std::sync::OnceLock<Index>,
+    /// The index of a read-only command while another process holds the local one.
+    temporary: std::sync::OnceLock<crate::index::TemporaryIndex>,
     /// Show progress bars (when stderr is a terminal).
     pub progress: bool,
 }
@@ -34,6 +35,7 @@ impl Context {
         Self {
             index_dir,
             index: std::sync::OnceLock::new(),
+            temporary: std::sync::OnceLock::new(),
             progress,
         }
     }
@@ -45,6 +47,27 @@ impl Context {
         }
         let idx = Index::open(&self.index_dir, Duration::from_secs(60))?;
         Ok(self.index.get_or_init(|| idx))
+    }
+
+    /// For commands that only read: the local index, or a temporary one (with a note) when
+    /// another process holds it.
+    pub fn index_for_reading(&self) -> Result<&Index, OpError> {
+        if let Some(i) = self.index.get().or(self.temporary.get().map(|t| &t.index)) {
+            return Ok(i);
+        }
+        match Index::open(&self.index_dir, Duration::ZERO) {
+            Ok(idx) => Ok(self.index.get_or_init(|| idx)),
+            Err(crate::index::IndexError::Locked { path, holder }) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %holder,
+                    "the local index is in use by another process; using a temporary index for this command"
+                );
+                let t = crate::index::TemporaryIndex::create()?;
+                Ok(&self.temporary.get_or_init(|| t).index)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -112,6 +135,9 @@ pub async fn push_with(
     crate::repo::check_ref_name(name)?;
     mode.check()?;
     let source = Source::open(&url(source)?)?;
+    for r in repos {
+        check_outside_source(&source.key(), &url(r)?.to_string())?;
+    }
     let mut targets = Vec::new();
     for r in repos {
         let store = Store::open(&url(r)?, Access::Write)?;
@@ -122,6 +148,18 @@ pub async fn push_with(
         targets.push((repo, created));
     }
     crate::ops::push::push_with(&source, targets, name, ctx.index()?, ctx.progress, mode).await
+}
+
+/// A repository inside its source (or the reverse) would push its own packs.
+fn check_outside_source(source: &str, repo: &str) -> Result<(), OpError> {
+    let inside =
+        |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
+    if inside(source, repo) || inside(repo, source) {
+        return Err(OpError::Invalid(format!(
+            "cannot push {source} into {repo}: one is inside the other; choose a repository outside the source"
+        )));
+    }
+    Ok(())
 }
 
 /// `ferry commit`: what combining a sharded run did in each repository.
@@ -186,7 +224,7 @@ pub async fn restore(
     dest: &str,
 ) -> Result<RestoreReport, OpError> {
     let repo = open_repo(repo).await?;
-    let rindex = ctx.index()?.repo(repo.id())?;
+    let rindex = ctx.index_for_reading()?.repo(repo.id())?;
     sync_index(&repo, &rindex).await?;
     let id = repo.resolve(spec).await?;
     let dest = match url(dest)? {
@@ -353,12 +391,12 @@ pub async fn forget(
 
 pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
     format!(
-        "{}gc {}: {} live snapshots; {} snapshots deleted; of {} packs: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {} committed sharded runs pruned; {:.1}s",
+        "{}gc {}: {} live snapshots; {} snapshots deleted; of {}: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {} committed sharded runs pruned; {:.1}s",
         if r.dry_run { "[dry run] " } else { "" },
         r.repo,
         r.snapshots_live,
         r.snapshots_deleted,
-        r.packs_total,
+        count(r.packs_total, "pack"),
         r.packs_marked,
         r.packs_unmarked,
         r.packs_deleted,
@@ -372,88 +410,37 @@ pub fn render_gc(r: &crate::ops::gc::GcReport) -> String {
 }
 
 pub fn render_forget(r: &crate::ops::gc::ForgetReport) -> String {
+    if r.kept.is_empty() {
+        return format!(
+            "{}deleted ref {:?} in {} ({}); run `ferry gc {}` to reclaim space",
+            if r.dry_run { "[dry run] " } else { "" },
+            r.name,
+            r.repo,
+            count(r.forgotten.len() as u64, "entry"),
+            r.repo
+        );
+    }
     format!(
-        "{}forget {:?} in {}: kept {} entries, forgot {:?}; run `ferry gc {}` to reclaim space",
+        "{}forget {:?} in {}: kept {}, forgot {:?}; run `ferry gc {}` to reclaim space",
         if r.dry_run { "[dry run] " } else { "" },
         r.name,
         r.repo,
-        r.kept.len(),
+        count(r.kept.len() as u64, "entry"),
         r.forgotten,
         r.repo
     )
 }
 
-#[derive(Debug, Serialize)]
-pub struct SnapshotRow {
-    pub name: String,
-    pub seq: u64,
-    pub snapshot: SnapshotId,
-    pub time: String,
-    pub files: usize,
-    pub bytes: u64,
-}
+pub use crate::listing::{render_ls, render_snapshots, LsReport, SnapshotsReport};
 
-#[derive(Debug, Serialize)]
-pub struct SnapshotsReport {
-    pub repo: String,
-    pub snapshots: Vec<SnapshotRow>,
-}
-
+/// `ferry snapshots`: every ref's snapshots, or one ref's.
 pub async fn snapshots(repo: &str, name: Option<&str>) -> Result<SnapshotsReport, OpError> {
-    let repo = open_repo(repo).await?;
-    let names = match name {
-        Some(n) => vec![n.to_string()],
-        None => repo.ref_names().await?,
-    };
-    let mut rows = Vec::new();
-    for n in names {
-        for e in repo.ref_log(&n).await? {
-            let snap = repo.read_snapshot(&e.snapshot).await?;
-            rows.push(SnapshotRow {
-                name: n.clone(),
-                seq: e.seq,
-                snapshot: e.snapshot,
-                time: e.time,
-                files: snap.files(),
-                bytes: snap.bytes(),
-            });
-        }
-    }
-    Ok(SnapshotsReport {
-        repo: repo.url(),
-        snapshots: rows,
-    })
+    crate::listing::snapshots(&open_repo(repo).await?, name).await
 }
 
-#[derive(Debug, Serialize)]
-pub struct LsRow {
-    pub path: String,
-    pub kind: &'static str,
-    pub size: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LsReport {
-    pub snapshot: SnapshotId,
-    pub entries: Vec<LsRow>,
-}
-
+/// `ferry ls`: a snapshot's entries.
 pub async fn ls(repo: &str, spec: &str) -> Result<LsReport, OpError> {
-    let repo = open_repo(repo).await?;
-    let id = repo.resolve(spec).await?;
-    let snap: Snapshot = repo.read_snapshot(&id).await?;
-    Ok(LsReport {
-        snapshot: id,
-        entries: snap
-            .entries
-            .iter()
-            .map(|e| LsRow {
-                path: e.path().to_string(),
-                kind: e.kind(),
-                size: e.size(),
-            })
-            .collect(),
-    })
+    crate::listing::ls(&open_repo(repo).await?, spec).await
 }
 
 /// Human-readable byte count (binary units).
@@ -461,20 +448,31 @@ pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
+/// `1 pack`, `2 packs`, `3 entries`: a count with its noun in the right number.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 pub fn render_push(r: &PushReport) -> String {
     let mut s = format!(
-        "pushed {:?}: {} files ({} read, {} unchanged), {} in the tree, {} read\n  {} chunks, {} new ({}); uploaded {} in {} packs; dedup {:.2}x, compression {:.2}x; {:.1}s",
+        "pushed {:?}: {} ({} read, {} unchanged), {} in the tree, {} read\n  {}, {} new ({}); uploaded {} in {}; dedup {:.2}x, compression {:.2}x; {:.1}s",
         r.name,
-        r.files_total,
+        count(r.files_total, "file"),
         r.files_read,
         r.files_unchanged,
         bytes(r.bytes_total),
         bytes(r.bytes_read),
-        r.chunks_total,
+        count(r.chunks_total, "chunk"),
         r.chunks_new,
         bytes(r.bytes_new_logical),
         bytes(r.bytes_uploaded),
-        r.packs_uploaded,
+        count(r.packs_uploaded, "pack"),
         r.dedup_ratio,
         r.compression_ratio,
         r.duration_secs
@@ -486,11 +484,11 @@ pub fn render_push(r: &PushReport) -> String {
             "snapshot"
         };
         s.push_str(&format!(
-            "\n  {}: {what} {} ({} in {} packs)",
+            "\n  {}: {what} {} ({} in {})",
             t.repo,
             &t.snapshot.to_hex()[..12],
             bytes(t.stats.bytes_uploaded),
-            t.stats.packs_uploaded
+            count(t.stats.packs_uploaded, "pack")
         ));
         if let Some(shard) = &t.shard {
             s.push_str(&format!("; {}", render_shard(shard)));
@@ -501,27 +499,27 @@ pub fn render_push(r: &PushReport) -> String {
 
 pub fn render_restore(r: &RestoreReport) -> String {
     format!(
-        "restored snapshot {} to {}: {} files, {} written, {} downloaded, {} chunks verified; {:.1}s",
+        "restored snapshot {} to {}: {}, {} written, {} downloaded, {} verified; {:.1}s",
         &r.snapshot.to_hex()[..12],
         r.destination,
-        r.files,
+        count(r.files, "file"),
         bytes(r.bytes_written),
         bytes(r.bytes_downloaded),
-        r.chunks_verified,
+        count(r.chunks_verified, "chunk"),
         r.duration_secs
     )
 }
 
 pub fn render_replicate(r: &ReplicateReport) -> String {
     let mut s = format!(
-        "replicated {} → {}: {} snapshots, {} chunks copied ({} read, {} uploaded in {} packs); {:.1}s",
+        "replicated {} → {}: {}, {} copied ({} read, {} uploaded in {}); {:.1}s",
         r.from,
         r.to,
-        r.snapshots_copied,
-        r.chunks_copied,
+        count(r.snapshots_copied, "snapshot"),
+        count(r.chunks_copied, "chunk"),
         bytes(r.bytes_downloaded),
         bytes(r.upload.bytes_uploaded),
-        r.upload.packs_uploaded,
+        count(r.upload.packs_uploaded, "pack"),
         r.duration_secs
     );
     if let Some(sh) = &r.shard {
@@ -539,12 +537,12 @@ pub fn render_replicate(r: &ReplicateReport) -> String {
 
 pub fn render_verify(r: &VerifyReport) -> String {
     let mut s = format!(
-        "{} {}: {} packs, {} snapshots, {} chunks re-hashed",
+        "{} {}: {}, {}, {} re-hashed",
         if r.ok { "ok" } else { "PROBLEMS in" },
         r.repo,
-        r.packs_checked,
-        r.snapshots_checked,
-        r.chunks_checked
+        count(r.packs_checked, "pack"),
+        count(r.snapshots_checked, "snapshot"),
+        count(r.chunks_checked, "chunk")
     );
     for p in &r.problems {
         s.push_str(&format!("\n  problem: {}: {}", p.object, p.problem));
@@ -553,42 +551,4 @@ pub fn render_verify(r: &VerifyReport) -> String {
         s.push_str(&format!("\n  note: {}: {}", p.object, p.problem));
     }
     s
-}
-
-pub fn render_snapshots(r: &SnapshotsReport) -> String {
-    let mut s = format!(
-        "{:<24} {:>5} {:<12} {:<24} {:>8} {:>12}",
-        "NAME", "SEQ", "SNAPSHOT", "TIME", "FILES", "SIZE"
-    );
-    for row in &r.snapshots {
-        s.push_str(&format!(
-            "\n{:<24} {:>5} {:<12} {:<24} {:>8} {:>12}",
-            row.name,
-            row.seq,
-            &row.snapshot.to_hex()[..12],
-            row.time,
-            row.files,
-            bytes(row.bytes)
-        ));
-    }
-    s
-}
-
-pub fn render_ls(r: &LsReport) -> String {
-    r.entries
-        .iter()
-        .map(|e| {
-            format!(
-                "{:<8} {:>12}  {}",
-                e.kind,
-                if e.kind == "file" {
-                    bytes(e.size)
-                } else {
-                    String::new()
-                },
-                e.path
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Create a repository at an empty location.
     Init {
+        /// Where the repository goes: a folder, file:///path, s3://bucket/prefix or
+        /// az://container/prefix.
         repo: String,
         /// Average chunk size (power of two, 1KiB–4MiB). Fixed for the repository's life.
         #[arg(long, value_parser = parse_size)]
@@ -41,7 +43,10 @@ enum Command {
     },
     /// Push a folder, file or object prefix into one or more repositories.
     Push {
+        /// What to push: a folder, a file, or an object prefix (s3://…, az://…).
         source: String,
+        /// One or more repositories (created when the location is empty); none may lie
+        /// inside the source.
         #[arg(required = true)]
         repos: Vec<String>,
         /// The ref to move to the new snapshot.
@@ -62,6 +67,7 @@ enum Command {
     },
     /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
     Commit {
+        /// The repositories the shards pushed to.
         #[arg(required = true)]
         repos: Vec<String>,
         /// The ref the shards pushed to.
@@ -73,14 +79,18 @@ enum Command {
     },
     /// Rebuild a snapshot's files, byte-identical, in a folder or under an object prefix.
     Restore {
+        /// The repository to read.
         repo: String,
         /// NAME, NAME@SEQ or NAME@SNAPSHOT-ID-PREFIX.
         snapshot: String,
+        /// Where the files go: a folder (created if missing) or an object prefix.
         dest: String,
     },
     /// Copy snapshots and the chunks the target lacks from one repository to another.
     Replicate {
+        /// The repository to copy from.
         from: String,
+        /// The repository to copy to (created when the location is empty).
         to: String,
         /// Only this ref (default: all refs).
         #[arg(long)]
@@ -94,12 +104,23 @@ enum Command {
         run: Option<String>,
     },
     /// List snapshots, for every ref or one.
-    Snapshots { repo: String, name: Option<String> },
-    /// List the entries of a snapshot.
-    Ls { repo: String, snapshot: String },
+    Snapshots {
+        /// The repository to list.
+        repo: String,
+        /// Only this ref.
+        name: Option<String>,
+    },
+    /// List the entries of a snapshot: kind, mode, size, path (and a symlink's target).
+    Ls {
+        /// The repository to read.
+        repo: String,
+        /// NAME, NAME@SEQ or NAME@SNAPSHOT-ID-PREFIX.
+        snapshot: String,
+    },
     /// Check a repository's structure; with --read-data, re-hash every chunk. With
     /// --mirror SOURCE DEST, compare a mirror's objects with their source files instead.
     Verify {
+        /// The repository to check.
         #[arg(required_unless_present = "mirror")]
         repo: Option<String>,
         /// Re-hash every chunk (a repository) or every mirrored object's bytes (--mirror).
@@ -132,6 +153,7 @@ enum Command {
     },
     /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers).
     Sync {
+        /// The config file whose jobs to run.
         #[arg(long)]
         config: PathBuf,
         /// Only this job.
@@ -143,8 +165,9 @@ enum Command {
         /// The config file (default: the built-in config/local.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Listen here instead of server.bind (port 0 picks a free port).
-        #[arg(long)]
+        /// Listen here instead of server.bind: IP:PORT or HOST:PORT, e.g. localhost:7878
+        /// (port 0 picks a free port).
+        #[arg(long, value_parser = parse_bind)]
         bind: Option<std::net::SocketAddr>,
         /// Testing: run the schedule clock from this time, optionally faster (TIME[@SPEED]).
         #[arg(long, hide = true)]
@@ -161,20 +184,26 @@ enum Command {
     },
     /// Trim a ref's history; the snapshots it no longer names are reclaimed by `gc`.
     Forget {
+        /// The repository holding the ref.
         repo: String,
+        /// The ref whose history to trim.
         name: String,
         /// Keep the newest N snapshots (at least 1).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         keep_last: u64,
         /// Also keep every snapshot whose sequence number is a multiple of N.
         #[arg(long)]
         keep_every: Option<u64>,
+        /// Delete the ref itself: forget every snapshot in its history.
+        #[arg(long, conflicts_with_all = ["keep_last", "keep_every"])]
+        delete_ref: bool,
         /// Show what would be forgotten, change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Delete packs and snapshots no ref needs (two-phase, safe alongside pushes).
     Gc {
+        /// The repository to clean.
         repo: String,
         /// Age a pack must reach before it is marked, and a mark before the pack is deleted.
         /// Must exceed your longest push.
@@ -199,12 +228,34 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (examples: 64KiB, 1MiB, 32MiB)"))
 }
 
+/// `IP:PORT`, or `HOST:PORT` resolved now (a loopback address first, so `localhost:7878`
+/// stays on loopback).
+fn parse_bind(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.trim().parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<_> = s
+        .trim()
+        .to_socket_addrs()
+        .map_err(|e| format!("{e} (examples: 127.0.0.1:7878, localhost:7878, 0.0.0.0:7878)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.ip().is_loopback() && a.is_ipv4())
+        .or_else(|| addrs.iter().find(|a| a.ip().is_loopback()))
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} names no address"))
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -223,14 +274,33 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            let msg = one_line(&e);
+            if json {
+                // Scripts reading --json get an object either way; the line on stderr stays.
+                let body = serde_json::json!({ "ok": false, "error": msg });
+                let _ = print_out(&body.to_string());
+            }
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     };
     code
 }
 
-/// The error and its causes on one line, without repeating a cause already in the message.
+/// Prints a report on stdout. A reader that went away (`ferry … | head -1`) is not an error:
+/// the work is done, only the rest of the report is not wanted.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// The error and its causes on one line, each part said once: a cause already in the message
+/// is not appended, and a part repeated by nested wrappers (an OS error quoted by each layer)
+/// is kept only where it first appears.
 fn one_line(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {
@@ -239,7 +309,14 @@ fn one_line(e: &anyhow::Error) -> String {
             msg = format!("{msg}: {c}");
         }
     }
-    msg.replace('\n', " ")
+    let msg = msg.replace(['\n', '\r'], " ");
+    let mut parts: Vec<&str> = Vec::new();
+    for part in msg.split(": ") {
+        if !(part.contains("(os error") && parts.contains(&part)) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 fn init_logging(verbose: u8) {
@@ -264,9 +341,9 @@ fn emit<T: Serialize>(
     human: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        print_out(&serde_json::to_string_pretty(report)?)?;
     } else {
-        println!("{}", human(report));
+        print_out(&human(report))?;
     }
     Ok(())
 }
@@ -310,8 +387,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             service::daemon(config, &index_dir, clock, |addr, c| {
                 eprintln!(
-                    "ferry daemon: {} jobs from {}; dashboard on http://{addr}/",
-                    c.jobs.len(),
+                    "ferry daemon: {} from {}; dashboard on http://{addr}/",
+                    commands::count(c.jobs.len() as u64, "job"),
                     c.origin
                 );
             })
@@ -392,6 +469,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshots { repo, name } => {
             let r = commands::snapshots(&repo, name.as_deref()).await?;
             emit(json, &r, commands::render_snapshots)?;
+            if let Some(first) = r.problems.first() {
+                // The rows that could be read are above; the failure is one line, as always.
+                let more = match r.problems.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" (and {} more)", commands::count(n as u64, "problem")),
+                };
+                eprintln!(
+                    "error: ref {:?}: {}{more}",
+                    first.name,
+                    ferry::listing::printable(&first.error)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Ls { repo, snapshot } => {
             let r = commands::ls(&repo, &snapshot).await?;
@@ -434,10 +524,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             keep_last,
             keep_every,
+            delete_ref,
             dry_run,
         } => {
             let keep = ferry::ops::gc::Retention {
-                keep_last,
+                keep_last: if delete_ref { 0 } else { keep_last },
                 keep_every,
             };
             let r = commands::forget(&repo, &name, keep, dry_run).await?;
@@ -463,3 +554,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+#[path = "main_tests.rs"]
+mod tests;

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub token: Option<Secret>,
     /// Default price of sending one GB to a target, for "egress cost avoided".
     pub egress_usd_per_gb: f64,
+    /// Host names the server answers to besides IP addresses and `localhost` (lowercase, no
+    /// port): a request naming any other host is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// How runs are retried and stopped.

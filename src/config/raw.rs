@@ -33,6 +33,8 @@ pub struct RawServer {
     /// A file whose first line is the API token.
     pub token_file: Option<String>,
     pub egress_usd_per_gb: Option<f64>,
+    /// Host names (besides IP addresses and `localhost`) the server answers to.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -235,6 +235,15 @@ fn server_rules() {
         e.contains("server.bind: \"localhost:80\" is not an address"),
         "{e}"
     );
+    let c = load(&with("allowed_hosts = [\"Ferry.Internal.\", \"gpu-7\"]")).unwrap();
+    assert_eq!(c.server.allowed_hosts, ["ferry.internal", "gpu-7"]);
+    for bad in ["http://x", "x:7878", "", "a..b"] {
+        let e = error(&with(&format!("allowed_hosts = [{bad:?}]")));
+        assert!(
+            e.contains("server.allowed_hosts:") && e.contains("not a host name"),
+            "{bad}: {e}"
+        );
+    }
 }
 
 #[test]

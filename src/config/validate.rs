@@ -364,8 +364,25 @@ fn server(p: &mut Problems, raw: &RawConfig, env: &Env) -> ServerConfig {
             format!("{bind} is not a loopback address and no API token is configured: set server.token_env (or token_file), or bind 127.0.0.1"),
         );
     }
+    let mut allowed_hosts = Vec::new();
+    for h in s.allowed_hosts.iter().flatten() {
+        let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let ok = !h.is_empty()
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            });
+        if ok {
+            allowed_hosts.push(h);
+        } else {
+            p.add(
+                "server.allowed_hosts",
+                format!("{h:?} is not a host name: write names like \"ferry.example.internal\", without a port or scheme"),
+            );
+        }
+    }
     ServerConfig {
         bind,
+        allowed_hosts,
         token: token.map(|(_, t)| Secret::new(t)),
         egress_usd_per_gb: price(
             p,

@@ -11,9 +11,11 @@
 //! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote ([`mirror`])
 
 mod jobs;
+mod lock;
 mod mirror;
 
 pub use jobs::{ItemRecord, ItemState, JobLog};
+pub use lock::{Holder, TemporaryIndex};
 pub use mirror::{MirrorCache, MirrorRecord};
 
 use std::path::{Path, PathBuf};
@@ -31,8 +33,10 @@ const VERSION_KEY: &[u8] = b"ferry-index-version";
 /// Errors opening or using the index.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("cannot open the local index at {path}: {source} (if another ferry is using it, wait or pass --index-dir; the index is only a cache, so a damaged one can be deleted)")]
+    #[error("cannot open the local index at {path}: {source} (the index is only a cache, so a damaged one can be deleted)")]
     Open { path: PathBuf, source: sled::Error },
+    #[error("the local index at {path} is in use by {holder}: pass --index-dir DIR (or set FERRY_INDEX_DIR) to use another one, or stop that process")]
+    Locked { path: PathBuf, holder: Holder },
     #[error(
         "local index at {path}: {source} (it is only a cache: delete the folder to rebuild it)"
     )]
@@ -75,9 +79,12 @@ impl Index {
     }
 
     /// Opens (or creates) the index, waiting up to `wait` for another process to release it.
+    /// While another process holds it, says at once which one (a `ferry daemon` is not
+    /// waited for: it keeps the index for its lifetime); after `wait`, [`IndexError::Locked`].
     pub fn open(path: &Path, wait: Duration) -> Result<Self, IndexError> {
         let start = Instant::now();
         let mut wiped = false;
+        let mut announced = false;
         let db = loop {
             match sled::Config::new()
                 .path(path)
@@ -86,11 +93,27 @@ impl Index {
                 .open()
             {
                 Ok(db) => break db,
-                Err(e) if is_lock_error(&e) && start.elapsed() < wait => {
+                Err(e) if is_lock_error(&e) => {
+                    let holder = Holder::find(path);
+                    if holder.is_daemon() || start.elapsed() >= wait {
+                        return Err(IndexError::Locked {
+                            path: path.into(),
+                            holder,
+                        });
+                    }
+                    if !announced {
+                        tracing::warn!(
+                            path = %path.display(),
+                            %holder,
+                            wait_secs = wait.as_secs(),
+                            "the local index is in use by another process; waiting for it (pass --index-dir DIR to use another index)"
+                        );
+                        announced = true;
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 // A cache damaged by a crash is rebuilt, not repaired: nothing is lost.
-                Err(e) if !wiped && !is_lock_error(&e) && looks_like_sled(path) => {
+                Err(e) if !wiped && looks_like_sled(path) => {
                     tracing::warn!(path = %path.display(), error = %e, "the local index is damaged; rebuilding it from the repositories");
                     std::fs::remove_dir_all(path).map_err(|io| IndexError::Open {
                         path: path.into(),
@@ -445,6 +468,28 @@ mod tests {
         assert_eq!(
             std::fs::read(other.path().join("notes.txt")).unwrap(),
             b"precious"
+        );
+    }
+
+    #[test]
+    fn a_held_index_is_refused_at_once_naming_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Index::open(dir.path(), Duration::ZERO).unwrap();
+        let e = Index::open(dir.path(), Duration::ZERO)
+            .err()
+            .expect("a second open of a held index fails");
+        let IndexError::Locked { holder, .. } = &e else {
+            panic!("not a lock error: {e}");
+        };
+        if cfg!(target_os = "linux") {
+            assert_eq!(holder.pid, Some(std::process::id()), "{e}");
+        }
+        let text = e.to_string();
+        assert!(text.contains("is in use by process"), "{text}");
+        assert!(text.contains("--index-dir"), "{text}");
+        assert!(
+            !text.contains("WouldBlock") && !text.contains("Os {"),
+            "{text}"
         );
     }
 

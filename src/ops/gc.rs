@@ -279,7 +279,7 @@ async fn live_chunks(
 /// Which ref log entries to keep.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Keep the newest N entries (at least 1).
+    /// Keep the newest N entries; 0 (with no `keep_every`) deletes the ref.
     pub keep_last: u64,
     /// Also keep every entry whose sequence number is a multiple of N.
     pub keep_every: Option<u64>,
@@ -294,17 +294,18 @@ pub struct ForgetReport {
     pub forgotten: Vec<u64>,
 }
 
-/// Removes ref log entries that `keep` does not keep. The snapshots they named become garbage
-/// for a later `gc` unless another ref names them.
+/// Removes ref log entries that `keep` does not keep (oldest first, so an interrupted run
+/// never leaves the ref pointing at an older snapshot). The snapshots they named become
+/// garbage for a later `gc` unless another ref names them.
 pub async fn forget(
     repo: &Repository,
     name: &str,
     keep: Retention,
     dry_run: bool,
 ) -> Result<ForgetReport, OpError> {
-    if keep.keep_last == 0 {
+    if keep.keep_last == 0 && keep.keep_every.is_some() {
         return Err(OpError::Invalid(
-            "--keep-last must be at least 1: the ref's newest snapshot is always kept".into(),
+            "deleting a ref keeps nothing: drop --keep-every, or keep the newest with --keep-last 1".into(),
         ));
     }
     if keep.keep_every == Some(0) {

@@ -2,11 +2,14 @@
 //! (documented in `docs/openapi.yaml`), `/metrics` for Prometheus, `/healthz` and `/readyz`.
 //!
 //! Reads are open; mutating endpoints need `Authorization: Bearer <token>` when a token is
-//! configured (config validation refuses a non-loopback bind without one). Responses carry
+//! configured (config validation refuses a non-loopback bind without one). Every request must
+//! name a host the server answers to, and a browser's mutating request must come from the
+//! server's own origin ([`guard`]). Responses carry
 //! job names, store URLs and error messages, never credentials: ferry reads those only from
 //! the environment and its URLs cannot hold them.
 
 mod api;
+mod guard;
 pub use api::JobsResponse;
 pub mod metrics;
 
@@ -48,6 +51,8 @@ pub enum ServerError {
 pub(crate) struct AppState {
     daemon: Daemon,
     token: Option<Secret>,
+    /// Host names answered besides IP addresses and `localhost` (`server.allowed_hosts`).
+    allowed_hosts: std::sync::Arc<[String]>,
 }
 
 /// The whole application, for serving or for `oneshot` tests.
@@ -55,7 +60,12 @@ pub fn router(daemon: Daemon) -> Router {
     // Runs record metrics as they finish: the recorder must exist before the first one.
     metrics::handle();
     let token = daemon.config().server.token.clone();
-    let state = AppState { daemon, token };
+    let allowed_hosts = daemon.config().server.allowed_hosts.clone().into();
+    let state = AppState {
+        daemon,
+        token,
+        allowed_hosts,
+    };
     let mutating = Router::new()
         .route("/api/v1/jobs/{name}/run", post(api::run_job))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -79,6 +89,10 @@ pub fn router(daemon: Daemon) -> Router {
                 "no such endpoint: see /api/v1/openapi.yaml",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::same_origin,
+        ))
         .layer(axum::middleware::from_fn(no_store))
         .with_state(state)
 }
@@ -149,8 +163,7 @@ async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> R
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(guard::bearer);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => next.run(req).await,
         _ => {

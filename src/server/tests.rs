@@ -59,9 +59,19 @@ async fn call(
     uri: &str,
     auth: Option<&str>,
 ) -> (StatusCode, String, axum::http::HeaderMap) {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    call_with(app, method, uri, &headers).await
+}
+
+async fn call_with(
+    app: &App,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String, axum::http::HeaderMap) {
     let mut req = Request::builder().method(method).uri(uri);
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let res = app
         .router
@@ -251,6 +261,70 @@ async fn token_guards_mutating_endpoints_only() {
         );
     }
     assert!(app.daemon.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn cross_origin_posts_and_foreign_hosts_are_refused() {
+    for with_token in [false, true] {
+        let app = app(with_token).await;
+        app.daemon.start();
+        let good = format!("bearer {TOKEN}");
+        let auth: Vec<(&str, &str)> = if with_token {
+            vec![("authorization", good.as_str())]
+        } else {
+            vec![]
+        };
+        let host = ("host", "127.0.0.1:7878");
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut h = auth.clone();
+            h.extend_from_slice(extra);
+            h
+        };
+        let run = "/api/v1/jobs/data/run";
+        // A page elsewhere cannot trigger a run, whatever the Host it reaches us under.
+        for attack in [
+            with(&[host, ("origin", "http://evil.example")]),
+            with(&[host, ("origin", "null")]),
+            with(&[host, ("sec-fetch-site", "cross-site")]),
+        ] {
+            let (s, body, _) = call_with(&app, "POST", run, &attack).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{attack:?}: {body}");
+            assert!(json(&body)["error"]
+                .as_str()
+                .unwrap()
+                .contains("cross-origin"));
+        }
+        // DNS rebinding: a name that is not ours cannot read the API.
+        for uri in ["/api/v1/jobs", "/", "/metrics"] {
+            let (s, body, _) = call_with(&app, "GET", uri, &[("host", "evil.example:7878")]).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{uri}: {body}");
+        }
+        let (s, _, _) = call_with(
+            &app,
+            "POST",
+            run,
+            &with(&[
+                ("host", "rebound.example:7878"),
+                ("origin", "http://rebound.example:7878"),
+            ]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // The dashboard's own page, and curl, still may (the scheme's case does not matter).
+        let (s, body, _) = call_with(
+            &app,
+            "POST",
+            run,
+            &with(&[host, ("origin", "http://127.0.0.1:7878")]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        let (s, body, _) = call_with(&app, "POST", run, &with(&[("host", "localhost:7878")])).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        let (s, _, _) = call_with(&app, "GET", "/api/v1/jobs", &[("host", "localhost:7878")]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(app.daemon.shutdown(Duration::from_secs(5)).await);
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 pub mod fault;
 mod url;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -78,6 +79,8 @@ impl StoreError {
 pub struct Store {
     url: StoreUrl,
     inner: Arc<dyn ObjectStore>,
+    /// Where requests go (remote stores), for messages.
+    endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -93,6 +96,7 @@ impl Store {
             url: url.to_string(),
             reason,
         };
+        let mut endpoint = None;
         let inner: Arc<dyn ObjectStore> = match url {
             StoreUrl::Local(path) => {
                 if access == Access::Write {
@@ -116,6 +120,7 @@ impl Store {
                 for (key, value) in client_defaults("AWS_") {
                     b = b.with_config(AmazonS3ConfigKey::Client(key), value);
                 }
+                endpoint = Some(s3_endpoint(&b));
                 let s3 = b.build().map_err(|e| fail(first_line(&e.to_string())))?;
                 prefixed(s3, prefix)
             }
@@ -126,6 +131,7 @@ impl Store {
                 for (key, value) in client_defaults("AZURE_") {
                     b = b.with_config(AzureConfigKey::Client(key), value);
                 }
+                endpoint = Some(azure_endpoint(&b));
                 let az = b.build()
                     .map_err(|e| {
                         fail(format!(
@@ -153,15 +159,29 @@ impl Store {
             }
             _ => inner,
         };
+        let inner: Arc<dyn ObjectStore> = match &endpoint {
+            Some(e) => Arc::new(watch::Watched::new(
+                inner,
+                url.clone(),
+                e.clone(),
+                watch::slow_after(),
+            )),
+            None => inner,
+        };
         Ok(Self {
             url: url.clone(),
             inner,
+            endpoint,
         })
     }
 
     /// Wraps an existing object store (tests, decorators).
     pub fn from_parts(url: StoreUrl, inner: Arc<dyn ObjectStore>) -> Self {
-        Self { url, inner }
+        Self {
+            url,
+            inner,
+            endpoint: None,
+        }
     }
 
     pub fn url(&self) -> &StoreUrl {
@@ -179,8 +199,12 @@ impl Store {
     }
 
     fn op_error(&self, op: &'static str, path: &Path, source: object_store::Error) -> StoreError {
-        let summary = summarize(&source);
-        let hint = hint(&self.url, &source, &summary);
+        let mut summary = summarize(&source);
+        if summary.contains(NO_AWS_CREDENTIALS) {
+            // Explained by `watch`: the hint says what to set.
+            summary = NO_AWS_CREDENTIALS.into();
+        }
+        let hint = hint(&self.url, self.endpoint.as_deref(), &source, &summary);
         StoreError::Op {
             op,
             object: self.object_url(path),
@@ -311,12 +335,25 @@ pub(crate) fn retry_config() -> RetryConfig {
 }
 
 /// Client settings ferry changes from object_store's defaults, unless the environment sets
-/// them (`AWS_TIMEOUT`, `AZURE_CONNECT_TIMEOUT`, …): packs are tens of MiB, so allow slow
-/// links, but notice a dead endpoint quickly.
+/// them (`AWS_TIMEOUT`, `AZURE_CONNECT_TIMEOUT`, …, see the README): packs are tens of MiB,
+/// so allow slow links, but notice a dead endpoint quickly. `READ_TIMEOUT` bounds the wait
+/// for the answer's head (which includes sending the body: a 32 MiB pack needs ~0.3 MB/s)
+/// and then for each piece of its body, so a server that accepts and never answers fails
+/// the attempt at 120 s, well inside the retry budget (`FERRY_RETRY_TIMEOUT_SECS`, 180 s),
+/// and the request is retried instead of failing once at `TIMEOUT`.
 pub(crate) fn client_defaults(env_prefix: &str) -> Vec<(ClientConfigKey, &'static str)> {
     [
-        (ClientConfigKey::Timeout, "TIMEOUT", "300s"),
-        (ClientConfigKey::ConnectTimeout, "CONNECT_TIMEOUT", "10s"),
+        (ClientConfigKey::Timeout, "TIMEOUT", DEFAULT_TIMEOUT),
+        (
+            ClientConfigKey::ConnectTimeout,
+            "CONNECT_TIMEOUT",
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        (
+            ClientConfigKey::ReadTimeout,
+            "READ_TIMEOUT",
+            DEFAULT_READ_TIMEOUT,
+        ),
     ]
     .into_iter()
     .filter(|(_, name, _)| std::env::var_os(format!("{env_prefix}{name}")).is_none())
@@ -324,22 +361,72 @@ pub(crate) fn client_defaults(env_prefix: &str) -> Vec<(ClientConfigKey, &'stati
     .collect()
 }
 
+/// Whole request (`AWS_TIMEOUT`, `AZURE_TIMEOUT`).
+pub(crate) const DEFAULT_TIMEOUT: &str = "300s";
+/// Connecting (`AWS_CONNECT_TIMEOUT`, `AZURE_CONNECT_TIMEOUT`).
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
+/// Silence from the server (`AWS_READ_TIMEOUT`, `AZURE_READ_TIMEOUT`).
+pub(crate) const DEFAULT_READ_TIMEOUT: &str = "120s";
+
+/// Where an S3 builder's requests go.
+fn s3_endpoint(b: &AmazonS3Builder) -> String {
+    let get = |k| b.get_config_value(&k);
+    get(AmazonS3ConfigKey::Endpoint).unwrap_or_else(|| {
+        let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+        format!("https://s3.{region}.amazonaws.com")
+    })
+}
+
+/// Where an Azure builder's requests go.
+fn azure_endpoint(b: &MicrosoftAzureBuilder) -> String {
+    let get = |k| b.get_config_value(&k);
+    let emulator = get(AzureConfigKey::UseEmulator)
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"));
+    if emulator {
+        return std::env::var("AZURITE_BLOB_STORAGE_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "http://127.0.0.1:10000".into());
+    }
+    get(AzureConfigKey::Endpoint).unwrap_or_else(|| {
+        let account = get(AzureConfigKey::AccountName).unwrap_or_else(|| "ACCOUNT".into());
+        format!("https://{account}.blob.core.windows.net")
+    })
+}
+
+/// True when the environment names a source of AWS credentials other than the instance
+/// metadata service.
+fn has_aws_credential_source() -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || set("AWS_SKIP_SIGNATURE")
+}
+
+/// True when `e` is a failure to fetch credentials while the environment names none.
+fn lacks_aws_credentials(e: &object_store::Error) -> bool {
+    !has_aws_credential_source() && is_credential_error(&summarize(e))
+}
+
+/// What to set when no AWS credentials were found.
+const NO_AWS_CREDENTIALS: &str = "no AWS credentials found";
+/// How to give ferry AWS credentials.
+const AWS_CREDENTIALS_FIX: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; ferry reads no ~/.aws profiles (AWS_PROFILE): export a profile's keys with `eval \"$(aws configure export-credentials --format env)\"`; set AWS_ENDPOINT for a non-AWS server";
+
 /// Refuses to go on without credentials when the instance metadata service is switched off,
 /// rather than failing later with an opaque signing error.
 pub(crate) fn check_aws_credentials() -> Result<(), String> {
     let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-    let has_source = (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
-        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
-        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-        || set("AWS_SKIP_SIGNATURE");
+    let has_source = has_aws_credential_source();
     let imds_off =
         std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     if set("AWS_ACCESS_KEY_ID") != set("AWS_SECRET_ACCESS_KEY") {
         return Err("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into());
     }
     if !has_source && imds_off {
-        return Err("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT for a non-AWS server)".into());
+        return Err(format!("{NO_AWS_CREDENTIALS}: {AWS_CREDENTIALS_FIX}"));
     }
     Ok(())
 }
@@ -402,9 +489,23 @@ fn summarize(err: &object_store::Error) -> String {
     msg
 }
 
-fn hint(url: &StoreUrl, err: &object_store::Error, summary: &str) -> String {
+fn hint(
+    url: &StoreUrl,
+    endpoint: Option<&str>,
+    err: &object_store::Error,
+    summary: &str,
+) -> String {
     use object_store::Error as E;
+    let endpoint = endpoint.unwrap_or("the endpoint");
     let h = match (url, err) {
+        // Without credentials in the environment, object_store asks the instance metadata
+        // service; off EC2 that fails with an answer that names no variable.
+        (StoreUrl::S3 { .. }, _) if summary == NO_AWS_CREDENTIALS => AWS_CREDENTIALS_FIX.into(),
+        (StoreUrl::S3 { .. }, _)
+            if !has_aws_credential_source() && is_credential_error(summary) =>
+        {
+            format!("{NO_AWS_CREDENTIALS}: {AWS_CREDENTIALS_FIX}")
+        }
         (StoreUrl::S3 { bucket, .. }, _) if summary.contains("NoSuchBucket") => {
             format!("bucket {bucket:?} does not exist: create it or fix the URL")
         }
@@ -417,6 +518,12 @@ fn hint(url: &StoreUrl, err: &object_store::Error, summary: &str) -> String {
         (StoreUrl::Azure { .. }, E::Unauthenticated { .. } | E::PermissionDenied { .. }) => {
             "access denied: check AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY".into()
         }
+        (StoreUrl::S3 { .. }, _) if is_timeout(summary) => format!(
+            "{endpoint} did not answer in time, retries included: check that it is up and reachable, or raise AWS_READ_TIMEOUT (default {DEFAULT_READ_TIMEOUT}), AWS_TIMEOUT ({DEFAULT_TIMEOUT}) or FERRY_RETRY_TIMEOUT_SECS"
+        ),
+        (StoreUrl::Azure { .. }, _) if is_timeout(summary) => format!(
+            "{endpoint} did not answer in time, retries included: check that it is up and reachable, or raise AZURE_READ_TIMEOUT (default {DEFAULT_READ_TIMEOUT}), AZURE_TIMEOUT ({DEFAULT_TIMEOUT}) or FERRY_RETRY_TIMEOUT_SECS"
+        ),
         (StoreUrl::S3 { .. }, _) if is_connect_error(summary) => {
             "cannot reach the S3 endpoint: check AWS_ENDPOINT and that the server runs".into()
         }
@@ -426,6 +533,23 @@ fn hint(url: &StoreUrl, err: &object_store::Error, summary: &str) -> String {
         _ => return String::new(),
     };
     format!(" ({h})")
+}
+
+fn is_timeout(summary: &str) -> bool {
+    let s = summary.to_ascii_lowercase();
+    s.contains("timed out") || s.contains("timeout")
+}
+
+/// An error from fetching credentials (the instance metadata service or a token endpoint).
+fn is_credential_error(summary: &str) -> bool {
+    let metadata = std::env::var("AWS_METADATA_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "169.254.169.254".into());
+    let s = summary.to_ascii_lowercase();
+    summary.contains(metadata.trim_start_matches("http://"))
+        || s.contains("latest/api/token")
+        || s.contains("credential")
 }
 
 fn is_connect_error(summary: &str) -> bool {

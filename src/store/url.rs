@@ -63,8 +63,14 @@ impl FromStr for StoreUrl {
             if s.is_empty() {
                 return Err(err("empty"));
             }
+            // A plain path is a file name: '?' and '#' are ordinary characters in it.
             return local(s).map_err(|r| err(&r));
         };
+        if rest.contains(['?', '#']) {
+            // Whatever follows is no part of a key, and may be a secret (an Azure SAS, a
+            // presigned S3 signature): refuse it rather than store under it or echo it.
+            return Err(err(QUERY_REFUSED));
+        }
         match scheme {
             "file" => {
                 if !rest.starts_with('/') {
@@ -111,14 +117,22 @@ impl FromStr for StoreUrl {
     }
 }
 
-/// The URL with any `user:password@` part replaced, so an error never echoes a secret.
+/// Why a URL with a query string or fragment is refused, and what to do instead.
+const QUERY_REFUSED: &str = "a store URL takes no query string or fragment ('?…', '#…'): pass credentials in the environment (AZURE_STORAGE_SAS_TOKEN for an Azure SAS, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3), never in the URL";
+
+/// The URL with any `user:password@` part and any query string or fragment replaced, so an
+/// error never echoes a secret.
 fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
+            let rest = match rest.find(['?', '#']) {
+                Some(i) => format!("{}{}***", &rest[..i], &rest[i..i + 1]),
+                None => rest.to_string(),
+            };
             let host_end = rest.find('/').unwrap_or(rest.len());
             match rest[..host_end].rfind('@') {
                 Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => url.to_string(),
+                None => format!("{scheme}://{rest}"),
             }
         }
         None => url.to_string(),
@@ -213,6 +227,46 @@ mod tests {
             .to_string();
         assert!(!e.contains("s3cr3t") && !e.contains("AKIAXX"), "{e}");
         assert!(e.contains("***@bucket/x"), "{e}");
+    }
+
+    #[test]
+    fn a_query_or_fragment_is_refused_and_never_echoed() {
+        for url in [
+            "az://ckpt/run?sv=2024-01-01&sig=SECRETSIG",
+            "az://ckpt?sig=SECRETSIG",
+            "s3://bucket/p/x?X-Amz-Signature=SECRETSIG",
+            "s3://bucket#SECRETSIG",
+            "memory://m/p#SECRETSIG",
+            "file:///tmp/x?SECRETSIG",
+            "s3://AKIAXX:SECRETSIG@bucket/x?SECRETSIG",
+        ] {
+            let e = url.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(!e.contains("SECRETSIG"), "{url}: {e}");
+            assert!(e.contains("no query string"), "{url}: {e}");
+            assert!(e.contains("AZURE_STORAGE_SAS_TOKEN"), "{url}: {e}");
+        }
+        // In a plain path, '?' and '#' are ordinary file-name characters.
+        assert_eq!(
+            "/tmp/what?#".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Local("/tmp/what?#".into())
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the scheme and wherever the query or fragment starts, the secret after it
+        /// is refused and never echoed.
+        #[test]
+        fn no_secret_after_a_query_or_fragment_is_echoed(
+            scheme in proptest::sample::select(vec!["s3", "az", "azure", "memory", "file"]),
+            path in "[a-z0-9/._-]{0,20}",
+            mark in proptest::sample::select(vec!['?', '#']),
+            secret in "[A-Za-z0-9%=&+/]{8,40}",
+        ) {
+            let url = format!("{scheme}://bucket/{path}{mark}SECRET{secret}");
+            let e = url.parse::<StoreUrl>().unwrap_err().to_string();
+            proptest::prop_assert!(!e.contains(&format!("SECRET{secret}")), "{}", e);
+            proptest::prop_assert!(e.contains("no query string"), "{}", e);
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod concurrent;
 mod daemon;
 mod damage;
 mod data;
+mod edges;
 mod errors;
 mod faults;
 mod gc;

@@ -126,14 +126,26 @@ impl AzureDelta {
         };
         let mut container_url = service;
         push_segments(&mut container_url, [container.as_str()]);
-        let timeout = |key, default: u64| {
+        // The same knobs and defaults as the data plane (`store::client_defaults`).
+        let timeout = |key, default: &str| {
             get(AzureConfigKey::Client(key))
+                .or_else(|| Some(default.to_string()))
                 .and_then(|v| humantime::parse_duration(&v).ok())
-                .unwrap_or(Duration::from_secs(default))
+                .unwrap_or(Duration::from_secs(60))
         };
         let http = reqwest::Client::builder()
-            .connect_timeout(timeout(ClientConfigKey::ConnectTimeout, 10))
-            .timeout(timeout(ClientConfigKey::Timeout, 300))
+            .connect_timeout(timeout(
+                ClientConfigKey::ConnectTimeout,
+                crate::store::DEFAULT_CONNECT_TIMEOUT,
+            ))
+            .read_timeout(timeout(
+                ClientConfigKey::ReadTimeout,
+                crate::store::DEFAULT_READ_TIMEOUT,
+            ))
+            .timeout(timeout(
+                ClientConfigKey::Timeout,
+                crate::store::DEFAULT_TIMEOUT,
+            ))
             .build()
             .map_err(|e| fail(first_line(&e.to_string()).to_string()))?;
         Ok(Self {

@@ -111,14 +111,23 @@ impl S3Delta {
                     .map_err(|e| fail(format!("invalid {} {v:?}: {e}", key.as_ref()))),
                 None => Ok(default),
             };
+        // The same knobs and defaults as the data plane (`store::client_defaults`): a server
+        // that accepts and never answers fails the attempt at the read timeout, and the
+        // attempt is retried.
+        let default =
+            |text: &str| humantime::parse_duration(text).unwrap_or(Duration::from_secs(60));
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(duration(
                 ClientConfigKey::ConnectTimeout,
-                Duration::from_secs(10),
+                default(crate::store::DEFAULT_CONNECT_TIMEOUT),
+            )?)
+            .read_timeout(duration(
+                ClientConfigKey::ReadTimeout,
+                default(crate::store::DEFAULT_READ_TIMEOUT),
             )?)
             .operation_attempt_timeout(duration(
                 ClientConfigKey::Timeout,
-                Duration::from_secs(300),
+                default(crate::store::DEFAULT_TIMEOUT),
             )?)
             .build();
 
