@@ -77,5 +77,9 @@ pub(super) async fn put_file(
         return Err(e);
     }
     let meta = dest.head(key).await?;
-    Ok(meta.e_tag.as_deref().map(normalize_etag).unwrap_or_default())
+    Ok(meta
+        .e_tag
+        .as_deref()
+        .map(normalize_etag)
+        .unwrap_or_default())
 }

@@ -14,11 +14,9 @@ use serde::Serialize;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::RepoIndex;
 use crate::ops::fetch::{fetch, locate, plan, Want};
+use crate::ops::restore_local::{applied_mode, restore_dir, restore_link, restore_local, Existing};
 use crate::ops::OpError;
 use crate::progress::Progress;
-use crate::ops::restore_local::{
-    applied_mode, restore_dir, restore_link, restore_local, Existing,
-};
 use crate::repo::snapshot::{check_path, ChunkRef, Entry, Snapshot};
 use crate::repo::Repository;
 use crate::store::key::{key_at, object_key, UnholdableNames};
@@ -235,9 +233,13 @@ pub async fn restore(
                         .await?
                     }
                     Destination::Objects(store) => {
-                        let existing =
-                            existing_object(store, &file, present.get(path.as_str()), opts.overwrite)
-                                .await?;
+                        let existing = existing_object(
+                            store,
+                            &file,
+                            present.get(path.as_str()),
+                            opts.overwrite,
+                        )
+                        .await?;
                         if matches!(existing, Existing::Same | Existing::Kept) {
                             bar.inc(*size);
                             (existing, 0, 0)

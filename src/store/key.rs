@@ -104,7 +104,16 @@ mod tests {
 
     #[test]
     fn unholdable_names_are_named() {
-        for name in ["", "a//b", "a/./b", "..", "a/..", "tab\there", "/abs", "dir/"] {
+        for name in [
+            "",
+            "a//b",
+            "a/./b",
+            "..",
+            "a/..",
+            "tab\there",
+            "/abs",
+            "dir/",
+        ] {
             let err = object_key(name).unwrap_err();
             assert!(err.to_string().contains("rename it"), "{name:?}: {err}");
         }

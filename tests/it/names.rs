@@ -4,6 +4,8 @@
 //! a store cannot hold is a failure that lists it, never a silent skip.
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -11,7 +13,7 @@ use serde_json::Value;
 
 use crate::data;
 use crate::harness::{array, s, uint, Backend, Ctx};
-use crate::raw::Location;
+use crate::raw::{Location, RawStore};
 use crate::run::Ferry;
 
 per_backend!(
@@ -22,9 +24,9 @@ per_backend!(
 
 /// Characters a name is made of: plain, ones object keys are often said to avoid, non-ASCII.
 const CHARS: &[char] = &[
-    'a', 'Z', '0', '7', '-', '_', '.', ' ', '~', '#', '%', '*', '?', '[', ']', '{', '}', '^',
-    '`', '|', '\\', '"', '<', '>', '+', '=', '&', '\'', ',', ';', '@', '$', '!', '(', ')', 'ü',
-    'ï', 'é', '日', '本', 'Ω', '😀',
+    'a', 'Z', '0', '7', '-', '_', '.', ' ', '~', '#', '%', '*', '?', '[', ']', '{', '}', '^', '`',
+    '|', '\\', '"', '<', '>', '+', '=', '&', '\'', ',', ';', '@', '$', '!', '(', ')', 'ü', 'ï',
+    'é', '日', '本', 'Ω', '😀',
 ];
 
 /// Longest path the tests generate: S3 and Azure keys end at 1024 bytes, and the test's
@@ -101,7 +103,9 @@ fn mirror_refuses(backend: Backend, path: &str) -> bool {
 
 /// Asserts a run failed with one error line that lists each of `names`.
 fn lists_each(run: &crate::run::Run, names: &[&String]) -> Result<(), TestCaseError> {
-    check(!run.status.success(), || format!("expected a failure: {run}"))?;
+    check(!run.status.success(), || {
+        format!("expected a failure: {run}")
+    })?;
     let line = run.error_line();
     for p in names {
         check(line.contains(&format!("{p:?}")), || {
@@ -111,7 +115,35 @@ fn lists_each(run: &crate::run::Run, names: &[&String]) -> Result<(), TestCaseEr
     Ok(())
 }
 
+/// Every regular file under `root` and its bytes, keyed by relative path exactly as named
+/// (`data::file_contents` turns `\` into `/`).
+fn files_under(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).expect("read dir") {
+            let entry = entry.expect("dir entry");
+            let name = entry.file_name().into_string().expect("UTF-8 name");
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                walk(&entry.path(), &rel, out);
+            } else {
+                out.insert(rel, fs::read(entry.path()).expect("read file"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
 fn objects(loc: &Location) -> BTreeMap<String, Vec<u8>> {
+    if let RawStore::Dir(root) = &loc.raw {
+        return files_under(root);
+    }
     let keys: Vec<String> = loc.raw.list("").into_iter().map(|o| o.key).collect();
     let bodies = loc.raw.get_many(&keys);
     keys.into_iter().zip(bodies).collect()
@@ -141,14 +173,19 @@ fn round_trip(
 
     let folder = ctx.path("restored");
     ferry.json(&["restore", &repo.url, "names", s(&folder)]);
-    let got = data::file_contents(&folder);
+    let got = files_under(&folder);
     check(&got == files, || format!("restore to a folder: {got:?}"))?;
 
     let prefix = ctx.location(backend);
-    let refused: Vec<&String> = files.keys().filter(|p| prefix_refuses(backend, p)).collect();
+    let refused: Vec<&String> = files
+        .keys()
+        .filter(|p| prefix_refuses(backend, p))
+        .collect();
     let run = ferry.run(&["restore", &repo.url, "names", &prefix.url]);
     if refused.is_empty() {
-        check(run.status.success(), || format!("restore to a prefix failed: {run}"))?;
+        check(run.status.success(), || {
+            format!("restore to a prefix failed: {run}")
+        })?;
         let got = objects(&prefix);
         check(&got == files, || {
             format!("restore to a prefix: keys {:?}", got.keys())
@@ -156,7 +193,7 @@ fn round_trip(
         ferry.json(&["push", &prefix.url, &repo.url, "--name", "again"]);
         let again = ctx.path("again");
         ferry.json(&["restore", &repo.url, "again", s(&again)]);
-        let got = data::file_contents(&again);
+        let got = files_under(&again);
         check(&got == files, || format!("push from a prefix: {got:?}"))?;
     } else {
         lists_each(&run, &refused)?;
@@ -166,7 +203,10 @@ fn round_trip(
     }
 
     let mirror = ctx.location(backend);
-    let refused: Vec<&String> = files.keys().filter(|p| mirror_refuses(backend, p)).collect();
+    let refused: Vec<&String> = files
+        .keys()
+        .filter(|p| mirror_refuses(backend, p))
+        .collect();
     let run = ferry.run(&["mirror", s(&src), &mirror.url]);
     if refused.is_empty() {
         check(run.status.success(), || format!("mirror failed: {run}"))?;
@@ -205,7 +245,7 @@ pub fn names_round_trip(backend: Backend) {
     let cases = std::env::var("FERRY_TEST_NAME_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(8);
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 32,
@@ -247,7 +287,12 @@ pub fn long_names_round_trip(backend: Backend) {
     let repo = ctx.location(Backend::File);
     ferry.json(&["push", s(&src), &repo.url, "--name", "one"]);
     let dest = ctx.location(backend);
-    ferry.json(&["restore", &repo.url, "one", &format!("{}/ünï~dir", dest.url)]);
+    ferry.json(&[
+        "restore",
+        &repo.url,
+        "one",
+        &format!("{}/ünï~dir", dest.url),
+    ]);
     let keys: Vec<String> = dest.raw.list("").into_iter().map(|o| o.key).collect();
     assert_eq!(keys, ["ünï~dir/f.txt"]);
 }

@@ -120,18 +120,43 @@ pub fn restore_into_a_non_empty_folder(backend: Backend) {
     );
 
     data::write_file(&dest, "b.bin", b"edited again");
-    let r = ferry.json(&["restore", &repo.url, "ckpt", s(&dest), "--overwrite", "never"]);
+    let r = ferry.json(&[
+        "restore",
+        &repo.url,
+        "ckpt",
+        s(&dest),
+        "--overwrite",
+        "never",
+    ]);
     assert_eq!(paths(&r, "kept"), ["a.bin", "b.bin", "sub/c.bin"], "{r}");
     assert_eq!(paths(&r, "replaced"), Vec::<String>::new(), "{r}");
     assert_eq!(fs::read(dest.join("b.bin")).expect("read"), b"edited again");
 
-    let r = ferry.json(&["restore", &repo.url, "ckpt", s(&dest), "--overwrite", "always"]);
-    assert_eq!(paths(&r, "replaced"), ["a.bin", "b.bin", "sub/c.bin"], "{r}");
+    let r = ferry.json(&[
+        "restore",
+        &repo.url,
+        "ckpt",
+        s(&dest),
+        "--overwrite",
+        "always",
+    ]);
+    assert_eq!(
+        paths(&r, "replaced"),
+        ["a.bin", "b.bin", "sub/c.bin"],
+        "{r}"
+    );
     assert_eq!(
         fs::read(dest.join("b.bin")).expect("read"),
         fs::read(src.join("b.bin")).expect("read")
     );
-    let text = ferry.run(&["restore", &repo.url, "ckpt", s(&dest), "--overwrite", "sometimes"]);
+    let text = ferry.run(&[
+        "restore",
+        &repo.url,
+        "ckpt",
+        s(&dest),
+        "--overwrite",
+        "sometimes",
+    ]);
     assert!(!text.status.success(), "{text}");
 }
 
@@ -155,7 +180,14 @@ pub fn restore_onto_existing_objects(backend: Backend) {
         fs::read(src.join("b.bin")).expect("read")
     );
     prefix.raw.put("b.bin", b"edited again");
-    let r = ferry.json(&["restore", &repo.url, "ckpt", &prefix.url, "--overwrite", "never"]);
+    let r = ferry.json(&[
+        "restore",
+        &repo.url,
+        "ckpt",
+        &prefix.url,
+        "--overwrite",
+        "never",
+    ]);
     assert_eq!(paths(&r, "kept"), ["a.bin", "b.bin", "sub/c.bin"], "{r}");
     assert_eq!(prefix.raw.get("b.bin"), b"edited again");
 }
@@ -255,6 +287,9 @@ pub fn duplicate_and_unsorted_snapshots_are_refused(backend: Backend) {
         );
         let verify = ferry.run(&["verify", &repo.url]);
         assert!(!verify.status.success(), "{what}: verify accepted it");
-        assert!(verify.stdout.contains(&id) || verify.stderr.contains(&id), "{what}: {verify}");
+        assert!(
+            verify.stdout.contains(&id) || verify.stderr.contains(&id),
+            "{what}: {verify}"
+        );
     }
 }
