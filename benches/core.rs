@@ -189,6 +189,7 @@ fn end_to_end(c: &mut Criterion) {
                 &repo,
                 "bench",
                 &out.path().display().to_string(),
+                Default::default(),
             ))
             .unwrap();
         })

@@ -10,7 +10,7 @@ use crate::chunker::ChunkerParams;
 use crate::index::Index;
 use crate::ops::push::PushReport;
 use crate::ops::replicate::{ReplicaShard, ReplicateReport};
-use crate::ops::restore::{Destination, RestoreReport};
+use crate::ops::restore::{Destination, RestoreOptions, RestoreReport};
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::Source;
 use crate::ops::sync::sync_index;
@@ -222,6 +222,7 @@ pub async fn restore(
     repo: &str,
     spec: &str,
     dest: &str,
+    opts: RestoreOptions,
 ) -> Result<RestoreReport, OpError> {
     let repo = open_repo(repo).await?;
     let rindex = ctx.index_for_reading()?.repo(repo.id())?;
@@ -234,7 +235,7 @@ pub async fn restore(
         }
         other => Destination::Objects(Store::open(&other, Access::Write)?),
     };
-    crate::ops::restore::restore(&repo, &rindex, id, &dest, ctx.progress).await
+    crate::ops::restore::restore(&repo, &rindex, id, &dest, opts, ctx.progress).await
 }
 
 pub async fn replicate(
@@ -324,11 +325,6 @@ pub fn render_mirror(r: &crate::mirror::MirrorReport) -> String {
         s.push_str(&format!(
             "… and {} more (--json lists every object, --dry-run prints them)\n",
             r.actions.len() - listed
-        ));
-    }
-    for p in &r.skipped_paths {
-        s.push_str(&format!(
-            "skipped {p}: object keys avoid one of its characters; rename it\n"
         ));
     }
     s.push_str(&format!(
@@ -498,16 +494,27 @@ pub fn render_push(r: &PushReport) -> String {
 }
 
 pub fn render_restore(r: &RestoreReport) -> String {
-    format!(
-        "restored snapshot {} to {}: {}, {} written, {} downloaded, {} verified; {:.1}s",
+    let mut s = String::new();
+    for p in &r.replaced {
+        s.push_str(&format!("replaced {p}\n"));
+    }
+    for p in &r.kept {
+        s.push_str(&format!("kept {p} (--overwrite never)\n"));
+    }
+    s.push_str(&format!(
+        "restored snapshot {} to {}: {} ({} unchanged, {} replaced, {} kept), {} written, {} downloaded, {} verified; {:.1}s",
         &r.snapshot.to_hex()[..12],
         r.destination,
         count(r.files, "file"),
+        r.unchanged,
+        r.replaced.len(),
+        r.kept.len(),
         bytes(r.bytes_written),
         bytes(r.bytes_downloaded),
         count(r.chunks_verified, "chunk"),
         r.duration_secs
-    )
+    ));
+    s
 }
 
 pub fn render_replicate(r: &ReplicateReport) -> String {

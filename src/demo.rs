@@ -93,6 +93,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
         &replica,
         "demo-model",
         &restored.display().to_string(),
+        Default::default(),
     )
     .await?;
     let identical = same_tree(&last, &restored)?;

@@ -85,6 +85,14 @@ enum Command {
         snapshot: String,
         /// Where the files go: a folder (created if missing) or an object prefix.
         dest: String,
+        /// Files already at the destination: `never` keeps them, `changed` replaces those
+        /// whose content differs (identical ones are not rewritten), `always` rewrites all.
+        /// Replaced and kept files are listed.
+        #[arg(long, default_value = "changed", value_name = "never|changed|always")]
+        overwrite: ferry::ops::restore::Overwrite,
+        /// Apply setuid/setgid bits recorded in the snapshot (dropped by default).
+        #[arg(long)]
+        preserve_special_modes: bool,
     },
     /// Copy snapshots and the chunks the target lacks from one repository to another.
     Replicate {
@@ -446,8 +454,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repo,
             snapshot,
             dest,
+            overwrite,
+            preserve_special_modes,
         } => {
-            let r = commands::restore(&ctx, &repo, &snapshot, &dest).await?;
+            use ferry::ops::restore::{RestoreOptions, SpecialModes};
+            let special_modes = if preserve_special_modes {
+                SpecialModes::Preserve
+            } else {
+                SpecialModes::Drop
+            };
+            let opts = RestoreOptions {
+                overwrite,
+                special_modes,
+            };
+            let r = commands::restore(&ctx, &repo, &snapshot, &dest, opts).await?;
             emit(json, &r, commands::render_restore)?;
         }
         Command::Replicate {

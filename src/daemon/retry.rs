@@ -35,6 +35,8 @@ pub fn classify(e: &OpError) -> FailureKind {
         | OpError::Source { .. }
         | OpError::Unsafe { .. }
         | OpError::ChunkerMismatch { .. }
+        | OpError::Key(_)
+        | OpError::Names(_)
         | OpError::Invalid(_) => Permanent,
     }
 }

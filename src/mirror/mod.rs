@@ -16,6 +16,7 @@
 //! uploaded whole. The whole-file BLAKE3 is stored as object metadata, which
 //! [`verify_mirror`] compares.
 
+mod local;
 pub mod native;
 pub mod plan;
 
@@ -42,7 +43,8 @@ use crate::ops::hasher::FileHasher;
 use crate::ops::source::{Source, SourceEntry, SourceFile};
 use crate::ops::OpError;
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::store::key::{key_at, object_key, KeyError, UnholdableNames};
+use crate::store::{Store, StoreUrl};
 
 /// Files mirrored at once.
 const FILES_IN_FLIGHT: usize = 4;
@@ -101,13 +103,9 @@ pub struct MirrorReport {
     pub replaced: u64,
     pub adopted: u64,
     pub deleted: u64,
-    /// Symlinks (objects have no such thing) and files whose names object stores cannot
-    /// hold as they are (see `skipped_paths`).
+    /// Symlinks: objects have no such thing. (A file whose name the destination cannot
+    /// hold is not skipped: the run fails listing it, after mirroring everything else.)
     pub skipped: u64,
-    /// Files not mirrored because their names hold characters object keys avoid
-    /// (`\ { } ^ % ` [ ] " < > ~ # | * ?` or control characters).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped_paths: Vec<String>,
     /// Size of the files written.
     pub bytes_written: u64,
     /// Payload bytes sent to the destination.
@@ -150,6 +148,7 @@ pub async fn mirror(
 
     let mut work = Vec::new();
     let mut present = HashSet::new();
+    let mut unholdable = Vec::new();
     for e in entries {
         let SourceEntry::File(f) = e else {
             if let SourceEntry::Symlink { rel, .. } = e {
@@ -161,10 +160,9 @@ pub async fn mirror(
         };
         report.files += 1;
         present.insert(f.rel.clone());
-        if !mirrorable(&f.rel) {
-            tracing::warn!(path = %f.rel, "not mirrored: its name holds characters object keys avoid; rename it");
-            report.skipped += 1;
-            report.skipped_paths.push(f.rel);
+        if let Err(e) = dest_holds(dest, &f.rel) {
+            // Not a skip: the run fails listing it, once everything else is mirrored.
+            unholdable.push(e);
             continue;
         }
         let remote = listed.get(&f.rel).cloned();
@@ -259,13 +257,19 @@ pub async fn mirror(
     if !opts.dry_run {
         index.flush()?;
     }
+    if !unholdable.is_empty() {
+        return Err(UnholdableNames {
+            dest: report.dest,
+            names: unholdable,
+        }
+        .into());
+    }
     Ok(report)
 }
 
-/// Whether a relative path can be an object key as it is (object_store would percent-encode
-/// some characters, writing the object under another name).
-fn mirrorable(rel: &str) -> bool {
-    ObjPath::from(rel).as_ref() == rel
+/// The key of `rel` at `dest`, exactly the name, or why `dest` cannot hold it.
+fn dest_holds(dest: &Store, rel: &str) -> Result<ObjPath, KeyError> {
+    key_at(dest.url(), rel)
 }
 
 /// How old an unfinished upload of a key must be to count as abandoned.
@@ -705,7 +709,7 @@ impl FileCtx {
             (_, Some(file)) => Box::new(LocalPart(file)),
             (Source::Objects(store), None) => Box::new(ObjectPart {
                 store: store.clone(),
-                path: ObjPath::from(f.rel.as_str()),
+                path: object_key(&f.rel)?,
                 etag: f.etag.clone(),
             }),
             (Source::Local { .. }, None) => match self.open_local(f)? {
@@ -737,13 +741,19 @@ impl FileCtx {
         local: Option<Arc<std::fs::File>>,
         cut: &Cut,
     ) -> Result<String, OpError> {
-        let path = ObjPath::from(f.rel.as_str());
+        let path = object_key(&f.rel)?;
         let url = self.dest.object_url(&path);
         let fail = |e: object_store::Error| OpError::Source {
             path: url.clone(),
             problem: format!("writing: {e}"),
         };
         let reader = self.part_source(f, local, cut)?;
+        if let StoreUrl::Local(root) = self.dest.url() {
+            let source = self.source.describe(&f.rel);
+            let check = self.local_check(f);
+            return local::put_file(&self.dest, root, &path, &*reader, cut.size, check, &source)
+                .await;
+        }
         let upload = self
             .dest
             .object_store()
@@ -974,8 +984,7 @@ pub async fn verify_mirror(
         .await?
         .into_iter()
         .filter_map(|e| match e {
-            // Names mirror leaves out (see `skipped_paths`) are not expected at the destination.
-            SourceEntry::File(f) if mirrorable(&f.rel) => Some(f),
+            SourceEntry::File(f) => Some(f),
             _ => None,
         })
         .collect();
@@ -983,6 +992,9 @@ pub async fn verify_mirror(
     let results = futures::stream::iter(files.into_iter().map(|f| {
         let native = native.clone();
         async move {
+            if let Err(e) = dest_holds(dest, &f.rel) {
+                return Ok((f.rel, Some(e.to_string())));
+            }
             let want = hash_source(source, &f).await?;
             let problem = match &native {
                 Some(n) => match n.probe(&f.rel).await.map_err(native_err)? {
@@ -1043,7 +1055,7 @@ async fn hash_source(source: &Source, f: &SourceFile) -> Result<String, OpError>
 }
 
 async fn hash_object(dest: &Store, rel: &str) -> Result<Option<String>, OpError> {
-    let path = ObjPath::from(rel);
+    let path = object_key(rel)?;
     let got = match dest.object_store().get(&path).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),

@@ -7,6 +7,7 @@ pub(crate) mod hasher;
 pub mod push;
 pub mod replicate;
 pub mod restore;
+pub(crate) mod restore_local;
 pub mod shard;
 pub mod source;
 pub mod sync;
@@ -16,6 +17,7 @@ pub mod verify;
 use crate::chunker::ChunkerParamsError;
 use crate::index::IndexError;
 use crate::repo::RepoError;
+use crate::store::key::{KeyError, UnholdableNames};
 use crate::store::StoreError;
 
 /// Errors from an operation. Messages name the object concerned and, where known, the fix.
@@ -29,6 +31,10 @@ pub enum OpError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Chunker(#[from] ChunkerParamsError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Names(#[from] UnholdableNames),
     #[error("{path}: {source}")]
     Io {
         path: String,

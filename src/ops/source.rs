@@ -11,6 +11,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::ops::OpError;
 use crate::repo::snapshot::check_path;
+use crate::store::key::object_key;
 use crate::store::{Access, Store, StoreUrl};
 
 /// A tree to push.
@@ -112,7 +113,11 @@ impl Source {
                 Ok(Box::new(f))
             }
             Source::Objects(store) => {
-                let path = object_store::path::Path::from(file.rel.as_str());
+                // The key exactly as listed: `Path::from` would percent-encode it again.
+                let path = object_key(&file.rel).map_err(|e| OpError::Source {
+                    path: store.url().join(&file.rel),
+                    problem: e.to_string(),
+                })?;
                 let url = store.object_url(&path);
                 let os = store.object_store().clone();
                 let got = rt

@@ -1,6 +1,8 @@
 //! Snapshots: immutable records of a tree (paths, sizes, modes, times, whole-file BLAKE3 and
 //! chunk lists). Stored as `FRYSNAP1` + zstd(JSON); the snapshot id is the object's BLAKE3.
 
+use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
@@ -144,6 +146,7 @@ impl Snapshot {
         }
         let snap: Snapshot =
             serde_json::from_slice(&json).map_err(|e| format!("invalid snapshot: {e}"))?;
+        check_order(&snap.entries)?;
         for e in &snap.entries {
             check_path(e.path()).map_err(|why| format!("entry {:?}: {why}", e.path()))?;
             if let Entry::File { size, chunks, .. } = e {
@@ -164,12 +167,45 @@ impl Snapshot {
     }
 }
 
+/// The order of a snapshot's entries: paths compared folder by folder, so a folder's
+/// contents follow it directly (what a push of a local folder writes).
+pub fn path_order(a: &str, b: &str) -> Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// Entries must be strictly increasing by [`path_order`], or by plain byte order (what
+/// pushes from object prefixes and sharded pushes write); either way a folder comes before
+/// its contents and no path appears twice.
+fn check_order(entries: &[Entry]) -> Result<(), String> {
+    let first_unsorted = |cmp: fn(&str, &str) -> Ordering| {
+        entries
+            .windows(2)
+            .position(|w| cmp(w[0].path(), w[1].path()) != Ordering::Less)
+    };
+    let Some(at) = first_unsorted(path_order) else {
+        return Ok(());
+    };
+    if first_unsorted(|a, b| a.cmp(b)).is_none() {
+        return Ok(());
+    }
+    let mut seen = HashSet::with_capacity(entries.len());
+    if let Some(twice) = entries.iter().find(|e| !seen.insert(e.path())) {
+        return Err(format!("entry {:?} appears twice", twice.path()));
+    }
+    Err(format!(
+        "entries are not sorted by path: {:?} comes before {:?}",
+        entries[at].path(),
+        entries[at + 1].path()
+    ))
+}
+
 /// Checks a snapshot path: relative, `/`-separated, no empty, `.` or `..` parts, no NUL.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("empty path");
     }
-    if path.starts_with('/') || path.starts_with('\\') || path.contains(':') && cfg!(windows) {
+    // A leading `\` is an ordinary name on Unix (a push reads such files), not a root.
+    if path.starts_with('/') || (cfg!(windows) && (path.starts_with('\\') || path.contains(':'))) {
         return Err("absolute path");
     }
     if path.contains('\0') {
@@ -245,6 +281,86 @@ mod tests {
             }
             let err = Snapshot::decode(&s.encode()).unwrap_err();
             assert!(err.contains("entry"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_and_unsorted_entries_are_refused() {
+        let mut dup = sample();
+        dup.entries.push(Entry::Symlink {
+            path: "d/f".into(),
+            target: "x".into(),
+        });
+        let err = Snapshot::decode(&dup.encode()).unwrap_err();
+        assert!(err.contains("\"d/f\" appears twice"), "{err}");
+
+        let mut same = sample();
+        same.entries.push(same.entries[2].clone());
+        let err = Snapshot::decode(&same.encode()).unwrap_err();
+        assert!(err.contains("appears twice"), "{err}");
+
+        let mut unsorted = sample();
+        unsorted.entries.swap(0, 1);
+        let err = Snapshot::decode(&unsorted.encode()).unwrap_err();
+        assert!(err.contains("not sorted"), "{err}");
+    }
+
+    #[test]
+    fn both_orders_writers_use_are_read() {
+        let dir = |p: &str| Entry::Dir {
+            path: p.into(),
+            mode: 0o755,
+        };
+        let link = |p: &str| Entry::Symlink {
+            path: p.into(),
+            target: "t".into(),
+        };
+        let mut s = sample();
+        // Folder by folder (a local push): "a", "a/x", "a-b".
+        s.entries = vec![dir("a"), link("a/x"), link("a-b")];
+        assert!(Snapshot::decode(&s.encode()).is_ok());
+        // Byte order (object prefixes, sharded pushes): "a", "a-b", "a/x".
+        s.entries = vec![dir("a"), link("a-b"), link("a/x")];
+        assert!(Snapshot::decode(&s.encode()).is_ok());
+        // Neither.
+        s.entries = vec![link("a-b"), dir("a"), link("a/x")];
+        assert!(Snapshot::decode(&s.encode()).is_err());
+    }
+
+    proptest::proptest! {
+        /// Distinct paths in either order writers use are read; a path twice never is.
+        #[test]
+        fn order_rule_holds_for_any_paths(
+            set in proptest::collection::btree_set("[a.-]{1,2}(/[a.-]{1,2}){0,2}", 1..12),
+            dup in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let paths: Vec<String> = set
+                .into_iter()
+                .filter(|p| check_path(p).is_ok())
+                .collect();
+            proptest::prop_assume!(!paths.is_empty());
+            let link = |p: &String| Entry::Symlink { path: p.clone(), target: "t".into() };
+            let mut s = sample();
+            let mut by_bytes = paths.clone();
+            by_bytes.sort();
+            s.entries = by_bytes.iter().map(link).collect();
+            proptest::prop_assert!(Snapshot::decode(&s.encode()).is_ok());
+            let mut by_folder = paths.clone();
+            by_folder.sort_by(|a, b| path_order(a, b));
+            s.entries = by_folder.iter().map(link).collect();
+            proptest::prop_assert!(Snapshot::decode(&s.encode()).is_ok());
+            let twice = dup.get(&by_folder).clone();
+            let at = by_folder.iter().position(|p| *p == twice).unwrap_or(0);
+            by_folder.insert(at, twice);
+            s.entries = by_folder.iter().map(link).collect();
+            proptest::prop_assert!(Snapshot::decode(&s.encode()).is_err());
+        }
+    }
+
+    #[test]
+    fn names_a_unix_file_system_holds_are_paths() {
+        for ok in ["\\", "\\x/y", "a\\b", "c:d", " ", "~", "...", ".x"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok:?}");
         }
     }
 

@@ -6,6 +6,7 @@
 //! local emulators.
 
 pub mod fault;
+pub mod key;
 mod url;
 mod watch;
 
@@ -305,7 +306,7 @@ fn prefixed<T: ObjectStore>(store: T, prefix: &str) -> Arc<dyn ObjectStore> {
     if prefix.is_empty() {
         Arc::new(store)
     } else {
-        Arc::new(PrefixStore::new(store, prefix))
+        Arc::new(PrefixStore::new(store, prefix_path(prefix)))
     }
 }
 
@@ -313,8 +314,14 @@ fn prefixed_arc(store: Arc<InMemory>, prefix: &str) -> Arc<dyn ObjectStore> {
     if prefix.is_empty() {
         store
     } else {
-        Arc::new(PrefixStore::new(store, prefix))
+        Arc::new(PrefixStore::new(store, prefix_path(prefix)))
     }
+}
+
+/// A URL's prefix as the key prefix it names, byte for byte (`Path::from` would
+/// percent-encode `ü` or `~`); only a prefix no key can hold is encoded.
+fn prefix_path(prefix: &str) -> Path {
+    key::object_key(prefix).unwrap_or_else(|_| Path::from(prefix))
 }
 
 /// Retry budget: object_store's backoff with `FERRY_RETRY_MAX` retries (default 10) within

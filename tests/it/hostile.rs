@@ -1,8 +1,10 @@
-//! Hostile snapshots, planted straight into a repository: absolute paths, `..`, symlinks that
-//! lead outside (directly, or through another symlink) and paths through symlinks. Restore
-//! refuses each with one error line, writes nothing outside its destination (a sibling canary
-//! folder stays as it was, and no symlink in the destination leads out of it) and, since it
-//! validates a snapshot before writing, nothing inside it either.
+//! Hostile snapshots, planted straight into a repository: absolute paths, `..`, and paths
+//! through symlinks (the snapshot's own or ones already in the destination). Restore refuses
+//! each with one error line, writes nothing outside its destination (a sibling canary folder
+//! stays as it was, and no symlink in the destination leads out of it) and, since it
+//! validates a snapshot before writing, nothing inside it either. (Symlinks whose targets are
+//! absolute or lead outside are restored as recorded: creating a link writes nothing
+//! outside; see `restoring.rs`.)
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -68,37 +70,6 @@ fn cases(file: &dyn Fn(&str) -> Entry, world: &Path) -> Vec<Case> {
         Case {
             what: "empty path component",
             entries: vec![file("sub//evil.bin")],
-            before: vec![],
-        },
-        Case {
-            what: "symlink with an absolute target",
-            entries: vec![file("a.bin"), link("link", &canary)],
-            before: vec![],
-        },
-        Case {
-            what: "symlink leading outside",
-            entries: vec![file("a.bin"), link("link", "../canary")],
-            before: vec![],
-        },
-        Case {
-            what: "nested symlink leading outside",
-            entries: vec![
-                dir("a"),
-                dir("a/b"),
-                link("a/b/link", "../../../canary"),
-                file("z.bin"),
-            ],
-            before: vec![],
-        },
-        Case {
-            what: "symlink leading outside through another symlink",
-            entries: vec![
-                dir("d"),
-                dir("d/e"),
-                link("d/e/root", "../.."),
-                file("f.bin"),
-                link("up", "d/e/root/.."),
-            ],
             before: vec![],
         },
         Case {
