@@ -1,5 +1,5 @@
 //! The `ferry` binary: parses the command line, wires the library, prints the report and maps
-//! errors to exit codes (0 ok, 1 failed, 2 usage).
+//! errors to exit codes (0 ok, 1 failed, 2 usage, 3 `sync` found nothing ready to push).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,7 +130,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers).
+    /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers);
+    /// exit 3 when nothing was pushed because nothing was ready (still changing, no marker).
     Sync {
         #[arg(long)]
         config: PathBuf,
@@ -198,6 +199,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map(|b| b.as_u64())
         .map_err(|e| format!("{e} (examples: 64KiB, 1MiB, 32MiB)"))
 }
+
+/// `ferry sync`'s exit status when it pushed nothing because nothing was ready (still
+/// changing within `settle`, or no marker yet).
+const NOTHING_READY: u8 = 3;
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))
@@ -289,10 +294,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = service::sync(config, &index_dir, job.as_deref()).await?;
             let now = chrono::Utc::now().timestamp_millis();
             emit(json, &r, |r| service::render_sync(r, now))?;
-            return Ok(if r.ok {
-                ExitCode::SUCCESS
-            } else {
+            return Ok(if !r.ok {
                 ExitCode::FAILURE
+            } else if r.nothing_ready {
+                ExitCode::from(NOTHING_READY)
+            } else {
+                ExitCode::SUCCESS
             });
         }
         Command::Daemon {
