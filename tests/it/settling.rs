@@ -3,8 +3,9 @@
 //! grows while a change stays unsynced, and the busy file lands once its writer stops.
 //! `ferry sync` says what was not ready and why, with its own exit status.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -15,7 +16,6 @@ use serde_json::Value;
 use crate::daemon::{write_config, Daemon};
 use crate::data;
 use crate::harness::{array, number, s, string, Backend, Ctx};
-use crate::run::Ferry;
 
 per_backend!(a_source_that_never_settles_still_gets_pushed);
 
@@ -34,12 +34,14 @@ fn busy_writer(path: &Path, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
     })
 }
 
-/// Restores the ref `data` from `repo` into a fresh folder and reads it back.
-fn restored(ctx: &Ctx, ferry: &Ferry, repo: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+/// Restores the ref `data` from `repo` into a fresh folder (with its own index: the daemon
+/// holds the test's) and reads it back.
+fn restored(ctx: &Ctx, repo: &str) -> (PathBuf, BTreeMap<String, Vec<u8>>) {
+    let ferry = ctx.ferry_with_index(&ctx.dir("restore-index"));
     let dest = ctx.path("restore");
-    let _ = fs::remove_dir_all(&dest);
     ferry.json(&["restore", repo, "data", s(&dest)]);
-    data::file_contents(&dest)
+    let files = data::file_contents(&dest);
+    (dest, files)
 }
 
 fn waiting_files(job: &Value) -> Vec<String> {
@@ -88,7 +90,7 @@ pub fn a_source_that_never_settles_still_gets_pushed(backend: Backend) {
                 .then_some(())
         },
     );
-    let got = restored(&ctx, &ferry, &repo.url);
+    let (_, got) = restored(&ctx, &repo.url);
     let source = data::file_contents(&src);
     assert_eq!(got.len(), QUIET, "{:?}", got.keys().collect::<Vec<_>>());
     for (name, bytes) in &got {
@@ -124,16 +126,24 @@ pub fn a_source_that_never_settles_still_gets_pushed(backend: Backend) {
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     let last = fs::read(src.join("busy.log")).expect("busy.log");
-    d.wait_for("the busy file landed", Duration::from_secs(30), |_| {
-        let got = restored(&ctx, &ferry, &repo.url);
-        (got.get("busy.log") == Some(&last)).then_some(())
-    });
-    data::assert_same_tree(&src, &ctx.path("restore"));
-    let job = d.wait_for("the job is idle", Duration::from_secs(10), |d| {
-        let job = d.job("data");
-        (string(&job, "state") == "idle").then_some(job)
-    });
+    let pushed_before = d.runs("job=data&state=succeeded").len();
+    let job = d.wait_for(
+        "a run after the writer stopped, nothing waiting",
+        Duration::from_secs(30),
+        |d| {
+            let job = d.job("data");
+            let runs = d.runs("job=data&state=succeeded").len();
+            (string(&job, "state") == "idle" && runs > pushed_before).then_some(job)
+        },
+    );
     assert!(waiting_files(&job).is_empty(), "{job}");
+    let (dest, got) = restored(&ctx, &repo.url);
+    assert_eq!(
+        got.get("busy.log"),
+        Some(&last),
+        "the busy file's last version"
+    );
+    data::assert_same_tree(&src, &dest);
     let (stopped, _) = d.stop();
     assert!(stopped.status.success(), "{stopped}");
 }
