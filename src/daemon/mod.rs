@@ -460,3 +460,5 @@ impl Shared {
 mod tests;
 #[cfg(test)]
 mod tests_items;
+#[cfg(test)]
+mod tests_tree;

@@ -5,8 +5,10 @@
 //! and a file that never settles is reported once it has waited `max_wait`.
 //!
 //! A file's state is its size, modification time and inode. The time a state began is the
-//! scan that first saw it, or on first sight its modification time (when the caller trusts
-//! file times: scheduled and one-shot runs, which have no earlier scan to compare with).
+//! scan that first saw it; when the caller trusts file times (scheduled and one-shot looks,
+//! which may be an hour apart), its modification time instead — on first sight, or, for a
+//! change, bounded below by the previous look (a copy that keeps old times still changed
+//! after it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -92,6 +94,8 @@ pub struct FileSettler {
     /// (or its removal) has been waiting to be pushed.
     pushed: BTreeMap<String, FileState>,
     unsynced: BTreeMap<String, i64>,
+    /// When the previous listing was taken (wall ms).
+    last_look_ms: Option<i64>,
 }
 
 /// What to push now.
@@ -144,6 +148,15 @@ impl FileSettler {
     ) -> Settled {
         let settle_ms = settle.as_millis() as i64;
         let max_wait_ms = max_wait.as_millis() as i64;
+        // A change seen now happened after the previous look; trusted file times say when.
+        let prev_look = self.last_look_ms.replace(now_ms).unwrap_or(now_ms);
+        let changed_at = |s: &FileState| {
+            if trust_mtime {
+                (s.mtime_ns / 1_000_000).max(prev_look).min(now_ms)
+            } else {
+                now_ms
+            }
+        };
         self.seen.retain(|k, _| files.contains_key(k));
         let mut out = Settled::default();
         let mut overdue = Vec::new();
@@ -152,7 +165,7 @@ impl FileSettler {
                 Some(s) if s.state == state => s,
                 Some(s) => {
                     s.state = state;
-                    s.since_ms = now_ms;
+                    s.since_ms = changed_at(&state);
                     s
                 }
                 None => {

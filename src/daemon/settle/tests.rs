@@ -127,8 +127,10 @@ proptest! {
     ) {
         let mut s = FileSettler::default();
         let mut last_change: BTreeMap<String, (FileState, i64)> = BTreeMap::new();
+        let mut prev = None;
         for (i, scan) in scans.iter().enumerate() {
             let now = 1_000_000 + i as i64 * step_ms;
+            let prev_look: i64 = prev.replace(now).unwrap_or(now);
             let list: BTreeMap<String, FileState> = scan
                 .iter()
                 .map(|(n, (size, t))| (n.clone(), st(*size, 990 + t)))
@@ -138,7 +140,10 @@ proptest! {
                 let first = if trust { (f.mtime_ns / 1_000_000).min(now) } else { now };
                 match last_change.get(n) {
                     Some((old, _)) if old == f => {}
-                    Some(_) => { last_change.insert(n.clone(), (*f, now)); }
+                    Some(_) => {
+                        let at = if trust { (f.mtime_ns / 1_000_000).max(prev_look).min(now) } else { now };
+                        last_change.insert(n.clone(), (*f, at));
+                    }
                     None => { last_change.insert(n.clone(), (*f, first)); }
                 }
             }
@@ -159,4 +164,43 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn with_trusted_file_times_a_change_between_looks_dates_from_its_mtime() {
+    // Hourly looks: a file changed 50 minutes before the second look is ready at once.
+    let mut s = FileSettler::default();
+    let hour = 3_600_000;
+    s.update(files(&[("a", st(1, 0))]), hour, SETTLE, MAX_WAIT, true, 0);
+    let out = s.update(
+        files(&[("a", st(2, 4200))]),
+        2 * hour,
+        SETTLE,
+        MAX_WAIT,
+        true,
+        0,
+    );
+    assert!(out.plan.held.is_empty(), "{out:?}");
+    // A copy that keeps an old time changed after the previous look, not before.
+    let out = s.update(
+        files(&[("a", st(3, 0))]),
+        2 * hour + 1000,
+        SETTLE,
+        MAX_WAIT,
+        true,
+        0,
+    );
+    assert_eq!(out.waiting, ["a"], "{out:?}");
+    // Without trusted times, a change waits for settle from when it was seen.
+    let mut s = FileSettler::default();
+    s.update(files(&[("a", st(1, 0))]), hour, SETTLE, MAX_WAIT, false, 0);
+    let out = s.update(
+        files(&[("a", st(2, 4200))]),
+        2 * hour,
+        SETTLE,
+        MAX_WAIT,
+        false,
+        0,
+    );
+    assert_eq!(out.waiting, ["a"]);
 }
