@@ -1,5 +1,5 @@
 //! The `ferry` binary: parses the command line, wires the library, prints the report and maps
-//! errors to exit codes (0 ok, 1 failed, 2 usage, 3 `sync` found nothing ready to push).
+//! errors to exit codes (0 ok, 1 failed, 2 usage, 3 `sync` pushed nothing: nothing had settled).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,7 +131,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers);
-    /// exit 3 when nothing was pushed because nothing was ready (still changing, no marker).
+    /// exit 3 when nothing was pushed because nothing had settled (still changing).
     Sync {
         #[arg(long)]
         config: PathBuf,
@@ -200,8 +200,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (examples: 64KiB, 1MiB, 32MiB)"))
 }
 
-/// `ferry sync`'s exit status when it pushed nothing because nothing was ready (still
-/// changing within `settle`, or no marker yet).
+/// `ferry sync`'s exit status when it pushed nothing because nothing had settled (the source
+/// changed within `settle`).
 const NOTHING_READY: u8 = 3;
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

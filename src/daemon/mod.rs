@@ -10,6 +10,7 @@
 mod clock;
 mod discover;
 mod dropped;
+mod execute;
 pub mod retry;
 mod runner;
 pub mod scan;

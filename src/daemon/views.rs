@@ -56,8 +56,9 @@ pub struct SeriesPoint {
 pub struct SyncReport {
     /// False when any run failed: the exit status is then non-zero.
     pub ok: bool,
-    /// True when nothing was pushed because nothing was ready (still changing within
-    /// `settle`, or no marker yet): `ferry sync` then exits with its own status.
+    /// True when nothing was pushed because nothing had settled (something changed within
+    /// `settle`): `ferry sync` then exits with its own status.
+    /// A step still waiting for its marker alone is not this: it is not complete yet.
     pub nothing_ready: bool,
     /// What was not ready, and why (one line per item).
     pub not_ready: Vec<String>,
@@ -317,7 +318,10 @@ pub(super) async fn sync_report(
         .zip(&statuses)
         .flat_map(|(job, s)| not_ready(job, s))
         .collect();
-    let nothing_ready = ok && !not_ready.is_empty() && runs.iter().all(|r| !r.state.is_final());
+    let settling = statuses
+        .iter()
+        .any(|j| j.waiting.iter().any(|w| w.waiting_for == "settle"));
+    let nothing_ready = ok && settling && runs.iter().all(|r| !r.state.is_final());
     Ok(SyncReport {
         ok,
         nothing_ready,

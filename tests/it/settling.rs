@@ -149,7 +149,8 @@ pub fn a_source_that_never_settles_still_gets_pushed(backend: Backend) {
 }
 
 /// `ferry sync` on a tree written within `settle`: nothing is pushed, the report names the
-/// files and the reason, and the exit status (3) differs from success and failure.
+/// files and the reason, and the exit status (3) differs from success and failure. A missing
+/// source folder is a `check-config` warning naming the key.
 #[test]
 fn sync_says_what_was_not_ready_and_why() {
     let Some(ctx) = Ctx::new(&[Backend::File]) else {
@@ -196,5 +197,24 @@ fn sync_says_what_was_not_ready_and_why() {
                 .stdout
                 .contains("not ready: data: tree: 1 file(s) changed within settle (1h): fresh.bin"),
         "{text}"
+    );
+
+    let missing = write_config(
+        &ctx,
+        "",
+        &format!(
+            "[[jobs]]\nname = \"data\"\nsource = \"{}/typo\"\ntargets = [\"{}\"]\nevery = \"1h\"\n",
+            s(&src),
+            repo.url
+        ),
+    );
+    let check = ferry.json(&["check-config", "--config", s(&missing)]);
+    let warnings = array(&check, "warnings");
+    assert!(
+        warnings.len() == 1
+            && warnings[0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("jobs[0].source: ") && w.contains("typo")),
+        "{check}"
     );
 }
