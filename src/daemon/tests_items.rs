@@ -3,6 +3,7 @@
 //! fails for good goes behind the newer ones and is dropped once a newer one lands.
 
 use std::fs;
+use std::time::Duration;
 
 use super::tests::{age, snapshots_of, write, World};
 use super::*;
@@ -127,4 +128,33 @@ async fn a_step_that_fails_for_good_does_not_block_newer_steps() {
         "the ref ends at the newest checkpoint"
     );
     assert_eq!(report.jobs[0].targets[0].pending, 0);
+}
+
+#[tokio::test]
+async fn a_running_daemon_drops_a_vanished_step_and_pushes_the_next() {
+    let w = World::new();
+    step(&w, "step-4");
+    step(&w, "step-5");
+    age(&w.path("src"));
+    let job = STEPS.replace("every = \"1h\"", "watch = true");
+    let d = w.daemon(w.config(&job), Mode::Daemon).await;
+    let j = d.find("ckpt").unwrap();
+    // Both steps are queued; rotation removes step-5 before its turn; step-6 completes.
+    discover::discover_once(&d.shared, &j, Cause::Watch).await;
+    fs::remove_dir_all(w.path("src/step-5")).unwrap();
+    step(&w, "step-6");
+    d.start();
+    let steps = super::tests::wait_for(Duration::from_secs(20), || async {
+        let s = super::tests::snapshots_of_opt(&w.path("repo-a"), "model").await;
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(pushed_steps(&steps), ["step-4", "step-6"]);
+    let runs = d.runs(RunFilter::default()).await.unwrap();
+    let five: Vec<_> = runs.iter().filter(|r| r.item == "step-5").collect();
+    assert_eq!(five.len(), 1, "{runs:?}");
+    assert_eq!(five[0].state, RunState::Skipped, "{runs:?}");
+    let t = &d.job("ckpt").unwrap().targets[0];
+    assert!(t.last_error.is_none() && t.pending == 0, "{t:?}");
+    assert!(d.shutdown(Duration::from_secs(5)).await);
 }
