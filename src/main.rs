@@ -1,5 +1,5 @@
 //! The `ferry` binary: parses the command line, wires the library, prints the report and maps
-//! errors to exit codes (0 ok, 1 failed, 2 usage).
+//! errors to exit codes (0 ok, 1 failed, 2 usage, 3 `sync` pushed nothing: nothing had settled).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -159,7 +159,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers).
+    /// Run the configured jobs once and exit non-zero if any failed (for cron and schedulers);
+    /// exit 3 when nothing was pushed because nothing had settled (still changing).
     Sync {
         /// The config file whose jobs to run.
         #[arg(long)]
@@ -256,6 +257,10 @@ fn parse_bind(s: &str) -> Result<std::net::SocketAddr, String> {
         .copied()
         .ok_or_else(|| format!("{s:?} names no address"))
 }
+
+/// `ferry sync`'s exit status when it pushed nothing because nothing had settled (the source
+/// changed within `settle`).
+const NOTHING_READY: u8 = 3;
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))
@@ -374,10 +379,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = service::sync(config, &index_dir, job.as_deref()).await?;
             let now = chrono::Utc::now().timestamp_millis();
             emit(json, &r, |r| service::render_sync(r, now))?;
-            return Ok(if r.ok {
-                ExitCode::SUCCESS
-            } else {
+            return Ok(if !r.ok {
                 ExitCode::FAILURE
+            } else if r.nothing_ready {
+                ExitCode::from(NOTHING_READY)
+            } else {
+                ExitCode::SUCCESS
             });
         }
         Command::Daemon {

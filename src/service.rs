@@ -33,6 +33,8 @@ pub struct CheckReport {
     pub bind: String,
     pub token: bool,
     pub jobs: Vec<CheckedJob>,
+    /// Probably mistakes, each naming its key (the config still loads).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,7 +64,15 @@ pub fn check_config(path: Option<&PathBuf>) -> Result<CheckReport, ServiceError>
                 trigger: j.trigger.describe(),
             })
             .collect(),
+        warnings: c.warnings.clone(),
     })
+}
+
+/// Logs the config's warnings (the daemon and `ferry sync` run despite them).
+fn log_warnings(c: &Config) {
+    for w in &c.warnings {
+        tracing::warn!(config = %c.origin, warning = %w, "config warning");
+    }
 }
 
 pub fn render_check(r: &CheckReport) -> String {
@@ -77,6 +87,9 @@ pub fn render_check(r: &CheckReport) -> String {
         },
         r.jobs.len()
     );
+    if !r.warnings.is_empty() {
+        s.push_str(&format!(" ({} warnings)", r.warnings.len()));
+    }
     for j in &r.jobs {
         s.push_str(&format!(
             "\n  {} ({}, {}): {} → {}",
@@ -87,6 +100,9 @@ pub fn render_check(r: &CheckReport) -> String {
             j.targets.join(", ")
         ));
     }
+    for w in &r.warnings {
+        s.push_str(&format!("\nwarning: {w}"));
+    }
     s
 }
 
@@ -96,16 +112,25 @@ pub async fn sync(
     index_dir: &Path,
     job: Option<&str>,
 ) -> Result<SyncReport, ServiceError> {
+    log_warnings(&config);
     let daemon = Daemon::open(config, index_dir, Clock::real(), Mode::Once).await?;
     Ok(daemon.sync(job).await?)
 }
 
 pub fn render_sync(r: &SyncReport, now_ms: i64) -> String {
     let mut s = format!(
-        "{}: {} runs",
+        "{}: {} runs{}",
         if r.ok { "sync ok" } else { "sync FAILED" },
-        r.runs.iter().filter(|r| r.state.is_final()).count()
+        r.runs.iter().filter(|r| r.state.is_final()).count(),
+        if r.nothing_ready {
+            "; nothing was ready to push"
+        } else {
+            ""
+        }
     );
+    for line in &r.not_ready {
+        s.push_str(&format!("\n  not ready: {line}"));
+    }
     for run in r.runs.iter().filter(|r| r.state.is_final()) {
         s.push_str(&format!(
             "\n  {}/{} {}: {} ({} sent{})",
@@ -135,6 +160,7 @@ pub async fn daemon(
 ) -> Result<(), ServiceError> {
     let (listener, addr) = crate::server::bind(config.server.bind).await?;
     let grace = config.runner.shutdown_grace;
+    log_warnings(&config);
     let daemon = Daemon::open(config, index_dir, clock, Mode::Daemon).await?;
     let server = {
         let d = daemon.clone();

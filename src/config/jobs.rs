@@ -9,6 +9,7 @@ use super::{Completion, JobConfig, JobKind, Layout, Pattern, ServerConfig, Targe
 use crate::store::StoreUrl;
 
 const DEFAULT_SETTLE: Duration = Duration::from_secs(10);
+const MIN_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// A store URL or a plain path; relative paths resolve against `env.cwd`.
 pub(super) fn parse_url(text: &str, env: &Env) -> Result<StoreUrl, String> {
@@ -119,6 +120,7 @@ pub(super) fn job(
             only_push(p, "merge", job.merge.is_some());
             only_push(p, "layout", job.layout.is_some());
             only_push(p, "settle", job.settle.is_some());
+            only_push(p, "max_wait", job.max_wait.is_some());
             only_push(p, "marker", job.marker.is_some());
             only_push(p, "latest", job.latest.is_some());
             for (r, name) in job.refs.iter().flatten().enumerate() {
@@ -244,9 +246,18 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
         }
     };
     let local = source.is_local();
+    if let StoreUrl::Local(path) = &source {
+        if !path.exists() {
+            p.warn(
+                format!("{key}.source"),
+                format!("{} does not exist: create it, or fix the path (the daemon waits for it to appear and does not create it)", path.display()),
+            );
+        }
+    }
     if !local {
         for (name, set) in [
             ("settle", job.settle.is_some()),
+            ("max_wait", job.max_wait.is_some()),
             ("marker", job.marker.is_some()),
             ("latest", job.latest.is_some()),
         ] {
@@ -274,6 +285,19 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
             Duration::ZERO
         },
     );
+    // Default: ten settle periods, at least a minute.
+    let max_wait = duration(
+        p,
+        &format!("{key}.max_wait"),
+        job.max_wait.as_deref(),
+        settle.saturating_mul(10).max(MIN_MAX_WAIT),
+    );
+    if job.max_wait.is_some() && max_wait < settle {
+        p.add(
+            format!("{key}.max_wait"),
+            "shorter than settle: a file cannot settle sooner than settle; make it at least as long",
+        );
+    }
     let marker = job.marker.as_ref().and_then(|m| {
         if m.is_empty() || m.contains('/') || m == "*" {
             p.add(
@@ -308,6 +332,7 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
         layout,
         complete: Completion {
             settle,
+            max_wait,
             marker,
             latest,
         },
@@ -340,10 +365,16 @@ fn trigger(p: &mut Problems, key: &str, job: &RawJob, kind: Option<&JobKind>) ->
     }
     if let Some(every) = &job.every {
         let k = format!("{key}.every");
+        let before = p.0.len();
         let d = duration(p, &k, Some(every), Duration::ZERO);
         if d < Duration::from_secs(1) {
-            if !d.is_zero() {
-                p.add(&k, "shorter than 1s: use at least \"1s\"");
+            // A text that is not a duration was reported above; a short one is reported here
+            // (a zero interval would never fire: the job would silently do nothing).
+            if p.0.len() == before {
+                p.add(
+                    &k,
+                    format!("{every:?} is shorter than 1s: use at least \"1s\""),
+                );
             }
             return None;
         }
@@ -354,6 +385,14 @@ fn trigger(p: &mut Problems, key: &str, job: &RawJob, kind: Option<&JobKind>) ->
         .seconds(croner::parser::Seconds::Optional)
         .build();
     match parser.parse(text) {
+        // A valid schedule may still name no real time (`0 0 31 2 *`: February 31st).
+        Ok(c) if c.find_next_occurrence(&chrono::Utc::now(), false).is_err() => {
+            p.add(
+                format!("{key}.cron"),
+                format!("{text:?} never fires (no such date): check the day and month fields"),
+            );
+            None
+        }
         Ok(c) => Some(Trigger::Cron(Box::new(c), text.to_string())),
         Err(e) => {
             p.add(

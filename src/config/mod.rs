@@ -46,6 +46,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub runner: RunnerConfig,
     pub jobs: Vec<JobConfig>,
+    /// Things that load but are probably mistakes (`key: problem: fix`), e.g. a source
+    /// folder that does not exist: `check-config` prints them, the daemon logs them.
+    pub warnings: Vec<String>,
 }
 
 /// The HTTP server's settings.
@@ -160,8 +163,11 @@ pub enum Layout {
 /// When a checkpoint counts as complete.
 #[derive(Debug, Clone, Default)]
 pub struct Completion {
-    /// No change for this long.
+    /// No change for this long (per file in a tree job, per step folder in a steps job).
     pub settle: Duration,
+    /// A file still changing after this long is reported as a warning (tree jobs: the
+    /// repository keeps its previous version meanwhile).
+    pub max_wait: Duration,
     /// A file whose name matches this pattern exists in the checkpoint's folder.
     pub marker: Option<Pattern>,
     /// A file in the source folder naming the newest complete step folder.
@@ -274,3 +280,5 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_triggers;

@@ -74,6 +74,8 @@ pub struct RawJob {
     pub every: Option<String>,
     pub cron: Option<String>,
     pub settle: Option<String>,
+    /// Tree jobs: how long a file may keep changing before the job warns about it.
+    pub max_wait: Option<String>,
     pub marker: Option<String>,
     pub latest: Option<String>,
     pub queue: Option<usize>,

@@ -113,12 +113,17 @@ pub(super) fn key_at(text: &str, offset: usize) -> String {
     "(top level)".into()
 }
 
-/// Collects problems; each is `key: problem: fix`.
-pub(super) struct Problems(pub(super) Vec<String>);
+/// Collects problems (each `key: problem: fix`) and warnings (the same form; the config
+/// still loads).
+pub(super) struct Problems(pub(super) Vec<String>, pub(super) Vec<String>);
 
 impl Problems {
     pub(super) fn add(&mut self, key: impl std::fmt::Display, problem: impl std::fmt::Display) {
         self.0.push(format!("{key}: {problem}"));
+    }
+
+    pub(super) fn warn(&mut self, key: impl std::fmt::Display, problem: impl std::fmt::Display) {
+        self.1.push(format!("{key}: {problem}"));
     }
 }
 
@@ -169,7 +174,7 @@ const NAME_RULE: &str =
     "use 1-64 letters, digits, '.', '_' and '-', starting with a letter or digit";
 
 pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config, ConfigError> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems(Vec::new(), Vec::new());
     let server = server(&mut p, &raw, env);
     let r = &raw.runner;
     let retry_initial = duration(
@@ -280,6 +285,7 @@ pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config
             server,
             runner,
             jobs,
+            warnings: p.1,
         })
     } else {
         Err(ConfigError::Invalid {

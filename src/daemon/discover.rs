@@ -26,6 +26,8 @@ const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_secs(2);
 /// Let a burst of events settle into one scan.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// While the source folder does not exist, look for it this often.
+const MISSING: Duration = Duration::from_millis(250);
 
 /// The source folder, push settings of a local push job.
 fn local_push(job: &Job) -> Option<(PathBuf, Layout, &crate::config::Completion)> {
@@ -71,8 +73,8 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
         return;
     };
     let complete = complete.clone();
-    if let Err(e) = tokio::fs::create_dir_all(&root).await {
-        job.with(|l| l.scan_error = Some(format!("cannot create {}: {e}", root.display())));
+    if !source_appears(&shared, &job, &root).await {
+        return;
     }
     seed_done(&shared, &job).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -103,7 +105,18 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
         }
     };
     let mut settler = Settler::default();
+    let files = super::tree::per_file(&job);
     loop {
+        if let Some((root, complete)) = &files {
+            let at = super::tree::look(&shared, &job, root, complete, Cause::Watch, false).await;
+            let recheck = at.map_or(Instant::now() + idle_rescan, |at| {
+                at.min(Instant::now() + idle_rescan)
+            });
+            if !next_look(&shared, &job, &mut rx, recheck).await {
+                return;
+            }
+            continue;
+        }
         let skip = settled_items(&job);
         let (r, c) = (root.clone(), complete.clone());
         let scanned = tokio::task::spawn_blocking(move || scan::scan(&r, layout, &c, &skip)).await;
@@ -125,7 +138,7 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
                     let since =
                         (shared.clock.now_ms() - age.as_millis() as i64).max(shared.started_ms);
                     shared
-                        .enqueue(&job, &item, since, Cause::Watch, Some(fp))
+                        .enqueue(&job, &item, since, Cause::Watch, Some(fp), None)
                         .await;
                 }
                 if let Some(at) = decision.recheck_at {
@@ -137,14 +150,55 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
             }
             Err(e) => tracing::warn!(job = %job.config.name, error = %e, "scan task failed"),
         }
-        tokio::select! {
-            Some(()) = rx.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
+        if !next_look(&shared, &job, &mut rx, recheck).await {
+            return;
+        }
+    }
+}
+
+/// Waits for a filesystem event, the recheck time or an API rescan; false on shutdown.
+async fn next_look(
+    shared: &Shared,
+    job: &Job,
+    rx: &mut tokio::sync::mpsc::Receiver<()>,
+    recheck: Instant,
+) -> bool {
+    tokio::select! {
+        Some(()) = rx.recv() => {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            true
+        }
+        _ = tokio::time::sleep_until(recheck) => true,
+        _ = job.rescan.notified() => true,
+        _ = shared.shutdown.cancelled() => false,
+    }
+}
+
+/// Waits until the source folder exists. The daemon never creates it: a typo in the path
+/// would go unnoticed. Until then the job shows why it does nothing. False on shutdown.
+async fn source_appears(shared: &Shared, job: &Job, root: &std::path::Path) -> bool {
+    loop {
+        let problem = match tokio::fs::metadata(root).await {
+            Ok(m) if m.is_dir() => {
+                job.with(|l| l.scan_error = None);
+                return true;
             }
-            _ = tokio::time::sleep_until(recheck) => {}
-            _ = job.rescan.notified() => {}
-            _ = shared.shutdown.cancelled() => return,
+            Ok(_) => format!(
+                "the source {} is not a folder: fix the job's source",
+                root.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "the source folder {} does not exist: create it, or fix the job's source in {}",
+                root.display(),
+                shared.config.origin
+            ),
+            Err(e) => format!("cannot read the source folder {}: {e}", root.display()),
+        };
+        job.with(|l| l.scan_error = Some(problem));
+        tokio::select! {
+            _ = tokio::time::sleep(MISSING) => {}
+            _ = shared.shutdown.cancelled() => return false,
         }
     }
 }
@@ -179,11 +233,15 @@ pub(super) async fn discover_once(shared: &Arc<Shared>, job: &Arc<Job>, trigger:
     let now = shared.clock.now_ms();
     let Some((root, layout, complete)) = local_push(job) else {
         shared
-            .enqueue(job, whole_item(job), now, trigger, None)
+            .enqueue(job, whole_item(job), now, trigger, None, None)
             .await;
         return;
     };
     let complete = complete.clone();
+    if let Some((root, complete)) = super::tree::per_file(job) {
+        super::tree::look(shared, job, &root, &complete, trigger, true).await;
+        return;
+    }
     let skip = settled_items(job);
     let (r, c) = (root.clone(), complete.clone());
     let scanned = tokio::task::spawn_blocking(move || scan::scan(&r, layout, &c, &skip)).await;
@@ -208,7 +266,7 @@ pub(super) async fn discover_once(shared: &Arc<Shared>, job: &Arc<Job>, trigger:
         let since = now - scan::age(&c.fingerprint).as_millis() as i64;
         let since = if c.item == TREE_ITEM { now } else { since };
         shared
-            .enqueue(job, &c.item, since, trigger, Some(c.fingerprint))
+            .enqueue(job, &c.item, since, trigger, Some(c.fingerprint), None)
             .await;
     }
 }

@@ -9,10 +9,14 @@
 
 mod clock;
 mod discover;
+mod dropped;
+mod execute;
 pub mod retry;
 mod runner;
 pub mod scan;
+pub mod settle;
 pub mod state;
+mod tree;
 mod views;
 
 use std::path::Path;
@@ -341,6 +345,7 @@ impl Shared {
         since_ms: i64,
         trigger: Cause,
         fp: Option<Fingerprint>,
+        plan: Option<Arc<settle::Plan>>,
     ) {
         let steps = matches!(
             job.config.kind,
@@ -365,6 +370,9 @@ impl Shared {
                     if fp.is_some() {
                         p.fingerprint = fp.clone();
                     }
+                    if plan.is_some() {
+                        p.plan = plan.clone();
+                    }
                     continue;
                 }
                 // An unchanged tree is not pushed again, unless someone asked for it.
@@ -378,6 +386,8 @@ impl Shared {
                         trigger,
                         fingerprint: fp.clone(),
                         dirty: false,
+                        failed: false,
+                        plan: plan.clone(),
                     },
                 );
                 added.push(i);
@@ -449,3 +459,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_items;
+#[cfg(test)]
+mod tests_tree;

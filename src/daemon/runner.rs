@@ -8,31 +8,18 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::dropped;
+use super::execute::{execute, Outcome};
 use super::retry::{backoff, classify, FailureKind};
-use super::scan::{self, Fingerprint, TREE_ITEM};
+use super::scan::{self, TREE_ITEM};
 use super::state::{FailureInfo, Job, ProgressCounter, Retry, RunState, Running};
 use super::{Mode, Shared};
 use crate::config::{JobKind, Layout};
 use crate::index::{ItemRecord, ItemState};
-use crate::ops::shard::PushMode;
 use crate::ops::OpError;
-use crate::repo::RepoError;
-use crate::store::{StoreError, StoreUrl};
 
 /// The item of a replicate job.
 pub const REFS_ITEM: &str = "refs";
-
-/// What one target got from a run.
-#[derive(Debug, Clone, Default)]
-struct Outcome {
-    snapshot: Option<String>,
-    unchanged: bool,
-    bytes_logical: u64,
-    bytes_sent: u64,
-    bytes_new: u64,
-    /// The source changed while it was read: push it again once it is complete.
-    changed: bool,
-}
 
 enum Next {
     Run { item: String, targets: Vec<usize> },
@@ -111,6 +98,12 @@ fn next_batch(live: &super::state::JobLive, now: Instant) -> Next {
 }
 
 async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: Vec<usize>) {
+    // A step folder removed since it was queued (checkpoint rotation) is dropped, not failed.
+    if dropped::vanished(job, &item).await {
+        dropped::drop_vanished(shared, job, &item, &targets).await;
+        job.wake.notify_one();
+        return;
+    }
     let now_ms = shared.clock.now_ms();
     let progress = Arc::new(ProgressCounter::default());
     // Open (or continue) one run record per target.
@@ -146,6 +139,12 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
     }
     tracing::info!(job = %job.config.name, item = %item, targets = targets.len(), "run started");
 
+    let plan = job.with(|l| {
+        l.targets[targets[0]]
+            .pending
+            .get(&item)
+            .and_then(|p| p.plan.clone())
+    });
     let started = Instant::now();
     let op = crate::progress::observe(progress.clone(), execute(shared, job, &item, &targets));
     let results = drive(shared, job, op, &progress).await;
@@ -177,6 +176,9 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
         tracing::warn!(job = %job.config.name, item = %item, "run interrupted by shutdown");
         return;
     };
+    // A failure because the step folder vanished during the run drops the item instead.
+    let gone = results.iter().any(|(_, r)| r.is_err()) && dropped::vanished(job, &item).await;
+    let mut overtaken = Vec::new();
     for (t, res) in results {
         let Some(&(_, id, started, attempts)) = runs.iter().find(|r| r.0 == t) else {
             continue;
@@ -188,8 +190,21 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
         let label = job.target(t).label.clone();
         let labels = [("job", job.config.name.clone()), ("target", label)];
         match res {
+            Err(_) if gone => {
+                job.with(|live| dropped::forget(&mut live.targets[t], &item));
+                r.state = RunState::Skipped;
+                r.finished_ms = Some(finished_ms);
+                r.error = Some(dropped::vanished_note(job, &item));
+                items.push((t, Some(ItemState::Skipped), finished_ms));
+                tracing::warn!(job = %job.config.name, target = %job.target(t).label, item = %item, "the checkpoint vanished from the source during the push; dropped");
+            }
             Ok(o) => {
-                let since = job.with(|live| finish_success(live, job, t, &item, &o, finished_ms));
+                let (since, old) =
+                    job.with(|live| finish_success(live, job, t, &item, &o, finished_ms));
+                if let (Some(plan), false) = (&plan, o.changed) {
+                    super::tree::pushed(job, plan);
+                }
+                overtaken.extend(old.into_iter().map(|i| (t, i)));
                 r.state = RunState::Succeeded;
                 r.finished_ms = Some(finished_ms);
                 r.snapshot = o.snapshot.clone();
@@ -235,6 +250,7 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
                     )
                 });
                 let slow = (shared.mode == Mode::Daemon).then_some(shared.config.runner.retry_max);
+                let steps = job_layout(job) == Some(Layout::Steps);
                 let state = job.with(|live| {
                     let tl = &mut live.targets[t];
                     let info = FailureInfo {
@@ -252,9 +268,21 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
                         }
                         None => {
                             tl.open_run = None;
-                            tl.failed = Some(info);
                             tl.totals.runs_failed += 1;
-                            (slow, RunState::Failed)
+                            // A failed step goes behind the others; the target is parked
+                            // only when nothing else is left to try.
+                            let others = steps && {
+                                if let Some(p) = tl.pending.get_mut(&item) {
+                                    p.failed = true;
+                                }
+                                tl.pending.iter().any(|(n, p)| *n != item && !p.failed)
+                            };
+                            if others {
+                                (None, RunState::Failed)
+                            } else {
+                                tl.failed = Some(info);
+                                (slow, RunState::Failed)
+                            }
                         }
                     };
                     tl.retry = wait.map(|d| Retry {
@@ -289,6 +317,10 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
     for r in records {
         shared.put_run(r).await;
     }
+    for (t, old) in overtaken {
+        let note = format!("failed earlier, then {item} reached this target: dropped so that the ref does not move back to an older checkpoint");
+        dropped::record(shared, job, t, &old, trigger, note, None).await;
+    }
     for (t, state, since) in items {
         let target = job.target(t).url.to_string();
         let record = state.map(|state| ItemRecord {
@@ -312,7 +344,8 @@ fn job_layout(job: &Job) -> Option<Layout> {
     }
 }
 
-/// Records a target's success in the live state; returns when the change was first seen.
+/// Records a target's success in the live state; returns when the change was first seen, and
+/// the failed steps this one overtook (dropped from the queue).
 fn finish_success(
     live: &mut super::state::JobLive,
     job: &Job,
@@ -320,7 +353,7 @@ fn finish_success(
     item: &str,
     o: &Outcome,
     now_ms: i64,
-) -> Option<i64> {
+) -> (Option<i64>, Vec<String>) {
     let layout = job_layout(job);
     let tl = &mut live.targets[t];
     tl.retry = None;
@@ -346,18 +379,19 @@ fn finish_success(
         _ => {
             tl.pending.remove(item);
             if o.changed {
-                return since;
+                return (since, Vec::new());
             }
             match layout {
                 Some(Layout::Steps) => {
                     tl.done.insert(item.to_string());
+                    return (since, super::dropped::overtaken(tl, item));
                 }
                 Some(Layout::Tree) => tl.pushed = pending.and_then(|p| p.fingerprint),
                 None => {}
             }
         }
     }
-    since
+    (since, Vec::new())
 }
 
 /// Runs `op`, sampling its throughput every second. After shutdown is requested, waits up to
@@ -394,175 +428,6 @@ async fn drive<F: std::future::Future<Output = Vec<(usize, Result<Outcome, OpErr
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => return None,
         }
     }
-}
-
-/// The operation for one item and some targets: one result per target.
-async fn execute(
-    shared: &Shared,
-    job: &Job,
-    item: &str,
-    targets: &[usize],
-) -> Vec<(usize, Result<Outcome, OpError>)> {
-    match &job.config.kind {
-        JobKind::Push {
-            source,
-            reference,
-            layout,
-            ..
-        } => {
-            let src = match (layout, source) {
-                (Layout::Steps, StoreUrl::Local(root)) => StoreUrl::Local(root.join(item)),
-                _ => source.clone(),
-            };
-            let before = job.with(|l| {
-                targets
-                    .first()
-                    .and_then(|t| l.targets[*t].pending.get(item))
-                    .and_then(|p| p.fingerprint.clone())
-            });
-            let res = push(shared, job, &src, reference, targets, before.as_ref()).await;
-            match res {
-                Err(e) if targets.len() > 1 => {
-                    tracing::warn!(job = %job.config.name, item, error = %e, "fan-out push failed; trying each target alone");
-                    let mut out = Vec::new();
-                    for &t in targets {
-                        let r = push(shared, job, &src, reference, &[t], before.as_ref()).await;
-                        out.push((t, r.map(|mut v| v.remove(0).1)));
-                    }
-                    out
-                }
-                Err(e) => vec![(targets[0], Err(e))],
-                Ok(v) => v.into_iter().map(|(t, o)| (t, Ok(o))).collect(),
-            }
-        }
-        JobKind::Mirror { source, delete, .. } => {
-            mirror_targets(shared, job, source, *delete, targets).await
-        }
-        JobKind::Replicate { from, refs } => {
-            let mut out = Vec::new();
-            for &t in targets {
-                let to = job.target(t).url.to_string();
-                let r =
-                    crate::commands::replicate(&shared.ctx, &from.url.to_string(), &to, refs).await;
-                let r = match r {
-                    Ok(r) => Ok(Outcome {
-                        snapshot: None,
-                        unchanged: r.snapshots_copied == 0,
-                        bytes_logical: r.upload.bytes_new_logical,
-                        bytes_sent: r.upload.bytes_uploaded,
-                        bytes_new: r.upload.bytes_new_logical,
-                        changed: false,
-                    }),
-                    // Nothing to replicate yet: the source repository has not been created.
-                    Err(e) if source_missing(&e, &from.url) => {
-                        tracing::info!(job = %job.config.name, from = %from.url, "source repository does not exist yet; nothing to replicate");
-                        Ok(Outcome {
-                            unchanged: true,
-                            ..Default::default()
-                        })
-                    }
-                    Err(e) => Err(e),
-                };
-                out.push((t, r));
-            }
-            out
-        }
-    }
-}
-
-/// `ferry mirror` to each target in turn.
-async fn mirror_targets(
-    shared: &Shared,
-    job: &Job,
-    source: &StoreUrl,
-    delete: bool,
-    targets: &[usize],
-) -> Vec<(usize, Result<Outcome, OpError>)> {
-    let opts = crate::mirror::MirrorOptions {
-        delete,
-        dry_run: false,
-    };
-    let mut out = Vec::new();
-    for &t in targets {
-        let dest = job.target(t).url.to_string();
-        let r = crate::commands::mirror(&shared.ctx, &source.to_string(), &dest, opts)
-            .await
-            .map(|r| Outcome {
-                snapshot: None,
-                unchanged: r.bytes_written == 0 && r.deleted == 0,
-                bytes_logical: r.bytes_written,
-                bytes_sent: r.bytes_sent,
-                bytes_new: r.bytes_sent,
-                changed: false,
-            });
-        out.push((t, r));
-    }
-    out
-}
-
-fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
-    let from = from.to_string();
-    match e {
-        OpError::Repo(RepoError::NotARepo { url }) => *url == from,
-        OpError::Repo(RepoError::Store(StoreError::Open { url, reason }))
-        | OpError::Store(StoreError::Open { url, reason }) => {
-            *url == from && reason == "no such folder"
-        }
-        _ => false,
-    }
-}
-
-async fn push(
-    shared: &Shared,
-    job: &Job,
-    src: &StoreUrl,
-    reference: &str,
-    targets: &[usize],
-    before: Option<&Fingerprint>,
-) -> Result<Vec<(usize, Outcome)>, OpError> {
-    let urls: Vec<String> = targets
-        .iter()
-        .map(|t| job.target(*t).url.to_string())
-        .collect();
-    let mode = match &job.config.kind {
-        JobKind::Push { merge: true, .. } => PushMode::Merge,
-        _ => PushMode::Replace,
-    };
-    let report =
-        crate::commands::push_with(&shared.ctx, &src.to_string(), &urls, reference, &mode).await?;
-    // A checkpoint that changed while it was read is pushed again once it settles.
-    let changed = match (src, before) {
-        (StoreUrl::Local(path), Some(before)) => {
-            let path = path.clone();
-            let after = tokio::task::spawn_blocking(move || scan::fingerprint(&path))
-                .await
-                .map_err(OpError::join)?
-                .ok();
-            after.as_ref() != Some(before)
-        }
-        _ => false,
-    };
-    if changed {
-        tracing::warn!(job = %job.config.name, source = %src, "the source changed during the push");
-    }
-    Ok(targets
-        .iter()
-        .zip(report.targets)
-        .map(|(t, r)| {
-            let logical = if r.unchanged { 0 } else { report.bytes_total };
-            (
-                *t,
-                Outcome {
-                    snapshot: Some(r.snapshot.to_hex()),
-                    unchanged: r.unchanged,
-                    bytes_logical: logical,
-                    bytes_sent: r.stats.bytes_uploaded,
-                    bytes_new: r.stats.bytes_new_logical,
-                    changed,
-                },
-            )
-        })
-        .collect())
 }
 
 /// The default item of a job without step folders.

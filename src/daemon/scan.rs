@@ -28,6 +28,20 @@ pub struct Fingerprint {
     digest: [u8; 16],
 }
 
+impl Fingerprint {
+    /// A fingerprint from its parts (per-file settling fingerprints its own selection).
+    pub fn from_digest(files: u64, bytes: u64, newest_mtime_ns: i64, hash: blake3::Hash) -> Self {
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&hash.as_bytes()[..16]);
+        Fingerprint {
+            files,
+            bytes,
+            newest_mtime_ns,
+            digest,
+        }
+    }
+}
+
 /// One checkpoint found by a scan.
 #[derive(Debug, Clone)]
 pub struct Candidate {

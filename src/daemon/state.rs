@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::retry::FailureKind;
 use super::scan::{natural_cmp, Fingerprint, Waiting};
+use super::settle::{FileSettler, Plan};
 use crate::config::{JobConfig, JobKind, Target};
 
 /// Version of the persisted [`RunRecord`] encoding.
@@ -116,6 +117,11 @@ pub struct Pending {
     pub fingerprint: Option<Fingerprint>,
     /// Enqueued again while it ran: push it once more afterwards.
     pub dirty: bool,
+    /// Failed for good on its last attempt: queued behind the items that have not failed,
+    /// so that it never holds them back (see [`TargetLive::ordered_pending`]).
+    pub failed: bool,
+    /// What to read and what to keep from the ref's head (per-file settling, tree jobs).
+    pub plan: Option<std::sync::Arc<Plan>>,
 }
 
 /// A transient failure waiting for its next attempt.
@@ -169,10 +175,15 @@ pub struct TargetLive {
 
 impl TargetLive {
     /// Pending items in the order they are pushed: step order (`step-9` before `step-10`),
-    /// so that a target's ref ends at the newest checkpoint.
+    /// so that a target's ref ends at the newest checkpoint; items that failed for good come
+    /// after the others, so that a failing item never blocks the ones behind it.
     pub fn ordered_pending(&self) -> Vec<(&String, &Pending)> {
         let mut v: Vec<_> = self.pending.iter().collect();
-        v.sort_by(|a, b| natural_cmp(a.0, b.0));
+        v.sort_by(|a, b| {
+            a.1.failed
+                .cmp(&b.1.failed)
+                .then_with(|| natural_cmp(a.0, b.0))
+        });
         v
     }
 }
@@ -220,6 +231,22 @@ pub struct JobLive {
     pub scan_error: Option<String>,
     /// Scans of the source so far (an idle watched folder is scanned twice a minute).
     pub scans: u64,
+    /// Files of a tree job still changing, from the last scan (per-file settling).
+    pub held: Option<Held>,
+    /// The oldest source change seen and not pushed yet (wall ms): the lag counts from it.
+    pub unsynced_since_ms: Option<i64>,
+}
+
+/// Files of a tree job that have not settled: not pushed; the ref keeps their previous version.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// The first few by name, and how many there are.
+    pub files: Vec<String>,
+    pub total: usize,
+    /// Those waiting longer than `max_wait` (first few, and the count).
+    pub overdue: Vec<String>,
+    pub overdue_total: usize,
+    pub max_wait: std::time::Duration,
 }
 
 /// A job's config and live state.
@@ -230,6 +257,8 @@ pub struct Job {
     pub wake: tokio::sync::Notify,
     /// Look at the source again now (API trigger).
     pub rescan: tokio::sync::Notify,
+    /// Per-file settle state (tree jobs on a local folder); locked only around updates.
+    pub files: Mutex<FileSettler>,
 }
 
 impl Job {
@@ -247,6 +276,7 @@ impl Job {
             live: Mutex::new(live),
             wake: tokio::sync::Notify::new(),
             rescan: tokio::sync::Notify::new(),
+            files: Mutex::new(FileSettler::default()),
         }
     }
 
@@ -278,6 +308,9 @@ pub struct JobStatus {
     pub waiting: Vec<WaitingStatus>,
     pub running: Option<RunningStatus>,
     pub scan_error: Option<String>,
+    /// Problems that do not stop the job, e.g. files that never settle.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub targets: Vec<TargetStatus>,
 }
 
@@ -286,6 +319,11 @@ pub struct WaitingStatus {
     pub item: String,
     /// `marker`, `latest` or `settle`.
     pub waiting_for: String,
+    /// Tree jobs: the files still changing (first few), and how many there are.
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub files_total: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,7 +398,17 @@ impl Job {
                 .targets
                 .iter()
                 .enumerate()
-                .map(|(i, t)| target_status(c.targets.get(i), t, live.running.as_ref(), i, now_ms))
+                .map(|(i, t)| {
+                    let mut s =
+                        target_status(c.targets.get(i), t, live.running.as_ref(), i, now_ms);
+                    // Lag counts from the oldest change not pushed yet, not from the last run.
+                    // (Source changes are on the wall clock, which the daemon's may not be.)
+                    if let Some(since) = live.unsynced_since_ms {
+                        let wall = super::tree::wall_ms();
+                        s.lag_secs = s.lag_secs.max((wall - since).max(0) as f64 / 1000.0);
+                    }
+                    s
+                })
                 .collect();
             let state = if live.running.is_some() {
                 "running"
@@ -384,9 +432,14 @@ impl Job {
                 waiting: live
                     .waiting
                     .iter()
-                    .map(|(item, w)| WaitingStatus {
-                        item: item.clone(),
-                        waiting_for: format!("{w:?}").to_lowercase(),
+                    .map(|(item, w)| {
+                        let held = live.held.as_ref().filter(|_| *w == Waiting::Settle);
+                        WaitingStatus {
+                            item: item.clone(),
+                            waiting_for: format!("{w:?}").to_lowercase(),
+                            files: held.map(|h| h.files.clone()).unwrap_or_default(),
+                            files_total: held.map_or(0, |h| h.total),
+                        }
                     })
                     .collect(),
                 running: live.running.as_ref().map(|r| RunningStatus {
@@ -409,10 +462,26 @@ impl Job {
                     bytes_per_sec: r.rate,
                 }),
                 scan_error: live.scan_error.clone(),
+                warnings: live.held.iter().filter_map(overdue_warning).collect(),
                 targets,
             }
         })
     }
+}
+
+/// The warning for files that have waited longer than `max_wait`.
+fn overdue_warning(h: &Held) -> Option<String> {
+    if h.overdue_total == 0 {
+        return None;
+    }
+    let more = h.overdue_total.saturating_sub(h.overdue.len());
+    Some(format!(
+        "{} file(s) have not settled for max_wait ({}): {}{}: the repository keeps their previous version; stop rewriting them, or move them out of the source",
+        h.overdue_total,
+        humantime::format_duration(h.max_wait),
+        h.overdue.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() }
+    ))
 }
 
 fn target_status(

@@ -11,22 +11,22 @@ use crate::config::Env;
 use crate::repo::Repository;
 use crate::store::{Access, Store};
 
-struct World {
+pub(super) struct World {
     dir: tempfile::TempDir,
 }
 
 impl World {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         World {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub(super) fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
-    fn config(&self, jobs: &str) -> Config {
+    pub(super) fn config(&self, jobs: &str) -> Config {
         let text = format!(
             "version = 1\n[runner]\nretries = 2\nretry_initial = \"20ms\"\nretry_max = \"50ms\"\nshutdown_grace = \"1s\"\n{jobs}"
         )
@@ -34,20 +34,20 @@ impl World {
         Config::from_toml(&text, "test.toml", &Env::from_process()).unwrap()
     }
 
-    async fn daemon(&self, config: Config, mode: Mode) -> Daemon {
+    pub(super) async fn daemon(&self, config: Config, mode: Mode) -> Daemon {
         Daemon::open(config, &self.path("index"), Clock::real(), mode)
             .await
             .unwrap()
     }
 }
 
-fn write(path: &Path, data: &[u8]) {
+pub(super) fn write(path: &Path, data: &[u8]) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, data).unwrap();
 }
 
 /// Makes every entry under `path` look written an hour ago.
-fn age(path: &Path) {
+pub(super) fn age(path: &Path) {
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
     for e in fs::read_dir(path).unwrap() {
         let p = e.unwrap().path();
@@ -61,7 +61,7 @@ fn age(path: &Path) {
     }
 }
 
-async fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
+pub(super) async fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
     let store = Store::open(&crate::store::StoreUrl::Local(repo.into()), Access::Read).unwrap();
     let repo = Repository::open(store).await.unwrap();
     let mut out = Vec::new();
@@ -71,7 +71,7 @@ async fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
     out
 }
 
-const STEPS_JOB: &str = r#"
+pub(super) const STEPS_JOB: &str = r#"
 [[jobs]]
 name = "ckpt"
 source = "$DIR/src"
@@ -232,14 +232,14 @@ marker = "*.done"
     assert!(d.shutdown(Duration::from_secs(5)).await);
 }
 
-async fn snapshots_of_opt(repo: &Path, name: &str) -> Vec<String> {
+pub(super) async fn snapshots_of_opt(repo: &Path, name: &str) -> Vec<String> {
     if !repo.join("config").exists() {
         return Vec::new();
     }
     snapshots_of(repo, name).await
 }
 
-async fn wait_for<T, F, Fut>(limit: Duration, mut f: F) -> T
+pub(super) async fn wait_for<T, F, Fut>(limit: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

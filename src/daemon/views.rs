@@ -56,6 +56,12 @@ pub struct SeriesPoint {
 pub struct SyncReport {
     /// False when any run failed: the exit status is then non-zero.
     pub ok: bool,
+    /// True when nothing was pushed because nothing had settled (something changed within
+    /// `settle`): `ferry sync` then exits with its own status.
+    /// A step still waiting for its marker alone is not this: it is not complete yet.
+    pub nothing_ready: bool,
+    /// What was not ready, and why (one line per item).
+    pub not_ready: Vec<String>,
     pub jobs: Vec<JobStatus>,
     pub runs: Vec<RunRecord>,
 }
@@ -138,6 +144,8 @@ pub(super) async fn load(shared: &Arc<Shared>) -> Result<(), DaemonError> {
                                     trigger: super::state::Cause::Startup,
                                     fingerprint: None,
                                     dirty: false,
+                                    failed: false,
+                                    plan: None,
                                 },
                             );
                         }
@@ -305,11 +313,60 @@ pub(super) async fn sync_report(
             .iter()
             .flat_map(|j| &j.targets)
             .any(|t| t.state == "failed");
+    let not_ready: Vec<String> = jobs
+        .iter()
+        .zip(&statuses)
+        .flat_map(|(job, s)| not_ready(job, s))
+        .collect();
+    let settling = statuses
+        .iter()
+        .any(|j| j.waiting.iter().any(|w| w.waiting_for == "settle"));
+    let nothing_ready = ok && settling && runs.iter().all(|r| !r.state.is_final());
     Ok(SyncReport {
         ok,
+        nothing_ready,
+        not_ready,
         jobs: statuses,
         runs,
     })
+}
+
+/// Why each waiting item of `job` was not pushed.
+fn not_ready(job: &Job, status: &JobStatus) -> Vec<String> {
+    let complete = match &job.config.kind {
+        JobKind::Push { complete, .. } | JobKind::Mirror { complete, .. } => complete,
+        JobKind::Replicate { .. } => return Vec::new(),
+    };
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    status
+        .waiting
+        .iter()
+        .map(|w| {
+            let why = match w.waiting_for.as_str() {
+                "marker" => format!(
+                    "not complete: no file matching the marker {:?} yet",
+                    complete.marker.as_ref().map_or("", |m| m.as_str())
+                ),
+                "latest" => format!(
+                    "newer than the step the latest pointer ({}) names",
+                    complete.latest.as_deref().unwrap_or("latest")
+                ),
+                _ if w.files_total > 0 => format!(
+                    "{} file(s) changed within settle ({}): {}{}; the others are pushed, these once unchanged for {}",
+                    w.files_total,
+                    d(complete.settle),
+                    w.files.join(", "),
+                    if w.files_total > w.files.len() { ", …" } else { "" },
+                    d(complete.settle)
+                ),
+                _ => format!(
+                    "changed within settle ({}): pushed once unchanged that long",
+                    d(complete.settle)
+                ),
+            };
+            format!("{}: {}: {why}", status.name, w.item)
+        })
+        .collect()
 }
 
 fn when(ms: Option<i64>, now_ms: i64) -> String {
@@ -377,10 +434,21 @@ pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
             }
         }
         for w in &j.waiting {
+            let files = match w.files_total {
+                0 => String::new(),
+                n => format!(
+                    " ({n} file(s) still changing: {}{})",
+                    w.files.join(", "),
+                    if n > w.files.len() { ", …" } else { "" }
+                ),
+            };
             errors.push(format!(
-                "  {}: {} is waiting for its {}",
+                "  {}: {} is waiting for its {}{files}",
                 j.name, w.item, w.waiting_for
             ));
+        }
+        for warning in &j.warnings {
+            errors.push(format!("  {}: warning: {warning}", j.name));
         }
         if let Some(e) = &j.scan_error {
             errors.push(format!("  {}: {e}", j.name));

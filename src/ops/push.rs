@@ -245,6 +245,9 @@ pub async fn push_with(
         let mut shard = None;
         let (id, unchanged) = match mode {
             PushMode::Merge => crate::ops::shard::finish_merge(&repo, snapshot).await?,
+            PushMode::Settled { held, merge, .. } => {
+                crate::ops::shard::finish_settled(&repo, snapshot, held, *merge).await?
+            }
             PushMode::Shard { shard: s, run } => {
                 let (id, r) = crate::ops::shard::finish_shard(&repo, snapshot, *s, run).await?;
                 shard = Some(r);

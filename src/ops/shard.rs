@@ -7,7 +7,7 @@
 //! marker's snapshot unless its log already holds it. So any shard may finish last, two may
 //! finish at once, and a crashed shard is simply rerun.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use bytes::Bytes;
@@ -76,6 +76,15 @@ pub enum PushMode {
     Merge,
     /// Only this shard's paths are pushed, into a partial snapshot of run `run`.
     Shard { shard: Shard, run: String },
+    /// Only the files in `ready` are read (directories and symlinks always are); each path in
+    /// `held` keeps the entry the ref's head has, if any; other files are left out. With
+    /// `merge`, the tree is laid over the head as in `Merge`. The daemon's per-file settling:
+    /// files still being written keep their previous version.
+    Settled {
+        ready: BTreeSet<String>,
+        held: BTreeSet<String>,
+        merge: bool,
+    },
 }
 
 impl PushMode {
@@ -93,6 +102,10 @@ impl PushMode {
             PushMode::Shard { shard, .. } => {
                 listing.into_iter().filter(|e| shard.owns(rel(e))).collect()
             }
+            PushMode::Settled { ready, .. } => listing
+                .into_iter()
+                .filter(|e| !matches!(e, SourceEntry::File(f) if !ready.contains(&f.rel)))
+                .collect(),
             _ => listing,
         }
     }
@@ -123,6 +136,30 @@ pub async fn finish_merge(
     repo: &Repository,
     ours: Snapshot,
 ) -> Result<(SnapshotId, bool), OpError> {
+    finish_over(repo, ours, |_| true).await
+}
+
+/// Writes a [`PushMode::Settled`] push's snapshot: `ours` plus the head's file entries at the
+/// `held` paths (or laid over the whole head with `merge`).
+pub async fn finish_settled(
+    repo: &Repository,
+    ours: Snapshot,
+    held: &BTreeSet<String>,
+    merge: bool,
+) -> Result<(SnapshotId, bool), OpError> {
+    finish_over(repo, ours, |e| {
+        merge || (matches!(e, Entry::File { .. }) && held.contains(e.path()))
+    })
+    .await
+}
+
+/// `ours` laid over the head's entries that `keep` accepts, appended only on top of the head
+/// it was built from (retried when the ref moves).
+async fn finish_over(
+    repo: &Repository,
+    ours: Snapshot,
+    keep: impl Fn(&Entry) -> bool,
+) -> Result<(SnapshotId, bool), OpError> {
     for _ in 0..APPEND_ATTEMPTS {
         let head = repo.ref_head(&ours.name).await?;
         let base = match &head {
@@ -132,7 +169,8 @@ pub async fn finish_merge(
         let mut next = ours.clone();
         next.parent = base.as_ref().map(|b| b.0);
         if let Some((_, b)) = &base {
-            next.entries = overlay(&b.entries, &ours.entries);
+            let kept: Vec<Entry> = b.entries.iter().filter(|e| keep(e)).cloned().collect();
+            next.entries = overlay(&kept, &ours.entries);
         }
         if let Some((id, b)) = &base {
             if b.same_tree(&next) {
@@ -149,7 +187,7 @@ pub async fn finish_merge(
         {
             return Ok((id, false));
         }
-        tracing::debug!(name = %ours.name, "ref moved under a merging push; merging again");
+        tracing::debug!(name = %ours.name, "ref moved under the push; laying it over the new head");
     }
     Err(crate::repo::RepoError::RefContention {
         name: ours.name,

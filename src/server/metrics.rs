@@ -115,6 +115,14 @@ fn describe() {
         "Bytes processed by the running run."
     );
     describe_gauge!(
+        "ferry_waiting_files",
+        "Files of a tree job still changing: not pushed yet; the repository keeps their previous version."
+    );
+    describe_gauge!(
+        "ferry_unsettled_files",
+        "Files of a tree job that have kept changing for longer than max_wait."
+    );
+    describe_gauge!(
         "ferry_build_info",
         "Always 1; the version label says which ferry runs."
     );
@@ -128,6 +136,8 @@ pub(super) async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
             .set(f64::from(u8::from(j.running.is_some())));
         gauge!("ferry_run_progress_bytes", "job" => j.name.clone())
             .set(j.running.as_ref().map_or(0.0, |r| r.bytes_done as f64));
+        let waiting: usize = j.waiting.iter().map(|w| w.files_total).sum();
+        gauge!("ferry_waiting_files", "job" => j.name.clone()).set(waiting as f64);
         for t in &j.targets {
             let labels = [("job", j.name.clone()), ("target", t.target.clone())];
             gauge!("ferry_replication_lag_seconds", &labels).set(t.lag_secs);

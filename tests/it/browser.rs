@@ -1,6 +1,7 @@
 //! The dashboard as a person sees it, in real headless Chromium driven by chromedriver: the
 //! job table renders, and after clicking "Run now" the job's row changes state without a
-//! reload. Saves a screenshot to `$CARGO_TARGET_TMPDIR/dashboard.png`.
+//! reload; a job card says what is waiting and why (a step without its marker, a file still
+//! being written). Saves a screenshot to `$CARGO_TARGET_TMPDIR/dashboard.png`.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); `scripts/test.sh` installs them and sets
 //! `FERRY_REQUIRE_BROWSER=1`, which turns a missing driver from a skip into a failure.
@@ -207,12 +208,15 @@ fn dashboard_updates_live_in_chromium() {
         "model.safetensors",
         b"half written",
     );
+    // A dataset whose only file is still being written (it will not settle within the test).
+    let dataset = ctx.dir("dataset");
+    data::write_file(&dataset, "events.log", b"appended to all day\n");
     let config = write_config(
         &ctx,
         "",
         &format!(
-            "[[jobs]]\nname = \"checkpoints\"\nsource = \"{}\"\nlayout = \"steps\"\nref = \"model\"\ntargets = [\"{}\"]\nwatch = true\nsettle = \"300ms\"\nmarker = \"_SUCCESS\"\n\n[[jobs]]\nname = \"nightly\"\nfrom = \"{}\"\ntargets = [\"{}\"]\ncron = \"0 3 * * *\"\n",
-            s(&watched), repo.url, repo.url, mirror.url
+            "[[jobs]]\nname = \"checkpoints\"\nsource = \"{}\"\nlayout = \"steps\"\nref = \"model\"\ntargets = [\"{}\"]\nwatch = true\nsettle = \"300ms\"\nmarker = \"_SUCCESS\"\n\n[[jobs]]\nname = \"nightly\"\nfrom = \"{}\"\ntargets = [\"{}\"]\ncron = \"0 3 * * *\"\n\n[[jobs]]\nname = \"dataset\"\nsource = \"{}\"\nref = \"dataset\"\ntargets = [\"{}\"]\nevery = \"1s\"\nsettle = \"1h\"\n",
+            s(&watched), repo.url, repo.url, mirror.url, s(&dataset), repo.url
         ),
     );
     let d = Daemon::start(&ctx.ferry(), &config, &[], &[]);
@@ -233,7 +237,7 @@ fn dashboard_updates_live_in_chromium() {
         "return document.querySelectorAll('tr[data-target]').length || null",
         Duration::from_secs(20),
     );
-    assert_eq!(rows, json!(2), "one row per job target");
+    assert_eq!(rows, json!(3), "one row per job target");
     let before = browser.script("window.__notReloaded = true; return document.querySelector('tr[data-job=\"nightly\"] td:nth-child(3)').textContent");
     assert_eq!(before, json!("never"), "the nightly job has not run yet");
     assert_eq!(
@@ -264,6 +268,19 @@ fn dashboard_updates_live_in_chromium() {
     assert!(
         waiting.as_str().unwrap_or("").contains("step-300"),
         "{waiting}"
+    );
+    let waiting = browser.wait_script(
+        "the dataset card names the file still being written",
+        "const w = document.querySelector('.job[data-job=\"dataset\"] .waitline'); return w && w.textContent.includes('events.log') ? w.textContent : null",
+        Duration::from_secs(20),
+    );
+    assert!(
+        waiting.as_str().unwrap_or("").contains("still changing"),
+        "{waiting}"
+    );
+    assert_eq!(
+        browser.script("return document.querySelector('.job[data-job=\"dataset\"]').dataset.state"),
+        json!("waiting")
     );
 
     thread::sleep(Duration::from_millis(2500)); // one more refresh: the chart and ages settle

@@ -57,5 +57,6 @@ mod roundtrip;
 mod run;
 mod secrets;
 mod service;
+mod settling;
 mod shards;
 mod torture;

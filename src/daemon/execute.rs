@@ -1,0 +1,222 @@
+//! The operation behind one run: a push (fan-out, then each target alone if it fails; per-file
+//! settling's plan when the item has one), a mirror, or a replication, with one outcome per
+//! target.
+
+use super::scan::{self, Fingerprint};
+use super::settle::{self, Plan};
+use super::state::Job;
+use super::Shared;
+use crate::config::{JobKind, Layout};
+use crate::ops::shard::PushMode;
+use crate::ops::OpError;
+use crate::repo::RepoError;
+use crate::store::{StoreError, StoreUrl};
+
+/// What one target got from a run.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Outcome {
+    pub(super) snapshot: Option<String>,
+    pub(super) unchanged: bool,
+    pub(super) bytes_logical: u64,
+    pub(super) bytes_sent: u64,
+    pub(super) bytes_new: u64,
+    /// The source changed while it was read: push it again once it is complete.
+    pub(super) changed: bool,
+}
+
+/// The operation for one item and some targets: one result per target.
+pub(super) async fn execute(
+    shared: &Shared,
+    job: &Job,
+    item: &str,
+    targets: &[usize],
+) -> Vec<(usize, Result<Outcome, OpError>)> {
+    match &job.config.kind {
+        JobKind::Push {
+            source,
+            reference,
+            layout,
+            ..
+        } => {
+            let src = match (layout, source) {
+                (Layout::Steps, StoreUrl::Local(root)) => StoreUrl::Local(root.join(item)),
+                _ => source.clone(),
+            };
+            let (before, plan) = job.with(|l| {
+                let p = targets
+                    .first()
+                    .and_then(|t| l.targets[*t].pending.get(item));
+                (
+                    p.and_then(|p| p.fingerprint.clone()),
+                    p.and_then(|p| p.plan.clone()),
+                )
+            });
+            let seen = Seen {
+                fingerprint: before.as_ref(),
+                plan: plan.as_deref(),
+            };
+            let res = push(shared, job, &src, reference, targets, seen).await;
+            match res {
+                Err(e) if targets.len() > 1 => {
+                    tracing::warn!(job = %job.config.name, item, error = %e, "fan-out push failed; trying each target alone");
+                    let mut out = Vec::new();
+                    for &t in targets {
+                        let r = push(shared, job, &src, reference, &[t], seen).await;
+                        out.push((t, r.map(|mut v| v.remove(0).1)));
+                    }
+                    out
+                }
+                Err(e) => vec![(targets[0], Err(e))],
+                Ok(v) => v.into_iter().map(|(t, o)| (t, Ok(o))).collect(),
+            }
+        }
+        JobKind::Mirror { source, delete, .. } => {
+            mirror_targets(shared, job, source, *delete, targets).await
+        }
+        JobKind::Replicate { from, refs } => {
+            let mut out = Vec::new();
+            for &t in targets {
+                let to = job.target(t).url.to_string();
+                let r =
+                    crate::commands::replicate(&shared.ctx, &from.url.to_string(), &to, refs).await;
+                let r = match r {
+                    Ok(r) => Ok(Outcome {
+                        snapshot: None,
+                        unchanged: r.snapshots_copied == 0,
+                        bytes_logical: r.upload.bytes_new_logical,
+                        bytes_sent: r.upload.bytes_uploaded,
+                        bytes_new: r.upload.bytes_new_logical,
+                        changed: false,
+                    }),
+                    // Nothing to replicate yet: the source repository has not been created.
+                    Err(e) if source_missing(&e, &from.url) => {
+                        tracing::info!(job = %job.config.name, from = %from.url, "source repository does not exist yet; nothing to replicate");
+                        Ok(Outcome {
+                            unchanged: true,
+                            ..Default::default()
+                        })
+                    }
+                    Err(e) => Err(e),
+                };
+                out.push((t, r));
+            }
+            out
+        }
+    }
+}
+
+/// `ferry mirror` to each target in turn.
+async fn mirror_targets(
+    shared: &Shared,
+    job: &Job,
+    source: &StoreUrl,
+    delete: bool,
+    targets: &[usize],
+) -> Vec<(usize, Result<Outcome, OpError>)> {
+    let opts = crate::mirror::MirrorOptions {
+        delete,
+        dry_run: false,
+    };
+    let mut out = Vec::new();
+    for &t in targets {
+        let dest = job.target(t).url.to_string();
+        let r = crate::commands::mirror(&shared.ctx, &source.to_string(), &dest, opts)
+            .await
+            .map(|r| Outcome {
+                snapshot: None,
+                unchanged: r.bytes_written == 0 && r.deleted == 0,
+                bytes_logical: r.bytes_written,
+                bytes_sent: r.bytes_sent,
+                bytes_new: r.bytes_sent,
+                changed: false,
+            });
+        out.push((t, r));
+    }
+    out
+}
+
+fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
+    let from = from.to_string();
+    match e {
+        OpError::Repo(RepoError::NotARepo { url }) => *url == from,
+        OpError::Repo(RepoError::Store(StoreError::Open { url, reason }))
+        | OpError::Store(StoreError::Open { url, reason }) => {
+            *url == from && reason == "no such folder"
+        }
+        _ => false,
+    }
+}
+
+/// What discovery saw of the source when it queued the item.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    fingerprint: Option<&'a Fingerprint>,
+    /// Per-file settling: the files to read and those that keep the head's version.
+    plan: Option<&'a Plan>,
+}
+
+async fn push(
+    shared: &Shared,
+    job: &Job,
+    src: &StoreUrl,
+    reference: &str,
+    targets: &[usize],
+    seen: Seen<'_>,
+) -> Result<Vec<(usize, Outcome)>, OpError> {
+    let urls: Vec<String> = targets
+        .iter()
+        .map(|t| job.target(*t).url.to_string())
+        .collect();
+    let merge = matches!(&job.config.kind, JobKind::Push { merge: true, .. });
+    let mode = match seen.plan {
+        Some(plan) => PushMode::Settled {
+            ready: plan.ready.keys().cloned().collect(),
+            held: plan.held.clone(),
+            merge,
+        },
+        None if merge => PushMode::Merge,
+        None => PushMode::Replace,
+    };
+    let report =
+        crate::commands::push_with(&shared.ctx, &src.to_string(), &urls, reference, &mode).await?;
+    // A checkpoint that changed while it was read is pushed again once it settles.
+    let changed = match (src, seen.fingerprint, seen.plan) {
+        (StoreUrl::Local(path), _, Some(plan)) => {
+            let (path, plan) = (path.clone(), plan.clone());
+            let same = tokio::task::spawn_blocking(move || settle::unchanged_since(&plan, &path))
+                .await
+                .map_err(OpError::join)?;
+            !same.unwrap_or(false)
+        }
+        (StoreUrl::Local(path), Some(before), None) => {
+            let path = path.clone();
+            let after = tokio::task::spawn_blocking(move || scan::fingerprint(&path))
+                .await
+                .map_err(OpError::join)?
+                .ok();
+            after.as_ref() != Some(before)
+        }
+        _ => false,
+    };
+    if changed {
+        tracing::warn!(job = %job.config.name, source = %src, "the source changed during the push");
+    }
+    Ok(targets
+        .iter()
+        .zip(report.targets)
+        .map(|(t, r)| {
+            let logical = if r.unchanged { 0 } else { report.bytes_total };
+            (
+                *t,
+                Outcome {
+                    snapshot: Some(r.snapshot.to_hex()),
+                    unchanged: r.unchanged,
+                    bytes_logical: logical,
+                    bytes_sent: r.stats.bytes_uploaded,
+                    bytes_new: r.stats.bytes_new_logical,
+                    changed,
+                },
+            )
+        })
+        .collect())
+}
