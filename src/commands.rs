@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::chunker::ChunkerParams;
 use crate::ids::SnapshotId;
 use crate::index::Index;
-use crate::ops::push::PushReport;
+use crate::ops::push::{ChangeCheck, PushReport};
 use crate::ops::replicate::{ReplicaShard, ReplicateReport};
 use crate::ops::restore::{Destination, RestoreReport};
 use crate::ops::shard::{PushMode, ShardReport};
@@ -109,6 +109,18 @@ pub async fn push_with(
     name: &str,
     mode: &PushMode,
 ) -> Result<PushReport, OpError> {
+    push_checked(ctx, source, repos, name, mode, ChangeCheck::Stat).await
+}
+
+/// [`push_with`] with a choice of how unchanged files are recognized (`--rehash`).
+pub async fn push_checked(
+    ctx: &Context,
+    source: &str,
+    repos: &[String],
+    name: &str,
+    mode: &PushMode,
+    check: ChangeCheck,
+) -> Result<PushReport, OpError> {
     crate::repo::check_ref_name(name)?;
     mode.check()?;
     let source = Source::open(&url(source)?)?;
@@ -121,7 +133,16 @@ pub async fn push_with(
         .await?;
         targets.push((repo, created));
     }
-    crate::ops::push::push_with(&source, targets, name, ctx.index()?, ctx.progress, mode).await
+    crate::ops::push::push_checked(
+        &source,
+        targets,
+        name,
+        ctx.index()?,
+        ctx.progress,
+        mode,
+        check,
+    )
+    .await
 }
 
 /// `ferry commit`: what combining a sharded run did in each repository.
@@ -330,6 +351,40 @@ pub fn render_verify_mirror(r: &crate::mirror::VerifyMirrorReport) -> String {
 pub async fn verify(repo: &str, read_data: bool) -> Result<VerifyReport, OpError> {
     let repo = open_repo(repo).await?;
     crate::ops::verify::verify(&repo, read_data).await
+}
+
+/// `ferry repair`: marks damaged packs so the next push uploads their chunks anew.
+pub async fn repair(
+    repo: &str,
+    dry_run: bool,
+) -> Result<crate::ops::repair::RepairReport, OpError> {
+    let repo = open_repo(repo).await?;
+    crate::ops::repair::repair(&repo, dry_run).await
+}
+
+pub fn render_repair(r: &crate::ops::repair::RepairReport) -> String {
+    let mut s = format!(
+        "{}repair {}: {} packs checked, {} damaged{}",
+        if r.dry_run { "[dry run] " } else { "" },
+        r.repo,
+        r.packs_checked,
+        r.damaged.len(),
+        if r.already_marked > 0 {
+            format!(", {} marked damaged before", r.already_marked)
+        } else {
+            String::new()
+        }
+    );
+    for d in &r.damaged {
+        s.push_str(&format!("\n  damaged: {}: {}", d.object, d.problem));
+    }
+    if !r.damaged.is_empty() || r.already_marked > 0 {
+        s.push_str(&format!(
+            "\n  next: push the sources again (their chunks in damaged packs are uploaded anew), then `ferry gc {}` deletes the damaged packs once no snapshot needs them",
+            r.repo
+        ));
+    }
+    s
 }
 
 pub async fn gc(

@@ -33,6 +33,7 @@ macro_rules! per_backend {
 
 mod badinput;
 mod browser;
+mod changes;
 mod checks;
 mod concurrent;
 mod daemon;
@@ -49,6 +50,7 @@ mod native_azure;
 mod native_s3;
 mod proxy;
 mod raw;
+mod repair;
 mod replicate;
 mod roundtrip;
 mod run;
