@@ -202,7 +202,7 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         let live_bytes: u64 = idx
             .entries
             .iter()
-            .filter(|e| owns(idx, *e))
+            .filter(|e| owns(idx, e))
             .map(|e| e.frame_len as u64)
             .sum();
         let frame_bytes: u64 = idx.entries.iter().map(|e| e.frame_len as u64).sum();
@@ -263,7 +263,7 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         report.chunks_rewritten = to_rewrite
             .iter()
             .flat_map(|i| i.entries.iter().map(move |e| (*i, e)))
-            .filter(|(i, e)| owns(*i, *e))
+            .filter(|(i, e)| owns(i, e))
             .count() as u64;
         report.duration_secs = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -278,7 +278,7 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
             let locations: Vec<ChunkLocation> = idx
                 .entries
                 .iter()
-                .filter(|e| owns(*idx, *e))
+                .filter(|e| owns(idx, e))
                 .map(|e| ChunkLocation {
                     pack: idx.pack,
                     entry: *e,
