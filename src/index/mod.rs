@@ -5,6 +5,7 @@
 //! Trees (all keys and values binary, see FORMAT.md "Local index"):
 //! - `chunks/<repo id>`: chunk id → pack id, frame offset, frame length, raw length
 //! - `packs/<repo id>`: pack id → () for every pack index loaded
+//! - `damaged/<repo id>`: pack id → () for every damaged pack the chunk locations account for
 //! - `files/<source key>`: relative path → size, mtime, ctime, inode, etag, mode, BLAKE3,
 //!   chunk list
 //! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
@@ -147,6 +148,7 @@ impl Index {
         Ok(RepoIndex {
             chunks: self.tree(format!("chunks/{repo_id}"))?,
             packs: self.tree(format!("packs/{repo_id}"))?,
+            damaged: self.tree(format!("damaged/{repo_id}"))?,
             path: self.path.clone(),
         })
     }
@@ -221,6 +223,8 @@ fn is_lock_error(e: &sled::Error) -> bool {
 pub struct RepoIndex {
     chunks: sled::Tree,
     packs: sled::Tree,
+    /// Damaged packs (`bad/<pack id>`) this index has been rebuilt for.
+    damaged: sled::Tree,
     path: PathBuf,
 }
 
@@ -291,8 +295,22 @@ impl RepoIndex {
         Ok(())
     }
 
+    /// True when the index was built knowing that this pack is damaged.
+    pub fn knows_damaged(&self, id: &PackId) -> Result<bool, IndexError> {
+        self.damaged.contains_key(id.0).map_err(|e| self.err(e))
+    }
+
+    /// Records that the index's locations were built knowing this pack is damaged.
+    pub fn note_damaged(&self, id: &PackId) -> Result<(), IndexError> {
+        self.damaged
+            .insert(id.0, &[])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Forgets everything about this repository.
     pub fn clear(&self) -> Result<(), IndexError> {
+        self.damaged.clear().map_err(|e| self.err(e))?;
         self.packs.clear().map_err(|e| self.err(e))?;
         self.chunks.clear().map_err(|e| self.err(e))
     }

@@ -60,10 +60,21 @@ pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presenc
     )?;
     let listed: HashSet<_> = listed.into_iter().collect();
     let known: HashSet<_> = rindex.packs()?.into_iter().collect();
-    let fresh: Vec<_> = if known.is_subset(&listed) {
+    let damaged: Vec<PackId> = withdrawn
+        .iter()
+        .filter(|(_, w)| **w == Withdrawn::Damaged)
+        .map(|(id, _)| *id)
+        .collect();
+    // A known pack newly marked damaged may hold the location of a chunk a good pack holds
+    // too: rebuild, so that the good copy is found (rare: only after `ferry repair`).
+    let mut newly_damaged = false;
+    for id in damaged.iter().filter(|id| known.contains(id)) {
+        newly_damaged |= !rindex.knows_damaged(id)?;
+    }
+    let fresh: Vec<_> = if known.is_subset(&listed) && !newly_damaged {
         listed.difference(&known).copied().collect()
     } else {
-        tracing::info!(repo = %repo.url(), "packs disappeared since the last run; rebuilding the local index");
+        tracing::info!(repo = %repo.url(), "packs disappeared or were marked damaged since the last run; rebuilding the local index");
         rindex.clear()?;
         listed.into_iter().collect()
     };
@@ -74,6 +85,9 @@ pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presenc
         fresh.into_iter().partition(|id| withdrawn.contains_key(id));
     load(repo, weak, Strength::Weak, rindex).await?;
     load(repo, strong, Strength::Strong, rindex).await?;
+    for id in &damaged {
+        rindex.note_damaged(id)?;
+    }
     Ok(Presence {
         rindex: rindex.clone(),
         marked: withdrawn.into_keys().collect(),

@@ -10,7 +10,8 @@ use crate::raw::{indexed_pack_ids, pack_objects};
 per_backend!(
     gc_deletes_leftovers_of_a_killed_push,
     repair_drops_a_corrupt_pack,
-    gc_reclaims_duplicate_packs
+    gc_reclaims_duplicate_packs,
+    repair_lets_an_old_index_find_a_good_copy
 );
 
 /// A 64-hex id that names nothing in the repository.
@@ -147,22 +148,7 @@ pub fn gc_reclaims_duplicate_packs(backend: Backend) {
     let other = ctx.location(backend);
     let url = &repo.url;
     let ferry = ctx.ferry();
-    let shared = data::random_bytes(31, 2 * MIB);
-    let src = ctx.dir("src");
-    data::write_file(&src, "shared.bin", &shared);
-    ferry.json(&["push", s(&src), url, "--name", "ckpt"]);
-    // Another writer, unaware of the first (its own index, its own view): the same file plus
-    // one of its own, so its pack holds the same chunks under another pack id.
-    let src2 = ctx.dir("src");
-    data::write_file(&src2, "shared.bin", &shared);
-    data::write_file(&src2, "own.bin", &data::random_bytes(32, 100 * KIB));
-    let writer = ctx.ferry_with_index(&ctx.path("index"));
-    writer.json(&["push", s(&src2), &other.url, "--name", "ckpt"]);
-    for kind in ["packs/", "index/"] {
-        for o in other.raw.list(kind) {
-            repo.raw.put(&o.key, &other.raw.get(&o.key));
-        }
-    }
+    let src = duplicate_packs(&ctx, &ferry, &repo, &other);
     let mut indexes = checks::PackIndexes::default();
     indexes.refresh(&repo.raw);
     let twice = std::panic::catch_unwind(|| indexes.assert_no_chunk_twice());
@@ -201,6 +187,69 @@ pub fn gc_reclaims_duplicate_packs(backend: Backend) {
     let third = ferry.json(&["gc", url, "--grace", "0s"]);
     assert_eq!(uint(&third, "packs_marked"), 0, "{third}");
     assert_eq!(uint(&third, "packs_unmarked"), 0, "{third}");
+}
+
+/// `repo` with ref `ckpt` (one file) pushed by `ferry`, plus a second pack holding the same
+/// chunks (and one file more) under another id, as a concurrent writer unaware of the first
+/// leaves it (pushed into `other`, then copied over). Returns the source folder.
+fn duplicate_packs(
+    ctx: &Ctx,
+    ferry: &crate::run::Ferry,
+    repo: &crate::raw::Location,
+    other: &crate::raw::Location,
+) -> std::path::PathBuf {
+    let shared = data::random_bytes(31, 2 * MIB);
+    let src = ctx.dir("src");
+    data::write_file(&src, "shared.bin", &shared);
+    ferry.json(&["push", s(&src), &repo.url, "--name", "ckpt"]);
+    let src2 = ctx.dir("src");
+    data::write_file(&src2, "shared.bin", &shared);
+    data::write_file(&src2, "own.bin", &data::random_bytes(32, 100 * KIB));
+    let writer = ctx.ferry_with_index(&ctx.path("index"));
+    writer.json(&["push", s(&src2), &other.url, "--name", "ckpt"]);
+    for kind in ["packs/", "index/"] {
+        for o in other.raw.list(kind) {
+            repo.raw.put(&o.key, &other.raw.get(&o.key));
+        }
+    }
+    src
+}
+
+/// A local index whose chunk locations point into a pack that is then found damaged, while
+/// another pack holds good copies: after `ferry repair`, restore through that same index
+/// reads the good copies (the index is rebuilt once, damaged packs never winning).
+pub fn repair_lets_an_old_index_find_a_good_copy(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let other = ctx.location(backend);
+    let url = &repo.url;
+    let ferry = ctx.ferry();
+    let src = duplicate_packs(&ctx, &ferry, &repo, &other);
+    // The index learns the copied pack last, so its locations win.
+    checks::assert_restores(&ctx, &ferry, url, "ckpt", &src);
+    let copied: Vec<_> = other
+        .raw
+        .list("packs/")
+        .into_iter()
+        .filter(|o| crate::raw::is_object_id(o.file_name()))
+        .collect();
+    assert_eq!(copied.len(), 1);
+    let mut bytes = repo.raw.get(&copied[0].key);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    repo.raw.put(&copied[0].key, &bytes);
+    let broken = ferry.run(&["restore", url, "ckpt", s(&ctx.path("restore"))]);
+    assert!(
+        broken.error_line().contains(copied[0].file_name()),
+        "the setup did not make the index read the damaged pack: {broken}"
+    );
+
+    let repair = ferry.json(&["repair", url]);
+    assert_eq!(array(&repair, "damaged").len(), 1, "{repair}");
+    checks::assert_restores(&ctx, &ferry, url, "ckpt", &src);
+    checks::verify_read_data(&ferry, url);
 }
 
 fn pack_bytes(raw: &crate::raw::RawStore) -> (u64, usize) {
