@@ -362,31 +362,6 @@ pub async fn repair(
     crate::ops::repair::repair(&repo, dry_run).await
 }
 
-pub fn render_repair(r: &crate::ops::repair::RepairReport) -> String {
-    let mut s = format!(
-        "{}repair {}: {} packs checked, {} damaged{}",
-        if r.dry_run { "[dry run] " } else { "" },
-        r.repo,
-        r.packs_checked,
-        r.damaged.len(),
-        if r.already_marked > 0 {
-            format!(", {} marked damaged before", r.already_marked)
-        } else {
-            String::new()
-        }
-    );
-    for d in &r.damaged {
-        s.push_str(&format!("\n  damaged: {}: {}", d.object, d.problem));
-    }
-    if !r.damaged.is_empty() || r.already_marked > 0 {
-        s.push_str(&format!(
-            "\n  next: push the sources again (their chunks in damaged packs are uploaded anew), then `ferry gc {}` deletes the damaged packs once no snapshot needs them",
-            r.repo
-        ));
-    }
-    s
-}
-
 pub async fn gc(
     ctx: &Context,
     repo: &str,

@@ -480,7 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Repair { repo, dry_run } => {
             let r = commands::repair(&repo, dry_run).await?;
-            emit(json, &r, commands::render_repair)?;
+            emit(json, &r, ferry::ops::repair::render)?;
         }
         Command::Demo { dir } => {
             let r = ferry::demo::run(dir).await?;
