@@ -431,3 +431,61 @@ pub async fn forget(
         forgotten,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::PackEntry;
+    use proptest::prelude::*;
+
+    fn pack(n: u8, chunks: &[u8]) -> PackIndex {
+        PackIndex {
+            pack: PackId::of(&[n]),
+            pack_size: 100 * chunks.len() as u64,
+            entries: chunks
+                .iter()
+                .map(|c| PackEntry {
+                    chunk: ChunkId::of(&[*c]),
+                    offset: 8,
+                    frame_len: 100,
+                    raw_len: 100,
+                })
+                .collect(),
+        }
+    }
+
+    proptest! {
+        /// Every live chunk some pack holds gets exactly one owner, a pack that holds it;
+        /// dead chunks get none; the choice does not depend on listing order.
+        #[test]
+        fn each_live_chunk_has_one_owner_whatever_the_order(
+            packs in proptest::collection::vec(proptest::collection::vec(0u8..24, 0..10), 1..8),
+            live in proptest::collection::hash_set(0u8..24, 0..24),
+        ) {
+            let indexes: Vec<PackIndex> =
+                packs.iter().enumerate().map(|(i, c)| pack(i as u8, c)).collect();
+            let live: HashSet<ChunkId> = live.iter().map(|c| ChunkId::of(&[*c])).collect();
+            let owned = owners(indexes.iter(), &live);
+            let reversed = owners(indexes.iter().rev(), &live);
+            prop_assert_eq!(&owned, &reversed);
+            for idx in &indexes {
+                for e in &idx.entries {
+                    prop_assert_eq!(owned.contains_key(&e.chunk), live.contains(&e.chunk));
+                }
+            }
+            for (chunk, owner) in &owned {
+                let idx = indexes.iter().find(|i| i.pack == *owner).unwrap();
+                prop_assert!(idx.entries.iter().any(|e| e.chunk == *chunk));
+            }
+        }
+    }
+
+    #[test]
+    fn the_pack_with_more_live_bytes_keeps_the_shared_chunks() {
+        let big = pack(1, &[1, 2, 3]);
+        let small = pack(2, &[2, 3]);
+        let live: HashSet<ChunkId> = [1u8, 2, 3].iter().map(|c| ChunkId::of(&[*c])).collect();
+        let owned = owners([&small, &big].into_iter(), &live);
+        assert!(owned.values().all(|p| *p == big.pack), "{owned:?}");
+    }
+}
