@@ -236,7 +236,10 @@ pub async fn push_checked(
     let mut uploaders: Vec<PackUploader> = targets
         .iter()
         .zip(&presences)
-        .map(|((repo, _), p)| PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT))
+        .map(|((repo, _), p)| {
+            PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
+                .repairing(p.damaged.clone())
+        })
         .collect();
     let mut stored_new = 0u64;
     let mut raw_new = 0u64;

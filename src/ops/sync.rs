@@ -19,6 +19,8 @@ pub struct Presence {
     /// Packs a gc marked for deletion or `ferry repair` marked damaged: their chunks must
     /// not be relied on.
     pub marked: HashSet<PackId>,
+    /// Of `marked`, those marked damaged.
+    pub damaged: HashSet<PackId>,
 }
 
 impl Presence {
@@ -91,6 +93,7 @@ pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presenc
     Ok(Presence {
         rindex: rindex.clone(),
         marked: withdrawn.into_keys().collect(),
+        damaged: damaged.into_iter().collect(),
     })
 }
 

@@ -330,6 +330,11 @@ impl Repository {
             .await?)
     }
 
+    /// Removes a pack's damage mark (its object was written anew with its correct bytes).
+    pub async fn clear_bad(&self, id: &PackId) -> Result<(), RepoError> {
+        Ok(self.store.delete(&bad_mark_path(id)).await?)
+    }
+
     pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }

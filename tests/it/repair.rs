@@ -11,7 +11,8 @@ per_backend!(
     gc_deletes_leftovers_of_a_killed_push,
     repair_drops_a_corrupt_pack,
     gc_reclaims_duplicate_packs,
-    repair_lets_an_old_index_find_a_good_copy
+    repair_lets_an_old_index_find_a_good_copy,
+    a_push_after_repair_may_rewrite_the_damaged_pack_whole
 );
 
 /// A 64-hex id that names nothing in the repository.
@@ -104,6 +105,11 @@ pub fn repair_drops_a_corrupt_pack(backend: Backend) {
     assert_eq!(repo.raw.list("bad/").len(), 1);
 
     // A fresh index: the damaged pack's chunks count as absent, so they are uploaded anew.
+    // The next checkpoint has a file more, so its pack cannot be the damaged one rewritten
+    // whole (that case: `a_push_after_repair_may_rewrite_the_damaged_pack_whole`).
+    let first_tree = ctx.path("first");
+    checks::copy_tree(&src, &first_tree);
+    data::write_file(&src, "extra/notes.txt", b"step 2\n");
     let fresh = ctx.ferry_with_index(&ctx.path("index"));
     let again = fresh.json(&args);
     assert!(uint(&again, "chunks_new") >= 1, "{again}");
@@ -119,6 +125,8 @@ pub fn repair_drops_a_corrupt_pack(backend: Backend) {
     checks::assert_restores(&ctx, &ferry, url, "ckpt", &src);
     let other = ctx.ferry_with_index(&ctx.path("index"));
     checks::assert_restores(&ctx, &other, url, "ckpt", &src);
+    // The first snapshot names the same chunks: it is whole again too.
+    checks::assert_restores(&ctx, &other, url, "ckpt@1", &first_tree);
 
     // gc marks the damaged pack (nothing needs it now), then deletes it with its marker.
     let first = ferry.json(&["gc", url, "--grace", "0s"]);
@@ -250,6 +258,43 @@ pub fn repair_lets_an_old_index_find_a_good_copy(backend: Backend) {
     assert_eq!(array(&repair, "damaged").len(), 1, "{repair}");
     checks::assert_restores(&ctx, &ferry, url, "ckpt", &src);
     checks::verify_read_data(&ferry, url);
+}
+
+/// A pack of one chunk, damaged: the push after `ferry repair` writes exactly the same pack
+/// again (a pack is named by its content), which makes the object whole; the push succeeds
+/// and clears the damage mark.
+pub fn a_push_after_repair_may_rewrite_the_damaged_pack_whole(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let url = &repo.url;
+    let src = ctx.dir("src");
+    data::write_file(&src, "one.bin", &data::random_bytes(51, 100 * KIB));
+    let ferry = ctx.ferry();
+    let args = ["push", s(&src), url.as_str(), "--name", "ckpt"];
+    ferry.json(&args);
+    let packs = pack_objects(&repo.raw);
+    assert_eq!(packs.len(), 1);
+    let original = repo.raw.get(&packs[0].key);
+    let mut bytes = original.clone();
+    bytes[original.len() / 3] ^= 0x01;
+    repo.raw.put(&packs[0].key, &bytes);
+    let repair = ferry.json(&["repair", url]);
+    assert_eq!(array(&repair, "damaged").len(), 1, "{repair}");
+
+    let again = ferry.json(&args);
+    assert_eq!(uint(&again, "packs_uploaded"), 1, "{again}");
+    assert_eq!(repo.raw.get(&packs[0].key), original, "not the same pack");
+    assert!(repo.raw.list("bad/").is_empty(), "the damage mark stayed");
+    checks::verify_read_data(&ferry, url);
+    checks::assert_restores(
+        &ctx,
+        &ctx.ferry_with_index(&ctx.path("index")),
+        url,
+        "ckpt",
+        &src,
+    );
 }
 
 fn pack_bytes(raw: &crate::raw::RawStore) -> (u64, usize) {
