@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::chunker::ChunkerParams;
 use crate::index::Index;
-use crate::ops::push::PushReport;
+use crate::ops::push::{ChangeCheck, PushReport};
 use crate::ops::replicate::{ReplicaShard, ReplicateReport};
 use crate::ops::restore::{Destination, RestoreOptions, RestoreReport};
 use crate::ops::shard::{PushMode, ShardReport};
@@ -132,6 +132,18 @@ pub async fn push_with(
     name: &str,
     mode: &PushMode,
 ) -> Result<PushReport, OpError> {
+    push_checked(ctx, source, repos, name, mode, ChangeCheck::Stat).await
+}
+
+/// [`push_with`] with a choice of how unchanged files are recognized (`--rehash`).
+pub async fn push_checked(
+    ctx: &Context,
+    source: &str,
+    repos: &[String],
+    name: &str,
+    mode: &PushMode,
+    check: ChangeCheck,
+) -> Result<PushReport, OpError> {
     crate::repo::check_ref_name(name)?;
     mode.check()?;
     let source = Source::open(&url(source)?)?;
@@ -147,7 +159,16 @@ pub async fn push_with(
         .await?;
         targets.push((repo, created));
     }
-    crate::ops::push::push_with(&source, targets, name, ctx.index()?, ctx.progress, mode).await
+    crate::ops::push::push_checked(
+        &source,
+        targets,
+        name,
+        ctx.index()?,
+        ctx.progress,
+        mode,
+        check,
+    )
+    .await
 }
 
 /// A repository inside its source (or the reverse) would push its own packs.
@@ -364,6 +385,15 @@ pub fn render_verify_mirror(r: &crate::mirror::VerifyMirrorReport) -> String {
 pub async fn verify(repo: &str, read_data: bool) -> Result<VerifyReport, OpError> {
     let repo = open_repo(repo).await?;
     crate::ops::verify::verify(&repo, read_data).await
+}
+
+/// `ferry repair`: marks damaged packs so the next push uploads their chunks anew.
+pub async fn repair(
+    repo: &str,
+    dry_run: bool,
+) -> Result<crate::ops::repair::RepairReport, OpError> {
+    let repo = open_repo(repo).await?;
+    crate::ops::repair::repair(&repo, dry_run).await
 }
 
 pub async fn gc(

@@ -64,6 +64,10 @@ enum Command {
         /// without --shard.
         #[arg(long, env = "FERRY_RUN")]
         run: Option<String>,
+        /// Read and hash every file, even those the local index says are unchanged (size,
+        /// mtime, ctime and inode as recorded).
+        #[arg(long)]
+        rehash: bool,
     },
     /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
     Commit {
@@ -152,6 +156,9 @@ enum Command {
         /// Print what would move, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Read and hash every source file, even those the local index says are unchanged.
+        #[arg(long)]
+        rehash: bool,
     },
     /// Check a daemon config file exactly as `ferry daemon` loads it.
     CheckConfig {
@@ -207,6 +214,14 @@ enum Command {
         #[arg(long, conflicts_with_all = ["keep_last", "keep_every"])]
         delete_ref: bool,
         /// Show what would be forgotten, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-read every pack and mark damaged ones (`bad/<pack id>`): the next push uploads their
+    /// chunks anew and gc deletes them once no snapshot needs them.
+    Repair {
+        repo: String,
+        /// Report damaged packs, mark nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -443,14 +458,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             merge,
             shard,
             run,
+            rehash,
         } => {
+            use ferry::ops::push::ChangeCheck;
             use ferry::ops::shard::PushMode;
             let mode = match (shard, run) {
                 (Some(shard), Some(run)) => PushMode::Shard { shard, run },
                 _ if merge => PushMode::Merge,
                 _ => PushMode::Replace,
             };
-            let r = commands::push_with(&ctx, &source, &repos, &name, &mode).await?;
+            let check = if rehash {
+                ChangeCheck::Rehash
+            } else {
+                ChangeCheck::Stat
+            };
+            let r = commands::push_checked(&ctx, &source, &repos, &name, &mode, check).await?;
             emit(json, &r, commands::render_push)?;
         }
         Command::Commit { repos, name, run } => {
@@ -541,8 +563,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dest,
             delete,
             dry_run,
+            rehash,
         } => {
-            let opts = ferry::mirror::MirrorOptions { delete, dry_run };
+            let opts = ferry::mirror::MirrorOptions {
+                delete,
+                dry_run,
+                rehash,
+            };
             let r = commands::mirror(&ctx, &source, &dest, opts).await?;
             emit(json, &r, commands::render_mirror)?;
         }
@@ -568,6 +595,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let r = commands::gc(&ctx, &repo, ferry::ops::gc::GcOptions { grace, dry_run }).await?;
             emit(json, &r, commands::render_gc)?;
+        }
+        Command::Repair { repo, dry_run } => {
+            let r = commands::repair(&repo, dry_run).await?;
+            emit(json, &r, ferry::ops::repair::render)?;
         }
         Command::Demo { dir } => {
             let r = ferry::demo::run(dir).await?;

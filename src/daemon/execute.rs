@@ -116,6 +116,7 @@ async fn mirror_targets(
     let opts = crate::mirror::MirrorOptions {
         delete,
         dry_run: false,
+        rehash: false,
     };
     let mut out = Vec::new();
     for &t in targets {

@@ -26,7 +26,11 @@ pub fn classify(e: &OpError) -> FailureKind {
         OpError::Store(s) | OpError::Repo(RepoError::Store(s)) => classify_store(s),
         OpError::Repo(RepoError::RefContention { .. }) => Transient,
         OpError::Repo(_) => Permanent,
-        OpError::Index(_) | OpError::Join(_) | OpError::Cancelled => Transient,
+        OpError::Index(_)
+        | OpError::Join(_)
+        | OpError::Cancelled
+        | OpError::SourceChanged { .. }
+        | OpError::PackWithdrawn { .. } => Transient,
         OpError::Io { source, .. } => match source.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Permanent,
             _ => Transient,
@@ -106,6 +110,22 @@ mod tests {
         assert_eq!(
             classify(&OpError::Repo(RepoError::NotARepo { url: "x".into() })),
             FailureKind::Permanent
+        );
+        // A file still being written is read again on the next attempt.
+        assert_eq!(
+            classify(&OpError::SourceChanged {
+                path: "/x".into(),
+                what: "mtime".into()
+            }),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            classify(&OpError::PackWithdrawn {
+                pack: "p".into(),
+                repo: "file:///r".into(),
+                why: crate::ops::Withdrawn::GcMark
+            }),
+            FailureKind::Transient
         );
         let store = |summary: &str| {
             OpError::Store(StoreError::Op {

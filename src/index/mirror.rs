@@ -6,7 +6,7 @@
 //!
 //! Trees (see FORMAT.md "Local index"):
 //! - `mirror/<BLAKE3 of source URL \n destination URL>`: relative path → v1 record: u8
-//!   version, u64 size, i64 mtime ns, u16 + source etag, u16 + destination etag, 32-byte
+//!   version, u64 size, i64 mtime ns, i64 ctime ns, u64 inode, u16 + source etag, u16 + destination etag, 32-byte
 //!   BLAKE3, u32 chunk count, then (32-byte hash, u64 length) per chunk
 //! - `mirror-uploads/<same>`: relative path → an unfinished multipart upload's id, aborted
 //!   by the next run
@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use super::{Index, IndexError};
 
-const RECORD_VERSION: u8 = 1;
+/// v2 added ctime and inode; a v1 record reads as "no record" (the file is cut again).
+const RECORD_VERSION: u8 = 2;
 
 /// One mirrored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub struct MirrorRecord {
     /// The source file when it was mirrored.
     pub size: u64,
     pub mtime_ns: i64,
+    /// Status-change time and inode of a local source file (0 for objects).
+    pub ctime_ns: i64,
+    pub ino: u64,
     pub source_etag: Option<String>,
     /// The destination object's etag after the write (without quotes).
     pub dest_etag: String,
@@ -113,6 +117,8 @@ fn encode(r: &MirrorRecord) -> Vec<u8> {
     v.push(RECORD_VERSION);
     v.extend_from_slice(&r.size.to_le_bytes());
     v.extend_from_slice(&r.mtime_ns.to_le_bytes());
+    v.extend_from_slice(&r.ctime_ns.to_le_bytes());
+    v.extend_from_slice(&r.ino.to_le_bytes());
     match &r.source_etag {
         Some(e) => {
             v.push(1);
@@ -171,6 +177,8 @@ fn decode(v: &[u8]) -> Option<MirrorRecord> {
     }
     let size = r.u64()?;
     let mtime_ns = r.u64()? as i64;
+    let ctime_ns = r.u64()? as i64;
+    let ino = r.u64()?;
     let source_etag = match r.u8()? {
         0 => None,
         1 => Some(r.str()?),
@@ -189,6 +197,8 @@ fn decode(v: &[u8]) -> Option<MirrorRecord> {
     Some(MirrorRecord {
         size,
         mtime_ns,
+        ctime_ns,
+        ino,
         source_etag,
         dest_etag,
         blake3,
@@ -208,6 +218,8 @@ mod tests {
         let rec = MirrorRecord {
             size: 3 << 20,
             mtime_ns: -5,
+            ctime_ns: 9,
+            ino: 77,
             source_etag: Some("\"abc\"".into()),
             dest_etag: "etag-1".into(),
             blake3: [7; 32],

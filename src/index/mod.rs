@@ -5,7 +5,9 @@
 //! Trees (all keys and values binary, see FORMAT.md "Local index"):
 //! - `chunks/<repo id>`: chunk id → pack id, frame offset, frame length, raw length
 //! - `packs/<repo id>`: pack id → () for every pack index loaded
-//! - `files/<source key>`: relative path → size, mtime, etag, mode, BLAKE3, chunk list
+//! - `damaged/<repo id>`: pack id → () for every damaged pack the chunk locations account for
+//! - `files/<source key>`: relative path → size, mtime, ctime, inode, etag, mode, BLAKE3,
+//!   chunk list
 //! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
 //! - `jobs/items`, `jobs/runs`: the daemon's work items and run history ([`jobs`])
 //! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote ([`mirror`])
@@ -62,6 +64,11 @@ pub struct ChunkLocation {
 pub struct CachedFile {
     pub size: u64,
     pub mtime_ns: i64,
+    /// Status-change time (local files; 0 for objects): an mtime put back by `cp -p` or
+    /// `rsync -a` does not put it back.
+    pub ctime_ns: i64,
+    /// Inode number (local files; 0 for objects).
+    pub ino: u64,
     /// Object etag for object sources.
     pub etag: Option<String>,
     pub mode: u32,
@@ -164,6 +171,7 @@ impl Index {
         Ok(RepoIndex {
             chunks: self.tree(format!("chunks/{repo_id}"))?,
             packs: self.tree(format!("packs/{repo_id}"))?,
+            damaged: self.tree(format!("damaged/{repo_id}"))?,
             path: self.path.clone(),
         })
     }
@@ -238,6 +246,8 @@ fn is_lock_error(e: &sled::Error) -> bool {
 pub struct RepoIndex {
     chunks: sled::Tree,
     packs: sled::Tree,
+    /// Damaged packs (`bad/<pack id>`) this index has been rebuilt for.
+    damaged: sled::Tree,
     path: PathBuf,
 }
 
@@ -290,8 +300,40 @@ impl RepoIndex {
         Ok(())
     }
 
+    /// Records a pack's chunks only where no location is known yet, then the pack: for packs
+    /// whose chunks must not be relied on (marked by gc or damaged), so that they never
+    /// displace a good copy held elsewhere.
+    pub fn add_pack_weak(&self, index: &PackIndex) -> Result<(), IndexError> {
+        for e in &index.entries {
+            let loc = encode_location(&index.pack, e);
+            // A lost swap means a location is known already: keep it.
+            let _ = self
+                .chunks
+                .compare_and_swap(e.chunk.0, None::<&[u8]>, Some(&loc[..]))
+                .map_err(|e| self.err(e))?;
+        }
+        self.packs
+            .insert(index.pack.0, &[])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// True when the index was built knowing that this pack is damaged.
+    pub fn knows_damaged(&self, id: &PackId) -> Result<bool, IndexError> {
+        self.damaged.contains_key(id.0).map_err(|e| self.err(e))
+    }
+
+    /// Records that the index's locations were built knowing this pack is damaged.
+    pub fn note_damaged(&self, id: &PackId) -> Result<(), IndexError> {
+        self.damaged
+            .insert(id.0, &[])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Forgets everything about this repository.
     pub fn clear(&self) -> Result<(), IndexError> {
+        self.damaged.clear().map_err(|e| self.err(e))?;
         self.packs.clear().map_err(|e| self.err(e))?;
         self.chunks.clear().map_err(|e| self.err(e))
     }
@@ -352,14 +394,18 @@ impl FileCache {
     }
 }
 
-const FILE_RECORD_VERSION: u8 = 2;
+/// v3 added ctime and inode; a v2 record reads as "not cached", so the file is read again.
+const FILE_RECORD_VERSION: u8 = 3;
 
 fn encode_file(f: &CachedFile) -> Vec<u8> {
     let etag = f.etag.as_deref().unwrap_or("").as_bytes();
-    let mut v = Vec::with_capacity(1 + 8 + 8 + 2 + etag.len() + 4 + 32 + 4 + f.chunks.len() * 36);
+    let mut v =
+        Vec::with_capacity(1 + 8 + 8 + 16 + 2 + etag.len() + 4 + 32 + 4 + f.chunks.len() * 36);
     v.push(FILE_RECORD_VERSION);
     v.extend_from_slice(&f.size.to_le_bytes());
     v.extend_from_slice(&f.mtime_ns.to_le_bytes());
+    v.extend_from_slice(&f.ctime_ns.to_le_bytes());
+    v.extend_from_slice(&f.ino.to_le_bytes());
     v.push(u8::from(f.etag.is_some()));
     v.extend_from_slice(&(etag.len() as u16).to_le_bytes());
     v.extend_from_slice(etag);
@@ -390,6 +436,8 @@ fn decode_file(v: &[u8]) -> Option<CachedFile> {
     }
     let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
     let mtime_ns = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let ctime_ns = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
     let has_etag = take(1)?[0] == 1;
     let etag_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let etag = String::from_utf8(take(etag_len)?.to_vec()).ok();
@@ -410,6 +458,8 @@ fn decode_file(v: &[u8]) -> Option<CachedFile> {
     Some(CachedFile {
         size,
         mtime_ns,
+        ctime_ns,
+        ino,
         etag: if has_etag { etag } else { None },
         mode,
         blake3,
@@ -427,6 +477,8 @@ mod tests {
         let f = CachedFile {
             size: 10,
             mtime_ns: -5,
+            ctime_ns: 7,
+            ino: 42,
             etag: Some("\"abc\"".into()),
             mode: 0o644,
             blake3: ChunkId::of(b"x"),
@@ -440,6 +492,53 @@ mod tests {
         assert_eq!(decode_file(&enc), Some(f));
         assert_eq!(decode_file(&enc[..enc.len() - 1]), None);
         assert_eq!(decode_file(b""), None);
+    }
+
+    /// A record written before ctime and inode were kept (v2) is a cache miss: the file is
+    /// read again, never trusted on size and mtime alone, and never an error.
+    #[test]
+    fn an_old_file_record_counts_as_changed() {
+        let f = CachedFile {
+            size: 10,
+            mtime_ns: 5,
+            ctime_ns: 6,
+            ino: 7,
+            etag: None,
+            mode: 0o644,
+            blake3: ChunkId::of(b"x"),
+            layout: Layout::Cdc,
+            chunks: vec![ChunkRef(ChunkId::of(b"a"), 10)],
+        };
+        let mut v2 = encode_file(&f);
+        v2.drain(17..33);
+        v2[0] = 2;
+        assert_eq!(decode_file(&v2), None);
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path(), Duration::ZERO).unwrap();
+        let cache = idx.files("file:///src").unwrap();
+        cache.tree.insert("a", v2).unwrap();
+        assert_eq!(cache.get("a").unwrap(), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn file_records_round_trip(
+            size: u64, mtime_ns: i64, ctime_ns: i64, ino: u64, mode: u32,
+            etag in proptest::option::of("[ -~]{0,40}"),
+            lens in proptest::collection::vec(1u32.., 0..20),
+        ) {
+            let f = CachedFile {
+                size, mtime_ns, ctime_ns, ino, etag, mode,
+                blake3: ChunkId::of(&size.to_le_bytes()),
+                layout: Layout::Cdc,
+                chunks: lens.iter().map(|l| ChunkRef(ChunkId::of(&l.to_le_bytes()), *l)).collect(),
+            };
+            let enc = encode_file(&f);
+            proptest::prop_assert_eq!(decode_file(&enc), Some(f));
+            for n in 0..enc.len() {
+                proptest::prop_assert_eq!(decode_file(&enc[..n]), None);
+            }
+        }
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct MirrorOptions {
     pub delete: bool,
     /// Plan and report, change nothing.
     pub dry_run: bool,
+    /// Read and hash every source file, even those the index records as unchanged.
+    pub rehash: bool,
 }
 
 /// What happened to one object.
@@ -167,7 +169,7 @@ pub async fn mirror(
         }
         let remote = listed.get(&f.rel).cloned();
         let rec = cache.get(&f.rel)?;
-        if unchanged(&f, rec.as_ref(), remote.as_ref()) {
+        if !opts.rehash && unchanged(&f, rec.as_ref(), remote.as_ref()) {
             report.unchanged += 1;
             continue;
         }
@@ -299,6 +301,8 @@ fn unchanged(f: &SourceFile, rec: Option<&MirrorRecord>, remote: Option<&(u64, S
         (Some(r), Some((size, etag))) => {
             r.size == f.size
                 && r.mtime_ns == f.mtime_ns
+                && r.ctime_ns == f.ctime_ns
+                && r.ino == f.ino
                 && r.source_etag == f.etag
                 && *size == f.size
                 && !etag.is_empty()
@@ -343,6 +347,8 @@ impl FileCtx {
         let record = |etag: String| MirrorRecord {
             size: f.size,
             mtime_ns: f.mtime_ns,
+            ctime_ns: f.ctime_ns,
+            ino: f.ino,
             source_etag: f.etag.clone(),
             dest_etag: etag,
             blake3: cut.blake3,
@@ -692,6 +698,8 @@ impl FileCtx {
                 path: self.source.describe(&f.rel),
                 size: f.size,
                 mtime_ns: f.mtime_ns,
+                ctime_ns: f.ctime_ns,
+                ino: f.ino,
             }),
             Source::Objects(_) => None,
         }
@@ -787,18 +795,26 @@ fn native_err(e: NativeError) -> OpError {
     OpError::Invalid(e.to_string())
 }
 
-/// A local source file's path, size and mtime as listed.
+/// A local source file's path, size, mtime, ctime and inode as listed.
 struct LocalCheck {
     path: String,
     size: u64,
     mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
 }
 
 impl LocalCheck {
-    /// Fails if the file no longer has its listed size and mtime.
+    /// Fails if the file no longer has its listed size, mtime, ctime and inode (an mtime put
+    /// back after a rewrite, or another file renamed into place, is still a change).
     fn unchanged(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.path)?;
-        if meta.len() != self.size || crate::ops::source::mtime_ns(&meta) != self.mtime_ns {
+        if meta.len() != self.size
+            || crate::ops::source::mtime_ns(&meta) != self.mtime_ns
+            || crate::ops::source::ctime_ns(&meta) != self.ctime_ns
+            || meta.ino() != self.ino
+        {
             return Err(std::io::Error::other(format!(
                 "{} changed while it was being mirrored: not committed, rerun the mirror",
                 self.path

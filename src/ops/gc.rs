@@ -8,6 +8,13 @@
 //! still not needed by any snapshot that exists then; a pack needed again is unmarked. Packs
 //! whose live chunks fill less than half of them are rewritten: their live chunks are copied
 //! into new packs, then the old pack is marked.
+//!
+//! Duplicates: each live chunk keeps one copy. Its *owner* is the first pack holding it in
+//! a fixed order (most live bytes first, then pack id) among the usable packs (indexed,
+//! present, neither marked nor damaged); a pack that owns nothing is marked like a dead one,
+//! and one that owns less than half of itself is rewritten. Damaged packs (`bad/<pack id>`,
+//! written by `ferry repair`) own nothing: they are marked once every live chunk they hold
+//! has a copy in a usable pack, and never unmarked.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,6 +49,9 @@ pub struct GcReport {
     pub snapshots_deleted: u64,
     pub packs_total: u64,
     pub packs_marked: u64,
+    /// Of `packs_marked`: live packs whose every live chunk another pack also holds
+    /// (duplicates left by concurrent pushes), and damaged packs no longer needed.
+    pub packs_redundant: u64,
     pub packs_unmarked: u64,
     pub packs_deleted: u64,
     pub packs_rewritten: u64,
@@ -109,38 +119,80 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         .into_iter()
         .map(|m| (m.id, m.modified))
         .collect();
+    let bad: HashSet<PackId> = repo
+        .list_bad_packs()
+        .await?
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    let bad_ref = &bad;
     let indexes: Vec<PackIndex> = futures::stream::iter(repo.list_pack_indexes().await?)
-        .map(|id| async move { repo.read_pack_index(&id).await })
+        .map(|id| async move {
+            match repo.read_pack_index(&id).await {
+                // A damaged pack's unreadable index locates no chunk for anyone: it holds
+                // nothing gc must keep.
+                Err(RepoError::Corrupt { .. }) if bad_ref.contains(&id) => Ok(PackIndex {
+                    pack: id,
+                    pack_size: 0,
+                    entries: Vec::new(),
+                }),
+                other => other,
+            }
+        })
         .buffer_unordered(8)
         .try_collect()
         .await?;
     report.packs_total = packs.len() as u64;
 
-    // How many unmarked packs hold each live chunk.
+    // Usable packs: indexed, present, neither marked nor damaged. How many hold each live
+    // chunk, and which one owns it (keeps the copy).
+    let usable = |i: &&PackIndex| {
+        packs.contains_key(&i.pack) && !marks.contains_key(&i.pack) && !bad.contains(&i.pack)
+    };
     let mut copies: HashMap<ChunkId, u32> = HashMap::new();
-    for idx in indexes.iter().filter(|i| !marks.contains_key(&i.pack)) {
+    for idx in indexes.iter().filter(usable) {
         for e in idx.entries.iter().filter(|e| live.contains(&e.chunk)) {
             *copies.entry(e.chunk).or_default() += 1;
         }
     }
+    let owned = owners(indexes.iter().filter(usable), &live);
+    let owns =
+        |idx: &PackIndex, e: &crate::repo::pack::PackEntry| owned.get(&e.chunk) == Some(&idx.pack);
 
     let mut to_mark = Vec::new();
     let mut to_unmark = Vec::new();
     let mut to_delete = Vec::new();
     let mut to_rewrite = Vec::new();
     let indexed: HashSet<PackId> = indexes.iter().map(|i| i.pack).collect();
+    let mut redundant = 0u64;
     for idx in &indexes {
-        let Some(&pack_time) = packs.get(&idx.pack) else {
-            continue; // index without pack: verify reports it
+        let damaged = bad.contains(&idx.pack);
+        let pack_time = match packs.get(&idx.pack) {
+            Some(&t) => t,
+            // A damaged pack whose object is gone: its index goes the same way as below.
+            None if damaged => now,
+            None => continue, // index without pack: verify reports it, repair marks it
         };
+        // Holds a live chunk no usable pack holds: deleting it would lose that chunk.
+        let needed = idx
+            .entries
+            .iter()
+            .any(|e| live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0);
         if let Some(&mark_time) = marks.get(&idx.pack) {
-            let needed = idx.entries.iter().any(|e| {
-                live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0
-            });
             if needed {
-                to_unmark.push(idx.pack);
+                // A damaged pack stays marked: writers must not rely on it either way.
+                if !damaged {
+                    to_unmark.push(idx.pack);
+                }
             } else if old(mark_time) {
                 to_delete.push((idx.pack, idx.pack_size));
+            }
+            continue;
+        }
+        if damaged {
+            if !needed {
+                to_mark.push(idx.pack);
+                redundant += 1;
             }
             continue;
         }
@@ -150,11 +202,14 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         let live_bytes: u64 = idx
             .entries
             .iter()
-            .filter(|e| live.contains(&e.chunk))
+            .filter(|e| owns(idx, e))
             .map(|e| e.frame_len as u64)
             .sum();
         let frame_bytes: u64 = idx.entries.iter().map(|e| e.frame_len as u64).sum();
         if live_bytes == 0 {
+            if idx.entries.iter().any(|e| live.contains(&e.chunk)) {
+                redundant += 1;
+            }
             to_mark.push(idx.pack);
         } else if live_bytes < frame_bytes
             && (live_bytes as f64) < REWRITE_BELOW * idx.pack_size as f64
@@ -170,15 +225,22 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         .filter(|(id, t)| !indexed.contains(id) && old(**t))
         .map(|(id, _)| *id)
         .collect();
-    // Marks whose pack is gone.
+    // Marks whose pack is gone (damage marks: whose pack and index are gone).
     let stale_marks: Vec<PackId> = marks
         .keys()
         .filter(|id| !packs.contains_key(id))
+        .chain(
+            bad.iter()
+                .filter(|id| !packs.contains_key(id) && !indexed.contains(id)),
+        )
         .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
 
     report.snapshots_deleted = doomed_snapshots.len() as u64;
     report.packs_marked = (to_mark.len() + to_rewrite.len()) as u64;
+    report.packs_redundant = redundant;
     report.packs_unmarked = to_unmark.len() as u64;
     report.packs_deleted = to_delete.len() as u64;
     report.bytes_deleted = to_delete.iter().map(|(_, size)| size).sum();
@@ -200,8 +262,8 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     if opts.dry_run {
         report.chunks_rewritten = to_rewrite
             .iter()
-            .flat_map(|i| i.entries.iter())
-            .filter(|e| live.contains(&e.chunk))
+            .flat_map(|i| i.entries.iter().map(move |e| (*i, e)))
+            .filter(|(i, e)| owns(i, e))
             .count() as u64;
         report.duration_secs = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -211,12 +273,12 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     if !to_rewrite.is_empty() {
         let rindex = index.repo(repo.id())?;
         let mut uploader = PackUploader::new(repo.clone(), rindex, 2);
-        let mut done: HashSet<ChunkId> = HashSet::new();
         for idx in &to_rewrite {
+            // Only the chunks this pack owns: every other live chunk keeps its owner's copy.
             let locations: Vec<ChunkLocation> = idx
                 .entries
                 .iter()
-                .filter(|e| live.contains(&e.chunk) && done.insert(e.chunk))
+                .filter(|e| owns(idx, e))
                 .map(|e| ChunkLocation {
                     pack: idx.pack,
                     entry: *e,
@@ -256,6 +318,34 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     index.flush()?;
     report.duration_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// For each live chunk, the pack that keeps its copy: the first of `usable` holding it, in
+/// order of most live bytes, then pack id (a fixed order, so runs agree while nothing
+/// changes, and big packs keep their chunks while small duplicates go).
+fn owners<'a>(
+    usable: impl Iterator<Item = &'a PackIndex>,
+    live: &HashSet<ChunkId>,
+) -> HashMap<ChunkId, PackId> {
+    let mut ranked: Vec<(u64, &PackIndex)> = usable
+        .map(|i| {
+            let live_bytes = i
+                .entries
+                .iter()
+                .filter(|e| live.contains(&e.chunk))
+                .map(|e| e.frame_len as u64)
+                .sum();
+            (live_bytes, i)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.pack.0.cmp(&b.1.pack.0)));
+    let mut owner = HashMap::new();
+    for (_, idx) in ranked {
+        for e in idx.entries.iter().filter(|e| live.contains(&e.chunk)) {
+            owner.entry(e.chunk).or_insert(idx.pack);
+        }
+    }
+    owner
 }
 
 /// Every chunk the given snapshots reference. A snapshot that cannot be read stops gc: it
@@ -341,4 +431,62 @@ pub async fn forget(
         kept,
         forgotten,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::PackEntry;
+    use proptest::prelude::*;
+
+    fn pack(n: u8, chunks: &[u8]) -> PackIndex {
+        PackIndex {
+            pack: PackId::of(&[n]),
+            pack_size: 100 * chunks.len() as u64,
+            entries: chunks
+                .iter()
+                .map(|c| PackEntry {
+                    chunk: ChunkId::of(&[*c]),
+                    offset: 8,
+                    frame_len: 100,
+                    raw_len: 100,
+                })
+                .collect(),
+        }
+    }
+
+    proptest! {
+        /// Every live chunk some pack holds gets exactly one owner, a pack that holds it;
+        /// dead chunks get none; the choice does not depend on listing order.
+        #[test]
+        fn each_live_chunk_has_one_owner_whatever_the_order(
+            packs in proptest::collection::vec(proptest::collection::vec(0u8..24, 0..10), 1..8),
+            live in proptest::collection::hash_set(0u8..24, 0..24),
+        ) {
+            let indexes: Vec<PackIndex> =
+                packs.iter().enumerate().map(|(i, c)| pack(i as u8, c)).collect();
+            let live: HashSet<ChunkId> = live.iter().map(|c| ChunkId::of(&[*c])).collect();
+            let owned = owners(indexes.iter(), &live);
+            let reversed = owners(indexes.iter().rev(), &live);
+            prop_assert_eq!(&owned, &reversed);
+            for idx in &indexes {
+                for e in &idx.entries {
+                    prop_assert_eq!(owned.contains_key(&e.chunk), live.contains(&e.chunk));
+                }
+            }
+            for (chunk, owner) in &owned {
+                let idx = indexes.iter().find(|i| i.pack == *owner).unwrap();
+                prop_assert!(idx.entries.iter().any(|e| e.chunk == *chunk));
+            }
+        }
+    }
+
+    #[test]
+    fn the_pack_with_more_live_bytes_keeps_the_shared_chunks() {
+        let big = pack(1, &[1, 2, 3]);
+        let small = pack(2, &[2, 3]);
+        let live: HashSet<ChunkId> = [1u8, 2, 3].iter().map(|c| ChunkId::of(&[*c])).collect();
+        let owned = owners([&small, &big].into_iter(), &live);
+        assert!(owned.values().all(|p| *p == big.pack), "{owned:?}");
+    }
 }

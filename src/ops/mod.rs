@@ -5,6 +5,8 @@ pub mod fetch;
 pub mod gc;
 pub(crate) mod hasher;
 pub mod push;
+mod push_read;
+pub mod repair;
 pub mod replicate;
 pub mod restore;
 pub(crate) mod restore_local;
@@ -43,6 +45,18 @@ pub enum OpError {
     },
     #[error("{path}: {problem}")]
     Source { path: String, problem: String },
+    /// A source file kept changing while it was read (twice): nothing was recorded for it.
+    /// Transient: once the writer is done, the same push succeeds.
+    #[error("{path} changed while it was being read ({what}), twice in a row: no snapshot was written; push again once the file is complete (the daemon retries by itself)")]
+    SourceChanged { path: String, what: String },
+    /// A pack `ferry repair` marked damaged, or a gc marked for deletion, is needed by the
+    /// snapshot about to be written. Transient: the rerun uploads those chunks anew.
+    #[error("{} pack {pack} in {repo} {} while this run relied on it; run again (the affected chunks will be uploaded anew)", .why.who(), .why.what())]
+    PackWithdrawn {
+        pack: String,
+        repo: String,
+        why: Withdrawn,
+    },
     #[error("refusing to restore {path:?}: {why}")]
     Unsafe { path: String, why: String },
     #[error("{a} and {b} use different chunker parameters: push to them separately, or replicate between repositories with the same parameters")]
@@ -53,6 +67,31 @@ pub enum OpError {
     Join(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+/// Why a pack's chunks may no longer be relied on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// `gc/<pack id>`: a gc will delete it.
+    GcMark,
+    /// `bad/<pack id>`: `ferry repair` found it damaged.
+    Damaged,
+}
+
+impl Withdrawn {
+    fn who(&self) -> &'static str {
+        match self {
+            Withdrawn::GcMark => "a concurrent gc marked",
+            Withdrawn::Damaged => "`ferry repair` marked",
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Withdrawn::GcMark => "for deletion",
+            Withdrawn::Damaged => "as damaged",
+        }
+    }
 }
 
 impl OpError {

@@ -12,17 +12,17 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::chunker::cut_file;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::hasher::FileHasher;
+use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
 use crate::ops::sync::{check_not_marked, sync_index, Presence};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::Progress;
-use crate::repo::snapshot::{ChunkRef, Entry, SNAPSHOT_VERSION};
+use crate::repo::snapshot::{Entry, SNAPSHOT_VERSION};
 use crate::repo::{check_ref_name, Repository, Snapshot};
 
 /// Packs uploading at once per repository.
@@ -69,12 +69,14 @@ pub struct TargetReport {
     pub shard: Option<ShardReport>,
 }
 
-struct Job {
-    id: ChunkId,
-    data: std::sync::Arc<[u8]>,
+/// A chunk some repository lacks, on its way to a compressor.
+pub(crate) struct Job {
+    pub(crate) id: ChunkId,
+    pub(crate) data: std::sync::Arc<[u8]>,
     /// Element width for byte-plane compression (1: not elements).
-    width: u8,
-    targets: u64,
+    pub(crate) width: u8,
+    /// Bit `t` set: repository `t` lacks the chunk.
+    pub(crate) targets: u64,
 }
 
 struct Frame {
@@ -92,6 +94,17 @@ struct Produced {
     bytes_total: u64,
     bytes_read: u64,
     chunks_total: u64,
+}
+
+/// How a push decides that a file is unchanged since the last push, without reading it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChangeCheck {
+    /// Size, mtime, ctime and inode (local files) or etag (objects) equal the local index's
+    /// record, and every chunk is still in each repository.
+    #[default]
+    Stat,
+    /// Read and hash every file (`--rehash`), whatever the index says.
+    Rehash,
 }
 
 /// Pushes `source` into every repository in `targets` under the ref `name`.
@@ -114,6 +127,31 @@ pub async fn push_with(
     index: &Index,
     progress: bool,
     mode: &PushMode,
+) -> Result<PushReport, OpError> {
+    push_checked(
+        source,
+        targets,
+        name,
+        index,
+        progress,
+        mode,
+        ChangeCheck::Stat,
+    )
+    .await
+}
+
+/// [`push_with`] with a choice of how unchanged files are recognized (see [`ChangeCheck`]).
+/// A file that keeps changing while it is read fails the whole push with
+/// [`OpError::SourceChanged`]: no snapshot is written, the ref does not move, and the chunks
+/// of the files read so far stay in the repositories for the rerun.
+pub async fn push_checked(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &str,
+    index: &Index,
+    progress: bool,
+    mode: &PushMode,
+    check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
     check_ref_name(name)?;
     mode.check()?;
@@ -160,9 +198,12 @@ pub async fn push_with(
     let producer = {
         let (source, presences, bar) = (source.clone(), presences.clone(), bar.clone());
         tokio::task::spawn_blocking(move || {
-            produce(
-                &source, listing, &cache, &presences, params, &job_tx, &rt, &bar,
-            )
+            let out = Out {
+                jobs: &job_tx,
+                rt: &rt,
+                bar: &bar,
+            };
+            produce(&source, listing, &cache, &presences, params, check, &out)
         })
     };
     let mut compressors = Vec::new();
@@ -195,7 +236,10 @@ pub async fn push_with(
     let mut uploaders: Vec<PackUploader> = targets
         .iter()
         .zip(&presences)
-        .map(|((repo, _), p)| PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT))
+        .map(|((repo, _), p)| {
+            PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
+                .repairing(p.damaged.clone())
+        })
         .collect();
     let mut stored_new = 0u64;
     let mut raw_new = 0u64;
@@ -306,35 +350,36 @@ pub async fn push_with(
     })
 }
 
+/// Where the producer sends its work.
+pub(crate) struct Out<'a> {
+    pub(crate) jobs: &'a crossbeam_channel::Sender<Job>,
+    pub(crate) rt: &'a tokio::runtime::Handle,
+    pub(crate) bar: &'a Progress,
+}
+
 /// Reads every file that changed, chunks and hashes it, and sends chunks some repository
 /// lacks to the compressors. Runs on a blocking thread.
-#[allow(clippy::too_many_arguments)]
 fn produce(
     source: &Source,
     listing: Vec<SourceEntry>,
     cache: &FileCache,
     presences: &[Presence],
     params: crate::chunker::ChunkerParams,
-    jobs: &crossbeam_channel::Sender<Job>,
-    rt: &tokio::runtime::Handle,
-    bar: &Progress,
+    check: ChangeCheck,
+    out_to: &Out<'_>,
 ) -> Result<Produced, OpError> {
     let mut out = Produced::default();
-    let mut buffer = Vec::new();
-    let hasher = FileHasher::spawn();
-    let started = Instant::now();
-    let mut waited = Duration::ZERO;
-    // Chunks already on their way to each repository in this run.
-    let mut sent: Vec<HashSet<ChunkId>> = vec![HashSet::new(); presences.len()];
-    let lacking = |id: &ChunkId, sent: &[HashSet<ChunkId>]| -> Result<u64, OpError> {
-        let mut mask = 0u64;
-        for (t, p) in presences.iter().enumerate() {
-            if !sent[t].contains(id) && !p.has(id)? {
-                mask |= 1 << t;
-            }
-        }
-        Ok(mask)
+    let mut reader = FileReader {
+        source,
+        params,
+        presences,
+        out: out_to,
+        buffer: Vec::new(),
+        hasher: FileHasher::spawn(),
+        sent: vec![HashSet::new(); presences.len()],
+        waited: Duration::ZERO,
     };
+    let started = Instant::now();
     for entry in listing {
         let file = match entry {
             SourceEntry::Dir { rel, mode } => {
@@ -347,20 +392,29 @@ fn produce(
             }
             SourceEntry::File(f) => f,
         };
-        out.bytes_total += file.size;
-        if let Some(c) = cache.get(&file.rel)? {
-            if c.size == file.size && c.mtime_ns == file.mtime_ns && c.etag == file.etag {
+        let cached = match check {
+            ChangeCheck::Stat => cache.get(&file.rel)?,
+            ChangeCheck::Rehash => None,
+        };
+        if let Some(c) = cached {
+            if c.size == file.size
+                && c.mtime_ns == file.mtime_ns
+                && c.ctime_ns == file.ctime_ns
+                && c.ino == file.ino
+                && c.etag == file.etag
+            {
                 let mut complete = true;
                 for ch in &c.chunks {
-                    if lacking(&ch.0, &sent)? != 0 {
+                    if reader.lacking(&ch.0)? != 0 {
                         complete = false;
                         break;
                     }
                 }
                 if complete {
+                    out.bytes_total += file.size;
                     out.files_unchanged += 1;
                     out.chunks_total += c.chunks.len() as u64;
-                    bar.inc(file.size);
+                    out_to.bar.inc(file.size);
                     out.entries.push(Entry::File {
                         path: file.rel,
                         size: c.size,
@@ -374,81 +428,36 @@ fn produce(
                 }
             }
         }
-        let reader = source.reader(&file, rt)?;
-        let whole = &hasher;
-        let mut chunks = Vec::new();
-        let mut size = 0u64;
-        let layout = cut_file(
-            reader,
-            &file.rel,
-            file.size,
-            params,
-            &mut buffer,
-            |data, width| {
-                let data: std::sync::Arc<[u8]> = data.into();
-                whole.update(data.clone())?;
-                let id = ChunkId::of(&data);
-                let len = data.len() as u32;
-                size += len as u64;
-                chunks.push(ChunkRef(id, len));
-                let targets = lacking(&id, &sent).map_err(std::io::Error::other)?;
-                if targets != 0 {
-                    for (t, s) in sent.iter_mut().enumerate() {
-                        if targets & (1 << t) != 0 {
-                            s.insert(id);
-                        }
-                    }
-                    let job = Job {
-                        id,
-                        data,
-                        width,
-                        targets,
-                    };
-                    let t = Instant::now();
-                    let sent = jobs.send(job);
-                    waited += t.elapsed();
-                    sent.map_err(|_| std::io::Error::other(OpError::Cancelled))?;
-                }
-                bar.inc(len as u64);
-                Ok(())
-            },
-        )
-        .map_err(|e| match e.downcast::<OpError>() {
-            Ok(op) => op,
-            Err(e) => OpError::io(source.describe(&file.rel), e),
-        })?;
-        if size != file.size {
-            tracing::warn!(path = %source.describe(&file.rel), listed = file.size, read = size, "file changed size while it was read");
-            out.bytes_total = out.bytes_total - file.size + size;
-        }
+        let read = reader.read_stable(&file)?;
+        let state = &read.state;
+        out.bytes_total += state.size;
         out.files_read += 1;
-        out.bytes_read += size;
-        out.chunks_total += chunks.len() as u64;
-        let blake3 = hasher
-            .finish()
-            .map_err(|e| OpError::io(source.describe(&file.rel), e))?;
+        out.bytes_read += state.size;
+        out.chunks_total += read.chunks.len() as u64;
         cache.put(
             &file.rel,
             &CachedFile {
-                size,
-                mtime_ns: file.mtime_ns,
+                size: state.size,
+                mtime_ns: state.mtime_ns,
+                ctime_ns: state.ctime_ns,
+                ino: state.ino,
                 etag: file.etag.clone(),
                 mode: file.mode,
-                blake3,
-                layout,
-                chunks: chunks.clone(),
+                blake3: read.blake3,
+                layout: read.layout,
+                chunks: read.chunks.clone(),
             },
         )?;
         out.entries.push(Entry::File {
             path: file.rel,
-            size,
+            size: state.size,
             mode: file.mode,
-            mtime_ns: file.mtime_ns,
-            blake3,
-            layout,
-            chunks,
+            mtime_ns: state.mtime_ns,
+            blake3: read.blake3,
+            layout: read.layout,
+            chunks: read.chunks,
         });
     }
-    tracing::debug!(elapsed = ?started.elapsed(), blocked_on_compressors = ?waited, "producer done");
+    tracing::debug!(elapsed = ?started.elapsed(), blocked_on_compressors = ?reader.waited, "producer done");
     Ok(out)
 }

@@ -33,6 +33,12 @@ pub struct SourceFile {
     pub mode: u32,
     /// Object etag (object sources only).
     pub etag: Option<String>,
+    /// Status-change time in nanoseconds (local files; 0 for objects). Restoring an mtime
+    /// (`cp -p`, `rsync -a`, `touch -r`) cannot restore it.
+    pub ctime_ns: i64,
+    /// Inode number (local files; 0 for objects): a file replaced by another one with the
+    /// same size and times is still another file.
+    pub ino: u64,
 }
 
 /// One entry of a source, in path order.
@@ -88,6 +94,8 @@ impl Source {
                         mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
                         mode: 0o644,
                         etag: meta.e_tag,
+                        ctime_ns: 0,
+                        ino: 0,
                     }));
                 }
                 out.sort_by(|a, b| entry_rel(a).cmp(entry_rel(b)));
@@ -135,6 +143,18 @@ impl Source {
         }
     }
 
+    /// The local file behind a relative path (`None` for object sources).
+    pub fn local_path(&self, rel: &str) -> Option<PathBuf> {
+        match self {
+            Source::Local {
+                root,
+                single_file: true,
+            } => Some(root.clone()),
+            Source::Local { root, .. } => Some(root.join(rel)),
+            Source::Objects(_) => None,
+        }
+    }
+
     /// Where a relative path lives, for messages.
     pub fn describe(&self, rel: &str) -> String {
         match self {
@@ -162,6 +182,13 @@ pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .saturating_add(meta.mtime_nsec())
 }
 
+/// A file's status-change time in nanoseconds, saturating like [`mtime_ns`].
+pub(crate) fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.ctime_nsec())
+}
+
 fn list_local(root: &Path, single_file: bool) -> Result<Vec<SourceEntry>, OpError> {
     if single_file {
         let meta = std::fs::metadata(root).map_err(|e| OpError::io(root.display(), e))?;
@@ -178,6 +205,8 @@ fn list_local(root: &Path, single_file: bool) -> Result<Vec<SourceEntry>, OpErro
             mtime_ns: mtime_ns(&meta),
             mode: meta.permissions().mode() & 0o7777,
             etag: None,
+            ctime_ns: ctime_ns(&meta),
+            ino: meta.ino(),
         })]);
     }
     let mut out = Vec::new();
@@ -231,6 +260,8 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<(), OpEr
                 mtime_ns: mtime_ns(&meta),
                 mode,
                 etag: None,
+                ctime_ns: ctime_ns(&meta),
+                ino: meta.ino(),
             }));
         } else {
             tracing::warn!(path = %path.display(), "skipping a special file (socket, fifo or device)");

@@ -1,6 +1,6 @@
 //! Brings the local index's view of a repository up to date from its pack indexes, and
-//! answers "does this repository hold chunk X?" with packs marked for deletion by gc counted
-//! as absent.
+//! answers "does this repository hold chunk X?" with packs marked for deletion by gc, or
+//! marked damaged by `ferry repair`, counted as absent.
 
 use std::collections::HashSet;
 
@@ -8,19 +8,24 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::ids::{ChunkId, PackId};
 use crate::index::RepoIndex;
-use crate::ops::OpError;
+use crate::ops::{OpError, Withdrawn};
+use crate::repo::pack::PackIndex;
 use crate::repo::{RepoError, Repository};
 
 /// A repository's chunk set as of the last sync.
 #[derive(Clone)]
 pub struct Presence {
     pub rindex: RepoIndex,
-    /// Packs a gc marked for deletion: their chunks must not be relied on.
+    /// Packs a gc marked for deletion or `ferry repair` marked damaged: their chunks must
+    /// not be relied on.
     pub marked: HashSet<PackId>,
+    /// Of `marked`, those marked damaged.
+    pub damaged: HashSet<PackId>,
 }
 
 impl Presence {
-    /// True when the repository holds the chunk in a pack that is not marked for deletion.
+    /// True when the repository holds the chunk in a pack that is neither marked for deletion
+    /// nor damaged.
     pub fn has(&self, id: &ChunkId) -> Result<bool, OpError> {
         if self.marked.is_empty() {
             return Ok(self.rindex.has_chunk(id)?);
@@ -32,71 +37,129 @@ impl Presence {
     }
 }
 
+/// The packs whose chunks must not be relied on, and why: gc marks and damage marks.
+pub async fn withdrawn_packs(
+    repo: &Repository,
+) -> Result<std::collections::HashMap<PackId, Withdrawn>, OpError> {
+    let (marks, bad) = futures::try_join!(repo.list_gc_marks(), repo.list_bad_packs())?;
+    let mut out: std::collections::HashMap<PackId, Withdrawn> = marks
+        .into_iter()
+        .map(|m| (m.id, Withdrawn::GcMark))
+        .collect();
+    // Damage is the stronger reason: it holds even if a gc later unmarks the pack.
+    out.extend(bad.into_iter().map(|b| (b.id, Withdrawn::Damaged)));
+    Ok(out)
+}
+
 /// Loads pack indexes the local index has not seen. If a pack the index knows has vanished
 /// (garbage collection, a rebuilt repository), the repository's cache is rebuilt from scratch.
+/// Packs that are marked (by gc or as damaged) are loaded first and never displace a chunk
+/// location already known, so a chunk held by a good pack too is found there.
 pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presence, OpError> {
-    let (listed, marks) = futures::try_join!(repo.list_pack_indexes(), repo.list_gc_marks())?;
+    let (listed, withdrawn) = futures::try_join!(
+        async { repo.list_pack_indexes().await.map_err(OpError::from) },
+        withdrawn_packs(repo)
+    )?;
     let listed: HashSet<_> = listed.into_iter().collect();
     let known: HashSet<_> = rindex.packs()?.into_iter().collect();
-    let fresh: Vec<_> = if known.is_subset(&listed) {
+    let damaged: Vec<PackId> = withdrawn
+        .iter()
+        .filter(|(_, w)| **w == Withdrawn::Damaged)
+        .map(|(id, _)| *id)
+        .collect();
+    // A known pack newly marked damaged may hold the location of a chunk a good pack holds
+    // too: rebuild, so that the good copy is found (rare: only after `ferry repair`).
+    let mut newly_damaged = false;
+    for id in damaged.iter().filter(|id| known.contains(id)) {
+        newly_damaged |= !rindex.knows_damaged(id)?;
+    }
+    let fresh: Vec<_> = if known.is_subset(&listed) && !newly_damaged {
         listed.difference(&known).copied().collect()
     } else {
-        tracing::info!(repo = %repo.url(), "packs disappeared since the last run; rebuilding the local index");
+        tracing::info!(repo = %repo.url(), "packs disappeared or were marked damaged since the last run; rebuilding the local index");
         rindex.clear()?;
         listed.into_iter().collect()
     };
     if !fresh.is_empty() {
         tracing::debug!(repo = %repo.url(), packs = fresh.len(), "loading pack indexes");
     }
-    futures::stream::iter(fresh)
+    let (weak, strong): (Vec<PackId>, Vec<PackId>) =
+        fresh.into_iter().partition(|id| withdrawn.contains_key(id));
+    load(repo, weak, Strength::Weak, rindex).await?;
+    load(repo, strong, Strength::Strong, rindex).await?;
+    for id in &damaged {
+        rindex.note_damaged(id)?;
+    }
+    Ok(Presence {
+        rindex: rindex.clone(),
+        marked: withdrawn.into_keys().collect(),
+        damaged: damaged.into_iter().collect(),
+    })
+}
+
+/// How a pack's chunk locations enter the local index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strength {
+    /// A usable pack: its locations replace known ones.
+    Strong,
+    /// A marked or damaged pack: only where nothing is known, and an unreadable index
+    /// (a damaged pack's may be) is skipped.
+    Weak,
+}
+
+/// Reads the given pack indexes (8 at a time) into the local index.
+async fn load(
+    repo: &Repository,
+    ids: Vec<PackId>,
+    strength: Strength,
+    rindex: &RepoIndex,
+) -> Result<(), OpError> {
+    futures::stream::iter(ids)
         .map(|id| async move {
             match repo.read_pack_index(&id).await {
                 Ok(idx) => Ok(Some(idx)),
                 // Deleted by a gc since the listing (index first, then pack): nothing to learn.
                 Err(RepoError::Store(e)) if e.is_not_found() => Ok(None),
+                Err(e @ RepoError::Corrupt { .. }) if strength == Strength::Weak => {
+                    tracing::warn!(error = %e, "skipping the unreadable index of a marked pack");
+                    Ok(None)
+                }
                 Err(e) => Err(OpError::from(e)),
             }
         })
         .buffer_unordered(8)
-        .try_for_each(|idx| {
-            let r = match idx {
-                Some(idx) => rindex.add_pack(&idx).map_err(OpError::from),
-                None => Ok(()),
+        .try_for_each(|idx: Option<PackIndex>| {
+            let r = match (idx, strength) {
+                (Some(idx), Strength::Strong) => rindex.add_pack(&idx).map_err(OpError::from),
+                (Some(idx), Strength::Weak) => rindex.add_pack_weak(&idx).map_err(OpError::from),
+                (None, _) => Ok(()),
             };
             async move { r }
         })
-        .await?;
-    Ok(Presence {
-        rindex: rindex.clone(),
-        marked: marks.into_iter().map(|m| m.id).collect(),
-    })
+        .await
 }
 
-/// Fails if any of `chunks` lives only in a pack a gc has marked for deletion since the
-/// caller synced. Called right before a snapshot that relies on those chunks is written, so a
-/// concurrent gc can never delete a pack out from under a new snapshot.
+/// Fails if any of `chunks` lives only in a pack a gc has marked for deletion, or `ferry
+/// repair` marked damaged, since the caller synced. Called right before a snapshot that
+/// relies on those chunks is written, so a concurrent gc can never delete a pack out from
+/// under a new snapshot, and no new snapshot relies on a damaged pack.
 pub async fn check_not_marked(
     repo: &Repository,
     rindex: &RepoIndex,
     chunks: impl IntoIterator<Item = ChunkId>,
 ) -> Result<(), OpError> {
-    let marks: HashSet<PackId> = repo
-        .list_gc_marks()
-        .await?
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
-    if marks.is_empty() {
+    let withdrawn = withdrawn_packs(repo).await?;
+    if withdrawn.is_empty() {
         return Ok(());
     }
     for id in chunks {
         if let Some(loc) = rindex.chunk_location(&id)? {
-            if marks.contains(&loc.pack) {
-                return Err(OpError::Invalid(format!(
-                    "a concurrent gc marked pack {} in {} for deletion while this run relied on it; run again (the affected chunks will be uploaded anew)",
-                    loc.pack,
-                    repo.url()
-                )));
+            if let Some(why) = withdrawn.get(&loc.pack) {
+                return Err(OpError::PackWithdrawn {
+                    pack: loc.pack.to_hex(),
+                    repo: repo.url(),
+                    why: *why,
+                });
             }
         }
     }

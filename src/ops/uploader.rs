@@ -1,12 +1,13 @@
 //! Gathers chunk frames into packs for one repository and uploads them with a bounded number
 //! in flight; each pack's index follows its pack, and the local index learns of both after.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, PackId};
 use crate::index::RepoIndex;
 use crate::ops::OpError;
 use crate::repo::pack::{PackBuilder, PackIndex};
@@ -31,6 +32,9 @@ pub struct PackUploader {
     permits: Arc<Semaphore>,
     tasks: JoinSet<Result<u64, OpError>>,
     stats: UploadStats,
+    /// Packs marked damaged (`bad/<pack id>`): writing one of them again writes its correct
+    /// bytes (a pack is named by its content), so its damage mark is removed.
+    damaged: Arc<HashSet<PackId>>,
 }
 
 impl PackUploader {
@@ -45,7 +49,14 @@ impl PackUploader {
             permits: Arc::new(Semaphore::new(in_flight.max(1))),
             tasks: JoinSet::new(),
             stats: UploadStats::default(),
+            damaged: Arc::default(),
         }
+    }
+
+    /// Tells the uploader which packs are marked damaged (see the field).
+    pub fn repairing(mut self, damaged: HashSet<PackId>) -> Self {
+        self.damaged = Arc::new(damaged);
+        self
     }
 
     pub fn repo(&self) -> &Repository {
@@ -90,9 +101,15 @@ impl PackUploader {
             .map_err(OpError::join)?;
         let repo = self.repo.clone();
         let rindex = self.rindex.clone();
+        let damaged = self.damaged.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
             let written = repo.write_pack(&sealed).await?;
+            if damaged.contains(&sealed.id) {
+                // The same chunks in the same order: the damaged object now holds its bytes.
+                tracing::info!(pack = %sealed.id, "a damaged pack was written anew, whole");
+                repo.clear_bad(&sealed.id).await?;
+            }
             let index = PackIndex {
                 pack: sealed.id,
                 pack_size: sealed.data.len() as u64,

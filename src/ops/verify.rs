@@ -1,5 +1,7 @@
 //! Verify: checks a repository's structure (configs, pack indexes, snapshots, refs) and,
-//! with `--read-data`, re-reads every pack and re-hashes every chunk.
+//! with `--read-data`, re-reads every pack and re-hashes every chunk. A damaged or missing
+//! pack's problem names `ferry repair`; packs already marked damaged are notes, and their
+//! chunks count as absent (a snapshot that needs them is the problem then).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -40,6 +42,13 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let mut problem = |object: String, p: String| problems.push(Problem { object, problem: p });
+    let repair = format!("; run `ferry repair {}` to stop relying on it", repo.url());
+    let bad: HashSet<PackId> = repo
+        .list_bad_packs()
+        .await?
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
 
     let packs: HashMap<PackId, u64> = repo
         .list_packs()
@@ -52,13 +61,22 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
     for id in repo.list_pack_indexes().await? {
         let url = repo.store().object_url(&index_path(&id));
         match repo.read_pack_index(&id).await {
+            Ok(_) if bad.contains(&id) => {
+                notes.push(Problem {
+                    object: repo.pack_url(&id),
+                    problem: "marked damaged by `ferry repair`: its chunks count as absent; a push uploads them anew and gc deletes the pack once no snapshot needs it".into(),
+                });
+            }
             Ok(idx) => {
                 match packs.get(&id) {
-                    None => problem(url, format!("its pack {} is missing", repo.pack_url(&id))),
+                    None => problem(
+                        url,
+                        format!("its pack {} is missing{repair}", repo.pack_url(&id)),
+                    ),
                     Some(size) if *size != idx.pack_size => problem(
                         repo.pack_url(&id),
                         format!(
-                            "size {size} differs from the {} its index records",
+                            "size {size} differs from the {} its index records{repair}",
                             idx.pack_size
                         ),
                     ),
@@ -71,7 +89,10 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
         }
     }
     let indexed_ids: HashSet<PackId> = indexed.iter().map(|i| i.pack).collect();
-    for id in packs.keys().filter(|id| !indexed_ids.contains(id)) {
+    for id in packs
+        .keys()
+        .filter(|id| !indexed_ids.contains(id) && !bad.contains(id))
+    {
         notes.push(Problem {
             object: repo.pack_url(id),
             problem: "pack has no index (left by an interrupted push; unused)".into(),
@@ -89,7 +110,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
                     problem(
                         url,
                         format!(
-                            "references {} chunks no pack holds (first: {})",
+                            "references {} chunks no usable pack holds (first: {}); push its source again to upload them anew, or forget the snapshot",
                             missing.len(),
                             first.0
                         ),
@@ -128,7 +149,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
             let data = match repo.read_pack(&idx.pack).await {
                 Ok(d) => d,
                 Err(e) => {
-                    problem(url, e.to_string());
+                    problem(url, format!("{e}{repair}"));
                     continue;
                 }
             };
@@ -139,7 +160,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
                 .map_err(OpError::join)?;
             chunks_checked += idx.entries.len() as u64;
             for p in found {
-                problem(url.clone(), p);
+                problem(url.clone(), format!("{p}{repair}"));
             }
         }
     }
@@ -157,7 +178,11 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
 }
 
 /// Re-hashes a pack and every chunk in it; returns what is wrong.
-fn check_pack(id: &PackId, data: &[u8], entries: &[crate::repo::pack::PackEntry]) -> Vec<String> {
+pub(crate) fn check_pack(
+    id: &PackId,
+    data: &[u8],
+    entries: &[crate::repo::pack::PackEntry],
+) -> Vec<String> {
     let mut out = Vec::new();
     let actual = PackId::of(data);
     if actual != *id {

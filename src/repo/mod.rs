@@ -105,6 +105,12 @@ pub fn gc_mark_path(id: &PackId) -> Path {
     Path::from(format!("gc/{id}"))
 }
 
+/// `bad/<pack id>`: `ferry repair` found the pack damaged (or missing); its chunks count as
+/// absent until gc deletes it.
+pub fn bad_mark_path(id: &PackId) -> Path {
+    Path::from(format!("bad/{id}"))
+}
+
 fn ref_path(name: &str, seq: u64) -> Path {
     Path::from(format!("refs/{name}/{seq:020}"))
 }
@@ -308,15 +314,37 @@ impl Repository {
             .await?)
     }
 
+    /// Packs `ferry repair` marked as damaged (`bad/<pack id>`).
+    pub async fn list_bad_packs(&self) -> Result<Vec<Listed<PackId>>, RepoError> {
+        self.list_ids("bad").await
+    }
+
+    /// Marks a pack as damaged: writers stop relying on its chunks and upload them anew;
+    /// gc deletes it once no snapshot needs a chunk only it holds. The body says what was
+    /// wrong, for people; readers go by the name only.
+    pub async fn mark_bad(&self, id: &PackId, problem: &str) -> Result<(), RepoError> {
+        let body = serde_json::json!({ "pack": id.to_hex(), "problem": problem });
+        Ok(self
+            .store
+            .put(&bad_mark_path(id), Bytes::from(body.to_string()))
+            .await?)
+    }
+
+    /// Removes a pack's damage mark (its object was written anew with its correct bytes).
+    pub async fn clear_bad(&self, id: &PackId) -> Result<(), RepoError> {
+        Ok(self.store.delete(&bad_mark_path(id)).await?)
+    }
+
     pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
 
     /// Deletes a pack: its index first (so no client learns of it any more), then the pack,
-    /// then any gc mark.
+    /// then any damage mark, then any gc mark. Each may already be gone.
     pub async fn delete_pack(&self, id: &PackId) -> Result<(), RepoError> {
         self.store.delete(&index_path(id)).await?;
         self.store.delete(&pack_path(id)).await?;
+        self.store.delete(&bad_mark_path(id)).await?;
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
 

@@ -1,6 +1,7 @@
 //! Fault injection for tests: an `ObjectStore` wrapper that fails a seeded, deterministic
 //! share of requests (HTTP 5xx, timeouts, connection resets, bodies cut short) and adds
-//! latency. Enabled in the binary by `FERRY_FAULTS=rate=0.1,seed=7,latency_ms=5`; never
+//! latency. A faulted delete does delete, then answers NotFound, as the client's retry of a
+//! delete whose response was lost does. Enabled in the binary by `FERRY_FAULTS=rate=0.1,seed=7,latency_ms=5`; never
 //! enabled otherwise.
 
 use std::fmt;
@@ -94,7 +95,7 @@ impl std::error::Error for Injected {}
 pub struct FaultStore {
     inner: Arc<dyn ObjectStore>,
     cfg: FaultConfig,
-    requests: AtomicU64,
+    requests: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
 }
 
@@ -103,7 +104,7 @@ impl FaultStore {
         Self {
             inner,
             cfg,
-            requests: AtomicU64::new(0),
+            requests: Arc::new(AtomicU64::new(0)),
             injected: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -115,23 +116,7 @@ impl FaultStore {
 
     /// Seeded draw for the next request: the fault to inject, if any, and the latency.
     fn draw(&self) -> (Option<Fault>, Duration) {
-        let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let r = splitmix(self.cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
-        let latency = if self.cfg.max_latency.is_zero() {
-            Duration::ZERO
-        } else {
-            self.cfg
-                .max_latency
-                .mul_f64(((splitmix(r) >> 11) as f64) / (1u64 << 53) as f64)
-        };
-        let fault = (unit < self.cfg.rate).then(|| match splitmix(r ^ 0xFA17) % 4 {
-            0 => Fault::ServerError,
-            1 => Fault::Timeout,
-            2 => Fault::ConnectionReset,
-            _ => Fault::TruncatedBody,
-        });
-        (fault, latency)
+        draw(&self.cfg, &self.requests)
     }
 
     /// Sleeps the drawn latency; returns the error to fail with, if any. A truncated body is
@@ -168,6 +153,26 @@ impl FaultStore {
         self.injected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%fault, op, location, "fault injected");
     }
+}
+
+/// The seeded draw for request number `requests` (then counted).
+fn draw(cfg: &FaultConfig, requests: &AtomicU64) -> (Option<Fault>, Duration) {
+    let n = requests.fetch_add(1, Ordering::Relaxed);
+    let r = splitmix(cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
+    let latency = if cfg.max_latency.is_zero() {
+        Duration::ZERO
+    } else {
+        cfg.max_latency
+            .mul_f64(((splitmix(r) >> 11) as f64) / (1u64 << 53) as f64)
+    };
+    let fault = (unit < cfg.rate).then(|| match splitmix(r ^ 0xFA17) % 4 {
+        0 => Fault::ServerError,
+        1 => Fault::Timeout,
+        2 => Fault::ConnectionReset,
+        _ => Fault::TruncatedBody,
+    });
+    (fault, latency)
 }
 
 fn error(f: Fault) -> object_store::Error {
@@ -262,11 +267,30 @@ impl ObjectStore for FaultStore {
         self.inner.get_ranges(location, ranges).await
     }
 
+    /// Deletes; a faulted delete is carried out and then reported as NotFound (a lost
+    /// response, retried by the client against an object that is gone now).
     fn delete_stream(
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        let (cfg, requests, injected) = (self.cfg, self.requests.clone(), self.injected.clone());
+        self.inner
+            .delete_stream(locations)
+            .map(move |deleted| {
+                let (fault, _) = draw(&cfg, &requests);
+                match (deleted, fault) {
+                    (Ok(path), Some(f)) => {
+                        injected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(fault = %f, op = "delete", location = %path, "fault injected: deleted, answered NotFound");
+                        Err(object_store::Error::NotFound {
+                            path: path.to_string(),
+                            source: Box::new(Injected(f)),
+                        })
+                    }
+                    (other, _) => other,
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -351,5 +375,38 @@ mod tests {
             .iter()
             .all(|(_, got)| got.is_none_or(|n| n == 10 || n == 0)));
         assert!(a.iter().any(|(ok, _)| !ok));
+    }
+
+    /// A delete whose response is lost looks like NotFound to the caller; through `Store`
+    /// that is success, and the object is gone either way.
+    #[tokio::test]
+    async fn a_faulted_delete_deletes_and_store_calls_it_success() {
+        let faulty = Arc::new(FaultStore::new(
+            Arc::new(InMemory::new()),
+            FaultConfig {
+                rate: 1.0,
+                seed: 1,
+                max_latency: Duration::ZERO,
+            },
+        ));
+        let inner: Arc<dyn ObjectStore> = faulty.clone();
+        let path = Path::from("x");
+        // Every request faults: write underneath the wrapper.
+        let raw = Arc::new(InMemory::new());
+        raw.put(&path, PutPayload::from_static(b"1")).await.unwrap();
+        let faulty_raw = FaultStore::new(raw.clone(), faulty.cfg);
+        let err = faulty_raw.delete(&path).await.unwrap_err();
+        assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
+        assert!(
+            raw.head(&path).await.is_err(),
+            "the faulted delete did not delete"
+        );
+        // Through Store: an object already gone, or a lost response, is a deleted object.
+        let store = crate::store::Store::from_parts("memory://faults".parse().unwrap(), inner);
+        store
+            .delete(&path)
+            .await
+            .expect("a gone object counts as deleted");
+        assert!(faulty.injected() >= 1);
     }
 }

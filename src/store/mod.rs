@@ -275,11 +275,21 @@ impl Store {
         }
     }
 
+    /// Deletes an object. An object that is already gone counts as deleted, on every
+    /// backend (S3 says so itself; a folder and Azure answer NotFound): a delete repeated
+    /// after a lost response, a killed run or a concurrent gc must not fail.
     pub async fn delete(&self, path: &Path) -> Result<(), StoreError> {
-        self.inner
-            .delete(path)
-            .await
-            .map_err(|e| self.op_error("deleting", path, e))
+        match self.inner.delete(path).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = self.op_error("deleting", path, e);
+                if err.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
     }
 
     /// Lists every object under `prefix` (all of the store when `None`).

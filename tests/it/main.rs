@@ -33,6 +33,7 @@ macro_rules! per_backend {
 
 mod badinput;
 mod browser;
+mod changes;
 mod checks;
 mod concurrent;
 mod daemon;
@@ -51,6 +52,7 @@ mod native_azure;
 mod native_s3;
 mod proxy;
 mod raw;
+mod repair;
 mod replicate;
 mod restoring;
 mod roundtrip;
