@@ -220,6 +220,7 @@ enum Command {
     /// Re-read every pack and mark damaged ones (`bad/<pack id>`): the next push uploads their
     /// chunks anew and gc deletes them once no snapshot needs them.
     Repair {
+        /// The repository to check and mark.
         repo: String,
         /// Report damaged packs, mark nothing.
         #[arg(long)]

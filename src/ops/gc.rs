@@ -119,12 +119,7 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         .into_iter()
         .map(|m| (m.id, m.modified))
         .collect();
-    let bad: HashSet<PackId> = repo
-        .list_bad_packs()
-        .await?
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let bad: HashSet<PackId> = repo.bad_pack_ids().await?;
     let bad_ref = &bad;
     let indexes: Vec<PackIndex> = futures::stream::iter(repo.list_pack_indexes().await?)
         .map(|id| async move {

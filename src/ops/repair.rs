@@ -70,12 +70,7 @@ pub async fn repair(repo: &Repository, dry_run: bool) -> Result<RepairReport, Op
         .into_iter()
         .map(|l| (l.id, l.size))
         .collect();
-    let bad: HashSet<PackId> = repo
-        .list_bad_packs()
-        .await?
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let bad: HashSet<PackId> = repo.bad_pack_ids().await?;
     let mut damaged = Vec::new();
     let mut checked = 0u64;
     for id in repo.list_pack_indexes().await? {

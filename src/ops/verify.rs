@@ -43,12 +43,7 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
     let mut notes = Vec::new();
     let mut problem = |object: String, p: String| problems.push(Problem { object, problem: p });
     let repair = format!("; run `ferry repair {}` to stop relying on it", repo.url());
-    let bad: HashSet<PackId> = repo
-        .list_bad_packs()
-        .await?
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let bad: HashSet<PackId> = repo.bad_pack_ids().await?;
 
     let packs: HashMap<PackId, u64> = repo
         .list_packs()

@@ -319,6 +319,16 @@ impl Repository {
         self.list_ids("bad").await
     }
 
+    /// The ids of the packs marked damaged.
+    pub async fn bad_pack_ids(&self) -> Result<std::collections::HashSet<PackId>, RepoError> {
+        Ok(self
+            .list_bad_packs()
+            .await?
+            .into_iter()
+            .map(|b| b.id)
+            .collect())
+    }
+
     /// Marks a pack as damaged: writers stop relying on its chunks and upload them anew;
     /// gc deletes it once no snapshot needs a chunk only it holds. The body says what was
     /// wrong, for people; readers go by the name only.
