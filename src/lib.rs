@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ids;
 pub mod index;
+pub mod memory;
 pub mod mirror;
 pub mod ops;
 pub mod progress;
