@@ -25,6 +25,7 @@ pub mod demo;
 pub mod ids;
 pub mod index;
 pub mod listing;
+pub mod memory;
 pub mod mirror;
 pub mod ops;
 pub mod progress;

@@ -283,6 +283,8 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread allocates: large per-run buffers go back to the system when freed.
+    ferry::memory::tune_allocator();
     let cli = Cli::parse();
     let json = cli.json;
     init_logging(cli.verbose);

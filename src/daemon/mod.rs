@@ -54,6 +54,10 @@ pub enum DaemonError {
     Join(String),
 }
 
+/// The run history is trimmed to `runner.history` once per this many run records written: it
+/// holds at most `history + TRIM_EVERY` runs.
+const TRIM_EVERY: u64 = 50;
+
 /// Whether the process runs until stopped or drains its work once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -301,11 +305,11 @@ impl Shared {
         self.runs_written.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Trims the run history every 50 records written (counting runs is a scan).
+    /// Trims the run history every [`TRIM_EVERY`] records written (counting runs is a scan).
     async fn trim_runs(&self) {
         let written = self.runs_written.load(Ordering::Relaxed);
         let last = self.runs_trimmed.load(Ordering::Relaxed);
-        if written < last + 50
+        if written < last + TRIM_EVERY
             || self
                 .runs_trimmed
                 .compare_exchange(last, written, Ordering::Relaxed, Ordering::Relaxed)
@@ -457,6 +461,8 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

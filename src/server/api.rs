@@ -19,6 +19,9 @@ pub struct JobsResponse {
     /// The daemon's clock, Unix ms: ages in the UI are relative to it.
     pub now_ms: i64,
     pub ready: bool,
+    /// The daemon's resident memory (Linux), as `/metrics` exports it.
+    #[serde(default)]
+    pub resident_memory_bytes: Option<u64>,
     pub jobs: Vec<JobStatus>,
 }
 
@@ -49,6 +52,7 @@ pub(super) async fn jobs(State(s): State<AppState>) -> Response {
             version: env!("CARGO_PKG_VERSION").to_string(),
             now_ms: s.daemon.clock().now_ms(),
             ready: s.daemon.is_ready(),
+            resident_memory_bytes: crate::memory::resident_memory_bytes(),
             jobs: s.daemon.jobs(),
         },
     )

@@ -19,6 +19,7 @@
 //! | `ferry_job_running` | gauge (0/1) | job |
 //! | `ferry_run_progress_bytes` | gauge | job |
 //! | `ferry_build_info` | gauge (1) | version |
+//! | `process_resident_memory_bytes` | gauge | — (Linux: `VmRSS` of `/proc/self/status`) |
 
 use std::sync::OnceLock;
 
@@ -123,6 +124,11 @@ fn describe() {
         "Files of a tree job that have kept changing for longer than max_wait."
     );
     describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the ferry process."
+    );
+    describe_gauge!(
         "ferry_build_info",
         "Always 1; the version label says which ferry runs."
     );
@@ -131,6 +137,9 @@ fn describe() {
 pub(super) async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
     let h = handle();
     gauge!("ferry_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    if let Some(rss) = crate::memory::resident_memory_bytes() {
+        gauge!("process_resident_memory_bytes").set(rss as f64);
+    }
     for j in s.daemon.jobs() {
         gauge!("ferry_job_running", "job" => j.name.clone())
             .set(f64::from(u8::from(j.running.is_some())));

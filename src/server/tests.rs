@@ -222,6 +222,28 @@ async fn jobs_runs_series_and_run_now() {
     assert!(app.daemon.shutdown(Duration::from_secs(5)).await);
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn metrics_and_jobs_report_resident_memory() {
+    let app = app(false).await;
+    let (_, body, _) = call(&app, "GET", "/metrics", None).await;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("process_resident_memory_bytes "))
+        .unwrap_or_else(|| panic!("no process_resident_memory_bytes in /metrics:\n{body}"));
+    let rss: f64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(rss > f64::from(1 << 20), "{line}");
+    assert!(body.contains("# TYPE process_resident_memory_bytes gauge"));
+    let (_, body, _) = call(&app, "GET", "/api/v1/jobs", None).await;
+    let rss = json(&body)["resident_memory_bytes"].as_u64().unwrap();
+    assert!(rss > 1 << 20, "{body}");
+    let (_, body, _) = call(&app, "GET", "/", None).await;
+    assert!(
+        body.contains("resident_memory_bytes"),
+        "the dashboard shows it"
+    );
+}
+
 #[tokio::test]
 async fn token_guards_mutating_endpoints_only() {
     let app = app(true).await;

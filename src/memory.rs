@@ -1,0 +1,94 @@
+//! The process's memory: the glibc malloc setting that keeps a long-running daemon from
+//! holding on to the large buffers each run frees, and the resident size `/metrics` exports.
+//!
+//! Why (issue 19, measured with `benches/soak.sh`): glibc raises its mmap threshold each time
+//! it frees a mapped block, up to 32 MiB. After the first run frees its 16 MiB chunker buffer,
+//! every later run's large buffers (chunker window, zstd contexts, packs) come from the
+//! per-thread arenas instead, and the blocking threads that use them leave those arenas
+//! fragmented and holding freed memory: the daemon of the soak went from 22 MiB to 127 MiB in
+//! four minutes with about 200 KiB of live heap growth. A fixed threshold (which also turns
+//! the adjustment off) gives each large buffer its own mapping, returned to the system when
+//! it is freed.
+
+/// Allocations of at least this many bytes get a mapping of their own. Above the chunk and
+/// frame sizes of small files, below the chunker's window and a pack.
+pub const MMAP_THRESHOLD: usize = 1 << 20;
+
+/// Applies [`MMAP_THRESHOLD`] to glibc's malloc. Returns false where that is not possible
+/// (another C library, another allocator in the LD_PRELOAD, or not Linux): nothing else
+/// changes then. Call it once, at start, before threads allocate.
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes malloc's parameters; M_MMAP_THRESHOLD takes a byte
+        // count (at most 32 MiB on 64-bit), and 1 MiB is in range.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) };
+        ok == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+/// The process's resident memory, from `VmRSS` in `/proc/self/status` (Linux; `None`
+/// elsewhere or when it cannot be read). A read of a small kernel-generated file that never
+/// waits on a disk: cheap enough for an async handler.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+/// `VmRSS:     12345 kB` → bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let n: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => n.checked_mul(1024),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_parsed_in_bytes() {
+        let status = "Name:\tferry\nVmPeak:\t  99999 kB\nVmRSS:\t   16384 kB\nRssAnon:\t 1 kB\n";
+        assert_eq!(parse_vm_rss(status), Some(16384 * 1024));
+        assert_eq!(parse_vm_rss("VmRSS:\t12 MB\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
+        assert_eq!(parse_vm_rss("Name:\tferry\n"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn own_resident_memory_is_read() {
+        let rss = resident_memory_bytes().unwrap();
+        // A test process holds at least its code; no process here holds a terabyte.
+        assert!(rss > 1 << 20 && rss < 1 << 40, "{rss}");
+    }
+
+    /// After tuning, a large buffer freed and allocated again still gets its own mapping
+    /// (counted in `hblkhd`), so freeing it returns it to the system. Without the fixed
+    /// threshold, glibc raises it at the first free and the second buffer comes from an arena.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_buffers_stay_mapped_after_a_free() {
+        assert!(tune_allocator());
+        let size = 16 << 20;
+        for round in 0..3 {
+            let buf = vec![1u8; size];
+            // SAFETY: mallinfo2 only reads malloc's statistics.
+            let mapped = unsafe { libc::mallinfo2() }.hblkhd;
+            assert!(
+                mapped >= size,
+                "round {round}: a {size}-byte buffer is not in its own mapping ({mapped} bytes mapped)"
+            );
+            std::hint::black_box(&buf);
+            drop(buf);
+        }
+    }
+}
