@@ -22,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod error;
 pub mod ids;
 pub mod index;
 pub mod listing;

@@ -2,75 +2,15 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::ops::OpError;
-use crate::repo::RepoError;
-use crate::store::StoreError;
 
-/// Whether trying again may help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailureKind {
-    /// The network, a busy server, a race: retried with backoff.
-    Transient,
-    /// Configuration, credentials, a missing bucket, corrupt data: reported at once; the next
-    /// trigger tries again.
-    Permanent,
-}
+/// Whether trying again may help; the daemon's retry decision. Decided where the error is
+/// seen ([`OpError::transience`], [`StoreError::transience`]).
+pub use crate::error::Transience as FailureKind;
 
 /// Classifies an operation's error.
 pub fn classify(e: &OpError) -> FailureKind {
-    use FailureKind::{Permanent, Transient};
-    match e {
-        OpError::Store(s) | OpError::Repo(RepoError::Store(s)) => classify_store(s),
-        OpError::Repo(RepoError::RefContention { .. }) => Transient,
-        OpError::Repo(_) => Permanent,
-        OpError::Index(_)
-        | OpError::Join(_)
-        | OpError::Cancelled
-        | OpError::SourceChanged { .. }
-        | OpError::PackWithdrawn { .. } => Transient,
-        OpError::Io { source, .. } => match source.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Permanent,
-            _ => Transient,
-        },
-        OpError::Chunker(_)
-        | OpError::Source { .. }
-        | OpError::Unsafe { .. }
-        | OpError::ChunkerMismatch { .. }
-        | OpError::Key(_)
-        | OpError::Names(_)
-        | OpError::Invalid(_) => Permanent,
-    }
-}
-
-fn classify_store(e: &StoreError) -> FailureKind {
-    use object_store::Error as E;
-    use FailureKind::{Permanent, Transient};
-    match e {
-        StoreError::Url(_) | StoreError::Open { .. } => Permanent,
-        StoreError::Op { cause, summary, .. } => match **cause {
-            E::NotFound { .. }
-            | E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-            | E::InvalidPath { .. }
-            | E::NotSupported { .. }
-            | E::NotImplemented { .. }
-            | E::UnknownConfigurationKey { .. } => Permanent,
-            _ if client_error(summary) => Permanent,
-            _ => Transient,
-        },
-    }
-}
-
-/// An HTTP 4xx other than 408 (timeout) and 429 (throttled) will not go away by itself.
-fn client_error(summary: &str) -> bool {
-    summary
-        .match_indices("HTTP ")
-        .filter_map(|(i, _)| summary.get(i + 5..i + 8))
-        .filter_map(|code| code.parse::<u16>().ok())
-        .any(|code| (400..500).contains(&code) && code != 408 && code != 429)
+    e.transience()
 }
 
 /// The wait before retry number `attempt` (1-based): `initial × 2^(attempt-1)`, capped at
@@ -84,6 +24,8 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::RepoError;
+    use crate::store::StoreError;
 
     #[test]
     fn backoff_grows_jitters_and_caps() {

@@ -69,6 +69,34 @@ pub enum OpError {
     Cancelled,
 }
 
+impl OpError {
+    /// Whether trying again may help (the daemon retries transient failures with backoff).
+    pub fn transience(&self) -> crate::error::Transience {
+        use crate::error::Transience::{Permanent, Transient};
+        match self {
+            OpError::Store(s) | OpError::Repo(RepoError::Store(s)) => s.transience(),
+            OpError::Repo(RepoError::RefContention { .. }) => Transient,
+            OpError::Repo(_) => Permanent,
+            OpError::Index(_)
+            | OpError::Join(_)
+            | OpError::Cancelled
+            | OpError::SourceChanged { .. }
+            | OpError::PackWithdrawn { .. } => Transient,
+            OpError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Permanent,
+                _ => Transient,
+            },
+            OpError::Chunker(_)
+            | OpError::Source { .. }
+            | OpError::Unsafe { .. }
+            | OpError::ChunkerMismatch { .. }
+            | OpError::Key(_)
+            | OpError::Names(_)
+            | OpError::Invalid(_) => Permanent,
+        }
+    }
+}
+
 /// Why a pack's chunks may no longer be relied on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Withdrawn {

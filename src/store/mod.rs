@@ -65,6 +65,26 @@ impl StoreError {
         ) && !self.is_missing_container()
     }
 
+    /// Whether trying again may help.
+    pub fn transience(&self) -> crate::error::Transience {
+        use crate::error::Transience::{Permanent, Transient};
+        use object_store::Error as E;
+        match self {
+            StoreError::Url(_) | StoreError::Open { .. } => Permanent,
+            StoreError::Op { cause, summary, .. } => match **cause {
+                E::NotFound { .. }
+                | E::PermissionDenied { .. }
+                | E::Unauthenticated { .. }
+                | E::InvalidPath { .. }
+                | E::NotSupported { .. }
+                | E::NotImplemented { .. }
+                | E::UnknownConfigurationKey { .. } => Permanent,
+                _ if client_error(summary) => Permanent,
+                _ => Transient,
+            },
+        }
+    }
+
     fn is_missing_container(&self) -> bool {
         match self {
             StoreError::Op { summary, .. } => {
@@ -73,6 +93,15 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// An HTTP 4xx other than 408 (timeout) and 429 (throttled) will not go away by itself.
+fn client_error(summary: &str) -> bool {
+    summary
+        .match_indices("HTTP ")
+        .filter_map(|(i, _)| summary.get(i + 5..i + 8))
+        .filter_map(|code| code.parse::<u16>().ok())
+        .any(|code| (400..500).contains(&code) && code != 408 && code != 429)
 }
 
 /// An opened store: its URL and the object store rooted at the URL's prefix.
