@@ -30,7 +30,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
-use object_store::{GetOptions, GetRange, ObjectStoreExt, WriteMultipart};
 use serde::Serialize;
 
 use crate::chunker::{cut_file, ChunkerParams};
@@ -750,11 +749,6 @@ impl FileCtx {
         cut: &Cut,
     ) -> Result<String, OpError> {
         let path = object_key(&f.rel)?;
-        let url = self.dest.object_url(&path);
-        let fail = |e: object_store::Error| OpError::Source {
-            path: url.clone(),
-            problem: format!("writing: {e}"),
-        };
         let reader = self.part_source(f, local, cut)?;
         if let StoreUrl::Local(root) = self.dest.url() {
             let source = self.source.describe(&f.rel);
@@ -762,13 +756,7 @@ impl FileCtx {
             return local::put_file(&self.dest, root, &path, &*reader, cut.size, check, &source)
                 .await;
         }
-        let upload = self
-            .dest
-            .object_store()
-            .put_multipart(&path)
-            .await
-            .map_err(fail)?;
-        let mut w = WriteMultipart::new(upload);
+        let mut w = self.dest.upload(&path, 5 << 20).await?;
         let step = 8u64 << 20;
         let mut at = 0;
         while at < cut.size {
@@ -777,7 +765,7 @@ impl FileCtx {
                 .read(at..end)
                 .await
                 .map_err(|e| OpError::io(self.source.describe(&f.rel), e))?;
-            w.wait_for_capacity(2).await.map_err(fail)?;
+            w.wait_for_capacity(2).await?;
             w.put(data);
             at = end;
         }
@@ -786,8 +774,8 @@ impl FileCtx {
             let _ = w.abort().await;
             return Err(OpError::io(self.source.describe(&f.rel), e));
         }
-        let put = w.finish().await.map_err(fail)?;
-        Ok(put.e_tag.as_deref().map(normalize_etag).unwrap_or_default())
+        let etag = w.finish().await?;
+        Ok(etag.as_deref().map(normalize_etag).unwrap_or_default())
     }
 }
 
@@ -941,23 +929,10 @@ struct ObjectPart {
 #[async_trait]
 impl PartSource for ObjectPart {
     async fn read(&self, range: Range<u64>) -> std::io::Result<Bytes> {
-        let opts = GetOptions {
-            range: Some(GetRange::Bounded(range)),
-            if_match: self.etag.clone(),
-            ..Default::default()
-        };
-        let got = self
-            .store
-            .object_store()
-            .get_opts(&self.path, opts)
+        self.store
+            .get_range_if_match(&self.path, range, self.etag.clone())
             .await
-            .map_err(std::io::Error::other)?;
-        let parts: Vec<Bytes> = got
-            .into_stream()
             .map_err(std::io::Error::other)
-            .try_collect()
-            .await?;
-        Ok(parts.concat().into())
     }
 }
 
@@ -1072,24 +1047,14 @@ async fn hash_source(source: &Source, f: &SourceFile) -> Result<String, OpError>
 
 async fn hash_object(dest: &Store, rel: &str) -> Result<Option<String>, OpError> {
     let path = object_key(rel)?;
-    let got = match dest.object_store().get(&path).await {
-        Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => {
-            return Err(OpError::Source {
-                path: dest.object_url(&path),
-                problem: e.to_string(),
-            })
-        }
+    let mut stream = match dest.get_stream(&path).await {
+        Ok(stream) => stream,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let mut stream = got.into_stream();
     let mut h = blake3::Hasher::new();
     while let Some(b) = stream.next().await {
-        let b = b.map_err(|e| OpError::Source {
-            path: dest.object_url(&path),
-            problem: e.to_string(),
-        })?;
-        h.update(&b);
+        h.update(&b?);
     }
     Ok(Some(h.finalize().to_hex().to_string()))
 }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::Serialize;
 
 use crate::ids::{ChunkId, SnapshotId};
@@ -20,7 +19,7 @@ use crate::progress::Progress;
 use crate::repo::snapshot::{check_path, ChunkRef, Entry, Snapshot};
 use crate::repo::Repository;
 use crate::store::key::{key_at, object_key, UnholdableNames};
-use crate::store::{Store, StoreUrl};
+use crate::store::{Store, StoreUrl, Upload};
 
 /// What to do with files already at the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -311,19 +310,10 @@ async fn existing_object(
         Overwrite::Changed if *size != file.size => Existing::Replaced,
         Overwrite::Changed => {
             let path = object_key(file.path)?;
-            let fail = |e: object_store::Error| OpError::Source {
-                path: store.object_url(&path),
-                problem: e.to_string(),
-            };
-            let mut stream = store
-                .object_store()
-                .get(&path)
-                .await
-                .map_err(fail)?
-                .into_stream();
+            let mut stream = store.get_stream(&path).await?;
             let mut h = blake3::Hasher::new();
             while let Some(b) = stream.next().await {
-                h.update(&b.map_err(fail)?);
+                h.update(&b?);
             }
             if ChunkId::from(h.finalize()) == *file.blake3 {
                 Existing::Same
@@ -402,16 +392,14 @@ impl<T: AsyncSink> AsyncSink for &mut T {
 /// Collects small files in memory, streams large ones as a multipart upload.
 struct ObjectSink {
     small: Vec<u8>,
-    upload: Option<WriteMultipart>,
+    upload: Option<Upload>,
 }
 
 impl AsyncSink for ObjectSink {
     async fn write(&mut self, data: Vec<u8>) -> Result<(), OpError> {
         match &mut self.upload {
             Some(up) => {
-                up.wait_for_capacity(4)
-                    .await
-                    .map_err(|e| OpError::Invalid(e.to_string()))?;
+                up.wait_for_capacity(4).await?;
                 up.write(&data);
             }
             None => self.small.extend_from_slice(&data),
@@ -431,17 +419,8 @@ async fn restore_object(
     bar: &Progress,
 ) -> Result<(u64, u64), OpError> {
     let path = object_key(file.path)?;
-    let url = store.object_url(&path);
     let upload = if file.size > SINGLE_PUT_MAX {
-        let up = store
-            .object_store()
-            .put_multipart(&path)
-            .await
-            .map_err(|e| OpError::Source {
-                path: url.clone(),
-                problem: e.to_string(),
-            })?;
-        Some(WriteMultipart::new_with_chunk_size(up, 8 << 20))
+        Some(store.upload(&path, 8 << 20).await?)
     } else {
         None
     };
@@ -452,21 +431,11 @@ async fn restore_object(
     let result = stream_file(repo, rindex, file, bar, &mut sink).await;
     match (result, sink.upload) {
         (Ok(r), Some(up)) => {
-            up.finish().await.map_err(|e| OpError::Source {
-                path: url,
-                problem: e.to_string(),
-            })?;
+            up.finish().await?;
             Ok(r)
         }
         (Ok(r), None) => {
-            store
-                .object_store()
-                .put(&path, PutPayload::from(sink.small))
-                .await
-                .map_err(|e| OpError::Source {
-                    path: url,
-                    problem: e.to_string(),
-                })?;
+            store.put(&path, sink.small.into()).await?;
             Ok(r)
         }
         (Err(e), Some(up)) => {

@@ -6,7 +6,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::ops::OpError;
@@ -126,15 +125,8 @@ impl Source {
                     path: store.url().join(&file.rel),
                     problem: e.to_string(),
                 })?;
-                let url = store.object_url(&path);
-                let os = store.object_store().clone();
-                let got = rt
-                    .block_on(async move { os.get(&path).await })
-                    .map_err(|e| OpError::Source {
-                        path: url,
-                        problem: e.to_string(),
-                    })?;
-                let stream = got.into_stream().map_err(std::io::Error::other);
+                let got = rt.block_on(store.get_stream(&path))?;
+                let stream = got.map_err(std::io::Error::other);
                 Ok(Box::new(SyncIoBridge::new_with_handle(
                     StreamReader::new(stream),
                     rt.clone(),

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::local::LocalFileSystem;
@@ -23,8 +24,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    ClientConfigKey, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
 pub use self::url::{StoreUrl, UrlError};
@@ -331,6 +332,65 @@ impl Store {
             .map_err(|e| self.op_error("listing", prefix.unwrap_or(&root), e))
     }
 
+    /// Reads a whole object as a stream of pieces.
+    pub async fn get_stream(
+        &self,
+        path: &Path,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let got = self
+            .inner
+            .get(path)
+            .await
+            .map_err(|e| self.op_error("reading", path, e))?;
+        let (me, p) = (self.clone(), path.clone());
+        Ok(got
+            .into_stream()
+            .map_err(move |e| me.op_error("reading", &p, e))
+            .boxed())
+    }
+
+    /// Reads `range` of an object, only while its etag is `etag` (any version when `None`):
+    /// a changed object is a precondition failure, never a mix of two versions.
+    pub async fn get_range_if_match(
+        &self,
+        path: &Path,
+        range: std::ops::Range<u64>,
+        etag: Option<String>,
+    ) -> Result<Bytes, StoreError> {
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            if_match: etag,
+            ..Default::default()
+        };
+        async {
+            let parts: Vec<Bytes> = self
+                .inner
+                .get_opts(path, opts)
+                .await?
+                .into_stream()
+                .try_collect()
+                .await?;
+            Ok(parts.concat().into())
+        }
+        .await
+        .map_err(|e| self.op_error("reading", path, e))
+    }
+
+    /// Starts a streamed write of one object (a multipart upload on S3 and Azure) in parts
+    /// of `part_size` bytes.
+    pub async fn upload(&self, path: &Path, part_size: usize) -> Result<Upload, StoreError> {
+        let up = self
+            .inner
+            .put_multipart(path)
+            .await
+            .map_err(|e| self.op_error("writing", path, e))?;
+        Ok(Upload {
+            store: self.clone(),
+            path: path.clone(),
+            inner: WriteMultipart::new_with_chunk_size(up, part_size),
+        })
+    }
+
     /// True when nothing is stored under this store's prefix. Also proves the bucket or
     /// container exists and the credentials work.
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
@@ -338,6 +398,53 @@ impl Store {
         first
             .map(|o| o.is_none())
             .map_err(|e| self.op_error("listing", &Path::default(), e))
+    }
+}
+
+/// A streamed write of one object: [`Store::upload`]. Dropped without [`Upload::finish`], the
+/// object is not written (call [`Upload::abort`] to free the parts at once).
+pub struct Upload {
+    store: Store,
+    path: Path,
+    inner: WriteMultipart,
+}
+
+impl Upload {
+    /// Appends bytes (buffered into parts).
+    pub fn write(&mut self, data: &[u8]) {
+        self.inner.write(data)
+    }
+
+    /// Appends a piece without copying it.
+    pub fn put(&mut self, data: Bytes) {
+        self.inner.put(data)
+    }
+
+    /// Waits until at most `max` parts are in flight.
+    pub async fn wait_for_capacity(&mut self, max: usize) -> Result<(), StoreError> {
+        let Upload { store, path, inner } = self;
+        inner
+            .wait_for_capacity(max)
+            .await
+            .map_err(|e| store.op_error("writing", path, e))
+    }
+
+    /// Sends what is left and commits the object; returns its etag, if the store gave one.
+    pub async fn finish(self) -> Result<Option<String>, StoreError> {
+        let Upload { store, path, inner } = self;
+        match inner.finish().await {
+            Ok(put) => Ok(put.e_tag),
+            Err(e) => Err(store.op_error("writing", &path, e)),
+        }
+    }
+
+    /// Gives the upload up; the object is not written.
+    pub async fn abort(self) -> Result<(), StoreError> {
+        let Upload { store, path, inner } = self;
+        inner
+            .abort()
+            .await
+            .map_err(|e| store.op_error("aborting the upload of", &path, e))
     }
 }
 
