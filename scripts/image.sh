@@ -6,7 +6,8 @@
 # No registry is reachable from CI, so nothing is pulled: the runtime stage's base is a Debian
 # bookworm root file system made with debootstrap from the Debian archive and imported as
 # localhost/ferry-base:bookworm (cached between runs), and the binary is the optimised build of
-# this checkout (BINARY=prebuilt; the bench profile, which is the release profile). Installs
+# this checkout (BINARY=prebuilt; the bench profile, which is the release profile) or, with
+# FERRY_IMAGE_BINARY (as in CI), a binary already built. Installs
 # podman, runc and debootstrap with apt when missing.
 #
 # This machine's containers: cgroup v1/v2 hybrid (crun refuses it: runc is used) and no
@@ -52,8 +53,7 @@ if [ -n "${FERRY_IMAGE_BINARY:-}" ]; then
   cp "$FERRY_IMAGE_BINARY" "$ctx/target/release/ferry"
 else
   # The bench profile is the release profile (it inherits it; Cargo.toml sets nothing of its
-  # own for it) and writes to the same target/release. CI has just built everything in it for
-  # `cargo bench --no-run`, so this takes seconds where `--release` took ~7 minutes more.
+  # own for it) and writes to the same target/release, so a `cargo bench` leaves it warm.
   log "cargo build --profile bench --locked --bin ferry (= release settings)"
   cargo build --profile bench --locked --bin ferry
   cp "${CARGO_TARGET_DIR:-target}/release/ferry" "$ctx/target/release/ferry"
