@@ -4,12 +4,14 @@
 pub mod fetch;
 pub mod gc;
 pub(crate) mod hasher;
+pub mod pull;
 pub mod push;
 mod push_read;
 pub mod repair;
 pub mod replicate;
 pub mod restore;
 pub(crate) mod restore_local;
+pub mod select;
 pub mod shard;
 pub mod source;
 pub mod sync;
@@ -67,6 +69,10 @@ pub enum OpError {
     Join(String),
     #[error("cancelled")]
     Cancelled,
+    #[error(transparent)]
+    Pull(#[from] pull::PullError),
+    #[error(transparent)]
+    Select(#[from] select::SelectError),
 }
 
 impl OpError {
@@ -93,6 +99,8 @@ impl OpError {
             | OpError::Key(_)
             | OpError::Names(_)
             | OpError::Invalid(_) => Permanent,
+            OpError::Pull(pull::PullError::Busy { .. }) => Transient,
+            OpError::Pull(_) | OpError::Select(_) => Permanent,
         }
     }
 }

@@ -106,7 +106,7 @@ impl Destination {
 /// Checks a snapshot against a destination before anything is written: no entry under one
 /// of the snapshot's symlinks, no invalid link target, and (object destinations) every name
 /// an object key.
-fn check_before_writing(snap: &Snapshot, dest: &Destination) -> Result<(), OpError> {
+pub(crate) fn check_before_writing(snap: &Snapshot, dest: &Destination) -> Result<(), OpError> {
     let links: HashSet<&str> = snap
         .entries
         .iter()

@@ -528,6 +528,11 @@ impl Repository {
 
     /// Resolves `NAME`, `NAME@SEQ` or `NAME@<snapshot id or unique prefix>` to a snapshot id.
     pub async fn resolve(&self, spec: &str) -> Result<SnapshotId, RepoError> {
+        Ok(self.resolve_entry(spec).await?.snapshot)
+    }
+
+    /// [`Repository::resolve`], with the ref log entry (name, sequence number, time).
+    pub async fn resolve_entry(&self, spec: &str) -> Result<RefEntry, RepoError> {
         let missing = || RepoError::NoSuchSnapshot {
             spec: spec.into(),
             url: self.url(),
@@ -538,21 +543,21 @@ impl Repository {
         };
         let log = self.ref_log(name).await?;
         match at {
-            None | Some("latest") => log.last().map(|e| e.snapshot).ok_or_else(missing),
+            None | Some("latest") => log.last().cloned().ok_or_else(missing),
             Some(at) => {
                 if let Ok(seq) = at.parse::<u64>() {
                     if at.len() < 20 {
                         return log
                             .iter()
                             .find(|e| e.seq == seq)
-                            .map(|e| e.snapshot)
+                            .cloned()
                             .ok_or_else(missing);
                     }
                 }
                 let at = at.to_ascii_lowercase();
                 let mut hits = log.iter().filter(|e| e.snapshot.to_hex().starts_with(&at));
                 match (hits.next(), hits.next()) {
-                    (Some(e), None) => Ok(e.snapshot),
+                    (Some(e), None) => Ok(e.clone()),
                     _ => Err(missing()),
                 }
             }
