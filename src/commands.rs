@@ -259,6 +259,19 @@ pub async fn restore(
     crate::ops::restore::restore(&repo, &rindex, id, &dest, opts, ctx.progress).await
 }
 
+/// `ferry pull REPO SPEC DIR`.
+pub async fn pull(
+    ctx: &Context,
+    repo: &str,
+    spec: &str,
+    dir: &std::path::Path,
+    opts: &crate::ops::pull::PullOptions,
+) -> Result<crate::ops::pull::PullReport, OpError> {
+    let repo = open_repo(repo).await?;
+    let rindex = ctx.index_for_reading()?.repo(repo.id())?;
+    crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, ctx.progress).await
+}
+
 pub async fn replicate(
     ctx: &Context,
     from: &str,
@@ -519,6 +532,32 @@ pub fn render_push(r: &PushReport) -> String {
         if let Some(shard) = &t.shard {
             s.push_str(&format!("; {}", render_shard(shard)));
         }
+    }
+    s
+}
+
+pub fn render_pull(r: &crate::ops::pull::PullReport) -> String {
+    let mut s = String::new();
+    for v in &r.removed {
+        s.push_str(&format!("removed version {v}\n"));
+    }
+    if r.published {
+        s.push_str(&format!(
+            "published {}@{} ({}) as {}: {} files, {} read from the store, {} reused locally, {:.1}s\n",
+            r.name,
+            r.seq,
+            &r.snapshot.to_hex()[..12],
+            r.version,
+            r.files,
+            bytes(r.bytes_read_from_store),
+            bytes(r.bytes_reused),
+            r.duration_secs
+        ));
+    } else {
+        s.push_str(&format!(
+            "{}@{} is already current ({}): nothing to do\n",
+            r.name, r.seq, r.version
+        ));
     }
     s
 }

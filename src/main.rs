@@ -97,6 +97,26 @@ enum Command {
         /// Apply setuid/setgid bits recorded in the snapshot (dropped by default).
         #[arg(long)]
         preserve_special_modes: bool,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Fetch a snapshot into DIR/versions/ and point DIR/current at it atomically: only chunks
+    /// that earlier versions in DIR lack are read from the store (the serving side).
+    Pull {
+        /// The repository to read.
+        repo: String,
+        /// NAME (its latest snapshot), NAME@SEQ or NAME@SNAPSHOT-ID-PREFIX.
+        snapshot: String,
+        /// The serving folder: DIR/current -> versions/<seq>-<id>, the versions beside it.
+        dir: std::path::PathBuf,
+        /// Complete versions kept, the live one included (older ones are removed).
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        keep: usize,
+        /// Apply setuid/setgid bits recorded in the snapshot (dropped by default).
+        #[arg(long)]
+        preserve_special_modes: bool,
+        #[command(flatten)]
+        select: Select,
     },
     /// Copy snapshots and the chunks the target lacks from one repository to another.
     Replicate {
@@ -379,6 +399,33 @@ fn emit<T: Serialize>(
     Ok(())
 }
 
+/// `--include` / `--exclude` of restore and pull.
+#[derive(clap::Args, Debug)]
+struct Select {
+    /// Take only paths matching GLOB (repeatable; `*` also crosses folders, so
+    /// `*.safetensors` matches at any depth). A glob matching nothing is an error.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Leave out paths matching GLOB (repeatable), e.g. `optimizer/*`.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+}
+
+impl Select {
+    fn parse(&self) -> Result<ferry::ops::select::Selection, ferry::ops::select::SelectError> {
+        ferry::ops::select::Selection::new(&self.include, &self.exclude)
+    }
+}
+
+fn special_modes(preserve: bool) -> ferry::ops::restore::SpecialModes {
+    use ferry::ops::restore::SpecialModes;
+    if preserve {
+        SpecialModes::Preserve
+    } else {
+        SpecialModes::Drop
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let index_dir = cli
         .index_dir
@@ -488,19 +535,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dest,
             overwrite,
             preserve_special_modes,
+            select,
         } => {
-            use ferry::ops::restore::{RestoreOptions, SpecialModes};
-            let special_modes = if preserve_special_modes {
-                SpecialModes::Preserve
-            } else {
-                SpecialModes::Drop
-            };
-            let opts = RestoreOptions {
+            let opts = ferry::ops::restore::RestoreOptions {
                 overwrite,
-                special_modes,
+                special_modes: special_modes(preserve_special_modes),
+                selection: select.parse()?,
             };
             let r = commands::restore(&ctx, &repo, &snapshot, &dest, opts).await?;
             emit(json, &r, commands::render_restore)?;
+        }
+        Command::Pull {
+            repo,
+            snapshot,
+            dir,
+            keep,
+            preserve_special_modes,
+            select,
+        } => {
+            let opts = ferry::ops::pull::PullOptions {
+                keep,
+                selection: select.parse()?,
+                special_modes: special_modes(preserve_special_modes),
+            };
+            let r = commands::pull(&ctx, &repo, &snapshot, &dir, &opts).await?;
+            emit(json, &r, commands::render_pull)?;
         }
         Command::Replicate {
             from,

@@ -63,10 +63,12 @@ pub enum SpecialModes {
 }
 
 /// How a restore treats the destination.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     pub overwrite: Overwrite,
     pub special_modes: SpecialModes,
+    /// `--include` / `--exclude`: the paths taken (all by default).
+    pub selection: crate::ops::select::Selection,
 }
 
 /// What a restore wrote.
@@ -163,7 +165,7 @@ pub async fn restore(
     progress: bool,
 ) -> Result<RestoreReport, OpError> {
     let started = Instant::now();
-    let snap = repo.read_snapshot(&id).await?;
+    let snap = opts.selection.apply(&repo.read_snapshot(&id).await?)?;
     // Validate everything before writing anything.
     check_before_writing(&snap, dest)?;
     // Object destinations: what is there already (one listing).

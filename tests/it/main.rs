@@ -51,6 +51,7 @@ mod names;
 mod native_azure;
 mod native_s3;
 mod proxy;
+mod pull;
 mod raw;
 mod repair;
 mod replicate;

@@ -1,6 +1,7 @@
 //! A TCP proxy on 127.0.0.1 between ferry and a test server: counts the bytes the client
-//! sends (request lines, headers and bodies: what a cloud bills as ingress to it), and can
-//! throttle them so a test can interrupt a transfer midway.
+//! sends (request lines, headers and bodies: what a cloud bills as ingress to it) and the
+//! bytes it receives (what a cloud bills as egress), and can throttle what the client sends
+//! so a test can interrupt a transfer midway.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -13,6 +14,7 @@ pub struct Proxy {
     pub url: String,
     addr: String,
     sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -27,8 +29,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address").to_string();
         let sent = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (sent.clone(), stop.clone());
+        let (s, r, st) = (sent.clone(), received.clone(), stop.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -44,15 +47,16 @@ impl Proxy {
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
                 );
-                let counter = s.clone();
-                thread::spawn(move || pipe(client, server, Some((counter, bytes_per_sec))));
-                thread::spawn(move || pipe(s2, c2, None));
+                let (up, down) = (s.clone(), r.clone());
+                thread::spawn(move || pipe(client, server, Some((up, bytes_per_sec))));
+                thread::spawn(move || pipe(s2, c2, Some((down, None))));
             }
         });
         Proxy {
             url: format!("http://{addr}"),
             addr,
             sent,
+            received,
             stop,
         }
     }
@@ -62,8 +66,14 @@ impl Proxy {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// Bytes the server sent back since the start or the last [`Proxy::reset`].
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     pub fn reset(&self) {
         self.sent.store(0, Ordering::Relaxed);
+        self.received.store(0, Ordering::Relaxed);
     }
 }
 
