@@ -1,4 +1,4 @@
-//! Native Azure delta writes (`ferry::mirror::native::azure`) against Azurite, used as a
+//! Native Azure delta writes (`ferry::store::azure`) against Azurite, used as a
 //! library: create a blob from sent blocks, rewrite it keeping committed ones, probe it,
 //! refuse a stale base, resume an interrupted write, refuse an impossible plan. Results are
 //! read back by `rawstore.py`, a client independent of ferry.
@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry::mirror::native::azure::AzureDelta;
-use ferry::mirror::native::{
+use ferry::store::azure::AzureDelta;
+use ferry::store::delta::{
     BlockId, DeltaStore, NativeError, Part, PartSource, WriteObserver, WriteRequest,
 };
+use ferry::store::RetryPolicy;
 use object_store::azure::MicrosoftAzureBuilder;
 
 use crate::data::random_bytes;
@@ -40,7 +41,8 @@ fn setup() -> Option<(Ctx, AzureDelta, Location)> {
         .with_container_name(CONTAINER)
         .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
         .with_allow_http(true);
-    let store = AzureDelta::from_builder(builder, prefix).expect("native Azure store");
+    let store = AzureDelta::from_builder(builder, prefix, &RetryPolicy::retries(3))
+        .expect("native Azure store");
     Some((ctx, store, location))
 }
 
@@ -513,7 +515,8 @@ async fn a_wrong_key_is_an_error_naming_the_fix_not_the_key() {
         .with_container_name(CONTAINER)
         .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
         .with_allow_http(true);
-    let store = AzureDelta::from_builder(builder, prefix).expect("native Azure store");
+    let store = AzureDelta::from_builder(builder, prefix, &RetryPolicy::retries(3))
+        .expect("native Azure store");
     let err = store
         .probe("x.bin")
         .await

@@ -1,4 +1,4 @@
-//! Native S3 delta writes (`ferry::mirror::native::s3`) against the S3 server, in-process:
+//! Native S3 delta writes (`ferry::store::s3`) against the S3 server, in-process:
 //! multipart uploads from sent and server-side copied parts, read back by `rawstore.py`.
 
 use std::ops::Range;
@@ -11,12 +11,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use ferry::mirror::native::s3::S3Delta;
-use ferry::mirror::native::{
+use ferry::store::delta::{
     DeltaStore, Limits, NativeError, Part, PartSource, WriteObserver, WriteRequest,
 };
+use ferry::store::s3::S3Delta;
+use ferry::store::RetryPolicy;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::RetryConfig;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::harness::{Backend, Ctx};
@@ -32,11 +32,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn few_retries() -> RetryConfig {
-    RetryConfig {
-        max_retries: 1,
-        ..Default::default()
-    }
+fn few_retries() -> RetryPolicy {
+    RetryPolicy::retries(1)
 }
 
 fn builder(endpoint: &str, bucket: &str) -> AmazonS3Builder {
@@ -425,7 +422,7 @@ fn plans_over_the_limits_are_refused_before_any_request() {
             blake3: &blake3,
         };
         match rt.block_on(dead.write(&req, &source, &observer)) {
-            Err(NativeError::Request { url, message }) => {
+            Err(NativeError::Request { url, message, .. }) => {
                 assert_eq!(url, "s3://ferry-test/some/prefix/model.bin");
                 assert!(message.contains(expected), "{message}");
             }
@@ -437,7 +434,7 @@ fn plans_over_the_limits_are_refused_before_any_request() {
     assert_eq!(dead.limits(), Limits::S3);
     // The same store does make requests for a valid call, and says which one failed.
     match rt.block_on(dead.probe("model.bin")) {
-        Err(NativeError::Request { url, message }) => {
+        Err(NativeError::Request { url, message, .. }) => {
             assert_eq!(url, "s3://ferry-test/some/prefix/model.bin");
             assert!(message.starts_with("HeadObject failed"), "{message}");
             assert!(!message.contains('\n'), "{message}");
@@ -449,16 +446,17 @@ fn plans_over_the_limits_are_refused_before_any_request() {
 #[test]
 fn open_returns_the_s3_store() {
     let url = "s3://ferry-test/native-open".parse().expect("URL");
-    match ferry::mirror::native::open(&url) {
+    let opened = ferry::store::Store::open(&url, ferry::store::Access::Read);
+    match opened.and_then(|store| store.delta()) {
         Ok(Some(store)) => assert_eq!(store.limits(), Limits::S3),
         // This process's environment may lack credentials (with IMDS off) or allow-http for
         // its endpoint; then the store is refused with the fix, but it exists.
-        Err(NativeError::Config(message)) => {
+        Err(e) => {
+            let message = e.to_string();
             assert!(message.contains("AWS_"), "{message}");
             assert!(!message.contains("not built"), "{message}");
         }
         Ok(None) => panic!("no native store for S3"),
-        Err(e) => panic!("{e}"),
     }
 }
 
