@@ -227,3 +227,100 @@ pub(crate) fn is_connect_error(summary: &str) -> bool {
         || s.contains("error sending request")
         || s.contains("dns error")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use object_store::path::Path;
+
+    use super::*;
+    use crate::store::fault::FaultConfig;
+    use crate::store::{Access, Store, StoreOptions};
+
+    fn faulty(seed: u64) -> StoreOptions {
+        StoreOptions {
+            faults: Some(FaultConfig {
+                rate: 1.0,
+                seed,
+                max_latency: Duration::ZERO,
+            }),
+            ..StoreOptions::default()
+        }
+    }
+
+    /// Injected faults carry what a real one would: a 503 its status, a timeout, a reset or a
+    /// cut body none; all of them may pass.
+    #[tokio::test]
+    async fn injected_faults_are_transient_and_a_503_says_so() {
+        let url: StoreUrl = "memory://transience/p".parse().unwrap();
+        let path = Path::from("x");
+        let clean = Store::open_with(&url, Access::Write, &StoreOptions::default()).unwrap();
+        clean
+            .put(&path, Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
+        let mut statuses = Vec::new();
+        for seed in 0..16 {
+            let store = Store::open_with(&url, Access::Read, &faulty(seed)).unwrap();
+            let err = store.get(&path).await.expect_err("every request faults");
+            assert_eq!(err.transience(), Transience::Transient, "{err}");
+            assert!(err.to_string().contains("injected fault"), "{err}");
+            statuses.push(err.status());
+        }
+        assert!(statuses.contains(&Some(503)), "{statuses:?}");
+        assert!(statuses.contains(&None), "{statuses:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_object_or_folder_is_permanent() {
+        let url: StoreUrl = "memory://transience-missing".parse().unwrap();
+        let store = Store::open_with(&url, Access::Read, &StoreOptions::default()).unwrap();
+        let err = store.get(&Path::from("absent")).await.unwrap_err();
+        assert!(err.is_not_found());
+        assert_eq!(
+            (err.status(), err.transience()),
+            (None, Transience::Permanent)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::Local(dir.path().join("absent"));
+        match Store::open_with(&url, Access::Read, &StoreOptions::default()) {
+            Err(e @ StoreError::NoSuchFolder { .. }) => {
+                assert_eq!(e.transience(), Transience::Permanent);
+                assert!(e.to_string().ends_with("no such folder"), "{e}");
+            }
+            other => panic!("expected NoSuchFolder, got {other:?}"),
+        }
+    }
+
+    /// The status comes from object_store's answer, wherever it sits in the error's sources.
+    #[test]
+    fn statuses_are_read_from_the_error_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("Server returned non-2xx status code: 429 Too Many Requests: slow down")]
+        struct Answer;
+        #[derive(Debug, thiserror::Error)]
+        #[error("Error performing PUT in 1ms")]
+        struct Retried(#[source] Answer);
+        let err = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Retried(Answer)),
+        };
+        assert_eq!(http_status(&err), Some(429));
+        let err = StoreError::op(
+            "writing",
+            "s3://b/x".into(),
+            String::new(),
+            String::new(),
+            err,
+        );
+        assert_eq!(err.transience(), Transience::Transient);
+        let plain = object_store::Error::Generic {
+            store: "S3",
+            source: "HTTP 403 in the text only".into(),
+        };
+        assert_eq!(http_status(&plain), None);
+    }
+}

@@ -100,16 +100,22 @@ impl Store {
         access: Access,
         options: &StoreOptions,
     ) -> Result<Self, StoreError> {
-        let Backend {
-            inner,
-            endpoint,
-            delta,
-        } = match url {
+        let backend = match url {
             StoreUrl::Local(path) => local::open_folder(url, path, access)?,
             StoreUrl::Memory { name, prefix } => local::open_memory(name, prefix),
             StoreUrl::S3 { bucket, prefix } => s3::open(url, bucket, prefix, options)?,
             StoreUrl::Azure { container, prefix } => azure::open(url, container, prefix, options)?,
         };
+        Ok(Self::assemble(url, backend, options))
+    }
+
+    /// The store on an opened backend, with the wrappers `options` ask for.
+    fn assemble(url: &StoreUrl, backend: Backend, options: &StoreOptions) -> Self {
+        let Backend {
+            inner,
+            endpoint,
+            delta,
+        } = backend;
         let inner = match options.faults {
             Some(cfg) => {
                 tracing::warn!(?cfg, store = %url, "fault injection enabled (FERRY_FAULTS): for tests only");
@@ -126,13 +132,13 @@ impl Store {
             )),
             None => inner,
         };
-        Ok(Self {
+        Self {
             url: url.clone(),
             inner,
             endpoint,
             delta,
             faults: options.faults,
-        })
+        }
     }
 
     /// The native client for delta writes ([`DeltaStore`]), or `None` for stores without one

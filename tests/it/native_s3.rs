@@ -684,3 +684,89 @@ fn forbidden_names_the_operation_and_the_fix_without_secrets() {
         "{debug}"
     );
 }
+
+/// Transience is read from the answer, not from text: a missing bucket on the S3 server is a
+/// 404, permanent, through both the data plane (object_store) and the native client (the
+/// SDK); an injected 503 on the same server is transient.
+#[test]
+fn a_missing_bucket_is_permanent_with_its_status() {
+    use ferry::error::Transience;
+    use ferry::store::fault::FaultConfig;
+    use ferry::store::s3::S3Settings;
+    use ferry::store::StoreOptions;
+    use object_store::path::Path;
+
+    let Some(ctx) = Ctx::new(&[Backend::S3]) else {
+        return;
+    };
+    let loc = ctx.location(Backend::S3);
+    let RawStore::Server { endpoint, .. } = &loc.raw else {
+        panic!("an S3 location");
+    };
+    let options = StoreOptions {
+        retry: few_retries(),
+        ..StoreOptions::default()
+    };
+    let missing = builder(endpoint, "no-such-bucket-ferry");
+    let rt = runtime();
+
+    let store = S3Settings::from_builder(missing.clone(), "p", &options)
+        .into_store()
+        .expect("open the store");
+    let err = rt
+        .block_on(store.get(&Path::from("x.bin")))
+        .expect_err("no bucket");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    let native = store.delta().expect("native client").expect("S3 has one");
+    let bytes = data(4, 100);
+    let parts = [send(0..100)];
+    let blake3 = hash(&bytes);
+    let err = rt
+        .block_on(native.write(
+            &request("x.bin", &parts, None, &blake3),
+            &Source::new(bytes),
+            &Observer::default(),
+        ))
+        .expect_err("no bucket");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+    let err: ferry::store::StoreError = err.into();
+    assert_eq!(
+        (err.status(), err.transience()),
+        (Some(404), Transience::Permanent)
+    );
+
+    // The bucket that exists, under injected faults: every request fails, transiently.
+    let RawStore::Server { bucket, prefix, .. } = &loc.raw else {
+        unreachable!()
+    };
+    let faulty = StoreOptions {
+        faults: Some(FaultConfig {
+            rate: 1.0,
+            seed: 11,
+            max_latency: std::time::Duration::ZERO,
+        }),
+        ..options
+    };
+    let store = S3Settings::from_builder(builder(endpoint, bucket), prefix, &faulty)
+        .into_store()
+        .expect("open the store");
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let err = rt
+            .block_on(store.put(&Path::from(format!("f{i}")), Bytes::from_static(b"x")))
+            .expect_err("every request faults");
+        assert_eq!(err.transience(), Transience::Transient, "{err}");
+        statuses.push(err.status());
+    }
+    assert!(statuses.contains(&Some(503)), "{statuses:?}");
+    assert!(statuses.contains(&None), "{statuses:?}");
+    let native = store.delta().expect("native client").expect("S3 has one");
+    let err = rt
+        .block_on(native.probe("x.bin"))
+        .expect_err("native calls see the faults too");
+    assert_eq!(err.transience(), Transience::Transient, "{err}");
+}

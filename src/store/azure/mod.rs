@@ -19,7 +19,7 @@ pub use self::wire::{decode_block_id, encode_block_id};
 use super::delta::{DeltaStore, NativeError};
 use super::error::{is_connect_error, is_timeout};
 use super::options::{StoreOptions, DEFAULT_TIMEOUTS};
-use super::{Backend, OpenDelta, StoreError, StoreUrl};
+use super::{Backend, OpenDelta, Store, StoreError, StoreUrl};
 use crate::error::first_line;
 
 /// The emulator's account and endpoint, as `object_store` defaults them.
@@ -132,20 +132,36 @@ pub(crate) fn open(
     prefix: &str,
     options: &StoreOptions,
 ) -> Result<Backend, StoreError> {
-    let settings = AzureSettings::from_env(container, prefix, options);
+    backend(url, AzureSettings::from_env(container, prefix, options))
+}
+
+fn backend(url: &StoreUrl, settings: AzureSettings) -> Result<Backend, StoreError> {
     let (az, credentials) = settings.client().map_err(|e| StoreError::Open {
         url: url.to_string(),
         reason: format!("{} (set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, or AZURE_STORAGE_USE_EMULATOR=true for Azurite)", first_line(&e.to_string())),
     })?;
     let inner: Arc<dyn ObjectStore> = Arc::new(az);
     Ok(Backend {
-        inner: super::prefixed(inner, prefix),
+        inner: super::prefixed(inner, &settings.prefix),
         endpoint: Some(settings.endpoint()),
         delta: Some(Arc::new(AzureNative {
             settings,
             credentials,
         })),
     })
+}
+
+impl AzureSettings {
+    /// The store on these settings: for an explicit configuration (tests) instead of the
+    /// environment's. Makes no request.
+    pub fn into_store(self) -> Result<Store, StoreError> {
+        let url = StoreUrl::Azure {
+            container: self.get(AzureConfigKey::ContainerName).unwrap_or_default(),
+            prefix: self.prefix.clone(),
+        };
+        let options = self.options.clone();
+        Ok(Store::assemble(&url, backend(&url, self)?, &options))
+    }
 }
 
 /// What to do about an error on `container` whose requests go to `endpoint`.

@@ -16,7 +16,7 @@ pub use self::delta::{S3Delta, SettingsError};
 use super::delta::{DeltaStore, NativeError};
 use super::error::{is_connect_error, is_timeout, summarize};
 use super::options::{StoreOptions, DEFAULT_TIMEOUTS};
-use super::{Backend, OpenDelta, StoreError, StoreUrl};
+use super::{Backend, OpenDelta, Store, StoreError, StoreUrl};
 use crate::error::first_line;
 
 /// Everything both S3 clients are made from: one `AmazonS3Builder` read from the environment
@@ -108,21 +108,41 @@ pub(crate) fn open(
     prefix: &str,
     options: &StoreOptions,
 ) -> Result<Backend, StoreError> {
-    let fail = |e: S3Error| StoreError::Open {
+    let settings = S3Settings::from_env(bucket, prefix, options).map_err(|e| open_error(url, e))?;
+    backend(url, settings)
+}
+
+fn open_error(url: &StoreUrl, e: S3Error) -> StoreError {
+    StoreError::Open {
         url: url.to_string(),
         reason: e.to_string(),
-    };
-    let settings = S3Settings::from_env(bucket, prefix, options).map_err(fail)?;
-    let (s3, credentials) = settings.client().map_err(fail)?;
+    }
+}
+
+fn backend(url: &StoreUrl, settings: S3Settings) -> Result<Backend, StoreError> {
+    let (s3, credentials) = settings.client().map_err(|e| open_error(url, e))?;
     let inner: Arc<dyn ObjectStore> = Arc::new(s3);
     Ok(Backend {
-        inner: super::prefixed(inner, prefix),
+        inner: super::prefixed(inner, &settings.prefix),
         endpoint: Some(settings.endpoint()),
         delta: Some(Arc::new(S3Native {
             settings,
             credentials,
         })),
     })
+}
+
+impl S3Settings {
+    /// The store on these settings: for an explicit configuration (tests) instead of the
+    /// environment's. Makes no request.
+    pub fn into_store(self) -> Result<Store, StoreError> {
+        let url = StoreUrl::S3 {
+            bucket: self.get(AmazonS3ConfigKey::Bucket).unwrap_or_default(),
+            prefix: self.prefix.clone(),
+        };
+        let options = self.options.clone();
+        Ok(Store::assemble(&url, backend(&url, self)?, &options))
+    }
 }
 
 /// True when the environment names a source of AWS credentials other than the instance
