@@ -532,3 +532,55 @@ async fn a_wrong_key_is_an_error_naming_the_fix_not_the_key() {
     assert!(!text.contains(wrong_key) && !text.contains(KEY), "{text}");
     assert!(!text.contains('\n'), "{text}");
 }
+
+/// Transience is read from the answer: a missing container on Azurite is a 404, permanent,
+/// through the data plane (object_store) and the native client alike.
+#[tokio::test]
+async fn a_missing_container_is_permanent_with_its_status() {
+    use ferry::error::Transience;
+    use ferry::store::azure::AzureSettings;
+    use ferry::store::StoreOptions;
+    use object_store::path::Path;
+
+    let Some(_ctx) = Ctx::new(&[Backend::Azure]) else {
+        return;
+    };
+    let endpoint = server_url(AZURITE_URL_VAR).expect("checked by Ctx::new");
+    let builder = MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_container_name("no-such-container-ferry")
+        .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
+        .with_allow_http(true);
+    let options = StoreOptions {
+        retry: RetryPolicy::retries(1),
+        ..StoreOptions::default()
+    };
+    let store = AzureSettings::from_builder(builder, "p", &options)
+        .into_store()
+        .expect("open the store");
+    let err = store
+        .get(&Path::from("x.bin"))
+        .await
+        .expect_err("no container");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+
+    let native = store
+        .delta()
+        .expect("native client")
+        .expect("Azure has one");
+    let data = random_bytes(5, 100);
+    let parts = send_all(&data, 100);
+    let err = native
+        .write(
+            &request("x.bin", &parts, None, &hex_blake3(&data)),
+            &Source::new(&data),
+            &Sent::default(),
+        )
+        .await
+        .expect_err("no container");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+    assert!(err.to_string().contains("ContainerNotFound"), "{err}");
+}
