@@ -14,9 +14,8 @@ use reqwest::{Method, StatusCode};
 use super::http::{changed, check, header, Op, Retry};
 use super::wire::{block_list_xml, encode_block_id, meta_header, parse_block_list, BlockList};
 use super::AzureDelta;
-use crate::store::delta::check_before_commit;
 use crate::store::delta::{
-    normalize_etag, NativeError, Part, PartSource, WriteObserver, WriteRequest,
+    check_before_commit, normalize_etag, NativeError, Part, PartSource, WriteObserver, WriteRequest,
 };
 
 /// Blocks staged at once: bounds memory to this many blocks' bytes.
