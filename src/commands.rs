@@ -320,12 +320,12 @@ pub async fn verify_mirror(
     crate::mirror::verify_mirror(&source, &store, native, read_data).await
 }
 
-type NativeStore = Option<std::sync::Arc<dyn crate::mirror::native::DeltaStore>>;
+type NativeStore = Option<std::sync::Arc<dyn crate::store::delta::DeltaStore>>;
 
 fn open_mirror_dest(dest: &str, access: Access) -> Result<(Store, NativeStore), OpError> {
     let dest = url(dest)?;
     let store = Store::open(&dest, access)?;
-    let native = crate::mirror::native::open(&dest).map_err(|e| OpError::Invalid(e.to_string()))?;
+    let native = store.delta()?;
     Ok((store, native))
 }
 

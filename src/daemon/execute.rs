@@ -140,10 +140,8 @@ fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
     let from = from.to_string();
     match e {
         OpError::Repo(RepoError::NotARepo { url }) => *url == from,
-        OpError::Repo(RepoError::Store(StoreError::Open { url, reason }))
-        | OpError::Store(StoreError::Open { url, reason }) => {
-            *url == from && reason == "no such folder"
-        }
+        OpError::Repo(RepoError::Store(StoreError::NoSuchFolder { url }))
+        | OpError::Store(StoreError::NoSuchFolder { url }) => *url == from,
         _ => false,
     }
 }

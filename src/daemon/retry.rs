@@ -75,6 +75,11 @@ mod tests {
                 object: "s3://b/x".into(),
                 summary: summary.into(),
                 hint: String::new(),
+                // The status the response carried, as the summary tells it.
+                status: summary
+                    .split("HTTP ")
+                    .nth(1)
+                    .and_then(|s| s.get(..3)?.parse().ok()),
                 cause: Box::new(object_store::Error::Generic {
                     store: "S3",
                     source: summary.to_string().into(),

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use object_store::path::Path as ObjPath;
 
-use crate::mirror::native::{normalize_etag, PartSource};
 use crate::mirror::LocalCheck;
 use crate::ops::restore_local::partial_name;
 use crate::ops::OpError;
+use crate::store::delta::{normalize_etag, PartSource};
 use crate::store::Store;
 
 /// Bytes read from the source per write.

@@ -9,7 +9,7 @@
 //! * a changed file is cut by the chunker and planned against what the destination holds
 //!   ([`plan`]): on Azure only blocks the blob lacks are staged and `Put Block List`
 //!   re-commits the rest; on S3 a multipart upload copies unchanged ranges of the previous
-//!   object server-side ([`native`]). Local folders get whole files (written atomically).
+//!   object server-side ([`crate::store::delta`]). Local folders get whole files (written atomically).
 //!
 //! Safety: a write is atomic (readers see the old object until the commit) and pinned to the
 //! etag it was planned against; if the destination changed behind ferry's back, the file is
@@ -17,7 +17,6 @@
 //! [`verify_mirror`] compares.
 
 mod local;
-pub mod native;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,14 +33,14 @@ use serde::Serialize;
 
 use crate::chunker::{cut_file, ChunkerParams};
 use crate::index::{Index, MirrorCache, MirrorRecord};
-use crate::mirror::native::{
-    normalize_etag, DeltaStore, NativeError, PartSource, RemoteObject, WriteObserver, WriteRequest,
-};
 use crate::mirror::plan::{Base, Chunk, Plan};
 use crate::ops::hasher::FileHasher;
 use crate::ops::source::{Source, SourceEntry, SourceFile};
 use crate::ops::OpError;
 use crate::progress::Progress;
+use crate::store::delta::{
+    normalize_etag, DeltaStore, NativeError, PartSource, RemoteObject, WriteObserver, WriteRequest,
+};
 use crate::store::key::{key_at, object_key, KeyError, UnholdableNames};
 use crate::store::{Store, StoreUrl};
 
@@ -117,7 +116,7 @@ pub struct MirrorReport {
 }
 
 /// Mirrors `source` to `dest`. `native` writes S3 and Azure destinations (see
-/// [`native::open`]); without it files are written whole through `object_store`.
+/// [`crate::store::Store::delta`]); without it files are written whole through `object_store`.
 pub async fn mirror(
     source: &Source,
     dest: &Store,
@@ -437,7 +436,7 @@ impl FileCtx {
 
         let limits = native.limits();
         let old_chunks: Vec<Chunk>;
-        let committed: HashMap<native::BlockId, u64>;
+        let committed: HashMap<crate::store::delta::BlockId, u64>;
         let base_etag;
         let base = match (&action, &probe, &rec) {
             (Action::Update, Some(p), Some(r)) if !p.etag.is_empty() && p.etag == r.dest_etag => {
@@ -780,7 +779,7 @@ impl FileCtx {
 }
 
 fn native_err(e: NativeError) -> OpError {
-    OpError::Invalid(e.to_string())
+    OpError::Store(e.into())
 }
 
 /// A local source file's path, size, mtime, ctime and inode as listed.

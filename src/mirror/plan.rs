@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use crate::mirror::native::{BlockId, Limits, Part};
+use crate::store::delta::{BlockId, Limits, Part};
 
 /// One chunk of a file, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -64,7 +64,7 @@ impl FromStr for StoreUrl {
                 return Err(err("empty"));
             }
             // A plain path is a file name: '?' and '#' are ordinary characters in it.
-            return local(s).map_err(|r| err(&r));
+            return local(s).map_err(|e| err(&format!("cannot resolve a relative path: {e}")));
         };
         if rest.contains(['?', '#']) {
             // Whatever follows is no part of a key, and may be a secret (an Azure SAS, a
@@ -76,7 +76,7 @@ impl FromStr for StoreUrl {
                 if !rest.starts_with('/') {
                     return Err(err("file URLs need an absolute path: file:///abs/path"));
                 }
-                local(rest).map_err(|r| err(&r))
+                local(rest).map_err(|e| err(&format!("cannot resolve a relative path: {e}")))
             }
             "s3" | "az" | "azure" | "memory" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -147,14 +147,13 @@ fn valid_bucket(b: &str) -> bool {
 }
 
 /// Makes a local path absolute and lexically normal (no `.`/`..`), without touching the disk.
-fn local(path: &str) -> Result<StoreUrl, String> {
+/// Fails only when a relative path meets a working directory that cannot be read.
+fn local(path: &str) -> Result<StoreUrl, std::io::Error> {
     let p = PathBuf::from(path);
     let abs = if p.is_absolute() {
         p
     } else {
-        std::env::current_dir()
-            .map_err(|e| format!("cannot resolve a relative path: {e}"))?
-            .join(p)
+        std::env::current_dir()?.join(p)
     };
     let mut out = PathBuf::new();
     for c in abs.components() {

@@ -1,7 +1,7 @@
 //! Watching requests to S3 and Azure: an `ObjectStore` wrapper that, while a request has not
 //! answered for `FERRY_SLOW_SECS` (default 10), logs a warning naming the operation, the
 //! object and the endpoint, and again at each further interval until it answers or times out
-//! (the client's timeouts and retries bound how long that is: see `store::client_defaults`).
+//! (the client's timeouts and retries bound how long that is: see `store::options`).
 //! It also turns an S3 request that failed for want of credentials (no keys in the
 //! environment, and the instance metadata service refused) into `Unauthenticated` with a
 //! message that says what to set, wherever the error ends up being printed.
@@ -24,18 +24,6 @@ use object_store::{
 
 use super::StoreUrl;
 
-/// Default for `FERRY_SLOW_SECS`.
-const DEFAULT_SLOW: Duration = Duration::from_secs(10);
-
-/// How long a request may go unanswered before it is reported: `FERRY_SLOW_SECS`, else 10 s.
-pub(crate) fn slow_after() -> Duration {
-    std::env::var("FERRY_SLOW_SECS")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(DEFAULT_SLOW, Duration::from_secs_f64)
-}
-
 /// Reports requests that take longer than `after`.
 #[derive(Debug, Clone)]
 pub struct Watched {
@@ -53,13 +41,19 @@ struct Ctx {
 
 /// No AWS credentials anywhere: what to set. Its source is the metadata service's answer.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {}", super::NO_AWS_CREDENTIALS, super::AWS_CREDENTIALS_FIX)]
+#[error(
+    "{}: {}",
+    super::s3::NO_AWS_CREDENTIALS,
+    super::s3::AWS_CREDENTIALS_FIX
+)]
 struct NoAwsCredentials(#[source] object_store::Error);
 
 /// `r`, with a failure to find AWS credentials explained.
 fn explain<T>(ctx: &Ctx, object: &str, r: Result<T>) -> Result<T> {
     match r {
-        Err(e) if matches!(ctx.url, StoreUrl::S3 { .. }) && super::lacks_aws_credentials(&e) => {
+        Err(e)
+            if matches!(ctx.url, StoreUrl::S3 { .. }) && super::s3::lacks_aws_credentials(&e) =>
+        {
             Err(object_store::Error::Unauthenticated {
                 path: ctx.url.join(object),
                 source: Box::new(NoAwsCredentials(e)),

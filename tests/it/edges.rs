@@ -440,18 +440,15 @@ fn one_malformed_ref_does_not_hide_the_others(backend: Backend) {
 /// retrying it) instead of hanging for the whole-request timeout.
 #[test]
 fn native_clients_time_out_on_a_stalled_server() {
-    use ferry::mirror::native::azure::AzureDelta;
-    use ferry::mirror::native::s3::S3Delta;
-    use ferry::mirror::native::DeltaStore;
+    use ferry::store::azure::AzureDelta;
+    use ferry::store::delta::DeltaStore;
+    use ferry::store::s3::S3Delta;
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     use object_store::ClientConfigKey;
 
     let hole = Blackhole::start();
-    let retry = object_store::RetryConfig {
-        max_retries: 1,
-        ..Default::default()
-    };
+    let retry = ferry::store::RetryPolicy::retries(1);
     let s3 = S3Delta::from_builder(
         AmazonS3Builder::new()
             .with_bucket_name("ferry-test")
@@ -477,9 +474,9 @@ fn native_clients_time_out_on_a_stalled_server() {
             .with_allow_http(true)
             .with_config(AzureConfigKey::Client(ClientConfigKey::ReadTimeout), "1s"),
         "stalled",
+        &retry,
     )
-    .expect("native Azure store")
-    .with_max_retries(1);
+    .expect("native Azure store");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

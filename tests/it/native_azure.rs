@@ -1,4 +1,4 @@
-//! Native Azure delta writes (`ferry::mirror::native::azure`) against Azurite, used as a
+//! Native Azure delta writes (`ferry::store::azure`) against Azurite, used as a
 //! library: create a blob from sent blocks, rewrite it keeping committed ones, probe it,
 //! refuse a stale base, resume an interrupted write, refuse an impossible plan. Results are
 //! read back by `rawstore.py`, a client independent of ferry.
@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry::mirror::native::azure::AzureDelta;
-use ferry::mirror::native::{
+use ferry::store::azure::AzureDelta;
+use ferry::store::delta::{
     BlockId, DeltaStore, NativeError, Part, PartSource, WriteObserver, WriteRequest,
 };
+use ferry::store::RetryPolicy;
 use object_store::azure::MicrosoftAzureBuilder;
 
 use crate::data::random_bytes;
@@ -40,7 +41,8 @@ fn setup() -> Option<(Ctx, AzureDelta, Location)> {
         .with_container_name(CONTAINER)
         .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
         .with_allow_http(true);
-    let store = AzureDelta::from_builder(builder, prefix).expect("native Azure store");
+    let store = AzureDelta::from_builder(builder, prefix, &RetryPolicy::retries(3))
+        .expect("native Azure store");
     Some((ctx, store, location))
 }
 
@@ -513,7 +515,8 @@ async fn a_wrong_key_is_an_error_naming_the_fix_not_the_key() {
         .with_container_name(CONTAINER)
         .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
         .with_allow_http(true);
-    let store = AzureDelta::from_builder(builder, prefix).expect("native Azure store");
+    let store = AzureDelta::from_builder(builder, prefix, &RetryPolicy::retries(3))
+        .expect("native Azure store");
     let err = store
         .probe("x.bin")
         .await
@@ -528,4 +531,56 @@ async fn a_wrong_key_is_an_error_naming_the_fix_not_the_key() {
     assert!(text.contains("AZURE_STORAGE_ACCOUNT_KEY"), "{text}");
     assert!(!text.contains(wrong_key) && !text.contains(KEY), "{text}");
     assert!(!text.contains('\n'), "{text}");
+}
+
+/// Transience is read from the answer: a missing container on Azurite is a 404, permanent,
+/// through the data plane (object_store) and the native client alike.
+#[tokio::test]
+async fn a_missing_container_is_permanent_with_its_status() {
+    use ferry::error::Transience;
+    use ferry::store::azure::AzureSettings;
+    use ferry::store::StoreOptions;
+    use object_store::path::Path;
+
+    let Some(_ctx) = Ctx::new(&[Backend::Azure]) else {
+        return;
+    };
+    let endpoint = server_url(AZURITE_URL_VAR).expect("checked by Ctx::new");
+    let builder = MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_container_name("no-such-container-ferry")
+        .with_endpoint(format!("{}/{ACCOUNT}", endpoint.trim_end_matches('/')))
+        .with_allow_http(true);
+    let options = StoreOptions {
+        retry: RetryPolicy::retries(1),
+        ..StoreOptions::default()
+    };
+    let store = AzureSettings::from_builder(builder, "p", &options)
+        .into_store()
+        .expect("open the store");
+    let err = store
+        .get(&Path::from("x.bin"))
+        .await
+        .expect_err("no container");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+
+    let native = store
+        .delta()
+        .expect("native client")
+        .expect("Azure has one");
+    let data = random_bytes(5, 100);
+    let parts = send_all(&data, 100);
+    let err = native
+        .write(
+            &request("x.bin", &parts, None, &hex_blake3(&data)),
+            &Source::new(&data),
+            &Sent::default(),
+        )
+        .await
+        .expect_err("no container");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+    assert!(err.to_string().contains("ContainerNotFound"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! Native S3 delta writes (`ferry::mirror::native::s3`) against the S3 server, in-process:
+//! Native S3 delta writes (`ferry::store::s3`) against the S3 server, in-process:
 //! multipart uploads from sent and server-side copied parts, read back by `rawstore.py`.
 
 use std::ops::Range;
@@ -11,12 +11,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use ferry::mirror::native::s3::S3Delta;
-use ferry::mirror::native::{
+use ferry::store::delta::{
     DeltaStore, Limits, NativeError, Part, PartSource, WriteObserver, WriteRequest,
 };
+use ferry::store::s3::S3Delta;
+use ferry::store::RetryPolicy;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::RetryConfig;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::harness::{Backend, Ctx};
@@ -32,11 +32,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn few_retries() -> RetryConfig {
-    RetryConfig {
-        max_retries: 1,
-        ..Default::default()
-    }
+fn few_retries() -> RetryPolicy {
+    RetryPolicy::retries(1)
 }
 
 fn builder(endpoint: &str, bucket: &str) -> AmazonS3Builder {
@@ -425,7 +422,7 @@ fn plans_over_the_limits_are_refused_before_any_request() {
             blake3: &blake3,
         };
         match rt.block_on(dead.write(&req, &source, &observer)) {
-            Err(NativeError::Request { url, message }) => {
+            Err(NativeError::Request { url, message, .. }) => {
                 assert_eq!(url, "s3://ferry-test/some/prefix/model.bin");
                 assert!(message.contains(expected), "{message}");
             }
@@ -437,7 +434,7 @@ fn plans_over_the_limits_are_refused_before_any_request() {
     assert_eq!(dead.limits(), Limits::S3);
     // The same store does make requests for a valid call, and says which one failed.
     match rt.block_on(dead.probe("model.bin")) {
-        Err(NativeError::Request { url, message }) => {
+        Err(NativeError::Request { url, message, .. }) => {
             assert_eq!(url, "s3://ferry-test/some/prefix/model.bin");
             assert!(message.starts_with("HeadObject failed"), "{message}");
             assert!(!message.contains('\n'), "{message}");
@@ -449,16 +446,17 @@ fn plans_over_the_limits_are_refused_before_any_request() {
 #[test]
 fn open_returns_the_s3_store() {
     let url = "s3://ferry-test/native-open".parse().expect("URL");
-    match ferry::mirror::native::open(&url) {
+    let opened = ferry::store::Store::open(&url, ferry::store::Access::Read);
+    match opened.and_then(|store| store.delta()) {
         Ok(Some(store)) => assert_eq!(store.limits(), Limits::S3),
         // This process's environment may lack credentials (with IMDS off) or allow-http for
         // its endpoint; then the store is refused with the fix, but it exists.
-        Err(NativeError::Config(message)) => {
+        Err(e) => {
+            let message = e.to_string();
             assert!(message.contains("AWS_"), "{message}");
             assert!(!message.contains("not built"), "{message}");
         }
         Ok(None) => panic!("no native store for S3"),
-        Err(e) => panic!("{e}"),
     }
 }
 
@@ -685,4 +683,90 @@ fn forbidden_names_the_operation_and_the_fix_without_secrets() {
         !shown.contains(FAKE_SECRET) && !debug.contains(FAKE_SECRET),
         "{debug}"
     );
+}
+
+/// Transience is read from the answer, not from text: a missing bucket on the S3 server is a
+/// 404, permanent, through both the data plane (object_store) and the native client (the
+/// SDK); an injected 503 on the same server is transient.
+#[test]
+fn a_missing_bucket_is_permanent_with_its_status() {
+    use ferry::error::Transience;
+    use ferry::store::fault::FaultConfig;
+    use ferry::store::s3::S3Settings;
+    use ferry::store::StoreOptions;
+    use object_store::path::Path;
+
+    let Some(ctx) = Ctx::new(&[Backend::S3]) else {
+        return;
+    };
+    let loc = ctx.location(Backend::S3);
+    let RawStore::Server { endpoint, .. } = &loc.raw else {
+        panic!("an S3 location");
+    };
+    let options = StoreOptions {
+        retry: few_retries(),
+        ..StoreOptions::default()
+    };
+    let missing = builder(endpoint, "no-such-bucket-ferry");
+    let rt = runtime();
+
+    let store = S3Settings::from_builder(missing.clone(), "p", &options)
+        .into_store()
+        .expect("open the store");
+    let err = rt
+        .block_on(store.get(&Path::from("x.bin")))
+        .expect_err("no bucket");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    let native = store.delta().expect("native client").expect("S3 has one");
+    let bytes = data(4, 100);
+    let parts = [send(0..100)];
+    let blake3 = hash(&bytes);
+    let err = rt
+        .block_on(native.write(
+            &request("x.bin", &parts, None, &blake3),
+            &Source::new(bytes),
+            &Observer::default(),
+        ))
+        .expect_err("no bucket");
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.transience(), Transience::Permanent, "{err}");
+    let err: ferry::store::StoreError = err.into();
+    assert_eq!(
+        (err.status(), err.transience()),
+        (Some(404), Transience::Permanent)
+    );
+
+    // The bucket that exists, under injected faults: every request fails, transiently.
+    let RawStore::Server { bucket, prefix, .. } = &loc.raw else {
+        unreachable!()
+    };
+    let faulty = StoreOptions {
+        faults: Some(FaultConfig {
+            rate: 1.0,
+            seed: 11,
+            max_latency: std::time::Duration::ZERO,
+        }),
+        ..options
+    };
+    let store = S3Settings::from_builder(builder(endpoint, bucket), prefix, &faulty)
+        .into_store()
+        .expect("open the store");
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let err = rt
+            .block_on(store.put(&Path::from(format!("f{i}")), Bytes::from_static(b"x")))
+            .expect_err("every request faults");
+        assert_eq!(err.transience(), Transience::Transient, "{err}");
+        statuses.push(err.status());
+    }
+    assert!(statuses.contains(&Some(503)), "{statuses:?}");
+    assert!(statuses.contains(&None), "{statuses:?}");
+    let native = store.delta().expect("native client").expect("S3 has one");
+    let err = rt
+        .block_on(native.probe("x.bin"))
+        .expect_err("native calls see the faults too");
+    assert_eq!(err.transience(), Transience::Transient, "{err}");
 }

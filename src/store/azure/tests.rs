@@ -6,9 +6,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::wire::META_HEADER;
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::azure::MicrosoftAzureBuilder;
+use reqwest::header::ETAG;
+use reqwest::{Method, StatusCode};
+use std::collections::HashMap;
+
+use super::wire::{block_list_xml, parse_block_list, validate, xml_field, BlockList, META_HEADER};
 use super::*;
-use crate::mirror::native::{BlockId, AZURE_BLAKE3_METADATA};
+use crate::error::first_line;
+use crate::store::delta::{
+    BlockId, DeltaStore, Limits, NativeError, Part, PartSource, WriteObserver, WriteRequest,
+    AZURE_BLAKE3_METADATA,
+};
+use crate::store::options::RetryPolicy;
 
 /// Azurite's well-known development key (public, documented by Microsoft).
 const EMULATOR_KEY: &str =
@@ -44,9 +56,8 @@ fn unreachable_store() -> AzureDelta {
         .with_container_name("ferry-test")
         .with_endpoint(format!("http://127.0.0.1:9/{EMULATOR_ACCOUNT}"))
         .with_allow_http(true);
-    AzureDelta::from_builder(builder, "/runs/a/")
+    AzureDelta::from_builder(builder, "/runs/a/", &RetryPolicy::retries(0))
         .expect("builder is complete")
-        .with_max_retries(0)
 }
 
 /// Counts reads; a plan refused up front must not read anything.
@@ -149,7 +160,9 @@ fn validation_accepts_a_plan_within_limits() {
 fn validation_refuses_plans_azure_cannot_take() {
     let url = "az://ferry-test/runs/a/ckpt/model.bin";
     let refuse = |req: &WriteRequest<'_>| match validate(req, &Limits::AZURE, url) {
-        Err(NativeError::Request { url: u, message }) => {
+        Err(NativeError::Request {
+            url: u, message, ..
+        }) => {
             assert_eq!(u, url);
             assert!(!message.contains('\n'), "one line: {message}");
             message
@@ -271,7 +284,8 @@ fn blob_urls_put_the_prefix_and_encode_the_block_id() {
 #[test]
 fn a_builder_without_account_is_a_config_error_naming_the_fix() {
     let builder = MicrosoftAzureBuilder::new().with_container_name("c");
-    let err = AzureDelta::from_builder(builder, "").expect_err("no account");
+    let err =
+        AzureDelta::from_builder(builder, "", &RetryPolicy::default()).expect_err("no account");
     let text = err.to_string();
     assert!(text.contains("AZURE_STORAGE_ACCOUNT_NAME"), "{text}");
     assert!(text.contains("AZURE_STORAGE_USE_EMULATOR=true"), "{text}");
@@ -282,7 +296,8 @@ fn the_emulator_path_puts_the_account_before_the_container() {
     let builder = MicrosoftAzureBuilder::new()
         .with_use_emulator(true)
         .with_container_name("ferry-test");
-    let store = AzureDelta::from_builder(builder, "p").expect("the emulator needs no settings");
+    let store = AzureDelta::from_builder(builder, "p", &RetryPolicy::default())
+        .expect("the emulator needs no settings");
     // object_store reads the same variable for the emulator's address.
     let base = std::env::var("AZURITE_BLOB_STORAGE_URL")
         .ok()
@@ -348,9 +363,8 @@ async fn transient_failures_are_retried_but_an_answered_commit_is_not_repeated()
         .with_container_name("ferry-test")
         .with_endpoint(format!("http://127.0.0.1:{port}/{EMULATOR_ACCOUNT}"))
         .with_allow_http(true);
-    let store = AzureDelta::from_builder(builder, "p")
-        .expect("builder is complete")
-        .with_max_retries(2);
+    let store = AzureDelta::from_builder(builder, "p", &RetryPolicy::retries(2))
+        .expect("builder is complete");
     // One block id twice: staged (not a single Put Blob), and staged once.
     let parts = [send(1, 0..5), send(1, 5..10)];
     let req = request(&parts, None);

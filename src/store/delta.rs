@@ -1,9 +1,11 @@
-//! Native delta writes: the two cloud operations `object_store` lacks, behind one small trait.
+//! Native delta writes: the two cloud operations `object_store` lacks, behind one small trait
+//! that each cloud's backend implements ([`crate::store::s3`], [`crate::store::azure`]) and
+//! [`crate::store::Store::delta`] hands out.
 //!
-//! * S3 ([`s3`], `aws-sdk-s3`): a multipart upload whose parts are `UploadPartCopy` of byte
+//! * S3 (`aws-sdk-s3`): a multipart upload whose parts are `UploadPartCopy` of byte
 //!   ranges of the current object (pinned by `x-amz-copy-source-if-match`) and `UploadPart` of
 //!   new bytes, made visible at once by `CompleteMultipartUpload`.
-//! * Azure Blob ([`azure`]): `Put Block` for new blocks only, then `Put Block List` re-commits
+//! * Azure Blob (REST): `Put Block` for new blocks only, then `Put Block List` re-commits
 //!   the blocks the blob already holds (pinned by `If-Match`).
 //!
 //! Both writes are atomic: until the final call, readers see the previous object whole. The
@@ -15,10 +17,7 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::store::StoreUrl;
-
-pub mod azure;
-pub mod s3;
+use crate::error::Transience;
 
 /// Object metadata holding the whole-file BLAKE3 (hex): `x-amz-meta-ferry-blake3` on S3,
 /// `x-ms-meta-ferry_blake3` on Azure (metadata names there must be C# identifiers).
@@ -123,61 +122,97 @@ impl WriteRequest<'_> {
     /// Checks the request against a store's limits before any call: part counts and sizes,
     /// keeps pinned to a base etag, sizes adding up, a hex BLAKE3. The message is one line
     /// naming the offending part (1-based).
-    pub fn check(&self, limits: &Limits) -> Result<(), String> {
+    pub fn check(&self, limits: &Limits) -> Result<(), PlanError> {
         let count = self.parts.len();
         if count > limits.max_parts {
-            return Err(format!(
-                "{count} parts, but one object holds at most {}",
-                limits.max_parts
-            ));
+            return Err(PlanError::TooManyParts {
+                count,
+                max: limits.max_parts,
+            });
         }
         let mut total: u64 = 0;
         for (i, part) in self.parts.iter().enumerate() {
             let (Part::Keep { old: range, .. } | Part::Send { new: range, .. }) = part;
             let n = i + 1;
             if range.start >= range.end {
-                return Err(format!(
-                    "part {n} of {count} has an empty or reversed range {}..{}",
-                    range.start, range.end
-                ));
+                return Err(PlanError::EmptyRange {
+                    n,
+                    count,
+                    start: range.start,
+                    end: range.end,
+                });
             }
             let len = range.end - range.start;
             if len > limits.max_part {
-                return Err(format!(
-                    "part {n} of {count} is {len} bytes, more than the {} bytes a part can hold",
-                    limits.max_part
-                ));
+                let max = limits.max_part;
+                return Err(PlanError::PartTooBig { n, count, len, max });
             }
             if n < count && len < limits.min_part {
-                return Err(format!(
-                    "part {n} of {count} is {len} bytes; every part but the last needs at least {} bytes",
-                    limits.min_part
-                ));
+                let min = limits.min_part;
+                return Err(PlanError::PartTooSmall { n, count, len, min });
             }
             if matches!(part, Part::Keep { .. }) && self.base_etag.is_none() {
-                return Err(format!(
-                    "part {n} of {count} keeps bytes of the current object, but the plan has no base etag to pin them"
-                ));
+                return Err(PlanError::KeepWithoutBase { n, count });
             }
             total = total.saturating_add(len);
         }
         if total != self.size {
-            return Err(format!(
-                "the parts add up to {total} bytes, but the object is {} bytes",
-                self.size
-            ));
+            return Err(PlanError::SizeMismatch {
+                total,
+                size: self.size,
+            });
         }
         if self.blake3.is_empty() || !self.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("the BLAKE3 metadata must be a non-empty hex string".into());
+            return Err(PlanError::BadBlake3);
         }
         if self
             .base_etag
             .is_some_and(|e| e.is_empty() || e.contains(['"', '\r', '\n']))
         {
-            return Err("the base etag must be non-empty, without quotes or line breaks".into());
+            return Err(PlanError::BadEtag);
         }
         Ok(())
     }
+}
+
+/// A write plan a store cannot take, found before any request. Parts are numbered from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{count} parts, but one object holds at most {max}")]
+    TooManyParts { count: usize, max: usize },
+    #[error("part {n} of {count} has an empty or reversed range {start}..{end}")]
+    EmptyRange {
+        n: usize,
+        count: usize,
+        start: u64,
+        end: u64,
+    },
+    #[error("part {n} of {count} is {len} bytes, more than the {max} bytes a part can hold")]
+    PartTooBig {
+        n: usize,
+        count: usize,
+        len: u64,
+        max: u64,
+    },
+    #[error(
+        "part {n} of {count} is {len} bytes; every part but the last needs at least {min} bytes"
+    )]
+    PartTooSmall {
+        n: usize,
+        count: usize,
+        len: u64,
+        min: u64,
+    },
+    #[error("part {n} of {count} keeps bytes of the current object, but the plan has no base etag to pin them")]
+    KeepWithoutBase { n: usize, count: usize },
+    #[error("the parts add up to {total} bytes, but the object is {size} bytes")]
+    SizeMismatch { total: u64, size: u64 },
+    #[error("the BLAKE3 metadata must be a non-empty hex string")]
+    BadBlake3,
+    #[error("the base etag must be non-empty, without quotes or line breaks")]
+    BadEtag,
+    #[error("the blob name is empty")]
+    EmptyKey,
 }
 
 /// Reads byte ranges of the source file being mirrored.
@@ -221,8 +256,16 @@ pub enum NativeError {
     /// a copy source or a conditional commit). The caller retries as a full upload.
     #[error("{url} changed while it was being written (etag no longer {expected})")]
     Changed { url: String, expected: String },
+    /// A request failed or was refused. `status` is the HTTP status of the answer, if there
+    /// was one; `transience` was decided where the failure was seen (the status, or the
+    /// transport error: a connection refused or a timeout passes, a refused plan does not).
     #[error("{url}: {message}")]
-    Request { url: String, message: String },
+    Request {
+        url: String,
+        message: String,
+        status: Option<u16>,
+        transience: Transience,
+    },
     #[error("{url}: reading the source: {source}")]
     Source {
         url: String,
@@ -231,6 +274,36 @@ pub enum NativeError {
     },
     #[error("{0}")]
     Config(String),
+}
+
+impl NativeError {
+    /// Whether trying again may help: a changed object or a changed source is a race, a
+    /// request says so itself, a configuration problem stays.
+    pub fn transience(&self) -> Transience {
+        match self {
+            NativeError::Changed { .. } | NativeError::Source { .. } => Transience::Transient,
+            NativeError::Request { transience, .. } => *transience,
+            NativeError::Config(_) => Transience::Permanent,
+        }
+    }
+
+    /// The HTTP status of the answer that failed the request, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            NativeError::Request { status, .. } => *status,
+            _ => None,
+        }
+    }
+
+    /// A plan refused before any request: permanent, no status.
+    pub(crate) fn refused(url: String, problem: &PlanError) -> Self {
+        NativeError::Request {
+            url,
+            message: format!("refusing the write plan: {problem}"),
+            status: None,
+            transience: Transience::Permanent,
+        }
+    }
 }
 
 /// A store that can write objects from kept and sent parts.
@@ -262,19 +335,6 @@ pub trait DeltaStore: Send + Sync {
     /// Cleans up after a write that never finished (S3: aborts the multipart upload
     /// `upload_id`; Azure: nothing, uncommitted blocks expire). Not finding it is success.
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), NativeError>;
-}
-
-/// The native client for a destination URL, or `None` for stores without one (local
-/// folders, memory), which are written whole through `object_store`. Reads credentials and
-/// endpoints from the same environment variables as `object_store`'s `from_env` builders.
-pub fn open(url: &StoreUrl) -> Result<Option<std::sync::Arc<dyn DeltaStore>>, NativeError> {
-    match url {
-        StoreUrl::S3 { bucket, prefix } => s3::open(bucket, prefix).map(Some),
-        StoreUrl::Azure { container, prefix } => Ok(Some(std::sync::Arc::new(
-            azure::AzureDelta::open(container, prefix)?,
-        ))),
-        StoreUrl::Local(_) | StoreUrl::Memory { .. } => Ok(None),
-    }
 }
 
 /// Strips the quotes some APIs put around entity tags.

@@ -5,8 +5,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use reqwest::header::HeaderName;
 
-use super::first_line;
-use crate::mirror::native::{BlockId, Limits, NativeError, Part, WriteRequest};
+use crate::error::first_line;
+use crate::store::delta::{BlockId, Limits, NativeError, Part, PlanError, WriteRequest};
 
 /// Refuses a plan Azure cannot take, before any request.
 pub(super) fn validate(
@@ -14,12 +14,14 @@ pub(super) fn validate(
     limits: &Limits,
     url: &str,
 ) -> Result<(), NativeError> {
-    let fail = |message: String| NativeError::Request {
+    let fail = |problem: PlanError| NativeError::Request {
         url: url.to_string(),
-        message,
+        message: problem.to_string(),
+        status: None,
+        transience: crate::error::Transience::Permanent,
     };
     if req.key.trim_matches('/').is_empty() {
-        return Err(fail("the blob name is empty".into()));
+        return Err(fail(PlanError::EmptyKey));
     }
     req.check(limits).map_err(fail)?;
     Ok(())
@@ -85,9 +87,17 @@ struct BlockXml {
     size: u64,
 }
 
-pub(super) fn parse_block_list(xml: &str) -> Result<BlockList, String> {
-    let parsed: BlockListXml = quick_xml::de::from_str(xml)
-        .map_err(|e| format!("cannot read the block list: {}", first_line(&e.to_string())))?;
+/// A Get Block List answer that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the block list: {reason}")]
+pub(super) struct BlockListError {
+    reason: String,
+}
+
+pub(super) fn parse_block_list(xml: &str) -> Result<BlockList, BlockListError> {
+    let parsed: BlockListXml = quick_xml::de::from_str(xml).map_err(|e| BlockListError {
+        reason: first_line(&e.to_string()).to_string(),
+    })?;
     let pairs = |b: BlocksXml| b.blocks.into_iter().map(|b| (b.name, b.size)).collect();
     Ok(BlockList {
         committed: pairs(parsed.committed_blocks),
@@ -105,7 +115,7 @@ pub(super) fn xml_field(body: &str, name: &str) -> Option<String> {
     Some(body[start..end].trim().to_string())
 }
 
-/// `x-ms-meta-` + [`crate::mirror::native::AZURE_BLAKE3_METADATA`] (a test checks they agree).
+/// `x-ms-meta-` + [`crate::store::delta::AZURE_BLAKE3_METADATA`] (a test checks they agree).
 pub(super) const META_HEADER: &str = "x-ms-meta-ferry_blake3";
 
 pub(super) fn meta_header() -> HeaderName {

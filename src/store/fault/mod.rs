@@ -2,7 +2,11 @@
 //! share of requests (HTTP 5xx, timeouts, connection resets, bodies cut short) and adds
 //! latency. A faulted delete does delete, then answers NotFound, as the client's retry of a
 //! delete whose response was lost does. Enabled in the binary by `FERRY_FAULTS=rate=0.1,seed=7,latency_ms=5`; never
-//! enabled otherwise.
+//! enabled otherwise. [`FaultDelta`] does the same to native delta writes, from the same spec.
+
+mod delta;
+
+pub use self::delta::FaultDelta;
 
 use std::fmt;
 use std::ops::Range;
@@ -30,9 +34,24 @@ pub struct FaultConfig {
     pub max_latency: Duration,
 }
 
+/// A `FERRY_FAULTS` spec that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultSpecError {
+    #[error("FERRY_FAULTS: {part:?} is not key=value")]
+    NotKeyValue { part: String },
+    #[error("FERRY_FAULTS: {key}={value}: {problem}")]
+    BadValue {
+        key: String,
+        value: String,
+        problem: String,
+    },
+    #[error("FERRY_FAULTS: unknown key {key:?} (use rate, seed, latency_ms)")]
+    UnknownKey { key: String },
+}
+
 impl FaultConfig {
     /// Parses `rate=0.1,seed=7,latency_ms=5` (every key optional; rate defaults to 0.1).
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, FaultSpecError> {
         let mut cfg = FaultConfig {
             rate: 0.1,
             seed: 0,
@@ -41,19 +60,19 @@ impl FaultConfig {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
                 .split_once('=')
-                .ok_or_else(|| format!("FERRY_FAULTS: {part:?} is not key=value"))?;
-            let bad = |e: &dyn fmt::Display| format!("FERRY_FAULTS: {k}={v}: {e}");
+                .ok_or_else(|| FaultSpecError::NotKeyValue { part: part.into() })?;
+            let bad = |e: &dyn fmt::Display| FaultSpecError::BadValue {
+                key: k.into(),
+                value: v.into(),
+                problem: e.to_string(),
+            };
             match k {
                 "rate" => cfg.rate = v.parse::<f64>().map_err(|e| bad(&e))?.clamp(0.0, 1.0),
                 "seed" => cfg.seed = v.parse().map_err(|e| bad(&e))?,
                 "latency_ms" => {
                     cfg.max_latency = Duration::from_millis(v.parse().map_err(|e| bad(&e))?)
                 }
-                _ => {
-                    return Err(format!(
-                        "FERRY_FAULTS: unknown key {k:?} (use rate, seed, latency_ms)"
-                    ))
-                }
+                _ => return Err(FaultSpecError::UnknownKey { key: k.into() }),
             }
         }
         Ok(cfg)
@@ -69,6 +88,16 @@ pub enum Fault {
     TruncatedBody,
 }
 
+impl Fault {
+    /// The HTTP status the fault stands for, if it is an answer.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Fault::ServerError => Some(503),
+            Fault::Timeout | Fault::ConnectionReset | Fault::TruncatedBody => None,
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -80,8 +109,9 @@ impl fmt::Display for Fault {
     }
 }
 
+/// The error an injected fault fails with (a source of object_store's error).
 #[derive(Debug)]
-struct Injected(Fault);
+pub struct Injected(pub Fault);
 
 impl fmt::Display for Injected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,7 +186,7 @@ impl FaultStore {
 }
 
 /// The seeded draw for request number `requests` (then counted).
-fn draw(cfg: &FaultConfig, requests: &AtomicU64) -> (Option<Fault>, Duration) {
+pub(crate) fn draw(cfg: &FaultConfig, requests: &AtomicU64) -> (Option<Fault>, Duration) {
     let n = requests.fetch_add(1, Ordering::Relaxed);
     let r = splitmix(cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
@@ -334,9 +364,10 @@ mod tests {
             (c.rate, c.seed, c.max_latency),
             (0.25, 9, Duration::from_millis(3))
         );
-        assert!(FaultConfig::parse("bogus=1")
-            .unwrap_err()
-            .contains("unknown key"));
+        assert!(matches!(
+            FaultConfig::parse("bogus=1"),
+            Err(FaultSpecError::UnknownKey { .. })
+        ));
         assert!(FaultConfig::parse("rate=x").is_err());
     }
 
