@@ -8,7 +8,7 @@ use std::path::Path;
 use object_store::path::Path as ObjPath;
 
 use crate::mirror::native::{normalize_etag, PartSource};
-use crate::mirror::LocalCheck;
+use crate::mirror::parts::LocalCheck;
 use crate::ops::restore_local::partial_name;
 use crate::ops::OpError;
 use crate::store::Store;
