@@ -266,7 +266,7 @@ fn sent_whole(facts: &Facts, delta_store: bool) -> (Action, Option<Note>) {
 /// Rule 3 on a native store: plan against the base, if there is one.
 fn delta(facts: &Facts, remote: Option<&RemoteObject>, limits: &Limits) -> Delta {
     let chunks = &facts.cut.chunks;
-    let Some((kind, etag)) = base_of(facts, remote, limits) else {
+    let Some((kept, etag)) = base_of(facts, remote, limits) else {
         let (action, note) = sent_whole(facts, true);
         return Delta {
             action,
@@ -276,21 +276,7 @@ fn delta(facts: &Facts, remote: Option<&RemoteObject>, limits: &Limits) -> Delta
             base_etag: None,
         };
     };
-    let plan = match (kind, remote, facts.record) {
-        (BaseKind::Layout, _, Some(r)) => {
-            let old: Vec<Chunk> = r
-                .chunks
-                .iter()
-                .map(|&(hash, len)| Chunk { hash, len })
-                .collect();
-            plan::plan(chunks, Base::Layout(&old), limits)
-        }
-        (BaseKind::Blocks, Some(p), _) => {
-            let committed: HashMap<BlockId, u64> = p.committed();
-            plan::plan(chunks, Base::Blocks(&committed), limits)
-        }
-        _ => plan::plan(chunks, Base::None, limits),
-    };
+    let plan = plan::plan(chunks, kept.base(), limits);
     let (action, note, base_etag) = if plan.has_keeps() {
         (Action::Update, None, Some(etag))
     } else {
@@ -300,32 +286,64 @@ fn delta(facts: &Facts, remote: Option<&RemoteObject>, limits: &Limits) -> Delta
         action,
         note,
         plan,
-        base: kind,
+        base: kept.kind(),
         base_etag,
     }
 }
 
-/// The base a delta may keep parts of, and the etag that pins it: the recorded layout or
-/// committed blocks of the object ferry wrote (probed etag = recorded etag), or, with no
-/// record, the committed blocks of a blob with BLAKE3 metadata (an earlier mirror's).
+/// What the destination holds of a previous version, for [`plan::plan`].
+enum Kept {
+    /// The blob's committed blocks, id → size.
+    Blocks(HashMap<BlockId, u64>),
+    /// The chunks ferry recorded for the object, in order.
+    Layout(Vec<Chunk>),
+}
+
+impl Kept {
+    fn base(&self) -> Base<'_> {
+        match self {
+            Kept::Blocks(blocks) => Base::Blocks(blocks),
+            Kept::Layout(chunks) => Base::Layout(chunks),
+        }
+    }
+
+    fn kind(&self) -> BaseKind {
+        match self {
+            Kept::Blocks(_) => BaseKind::Blocks,
+            Kept::Layout(_) => BaseKind::Layout,
+        }
+    }
+}
+
+/// The base a delta may keep parts of, and the etag that pins it: the recorded layout (S3)
+/// or committed blocks (Azure) of the object ferry wrote (probed etag = recorded etag), or,
+/// with no record, the committed blocks of a blob with BLAKE3 metadata (an earlier
+/// mirror's: its block ids name their content).
 fn base_of(
     facts: &Facts,
     remote: Option<&RemoteObject>,
     limits: &Limits,
-) -> Option<(BaseKind, String)> {
+) -> Option<(Kept, String)> {
     let p = remote.filter(|p| !p.etag.is_empty())?;
-    let by_block = if limits.keep_by_block_id {
-        BaseKind::Blocks
-    } else {
-        BaseKind::Layout
-    };
-    match facts.record {
-        Some(r) if facts.trusted() && p.etag == r.dest_etag => Some((by_block, p.etag.clone())),
-        None if facts.listed.is_some() && limits.keep_by_block_id && p.blake3.is_some() => {
-            Some((BaseKind::Blocks, p.etag.clone()))
+    let kept = match facts.record {
+        Some(r) if facts.trusted() && p.etag == r.dest_etag => {
+            if limits.keep_by_block_id {
+                Kept::Blocks(p.committed())
+            } else {
+                Kept::Layout(
+                    r.chunks
+                        .iter()
+                        .map(|&(hash, len)| Chunk { hash, len })
+                        .collect(),
+                )
+            }
         }
-        _ => None,
-    }
+        None if facts.listed.is_some() && limits.keep_by_block_id && p.blake3.is_some() => {
+            Kept::Blocks(p.committed())
+        }
+        _ => return None,
+    };
+    Some((kept, p.etag.clone()))
 }
 
 #[cfg(test)]

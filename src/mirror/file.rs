@@ -57,7 +57,6 @@ impl FileCtx {
         };
         let probe = self.probe(&f.rel, decide::probe_kind(&facts)).await?;
         let decision = decide::decide(&facts, &probe);
-        tracing::debug!(path = %f.rel, ?decision, "mirror decision");
         match (decision, self.native.clone()) {
             (Decision::Unchanged { etag }, _) => {
                 self.record_only(&f, &cut, etag)?;
@@ -140,6 +139,14 @@ impl FileCtx {
         cut: &Cut,
         mut delta: Delta,
     ) -> Result<FileAction, OpError> {
+        tracing::debug!(
+            path = %f.rel,
+            action = ?delta.action,
+            base = ?delta.base,
+            kept = delta.plan.kept,
+            sent = delta.plan.sent,
+            "mirror: delta planned"
+        );
         if self.dry_run {
             self.bar.inc(f.size);
             return Ok(FileAction {
