@@ -7,7 +7,7 @@ use std::path::Path;
 
 use object_store::path::Path as ObjPath;
 
-use crate::mirror::LocalCheck;
+use crate::mirror::parts::LocalCheck;
 use crate::ops::restore_local::partial_name;
 use crate::ops::OpError;
 use crate::store::delta::{normalize_etag, PartSource};
