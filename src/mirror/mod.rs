@@ -217,12 +217,11 @@ pub async fn mirror(
     if opts.delete {
         let doomed: Vec<&String> = listed.keys().filter(|k| !present.contains(*k)).collect();
         if report.files == 0 && !doomed.is_empty() {
-            return Err(OpError::Invalid(format!(
-                "{} lists no files: refusing --delete, which would remove all {} objects under {} (is the folder mounted, the prefix right?)",
-                report.source,
-                doomed.len(),
-                report.dest
-            )));
+            return Err(OpError::DeleteEverything {
+                source_url: report.source.clone(),
+                objects: doomed.len(),
+                dest: report.dest.clone(),
+            });
         }
         for path in doomed {
             if !opts.dry_run {
@@ -286,9 +285,10 @@ pub fn check_no_overlap(source: &str, dest: &str) -> Result<(), OpError> {
     let inside =
         |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
     if inside(source, dest) || inside(dest, source) {
-        return Err(OpError::Invalid(format!(
-            "cannot mirror {source} to {dest}: one is inside the other; choose a destination outside the source"
-        )));
+        return Err(OpError::MirrorInsideSource {
+            source_url: source.into(),
+            dest: dest.into(),
+        });
     }
     Ok(())
 }
@@ -662,12 +662,10 @@ fn cut_blocking(
     };
     let size = chunks.iter().map(|c| c.len).sum();
     if size != file.size {
-        return Err(OpError::Source {
+        return Err(OpError::MirrorSourceChanged {
             path: source.describe(&file.rel),
-            problem: format!(
-                "it changed while being read ({} bytes listed, {size} read): rerun the mirror",
-                file.size
-            ),
+            listed: file.size,
+            read: size,
         });
     }
     Ok(Cut {
@@ -721,7 +719,7 @@ impl FileCtx {
             }),
             (Source::Local { .. }, None) => match self.open_local(f)? {
                 Some(file) => Box::new(LocalPart(file)),
-                None => return Err(OpError::Invalid("a local source opened no file".into())),
+                None => return Err(OpError::Bug("a local source opened no file")),
             },
         };
         let mut at = 0;
@@ -780,7 +778,7 @@ impl FileCtx {
 }
 
 fn native_err(e: NativeError) -> OpError {
-    OpError::Invalid(e.to_string())
+    OpError::Native(e)
 }
 
 /// A local source file's path, size, mtime, ctime and inode as listed.

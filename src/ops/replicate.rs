@@ -191,13 +191,13 @@ pub async fn replicate(
                         .owns_chunk(c)
                     })
                     .unwrap_or(0);
-                return Err(OpError::Invalid(format!(
-                    "chunk {c} is missing from {} although every shard of run {:?} reported done: rerun shard {owner}/{} with --run {}",
-                    to.url(),
-                    s.run,
-                    s.shard.count,
-                    s.run
-                )));
+                return Err(OpError::ShardChunkMissing {
+                    chunk: *c,
+                    repo: to.url(),
+                    run: s.run.clone(),
+                    owner,
+                    count: s.shard.count,
+                });
             }
         }
     }
@@ -284,21 +284,19 @@ async fn adopt_plan(
         }
     };
     if plan.of != s.shard.count {
-        return Err(OpError::Invalid(format!(
-            "run {:?} in {} was planned with {} shards, not {}: give every shard of a run the same N, or start a new run id",
-            s.run,
-            to.url(),
-            plan.of,
-            s.shard.count
-        )));
+        return Err(OpError::ShardCountMismatch {
+            run: s.run.clone(),
+            repo: to.url(),
+            planned: plan.of,
+            given: s.shard.count,
+        });
     }
     if plan.from != from.id() {
-        return Err(OpError::Invalid(format!(
-            "run {:?} in {} replicates another source repository than {}: give each replication its own run id",
-            s.run,
-            to.url(),
-            from.url()
-        )));
+        return Err(OpError::RunFromOtherSource {
+            run: s.run.clone(),
+            repo: to.url(),
+            from: from.url(),
+        });
     }
     Ok(plan.refs)
 }

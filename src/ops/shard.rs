@@ -266,16 +266,18 @@ pub async fn commit(repo: &Repository, name: &str, run: &str) -> Result<ShardRep
         None => {
             let partials = repo.list_partials(name, run).await?;
             let Some(count) = partials.iter().map(|p| p.of).max() else {
-                return Err(OpError::Invalid(format!(
-                    "run {run:?} of ref {name:?} has no partial snapshots in {}: push with --shard I/N --run {run} first",
-                    repo.url()
-                )));
+                return Err(OpError::NoPartials {
+                    run: run.into(),
+                    name: name.into(),
+                    repo: repo.url(),
+                });
             };
             if partials.iter().any(|p| p.of != count) {
-                return Err(OpError::Invalid(format!(
-                    "run {run:?} of ref {name:?} in {} mixes shard counts: give every shard of a run the same N, or start a new run id",
-                    repo.url()
-                )));
+                return Err(OpError::MixedShardCounts {
+                    run: run.into(),
+                    name: name.into(),
+                    repo: repo.url(),
+                });
             }
             report.missing = (0..count)
                 .filter(|i| !partials.iter().any(|p| p.shard == *i))
