@@ -111,7 +111,7 @@ pub async fn replicate(
         let bytes = from.read_snapshot_bytes(id).await?;
         let snap = Snapshot::decode(&bytes).map_err(|p| crate::repo::RepoError::Corrupt {
             object: from.store().object_url(&crate::repo::snapshot_path(id)),
-            problem: p,
+            problem: p.to_string(),
         })?;
         let mut need = Vec::new();
         referenced.extend(snap.chunks().map(|c| c.0));

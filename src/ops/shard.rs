@@ -33,11 +33,18 @@ pub struct Shard {
     pub count: u32,
 }
 
-impl FromStr for Shard {
-    type Err = String;
+/// A `--shard` value that is not `I/N` with `0 <= I < N <=` [`MAX_SHARDS`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid shard {text:?}: write I/N with 0 <= I < N <= {MAX_SHARDS}")]
+pub struct BadShard {
+    pub text: String,
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid shard {s:?}: write I/N with 0 <= I < N <= {MAX_SHARDS}");
+impl FromStr for Shard {
+    type Err = BadShard;
+
+    fn from_str(s: &str) -> Result<Self, BadShard> {
+        let bad = || BadShard { text: s.into() };
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u32 = i.trim().parse().map_err(|_| bad())?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
@@ -374,7 +381,11 @@ mod tests {
     fn shard_specs_parse() {
         assert_eq!("2/4".parse(), Ok(Shard { index: 2, count: 4 }));
         for bad in ["4/4", "0/0", "1", "a/2", "-1/2", "0/5000"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+            assert_eq!(
+                bad.parse::<Shard>(),
+                Err(BadShard { text: bad.into() }),
+                "{bad}"
+            );
         }
     }
 
