@@ -241,6 +241,7 @@ pub async fn push_checked(
         .map(|((repo, _), p)| {
             PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
                 .repairing(p.damaged.clone())
+                .avoiding(p.marked.difference(&p.damaged).copied().collect())
         })
         .collect();
     let mut stored_new = 0u64;

@@ -55,6 +55,7 @@ mod raw;
 mod repair;
 mod replicate;
 mod restoring;
+mod retries;
 mod roundtrip;
 mod run;
 mod secrets;
