@@ -50,7 +50,7 @@ pub enum OpError {
         source: std::io::Error,
     },
     /// A source object whose key is no relative path ferry can record (`..`, empty parts).
-    #[error("{path}: {why}; ferry records relative paths without empty, '.' or '..' parts: rename the object")]
+    #[error("{path}: {why}: ferry records relative paths only; rename the object")]
     SourcePath { path: String, why: &'static str },
     /// A source object whose key no store can hold as it is.
     #[error("{path}: {source}")]
