@@ -39,6 +39,15 @@ pub struct FaultConfig {
 static FIRST_REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 impl FaultConfig {
+    /// Counts one request against `fail_first`; true when it is one of the process's first
+    /// `fail_first` and must fail (HTTP 503). For every path that injects faults, so that
+    /// "the first request" means the same whichever client makes it.
+    pub fn fails_first(&self) -> bool {
+        self.fail_first > 0 && FIRST_REQUESTS.fetch_add(1, Ordering::Relaxed) < self.fail_first
+    }
+}
+
+impl FaultConfig {
     /// Parses `rate=0.1,seed=7,latency_ms=5` (every key optional; rate defaults to 0.1).
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut cfg = FaultConfig {
@@ -128,8 +137,7 @@ impl FaultStore {
     /// of the process's first `fail_first` requests is a server error.
     fn draw(&self) -> (Option<Fault>, Duration) {
         let (fault, latency) = draw(&self.cfg, &self.requests);
-        let first = self.cfg.fail_first > 0
-            && FIRST_REQUESTS.fetch_add(1, Ordering::Relaxed) < self.cfg.fail_first;
+        let first = self.cfg.fails_first();
         (
             if first {
                 Some(Fault::ServerError)
