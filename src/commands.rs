@@ -89,9 +89,7 @@ pub fn new_config(chunk_avg: Option<u64>, pack_size: Option<u64>) -> Result<Repo
     };
     let pack_size = pack_size.unwrap_or(DEFAULT_PACK_SIZE);
     if !PACK_SIZE_RANGE.contains(&pack_size) {
-        return Err(OpError::Invalid(format!(
-            "pack size {pack_size} is out of range: choose between 1MiB and 1GiB (e.g. --pack-size 32MiB)"
-        )));
+        return Err(OpError::PackSizeOutOfRange { size: pack_size });
     }
     Ok(RepoConfig::new(chunker, pack_size))
 }
@@ -176,9 +174,10 @@ fn check_outside_source(source: &str, repo: &str) -> Result<(), OpError> {
     let inside =
         |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
     if inside(source, repo) || inside(repo, source) {
-        return Err(OpError::Invalid(format!(
-            "cannot push {source} into {repo}: one is inside the other; choose a repository outside the source"
-        )));
+        return Err(OpError::RepoInsideSource {
+            source_url: source.into(),
+            repo: repo.into(),
+        });
     }
     Ok(())
 }

@@ -7,19 +7,29 @@ use super::raw::RawJob;
 use super::validate::{duration, Env, Problems};
 use super::{Completion, JobConfig, JobKind, Layout, Pattern, ServerConfig, Target, Trigger};
 use crate::store::StoreUrl;
+use crate::store::UrlError;
 
 const DEFAULT_SETTLE: Duration = Duration::from_secs(10);
 const MIN_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// A store URL or a plain path; relative paths resolve against `env.cwd`.
-pub(super) fn parse_url(text: &str, env: &Env) -> Result<StoreUrl, String> {
+pub(super) fn parse_url(text: &str, env: &Env) -> Result<StoreUrl, UrlError> {
     let text = text.trim();
     let resolved = if !text.contains("://") && !text.starts_with('/') && !text.is_empty() {
         env.cwd.join(text).display().to_string()
     } else {
         text.to_string()
     };
-    resolved.parse::<StoreUrl>().map_err(|e| e.to_string())
+    resolved.parse::<StoreUrl>()
+}
+
+/// Why a job's source or target names no location.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LocationError {
+    #[error("no store named {name:?}: define [stores.{name}] with a url, or write a URL such as s3://bucket/prefix or ./folder")]
+    UnknownStore { name: String },
+    #[error(transparent)]
+    Url(#[from] UrlError),
 }
 
 /// A store name from `[stores]`, or a URL / path.
@@ -28,16 +38,14 @@ fn location(
     stores: &BTreeMap<String, Target>,
     default_price: f64,
     env: &Env,
-) -> Result<Target, String> {
+) -> Result<Target, LocationError> {
     if let Some(t) = stores.get(text) {
         return Ok(t.clone());
     }
     let looks_like_path =
         text.contains("://") || text.starts_with(['/', '.']) || text.contains('/');
     if !looks_like_path {
-        return Err(format!(
-            "no store named {text:?}: define [stores.{text}] with a url, or write a URL such as s3://bucket/prefix or ./folder"
-        ));
+        return Err(LocationError::UnknownStore { name: text.into() });
     }
     Ok(Target {
         label: text.to_string(),

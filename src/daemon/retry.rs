@@ -25,6 +25,7 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::repo::RepoError;
+    use crate::store::delta::NativeError;
     use crate::store::StoreError;
 
     #[test]
@@ -102,5 +103,136 @@ mod tests {
             classify(&store("put failed: HTTP 403: AccessDenied")),
             FailureKind::Permanent
         );
+        assert_eq!(
+            classify(&OpError::Repo(RepoError::Store(StoreError::Op {
+                op: "reading",
+                object: "s3://b/x".into(),
+                summary: "get failed: HTTP 503".into(),
+                hint: String::new(),
+                status: Some(503),
+                cause: Box::new(object_store::Error::Generic {
+                    store: "S3",
+                    source: "HTTP 503".into(),
+                }),
+            }))),
+            FailureKind::Transient,
+            "a store failure inside a repository error keeps the store's verdict"
+        );
+    }
+
+    /// Races are retried: the next attempt sees the world after the other writer.
+    #[test]
+    fn races_are_transient() {
+        let transient = [
+            OpError::Repo(RepoError::RefContention {
+                name: "m".into(),
+                url: "file:///r".into(),
+            }),
+            OpError::MirrorSourceChanged {
+                path: "/src/a".into(),
+                listed: 10,
+                read: 12,
+            },
+            OpError::PackWithdrawn {
+                pack: "p".into(),
+                repo: "file:///r".into(),
+                why: crate::ops::Withdrawn::Damaged,
+            },
+            OpError::Native(NativeError::Changed {
+                url: "s3://b/x".into(),
+                expected: "e1".into(),
+            }),
+            OpError::Native(NativeError::Source {
+                url: "s3://b/x".into(),
+                source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+            }),
+            OpError::Cancelled,
+        ];
+        for e in &transient {
+            assert_eq!(classify(e), FailureKind::Transient, "{e}");
+        }
+    }
+
+    /// What the user must fix first is not retried: the text says what to do.
+    #[test]
+    fn what_the_user_must_fix_is_permanent() {
+        let id = crate::ids::ChunkId::from(blake3::hash(b"x"));
+        let permanent = [
+            OpError::PackSizeOutOfRange { size: 1 },
+            OpError::TargetCount { count: 65 },
+            OpError::RepoInsideSource {
+                source_url: "file:///a".into(),
+                repo: "file:///a/r".into(),
+            },
+            OpError::MirrorInsideSource {
+                source_url: "file:///a".into(),
+                dest: "file:///a/m".into(),
+            },
+            OpError::DeleteEverything {
+                source_url: "file:///a".into(),
+                objects: 3,
+                dest: "s3://b/m".into(),
+            },
+            OpError::KeepEveryWithoutKeep,
+            OpError::KeepEveryZero,
+            OpError::NoPartials {
+                run: "r".into(),
+                name: "m".into(),
+                repo: "file:///r".into(),
+            },
+            OpError::MixedShardCounts {
+                run: "r".into(),
+                name: "m".into(),
+                repo: "file:///r".into(),
+            },
+            OpError::ShardCountMismatch {
+                run: "r".into(),
+                repo: "file:///r".into(),
+                planned: 2,
+                given: 3,
+            },
+            OpError::RunFromOtherSource {
+                run: "r".into(),
+                repo: "file:///r".into(),
+                from: "file:///s".into(),
+            },
+            OpError::ShardChunkMissing {
+                chunk: id,
+                repo: "file:///r".into(),
+                run: "r".into(),
+                owner: 1,
+                count: 2,
+            },
+            OpError::SourcePath {
+                path: "s3://b/a/../x".into(),
+                why: "'.' or '..' in path",
+            },
+            OpError::NonUtf8Name {
+                path: "/src/\u{fffd}".into(),
+            },
+            OpError::NonUtf8Target {
+                path: "/src/l".into(),
+            },
+            OpError::RestoredMismatch {
+                path: "a".into(),
+                got: id,
+                want: id,
+            },
+            OpError::Bug("a local source opened no file"),
+            OpError::Native(NativeError::Config("no endpoint".into())),
+            OpError::Native(NativeError::Source {
+                url: "s3://b/x".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        ];
+        for e in &permanent {
+            assert_eq!(classify(e), FailureKind::Permanent, "{e}");
+        }
+        // Each names the object it is about or the option to change.
+        assert!(permanent[0].to_string().contains("--pack-size"));
+        assert!(permanent[3].to_string().contains("file:///a/m"));
+        assert!(permanent[11]
+            .to_string()
+            .contains("rerun shard 1/2 with --run r"));
     }
 }

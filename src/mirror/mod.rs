@@ -190,15 +190,16 @@ pub fn check_no_overlap(source: &str, dest: &str) -> Result<(), OpError> {
     let inside =
         |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
     if inside(source, dest) || inside(dest, source) {
-        return Err(OpError::Invalid(format!(
-            "cannot mirror {source} to {dest}: one is inside the other; choose a destination outside the source"
-        )));
+        return Err(OpError::MirrorInsideSource {
+            source_url: source.into(),
+            dest: dest.into(),
+        });
     }
     Ok(())
 }
 
 fn native_err(e: NativeError) -> OpError {
-    OpError::Store(e.into())
+    OpError::Native(e)
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ pub(super) fn part_source(
         }),
         (Source::Local { .. }, None) => match open_local(source, f)? {
             Some(file) => Box::new(LocalPart(file)),
-            None => return Err(OpError::Invalid("a local source opened no file".into())),
+            None => return Err(OpError::Bug("a local source opened no file")),
         },
     };
     let mut at = 0;
@@ -166,12 +166,10 @@ pub(super) fn cut_blocking(
     };
     let size = chunks.iter().map(|c| c.len).sum();
     if size != file.size {
-        return Err(OpError::Source {
+        return Err(OpError::MirrorSourceChanged {
             path: source.describe(&file.rel),
-            problem: format!(
-                "it changed while being read ({} bytes listed, {size} read): rerun the mirror",
-                file.size
-            ),
+            listed: file.size,
+            read: size,
         });
     }
     Ok(Cut {

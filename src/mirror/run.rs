@@ -210,12 +210,11 @@ async fn delete_gone(
         .filter(|(k, _)| !present.contains(*k))
         .collect();
     if report.files == 0 && !doomed.is_empty() {
-        return Err(OpError::Invalid(format!(
-            "{} lists no files: refusing --delete, which would remove all {} objects under {} (is the folder mounted, the prefix right?)",
-            report.source,
-            doomed.len(),
-            report.dest
-        )));
+        return Err(OpError::DeleteEverything {
+            source_url: report.source.clone(),
+            objects: doomed.len(),
+            dest: report.dest.clone(),
+        });
     }
     let mut actions = Vec::new();
     for (path, object) in doomed {

@@ -389,12 +389,10 @@ pub async fn forget(
     dry_run: bool,
 ) -> Result<ForgetReport, OpError> {
     if keep.keep_last == 0 && keep.keep_every.is_some() {
-        return Err(OpError::Invalid(
-            "deleting a ref keeps nothing: drop --keep-every, or keep the newest with --keep-last 1".into(),
-        ));
+        return Err(OpError::KeepEveryWithoutKeep);
     }
     if keep.keep_every == Some(0) {
-        return Err(OpError::Invalid("--keep-every must be at least 1".into()));
+        return Err(OpError::KeepEveryZero);
     }
     let log = repo.ref_log(name).await?;
     if log.is_empty() {

@@ -545,12 +545,10 @@ impl Out {
     async fn finish(&mut self, f: &FileOut<'_>) -> Result<(), OpError> {
         let got = ChunkId::from(self.hasher.take().unwrap_or_default().finalize());
         if got != *f.blake3 {
-            return Err(OpError::Source {
+            return Err(OpError::RestoredMismatch {
                 path: f.dest.display().to_string(),
-                problem: format!(
-                    "pulled content hashes to {got}, the snapshot says {}",
-                    f.blake3
-                ),
+                got,
+                want: *f.blake3,
             });
         }
         let file = self.take_file()?;

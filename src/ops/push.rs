@@ -158,7 +158,9 @@ pub async fn push_checked(
     let started = Instant::now();
     let time = SystemTime::now();
     if targets.is_empty() || targets.len() > 64 {
-        return Err(OpError::Invalid("push takes 1 to 64 repositories".into()));
+        return Err(OpError::TargetCount {
+            count: targets.len(),
+        });
     }
     let params = targets[0].0.config().chunker;
     let level = targets[0].0.config().zstd_level;
@@ -239,6 +241,7 @@ pub async fn push_checked(
         .map(|((repo, _), p)| {
             PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
                 .repairing(p.damaged.clone())
+                .avoiding(p.marked.difference(&p.damaged).copied().collect())
         })
         .collect();
     let mut stored_new = 0u64;

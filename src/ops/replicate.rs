@@ -100,7 +100,13 @@ pub async fn replicate(
     }
 
     let owns = |c: &ChunkId| sharded.is_none_or(|s| s.shard.owns_chunk(c));
-    let mut uploader = PackUploader::new(to.clone(), to_index.clone(), 2);
+    let mut uploader = PackUploader::new(to.clone(), to_index.clone(), 2).avoiding(
+        to_presence
+            .marked
+            .difference(&to_presence.damaged)
+            .copied()
+            .collect(),
+    );
     let mut sent: HashSet<ChunkId> = HashSet::new();
     let mut owned: HashSet<ChunkId> = HashSet::new();
     let mut bytes_downloaded = 0;
@@ -111,7 +117,7 @@ pub async fn replicate(
         let bytes = from.read_snapshot_bytes(id).await?;
         let snap = Snapshot::decode(&bytes).map_err(|p| crate::repo::RepoError::Corrupt {
             object: from.store().object_url(&crate::repo::snapshot_path(id)),
-            problem: p,
+            problem: p.to_string(),
         })?;
         let mut need = Vec::new();
         referenced.extend(snap.chunks().map(|c| c.0));
@@ -191,13 +197,13 @@ pub async fn replicate(
                         .owns_chunk(c)
                     })
                     .unwrap_or(0);
-                return Err(OpError::Invalid(format!(
-                    "chunk {c} is missing from {} although every shard of run {:?} reported done: rerun shard {owner}/{} with --run {}",
-                    to.url(),
-                    s.run,
-                    s.shard.count,
-                    s.run
-                )));
+                return Err(OpError::ShardChunkMissing {
+                    chunk: *c,
+                    repo: to.url(),
+                    run: s.run.clone(),
+                    owner,
+                    count: s.shard.count,
+                });
             }
         }
     }
@@ -284,21 +290,19 @@ async fn adopt_plan(
         }
     };
     if plan.of != s.shard.count {
-        return Err(OpError::Invalid(format!(
-            "run {:?} in {} was planned with {} shards, not {}: give every shard of a run the same N, or start a new run id",
-            s.run,
-            to.url(),
-            plan.of,
-            s.shard.count
-        )));
+        return Err(OpError::ShardCountMismatch {
+            run: s.run.clone(),
+            repo: to.url(),
+            planned: plan.of,
+            given: s.shard.count,
+        });
     }
     if plan.from != from.id() {
-        return Err(OpError::Invalid(format!(
-            "run {:?} in {} replicates another source repository than {}: give each replication its own run id",
-            s.run,
-            to.url(),
-            from.url()
-        )));
+        return Err(OpError::RunFromOtherSource {
+            run: s.run.clone(),
+            repo: to.url(),
+            from: from.url(),
+        });
     }
     Ok(plan.refs)
 }

@@ -369,12 +369,10 @@ where
     }
     let got = ChunkId::from(hasher.finalize());
     if got != *file.blake3 {
-        return Err(OpError::Source {
+        return Err(OpError::RestoredMismatch {
             path: file.path.into(),
-            problem: format!(
-                "restored content hashes to {got}, the snapshot says {}",
-                file.blake3
-            ),
+            got,
+            want: *file.blake3,
         });
     }
     Ok((downloaded, n))

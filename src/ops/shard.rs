@@ -33,11 +33,18 @@ pub struct Shard {
     pub count: u32,
 }
 
-impl FromStr for Shard {
-    type Err = String;
+/// A `--shard` value that is not `I/N` with `0 <= I < N <=` [`MAX_SHARDS`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid shard {text:?}: write I/N with 0 <= I < N <= {MAX_SHARDS}")]
+pub struct BadShard {
+    pub text: String,
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid shard {s:?}: write I/N with 0 <= I < N <= {MAX_SHARDS}");
+impl FromStr for Shard {
+    type Err = BadShard;
+
+    fn from_str(s: &str) -> Result<Self, BadShard> {
+        let bad = || BadShard { text: s.into() };
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u32 = i.trim().parse().map_err(|_| bad())?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
@@ -266,16 +273,18 @@ pub async fn commit(repo: &Repository, name: &str, run: &str) -> Result<ShardRep
         None => {
             let partials = repo.list_partials(name, run).await?;
             let Some(count) = partials.iter().map(|p| p.of).max() else {
-                return Err(OpError::Invalid(format!(
-                    "run {run:?} of ref {name:?} has no partial snapshots in {}: push with --shard I/N --run {run} first",
-                    repo.url()
-                )));
+                return Err(OpError::NoPartials {
+                    run: run.into(),
+                    name: name.into(),
+                    repo: repo.url(),
+                });
             };
             if partials.iter().any(|p| p.of != count) {
-                return Err(OpError::Invalid(format!(
-                    "run {run:?} of ref {name:?} in {} mixes shard counts: give every shard of a run the same N, or start a new run id",
-                    repo.url()
-                )));
+                return Err(OpError::MixedShardCounts {
+                    run: run.into(),
+                    name: name.into(),
+                    repo: repo.url(),
+                });
             }
             report.missing = (0..count)
                 .filter(|i| !partials.iter().any(|p| p.shard == *i))
@@ -372,7 +381,11 @@ mod tests {
     fn shard_specs_parse() {
         assert_eq!("2/4".parse(), Ok(Shard { index: 2, count: 4 }));
         for bad in ["4/4", "0/0", "1", "a/2", "-1/2", "0/5000"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+            assert_eq!(
+                bad.parse::<Shard>(),
+                Err(BadShard { text: bad.into() }),
+                "{bad}"
+            );
         }
     }
 

@@ -83,9 +83,9 @@ impl Source {
                 let mut out = Vec::new();
                 for meta in store.list(None).await? {
                     let rel = meta.location.as_ref().to_string();
-                    check_path(&rel).map_err(|why| OpError::Source {
+                    check_path(&rel).map_err(|why| OpError::SourcePath {
                         path: store.object_url(&meta.location),
-                        problem: why.into(),
+                        why,
                     })?;
                     out.push(SourceEntry::File(SourceFile {
                         rel,
@@ -121,9 +121,9 @@ impl Source {
             }
             Source::Objects(store) => {
                 // The key exactly as listed: `Path::from` would percent-encode it again.
-                let path = object_key(&file.rel).map_err(|e| OpError::Source {
+                let path = object_key(&file.rel).map_err(|source| OpError::SourceKey {
                     path: store.url().join(&file.rel),
-                    problem: e.to_string(),
+                    source,
                 })?;
                 let got = rt.block_on(store.get_stream(&path))?;
                 let stream = got.map_err(std::io::Error::other);
@@ -184,13 +184,12 @@ pub(crate) fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
 fn list_local(root: &Path, single_file: bool) -> Result<Vec<SourceEntry>, OpError> {
     if single_file {
         let meta = std::fs::metadata(root).map_err(|e| OpError::io(root.display(), e))?;
-        let name = root
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| OpError::Source {
-                path: root.display().to_string(),
-                problem: "file name is not UTF-8".into(),
-            })?;
+        let name =
+            root.file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| OpError::NonUtf8Name {
+                    path: root.display().to_string(),
+                })?;
         return Ok(vec![SourceEntry::File(SourceFile {
             rel: name.to_string(),
             size: meta.len(),
@@ -213,9 +212,8 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<(), OpEr
         let name = entry
             .file_name()
             .into_string()
-            .map_err(|n| OpError::Source {
+            .map_err(|n| OpError::NonUtf8Name {
                 path: dir.join(n).display().to_string(),
-                problem: "file name is not UTF-8; ferry stores UTF-8 paths".into(),
             })?;
         children.push((name, entry.path()));
     }
@@ -231,13 +229,13 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<SourceEntry>) -> Result<(), OpEr
         let mode = meta.permissions().mode() & 0o7777;
         if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| OpError::io(path.display(), e))?;
-            let target = target
-                .into_os_string()
-                .into_string()
-                .map_err(|_| OpError::Source {
-                    path: path.display().to_string(),
-                    problem: "symlink target is not UTF-8".into(),
-                })?;
+            let target =
+                target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| OpError::NonUtf8Target {
+                        path: path.display().to_string(),
+                    })?;
             out.push(SourceEntry::Symlink { rel, target });
         } else if ft.is_dir() {
             out.push(SourceEntry::Dir {

@@ -10,8 +10,30 @@ use tokio::task::JoinSet;
 use crate::ids::{ChunkId, PackId};
 use crate::index::RepoIndex;
 use crate::ops::OpError;
-use crate::repo::pack::{PackBuilder, PackIndex};
+use crate::repo::pack::{PackBuilder, PackIndex, SealedPack};
 use crate::repo::Repository;
+
+/// Seals `builder`; if that names a pack a gc marked, seals the same frames rotated (first
+/// frame last), for up to one rotation per frame, so the chunks land under a new id. A
+/// one-frame pack cannot change: it keeps the marked id until gc deletes or unmarks it.
+fn seal_avoiding(builder: PackBuilder, marked: &HashSet<PackId>) -> SealedPack {
+    let mut sealed = builder.seal();
+    let n = sealed.entries.len();
+    for _ in 1..n {
+        if !marked.contains(&sealed.id) {
+            break;
+        }
+        tracing::debug!(pack = %sealed.id, "a gc marked this very pack: sealing its frames in another order");
+        let mut again = PackBuilder::new();
+        for e in sealed.entries.iter().cycle().skip(1).take(n) {
+            let start = e.offset as usize;
+            let frame = &sealed.data[start..start + e.frame_len as usize];
+            again.add(e.chunk, frame, e.raw_len);
+        }
+        sealed = again.seal();
+    }
+    sealed
+}
 
 /// What one uploader sent.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -35,6 +57,10 @@ pub struct PackUploader {
     /// Packs marked damaged (`bad/<pack id>`): writing one of them again writes its correct
     /// bytes (a pack is named by its content), so its damage mark is removed.
     damaged: Arc<HashSet<PackId>>,
+    /// Packs a gc marked (`gc/<pack id>`). Their chunks are uploaded anew, and when the same
+    /// chunks in the same order would make the same pack again, and so the same id, that
+    /// marked id would fail the snapshot once more: such a pack is sealed in another order.
+    gc_marked: Arc<HashSet<PackId>>,
 }
 
 impl PackUploader {
@@ -50,7 +76,14 @@ impl PackUploader {
             tasks: JoinSet::new(),
             stats: UploadStats::default(),
             damaged: Arc::default(),
+            gc_marked: Arc::default(),
         }
+    }
+
+    /// Tells the uploader which packs a gc marked (see the field).
+    pub fn avoiding(mut self, gc_marked: HashSet<PackId>) -> Self {
+        self.gc_marked = Arc::new(gc_marked);
+        self
     }
 
     /// Tells the uploader which packs are marked damaged (see the field).
@@ -96,7 +129,8 @@ impl PackUploader {
             .await
             .map_err(|_| OpError::Cancelled)?;
         let builder = std::mem::take(&mut self.builder);
-        let sealed = tokio::task::spawn_blocking(move || builder.seal())
+        let marked = self.gc_marked.clone();
+        let sealed = tokio::task::spawn_blocking(move || seal_avoiding(builder, &marked))
             .await
             .map_err(OpError::join)?;
         let repo = self.repo.clone();
@@ -132,5 +166,50 @@ impl PackUploader {
             self.stats.packs_uploaded += 1;
         }
         Ok(self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::read_pack_table;
+
+    fn builder(frames: &[&[u8]]) -> PackBuilder {
+        let mut b = PackBuilder::new();
+        for f in frames {
+            b.add(ChunkId::from(blake3::hash(f)), f, f.len() as u32);
+        }
+        b
+    }
+
+    /// The chunks of a marked pack, packed again alike, get another id, and the pack still
+    /// holds every frame where its table says.
+    #[test]
+    fn a_pack_a_gc_marked_is_sealed_under_another_id() {
+        let frames: [&[u8]; 3] = [b"first frame", b"second", b"third frame!"];
+        let plain = builder(&frames).seal();
+        let same = seal_avoiding(builder(&frames), &HashSet::new());
+        assert_eq!(same.id, plain.id, "nothing marked: sealed as always");
+
+        let moved = seal_avoiding(builder(&frames), &HashSet::from([plain.id]));
+        assert_ne!(moved.id, plain.id);
+        assert_eq!(moved.id, PackId::of(&moved.data));
+        let table = read_pack_table(&moved.data).expect("a valid pack");
+        assert_eq!(table, moved.entries);
+        let mut chunks: Vec<ChunkId> = table.iter().map(|e| e.chunk).collect();
+        chunks.sort();
+        let mut want: Vec<ChunkId> = plain.entries.iter().map(|e| e.chunk).collect();
+        want.sort();
+        assert_eq!(chunks, want);
+        for e in &table {
+            let start = e.offset as usize;
+            let frame = &moved.data[start..start + e.frame_len as usize];
+            assert_eq!(ChunkId::from(blake3::hash(frame)), e.chunk);
+        }
+
+        // One frame has one order only.
+        let single = builder(&frames[..1]).seal();
+        let kept = seal_avoiding(builder(&frames[..1]), &HashSet::from([single.id]));
+        assert_eq!(kept.id, single.id);
     }
 }

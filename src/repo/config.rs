@@ -55,37 +55,35 @@ impl RepoConfig {
     }
 
     /// Parses and checks a config object's bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, ConfigError> {
         #[derive(Deserialize)]
         struct Probe {
             format: Option<String>,
             version: Option<u32>,
         }
-        let probe: Probe =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a ferry config: {e}"))?;
+        let probe: Probe = serde_json::from_slice(bytes).map_err(ConfigError::NotJson)?;
         if probe.format.as_deref() != Some(FORMAT_NAME) {
-            return Err("not a ferry repository config".into());
+            return Err(ConfigError::NotFerry);
         }
         match probe.version {
-            Some(v) if v > FORMAT_VERSION => {
-                return Err(format!(
-                    "format version {v} is newer than this ferry reads ({FORMAT_VERSION}): upgrade ferry"
-                ))
-            }
+            Some(v) if v > FORMAT_VERSION => return Err(ConfigError::Newer { version: v }),
             Some(_) => {}
-            None => return Err("config has no version".into()),
+            None => return Err(ConfigError::NoVersion),
         }
-        let cfg: RepoConfig =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid config: {e}"))?;
-        cfg.chunker.validate().map_err(|e| e.to_string())?;
+        let cfg: RepoConfig = serde_json::from_slice(bytes).map_err(ConfigError::Invalid)?;
+        cfg.chunker.validate()?;
         if !PACK_SIZE_RANGE.contains(&cfg.pack_size) {
-            return Err(format!("pack size {} out of range", cfg.pack_size));
+            return Err(ConfigError::PackSize {
+                size: cfg.pack_size,
+            });
         }
         if cfg.id.is_empty() || !cfg.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err("config id must be alphanumeric".into());
+            return Err(ConfigError::BadId);
         }
         if !(-7..=22).contains(&cfg.zstd_level) {
-            return Err(format!("zstd level {} out of range", cfg.zstd_level));
+            return Err(ConfigError::ZstdLevel {
+                level: cfg.zstd_level,
+            });
         }
         Ok(cfg)
     }
@@ -97,6 +95,31 @@ impl RepoConfig {
     }
 }
 
+/// Why bytes are not a repository config this ferry can use. The repository names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("not a ferry config: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not a ferry repository config")]
+    NotFerry,
+    #[error(
+        "format version {version} is newer than this ferry reads ({FORMAT_VERSION}): upgrade ferry"
+    )]
+    Newer { version: u32 },
+    #[error("config has no version")]
+    NoVersion,
+    #[error("invalid config: {0}")]
+    Invalid(#[source] serde_json::Error),
+    #[error(transparent)]
+    Chunker(#[from] crate::chunker::ChunkerParamsError),
+    #[error("pack size {size} out of range")]
+    PackSize { size: u64 },
+    #[error("config id must be alphanumeric")]
+    BadId,
+    #[error("zstd level {level} out of range")]
+    ZstdLevel { level: i32 },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,19 +128,26 @@ mod tests {
     fn round_trip_and_rejects() {
         let cfg = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
         assert_eq!(RepoConfig::decode(&cfg.encode()).unwrap(), cfg);
-        assert!(RepoConfig::decode(b"{}")
-            .unwrap_err()
-            .contains("not a ferry"));
-        assert!(RepoConfig::decode(b"\x00garbage").is_err());
+        assert!(matches!(
+            RepoConfig::decode(b"{}"),
+            Err(ConfigError::NotFerry)
+        ));
+        assert!(matches!(
+            RepoConfig::decode(b"\x00garbage"),
+            Err(ConfigError::NotJson(_))
+        ));
         let newer = String::from_utf8(cfg.encode())
             .unwrap()
             .replace("\"version\": 1", "\"version\": 99");
-        assert!(RepoConfig::decode(newer.as_bytes())
-            .unwrap_err()
-            .contains("upgrade"));
+        let err = RepoConfig::decode(newer.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::Newer { version: 99 }), "{err}");
+        assert!(err.to_string().contains("upgrade ferry"), "{err}");
         let unknown = String::from_utf8(cfg.encode())
             .unwrap()
             .replacen('{', "{\"extra\": 1,", 1);
-        assert!(RepoConfig::decode(unknown.as_bytes()).is_err());
+        assert!(matches!(
+            RepoConfig::decode(unknown.as_bytes()),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

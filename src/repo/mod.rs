@@ -61,12 +61,24 @@ pub struct RefEntry {
 
 impl RefEntry {
     /// Parses a ref log entry and checks its name.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let e: RefEntry =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid ref entry: {e}"))?;
-        check_ref_name(&e.name).map_err(|e| e.to_string())?;
+    pub fn decode(bytes: &[u8]) -> Result<Self, RefEntryError> {
+        let e: RefEntry = serde_json::from_slice(bytes).map_err(RefEntryError::Json)?;
+        check_ref_name(&e.name).map_err(|_| RefEntryError::BadName {
+            name: e.name.clone(),
+        })?;
         Ok(e)
     }
+}
+
+/// Why bytes are not a ref log entry. The repository names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum RefEntryError {
+    #[error("invalid ref entry: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error(
+        "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
+    )]
+    BadName { name: String },
 }
 
 /// An object found by listing: its id, size and last-modified time (the store's clock).
@@ -210,7 +222,7 @@ impl Repository {
             .map(Some)
             .map_err(|problem| RepoError::Corrupt {
                 object: store.object_url(&config_path()),
-                problem,
+                problem: problem.to_string(),
             })
     }
 
@@ -422,7 +434,7 @@ impl Repository {
 
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let bytes = self.read_snapshot_bytes(id).await?;
-        Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p))
+        Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p.to_string()))
     }
 
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
@@ -449,7 +461,7 @@ impl Repository {
 
     async fn read_ref_entry(&self, path: &Path) -> Result<RefEntry, RepoError> {
         let bytes = self.store.get(path).await?;
-        let entry = RefEntry::decode(&bytes).map_err(|e| self.corrupt(path, e))?;
+        let entry = RefEntry::decode(&bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
         // The log's order comes from object names: an entry must sit where its name and
         // sequence number say, or the history would not be the one its entries claim.
         let home = ref_path(&entry.name, entry.seq);

@@ -121,41 +121,40 @@ impl Snapshot {
     }
 
     /// Parses a snapshot object and checks every path and each file's chunk lengths.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let body = bytes
-            .strip_prefix(MAGIC)
-            .ok_or("bad magic: not a ferry snapshot (or a newer format version)")?;
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let body = bytes.strip_prefix(MAGIC).ok_or(SnapshotError::BadMagic)?;
         let mut json = Vec::new();
         zstd::stream::read::Decoder::new(body)
             .and_then(|d| std::io::Read::take(d, MAX_JSON as u64 + 1).read_to_end(&mut json))
-            .map_err(|e| format!("does not decompress: {e}"))?;
+            .map_err(SnapshotError::Decompress)?;
         if json.len() > MAX_JSON {
-            return Err("larger than 4 GiB once decompressed".into());
+            return Err(SnapshotError::TooLarge);
         }
         #[derive(Deserialize)]
         struct Probe {
             version: u32,
         }
-        let probe: Probe =
-            serde_json::from_slice(&json).map_err(|e| format!("invalid snapshot: {e}"))?;
+        let probe: Probe = serde_json::from_slice(&json).map_err(SnapshotError::Json)?;
         if probe.version > SNAPSHOT_VERSION {
-            return Err(format!(
-                "snapshot version {} is newer than this ferry reads: upgrade ferry",
-                probe.version
-            ));
+            return Err(SnapshotError::Newer {
+                version: probe.version,
+            });
         }
-        let snap: Snapshot =
-            serde_json::from_slice(&json).map_err(|e| format!("invalid snapshot: {e}"))?;
+        let snap: Snapshot = serde_json::from_slice(&json).map_err(SnapshotError::Json)?;
         check_order(&snap.entries)?;
         for e in &snap.entries {
-            check_path(e.path()).map_err(|why| format!("entry {:?}: {why}", e.path()))?;
+            check_path(e.path()).map_err(|why| SnapshotError::BadPath {
+                path: e.path().into(),
+                why,
+            })?;
             if let Entry::File { size, chunks, .. } = e {
                 let sum: u64 = chunks.iter().map(|c| c.1 as u64).sum();
                 if sum != *size {
-                    return Err(format!(
-                        "entry {:?}: chunk lengths add up to {sum}, not {size}",
-                        e.path()
-                    ));
+                    return Err(SnapshotError::ChunkLengths {
+                        path: e.path().into(),
+                        sum,
+                        size: *size,
+                    });
                 }
             }
         }
@@ -176,7 +175,7 @@ pub fn path_order(a: &str, b: &str) -> Ordering {
 /// Entries must be strictly increasing by [`path_order`], or by plain byte order (what
 /// pushes from object prefixes and sharded pushes write); either way a folder comes before
 /// its contents and no path appears twice.
-fn check_order(entries: &[Entry]) -> Result<(), String> {
+fn check_order(entries: &[Entry]) -> Result<(), SnapshotError> {
     let first_unsorted = |cmp: fn(&str, &str) -> Ordering| {
         entries
             .windows(2)
@@ -190,13 +189,38 @@ fn check_order(entries: &[Entry]) -> Result<(), String> {
     }
     let mut seen = HashSet::with_capacity(entries.len());
     if let Some(twice) = entries.iter().find(|e| !seen.insert(e.path())) {
-        return Err(format!("entry {:?} appears twice", twice.path()));
+        return Err(SnapshotError::Twice {
+            path: twice.path().into(),
+        });
     }
-    Err(format!(
-        "entries are not sorted by path: {:?} comes before {:?}",
-        entries[at].path(),
-        entries[at + 1].path()
-    ))
+    Err(SnapshotError::Unsorted {
+        first: entries[at].path().into(),
+        then: entries[at + 1].path().into(),
+    })
+}
+
+/// Why bytes are not a snapshot ferry can read. The repository names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("bad magic: not a ferry snapshot (or a newer format version)")]
+    BadMagic,
+    #[error("does not decompress: {0}")]
+    Decompress(#[source] std::io::Error),
+    #[error("larger than 4 GiB once decompressed")]
+    TooLarge,
+    #[error("invalid snapshot: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("snapshot version {version} is newer than this ferry reads: upgrade ferry")]
+    Newer { version: u32 },
+    #[error("entry {path:?} appears twice")]
+    Twice { path: String },
+    #[error("entries are not sorted by path: {first:?} comes before {then:?}")]
+    Unsorted { first: String, then: String },
+    /// A path restore would refuse (absolute, `..`, empty parts, NUL).
+    #[error("entry {path:?}: {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error("entry {path:?}: chunk lengths add up to {sum}, not {size}")]
+    ChunkLengths { path: String, sum: u64, size: u64 },
 }
 
 /// Checks a snapshot path: relative, `/`-separated, no empty, `.` or `..` parts, no NUL.
@@ -280,7 +304,10 @@ mod tests {
                 *path = bad.into();
             }
             let err = Snapshot::decode(&s.encode()).unwrap_err();
-            assert!(err.contains("entry"), "{bad:?}: {err}");
+            assert!(
+                matches!(&err, SnapshotError::BadPath { path, .. } if path == bad),
+                "{bad:?}: {err}"
+            );
         }
     }
 
@@ -291,18 +318,18 @@ mod tests {
             path: "d/f".into(),
             target: "x".into(),
         });
-        let err = Snapshot::decode(&dup.encode()).unwrap_err();
+        let err = Snapshot::decode(&dup.encode()).unwrap_err().to_string();
         assert!(err.contains("\"d/f\" appears twice"), "{err}");
 
         let mut same = sample();
         same.entries.push(same.entries[2].clone());
         let err = Snapshot::decode(&same.encode()).unwrap_err();
-        assert!(err.contains("appears twice"), "{err}");
+        assert!(matches!(err, SnapshotError::Twice { .. }), "{err}");
 
         let mut unsorted = sample();
         unsorted.entries.swap(0, 1);
         let err = Snapshot::decode(&unsorted.encode()).unwrap_err();
-        assert!(err.contains("not sorted"), "{err}");
+        assert!(matches!(err, SnapshotError::Unsorted { .. }), "{err}");
     }
 
     #[test]
@@ -372,6 +399,7 @@ mod tests {
         }
         assert!(Snapshot::decode(&s.encode())
             .unwrap_err()
-            .contains("add up"));
+            .to_string()
+            .contains("add up to"));
     }
 }

@@ -17,37 +17,48 @@ use super::{api, AppState};
 pub(crate) async fn same_origin(State(s): State<AppState>, req: Request, next: Next) -> Response {
     match check(req.method(), req.headers(), &s.allowed_hosts) {
         Ok(()) => next.run(req).await,
-        Err(why) => api::error(StatusCode::FORBIDDEN, &why),
+        Err(why) => api::error(StatusCode::FORBIDDEN, &why.to_string()),
     }
 }
 
-/// `Ok` when the request may go on; else why not, for the error body.
+/// Why a request may not go on; the text is the error body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error("the Host header is not text")]
+    HostNotText,
+    /// A name this server does not answer to (DNS rebinding).
+    #[error("this server does not answer to the host {host:?}: use its IP address or localhost, or add the name to server.allowed_hosts")]
+    UnknownHost { host: String },
+    /// A mutating request from another site's page.
+    #[error("cross-origin {method} refused: send it from the dashboard's own page, or without an Origin header (curl)")]
+    CrossOrigin { method: Method },
+}
+
+/// `Ok` when the request may go on; else why not.
 pub(crate) fn check(
     method: &Method,
     headers: &HeaderMap,
     allowed: &[String],
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let text = |name: &str| {
         headers
             .get(name)
             .map(|v| v.to_str().map(str::trim).map_err(|_| ()))
             .transpose()
     };
-    let host =
-        text(header::HOST.as_str()).map_err(|()| "the Host header is not text".to_string())?;
+    let host = text(header::HOST.as_str()).map_err(|()| Refused::HostNotText)?;
     if let Some(host) = host {
         if !host_allowed(host, allowed) {
-            return Err(format!(
-                "this server does not answer to the host {:?}: use its IP address or localhost, or add the name to server.allowed_hosts",
-                host_name(host)
-            ));
+            return Err(Refused::UnknownHost {
+                host: host_name(host),
+            });
         }
     }
     if method.is_safe() {
         return Ok(());
     }
-    let cross = || {
-        format!("cross-origin {method} refused: send it from the dashboard's own page, or without an Origin header (curl)")
+    let cross = || Refused::CrossOrigin {
+        method: method.clone(),
     };
     match text(header::ORIGIN.as_str()).map_err(|()| cross())? {
         Some(origin) => {
@@ -159,7 +170,17 @@ mod tests {
                 h
             };
             let e = check(&post, &h, &[]).unwrap_err();
-            assert!(e.contains("cross-origin POST refused"), "{origin}: {e}");
+            assert_eq!(
+                e,
+                Refused::CrossOrigin {
+                    method: Method::POST
+                },
+                "{origin}"
+            );
+            assert!(
+                e.to_string().contains("cross-origin POST refused"),
+                "{origin}: {e}"
+            );
             // Reads are not mutating: the same origin may GET (CORS keeps the answer from it).
             assert!(check(&Method::GET, &h, &[]).is_ok(), "{origin}");
         }
@@ -169,7 +190,7 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        assert!(e.contains("cross-origin"), "{e}");
+        assert!(matches!(e, Refused::CrossOrigin { .. }), "{e}");
         assert!(check(
             &post,
             &headers(&[host, ("sec-fetch-site", "same-origin")]),
@@ -182,6 +203,13 @@ mod tests {
             &[],
         )
         .unwrap_err();
+        assert_eq!(
+            e,
+            Refused::UnknownHost {
+                host: "evil.example".into()
+            }
+        );
+        let e = e.to_string();
         assert!(
             e.contains("server.allowed_hosts") && e.contains("evil.example"),
             "{e}"

@@ -245,6 +245,7 @@ mod tests {
                 rate: 1.0,
                 seed,
                 max_latency: Duration::ZERO,
+                fail_first: 0,
             }),
             ..StoreOptions::default()
         }

@@ -56,6 +56,7 @@ mod raw;
 mod repair;
 mod replicate;
 mod restoring;
+mod retries;
 mod roundtrip;
 mod run;
 mod secrets;

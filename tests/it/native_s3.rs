@@ -748,6 +748,7 @@ fn a_missing_bucket_is_permanent_with_its_status() {
             rate: 1.0,
             seed: 11,
             max_latency: std::time::Duration::ZERO,
+            fail_first: 0,
         }),
         ..options
     };

@@ -40,9 +40,12 @@ impl FaultDelta {
 
     /// Sleeps the drawn latency; fails the call `op` on `key` if a fault is drawn.
     async fn before(&self, op: &'static str, key: &str) -> Result<(), NativeError> {
-        let (fault, latency) = draw(&self.cfg, &self.requests);
+        let (mut fault, latency) = draw(&self.cfg, &self.requests);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        if self.cfg.fails_first() {
+            fault = Some(Fault::ServerError);
         }
         let Some(fault) = fault else {
             return Ok(());
@@ -157,6 +160,7 @@ mod tests {
                 rate: 0.3,
                 seed: 5,
                 max_latency: Duration::ZERO,
+                fail_first: 0,
             },
         );
         let parts = [Part::Send {

@@ -2,7 +2,10 @@
 //! share of requests (HTTP 5xx, timeouts, connection resets, bodies cut short) and adds
 //! latency. A faulted delete does delete, then answers NotFound, as the client's retry of a
 //! delete whose response was lost does. Enabled in the binary by `FERRY_FAULTS=rate=0.1,seed=7,latency_ms=5`; never
-//! enabled otherwise. [`FaultDelta`] does the same to native delta writes, from the same spec.
+//! enabled otherwise. `fail_first=N` fails the process's first N requests with HTTP 503,
+//! counted across every store it opens (a retry opens new ones), so a test can make exactly
+//! the first attempt of a daemon run fail. [`FaultDelta`] does the same to native delta
+//! writes, from the same spec.
 
 mod delta;
 
@@ -32,6 +35,21 @@ pub struct FaultConfig {
     pub seed: u64,
     /// Upper bound of the random latency added to every request.
     pub max_latency: Duration,
+    /// The process's first this many requests (deletes aside) fail with HTTP 503, whatever
+    /// the rate.
+    pub fail_first: u64,
+}
+
+/// Requests counted against [`FaultConfig::fail_first`], across every store of the process.
+static FIRST_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+impl FaultConfig {
+    /// Counts one request against `fail_first`; true when it is one of the process's first
+    /// `fail_first` and must fail (HTTP 503). For every path that injects faults, so that
+    /// "the first request" means the same whichever client makes it.
+    pub fn fails_first(&self) -> bool {
+        self.fail_first > 0 && FIRST_REQUESTS.fetch_add(1, Ordering::Relaxed) < self.fail_first
+    }
 }
 
 /// A `FERRY_FAULTS` spec that cannot be used.
@@ -45,7 +63,7 @@ pub enum FaultSpecError {
         value: String,
         problem: String,
     },
-    #[error("FERRY_FAULTS: unknown key {key:?} (use rate, seed, latency_ms)")]
+    #[error("FERRY_FAULTS: unknown key {key:?} (use rate, seed, latency_ms, fail_first)")]
     UnknownKey { key: String },
 }
 
@@ -56,6 +74,7 @@ impl FaultConfig {
             rate: 0.1,
             seed: 0,
             max_latency: Duration::ZERO,
+            fail_first: 0,
         };
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
@@ -72,6 +91,7 @@ impl FaultConfig {
                 "latency_ms" => {
                     cfg.max_latency = Duration::from_millis(v.parse().map_err(|e| bad(&e))?)
                 }
+                "fail_first" => cfg.fail_first = v.parse().map_err(|e| bad(&e))?,
                 _ => return Err(FaultSpecError::UnknownKey { key: k.into() }),
             }
         }
@@ -144,9 +164,19 @@ impl FaultStore {
         self.injected.load(Ordering::Relaxed)
     }
 
-    /// Seeded draw for the next request: the fault to inject, if any, and the latency.
+    /// Seeded draw for the next request: the fault to inject, if any, and the latency. One
+    /// of the process's first `fail_first` requests is a server error.
     fn draw(&self) -> (Option<Fault>, Duration) {
-        draw(&self.cfg, &self.requests)
+        let (fault, latency) = draw(&self.cfg, &self.requests);
+        let first = self.cfg.fails_first();
+        (
+            if first {
+                Some(Fault::ServerError)
+            } else {
+                fault
+            },
+            latency,
+        )
     }
 
     /// Sleeps the drawn latency; returns the error to fail with, if any. A truncated body is
@@ -369,6 +399,13 @@ mod tests {
             Err(FaultSpecError::UnknownKey { .. })
         ));
         assert!(FaultConfig::parse("rate=x").is_err());
+        assert_eq!(
+            FaultConfig::parse("rate=0,fail_first=2")
+                .unwrap()
+                .fail_first,
+            2
+        );
+        assert_eq!(FaultConfig::parse("").unwrap().fail_first, 0);
     }
 
     #[tokio::test]
@@ -380,6 +417,7 @@ mod tests {
                     rate: 0.2,
                     seed: 42,
                     max_latency: Duration::ZERO,
+                    fail_first: 0,
                 },
             );
             let mut outcomes = Vec::new();
@@ -408,6 +446,31 @@ mod tests {
         assert!(a.iter().any(|(ok, _)| !ok));
     }
 
+    /// The first `fail_first` requests of the process fail, counted across stores (a retry
+    /// opens new ones), then nothing does. The only test here that sets `fail_first`.
+    #[tokio::test]
+    async fn fail_first_counts_across_the_process() {
+        let cfg = FaultConfig {
+            rate: 0.0,
+            seed: 0,
+            max_latency: Duration::ZERO,
+            fail_first: 2,
+        };
+        async fn put(store: &FaultStore) -> Result<PutResult> {
+            store
+                .put(&Path::from("x"), PutPayload::from_static(b"1"))
+                .await
+        }
+        let a = FaultStore::new(Arc::new(InMemory::new()), cfg);
+        let err = put(&a).await.unwrap_err();
+        assert!(err.to_string().contains("HTTP 503"), "{err}");
+        let b = FaultStore::new(Arc::new(InMemory::new()), cfg);
+        assert!(put(&b).await.is_err(), "the second request of the process");
+        assert!(put(&b).await.is_ok());
+        assert!(put(&a).await.is_ok());
+        assert_eq!((a.injected(), b.injected()), (1, 1));
+    }
+
     /// A delete whose response is lost looks like NotFound to the caller; through `Store`
     /// that is success, and the object is gone either way.
     #[tokio::test]
@@ -418,6 +481,7 @@ mod tests {
                 rate: 1.0,
                 seed: 1,
                 max_latency: Duration::ZERO,
+                fail_first: 0,
             },
         ));
         let inner: Arc<dyn ObjectStore> = faulty.clone();
