@@ -107,12 +107,38 @@ mod tests {
         assert!(rss > 1 << 20 && rss < 1 << 40, "{rss}");
     }
 
+    /// malloc's state is the process's: other tests' threads free large buffers into the
+    /// arenas (before any tuning) and glibc then serves later requests from those free
+    /// chunks. Runs `test` alone in a fresh copy of this test binary; returns true in that
+    /// copy (run the body), false in the parent (the child's result is asserted here).
+    fn in_own_process(test: &str) -> bool {
+        const CHILD: &str = "FERRY_MEMORY_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([test, "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the test binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{test} in its own process:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
     /// Freed memory inside an arena (pinned by a block still in use after it, so the top
     /// cannot shrink) stays resident until `release_free_memory` gives its pages back.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_inside_an_arena_is_given_back() {
-        // A thread of its own: its own arena, out of the way of the other tests' threads.
+        if !in_own_process("memory::tests::freed_memory_inside_an_arena_is_given_back") {
+            return;
+        }
         std::thread::spawn(|| {
             let block = 64 << 10; // below any mmap threshold: served from the arena
             let count = (256 << 20) / block;
@@ -139,6 +165,9 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn large_buffers_stay_mapped_after_a_free() {
+        if !in_own_process("memory::tests::large_buffers_stay_mapped_after_a_free") {
+            return;
+        }
         assert!(tune_allocator());
         let size = 16 << 20;
         for round in 0..3 {
