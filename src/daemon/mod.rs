@@ -31,7 +31,7 @@ pub use clock::{Clock, ClockError};
 pub use state::{JobStatus, RunRecord, RunState, TargetStatus};
 pub use views::{render_status, RunFilter, Series, SyncReport, TriggerOutcome};
 
-use crate::commands::Context;
+use crate::app::App;
 use crate::config::{Config, Layout, Trigger};
 use crate::index::{IndexError, ItemRecord, ItemState, JobLog};
 use scan::Fingerprint;
@@ -69,7 +69,8 @@ pub enum Mode {
 
 pub(crate) struct Shared {
     config: Config,
-    ctx: Context,
+    /// The operations, on the daemon's local index (held for its lifetime).
+    app: App,
     log: JobLog,
     clock: Clock,
     jobs: Vec<Arc<Job>>,
@@ -105,12 +106,9 @@ impl Daemon {
         clock: Clock,
         mode: Mode,
     ) -> Result<Daemon, DaemonError> {
-        let ctx = Context::new(index_dir.to_path_buf(), false);
-        let (ctx, log) = blocking(move || {
-            let log = ctx.index().map_err(DaemonError::from)?.job_log()?;
-            Ok::<_, DaemonError>((ctx, log))
-        })
-        .await??;
+        let app = App::new(index_dir.to_path_buf(), false);
+        let index = app.index().await?.clone();
+        let log = blocking(move || index.job_log()).await??;
         let jobs: Vec<Arc<Job>> = config
             .jobs
             .iter()
@@ -120,7 +118,7 @@ impl Daemon {
         let started_ms = clock.now_ms();
         let shared = Arc::new(Shared {
             config,
-            ctx,
+            app,
             log,
             clock,
             jobs,

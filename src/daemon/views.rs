@@ -386,7 +386,7 @@ fn when(ms: Option<i64>, now_ms: i64) -> String {
 
 /// The per-job, per-target table of `ferry status` and `ferry sync`.
 pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
-    let b = crate::commands::bytes;
+    let b = crate::cli::render::bytes;
     let mut s = format!(
         "{:<20} {:<16} {:<9} {:>12} {:>8} {:>7} {:>11} {:>11} {:>6} {:>6} {:>9}",
         "JOB",
