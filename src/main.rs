@@ -227,7 +227,7 @@ async fn run_service(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The commands on repositories, sources and mirrors: one call to the CLI adapter each.
+/// The commands that write or read snapshots: one call to the CLI adapter each.
 async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow::Result<ExitCode> {
     let ok = match command {
         Command::Init {
@@ -305,6 +305,18 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             &commands::ls(ctx, &repo, &snapshot).await?,
             render::ls,
         )?,
+        command => return run_check_command(ctx, command, json).await,
+    };
+    Ok(exit(ok))
+}
+
+/// Checking, mirroring and cleaning up: `verify`, `mirror`, `forget`, `gc`, `repair`.
+async fn run_check_command(
+    ctx: &Context,
+    command: Command,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ok = match command {
         Command::Verify {
             repo,
             read_data,
@@ -362,17 +374,17 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             let r = commands::repair(ctx, &repo, dry_run).await?;
             emit(json, &r, render::repair)?
         }
-        Command::CheckConfig { .. }
-        | Command::Sync { .. }
-        | Command::Daemon { .. }
-        | Command::Status { .. }
-        | Command::Demo { .. } => unreachable!("run() handles these itself"),
+        _ => unreachable!("run() and run_repo_command() handle the others"),
     };
-    Ok(if ok {
+    Ok(exit(ok))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 /// `ferry snapshots` listed the refs it could read; a damaged one fails the command, in one

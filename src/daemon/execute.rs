@@ -45,9 +45,7 @@ pub(super) async fn execute(
                 _ => source.clone(),
             };
             let (before, plan) = job.with(|l| {
-                let p = targets
-                    .first()
-                    .and_then(|t| l.targets[*t].pending.get(item));
+                let p = targets.first().and_then(|t| l.targets[*t].pending(item));
                 (
                     p.and_then(|p| p.fingerprint.clone()),
                     p.and_then(|p| p.plan.clone()),
