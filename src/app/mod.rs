@@ -347,3 +347,6 @@ pub struct CommitTarget {
     #[serde(flatten)]
     pub report: ShardReport,
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ pub(crate) mod restore_local;
 pub mod shard;
 pub mod source;
 pub mod sync;
+pub mod targets;
 pub mod uploader;
 pub mod verify;
 

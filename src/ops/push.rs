@@ -19,6 +19,7 @@ use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
 use crate::ops::sync::{check_not_marked, sync_index, Presence};
+use crate::ops::targets::TargetSet;
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::Progress;
@@ -75,15 +76,15 @@ pub(crate) struct Job {
     pub(crate) data: std::sync::Arc<[u8]>,
     /// Element width for byte-plane compression (1: not elements).
     pub(crate) width: u8,
-    /// Bit `t` set: repository `t` lacks the chunk.
-    pub(crate) targets: u64,
+    /// The repositories that lack the chunk.
+    pub(crate) targets: TargetSet,
 }
 
 struct Frame {
     id: ChunkId,
     raw_len: u32,
     frame: Vec<u8>,
-    targets: u64,
+    targets: TargetSet,
 }
 
 #[derive(Default)]
@@ -157,8 +158,8 @@ pub async fn push_checked(
     mode.check()?;
     let started = Instant::now();
     let time = SystemTime::now();
-    if targets.is_empty() || targets.len() > 64 {
-        return Err(OpError::Invalid("push takes 1 to 64 repositories".into()));
+    if targets.is_empty() {
+        return Err(OpError::Invalid("push takes 1 or more repositories".into()));
     }
     let params = targets[0].0.config().chunker;
     let level = targets[0].0.config().zstd_level;
@@ -248,10 +249,8 @@ pub async fn push_checked(
         stored_new += f.frame.len() as u64;
         raw_new += f.raw_len as u64;
         chunks_new += 1;
-        for (t, up) in uploaders.iter_mut().enumerate() {
-            if f.targets & (1 << t) != 0 {
-                up.add(f.id, &f.frame, f.raw_len).await?;
-            }
+        for t in f.targets.iter() {
+            uploaders[t].add(f.id, &f.frame, f.raw_len).await?;
         }
     }
     let produced = producer.await.map_err(OpError::join)??;
@@ -405,7 +404,7 @@ fn produce(
             {
                 let mut complete = true;
                 for ch in &c.chunks {
-                    if reader.lacking(&ch.0)? != 0 {
+                    if !reader.lacking(&ch.0)?.is_empty() {
                         complete = false;
                         break;
                     }
