@@ -45,6 +45,7 @@ pub struct App {
 }
 
 impl App {
+    /// An application on the local index in `index_dir` (opened on first use); `progress` shows progress bars when stderr is a terminal.
     pub fn new(index_dir: PathBuf, progress: bool) -> Self {
         Self {
             index_dir,

@@ -21,6 +21,7 @@ impl RefName {
         Ok(RefName(name.to_string()))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -39,6 +40,7 @@ impl RunId {
         Ok(RunId(run.to_string()))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

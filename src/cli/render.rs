@@ -37,6 +37,7 @@ fn shard_line(r: &ShardReport) -> String {
     }
 }
 
+/// `ferry commit`.
 pub fn commit(r: &CommitReport) -> String {
     let mut s = format!("commit {:?}", r.name);
     for t in &r.targets {
@@ -45,6 +46,7 @@ pub fn commit(r: &CommitReport) -> String {
     s
 }
 
+/// `ferry mirror`: each action (the first 50 of a real run), then the summary.
 pub fn mirror(r: &crate::mirror::MirrorReport) -> String {
     use crate::mirror::Action;
     /// Beyond this many, a real run prints the summary only (a dry run prints every action).
@@ -96,6 +98,7 @@ pub fn mirror(r: &crate::mirror::MirrorReport) -> String {
     s
 }
 
+/// `ferry verify --mirror`.
 pub fn verify_mirror(r: &crate::mirror::VerifyMirrorReport) -> String {
     let mut s = format!(
         "{} {} → {}: {} of {} files match",
@@ -111,6 +114,7 @@ pub fn verify_mirror(r: &crate::mirror::VerifyMirrorReport) -> String {
     s
 }
 
+/// `ferry gc`.
 pub fn gc(r: &crate::ops::gc::GcReport) -> String {
     format!(
         "{}gc {}: {} live snapshots; {} snapshots deleted; of {}: {} marked for deletion, {} unmarked, {} deleted ({}), {} rewritten ({} chunks), {} orphans deleted; {} committed sharded runs pruned; {:.1}s",
@@ -131,6 +135,7 @@ pub fn gc(r: &crate::ops::gc::GcReport) -> String {
     )
 }
 
+/// `ferry forget`.
 pub fn forget(r: &crate::ops::gc::ForgetReport) -> String {
     if r.kept.is_empty() {
         return format!(
@@ -169,6 +174,7 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// `ferry push`: the totals, then one line per repository.
 pub fn push(r: &PushReport) -> String {
     let mut s = format!(
         "pushed {:?}: {} ({} read, {} unchanged), {} in the tree, {} read\n  {}, {} new ({}); uploaded {} in {}; dedup {:.2}x, compression {:.2}x; {:.1}s",
@@ -207,6 +213,7 @@ pub fn push(r: &PushReport) -> String {
     s
 }
 
+/// `ferry restore`: replaced and kept files, then the summary.
 pub fn restore(r: &RestoreReport) -> String {
     let mut s = String::new();
     for p in &r.replaced {
@@ -231,6 +238,7 @@ pub fn restore(r: &RestoreReport) -> String {
     s
 }
 
+/// `ferry replicate`.
 pub fn replicate(r: &ReplicateReport) -> String {
     let mut s = format!(
         "replicated {} → {}: {}, {} copied ({} read, {} uploaded in {}); {:.1}s",
@@ -256,6 +264,7 @@ pub fn replicate(r: &ReplicateReport) -> String {
     s
 }
 
+/// `ferry verify`: the summary, then each problem and note.
 pub fn verify(r: &VerifyReport) -> String {
     let mut s = format!(
         "{} {}: {}, {}, {} re-hashed",

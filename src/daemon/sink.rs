@@ -9,7 +9,9 @@ use super::{blocking, Shared, TRIM_EVERY};
 use crate::index::{ItemRecord, ItemState};
 use std::sync::atomic::Ordering;
 
-/// Every metric name the daemon records or `/metrics` sets (see [`crate::server`]'s table).
+/// Every metric name the daemon records or `/metrics` sets; their types, labels and help
+/// texts are in `server/metrics.rs`.
+#[allow(missing_docs)]
 pub mod metric {
     pub const RUNS_TOTAL: &str = "ferry_runs_total";
     pub const RUN_RETRIES_TOTAL: &str = "ferry_run_retries_total";

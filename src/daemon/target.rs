@@ -151,10 +151,12 @@ pub struct TargetLive {
 }
 
 impl TargetLive {
+    /// The queued `item`, if it is queued.
     pub fn pending(&self, item: &str) -> Option<&Pending> {
         self.pending.get(item)
     }
 
+    /// How many items are queued.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -169,10 +171,12 @@ impl TargetLive {
         &self.done
     }
 
+    /// A run for this target is in progress.
     pub fn is_running(&self) -> bool {
         self.running
     }
 
+    /// The next attempt after a transient failure (or the slow retry of a parked target).
     pub fn retry(&self) -> Option<&Retry> {
         self.retry.as_ref()
     }
@@ -182,18 +186,22 @@ impl TargetLive {
         self.failed.as_ref()
     }
 
+    /// The last failure, until a success clears it.
     pub fn last_error(&self) -> Option<&FailureInfo> {
         self.last_error.as_ref()
     }
 
+    /// When the last run succeeded (clock ms).
     pub fn last_success_ms(&self) -> Option<i64> {
         self.last_success_ms
     }
 
+    /// The snapshot the target's ref pointed to after the last push.
     pub fn last_snapshot(&self) -> Option<&String> {
         self.last_snapshot.as_ref()
     }
 
+    /// Bytes and runs over the kept history and this process.
     pub fn totals(&self) -> &Totals {
         &self.totals
     }

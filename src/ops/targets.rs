@@ -11,10 +11,12 @@ pub struct TargetSet {
 }
 
 impl TargetSet {
+    /// The empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds target `t`.
     pub fn insert(&mut self, t: usize) {
         let (word, bit) = (t / 64, t % 64);
         if word == 0 {
@@ -27,6 +29,7 @@ impl TargetSet {
         self.rest[word - 1] |= 1 << bit;
     }
 
+    /// Whether target `t` is in the set.
     pub fn contains(&self, t: usize) -> bool {
         let (word, bit) = (t / 64, t % 64);
         let w = match word {
@@ -36,6 +39,7 @@ impl TargetSet {
         w & (1 << bit) != 0
     }
 
+    /// No target at all.
     pub fn is_empty(&self) -> bool {
         self.first == 0 && self.rest.iter().all(|w| *w == 0)
     }
