@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::commands::{self, bytes, Context};
+use crate::cli::render::bytes;
+use crate::commands::{self, Context};
 
 /// Tensors per generated model, and elements per tensor (bf16: 2 bytes each).
 const TENSORS: usize = 8;
@@ -59,7 +60,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
     let replica = format!("file://{}", dir.join("repo-replica").display());
     // Chunks well below the 2 MiB tensors, so an unchanged tensor mostly dedups.
     for r in &repos {
-        commands::init(r, commands::new_config(Some(256 << 10), None)?).await?;
+        commands::init(&ctx, r, commands::new_config(Some(256 << 10), None)?).await?;
     }
     let mut rng = SplitMix(0x5eed);
     let mut tensors: Vec<Vec<u8>> = (0..TENSORS).map(|_| weights(&mut rng, ELEMENTS)).collect();

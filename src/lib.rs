@@ -4,19 +4,29 @@
 //! Files are cut by content-defined chunking ([`chunker`]), each chunk named by its BLAKE3
 //! hash ([`ids`]), compressed ([`codec`]) and packed into pack objects in a repository
 //! ([`repo`]) on any object store ([`store`]). A local sled database ([`index`]) caches what
-//! is where. The operations ([`ops`]) push, restore, replicate and verify; [`commands`] opens
-//! stores from URLs for the CLI.
+//! is where. The operations ([`ops`]) push, restore, replicate and verify; the application
+//! layer ([`app`]) opens stores and repositories from typed inputs for both the CLI
+//! ([`commands`], [`cli`]) and the daemon ([`daemon`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use ferry::commands::{Context, push};
-//! let ctx = Context::new(std::env::temp_dir().join("ferry-index"), false);
-//! let report = push(&ctx, "/data/ckpt", &["file:///backups/repo".into()], "llama-7b").await?;
+//! use ferry::app::{App, RefName};
+//! use ferry::ops::{push::ChangeCheck, shard::PushMode};
+//! use ferry::store::StoreUrl;
+//! let app = App::new(std::env::temp_dir().join("ferry-index"), false);
+//! let source: StoreUrl = "/data/ckpt".parse()?;
+//! let repos: Vec<StoreUrl> = vec!["file:///backups/repo".parse()?];
+//! let name = RefName::parse("llama-7b")?;
+//! let report = app
+//!     .push(&source, &repos, &name, &PushMode::Replace, ChangeCheck::Stat)
+//!     .await?;
 //! println!("uploaded {} bytes", report.bytes_uploaded);
 //! # Ok(()) }
 //! ```
 
+pub mod app;
 pub mod chunker;
+pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod config;

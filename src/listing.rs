@@ -135,7 +135,7 @@ pub fn render_snapshots(r: &SnapshotsReport) -> String {
             &row.snapshot.to_hex()[..12],
             printable(&row.time),
             row.files,
-            crate::commands::bytes(row.bytes)
+            crate::cli::render::bytes(row.bytes)
         ));
     }
     for p in &r.problems {
@@ -154,7 +154,7 @@ pub fn render_ls(r: &LsReport) -> String {
         .iter()
         .map(|e| {
             let size = if e.kind == "file" {
-                crate::commands::bytes(e.size)
+                crate::cli::render::bytes(e.size)
             } else {
                 String::new()
             };
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn counts_agree_with_their_nouns() {
-        use crate::commands::count;
+        use crate::cli::render::count;
         assert_eq!(count(1, "pack"), "1 pack");
         assert_eq!(count(0, "pack"), "0 packs");
         assert_eq!(count(2, "entry"), "2 entries");

@@ -138,7 +138,7 @@ pub fn render_sync(r: &SyncReport, now_ms: i64) -> String {
             run.target,
             run.item,
             run.state.as_str(),
-            crate::commands::bytes(run.bytes_sent),
+            crate::cli::render::bytes(run.bytes_sent),
             run.error
                 .as_deref()
                 .map(|e| format!("; {e}"))

@@ -54,9 +54,9 @@ fn settled_items(job: &Job) -> HashSet<String> {
         let Some(first) = it.next() else {
             return HashSet::new();
         };
-        let mut all = first.done.clone();
+        let mut all = first.done().clone();
         for t in it {
-            all.retain(|i| t.done.contains(i));
+            all.retain(|i| t.done().contains(i));
         }
         all
     })
@@ -64,7 +64,7 @@ fn settled_items(job: &Job) -> HashSet<String> {
 
 fn count_scan(job: &Job) {
     job.with(|l| l.scans += 1);
-    metrics::counter!("ferry_source_scans_total", "job" => job.config.name.clone()).increment(1);
+    super::sink::count_scan(job);
 }
 
 /// Watches a local folder and enqueues each checkpoint once it is complete.
@@ -286,7 +286,7 @@ pub(super) async fn seed_done(shared: &Arc<Shared>, job: &Arc<Job>) {
     };
     let prefix = format!("{}/", StoreUrl::Local(root.clone()));
     for (t, target) in job.config.targets.iter().enumerate() {
-        if job.with(|l| !l.targets[t].done.is_empty() || !l.targets[t].pending.is_empty()) {
+        if job.with(|l| !l.targets[t].done().is_empty() || l.targets[t].pending_len() > 0) {
             continue;
         }
         let found = async {
@@ -318,7 +318,7 @@ pub(super) async fn seed_done(shared: &Arc<Shared>, job: &Arc<Job>) {
         tracing::info!(job = %job.config.name, target = %target.label, steps = items.len(), "relearned pushed checkpoints from the target's ref log");
         let now = shared.clock.now_ms();
         for item in items {
-            job.with(|l| l.targets[t].done.insert(item.clone()));
+            job.with(|l| l.targets[t].restore_done(item.clone()));
             let rec = ItemRecord {
                 state: ItemState::Done,
                 since_ms: now,

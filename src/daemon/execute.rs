@@ -6,7 +6,9 @@ use super::scan::{self, Fingerprint};
 use super::settle::{self, Plan};
 use super::state::Job;
 use super::Shared;
+use crate::app::RefName;
 use crate::config::{JobKind, Layout};
+use crate::ops::push::ChangeCheck;
 use crate::ops::shard::PushMode;
 use crate::ops::OpError;
 use crate::repo::RepoError;
@@ -43,9 +45,7 @@ pub(super) async fn execute(
                 _ => source.clone(),
             };
             let (before, plan) = job.with(|l| {
-                let p = targets
-                    .first()
-                    .and_then(|t| l.targets[*t].pending.get(item));
+                let p = targets.first().and_then(|t| l.targets[*t].pending(item));
                 (
                     p.and_then(|p| p.fingerprint.clone()),
                     p.and_then(|p| p.plan.clone()),
@@ -76,9 +76,7 @@ pub(super) async fn execute(
         JobKind::Replicate { from, refs } => {
             let mut out = Vec::new();
             for &t in targets {
-                let to = job.target(t).url.to_string();
-                let r =
-                    crate::commands::replicate(&shared.ctx, &from.url.to_string(), &to, refs).await;
+                let r = replicate(shared, &from.url, &job.target(t).url, refs).await;
                 let r = match r {
                     Ok(r) => Ok(Outcome {
                         snapshot: None,
@@ -120,8 +118,9 @@ async fn mirror_targets(
     };
     let mut out = Vec::new();
     for &t in targets {
-        let dest = job.target(t).url.to_string();
-        let r = crate::commands::mirror(&shared.ctx, &source.to_string(), &dest, opts)
+        let r = shared
+            .app
+            .mirror(source, &job.target(t).url, opts)
             .await
             .map(|r| Outcome {
                 snapshot: None,
@@ -134,6 +133,20 @@ async fn mirror_targets(
         out.push((t, r));
     }
     out
+}
+
+/// One replication; the config's ref names were checked when it was loaded.
+async fn replicate(
+    shared: &Shared,
+    from: &StoreUrl,
+    to: &StoreUrl,
+    refs: &[String],
+) -> Result<crate::ops::replicate::ReplicateReport, OpError> {
+    let refs = refs
+        .iter()
+        .map(|r| RefName::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    shared.app.replicate(from, to, &refs, None).await
 }
 
 fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
@@ -162,10 +175,8 @@ async fn push(
     targets: &[usize],
     seen: Seen<'_>,
 ) -> Result<Vec<(usize, Outcome)>, OpError> {
-    let urls: Vec<String> = targets
-        .iter()
-        .map(|t| job.target(*t).url.to_string())
-        .collect();
+    let urls: Vec<StoreUrl> = targets.iter().map(|t| job.target(*t).url.clone()).collect();
+    let name = RefName::parse(reference)?;
     let merge = matches!(&job.config.kind, JobKind::Push { merge: true, .. });
     let mode = match seen.plan {
         Some(plan) => PushMode::Settled {
@@ -176,8 +187,10 @@ async fn push(
         None if merge => PushMode::Merge,
         None => PushMode::Replace,
     };
-    let report =
-        crate::commands::push_with(&shared.ctx, &src.to_string(), &urls, reference, &mode).await?;
+    let report = shared
+        .app
+        .push(src, &urls, &name, &mode, ChangeCheck::Stat)
+        .await?;
     // A checkpoint that changed while it was read is pushed again once it settles.
     let changed = match (src, seen.fingerprint, seen.plan) {
         (StoreUrl::Local(path), _, Some(plan)) => {

@@ -15,7 +15,9 @@ pub mod retry;
 mod runner;
 pub mod scan;
 pub mod settle;
+mod sink;
 pub mod state;
+pub mod target;
 mod tree;
 mod views;
 
@@ -28,14 +30,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, ClockError};
+pub use sink::metric;
 pub use state::{JobStatus, RunRecord, RunState, TargetStatus};
 pub use views::{render_status, RunFilter, Series, SyncReport, TriggerOutcome};
 
-use crate::commands::Context;
+use crate::app::App;
 use crate::config::{Config, Layout, Trigger};
-use crate::index::{IndexError, ItemRecord, ItemState, JobLog};
+use crate::index::{IndexError, JobLog};
 use scan::Fingerprint;
-use state::{Cause, Job, Pending, RunRecord as Record};
+use state::{Cause, Job};
+use target::{Pending, QueueRules};
 
 /// Errors starting or asking the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +73,8 @@ pub enum Mode {
 
 pub(crate) struct Shared {
     config: Config,
-    ctx: Context,
+    /// The operations, on the daemon's local index (held for its lifetime).
+    app: App,
     log: JobLog,
     clock: Clock,
     jobs: Vec<Arc<Job>>,
@@ -105,12 +110,9 @@ impl Daemon {
         clock: Clock,
         mode: Mode,
     ) -> Result<Daemon, DaemonError> {
-        let ctx = Context::new(index_dir.to_path_buf(), false);
-        let (ctx, log) = blocking(move || {
-            let log = ctx.index().map_err(DaemonError::from)?.job_log()?;
-            Ok::<_, DaemonError>((ctx, log))
-        })
-        .await??;
+        let app = App::new(index_dir.to_path_buf(), false);
+        let index = app.index().await?.clone();
+        let log = blocking(move || index.job_log()).await??;
         let jobs: Vec<Arc<Job>> = config
             .jobs
             .iter()
@@ -120,7 +122,7 @@ impl Daemon {
         let started_ms = clock.now_ms();
         let shared = Arc::new(Shared {
             config,
-            ctx,
+            app,
             log,
             clock,
             jobs,
@@ -258,10 +260,7 @@ impl Daemon {
         let s = &self.shared;
         job.with(|l| {
             for t in &mut l.targets {
-                if t.failed.take().is_some() {
-                    t.retry = None;
-                    t.open_run = None;
-                }
+                t.release();
             }
         });
         let action = if matches!(job.config.trigger, Trigger::Watch) {
@@ -275,7 +274,7 @@ impl Daemon {
         Ok(TriggerOutcome {
             job: name.to_string(),
             action: action.to_string(),
-            pending: job.with(|l| l.targets.iter().map(|t| t.pending.len()).sum()),
+            pending: job.with(|l| l.targets.iter().map(|t| t.pending_len()).sum()),
         })
     }
 
@@ -291,61 +290,6 @@ impl Daemon {
 }
 
 impl Shared {
-    async fn next_run_id(&self) -> u64 {
-        let log = self.log.clone();
-        match blocking(move || log.next_run_id()).await {
-            Ok(Ok(id)) => id,
-            _ => {
-                tracing::warn!("cannot allocate a run id in the local index; using the clock");
-                self.clock.now_ms() as u64
-            }
-        }
-    }
-
-    async fn put_run(&self, r: Record) {
-        let Ok(bytes) = serde_json::to_vec(&r) else {
-            return;
-        };
-        let log = self.log.clone();
-        if let Ok(Err(e)) = blocking(move || log.put_run(r.id, &bytes)).await {
-            tracing::warn!(error = %e, "cannot record a run in the local index");
-        }
-        self.runs_written.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Trims the run history every [`TRIM_EVERY`] records written (counting runs is a scan).
-    async fn trim_runs(&self) {
-        let written = self.runs_written.load(Ordering::Relaxed);
-        let last = self.runs_trimmed.load(Ordering::Relaxed);
-        if written < last + TRIM_EVERY
-            || self
-                .runs_trimmed
-                .compare_exchange(last, written, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let (log, keep) = (self.log.clone(), self.config.runner.history);
-        let _ = blocking(move || log.trim_runs(keep)).await;
-    }
-
-    async fn put_item(&self, job: &str, target: &str, item: &str, record: Option<ItemRecord>) {
-        let (log, job, target, item) = (
-            self.log.clone(),
-            job.to_string(),
-            target.to_string(),
-            item.to_string(),
-        );
-        let r = blocking(move || match record {
-            Some(r) => log.set_item(&job, &target, &item, r),
-            None => log.remove_item(&job, &target, &item),
-        })
-        .await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!(error = %e, "cannot record work in the local index");
-        }
-    }
-
     /// Adds `item` to every target that lacks it. A target over its queue limit skips its
     /// oldest pending items (a newer checkpoint supersedes them). A failed target stays
     /// parked until its slow retry or an API trigger, so that it does not drag every new
@@ -366,104 +310,26 @@ impl Shared {
                 ..
             }
         );
-        let queue = job.config.queue;
-        let mut added = Vec::new();
-        let mut skipped = Vec::new();
-        job.with(|live| {
+        let events: Vec<_> = job.with(|live| {
             let running_item = live.running.as_ref().map(|r| r.item.clone());
-            for (i, t) in live.targets.iter_mut().enumerate() {
-                if steps && t.done.contains(item) {
-                    continue;
-                }
-                if let Some(p) = t.pending.get_mut(item) {
-                    if t.running && running_item.as_deref() == Some(item) && p.fingerprint != fp {
-                        p.dirty = true;
-                    }
-                    if fp.is_some() {
-                        p.fingerprint = fp.clone();
-                    }
-                    if plan.is_some() {
-                        p.plan = plan.clone();
-                    }
-                    continue;
-                }
-                // An unchanged tree is not pushed again, unless someone asked for it.
-                if !steps && trigger != Cause::Api && fp.is_some() && t.pushed == fp {
-                    continue;
-                }
-                t.pending.insert(
-                    item.to_string(),
-                    Pending {
-                        since_ms,
-                        trigger,
-                        fingerprint: fp.clone(),
-                        dirty: false,
-                        failed: false,
-                        plan: plan.clone(),
-                    },
-                );
-                added.push(i);
-                while t.pending.len() > queue {
-                    let Some(oldest) = t
-                        .ordered_pending()
-                        .into_iter()
-                        .map(|(n, _)| n.clone())
-                        .find(|n| !(t.running && running_item.as_deref() == Some(n)))
-                    else {
-                        break;
-                    };
-                    t.pending.remove(&oldest);
-                    if steps {
-                        t.done.insert(oldest.clone());
-                    }
-                    t.totals.skipped += 1;
-                    skipped.push((i, oldest));
-                }
-            }
+            let rules = QueueRules {
+                steps,
+                queue: job.config.queue,
+                running_item: running_item.as_deref(),
+            };
+            live.targets
+                .iter_mut()
+                .map(|t| {
+                    let mut p = Pending::new(since_ms, trigger);
+                    p.fingerprint = fp.clone();
+                    p.plan = plan.clone();
+                    t.enqueue(item, p, rules)
+                })
+                .collect()
         });
         let now = self.clock.now_ms();
-        for i in added {
-            let rec = ItemRecord {
-                state: ItemState::Pending,
-                since_ms,
-                at_ms: now,
-            };
-            self.put_item(
-                &job.config.name,
-                &job.target(i).url.to_string(),
-                item,
-                Some(rec),
-            )
-            .await;
-        }
-        for (i, old) in skipped {
-            tracing::warn!(job = %job.config.name, target = %job.target(i).label, item = %old, "target is behind; skipping a superseded checkpoint");
-            let rec = ItemRecord {
-                state: ItemState::Skipped,
-                since_ms: now,
-                at_ms: now,
-            };
-            self.put_item(
-                &job.config.name,
-                &job.target(i).url.to_string(),
-                &old,
-                Some(rec),
-            )
-            .await;
-            let mut r = views::bare_record(
-                job,
-                i,
-                &old,
-                trigger.as_str(),
-                self.next_run_id().await,
-                now,
-            );
-            r.state = RunState::Skipped;
-            r.finished_ms = Some(now);
-            r.error = Some(format!(
-                "superseded by {item}: the target was more than {queue} items behind"
-            ));
-            self.put_run(r).await;
+        for (t, events) in events.into_iter().enumerate() {
+            self.apply(job, t, trigger, now, events).await;
         }
         job.wake.notify_one();
     }

@@ -12,10 +12,11 @@ use super::dropped;
 use super::execute::{execute, Outcome};
 use super::retry::{backoff, classify, FailureKind};
 use super::scan::{self, TREE_ITEM};
-use super::state::{FailureInfo, Job, ProgressCounter, Retry, RunState, Running};
+use super::settle::Plan;
+use super::state::{Cause, Job, ProgressCounter, RunRecord, RunState, Running};
+use super::target::{FailureInfo, OpenRun, TargetEvent};
 use super::{Mode, Shared};
 use crate::config::{JobKind, Layout};
-use crate::index::{ItemRecord, ItemState};
 use crate::ops::OpError;
 
 /// The item of a replicate job.
@@ -62,16 +63,16 @@ fn next_batch(live: &super::state::JobLive, now: Instant) -> Next {
     let mut wait: Option<Instant> = None;
     let mut ready = Vec::new();
     for (i, t) in live.targets.iter().enumerate() {
-        if t.running || t.pending.is_empty() {
+        if t.is_running() || t.pending_len() == 0 {
             continue;
         }
-        match &t.retry {
+        match t.retry() {
             Some(r) if r.at > now => {
                 wait = Some(wait.map_or(r.at, |w| w.min(r.at)));
                 continue;
             }
             // Failed targets wait for an API trigger (or, in the daemon, a slow retry).
-            None if t.failed.is_some() => continue,
+            None if t.failed().is_some() => continue,
             _ => {}
         }
         let Some((name, _)) = t.ordered_pending().into_iter().next() else {
@@ -104,73 +105,30 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
         job.wake.notify_one();
         return;
     }
-    let now_ms = shared.clock.now_ms();
     let progress = Arc::new(ProgressCounter::default());
-    // Open (or continue) one run record per target.
-    let mut runs = Vec::new();
-    for &t in &targets {
-        let open = job.with(|l| l.targets[t].open_run);
-        let (id, started, attempts) = match open {
-            Some(o) => o,
-            None => (shared.next_run_id().await, now_ms, 0),
-        };
-        runs.push((t, id, started, attempts));
-    }
-    let trigger = job.with(|live| {
-        for &t in &targets {
-            live.targets[t].running = true;
-        }
-        live.running = Some(Running {
-            item: item.clone(),
-            targets: targets.clone(),
-            started_ms: now_ms,
-            progress: progress.clone(),
-            rate: 0.0,
-        });
-        live.targets[targets[0]]
-            .pending
-            .get(&item)
-            .map_or("api", |p| p.trigger.as_str())
-    });
-    for &(t, id, started, attempts) in &runs {
-        let mut r = super::views::bare_record(job, t, &item, trigger, id, started);
-        r.attempts = attempts;
-        shared.put_run(r).await;
-    }
+    let (trigger, runs, plan) = open_runs(shared, job, &item, &targets, &progress).await;
     tracing::info!(job = %job.config.name, item = %item, targets = targets.len(), "run started");
 
-    let plan = job.with(|l| {
-        l.targets[targets[0]]
-            .pending
-            .get(&item)
-            .and_then(|p| p.plan.clone())
-    });
     let started = Instant::now();
     let op = crate::progress::observe(progress.clone(), execute(shared, job, &item, &targets));
     let results = drive(shared, job, op, &progress).await;
-    let duration = started.elapsed().as_secs_f64();
-    let finished_ms = shared.clock.now_ms();
-
-    let mut records = Vec::new();
-    let mut items = Vec::new();
+    let done = Finished {
+        item: &item,
+        trigger,
+        finished_ms: shared.clock.now_ms(),
+        duration: started.elapsed().as_secs_f64(),
+    };
     job.with(|live| {
         live.running = None;
         for &t in &targets {
-            live.targets[t].running = false;
+            live.targets[t].stop();
         }
     });
     let Some(results) = results else {
-        for &(t, id, started, attempts) in &runs {
-            job.with(|l| l.targets[t].open_run = None);
-            let mut r = super::views::bare_record(job, t, &item, trigger, id, started);
-            r.state = RunState::Interrupted;
-            r.attempts = attempts + 1;
-            r.finished_ms = Some(finished_ms);
-            r.duration_secs = duration;
+        for &(t, run) in &runs {
+            job.with(|l| l.targets[t].interrupt());
+            let mut r = done.record(job, t, run, RunState::Interrupted);
             r.error = Some("interrupted by shutdown; resumes on the next start".into());
-            records.push(r);
-        }
-        for r in records {
             shared.put_run(r).await;
         }
         tracing::warn!(job = %job.config.name, item = %item, "run interrupted by shutdown");
@@ -178,162 +136,162 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
     };
     // A failure because the step folder vanished during the run drops the item instead.
     let gone = results.iter().any(|(_, r)| r.is_err()) && dropped::vanished(job, &item).await;
-    let mut overtaken = Vec::new();
     for (t, res) in results {
-        let Some(&(_, id, started, attempts)) = runs.iter().find(|r| r.0 == t) else {
+        let Some(&(_, run)) = runs.iter().find(|r| r.0 == t) else {
             continue;
         };
-        let attempts = attempts + 1;
-        let mut r = super::views::bare_record(job, t, &item, trigger, id, started);
-        r.attempts = attempts;
-        r.duration_secs = duration;
-        let label = job.target(t).label.clone();
-        let labels = [("job", job.config.name.clone()), ("target", label)];
-        match res {
-            Err(_) if gone => {
-                job.with(|live| dropped::forget(&mut live.targets[t], &item));
-                r.state = RunState::Skipped;
-                r.finished_ms = Some(finished_ms);
-                r.error = Some(dropped::vanished_note(job, &item));
-                items.push((t, Some(ItemState::Skipped), finished_ms));
-                tracing::warn!(job = %job.config.name, target = %job.target(t).label, item = %item, "the checkpoint vanished from the source during the push; dropped");
-            }
+        let (record, events) = match res {
+            Err(_) if gone => done.vanished(job, t, run),
             Ok(o) => {
-                let (since, old) =
-                    job.with(|live| finish_success(live, job, t, &item, &o, finished_ms));
                 if let (Some(plan), false) = (&plan, o.changed) {
                     super::tree::pushed(job, plan);
                 }
-                overtaken.extend(old.into_iter().map(|i| (t, i)));
-                r.state = RunState::Succeeded;
-                r.finished_ms = Some(finished_ms);
-                r.snapshot = o.snapshot.clone();
-                r.unchanged = o.unchanged;
-                r.bytes_logical = o.bytes_logical;
-                r.bytes_sent = o.bytes_sent;
-                r.bytes_new = o.bytes_new;
-                r.lag_secs = since.map(|s| (finished_ms - s).max(0) as f64 / 1000.0);
-                if o.changed {
-                    r.error = Some(
-                        "the source changed while it was read: it is pushed again once complete"
-                            .into(),
-                    );
-                    items.push((t, None, 0));
-                } else {
-                    items.push((t, Some(ItemState::Done), since.unwrap_or(finished_ms)));
-                }
-                metrics::counter!(
-                    "ferry_runs_total",
-                    &[
-                        labels[0].clone(),
-                        labels[1].clone(),
-                        ("outcome", "succeeded".to_string())
-                    ]
-                )
-                .increment(1);
-                metrics::counter!("ferry_logical_bytes_total", &labels).increment(o.bytes_logical);
-                metrics::counter!("ferry_sent_bytes_total", &labels).increment(o.bytes_sent);
-                metrics::histogram!("ferry_run_duration_seconds", &labels).record(duration);
-                metrics::gauge!("ferry_last_success_timestamp_seconds", &labels)
-                    .set(finished_ms as f64 / 1000.0);
-                tracing::info!(job = %job.config.name, target = %job.target(t).label, item = %item, sent = o.bytes_sent, "run succeeded");
+                done.succeeded(job, t, run, &o)
             }
-            Err(e) => {
-                let kind = classify(&e);
-                let message = e.to_string();
-                let retries = shared.config.runner.retries;
-                let retry_in = (kind == FailureKind::Transient && attempts <= retries).then(|| {
-                    backoff(
-                        attempts,
-                        shared.config.runner.retry_initial,
-                        shared.config.runner.retry_max,
-                    )
-                });
-                let slow = (shared.mode == Mode::Daemon).then_some(shared.config.runner.retry_max);
-                let steps = job_layout(job) == Some(Layout::Steps);
-                let state = job.with(|live| {
-                    let tl = &mut live.targets[t];
-                    let info = FailureInfo {
-                        message: message.clone(),
-                        kind,
-                        at_ms: finished_ms,
-                        attempts,
-                        item: item.clone(),
-                    };
-                    tl.last_error = Some(info.clone());
-                    let (wait, state) = match retry_in {
-                        Some(d) => {
-                            tl.open_run = Some((id, started, attempts));
-                            (Some(d), RunState::Retrying)
-                        }
-                        None => {
-                            tl.open_run = None;
-                            tl.totals.runs_failed += 1;
-                            // A failed step goes behind the others; the target is parked
-                            // only when nothing else is left to try.
-                            let others = steps && {
-                                if let Some(p) = tl.pending.get_mut(&item) {
-                                    p.failed = true;
-                                }
-                                tl.pending.iter().any(|(n, p)| *n != item && !p.failed)
-                            };
-                            if others {
-                                (None, RunState::Failed)
-                            } else {
-                                tl.failed = Some(info);
-                                (slow, RunState::Failed)
-                            }
-                        }
-                    };
-                    tl.retry = wait.map(|d| Retry {
-                        at: Instant::now() + d,
-                        at_ms: finished_ms + d.as_millis() as i64,
-                        item: item.clone(),
-                    });
-                    state
-                });
-                r.state = state;
-                r.error = Some(message.clone());
-                r.error_kind = Some(kind);
-                if state == RunState::Failed {
-                    r.finished_ms = Some(finished_ms);
-                    metrics::counter!(
-                        "ferry_runs_total",
-                        &[
-                            labels[0].clone(),
-                            labels[1].clone(),
-                            ("outcome", "failed".to_string())
-                        ]
-                    )
-                    .increment(1);
-                } else {
-                    metrics::counter!("ferry_run_retries_total", &labels).increment(1);
-                }
-                tracing::warn!(job = %job.config.name, target = %job.target(t).label, item = %item, attempts, kind = ?kind, error = %message, "run failed");
-            }
-        }
-        records.push(r);
-    }
-    for r in records {
-        shared.put_run(r).await;
-    }
-    for (t, old) in overtaken {
-        let note = format!("failed earlier, then {item} reached this target: dropped so that the ref does not move back to an older checkpoint");
-        dropped::record(shared, job, t, &old, trigger, note, None).await;
-    }
-    for (t, state, since) in items {
-        let target = job.target(t).url.to_string();
-        let record = state.map(|state| ItemRecord {
-            state,
-            since_ms: since,
-            at_ms: finished_ms,
-        });
+            Err(e) => (done.failed(shared, job, t, run, &e), Vec::new()),
+        };
+        shared.put_run(record).await;
         shared
-            .put_item(&job.config.name, &target, &item, record)
+            .apply(job, t, trigger, done.finished_ms, events)
             .await;
     }
     shared.trim_runs().await;
     job.wake.notify_one();
+}
+
+/// Marks the job and `targets` running, and opens (or continues) one run record per target.
+/// Returns the item's trigger, the runs, and the item's per-file plan (tree jobs).
+async fn open_runs(
+    shared: &Shared,
+    job: &Job,
+    item: &str,
+    targets: &[usize],
+    progress: &Arc<ProgressCounter>,
+) -> (Cause, Vec<(usize, OpenRun)>, Option<Arc<Plan>>) {
+    let now_ms = shared.clock.now_ms();
+    let (trigger, open, plan) = job.with(|live| {
+        let open: Vec<_> = targets.iter().map(|&t| live.targets[t].start()).collect();
+        live.running = Some(Running {
+            item: item.to_string(),
+            targets: targets.to_vec(),
+            started_ms: now_ms,
+            progress: progress.clone(),
+            rate: 0.0,
+        });
+        let first = live.targets[targets[0]].pending(item);
+        (
+            first.map_or(Cause::Api, |p| p.trigger),
+            open,
+            first.and_then(|p| p.plan.clone()),
+        )
+    });
+    let mut runs = Vec::new();
+    for (&t, open) in targets.iter().zip(open) {
+        let run = match open {
+            Some(o) => o,
+            None => OpenRun {
+                id: shared.next_run_id().await,
+                started_ms: now_ms,
+                attempts: 0,
+            },
+        };
+        let mut r = super::views::bare_record(job, t, item, trigger, run.id, run.started_ms);
+        r.attempts = run.attempts;
+        shared.put_run(r).await;
+        runs.push((t, run));
+    }
+    (trigger, runs, plan)
+}
+
+/// A run that came back: builds each target's record and applies its outcome to the live
+/// state.
+struct Finished<'a> {
+    item: &'a str,
+    trigger: Cause,
+    finished_ms: i64,
+    duration: f64,
+}
+
+impl Finished<'_> {
+    /// The record of this attempt (`run.attempts + 1`) in `state`.
+    fn record(&self, job: &Job, t: usize, run: OpenRun, state: RunState) -> RunRecord {
+        let mut r =
+            super::views::bare_record(job, t, self.item, self.trigger, run.id, run.started_ms);
+        r.attempts = run.attempts + 1;
+        r.duration_secs = self.duration;
+        r.state = state;
+        if state.is_final() {
+            r.finished_ms = Some(self.finished_ms);
+        }
+        r
+    }
+
+    /// The step folder vanished during the push: the item is dropped, not failed.
+    fn vanished(&self, job: &Job, t: usize, run: OpenRun) -> (RunRecord, Vec<TargetEvent>) {
+        let event = job.with(|live| live.targets[t].abandon(self.item));
+        let mut r = self.record(job, t, run, RunState::Skipped);
+        r.error = Some(dropped::vanished_note(job, self.item));
+        tracing::warn!(job = %job.config.name, target = %job.target(t).label, item = %self.item, "the checkpoint vanished from the source during the push; dropped");
+        (r, vec![event])
+    }
+
+    fn succeeded(
+        &self,
+        job: &Job,
+        t: usize,
+        run: OpenRun,
+        o: &Outcome,
+    ) -> (RunRecord, Vec<TargetEvent>) {
+        let layout = job_layout(job);
+        let events =
+            job.with(|live| live.targets[t].succeed(self.item, o, self.finished_ms, layout));
+        let since = events.iter().find_map(|e| match e {
+            TargetEvent::Landed { since_ms, .. } | TargetEvent::Unsettled { since_ms, .. } => {
+                *since_ms
+            }
+            _ => None,
+        });
+        let mut r = self.record(job, t, run, RunState::Succeeded);
+        r.snapshot = o.snapshot.clone();
+        r.unchanged = o.unchanged;
+        r.bytes_logical = o.bytes_logical;
+        r.bytes_sent = o.bytes_sent;
+        r.bytes_new = o.bytes_new;
+        r.lag_secs = since.map(|s| (self.finished_ms - s).max(0) as f64 / 1000.0);
+        if o.changed {
+            r.error = Some(
+                "the source changed while it was read: it is pushed again once complete".into(),
+            );
+        }
+        tracing::info!(job = %job.config.name, target = %job.target(t).label, item = %self.item, sent = o.bytes_sent, "run succeeded");
+        (r, events)
+    }
+
+    fn failed(&self, shared: &Shared, job: &Job, t: usize, run: OpenRun, e: &OpError) -> RunRecord {
+        let kind = classify(e);
+        let message = e.to_string();
+        let attempts = run.attempts + 1;
+        let runner = &shared.config.runner;
+        let retry_in = (kind == FailureKind::Transient && attempts <= runner.retries)
+            .then(|| backoff(attempts, runner.retry_initial, runner.retry_max));
+        let slow = (shared.mode == Mode::Daemon).then_some(runner.retry_max);
+        let steps = job_layout(job) == Some(Layout::Steps);
+        let info = FailureInfo {
+            message: message.clone(),
+            kind,
+            at_ms: self.finished_ms,
+            attempts,
+            item: self.item.to_string(),
+        };
+        let run = OpenRun { attempts, ..run };
+        let state = job.with(|live| live.targets[t].fail(info, run, retry_in, slow, steps));
+        let mut r = self.record(job, t, run, state);
+        r.attempts = attempts;
+        r.error = Some(message.clone());
+        r.error_kind = Some(kind);
+        tracing::warn!(job = %job.config.name, target = %job.target(t).label, item = %self.item, attempts, kind = ?kind, error = %message, "run failed");
+        r
+    }
 }
 
 fn job_layout(job: &Job) -> Option<Layout> {
@@ -342,56 +300,6 @@ fn job_layout(job: &Job) -> Option<Layout> {
         JobKind::Mirror { .. } => Some(Layout::Tree),
         JobKind::Replicate { .. } => None,
     }
-}
-
-/// Records a target's success in the live state; returns when the change was first seen, and
-/// the failed steps this one overtook (dropped from the queue).
-fn finish_success(
-    live: &mut super::state::JobLive,
-    job: &Job,
-    t: usize,
-    item: &str,
-    o: &Outcome,
-    now_ms: i64,
-) -> (Option<i64>, Vec<String>) {
-    let layout = job_layout(job);
-    let tl = &mut live.targets[t];
-    tl.retry = None;
-    tl.failed = None;
-    tl.open_run = None;
-    tl.last_error = None;
-    tl.last_success_ms = Some(now_ms);
-    if o.snapshot.is_some() {
-        tl.last_snapshot = o.snapshot.clone();
-    }
-    tl.totals.runs_succeeded += 1;
-    tl.totals.bytes_logical += o.bytes_logical;
-    tl.totals.bytes_sent += o.bytes_sent;
-    tl.totals.bytes_new += o.bytes_new;
-    let pending = tl.pending.get(item).cloned();
-    let since = pending.as_ref().map(|p| p.since_ms);
-    match pending {
-        Some(p) if p.dirty => {
-            if let Some(q) = tl.pending.get_mut(item) {
-                q.dirty = false;
-            }
-        }
-        _ => {
-            tl.pending.remove(item);
-            if o.changed {
-                return (since, Vec::new());
-            }
-            match layout {
-                Some(Layout::Steps) => {
-                    tl.done.insert(item.to_string());
-                    return (since, super::dropped::overtaken(tl, item));
-                }
-                Some(Layout::Tree) => tl.pushed = pending.and_then(|p| p.fingerprint),
-                None => {}
-            }
-        }
-    }
-    (since, Vec::new())
 }
 
 /// Runs `op`, sampling its throughput every second. After shutdown is requested, waits up to

@@ -1,17 +1,17 @@
 //! The daemon's live state per job and target (in memory, behind a short-held mutex), the run
 //! record persisted in the local index, and the status views the API and `ferry status` show.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::retry::FailureKind;
-use super::scan::{natural_cmp, Fingerprint, Waiting};
-use super::settle::{FileSettler, Plan};
+use super::scan::Waiting;
+use super::settle::FileSettler;
 use crate::config::{JobConfig, JobKind, Target};
+
+pub use super::target::{FailureInfo, OpenRun, Pending, Retry, TargetLive, Totals};
 
 /// Version of the persisted [`RunRecord`] encoding.
 pub const RUN_RECORD_VERSION: u8 = 1;
@@ -32,17 +32,6 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Running => "running",
-            RunState::Retrying => "retrying",
-            RunState::Succeeded => "succeeded",
-            RunState::Failed => "failed",
-            RunState::Interrupted => "interrupted",
-            RunState::Skipped => "skipped",
-        }
-    }
-
     pub fn is_final(self) -> bool {
         !matches!(self, RunState::Running | RunState::Retrying)
     }
@@ -59,7 +48,7 @@ pub struct RunRecord {
     /// The checkpoint (step folder), `tree`, or `refs` for replication.
     pub item: String,
     /// What started it: `watch`, `every`, `cron`, `api`, `sync` or `startup`.
-    pub trigger: String,
+    pub trigger: Cause,
     pub state: RunState,
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
@@ -81,8 +70,9 @@ pub struct RunRecord {
     pub lag_secs: Option<f64>,
 }
 
-/// What started a piece of work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What started a piece of work (a run record's `trigger`, serialised lowercase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Cause {
     Watch,
     Every,
@@ -94,99 +84,102 @@ pub enum Cause {
     Startup,
 }
 
-impl Cause {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Watch => "watch",
-            Cause::Every => "every",
-            Cause::Cron => "cron",
-            Cause::Api => "api",
-            Cause::Sync => "sync",
-            Cause::Startup => "startup",
+/// `as_str` (the serialised name), `Display` and comparison with a `&str` for the enums the
+/// API and the run history show as strings.
+macro_rules! named {
+    ($t:ident { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => $s),+
+                }
+            }
         }
-    }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
 }
 
-/// Work waiting for one target.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    /// When the source change happened (clock ms).
-    pub since_ms: i64,
-    pub trigger: Cause,
-    /// The checkpoint's fingerprint when it was found complete (local sources).
-    pub fingerprint: Option<Fingerprint>,
-    /// Enqueued again while it ran: push it once more afterwards.
-    pub dirty: bool,
-    /// Failed for good on its last attempt: queued behind the items that have not failed,
-    /// so that it never holds them back (see [`TargetLive::ordered_pending`]).
-    pub failed: bool,
-    /// What to read and what to keep from the ref's head (per-file settling, tree jobs).
-    pub plan: Option<std::sync::Arc<Plan>>,
+named!(RunState {
+    Running => "running",
+    Retrying => "retrying",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Interrupted => "interrupted",
+    Skipped => "skipped",
+});
+
+named!(Cause {
+    Watch => "watch",
+    Every => "every",
+    Cron => "cron",
+    Api => "api",
+    Sync => "sync",
+    Startup => "startup",
+});
+
+/// What a job does (`JobStatus::kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKindName {
+    Push,
+    Replicate,
+    Mirror,
 }
 
-/// A transient failure waiting for its next attempt.
-#[derive(Debug, Clone)]
-pub struct Retry {
-    pub at: Instant,
-    pub at_ms: i64,
-    pub item: String,
+named!(JobKindName {
+    Push => "push",
+    Replicate => "replicate",
+    Mirror => "mirror",
+});
+
+/// Where a job stands (`JobStatus::state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Idle,
+    Waiting,
+    Running,
+    Retrying,
+    Failed,
 }
 
-/// The last failure of a target.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailureInfo {
-    pub message: String,
-    pub kind: FailureKind,
-    pub at_ms: i64,
-    pub attempts: u32,
-    pub item: String,
+named!(JobState {
+    Idle => "idle",
+    Waiting => "waiting",
+    Running => "running",
+    Retrying => "retrying",
+    Failed => "failed",
+});
+
+/// Where a target stands (`TargetStatus::state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    Idle,
+    Pending,
+    Running,
+    Retrying,
+    Failed,
 }
 
-/// Sums over the kept run history and this process's runs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Totals {
-    pub bytes_logical: u64,
-    pub bytes_sent: u64,
-    pub bytes_new: u64,
-    pub runs_succeeded: u64,
-    pub runs_failed: u64,
-    pub skipped: u64,
-}
-
-/// One target of one job, live.
-#[derive(Debug, Default)]
-pub struct TargetLive {
-    pub pending: BTreeMap<String, Pending>,
-    /// Items done or skipped (step layouts): never pushed again.
-    pub done: HashSet<String>,
-    /// The fingerprint last pushed (tree layouts).
-    pub pushed: Option<Fingerprint>,
-    pub running: bool,
-    pub retry: Option<Retry>,
-    /// The open run record while attempts go on (id, started ms, attempts so far).
-    pub open_run: Option<(u64, i64, u32)>,
-    /// Failed and parked: not retried until the next trigger.
-    pub failed: Option<FailureInfo>,
-    pub last_error: Option<FailureInfo>,
-    pub last_success_ms: Option<i64>,
-    pub last_snapshot: Option<String>,
-    pub totals: Totals,
-}
-
-impl TargetLive {
-    /// Pending items in the order they are pushed: step order (`step-9` before `step-10`),
-    /// so that a target's ref ends at the newest checkpoint; items that failed for good come
-    /// after the others, so that a failing item never blocks the ones behind it.
-    pub fn ordered_pending(&self) -> Vec<(&String, &Pending)> {
-        let mut v: Vec<_> = self.pending.iter().collect();
-        v.sort_by(|a, b| {
-            a.1.failed
-                .cmp(&b.1.failed)
-                .then_with(|| natural_cmp(a.0, b.0))
-        });
-        v
-    }
-}
+named!(TargetState {
+    Idle => "idle",
+    Pending => "pending",
+    Running => "running",
+    Retrying => "retrying",
+    Failed => "failed",
+});
 
 /// Byte progress of the running run, fed by [`crate::progress::Observer`].
 #[derive(Debug, Default)]
@@ -296,14 +289,14 @@ impl Job {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStatus {
     pub name: String,
-    /// `push` or `replicate`.
-    pub kind: String,
+    /// `push`, `replicate` or `mirror`.
+    pub kind: JobKindName,
     pub source: String,
     /// The ref pushed to (push jobs) or the refs replicated (empty: all).
     pub refs: Vec<String>,
     pub trigger: String,
     /// `idle`, `waiting`, `running`, `retrying` or `failed`.
-    pub state: String,
+    pub state: JobState,
     pub next_run_ms: Option<i64>,
     pub waiting: Vec<WaitingStatus>,
     pub running: Option<RunningStatus>,
@@ -342,7 +335,7 @@ pub struct TargetStatus {
     pub target: String,
     pub url: String,
     /// `idle`, `pending`, `running`, `retrying` or `failed`.
-    pub state: String,
+    pub state: TargetState,
     pub pending: usize,
     pub lag_secs: f64,
     pub last_success_ms: Option<i64>,
@@ -389,9 +382,15 @@ impl Job {
         let (kind, source, refs) = match &c.kind {
             JobKind::Push {
                 source, reference, ..
-            } => ("push", source.to_string(), vec![reference.clone()]),
-            JobKind::Replicate { from, refs } => ("replicate", from.url.to_string(), refs.clone()),
-            JobKind::Mirror { source, .. } => ("mirror", source.to_string(), Vec::new()),
+            } => (
+                JobKindName::Push,
+                source.to_string(),
+                vec![reference.clone()],
+            ),
+            JobKind::Replicate { from, refs } => {
+                (JobKindName::Replicate, from.url.to_string(), refs.clone())
+            }
+            JobKind::Mirror { source, .. } => (JobKindName::Mirror, source.to_string(), Vec::new()),
         };
         self.with(|live| {
             let targets: Vec<TargetStatus> = live
@@ -411,23 +410,23 @@ impl Job {
                 })
                 .collect();
             let state = if live.running.is_some() {
-                "running"
-            } else if targets.iter().any(|t| t.state == "failed") {
-                "failed"
-            } else if targets.iter().any(|t| t.state == "retrying") {
-                "retrying"
+                JobState::Running
+            } else if targets.iter().any(|t| t.state == TargetState::Failed) {
+                JobState::Failed
+            } else if targets.iter().any(|t| t.state == TargetState::Retrying) {
+                JobState::Retrying
             } else if !live.waiting.is_empty() || targets.iter().any(|t| t.pending > 0) {
-                "waiting"
+                JobState::Waiting
             } else {
-                "idle"
+                JobState::Idle
             };
             JobStatus {
                 name: c.name.clone(),
-                kind: kind.into(),
+                kind,
                 source,
                 refs,
                 trigger: c.trigger.describe(),
-                state: state.into(),
+                state,
                 next_run_ms: live.next_fire_ms,
                 waiting: live
                     .waiting
@@ -493,28 +492,29 @@ fn target_status(
 ) -> TargetStatus {
     let is_running = running.is_some_and(|r| r.targets.contains(&i));
     let state = if is_running {
-        "running"
-    } else if t.failed.is_some() {
-        "failed"
-    } else if t.retry.is_some() {
-        "retrying"
-    } else if !t.pending.is_empty() {
-        "pending"
+        TargetState::Running
+    } else if t.failed().is_some() {
+        TargetState::Failed
+    } else if t.retry().is_some() {
+        TargetState::Retrying
+    } else if t.pending_len() > 0 {
+        TargetState::Pending
     } else {
-        "idle"
+        TargetState::Idle
     };
-    let oldest = t.pending.values().map(|p| p.since_ms).min();
+    let oldest = t.oldest_pending_ms();
     let price = cfg.map_or(0.0, |c| c.egress_usd_per_gb);
-    let err = t.failed.as_ref().or(t.last_error.as_ref());
+    let err = t.failed().or(t.last_error());
+    let totals = *t.totals();
     TargetStatus {
         target: cfg.map(|c| c.label.clone()).unwrap_or_default(),
         url: cfg.map(|c| c.url.to_string()).unwrap_or_default(),
-        state: state.into(),
-        pending: t.pending.len(),
+        state,
+        pending: t.pending_len(),
         lag_secs: oldest.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1000.0),
-        last_success_ms: t.last_success_ms,
-        last_snapshot: t.last_snapshot.clone(),
-        next_retry_ms: t.retry.as_ref().map(|r| r.at_ms),
+        last_success_ms: t.last_success_ms(),
+        last_snapshot: t.last_snapshot().cloned(),
+        next_retry_ms: t.retry().map(|r| r.at_ms),
         last_error: err.map(|e| ErrorStatus {
             message: e.message.clone(),
             kind: e.kind,
@@ -522,14 +522,14 @@ fn target_status(
             attempts: e.attempts,
             item: e.item.clone(),
         }),
-        bytes_logical: t.totals.bytes_logical,
-        bytes_sent: t.totals.bytes_sent,
-        dedup_ratio: ratio(t.totals.bytes_logical, t.totals.bytes_new),
-        compression_ratio: ratio(t.totals.bytes_new, t.totals.bytes_sent),
+        bytes_logical: totals.bytes_logical,
+        bytes_sent: totals.bytes_sent,
+        dedup_ratio: ratio(totals.bytes_logical, totals.bytes_new),
+        compression_ratio: ratio(totals.bytes_new, totals.bytes_sent),
         egress_usd_per_gb: price,
-        egress_avoided_usd: egress_avoided_usd(&t.totals, price),
-        runs_succeeded: t.totals.runs_succeeded,
-        runs_failed: t.totals.runs_failed,
-        skipped: t.totals.skipped,
+        egress_avoided_usd: egress_avoided_usd(&totals, price),
+        runs_succeeded: totals.runs_succeeded,
+        runs_failed: totals.runs_failed,
+        skipped: totals.skipped,
     }
 }

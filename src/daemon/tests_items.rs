@@ -42,7 +42,7 @@ async fn a_queued_step_that_vanishes_is_dropped_and_later_steps_land() {
     let d = w.daemon(w.config(STEPS), Mode::Once).await;
     let job = d.find("ckpt").unwrap();
     discover::discover_once(&d.shared, &job, Cause::Sync).await;
-    assert_eq!(job.with(|l| l.targets[0].pending.len()), 2);
+    assert_eq!(job.with(|l| l.targets[0].pending_len()), 2);
     drop((job, d));
 
     // Rotation removes step-5; step-6 completes; the next process runs.

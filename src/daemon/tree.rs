@@ -59,7 +59,7 @@ pub(super) async fn look(
     })
     .await;
     job.with(|l| l.scans += 1);
-    metrics::counter!("ferry_source_scans_total", "job" => job.config.name.clone()).increment(1);
+    super::sink::count_scan(job);
     let (files, marked) = match listed {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
@@ -127,7 +127,8 @@ fn show(job: &Job, s: &Settled, marked: bool, max_wait: Duration) {
         });
         before == 0 && s.overdue_total > 0
     });
-    metrics::gauge!("ferry_unsettled_files", "job" => name.clone()).set(s.overdue_total as f64);
+    metrics::gauge!(super::metric::UNSETTLED_FILES, "job" => name.clone())
+        .set(s.overdue_total as f64);
     if newly_overdue {
         tracing::warn!(job = %name, files = ?s.overdue, count = s.overdue_total, max_wait = ?max_wait, "files have not settled for max_wait; the repository keeps their previous version");
     }

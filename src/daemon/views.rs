@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{FailureInfo, Job, JobStatus, Pending, RunRecord, RunState};
+use super::state::{Cause, Job, JobStatus, RunRecord, RunState};
 use super::{blocking, Daemon, DaemonError, Shared};
 use crate::config::{JobKind, Layout};
 use crate::index::ItemState;
@@ -71,7 +71,7 @@ pub(super) fn bare_record(
     job: &Job,
     t: usize,
     item: &str,
-    trigger: &str,
+    trigger: Cause,
     id: u64,
     started_ms: i64,
 ) -> RunRecord {
@@ -81,7 +81,7 @@ pub(super) fn bare_record(
         job: job.config.name.clone(),
         target: job.target(t).label.clone(),
         item: item.to_string(),
-        trigger: trigger.to_string(),
+        trigger,
         state: RunState::Running,
         started_ms,
         finished_ms: None,
@@ -136,22 +136,8 @@ pub(super) async fn load(shared: &Arc<Shared>) -> Result<(), DaemonError> {
             for (t, list) in live.targets.iter_mut().zip(per_target) {
                 for (name, rec) in list {
                     match rec.state {
-                        ItemState::Pending => {
-                            t.pending.insert(
-                                name,
-                                Pending {
-                                    since_ms: rec.since_ms,
-                                    trigger: super::state::Cause::Startup,
-                                    fingerprint: None,
-                                    dirty: false,
-                                    failed: false,
-                                    plan: None,
-                                },
-                            );
-                        }
-                        ItemState::Done | ItemState::Skipped if steps => {
-                            t.done.insert(name);
-                        }
+                        ItemState::Pending => t.restore_pending(name, rec.since_ms),
+                        ItemState::Done | ItemState::Skipped if steps => t.restore_done(name),
                         _ => {}
                     }
                 }
@@ -178,38 +164,7 @@ pub(super) async fn load(shared: &Arc<Shared>) -> Result<(), DaemonError> {
         let Some(t) = job.config.targets.iter().position(|t| t.label == r.target) else {
             continue;
         };
-        job.with(|live| {
-            let tl = &mut live.targets[t];
-            let first = tl.last_success_ms.is_none() && tl.last_error.is_none();
-            match r.state {
-                RunState::Succeeded => {
-                    tl.totals.runs_succeeded += 1;
-                    tl.totals.bytes_logical += r.bytes_logical;
-                    tl.totals.bytes_sent += r.bytes_sent;
-                    tl.totals.bytes_new += r.bytes_new;
-                    if tl.last_success_ms.is_none() {
-                        tl.last_success_ms = r.finished_ms;
-                    }
-                    if tl.last_snapshot.is_none() {
-                        tl.last_snapshot = r.snapshot.clone();
-                    }
-                }
-                RunState::Failed => {
-                    tl.totals.runs_failed += 1;
-                    if first {
-                        tl.last_error = Some(FailureInfo {
-                            message: r.error.clone().unwrap_or_default(),
-                            kind: r.error_kind.unwrap_or(super::retry::FailureKind::Permanent),
-                            at_ms: r.finished_ms.unwrap_or(r.started_ms),
-                            attempts: r.attempts,
-                            item: r.item.clone(),
-                        });
-                    }
-                }
-                RunState::Skipped => tl.totals.skipped += 1,
-                _ => {}
-            }
-        });
+        job.with(|live| live.targets[t].count_history(&r));
     }
     for r in rewrite {
         shared.put_run(r).await;
@@ -386,7 +341,7 @@ fn when(ms: Option<i64>, now_ms: i64) -> String {
 
 /// The per-job, per-target table of `ferry status` and `ferry sync`.
 pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
-    let b = crate::commands::bytes;
+    let b = crate::cli::render::bytes;
     let mut s = format!(
         "{:<20} {:<16} {:<9} {:>12} {:>8} {:>7} {:>11} {:>11} {:>6} {:>6} {:>9}",
         "JOB",
@@ -411,7 +366,7 @@ pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
                 if j.state == "running" && t.state == "running" {
                     "running"
                 } else {
-                    &t.state
+                    t.state.as_str()
                 },
                 when(t.last_success_ms, now_ms),
                 humantime::format_duration(Duration::from_secs(t.lag_secs as u64))

@@ -15,6 +15,7 @@ pub mod select;
 pub mod shard;
 pub mod source;
 pub mod sync;
+pub mod targets;
 pub mod uploader;
 pub mod verify;
 
@@ -103,8 +104,8 @@ pub enum OpError {
         "pack size {size} is out of range: choose between 1MiB and 1GiB (e.g. --pack-size 32MiB)"
     )]
     PackSizeOutOfRange { size: u64 },
-    /// A push to no repository, or to more than a push can track.
-    #[error("push takes 1 to 64 repositories, not {count}")]
+    /// A push to no repository.
+    #[error("push takes 1 or more repositories, not {count}")]
     TargetCount { count: usize },
     /// A repository inside the source it would push (or the reverse).
     #[error("cannot push {source_url} into {repo}: one is inside the other; choose a repository outside the source")]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::chunker::ChunkerParams;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::hasher::FileHasher;
@@ -19,6 +20,7 @@ use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
 use crate::ops::sync::{check_not_marked, sync_index, Presence};
+use crate::ops::targets::TargetSet;
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::Progress;
@@ -75,15 +77,15 @@ pub(crate) struct Job {
     pub(crate) data: std::sync::Arc<[u8]>,
     /// Element width for byte-plane compression (1: not elements).
     pub(crate) width: u8,
-    /// Bit `t` set: repository `t` lacks the chunk.
-    pub(crate) targets: u64,
+    /// The repositories that lack the chunk.
+    pub(crate) targets: TargetSet,
 }
 
 struct Frame {
     id: ChunkId,
     raw_len: u32,
     frame: Vec<u8>,
-    targets: u64,
+    targets: TargetSet,
 }
 
 #[derive(Default)]
@@ -157,21 +159,7 @@ pub async fn push_checked(
     mode.check()?;
     let started = Instant::now();
     let time = SystemTime::now();
-    if targets.is_empty() || targets.len() > 64 {
-        return Err(OpError::TargetCount {
-            count: targets.len(),
-        });
-    }
-    let params = targets[0].0.config().chunker;
-    let level = targets[0].0.config().zstd_level;
-    for (t, _) in &targets[1..] {
-        if t.config().chunker != params {
-            return Err(OpError::ChunkerMismatch {
-                a: targets[0].0.url(),
-                b: t.url(),
-            });
-        }
-    }
+    let (params, level) = common_format(&targets)?;
     let mut presences = Vec::new();
     for (repo, _) in &targets {
         let ri = index.repo(repo.id())?;
@@ -208,6 +196,208 @@ pub async fn push_checked(
             produce(&source, listing, &cache, &presences, params, check, &out)
         })
     };
+    let compressors = spawn_compressors(workers, level, job_rx, frame_tx);
+
+    let mut uploaders: Vec<PackUploader> = targets
+        .iter()
+        .zip(&presences)
+        .map(|((repo, _), p)| {
+            PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
+                .repairing(p.damaged.clone())
+                .avoiding(p.marked.difference(&p.damaged).copied().collect())
+        })
+        .collect();
+    let packed = pack_frames(&mut frame_rx, &mut uploaders).await?;
+    let produced = producer.await.map_err(OpError::join)??;
+    for c in compressors {
+        c.await.map_err(OpError::join)?;
+    }
+    let mut stats = Vec::new();
+    for up in uploaders {
+        bar.set_message(format!("finishing uploads to {}", up.repo().url()));
+        stats.push(up.finish().await?);
+    }
+    bar.finish();
+
+    // Every pack is durable: now the snapshot, then the ref.
+    let referenced: HashSet<ChunkId> = produced
+        .entries
+        .iter()
+        .flat_map(|e| match e {
+            Entry::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        })
+        .map(|c| c.0)
+        .collect();
+    let head = SnapshotHead {
+        time: humantime::format_rfc3339_seconds(time).to_string(),
+        name,
+        source: source.key(),
+        entries: &produced.entries,
+    };
+    let mut reports = Vec::new();
+    for (((repo, created), stats), presence) in targets.into_iter().zip(stats).zip(&presences) {
+        check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
+        let (snapshot, unchanged, shard) = finish_snapshot(&repo, &head, mode).await?;
+        reports.push(TargetReport {
+            repo: repo.url(),
+            snapshot,
+            unchanged,
+            created,
+            stats,
+            shard,
+        });
+    }
+    index.flush()?;
+
+    Ok(report(name, source, &produced, &packed, started, reports))
+}
+
+/// What the frames of one push came to.
+#[derive(Default)]
+struct Packed {
+    stored_new: u64,
+    raw_new: u64,
+    chunks_new: u64,
+}
+
+/// Hands each frame to the uploaders of the repositories that lack its chunk.
+async fn pack_frames(
+    frames: &mut tokio::sync::mpsc::Receiver<Frame>,
+    uploaders: &mut [PackUploader],
+) -> Result<Packed, OpError> {
+    let mut p = Packed::default();
+    while let Some(f) = frames.recv().await {
+        p.stored_new += f.frame.len() as u64;
+        p.raw_new += f.raw_len as u64;
+        p.chunks_new += 1;
+        for t in f.targets.iter() {
+            uploaders[t].add(f.id, &f.frame, f.raw_len).await?;
+        }
+    }
+    Ok(p)
+}
+
+/// The chunker parameters and zstd level of the first repository, which every other must
+/// share (chunk ids would differ otherwise).
+fn common_format(targets: &[(Repository, bool)]) -> Result<(ChunkerParams, i32), OpError> {
+    let Some((first, _)) = targets.first() else {
+        return Err(OpError::TargetCount { count: 0 });
+    };
+    let params = first.config().chunker;
+    for (t, _) in &targets[1..] {
+        if t.config().chunker != params {
+            return Err(OpError::ChunkerMismatch {
+                a: first.url(),
+                b: t.url(),
+            });
+        }
+    }
+    Ok((params, first.config().zstd_level))
+}
+
+fn report(
+    name: &str,
+    source: &Source,
+    produced: &Produced,
+    packed: &Packed,
+    started: Instant,
+    reports: Vec<TargetReport>,
+) -> PushReport {
+    let Packed {
+        stored_new,
+        raw_new,
+        chunks_new,
+    } = *packed;
+    let packs_uploaded = reports.iter().map(|r| r.stats.packs_uploaded).sum();
+    let bytes_uploaded = reports.iter().map(|r| r.stats.bytes_uploaded).sum();
+    PushReport {
+        name: name.to_string(),
+        source: source.key(),
+        files_total: produced.files_read + produced.files_unchanged,
+        files_read: produced.files_read,
+        files_unchanged: produced.files_unchanged,
+        bytes_total: produced.bytes_total,
+        bytes_read: produced.bytes_read,
+        chunks_total: produced.chunks_total,
+        chunks_new,
+        chunks_reused: produced.chunks_total.saturating_sub(chunks_new),
+        packs_uploaded,
+        bytes_uploaded,
+        bytes_new_logical: raw_new,
+        dedup_ratio: ratio(produced.bytes_total, raw_new),
+        compression_ratio: ratio(raw_new, stored_new),
+        duration_secs: started.elapsed().as_secs_f64(),
+        targets: reports,
+    }
+}
+
+/// What every target's snapshot of one push holds.
+struct SnapshotHead<'a> {
+    time: String,
+    name: &'a str,
+    source: String,
+    entries: &'a [Entry],
+}
+
+/// Writes the push's snapshot into `repo` as `mode` says and moves the ref: returns the
+/// snapshot id, whether the ref already had this tree, and a sharded push's report.
+async fn finish_snapshot(
+    repo: &Repository,
+    head: &SnapshotHead<'_>,
+    mode: &PushMode,
+) -> Result<(SnapshotId, bool, Option<ShardReport>), OpError> {
+    let mut snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: head.time.clone(),
+        name: head.name.to_string(),
+        source: head.source.clone(),
+        parent: None,
+        entries: head.entries.to_vec(),
+    };
+    let name = head.name;
+    Ok(match mode {
+        PushMode::Merge => {
+            let (id, unchanged) = crate::ops::shard::finish_merge(repo, snapshot).await?;
+            (id, unchanged, None)
+        }
+        PushMode::Settled { held, merge, .. } => {
+            let (id, unchanged) =
+                crate::ops::shard::finish_settled(repo, snapshot, held, *merge).await?;
+            (id, unchanged, None)
+        }
+        PushMode::Shard { shard: s, run } => {
+            let (id, r) = crate::ops::shard::finish_shard(repo, snapshot, *s, run).await?;
+            (id, false, Some(r))
+        }
+        PushMode::Replace => {
+            let head = repo.ref_head(name).await?;
+            let parent = match &head {
+                Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
+                None => None,
+            };
+            snapshot.parent = parent.as_ref().map(|p| p.0);
+            match parent {
+                Some((pid, p)) if p.same_tree(&snapshot) => (pid, true, None),
+                _ => {
+                    let id = repo
+                        .write_snapshot_bytes(Bytes::from(snapshot.encode()))
+                        .await?;
+                    repo.advance_ref(name, id).await?;
+                    (id, false, None)
+                }
+            }
+        }
+    })
+}
+
+/// One compressor per worker, each on a blocking thread: chunks in, frames out.
+fn spawn_compressors(
+    workers: usize,
+    level: i32,
+    job_rx: crossbeam_channel::Receiver<Job>,
+    frame_tx: tokio::sync::mpsc::Sender<Frame>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut compressors = Vec::new();
     for _ in 0..workers {
         let (rx, tx) = (job_rx.clone(), frame_tx.clone());
@@ -233,124 +423,7 @@ pub async fn push_checked(
             tracing::debug!(?busy, ?blocked, "compressor done");
         }));
     }
-    drop((job_rx, frame_tx));
-
-    let mut uploaders: Vec<PackUploader> = targets
-        .iter()
-        .zip(&presences)
-        .map(|((repo, _), p)| {
-            PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
-                .repairing(p.damaged.clone())
-                .avoiding(p.marked.difference(&p.damaged).copied().collect())
-        })
-        .collect();
-    let mut stored_new = 0u64;
-    let mut raw_new = 0u64;
-    let mut chunks_new = 0u64;
-    while let Some(f) = frame_rx.recv().await {
-        stored_new += f.frame.len() as u64;
-        raw_new += f.raw_len as u64;
-        chunks_new += 1;
-        for (t, up) in uploaders.iter_mut().enumerate() {
-            if f.targets & (1 << t) != 0 {
-                up.add(f.id, &f.frame, f.raw_len).await?;
-            }
-        }
-    }
-    let produced = producer.await.map_err(OpError::join)??;
-    for c in compressors {
-        c.await.map_err(OpError::join)?;
-    }
-    let mut stats = Vec::new();
-    for up in uploaders {
-        bar.set_message(format!("finishing uploads to {}", up.repo().url()));
-        stats.push(up.finish().await?);
-    }
-    bar.finish();
-
-    // Every pack is durable: now the snapshot, then the ref.
-    let referenced: HashSet<ChunkId> = produced
-        .entries
-        .iter()
-        .flat_map(|e| match e {
-            Entry::File { chunks, .. } => chunks.as_slice(),
-            _ => &[],
-        })
-        .map(|c| c.0)
-        .collect();
-    let mut reports = Vec::new();
-    for (((repo, created), stats), presence) in targets.into_iter().zip(stats).zip(&presences) {
-        check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
-        let mut snapshot = Snapshot {
-            version: SNAPSHOT_VERSION,
-            time: humantime::format_rfc3339_seconds(time).to_string(),
-            name: name.to_string(),
-            source: source.key(),
-            parent: None,
-            entries: produced.entries.clone(),
-        };
-        let mut shard = None;
-        let (id, unchanged) = match mode {
-            PushMode::Merge => crate::ops::shard::finish_merge(&repo, snapshot).await?,
-            PushMode::Settled { held, merge, .. } => {
-                crate::ops::shard::finish_settled(&repo, snapshot, held, *merge).await?
-            }
-            PushMode::Shard { shard: s, run } => {
-                let (id, r) = crate::ops::shard::finish_shard(&repo, snapshot, *s, run).await?;
-                shard = Some(r);
-                (id, false)
-            }
-            PushMode::Replace => {
-                let head = repo.ref_head(name).await?;
-                let parent = match &head {
-                    Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
-                    None => None,
-                };
-                snapshot.parent = parent.as_ref().map(|p| p.0);
-                match parent {
-                    Some((pid, p)) if p.same_tree(&snapshot) => (pid, true),
-                    _ => {
-                        let id = repo
-                            .write_snapshot_bytes(Bytes::from(snapshot.encode()))
-                            .await?;
-                        repo.advance_ref(name, id).await?;
-                        (id, false)
-                    }
-                }
-            }
-        };
-        reports.push(TargetReport {
-            repo: repo.url(),
-            snapshot: id,
-            unchanged,
-            created,
-            stats,
-            shard,
-        });
-    }
-    index.flush()?;
-
-    let packs_uploaded = reports.iter().map(|r| r.stats.packs_uploaded).sum();
-    let bytes_uploaded = reports.iter().map(|r| r.stats.bytes_uploaded).sum();
-    Ok(PushReport {
-        name: name.to_string(),
-        source: source.key(),
-        files_total: produced.files_read + produced.files_unchanged,
-        files_read: produced.files_read,
-        files_unchanged: produced.files_unchanged,
-        bytes_total: produced.bytes_total,
-        bytes_read: produced.bytes_read,
-        chunks_total: produced.chunks_total,
-        chunks_new,
-        chunks_reused: produced.chunks_total.saturating_sub(chunks_new),
-        packs_uploaded,
-        bytes_uploaded,
-        bytes_new_logical: raw_new,
-        dedup_ratio: ratio(produced.bytes_total, raw_new),
-        compression_ratio: ratio(raw_new, stored_new),
-        duration_secs: started.elapsed().as_secs_f64(),
-        targets: reports,
-    })
+    compressors
 }
 
 /// Where the producer sends its work.
@@ -408,7 +481,7 @@ fn produce(
             {
                 let mut complete = true;
                 for ch in &c.chunks {
-                    if reader.lacking(&ch.0)? != 0 {
+                    if !reader.lacking(&ch.0)?.is_empty() {
                         complete = false;
                         break;
                     }

@@ -15,6 +15,7 @@ use crate::ops::hasher::FileHasher;
 use crate::ops::push::{Job, Out};
 use crate::ops::source::{ctime_ns, mtime_ns, Source, SourceFile};
 use crate::ops::sync::Presence;
+use crate::ops::targets::TargetSet;
 use crate::ops::OpError;
 use crate::repo::snapshot::ChunkRef;
 
@@ -78,7 +79,7 @@ pub(crate) struct FileReader<'a> {
 
 impl FileReader<'_> {
     /// Which repositories (bit per target) lack a chunk and are not already being sent it.
-    pub(crate) fn lacking(&self, id: &ChunkId) -> Result<u64, OpError> {
+    pub(crate) fn lacking(&self, id: &ChunkId) -> Result<TargetSet, OpError> {
         lacking(self.presences, &self.sent, id)
     }
 
@@ -167,11 +168,9 @@ impl FileReader<'_> {
                 size += len as u64;
                 chunks.push(ChunkRef(id, len));
                 let targets = lacking(presences, sent, &id).map_err(std::io::Error::other)?;
-                if targets != 0 {
-                    for (t, s) in sent.iter_mut().enumerate() {
-                        if targets & (1 << t) != 0 {
-                            s.insert(id);
-                        }
+                if !targets.is_empty() {
+                    for t in targets.iter() {
+                        sent[t].insert(id);
                     }
                     let job = Job {
                         id,
@@ -200,14 +199,14 @@ fn lacking(
     presences: &[Presence],
     sent: &[HashSet<ChunkId>],
     id: &ChunkId,
-) -> Result<u64, OpError> {
-    let mut mask = 0u64;
+) -> Result<TargetSet, OpError> {
+    let mut set = TargetSet::new();
     for (t, p) in presences.iter().enumerate() {
         if !sent[t].contains(id) && !p.has(id)? {
-            mask |= 1 << t;
+            set.insert(t);
         }
     }
-    Ok(mask)
+    Ok(set)
 }
 
 /// What moved between two stats, for the message.

@@ -1,6 +1,7 @@
 //! Brings the local index's view of a repository up to date from its pack indexes, and
 //! answers "does this repository hold chunk X?" with packs marked for deletion by gc, or
-//! marked damaged by `ferry repair`, counted as absent.
+//! marked damaged by `ferry repair`, counted as absent. Every local-index call here runs on a
+//! blocking thread (sled may block on I/O).
 
 use std::collections::HashSet;
 
@@ -61,24 +62,30 @@ pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presenc
         withdrawn_packs(repo)
     )?;
     let listed: HashSet<_> = listed.into_iter().collect();
-    let known: HashSet<_> = rindex.packs()?.into_iter().collect();
     let damaged: Vec<PackId> = withdrawn
         .iter()
         .filter(|(_, w)| **w == Withdrawn::Damaged)
         .map(|(id, _)| *id)
         .collect();
-    // A known pack newly marked damaged may hold the location of a chunk a good pack holds
-    // too: rebuild, so that the good copy is found (rare: only after `ferry repair`).
-    let mut newly_damaged = false;
-    for id in damaged.iter().filter(|id| known.contains(id)) {
-        newly_damaged |= !rindex.knows_damaged(id)?;
-    }
-    let fresh: Vec<_> = if known.is_subset(&listed) && !newly_damaged {
-        listed.difference(&known).copied().collect()
-    } else {
-        tracing::info!(repo = %repo.url(), "packs disappeared or were marked damaged since the last run; rebuilding the local index");
-        rindex.clear()?;
-        listed.into_iter().collect()
+    let fresh = {
+        let (ri, damaged, url) = (rindex.clone(), damaged.clone(), repo.url());
+        blocking(move || {
+            let known: HashSet<_> = ri.packs()?.into_iter().collect();
+            // A known pack newly marked damaged may hold the location of a chunk a good pack
+            // holds too: rebuild, so that the good copy is found (rare: only after `ferry
+            // repair`).
+            let mut newly_damaged = false;
+            for id in damaged.iter().filter(|id| known.contains(id)) {
+                newly_damaged |= !ri.knows_damaged(id)?;
+            }
+            if known.is_subset(&listed) && !newly_damaged {
+                return Ok(listed.difference(&known).copied().collect::<Vec<_>>());
+            }
+            tracing::info!(repo = %url, "packs disappeared or were marked damaged since the last run; rebuilding the local index");
+            ri.clear()?;
+            Ok(listed.into_iter().collect())
+        })
+        .await?
     };
     if !fresh.is_empty() {
         tracing::debug!(repo = %repo.url(), packs = fresh.len(), "loading pack indexes");
@@ -87,8 +94,15 @@ pub async fn sync_index(repo: &Repository, rindex: &RepoIndex) -> Result<Presenc
         fresh.into_iter().partition(|id| withdrawn.contains_key(id));
     load(repo, weak, Strength::Weak, rindex).await?;
     load(repo, strong, Strength::Strong, rindex).await?;
-    for id in &damaged {
-        rindex.note_damaged(id)?;
+    {
+        let (ri, damaged) = (rindex.clone(), damaged.clone());
+        blocking(move || {
+            for id in &damaged {
+                ri.note_damaged(id)?;
+            }
+            Ok(())
+        })
+        .await?;
     }
     Ok(Presence {
         rindex: rindex.clone(),
@@ -129,12 +143,15 @@ async fn load(
         })
         .buffer_unordered(8)
         .try_for_each(|idx: Option<PackIndex>| {
-            let r = match (idx, strength) {
-                (Some(idx), Strength::Strong) => rindex.add_pack(&idx).map_err(OpError::from),
-                (Some(idx), Strength::Weak) => rindex.add_pack_weak(&idx).map_err(OpError::from),
-                (None, _) => Ok(()),
-            };
-            async move { r }
+            let ri = rindex.clone();
+            blocking(move || {
+                match (idx, strength) {
+                    (Some(idx), Strength::Strong) => ri.add_pack(&idx)?,
+                    (Some(idx), Strength::Weak) => ri.add_pack_weak(&idx)?,
+                    (None, _) => {}
+                }
+                Ok(())
+            })
         })
         .await
 }
@@ -152,16 +169,30 @@ pub async fn check_not_marked(
     if withdrawn.is_empty() {
         return Ok(());
     }
-    for id in chunks {
-        if let Some(loc) = rindex.chunk_location(&id)? {
-            if let Some(why) = withdrawn.get(&loc.pack) {
-                return Err(OpError::PackWithdrawn {
-                    pack: loc.pack.to_hex(),
-                    repo: repo.url(),
-                    why: *why,
-                });
+    let chunks: Vec<ChunkId> = chunks.into_iter().collect();
+    let (ri, url) = (rindex.clone(), repo.url());
+    blocking(move || {
+        for id in chunks {
+            if let Some(loc) = ri.chunk_location(&id)? {
+                if let Some(why) = withdrawn.get(&loc.pack) {
+                    return Err(OpError::PackWithdrawn {
+                        pack: loc.pack.to_hex(),
+                        repo: url,
+                        why: *why,
+                    });
+                }
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+}
+
+/// Runs sled work on a blocking thread: the local index is never touched from async code.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, OpError> + Send + 'static,
+) -> Result<R, OpError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(OpError::join)?
 }

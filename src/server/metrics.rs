@@ -1,7 +1,7 @@
 //! `/metrics`: the `metrics` facade with its Prometheus exporter. Counters and the duration
 //! histogram are recorded by the runner as runs finish; gauges that describe the present
 //! (lag, pending items, failing targets, running jobs) are set from the daemon's status at
-//! each scrape.
+//! each scrape. The names are [`crate::daemon::metric`]'s.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -30,6 +30,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit}
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
+use crate::daemon::metric;
 
 /// The process-wide recorder's handle. The first call installs the recorder; if another
 /// recorder was installed first (an embedding program), ours still renders its own metrics.
@@ -38,7 +39,7 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
-                Matcher::Full("ferry_run_duration_seconds".into()),
+                Matcher::Full(metric::RUN_DURATION_SECONDS.into()),
                 &[
                     0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
                 ],
@@ -58,101 +59,101 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     describe_counter!(
-        "ferry_runs_total",
+        metric::RUNS_TOTAL,
         "Finished runs (one item to one target), by outcome."
     );
     describe_counter!(
-        "ferry_run_retries_total",
+        metric::RUN_RETRIES_TOTAL,
         "Transient failures that were retried."
     );
     describe_counter!(
-        "ferry_logical_bytes_total",
+        metric::LOGICAL_BYTES_TOTAL,
         Unit::Bytes,
         "Size of the trees pushed (what a plain copy would send)."
     );
     describe_counter!(
-        "ferry_sent_bytes_total",
+        metric::SENT_BYTES_TOTAL,
         Unit::Bytes,
         "Bytes uploaded to targets: packs and pack indexes."
     );
     describe_counter!(
-        "ferry_source_scans_total",
+        metric::SOURCE_SCANS_TOTAL,
         "Scans of a job's source folder for complete checkpoints."
     );
     describe_histogram!(
-        "ferry_run_duration_seconds",
+        metric::RUN_DURATION_SECONDS,
         Unit::Seconds,
         "Duration of successful runs."
     );
     describe_gauge!(
-        "ferry_last_success_timestamp_seconds",
+        metric::LAST_SUCCESS_TIMESTAMP_SECONDS,
         Unit::Seconds,
         "Unix time of the last successful run."
     );
     describe_gauge!(
-        "ferry_replication_lag_seconds",
+        metric::REPLICATION_LAG_SECONDS,
         Unit::Seconds,
         "Age of the oldest source change the target does not have yet; 0 when up to date."
     );
     describe_gauge!(
-        "ferry_pending_items",
+        metric::PENDING_ITEMS,
         "Checkpoints or trees waiting for the target."
     );
     describe_gauge!(
-        "ferry_target_failing",
+        metric::TARGET_FAILING,
         "1 when the target's last run failed for good (after retries)."
     );
     describe_gauge!(
-        "ferry_egress_avoided_dollars",
+        metric::EGRESS_AVOIDED_DOLLARS,
         "Estimated egress cost avoided: (logical - sent) bytes at the configured $/GB."
     );
     describe_gauge!(
-        "ferry_job_running",
+        metric::JOB_RUNNING,
         "1 while the job has a run in progress."
     );
     describe_gauge!(
-        "ferry_run_progress_bytes",
+        metric::RUN_PROGRESS_BYTES,
         Unit::Bytes,
         "Bytes processed by the running run."
     );
     describe_gauge!(
-        "ferry_waiting_files",
+        metric::WAITING_FILES,
         "Files of a tree job still changing: not pushed yet; the repository keeps their previous version."
     );
     describe_gauge!(
-        "ferry_unsettled_files",
+        metric::UNSETTLED_FILES,
         "Files of a tree job that have kept changing for longer than max_wait."
     );
     describe_gauge!(
-        "process_resident_memory_bytes",
+        metric::PROCESS_RESIDENT_MEMORY_BYTES,
         Unit::Bytes,
         "Resident memory of the ferry process."
     );
     describe_gauge!(
-        "ferry_build_info",
+        metric::BUILD_INFO,
         "Always 1; the version label says which ferry runs."
     );
 }
 
 pub(super) async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
     let h = handle();
-    gauge!("ferry_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     if let Some(rss) = crate::memory::resident_memory_bytes() {
-        gauge!("process_resident_memory_bytes").set(rss as f64);
+        gauge!(metric::PROCESS_RESIDENT_MEMORY_BYTES).set(rss as f64);
     }
     for j in s.daemon.jobs() {
-        gauge!("ferry_job_running", "job" => j.name.clone())
+        gauge!(metric::JOB_RUNNING, "job" => j.name.clone())
             .set(f64::from(u8::from(j.running.is_some())));
-        gauge!("ferry_run_progress_bytes", "job" => j.name.clone())
+        gauge!(metric::RUN_PROGRESS_BYTES, "job" => j.name.clone())
             .set(j.running.as_ref().map_or(0.0, |r| r.bytes_done as f64));
         let waiting: usize = j.waiting.iter().map(|w| w.files_total).sum();
-        gauge!("ferry_waiting_files", "job" => j.name.clone()).set(waiting as f64);
+        gauge!(metric::WAITING_FILES, "job" => j.name.clone()).set(waiting as f64);
         for t in &j.targets {
             let labels = [("job", j.name.clone()), ("target", t.target.clone())];
-            gauge!("ferry_replication_lag_seconds", &labels).set(t.lag_secs);
-            gauge!("ferry_pending_items", &labels).set(t.pending as f64);
-            gauge!("ferry_target_failing", &labels).set(f64::from(u8::from(t.state == "failed")));
-            gauge!("ferry_egress_avoided_dollars", &labels).set(t.egress_avoided_usd);
+            gauge!(metric::REPLICATION_LAG_SECONDS, &labels).set(t.lag_secs);
+            gauge!(metric::PENDING_ITEMS, &labels).set(t.pending as f64);
+            gauge!(metric::TARGET_FAILING, &labels).set(f64::from(u8::from(t.state == "failed")));
+            gauge!(metric::EGRESS_AVOIDED_DOLLARS, &labels).set(t.egress_avoided_usd);
         }
     }
     h.run_upkeep();

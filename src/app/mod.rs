@@ -1,0 +1,366 @@
+//! The application layer under both the CLI and the daemon: typed inputs ([`StoreUrl`],
+//! [`RefName`], [`RunId`]) → opened stores and repositories → one operation → its report.
+//! Nothing here parses text a caller already parsed, and nothing renders text for people
+//! (that is [`crate::cli::render`]).
+
+mod names;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use names::{RefName, RunId};
+
+use crate::chunker::ChunkerParams;
+use crate::index::{Index, IndexError, TemporaryIndex};
+use crate::listing::{LsReport, SnapshotsReport};
+use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
+use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
+use crate::ops::push::{ChangeCheck, PushReport};
+use crate::ops::repair::RepairReport;
+use crate::ops::replicate::{ReplicaShard, ReplicateReport};
+use crate::ops::restore::{Destination, RestoreOptions, RestoreReport};
+use crate::ops::shard::{PushMode, ShardReport};
+use crate::ops::source::Source;
+use crate::ops::sync::sync_index;
+use crate::ops::verify::VerifyReport;
+use crate::ops::OpError;
+use crate::repo::config::{RepoConfig, DEFAULT_PACK_SIZE, PACK_SIZE_RANGE};
+use crate::repo::Repository;
+use crate::store::{Access, Store, StoreUrl};
+
+/// How long a command waits for another process to release the local index.
+const INDEX_WAIT: Duration = Duration::from_secs(60);
+
+/// The local index and the settings every operation shares. One per process (the CLI's
+/// command, or the daemon for its lifetime); the index is opened on first use.
+pub struct App {
+    index_dir: PathBuf,
+    index: tokio::sync::OnceCell<Index>,
+    /// The index of a read-only command while another process holds the local one.
+    temporary: tokio::sync::OnceCell<TemporaryIndex>,
+    /// Show progress bars (when stderr is a terminal).
+    progress: bool,
+}
+
+impl App {
+    /// An application on the local index in `index_dir` (opened on first use); `progress` shows progress bars when stderr is a terminal.
+    pub fn new(index_dir: PathBuf, progress: bool) -> Self {
+        Self {
+            index_dir,
+            index: tokio::sync::OnceCell::new(),
+            temporary: tokio::sync::OnceCell::new(),
+            progress,
+        }
+    }
+
+    /// Opens the local index on first use, waiting up to a minute for another process (on a
+    /// blocking thread: the wait sleeps).
+    pub async fn index(&self) -> Result<&Index, OpError> {
+        self.index
+            .get_or_try_init(|| async {
+                let dir = self.index_dir.clone();
+                let idx = tokio::task::spawn_blocking(move || Index::open(&dir, INDEX_WAIT))
+                    .await
+                    .map_err(OpError::join)??;
+                Ok(idx)
+            })
+            .await
+    }
+
+    /// For commands that only read: the local index, or a temporary one (with a note) when
+    /// another process holds it.
+    pub async fn index_for_reading(&self) -> Result<&Index, OpError> {
+        if let Some(i) = self.index.get().or(self.temporary.get().map(|t| &t.index)) {
+            return Ok(i);
+        }
+        let dir = self.index_dir.clone();
+        let opened = tokio::task::spawn_blocking(move || Index::open(&dir, Duration::ZERO))
+            .await
+            .map_err(OpError::join)?;
+        match opened {
+            Ok(idx) => Ok(self.index.get_or_init(|| async { idx }).await),
+            Err(IndexError::Locked { path, holder }) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %holder,
+                    "the local index is in use by another process; using a temporary index for this command"
+                );
+                let t = self
+                    .temporary
+                    .get_or_try_init(|| async {
+                        tokio::task::spawn_blocking(TemporaryIndex::create)
+                            .await
+                            .map_err(OpError::join)?
+                            .map_err(OpError::from)
+                    })
+                    .await?;
+                Ok(&t.index)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a repository at an empty location.
+    pub async fn init(&self, repo: &StoreUrl, config: RepoConfig) -> Result<InitReport, OpError> {
+        let r = Repository::init(Store::open(repo, Access::Write)?, config).await?;
+        Ok(InitReport {
+            repo: r.url(),
+            id: r.id().to_string(),
+            chunk_avg: r.config().chunker.avg_size,
+            pack_size: r.config().pack_size,
+        })
+    }
+
+    /// Pushes `source` into every repository of `repos` (each created when its location is
+    /// empty) and moves the ref `name` as `mode` says.
+    pub async fn push(
+        &self,
+        source: &StoreUrl,
+        repos: &[StoreUrl],
+        name: &RefName,
+        mode: &PushMode,
+        check: ChangeCheck,
+    ) -> Result<PushReport, OpError> {
+        mode.check()?;
+        let source = Source::open(source)?;
+        for r in repos {
+            check_outside_source(&source.key(), &r.to_string())?;
+        }
+        let mut targets = Vec::new();
+        for r in repos {
+            let store = Store::open(r, Access::Write)?;
+            let (repo, created) = Repository::open_or_init(store, || {
+                RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE)
+            })
+            .await?;
+            targets.push((repo, created));
+        }
+        let index = self.index().await?;
+        crate::ops::push::push_checked(
+            &source,
+            targets,
+            name.as_str(),
+            index,
+            self.progress,
+            mode,
+            check,
+        )
+        .await
+    }
+
+    /// Combines a sharded run's partial snapshots and moves the ref, in every repository.
+    pub async fn commit(
+        &self,
+        repos: &[StoreUrl],
+        name: &RefName,
+        run: &RunId,
+    ) -> Result<CommitReport, OpError> {
+        let mut targets = Vec::new();
+        for r in repos {
+            let repo = Repository::open(Store::open(r, Access::Write)?).await?;
+            let report = crate::ops::shard::commit(&repo, name.as_str(), run.as_str()).await?;
+            targets.push(CommitTarget {
+                repo: repo.url(),
+                report,
+            });
+        }
+        Ok(CommitReport {
+            name: name.to_string(),
+            targets,
+        })
+    }
+
+    /// Rebuilds the snapshot `spec` (`NAME`, `NAME@SEQ`, `NAME@ID-PREFIX`) at `dest`.
+    /// `ferry pull`: snapshot `spec` of `repo` as a new version in `dir`, published by
+    /// swapping `dir/current`.
+    pub async fn pull(
+        &self,
+        repo: &StoreUrl,
+        spec: &str,
+        dir: &std::path::Path,
+        opts: &crate::ops::pull::PullOptions,
+    ) -> Result<crate::ops::pull::PullReport, OpError> {
+        let repo = open_repo(repo).await?;
+        let rindex = self.index_for_reading().await?.repo(repo.id())?;
+        crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, self.progress).await
+    }
+
+    pub async fn restore(
+        &self,
+        repo: &StoreUrl,
+        spec: &str,
+        dest: &StoreUrl,
+        opts: RestoreOptions,
+    ) -> Result<RestoreReport, OpError> {
+        let repo = open_repo(repo).await?;
+        let rindex = self.index_for_reading().await?.repo(repo.id())?;
+        sync_index(&repo, &rindex).await?;
+        let id = repo.resolve(spec).await?;
+        let dest = match dest {
+            StoreUrl::Local(p) => {
+                let p = p.clone();
+                let made = p.clone();
+                tokio::task::spawn_blocking(move || std::fs::create_dir_all(&made))
+                    .await
+                    .map_err(OpError::join)?
+                    .map_err(|e| OpError::io(p.display(), e))?;
+                Destination::Local(p)
+            }
+            other => Destination::Objects(Store::open(other, Access::Write)?),
+        };
+        crate::ops::restore::restore(&repo, &rindex, id, &dest, opts, self.progress).await
+    }
+
+    /// Copies the refs `names` (all when empty) from one repository to another (created when
+    /// its location is empty), or one shard of a sharded replication.
+    pub async fn replicate(
+        &self,
+        from: &StoreUrl,
+        to: &StoreUrl,
+        names: &[RefName],
+        sharded: Option<&ReplicaShard>,
+    ) -> Result<ReplicateReport, OpError> {
+        let from = open_repo(from).await?;
+        let store = Store::open(to, Access::Write)?;
+        let (to, _) = Repository::open_or_init(store, || from.config().derived()).await?;
+        let names: Vec<String> = names.iter().map(RefName::to_string).collect();
+        let index = self.index().await?;
+        crate::ops::replicate::replicate(&from, &to, &names, index, self.progress, sharded).await
+    }
+
+    /// Makes `dest` hold the same plain objects as `source`.
+    pub async fn mirror(
+        &self,
+        source: &StoreUrl,
+        dest: &StoreUrl,
+        opts: MirrorOptions,
+    ) -> Result<MirrorReport, OpError> {
+        let source = Source::open(source)?;
+        // Before the destination is opened (which creates a local folder).
+        crate::mirror::check_no_overlap(&source.key(), &dest.to_string())?;
+        let (store, native) = open_mirror_dest(dest, Access::Write)?;
+        let index = self.index().await?;
+        crate::mirror::mirror(&source, &store, native, index, opts, self.progress).await
+    }
+
+    /// Compares a mirror's objects with their source files.
+    pub async fn verify_mirror(
+        &self,
+        source: &StoreUrl,
+        dest: &StoreUrl,
+        read_data: bool,
+    ) -> Result<VerifyMirrorReport, OpError> {
+        let source = Source::open(source)?;
+        let (store, native) = open_mirror_dest(dest, Access::Read)?;
+        crate::mirror::verify_mirror(&source, &store, native, read_data).await
+    }
+
+    /// Checks a repository's structure (and with `read_data`, every chunk).
+    pub async fn verify(&self, repo: &StoreUrl, read_data: bool) -> Result<VerifyReport, OpError> {
+        crate::ops::verify::verify(&open_repo(repo).await?, read_data).await
+    }
+
+    /// Marks damaged packs so the next push uploads their chunks anew.
+    pub async fn repair(&self, repo: &StoreUrl, dry_run: bool) -> Result<RepairReport, OpError> {
+        crate::ops::repair::repair(&open_repo(repo).await?, dry_run).await
+    }
+
+    /// Deletes packs and snapshots no ref needs (two-phase).
+    pub async fn gc(&self, repo: &StoreUrl, opts: GcOptions) -> Result<GcReport, OpError> {
+        let repo = open_repo(repo).await?;
+        crate::ops::gc::gc(&repo, self.index().await?, opts).await
+    }
+
+    /// Trims the history of the ref `name`.
+    pub async fn forget(
+        &self,
+        repo: &StoreUrl,
+        name: &RefName,
+        keep: Retention,
+        dry_run: bool,
+    ) -> Result<ForgetReport, OpError> {
+        let repo = open_repo(repo).await?;
+        crate::ops::gc::forget(&repo, name.as_str(), keep, dry_run).await
+    }
+
+    /// Every ref's snapshots, or one ref's.
+    pub async fn snapshots(
+        &self,
+        repo: &StoreUrl,
+        name: Option<&RefName>,
+    ) -> Result<SnapshotsReport, OpError> {
+        let repo = open_repo(repo).await?;
+        crate::listing::snapshots(&repo, name.map(RefName::as_str)).await
+    }
+
+    /// A snapshot's entries.
+    pub async fn ls(&self, repo: &StoreUrl, spec: &str) -> Result<LsReport, OpError> {
+        crate::listing::ls(&open_repo(repo).await?, spec).await
+    }
+}
+
+async fn open_repo(url: &StoreUrl) -> Result<Repository, OpError> {
+    Ok(Repository::open(Store::open(url, Access::Read)?).await?)
+}
+
+/// A config from the CLI's `--chunk-avg` and `--pack-size` (defaults when `None`).
+pub fn new_config(chunk_avg: Option<u64>, pack_size: Option<u64>) -> Result<RepoConfig, OpError> {
+    let chunker = match chunk_avg {
+        Some(avg) => ChunkerParams::with_avg(avg)?,
+        None => ChunkerParams::default(),
+    };
+    let pack_size = pack_size.unwrap_or(DEFAULT_PACK_SIZE);
+    if !PACK_SIZE_RANGE.contains(&pack_size) {
+        return Err(OpError::PackSizeOutOfRange { size: pack_size });
+    }
+    Ok(RepoConfig::new(chunker, pack_size))
+}
+
+/// A repository inside its source (or the reverse) would push its own packs.
+fn check_outside_source(source: &str, repo: &str) -> Result<(), OpError> {
+    let inside =
+        |a: &str, b: &str| a == b || a.starts_with(&format!("{}/", b.trim_end_matches('/')));
+    if inside(source, repo) || inside(repo, source) {
+        return Err(OpError::RepoInsideSource {
+            source_url: source.into(),
+            repo: repo.into(),
+        });
+    }
+    Ok(())
+}
+
+type NativeStore = Option<std::sync::Arc<dyn crate::store::delta::DeltaStore>>;
+
+fn open_mirror_dest(dest: &StoreUrl, access: Access) -> Result<(Store, NativeStore), OpError> {
+    let store = Store::open(dest, access)?;
+    let native = store.delta()?;
+    Ok((store, native))
+}
+
+/// `ferry init`: the new repository.
+#[derive(Debug, Serialize)]
+pub struct InitReport {
+    pub repo: String,
+    pub id: String,
+    pub chunk_avg: u32,
+    pub pack_size: u64,
+}
+
+/// `ferry commit`: what combining a sharded run did in each repository.
+#[derive(Debug, Serialize)]
+pub struct CommitReport {
+    pub name: String,
+    pub targets: Vec<CommitTarget>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommitTarget {
+    pub repo: String,
+    #[serde(flatten)]
+    pub report: ShardReport,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,69 @@
+//! The application layer end to end on local folders: typed inputs in, reports out.
+
+use super::*;
+
+fn local(p: &std::path::Path) -> StoreUrl {
+    StoreUrl::Local(p.to_path_buf())
+}
+
+/// More repositories than the old 64-bit target mask held: every one gets every chunk, and
+/// each one's snapshot restores byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_fans_out_to_more_than_64_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(src.join("weights.bin"), &data).unwrap();
+    let repos: Vec<StoreUrl> = (0..66)
+        .map(|i| local(&dir.path().join(format!("repo-{i}"))))
+        .collect();
+    let app = App::new(dir.path().join("index"), false);
+    let name = RefName::parse("model").unwrap();
+    let report = app
+        .push(
+            &local(&src),
+            &repos,
+            &name,
+            &PushMode::Replace,
+            ChangeCheck::Stat,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.targets.len(), 66);
+    let first = &report.targets[0];
+    for t in &report.targets {
+        assert!(t.created);
+        assert_eq!(t.snapshot, first.snapshot, "{}", t.repo);
+        assert_eq!(t.stats.chunks_new, first.stats.chunks_new, "{}", t.repo);
+        assert!(t.stats.bytes_uploaded > 0, "{}", t.repo);
+    }
+    for i in [63, 64, 65] {
+        let out = dir.path().join(format!("out-{i}"));
+        let r = app
+            .restore(&repos[i], "model", &local(&out), RestoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.files, 1);
+        assert_eq!(std::fs::read(out.join("weights.bin")).unwrap(), data);
+    }
+}
+
+#[tokio::test]
+async fn a_repository_inside_its_source_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new(dir.path().join("index"), false);
+    let repo = dir.path().join("repo");
+    let e = app
+        .push(
+            &local(dir.path()),
+            &[local(&repo)],
+            &RefName::parse("x").unwrap(),
+            &PushMode::Replace,
+            ChangeCheck::Stat,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("one is inside the other"), "{e}");
+    assert!(!repo.exists());
+}
