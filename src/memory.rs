@@ -31,42 +31,6 @@ pub fn tune_allocator() -> bool {
     }
 }
 
-/// Gives back to the system the memory malloc holds but no longer uses: glibc's
-/// `malloc_trim(0)`, which shrinks the top of every arena and returns the whole free pages
-/// inside them. Returns whether anything was released (false where it is not glibc).
-///
-/// Why (issue 19, measured with `benches/soak.sh` and heaptrack): the daemon's live heap
-/// stayed within about 1.5 MB over a soak while its RSS kept rising. Each run's short-lived
-/// allocations grow with the repository's history (a replication lists and reads every
-/// ref-log entry), and their freed space, fragmented among long-lived small allocations
-/// (sled's pages, the run history), stays resident.
-pub fn release_free_memory() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only returns free memory to the system; no pointer is involved.
-        unsafe { libc::malloc_trim(0) == 1 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
-}
-
-/// How often a long-running process gives freed memory back (a trim of a heap of tens of
-/// megabytes takes well under a millisecond).
-pub const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Calls [`release_free_memory`] every `period`, on a blocking thread, forever (stop it by
-/// dropping the future).
-pub async fn trim_every(period: std::time::Duration) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let _ = tokio::task::spawn_blocking(release_free_memory).await;
-    }
-}
-
 /// The process's resident memory, from `VmRSS` in `/proc/self/status` (Linux; `None`
 /// elsewhere or when it cannot be read). A read of a small kernel-generated file that never
 /// waits on a disk: cheap enough for an async handler.
@@ -129,34 +93,6 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         false
-    }
-
-    /// Freed memory inside an arena (pinned by a block still in use after it, so the top
-    /// cannot shrink) stays resident until `release_free_memory` gives its pages back.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn freed_memory_inside_an_arena_is_given_back() {
-        if !in_own_process("memory::tests::freed_memory_inside_an_arena_is_given_back") {
-            return;
-        }
-        std::thread::spawn(|| {
-            let block = 64 << 10; // below any mmap threshold: served from the arena
-            let count = (256 << 20) / block;
-            let mut blocks: Vec<Vec<u8>> = (0..count).map(|_| vec![7u8; block]).collect();
-            let pin = vec![7u8; block];
-            let full = resident_memory_bytes().unwrap();
-            blocks.clear();
-            blocks.shrink_to_fit();
-            assert!(release_free_memory(), "malloc_trim released nothing");
-            let trimmed = resident_memory_bytes().unwrap();
-            std::hint::black_box(&pin);
-            assert!(
-                trimmed + (128 << 20) < full,
-                "RSS {full} -> {trimmed} after freeing 256 MiB and trimming"
-            );
-        })
-        .join()
-        .unwrap();
     }
 
     /// After tuning, a large buffer freed and allocated again still gets its own mapping

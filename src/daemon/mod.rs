@@ -153,14 +153,6 @@ impl Daemon {
             // Work left pending by a previous run starts right away.
             job.wake.notify_one();
         }
-        // Per-run memory freed but kept by malloc goes back to the system (issue 19).
-        let stop = s.shutdown.clone();
-        s.tracker.spawn(async move {
-            tokio::select! {
-                _ = crate::memory::trim_every(crate::memory::TRIM_PERIOD) => {}
-                _ = stop.cancelled() => {}
-            }
-        });
         s.ready.store(true, Ordering::Release);
     }
 
