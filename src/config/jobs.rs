@@ -64,31 +64,7 @@ pub(super) fn job(
 ) -> Option<JobConfig> {
     let before = p.0.len();
     let price = server.egress_usd_per_gb;
-    let mut targets: Vec<Target> = Vec::new();
-    if job.targets.is_empty() || job.targets.len() > 64 {
-        p.add(
-            format!("{key}.targets"),
-            "list 1 to 64 target repositories (store names or URLs)",
-        );
-    }
-    for (t, text) in job.targets.iter().enumerate() {
-        match location(text, stores, price, env) {
-            Ok(target) if targets.iter().any(|x| x.url == target.url) => p.add(
-                format!("{key}.targets[{t}]"),
-                format!("{} is listed twice: remove one", target.url),
-            ),
-            Ok(target) => targets.push(target),
-            Err(e) => p.add(format!("{key}.targets[{t}]"), e),
-        }
-    }
-    let only_push = |p: &mut Problems, name: &str, set: bool| {
-        if set {
-            p.add(
-                format!("{key}.{name}"),
-                "applies to push jobs (with source = …) only: remove it",
-            );
-        }
-    };
+    let targets = targets(p, key, job, stores, price, env);
     let mirror = match job.kind.as_deref() {
         None | Some("push") | Some("replicate") => false,
         Some("mirror") => true,
@@ -123,30 +99,7 @@ pub(super) fn job(
             None
         }
         (Some(src), None) => push_kind(p, key, job, src, env),
-        (None, Some(from)) => {
-            only_push(p, "ref", job.reference.is_some());
-            only_push(p, "merge", job.merge.is_some());
-            only_push(p, "layout", job.layout.is_some());
-            only_push(p, "settle", job.settle.is_some());
-            only_push(p, "max_wait", job.max_wait.is_some());
-            only_push(p, "marker", job.marker.is_some());
-            only_push(p, "latest", job.latest.is_some());
-            for (r, name) in job.refs.iter().flatten().enumerate() {
-                if let Err(e) = crate::repo::check_ref_name(name) {
-                    p.add(format!("{key}.refs[{r}]"), e);
-                }
-            }
-            match location(from, stores, price, env) {
-                Ok(from) => Some(JobKind::Replicate {
-                    from,
-                    refs: job.refs.clone().unwrap_or_default(),
-                }),
-                Err(e) => {
-                    p.add(format!("{key}.from"), e);
-                    None
-                }
-            }
-        }
+        (None, Some(from)) => replicate_kind(p, key, job, from, stores, price, env),
     };
     let source_url = kind.as_ref().map(|k| k.source_url().clone());
     for (t, target) in targets.iter().enumerate() {
@@ -175,6 +128,77 @@ pub(super) fn job(
         trigger: trigger?,
         queue,
     })
+}
+
+/// The job's `targets`: 1 to 64 store names or URLs, none listed twice.
+fn targets(
+    p: &mut Problems,
+    key: &str,
+    job: &RawJob,
+    stores: &BTreeMap<String, Target>,
+    price: f64,
+    env: &Env,
+) -> Vec<Target> {
+    let mut targets: Vec<Target> = Vec::new();
+    if job.targets.is_empty() || job.targets.len() > 64 {
+        p.add(
+            format!("{key}.targets"),
+            "list 1 to 64 target repositories (store names or URLs)",
+        );
+    }
+    for (t, text) in job.targets.iter().enumerate() {
+        match location(text, stores, price, env) {
+            Ok(target) if targets.iter().any(|x| x.url == target.url) => p.add(
+                format!("{key}.targets[{t}]"),
+                format!("{} is listed twice: remove one", target.url),
+            ),
+            Ok(target) => targets.push(target),
+            Err(e) => p.add(format!("{key}.targets[{t}]"), e),
+        }
+    }
+    targets
+}
+
+/// `from = …`: a replicate job, which takes none of a push job's keys.
+fn replicate_kind(
+    p: &mut Problems,
+    key: &str,
+    job: &RawJob,
+    from: &str,
+    stores: &BTreeMap<String, Target>,
+    price: f64,
+    env: &Env,
+) -> Option<JobKind> {
+    let only_push = |p: &mut Problems, name: &str, set: bool| {
+        if set {
+            p.add(
+                format!("{key}.{name}"),
+                "applies to push jobs (with source = …) only: remove it",
+            );
+        }
+    };
+    only_push(p, "ref", job.reference.is_some());
+    only_push(p, "merge", job.merge.is_some());
+    only_push(p, "layout", job.layout.is_some());
+    only_push(p, "settle", job.settle.is_some());
+    only_push(p, "max_wait", job.max_wait.is_some());
+    only_push(p, "marker", job.marker.is_some());
+    only_push(p, "latest", job.latest.is_some());
+    for (r, name) in job.refs.iter().flatten().enumerate() {
+        if let Err(e) = crate::repo::check_ref_name(name) {
+            p.add(format!("{key}.refs[{r}]"), e);
+        }
+    }
+    match location(from, stores, price, env) {
+        Ok(from) => Some(JobKind::Replicate {
+            from,
+            refs: job.refs.clone().unwrap_or_default(),
+        }),
+        Err(e) => {
+            p.add(format!("{key}.from"), e);
+            None
+        }
+    }
 }
 
 /// `kind = "mirror"`: a source like a push job's, plain-object destinations, no refs.
@@ -283,6 +307,23 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
             );
         }
     }
+    Some(JobKind::Push {
+        source,
+        reference,
+        layout,
+        complete: completion(p, key, job, layout, local),
+        merge: job.merge.unwrap_or(false),
+    })
+}
+
+/// A push job's completion rules: settle, max_wait, marker and latest.
+fn completion(
+    p: &mut Problems,
+    key: &str,
+    job: &RawJob,
+    layout: Layout,
+    local: bool,
+) -> Completion {
     let settle = duration(
         p,
         &format!("{key}.settle"),
@@ -334,18 +375,12 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
             Some(l.clone())
         }
     });
-    Some(JobKind::Push {
-        source,
-        reference,
-        layout,
-        complete: Completion {
-            settle,
-            max_wait,
-            marker,
-            latest,
-        },
-        merge: job.merge.unwrap_or(false),
-    })
+    Completion {
+        settle,
+        max_wait,
+        marker,
+        latest,
+    }
 }
 
 fn trigger(p: &mut Problems, key: &str, job: &RawJob, kind: Option<&JobKind>) -> Option<Trigger> {

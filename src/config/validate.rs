@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawStore, VERSION};
+use super::raw::{RawConfig, RawServer, RawStore, VERSION};
 use super::{Config, ConfigError, RunnerConfig, Secret, ServerConfig, Target};
 
 const DEFAULT_BIND: &str = "127.0.0.1:7878";
@@ -176,79 +176,8 @@ const NAME_RULE: &str =
 pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config, ConfigError> {
     let mut p = Problems(Vec::new(), Vec::new());
     let server = server(&mut p, &raw, env);
-    let r = &raw.runner;
-    let retry_initial = duration(
-        &mut p,
-        "runner.retry_initial",
-        r.retry_initial.as_deref(),
-        Duration::from_secs(2),
-    );
-    let runner = RunnerConfig {
-        retries: r.retries.unwrap_or(4),
-        retry_initial,
-        retry_max: duration(
-            &mut p,
-            "runner.retry_max",
-            r.retry_max.as_deref(),
-            Duration::from_secs(300),
-        ),
-        shutdown_grace: duration(
-            &mut p,
-            "runner.shutdown_grace",
-            r.shutdown_grace.as_deref(),
-            Duration::from_secs(30),
-        ),
-        history: r.history.unwrap_or(1000),
-    };
-    if runner.retries > 100 {
-        p.add(
-            "runner.retries",
-            "more than 100: use at most 100 (with retry_max to space them out)",
-        );
-    }
-    if runner.retry_initial < Duration::from_millis(10) {
-        p.add("runner.retry_initial", "shorter than 10ms: use e.g. \"2s\"");
-    }
-    if runner.retry_max < runner.retry_initial {
-        p.add(
-            "runner.retry_max",
-            "shorter than runner.retry_initial: make it longer",
-        );
-    }
-    if !(1..=1_000_000).contains(&runner.history) {
-        p.add("runner.history", "must be between 1 and 1000000 runs");
-    }
-
-    let mut stores = BTreeMap::new();
-    for (name, store) in &raw.stores {
-        let key = format!("stores.{name}");
-        if !valid_name(name) {
-            p.add(&key, format!("invalid store name: {NAME_RULE}"));
-        }
-        let RawStore {
-            url,
-            egress_usd_per_gb,
-        } = store;
-        let price = price(
-            &mut p,
-            &format!("{key}.egress_usd_per_gb"),
-            *egress_usd_per_gb,
-            server.egress_usd_per_gb,
-        );
-        match super::jobs::parse_url(url, env) {
-            Ok(u) => {
-                stores.insert(
-                    name.clone(),
-                    Target {
-                        label: name.clone(),
-                        url: u,
-                        egress_usd_per_gb: price,
-                    },
-                );
-            }
-            Err(e) => p.add(format!("{key}.url"), e),
-        }
-    }
+    let runner = runner(&mut p, &raw);
+    let stores = stores(&mut p, &raw, &server, env);
 
     if raw.jobs.is_empty() {
         p.add(
@@ -295,6 +224,93 @@ pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config
     }
 }
 
+/// `[runner]`: retries, their backoff, the shutdown grace and the run history.
+fn runner(p: &mut Problems, raw: &RawConfig) -> RunnerConfig {
+    let r = &raw.runner;
+    let retry_initial = duration(
+        p,
+        "runner.retry_initial",
+        r.retry_initial.as_deref(),
+        Duration::from_secs(2),
+    );
+    let runner = RunnerConfig {
+        retries: r.retries.unwrap_or(4),
+        retry_initial,
+        retry_max: duration(
+            p,
+            "runner.retry_max",
+            r.retry_max.as_deref(),
+            Duration::from_secs(300),
+        ),
+        shutdown_grace: duration(
+            p,
+            "runner.shutdown_grace",
+            r.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        ),
+        history: r.history.unwrap_or(1000),
+    };
+    if runner.retries > 100 {
+        p.add(
+            "runner.retries",
+            "more than 100: use at most 100 (with retry_max to space them out)",
+        );
+    }
+    if runner.retry_initial < Duration::from_millis(10) {
+        p.add("runner.retry_initial", "shorter than 10ms: use e.g. \"2s\"");
+    }
+    if runner.retry_max < runner.retry_initial {
+        p.add(
+            "runner.retry_max",
+            "shorter than runner.retry_initial: make it longer",
+        );
+    }
+    if !(1..=1_000_000).contains(&runner.history) {
+        p.add("runner.history", "must be between 1 and 1000000 runs");
+    }
+    runner
+}
+
+/// `[stores.<name>]`: named repositories that jobs refer to.
+fn stores(
+    p: &mut Problems,
+    raw: &RawConfig,
+    server: &ServerConfig,
+    env: &Env,
+) -> BTreeMap<String, Target> {
+    let mut stores = BTreeMap::new();
+    for (name, store) in &raw.stores {
+        let key = format!("stores.{name}");
+        if !valid_name(name) {
+            p.add(&key, format!("invalid store name: {NAME_RULE}"));
+        }
+        let RawStore {
+            url,
+            egress_usd_per_gb,
+        } = store;
+        let price = price(
+            p,
+            &format!("{key}.egress_usd_per_gb"),
+            *egress_usd_per_gb,
+            server.egress_usd_per_gb,
+        );
+        match super::jobs::parse_url(url, env) {
+            Ok(u) => {
+                stores.insert(
+                    name.clone(),
+                    Target {
+                        label: name.clone(),
+                        url: u,
+                        egress_usd_per_gb: price,
+                    },
+                );
+            }
+            Err(e) => p.add(format!("{key}.url"), e),
+        }
+    }
+    stores
+}
+
 fn server(p: &mut Problems, raw: &RawConfig, env: &Env) -> ServerConfig {
     let s = &raw.server;
     let bind_text = s.bind.as_deref().unwrap_or(DEFAULT_BIND);
@@ -310,7 +326,36 @@ fn server(p: &mut Problems, raw: &RawConfig, env: &Env) -> ServerConfig {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7878)))
         }
     };
-    let token = match (&s.token_env, &s.token_file) {
+    let token = token(p, s, env);
+    if let Some((key, t)) = &token {
+        if t.len() < MIN_TOKEN_LEN {
+            p.add(key, format!("the token is shorter than {MIN_TOKEN_LEN} characters: use a long random one (e.g. `openssl rand -hex 32`)"));
+        }
+    }
+    let token_configured = s.token_env.is_some() || s.token_file.is_some();
+    if !token_configured && !bind.ip().is_loopback() {
+        p.add(
+            "server.bind",
+            format!("{bind} is not a loopback address and no API token is configured: set server.token_env (or token_file), or bind 127.0.0.1"),
+        );
+    }
+    let allowed_hosts = allowed_hosts(p, s);
+    ServerConfig {
+        bind,
+        allowed_hosts,
+        token: token.map(|(_, t)| Secret::new(t)),
+        egress_usd_per_gb: price(
+            p,
+            "server.egress_usd_per_gb",
+            s.egress_usd_per_gb,
+            DEFAULT_EGRESS_USD_PER_GB,
+        ),
+    }
+}
+
+/// The API token from `token_env` or `token_file`, with the key it came from.
+fn token(p: &mut Problems, s: &RawServer, env: &Env) -> Option<(&'static str, String)> {
+    match (&s.token_env, &s.token_file) {
         (Some(_), Some(_)) => {
             p.add(
                 "server.token_file",
@@ -357,19 +402,11 @@ fn server(p: &mut Problems, raw: &RawConfig, env: &Env) -> ServerConfig {
             }
         }
         (None, None) => None,
-    };
-    if let Some((key, t)) = &token {
-        if t.len() < MIN_TOKEN_LEN {
-            p.add(key, format!("the token is shorter than {MIN_TOKEN_LEN} characters: use a long random one (e.g. `openssl rand -hex 32`)"));
-        }
     }
-    let token_configured = s.token_env.is_some() || s.token_file.is_some();
-    if !token_configured && !bind.ip().is_loopback() {
-        p.add(
-            "server.bind",
-            format!("{bind} is not a loopback address and no API token is configured: set server.token_env (or token_file), or bind 127.0.0.1"),
-        );
-    }
+}
+
+/// `server.allowed_hosts`: bare host names, lowercased, without a trailing dot.
+fn allowed_hosts(p: &mut Problems, s: &RawServer) -> Vec<String> {
     let mut allowed_hosts = Vec::new();
     for h in s.allowed_hosts.iter().flatten() {
         let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -386,15 +423,5 @@ fn server(p: &mut Problems, raw: &RawConfig, env: &Env) -> ServerConfig {
             );
         }
     }
-    ServerConfig {
-        bind,
-        allowed_hosts,
-        token: token.map(|(_, t)| Secret::new(t)),
-        egress_usd_per_gb: price(
-            p,
-            "server.egress_usd_per_gb",
-            s.egress_usd_per_gb,
-            DEFAULT_EGRESS_USD_PER_GB,
-        ),
-    }
+    allowed_hosts
 }

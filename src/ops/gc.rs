@@ -27,7 +27,7 @@ use crate::index::{ChunkLocation, Index};
 use crate::ops::fetch::{fetch, plan, Want};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
-use crate::repo::pack::PackIndex;
+use crate::repo::pack::{PackEntry, PackIndex};
 use crate::repo::{RepoError, Repository};
 
 /// How gc decides and whether it acts.
@@ -80,8 +80,83 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
         ..Default::default()
     };
 
-    // Roots: every snapshot a ref log names, and every young snapshot (a push may be about to
-    // point a ref at it). Old snapshots no ref names are garbage.
+    let (roots, doomed_snapshots, existing) = snapshot_roots(repo, old).await?;
+    let live = live_chunks(repo, roots.iter().filter(|r| existing.contains(r)).copied()).await?;
+    report.snapshots_live = roots.len() as u64;
+
+    let packs = Packs::list(repo).await?;
+    report.packs_total = packs.objects.len() as u64;
+    let owned = owners(packs.indexes.iter().filter(|i| packs.usable(i)), &live);
+    let mut plan = packs.plan(&live, &owned, now, old);
+    let (orphans, stale_marks) = packs.leftovers(old);
+
+    report.snapshots_deleted = doomed_snapshots.len() as u64;
+    report.packs_marked = (plan.mark.len() + plan.rewrite.len()) as u64;
+    report.packs_redundant = plan.redundant;
+    report.packs_unmarked = plan.unmark.len() as u64;
+    report.packs_deleted = plan.delete.len() as u64;
+    report.bytes_deleted = plan.delete.iter().map(|(_, size)| size).sum();
+    report.packs_rewritten = plan.rewrite.len() as u64;
+    report.orphans_deleted = orphans.len() as u64;
+    // A committed run's pointers are never read again; wait out the grace period anyway, so
+    // that a shard still finishing sees the marker rather than a half-pruned run.
+    let finished_runs: Vec<_> = repo
+        .committed_runs()
+        .await?
+        .into_iter()
+        .filter(|r| old(r.committed))
+        .collect();
+    report.runs_pruned = finished_runs.len() as u64;
+    report.run_objects_deleted = finished_runs
+        .iter()
+        .map(|r| r.objects.len() as u64 + 1)
+        .sum();
+    if opts.dry_run {
+        report.chunks_rewritten = plan
+            .rewrite
+            .iter()
+            .flat_map(|i| i.entries.iter().map(move |e| (*i, e)))
+            .filter(|(i, e)| owns(&owned, i, e))
+            .count() as u64;
+        report.duration_secs = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // Rewrite first: new packs are durable before the old ones are marked.
+    if !plan.rewrite.is_empty() {
+        rewrite_packs(repo, index, &plan.rewrite, &owned, &mut report).await?;
+        plan.mark.extend(plan.rewrite.iter().map(|i| i.pack));
+    }
+    for id in &plan.mark {
+        repo.mark_pack(id).await?;
+    }
+    for id in &plan.unmark {
+        repo.unmark_pack(id).await?;
+    }
+    for (id, _) in &plan.delete {
+        repo.delete_pack(id).await?;
+    }
+    for id in orphans.iter().chain(&stale_marks) {
+        repo.delete_pack(id).await?;
+    }
+    for id in &doomed_snapshots {
+        repo.delete_snapshot(id).await?;
+    }
+    for run in &finished_runs {
+        repo.delete_run(run).await?;
+    }
+    index.flush()?;
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Roots: every snapshot a ref log names, and every young snapshot (a push may be about to
+/// point a ref at it). Old snapshots no ref names are garbage. Returns the roots, the
+/// garbage, and every snapshot that exists.
+async fn snapshot_roots(
+    repo: &Repository,
+    old: impl Fn(SystemTime) -> bool,
+) -> Result<(HashSet<SnapshotId>, Vec<SnapshotId>, HashSet<SnapshotId>), OpError> {
     let mut roots: HashSet<SnapshotId> = HashSet::new();
     for name in repo.ref_names().await? {
         roots.extend(repo.ref_log(&name).await?.into_iter().map(|e| e.snapshot));
@@ -104,215 +179,214 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
             s.id
         })
         .collect();
-    let live = live_chunks(repo, roots.iter().filter(|r| existing.contains(r)).copied()).await?;
-    report.snapshots_live = roots.len() as u64;
+    Ok((roots, doomed_snapshots, existing))
+}
 
-    let packs: HashMap<PackId, SystemTime> = repo
-        .list_packs()
-        .await?
-        .into_iter()
-        .map(|p| (p.id, p.modified))
-        .collect();
-    let marks: HashMap<PackId, SystemTime> = repo
-        .list_gc_marks()
-        .await?
-        .into_iter()
-        .map(|m| (m.id, m.modified))
-        .collect();
-    let bad: HashSet<PackId> = repo.bad_pack_ids().await?;
-    let bad_ref = &bad;
-    let indexes: Vec<PackIndex> = futures::stream::iter(repo.list_pack_indexes().await?)
-        .map(|id| async move {
-            match repo.read_pack_index(&id).await {
-                // A damaged pack's unreadable index locates no chunk for anyone: it holds
-                // nothing gc must keep.
-                Err(RepoError::Corrupt { .. }) if bad_ref.contains(&id) => Ok(PackIndex {
-                    pack: id,
-                    pack_size: 0,
-                    entries: Vec::new(),
-                }),
-                other => other,
-            }
-        })
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    report.packs_total = packs.len() as u64;
+/// The repository's packs as gc sees them: pack objects, gc marks, damage marks, indexes.
+struct Packs {
+    objects: HashMap<PackId, SystemTime>,
+    marks: HashMap<PackId, SystemTime>,
+    bad: HashSet<PackId>,
+    indexes: Vec<PackIndex>,
+}
 
-    // Usable packs: indexed, present, neither marked nor damaged. How many hold each live
-    // chunk, and which one owns it (keeps the copy).
-    let usable = |i: &&PackIndex| {
-        packs.contains_key(&i.pack) && !marks.contains_key(&i.pack) && !bad.contains(&i.pack)
-    };
-    let mut copies: HashMap<ChunkId, u32> = HashMap::new();
-    for idx in indexes.iter().filter(usable) {
-        for e in idx.entries.iter().filter(|e| live.contains(&e.chunk)) {
-            *copies.entry(e.chunk).or_default() += 1;
-        }
-    }
-    let owned = owners(indexes.iter().filter(usable), &live);
-    let owns =
-        |idx: &PackIndex, e: &crate::repo::pack::PackEntry| owned.get(&e.chunk) == Some(&idx.pack);
+/// What gc does to indexed packs.
+#[derive(Default)]
+struct PackPlan<'a> {
+    mark: Vec<PackId>,
+    unmark: Vec<PackId>,
+    /// With each pack's size.
+    delete: Vec<(PackId, u64)>,
+    rewrite: Vec<&'a PackIndex>,
+    /// Of the marked: packs whose live chunks all have another copy, and damaged packs no
+    /// longer needed.
+    redundant: u64,
+}
 
-    let mut to_mark = Vec::new();
-    let mut to_unmark = Vec::new();
-    let mut to_delete = Vec::new();
-    let mut to_rewrite = Vec::new();
-    let indexed: HashSet<PackId> = indexes.iter().map(|i| i.pack).collect();
-    let mut redundant = 0u64;
-    for idx in &indexes {
-        let damaged = bad.contains(&idx.pack);
-        let pack_time = match packs.get(&idx.pack) {
-            Some(&t) => t,
-            // A damaged pack whose object is gone: its index goes the same way as below.
-            None if damaged => now,
-            None => continue, // index without pack: verify reports it, repair marks it
-        };
-        // Holds a live chunk no usable pack holds: deleting it would lose that chunk.
-        let needed = idx
-            .entries
-            .iter()
-            .any(|e| live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0);
-        if let Some(&mark_time) = marks.get(&idx.pack) {
-            if needed {
-                // A damaged pack stays marked: writers must not rely on it either way.
-                if !damaged {
-                    to_unmark.push(idx.pack);
+impl Packs {
+    async fn list(repo: &Repository) -> Result<Self, OpError> {
+        let objects: HashMap<PackId, SystemTime> = repo
+            .list_packs()
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p.modified))
+            .collect();
+        let marks: HashMap<PackId, SystemTime> = repo
+            .list_gc_marks()
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m.modified))
+            .collect();
+        let bad: HashSet<PackId> = repo.bad_pack_ids().await?;
+        let bad_ref = &bad;
+        let indexes: Vec<PackIndex> = futures::stream::iter(repo.list_pack_indexes().await?)
+            .map(|id| async move {
+                match repo.read_pack_index(&id).await {
+                    // A damaged pack's unreadable index locates no chunk for anyone: it holds
+                    // nothing gc must keep.
+                    Err(RepoError::Corrupt { .. }) if bad_ref.contains(&id) => Ok(PackIndex {
+                        pack: id,
+                        pack_size: 0,
+                        entries: Vec::new(),
+                    }),
+                    other => other,
                 }
-            } else if old(mark_time) {
-                to_delete.push((idx.pack, idx.pack_size));
-            }
-            continue;
-        }
-        if damaged {
-            if !needed {
-                to_mark.push(idx.pack);
-                redundant += 1;
-            }
-            continue;
-        }
-        if !old(pack_time) {
-            continue;
-        }
-        let live_bytes: u64 = idx
-            .entries
-            .iter()
-            .filter(|e| owns(idx, e))
-            .map(|e| e.frame_len as u64)
-            .sum();
-        let frame_bytes: u64 = idx.entries.iter().map(|e| e.frame_len as u64).sum();
-        if live_bytes == 0 {
-            if idx.entries.iter().any(|e| live.contains(&e.chunk)) {
-                redundant += 1;
-            }
-            to_mark.push(idx.pack);
-        } else if live_bytes < frame_bytes
-            && (live_bytes as f64) < REWRITE_BELOW * idx.pack_size as f64
-        {
-            // Only a pack holding dead chunks: a small pack whose every chunk is live would
-            // otherwise be rewritten into another such pack on every run.
-            to_rewrite.push(idx);
-        }
-    }
-    // Packs with no index are leftovers of interrupted writers once they are old.
-    let orphans: Vec<PackId> = packs
-        .iter()
-        .filter(|(id, t)| !indexed.contains(id) && old(**t))
-        .map(|(id, _)| *id)
-        .collect();
-    // Marks whose pack is gone (damage marks: whose pack and index are gone).
-    let stale_marks: Vec<PackId> = marks
-        .keys()
-        .filter(|id| !packs.contains_key(id))
-        .chain(
-            bad.iter()
-                .filter(|id| !packs.contains_key(id) && !indexed.contains(id)),
-        )
-        .copied()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-
-    report.snapshots_deleted = doomed_snapshots.len() as u64;
-    report.packs_marked = (to_mark.len() + to_rewrite.len()) as u64;
-    report.packs_redundant = redundant;
-    report.packs_unmarked = to_unmark.len() as u64;
-    report.packs_deleted = to_delete.len() as u64;
-    report.bytes_deleted = to_delete.iter().map(|(_, size)| size).sum();
-    report.packs_rewritten = to_rewrite.len() as u64;
-    report.orphans_deleted = orphans.len() as u64;
-    // A committed run's pointers are never read again; wait out the grace period anyway, so
-    // that a shard still finishing sees the marker rather than a half-pruned run.
-    let finished_runs: Vec<_> = repo
-        .committed_runs()
-        .await?
-        .into_iter()
-        .filter(|r| old(r.committed))
-        .collect();
-    report.runs_pruned = finished_runs.len() as u64;
-    report.run_objects_deleted = finished_runs
-        .iter()
-        .map(|r| r.objects.len() as u64 + 1)
-        .sum();
-    if opts.dry_run {
-        report.chunks_rewritten = to_rewrite
-            .iter()
-            .flat_map(|i| i.entries.iter().map(move |e| (*i, e)))
-            .filter(|(i, e)| owns(i, e))
-            .count() as u64;
-        report.duration_secs = started.elapsed().as_secs_f64();
-        return Ok(report);
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        Ok(Self {
+            objects,
+            marks,
+            bad,
+            indexes,
+        })
     }
 
-    // Rewrite first: new packs are durable before the old ones are marked.
-    if !to_rewrite.is_empty() {
-        let rindex = index.repo(repo.id())?;
-        let mut uploader = PackUploader::new(repo.clone(), rindex, 2);
-        for idx in &to_rewrite {
-            // Only the chunks this pack owns: every other live chunk keeps its owner's copy.
-            let locations: Vec<ChunkLocation> = idx
+    /// Usable packs: indexed, present, neither marked nor damaged.
+    fn usable(&self, i: &PackIndex) -> bool {
+        self.objects.contains_key(&i.pack)
+            && !self.marks.contains_key(&i.pack)
+            && !self.bad.contains(&i.pack)
+    }
+
+    /// Decides, for each indexed pack, whether to mark, unmark, delete or rewrite it.
+    fn plan(
+        &self,
+        live: &HashSet<ChunkId>,
+        owned: &HashMap<ChunkId, PackId>,
+        now: SystemTime,
+        old: impl Fn(SystemTime) -> bool,
+    ) -> PackPlan<'_> {
+        // How many usable packs hold each live chunk.
+        let mut copies: HashMap<ChunkId, u32> = HashMap::new();
+        for idx in self.indexes.iter().filter(|i| self.usable(i)) {
+            for e in idx.entries.iter().filter(|e| live.contains(&e.chunk)) {
+                *copies.entry(e.chunk).or_default() += 1;
+            }
+        }
+        let mut plan = PackPlan::default();
+        for idx in &self.indexes {
+            let damaged = self.bad.contains(&idx.pack);
+            let pack_time = match self.objects.get(&idx.pack) {
+                Some(&t) => t,
+                // A damaged pack whose object is gone: its index goes the same way as below.
+                None if damaged => now,
+                None => continue, // index without pack: verify reports it, repair marks it
+            };
+            // Holds a live chunk no usable pack holds: deleting it would lose that chunk.
+            let needed = idx.entries.iter().any(|e| {
+                live.contains(&e.chunk) && copies.get(&e.chunk).copied().unwrap_or(0) == 0
+            });
+            if let Some(&mark_time) = self.marks.get(&idx.pack) {
+                if needed {
+                    // A damaged pack stays marked: writers must not rely on it either way.
+                    if !damaged {
+                        plan.unmark.push(idx.pack);
+                    }
+                } else if old(mark_time) {
+                    plan.delete.push((idx.pack, idx.pack_size));
+                }
+                continue;
+            }
+            if damaged {
+                if !needed {
+                    plan.mark.push(idx.pack);
+                    plan.redundant += 1;
+                }
+                continue;
+            }
+            if !old(pack_time) {
+                continue;
+            }
+            let live_bytes: u64 = idx
                 .entries
                 .iter()
-                .filter(|e| owns(idx, e))
-                .map(|e| ChunkLocation {
-                    pack: idx.pack,
-                    entry: *e,
-                })
-                .collect();
-            let mut frames = std::pin::pin!(fetch(repo, plan(locations), Want::Frames));
-            while let Some(batch) = frames.next().await {
-                for f in batch? {
-                    report.chunks_rewritten += 1;
-                    uploader
-                        .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
-                        .await?;
+                .filter(|e| owns(owned, idx, e))
+                .map(|e| e.frame_len as u64)
+                .sum();
+            let frame_bytes: u64 = idx.entries.iter().map(|e| e.frame_len as u64).sum();
+            if live_bytes == 0 {
+                if idx.entries.iter().any(|e| live.contains(&e.chunk)) {
+                    plan.redundant += 1;
                 }
+                plan.mark.push(idx.pack);
+            } else if live_bytes < frame_bytes
+                && (live_bytes as f64) < REWRITE_BELOW * idx.pack_size as f64
+            {
+                // Only a pack holding dead chunks: a small pack whose every chunk is live would
+                // otherwise be rewritten into another such pack on every run.
+                plan.rewrite.push(idx);
             }
         }
-        report.rewrite = uploader.finish().await?;
-        to_mark.extend(to_rewrite.iter().map(|i| i.pack));
+        plan
     }
-    for id in &to_mark {
-        repo.mark_pack(id).await?;
+
+    /// Old packs with no index (leftovers of interrupted writers), and marks whose pack is
+    /// gone (damage marks: whose pack and index are gone).
+    fn leftovers(&self, old: impl Fn(SystemTime) -> bool) -> (Vec<PackId>, Vec<PackId>) {
+        let indexed: HashSet<PackId> = self.indexes.iter().map(|i| i.pack).collect();
+        let orphans: Vec<PackId> = self
+            .objects
+            .iter()
+            .filter(|(id, t)| !indexed.contains(id) && old(**t))
+            .map(|(id, _)| *id)
+            .collect();
+        let stale_marks: Vec<PackId> = self
+            .marks
+            .keys()
+            .filter(|id| !self.objects.contains_key(id))
+            .chain(
+                self.bad
+                    .iter()
+                    .filter(|id| !self.objects.contains_key(id) && !indexed.contains(id)),
+            )
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        (orphans, stale_marks)
     }
-    for id in &to_unmark {
-        repo.unmark_pack(id).await?;
+}
+
+/// Whether `idx` is the pack that keeps the copy of `e`'s chunk.
+fn owns(owned: &HashMap<ChunkId, PackId>, idx: &PackIndex, e: &PackEntry) -> bool {
+    owned.get(&e.chunk) == Some(&idx.pack)
+}
+
+/// Copies the chunks each of `packs` owns into new packs.
+async fn rewrite_packs(
+    repo: &Repository,
+    index: &Index,
+    packs: &[&PackIndex],
+    owned: &HashMap<ChunkId, PackId>,
+    report: &mut GcReport,
+) -> Result<(), OpError> {
+    let rindex = index.repo(repo.id())?;
+    let mut uploader = PackUploader::new(repo.clone(), rindex, 2);
+    for idx in packs {
+        // Only the chunks this pack owns: every other live chunk keeps its owner's copy.
+        let locations: Vec<ChunkLocation> = idx
+            .entries
+            .iter()
+            .filter(|e| owns(owned, idx, e))
+            .map(|e| ChunkLocation {
+                pack: idx.pack,
+                entry: *e,
+            })
+            .collect();
+        let mut frames = std::pin::pin!(fetch(repo, plan(locations), Want::Frames));
+        while let Some(batch) = frames.next().await {
+            for f in batch? {
+                report.chunks_rewritten += 1;
+                uploader
+                    .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                    .await?;
+            }
+        }
     }
-    for (id, _) in &to_delete {
-        repo.delete_pack(id).await?;
-    }
-    for id in orphans.iter().chain(&stale_marks) {
-        repo.delete_pack(id).await?;
-    }
-    for id in &doomed_snapshots {
-        repo.delete_snapshot(id).await?;
-    }
-    for run in &finished_runs {
-        repo.delete_run(run).await?;
-    }
-    index.flush()?;
-    report.duration_secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    report.rewrite = uploader.finish().await?;
+    Ok(())
 }
 
 /// For each live chunk, the pack that keeps its copy: the first of `usable` holding it, in

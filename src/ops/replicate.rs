@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::ids::{ChunkId, SnapshotId};
-use crate::index::Index;
+use crate::index::{Index, RepoIndex};
 use crate::ops::fetch::{fetch, locate, plan, Want};
 use crate::ops::shard::Shard;
 use crate::ops::sync::{check_not_marked, sync_index};
@@ -92,12 +92,7 @@ pub async fn replicate(
         Some(s) => adopt_plan(from, to, names, s).await?,
     };
     let present: HashSet<SnapshotId> = to.list_snapshots().await?.into_iter().collect();
-    let mut wanted: Vec<SnapshotId> = Vec::new();
-    for s in plans.iter().flat_map(|p| &p.snapshots) {
-        if !present.contains(s) && !wanted.contains(s) {
-            wanted.push(*s);
-        }
-    }
+    let wanted = wanted_snapshots(&plans, &present);
 
     let owns = |c: &ChunkId| sharded.is_none_or(|s| s.shard.owns_chunk(c));
     let mut uploader = PackUploader::new(to.clone(), to_index.clone(), 2).avoiding(
@@ -128,24 +123,10 @@ pub async fn replicate(
                 need.push(c.0);
             }
         }
-        let mut locations = locate(&from_index, from, need)?;
-        // Pack order makes reads sequential and coalesced.
-        locations.sort_by_key(|l| (l.pack, l.entry.offset));
-        let reads = plan(locations);
-        let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
-        let bar = Progress::bytes(progress, "replicate", total);
-        let mut frames = std::pin::pin!(fetch(from, reads, Want::Frames));
-        while let Some(batch) = frames.next().await {
-            for f in batch? {
-                bytes_downloaded += f.frame.len() as u64;
-                bar.inc(f.frame.len() as u64);
-                chunks_copied += 1;
-                uploader
-                    .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
-                    .await?;
-            }
-        }
-        bar.finish();
+        let (bytes_read, copied) =
+            copy_chunks(from, &from_index, need, &mut uploader, progress).await?;
+        bytes_downloaded += bytes_read;
+        chunks_copied += copied;
         snapshots.push((*id, bytes));
     }
     // Packs first, then snapshots, then refs.
@@ -163,49 +144,14 @@ pub async fn replicate(
         duration_secs: 0.0,
     };
     if let Some(s) = sharded {
-        to.write_replica_pointer(&ReplicaPointer {
-            run: s.run.clone(),
-            shard: s.shard.index,
-            of: s.shard.count,
-        })
-        .await?;
-        let done = to.list_replica_pointers(&s.run).await?;
-        let missing: Vec<u32> = (0..s.shard.count)
-            .filter(|i| !done.iter().any(|p| p.shard == *i && p.of == s.shard.count))
-            .collect();
-        report.shard = Some(ReplicaShardReport {
-            run: s.run.clone(),
-            shard: s.shard,
-            chunks_owned: owned.len() as u64,
-            missing: missing.clone(),
-            committed: false,
-        });
-        if !missing.is_empty() {
+        let shard = record_shard_done(to, s, owned.len() as u64).await?;
+        let all_done = shard.missing.is_empty();
+        report.shard = Some(shard);
+        if !all_done {
             report.duration_secs = started.elapsed().as_secs_f64();
             return Ok(report);
         }
-        // Every shard is done: the target must now hold every chunk the snapshots need.
-        let presence = sync_index(to, &to_index).await?;
-        for c in &referenced {
-            if !presence.has(c)? {
-                let owner = (0..s.shard.count)
-                    .find(|i| {
-                        Shard {
-                            index: *i,
-                            count: s.shard.count,
-                        }
-                        .owns_chunk(c)
-                    })
-                    .unwrap_or(0);
-                return Err(OpError::ShardChunkMissing {
-                    chunk: *c,
-                    repo: to.url(),
-                    run: s.run.clone(),
-                    owner,
-                    count: s.shard.count,
-                });
-            }
-        }
+        check_run_complete(to, &to_index, s, &referenced).await?;
     }
     check_not_marked(to, &to_index, referenced).await?;
     for (id, bytes) in &snapshots {
@@ -216,20 +162,132 @@ pub async fn replicate(
     if let Some(s) = sharded {
         to.commit_replica_once(&s.run).await?;
     }
-    for p in &plans {
-        for s in &p.snapshots {
-            if to.advance_ref_once(&p.name, *s).await?.is_some() {
-                report.refs_advanced += 1;
-            }
-            index.mark_replicated(from.id(), to.id(), s)?;
-        }
-    }
+    report.refs_advanced = advance_refs(from, to, index, &plans).await?;
     index.flush()?;
     if let Some(r) = &mut report.shard {
         r.committed = true;
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The planned snapshots the target lacks, each once, in plan order.
+fn wanted_snapshots(plans: &[PlannedRef], present: &HashSet<SnapshotId>) -> Vec<SnapshotId> {
+    let mut wanted: Vec<SnapshotId> = Vec::new();
+    for s in plans.iter().flat_map(|p| &p.snapshots) {
+        if !present.contains(s) && !wanted.contains(s) {
+            wanted.push(*s);
+        }
+    }
+    wanted
+}
+
+/// Copies the chunks `need` from `from` into `uploader` as stored frames; returns the bytes
+/// downloaded and the chunks copied.
+async fn copy_chunks(
+    from: &Repository,
+    from_index: &RepoIndex,
+    need: Vec<ChunkId>,
+    uploader: &mut PackUploader,
+    progress: bool,
+) -> Result<(u64, u64), OpError> {
+    let mut bytes_downloaded = 0;
+    let mut chunks_copied = 0;
+    let mut locations = locate(from_index, from, need)?;
+    // Pack order makes reads sequential and coalesced.
+    locations.sort_by_key(|l| (l.pack, l.entry.offset));
+    let reads = plan(locations);
+    let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
+    let bar = Progress::bytes(progress, "replicate", total);
+    let mut frames = std::pin::pin!(fetch(from, reads, Want::Frames));
+    while let Some(batch) = frames.next().await {
+        for f in batch? {
+            bytes_downloaded += f.frame.len() as u64;
+            bar.inc(f.frame.len() as u64);
+            chunks_copied += 1;
+            uploader
+                .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                .await?;
+        }
+    }
+    bar.finish();
+    Ok((bytes_downloaded, chunks_copied))
+}
+
+/// Appends each planned snapshot to its ref in `to` (once, whoever commits), and remembers
+/// it as replicated; returns the entries this process appended.
+async fn advance_refs(
+    from: &Repository,
+    to: &Repository,
+    index: &Index,
+    plans: &[PlannedRef],
+) -> Result<u64, OpError> {
+    let mut advanced = 0;
+    for p in plans {
+        for s in &p.snapshots {
+            if to.advance_ref_once(&p.name, *s).await?.is_some() {
+                advanced += 1;
+            }
+            index.mark_replicated(from.id(), to.id(), s)?;
+        }
+    }
+    Ok(advanced)
+}
+
+/// Records that shard `s` is done and reports which shards of its run are not.
+async fn record_shard_done(
+    to: &Repository,
+    s: &ReplicaShard,
+    chunks_owned: u64,
+) -> Result<ReplicaShardReport, OpError> {
+    to.write_replica_pointer(&ReplicaPointer {
+        run: s.run.clone(),
+        shard: s.shard.index,
+        of: s.shard.count,
+    })
+    .await?;
+    let done = to.list_replica_pointers(&s.run).await?;
+    let missing: Vec<u32> = (0..s.shard.count)
+        .filter(|i| !done.iter().any(|p| p.shard == *i && p.of == s.shard.count))
+        .collect();
+    Ok(ReplicaShardReport {
+        run: s.run.clone(),
+        shard: s.shard,
+        chunks_owned,
+        missing,
+        committed: false,
+    })
+}
+
+/// Every shard is done: the target must now hold every chunk the snapshots need.
+async fn check_run_complete(
+    to: &Repository,
+    to_index: &RepoIndex,
+    s: &ReplicaShard,
+    referenced: &HashSet<ChunkId>,
+) -> Result<(), OpError> {
+    let presence = sync_index(to, to_index).await?;
+    for c in referenced {
+        if !presence.has(c)? {
+            let owner = (0..s.shard.count)
+                .find(|i| {
+                    Shard {
+                        index: *i,
+                        count: s.shard.count,
+                    }
+                    .owns_chunk(c)
+                })
+                .unwrap_or(0);
+            return Err(OpError::ShardChunkMissing {
+                chunk: *c,
+                repo: to.url(),
+                run: s.run.clone(),
+                owner,
+                count: s.shard.count,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Per ref: the source log's snapshots the target's log lacks, oldest first.

@@ -168,16 +168,7 @@ pub async fn restore(
     let snap = opts.selection.apply(&repo.read_snapshot(&id).await?)?;
     // Validate everything before writing anything.
     check_before_writing(&snap, dest)?;
-    // Object destinations: what is there already (one listing).
-    let present: HashMap<String, u64> = match dest {
-        Destination::Objects(store) => store
-            .list(None)
-            .await?
-            .into_iter()
-            .map(|m| (m.location.as_ref().to_string(), m.size))
-            .collect(),
-        Destination::Local(_) => HashMap::new(),
-    };
+    let present = present_objects(dest).await?;
     let bar = Progress::bytes(progress, "restore", snap.bytes());
     let mut report = RestoreReport {
         snapshot: id,
@@ -220,36 +211,8 @@ pub async fn restore(
                     blake3,
                     chunks,
                 };
-                let (existing, downloaded, n) = match dest {
-                    Destination::Local(root) => {
-                        restore_local(
-                            repo,
-                            rindex,
-                            root,
-                            &file,
-                            opts.overwrite,
-                            opts.special_modes,
-                            &bar,
-                        )
-                        .await?
-                    }
-                    Destination::Objects(store) => {
-                        let existing = existing_object(
-                            store,
-                            &file,
-                            present.get(path.as_str()),
-                            opts.overwrite,
-                        )
-                        .await?;
-                        if matches!(existing, Existing::Same | Existing::Kept) {
-                            bar.inc(*size);
-                            (existing, 0, 0)
-                        } else {
-                            let (d, n) = restore_object(repo, rindex, store, &file, &bar).await?;
-                            (existing, d, n)
-                        }
-                    }
-                };
+                let (existing, downloaded, n) =
+                    restore_file(repo, rindex, dest, &file, &present, &opts, &bar).await?;
                 note(&mut report, path, existing);
                 report.files += 1;
                 if matches!(existing, Existing::Absent | Existing::Replaced) {
@@ -284,6 +247,57 @@ pub async fn restore(
     bar.finish();
     report.duration_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Object destinations: what is there already (one listing), by key with its size.
+async fn present_objects(dest: &Destination) -> Result<HashMap<String, u64>, OpError> {
+    Ok(match dest {
+        Destination::Objects(store) => store
+            .list(None)
+            .await?
+            .into_iter()
+            .map(|m| (m.location.as_ref().to_string(), m.size))
+            .collect(),
+        Destination::Local(_) => HashMap::new(),
+    })
+}
+
+/// Restores one file into `dest`; returns what was there before, the bytes downloaded and
+/// the chunks verified.
+async fn restore_file(
+    repo: &Repository,
+    rindex: &RepoIndex,
+    dest: &Destination,
+    file: &FileSpec<'_>,
+    present: &HashMap<String, u64>,
+    opts: &RestoreOptions,
+    bar: &Progress,
+) -> Result<(Existing, u64, u64), OpError> {
+    Ok(match dest {
+        Destination::Local(root) => {
+            restore_local(
+                repo,
+                rindex,
+                root,
+                file,
+                opts.overwrite,
+                opts.special_modes,
+                bar,
+            )
+            .await?
+        }
+        Destination::Objects(store) => {
+            let existing =
+                existing_object(store, file, present.get(file.path), opts.overwrite).await?;
+            if matches!(existing, Existing::Same | Existing::Kept) {
+                bar.inc(file.size);
+                (existing, 0, 0)
+            } else {
+                let (d, n) = restore_object(repo, rindex, store, file, bar).await?;
+                (existing, d, n)
+            }
+        }
+    })
 }
 
 /// Counts or lists what was at a path before restore.

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::ids::{ChunkId, PackId};
+use crate::ids::{ChunkId, PackId, SnapshotId};
 use crate::ops::OpError;
-use crate::repo::pack::read_pack_table;
+use crate::repo::pack::{read_pack_table, PackIndex};
 use crate::repo::{index_path, snapshot_path, Repository};
 
 /// One problem found, with the object that holds it.
@@ -115,6 +115,32 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
             Err(e) => problem(url, e.to_string()),
         }
     }
+    check_refs(repo, &snapshot_set, &mut problem).await?;
+
+    let chunks_checked = if read_data {
+        check_pack_data(repo, &indexed, &packs, &repair, &mut problem).await?
+    } else {
+        0
+    };
+    let ok = problems.is_empty();
+    Ok(VerifyReport {
+        repo: repo.url(),
+        ok,
+        problems,
+        notes,
+        packs_checked: indexed.len() as u64,
+        chunks_checked,
+        snapshots_checked: snapshot_ids.len() as u64,
+        duration_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Every ref log entry must point to an existing snapshot.
+async fn check_refs(
+    repo: &Repository,
+    snapshot_set: &HashSet<SnapshotId>,
+    problem: &mut impl FnMut(String, String),
+) -> Result<(), OpError> {
     for name in repo.ref_names().await? {
         match repo.ref_log(&name).await {
             Ok(log) => {
@@ -133,43 +159,42 @@ pub async fn verify(repo: &Repository, read_data: bool) -> Result<VerifyReport, 
             ),
         }
     }
+    Ok(())
+}
 
+/// `--read-data`: re-reads every indexed pack that exists and re-hashes its chunks; returns
+/// how many chunks it checked.
+async fn check_pack_data(
+    repo: &Repository,
+    indexed: &[PackIndex],
+    packs: &HashMap<PackId, u64>,
+    repair: &str,
+    problem: &mut impl FnMut(String, String),
+) -> Result<u64, OpError> {
     let mut chunks_checked = 0;
-    if read_data {
-        for idx in &indexed {
-            if !packs.contains_key(&idx.pack) {
+    for idx in indexed {
+        if !packs.contains_key(&idx.pack) {
+            continue;
+        }
+        let url = repo.pack_url(&idx.pack);
+        let data = match repo.read_pack(&idx.pack).await {
+            Ok(d) => d,
+            Err(e) => {
+                problem(url, format!("{e}{repair}"));
                 continue;
             }
-            let url = repo.pack_url(&idx.pack);
-            let data = match repo.read_pack(&idx.pack).await {
-                Ok(d) => d,
-                Err(e) => {
-                    problem(url, format!("{e}{repair}"));
-                    continue;
-                }
-            };
-            let entries = idx.entries.clone();
-            let pack_id = idx.pack;
-            let found = tokio::task::spawn_blocking(move || check_pack(&pack_id, &data, &entries))
-                .await
-                .map_err(OpError::join)?;
-            chunks_checked += idx.entries.len() as u64;
-            for p in found {
-                problem(url.clone(), format!("{p}{repair}"));
-            }
+        };
+        let entries = idx.entries.clone();
+        let pack_id = idx.pack;
+        let found = tokio::task::spawn_blocking(move || check_pack(&pack_id, &data, &entries))
+            .await
+            .map_err(OpError::join)?;
+        chunks_checked += idx.entries.len() as u64;
+        for p in found {
+            problem(url.clone(), format!("{p}{repair}"));
         }
     }
-    let ok = problems.is_empty();
-    Ok(VerifyReport {
-        repo: repo.url(),
-        ok,
-        problems,
-        notes,
-        packs_checked: indexed.len() as u64,
-        chunks_checked,
-        snapshots_checked: snapshot_ids.len() as u64,
-        duration_secs: started.elapsed().as_secs_f64(),
-    })
+    Ok(chunks_checked)
 }
 
 /// Re-hashes a pack and every chunk in it; returns what is wrong.

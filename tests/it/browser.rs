@@ -173,12 +173,11 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-#[test]
-fn dashboard_updates_live_in_chromium() {
-    let Some(ctx) = Ctx::new(&[Backend::File]) else {
-        return;
-    };
-    let Some(chromedriver) = find_chromedriver() else {
+/// The chromedriver to use; `None` (a skip) when there is none, unless
+/// `FERRY_REQUIRE_BROWSER=1` makes that a failure.
+fn chromedriver_or_skip() -> Option<String> {
+    let found = find_chromedriver();
+    if found.is_none() {
         assert!(
             std::env::var("FERRY_REQUIRE_BROWSER").as_deref() != Ok("1"),
             "chromedriver is missing but FERRY_REQUIRE_BROWSER=1: apt-get install chromium chromium-driver"
@@ -186,9 +185,13 @@ fn dashboard_updates_live_in_chromium() {
         eprintln!(
             "skipping the browser test: no chromedriver (apt-get install chromium chromium-driver)"
         );
-        return;
-    };
-    let (repo, mirror) = (ctx.location(Backend::File), ctx.location(Backend::File));
+    }
+    found
+}
+
+/// Two finished steps and a half-written one in `watched`, and a dataset folder whose only
+/// file is still being written; returns both folders.
+fn write_sources(ctx: &Ctx) -> (PathBuf, PathBuf) {
     let watched = ctx.dir("watched");
     for step in ["step-100", "step-200"] {
         data::write_file(
@@ -211,6 +214,33 @@ fn dashboard_updates_live_in_chromium() {
     // A dataset whose only file is still being written (it will not settle within the test).
     let dataset = ctx.dir("dataset");
     data::write_file(&dataset, "events.log", b"appended to all day\n");
+    (watched, dataset)
+}
+
+/// Saves the page as `$CARGO_TARGET_TMPDIR/dashboard.png`.
+fn save_screenshot(browser: &Browser) {
+    let png = base64_decode(
+        browser
+            .call("GET", "/screenshot", None)
+            .as_str()
+            .expect("screenshot"),
+    );
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&path, &png).expect("save screenshot");
+    eprintln!("dashboard screenshot: {}", path.display());
+}
+
+#[test]
+fn dashboard_updates_live_in_chromium() {
+    let Some(ctx) = Ctx::new(&[Backend::File]) else {
+        return;
+    };
+    let Some(chromedriver) = chromedriver_or_skip() else {
+        return;
+    };
+    let (repo, mirror) = (ctx.location(Backend::File), ctx.location(Backend::File));
+    let (watched, dataset) = write_sources(&ctx);
     let config = write_config(
         &ctx,
         "",
@@ -284,16 +314,7 @@ fn dashboard_updates_live_in_chromium() {
     );
 
     thread::sleep(Duration::from_millis(2500)); // one more refresh: the chart and ages settle
-    let png = base64_decode(
-        browser
-            .call("GET", "/screenshot", None)
-            .as_str()
-            .expect("screenshot"),
-    );
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    std::fs::write(&path, &png).expect("save screenshot");
-    eprintln!("dashboard screenshot: {}", path.display());
+    save_screenshot(&browser);
     let (stopped, _) = d.stop();
     assert!(stopped.status.success(), "{stopped}");
 }

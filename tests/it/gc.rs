@@ -230,6 +230,112 @@ fn writer_tree(root: &Path, w: u64, i: u64) {
     );
 }
 
+/// Writer `w`: pushes its tree to ref `w{w}` in a loop until `stop`, retrying a push that
+/// a concurrent gc's mark turned away; returns each snapshot with its tree version, and how
+/// many pushes were retried.
+fn push_until_stopped(
+    ctx: &Ctx,
+    url: &str,
+    w: u64,
+    stop: &AtomicBool,
+) -> (BTreeMap<String, (u64, u64)>, u64) {
+    let ferry = ctx.ferry_with_index(&ctx.path("index"));
+    let src = ctx.dir("src");
+    let name = format!("w{w}");
+    let mut pushed = BTreeMap::new();
+    let mut retried = 0;
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        writer_tree(&src, w, i);
+        let args = ["push", s(&src), url, "--name", &name];
+        let mut attempts = 0;
+        let snapshot = loop {
+            let run = ferry.run(&args);
+            if run.status.success() {
+                break pushed_snapshot(&run.json());
+            }
+            attempts += 1;
+            assert!(attempts < 20, "a push kept failing beside gc: {run}");
+            let line = run.error_line();
+            assert!(
+                line.contains("a concurrent gc marked pack") && line.contains("run again"),
+                "a push beside gc failed for another reason: {run}"
+            );
+            retried += 1;
+        };
+        pushed.insert(snapshot, (w, i));
+        i += 1;
+    }
+    (pushed, retried)
+}
+
+/// `forget --keep-last 2` on both refs and `gc --grace 2s` in a loop until `until`, then
+/// sets `stop`; returns gc's totals.
+fn forget_and_gc_until(
+    ctx: &Ctx,
+    url: &str,
+    until: Instant,
+    stop: &AtomicBool,
+) -> BTreeMap<&'static str, u64> {
+    let ferry = ctx.ferry_with_index(&ctx.path("index"));
+    let mut totals = BTreeMap::<&str, u64>::new();
+    while Instant::now() < until {
+        for name in ["w0", "w1"] {
+            let forget = ferry.run(&["forget", url, name, "--keep-last", "2"]);
+            // Before a writer's first push its ref does not exist yet.
+            assert!(
+                forget.status.success() || forget.stderr.contains("not found"),
+                "{forget}"
+            );
+        }
+        let gc = ferry.json(&["gc", url, "--grace", "2s"]);
+        for key in [
+            "packs_marked",
+            "packs_deleted",
+            "packs_unmarked",
+            "packs_rewritten",
+            "snapshots_deleted",
+        ] {
+            *totals.entry(key).or_default() += uint(&gc, key);
+        }
+        *totals.entry("runs").or_default() += 1;
+        thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    totals
+}
+
+/// Every snapshot left in either writer's log restores to the tree it was pushed from;
+/// returns how many there were.
+fn assert_logs_restore(
+    ctx: &Ctx,
+    ferry: &Ferry,
+    url: &str,
+    pushed: &BTreeMap<String, (u64, u64)>,
+) -> u64 {
+    let mut restored = 0;
+    for name in ["w0", "w1"] {
+        let log: Vec<Logged> = checks::ref_log(ferry, url, name);
+        assert!(log.len() >= 2, "{name}: {log:?}");
+        for entry in &log {
+            let (w, i) = pushed
+                .get(&entry.snapshot)
+                .unwrap_or_else(|| panic!("{name}: {} was never pushed", entry.snapshot));
+            let tree = ctx.dir("expected");
+            writer_tree(&tree, *w, *i);
+            checks::assert_restores(
+                ctx,
+                ferry,
+                url,
+                &format!("{name}@{}", entry.snapshot),
+                &tree,
+            );
+            restored += 1;
+        }
+    }
+    restored
+}
+
 /// Pushes in a loop, two writers (refs `w0`, `w1`), while `forget --keep-last 2` and
 /// `gc --grace 2s` run in a loop beside them; then every snapshot in either log restores.
 fn gc_beside_pushes(backend: Backend) {
@@ -249,67 +355,10 @@ fn gc_beside_pushes(backend: Backend) {
         let writers: Vec<_> = (0..2u64)
             .map(|w| {
                 let (ctx, url, stop) = (&ctx, &url, &stop);
-                scope.spawn(move || {
-                    let ferry = ctx.ferry_with_index(&ctx.path("index"));
-                    let src = ctx.dir("src");
-                    let name = format!("w{w}");
-                    let mut pushed = BTreeMap::new();
-                    let mut retried = 0;
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        writer_tree(&src, w, i);
-                        let args = ["push", s(&src), url.as_str(), "--name", &name];
-                        let mut attempts = 0;
-                        let snapshot = loop {
-                            let run = ferry.run(&args);
-                            if run.status.success() {
-                                break pushed_snapshot(&run.json());
-                            }
-                            attempts += 1;
-                            assert!(attempts < 20, "a push kept failing beside gc: {run}");
-                            let line = run.error_line();
-                            assert!(
-                                line.contains("a concurrent gc marked pack")
-                                    && line.contains("run again"),
-                                "a push beside gc failed for another reason: {run}"
-                            );
-                            retried += 1;
-                        };
-                        pushed.insert(snapshot, (w, i));
-                        i += 1;
-                    }
-                    (pushed, retried)
-                })
+                scope.spawn(move || push_until_stopped(ctx, url, w, stop))
             })
             .collect();
-        let collector = scope.spawn(|| {
-            let ferry = ctx.ferry_with_index(&ctx.path("index"));
-            let mut totals = BTreeMap::<&str, u64>::new();
-            while started.elapsed() < run_for {
-                for name in ["w0", "w1"] {
-                    let forget = ferry.run(&["forget", &url, name, "--keep-last", "2"]);
-                    // Before a writer's first push its ref does not exist yet.
-                    assert!(
-                        forget.status.success() || forget.stderr.contains("not found"),
-                        "{forget}"
-                    );
-                }
-                let gc = ferry.json(&["gc", &url, "--grace", "2s"]);
-                for key in [
-                    "packs_marked",
-                    "packs_deleted",
-                    "packs_unmarked",
-                    "packs_rewritten",
-                    "snapshots_deleted",
-                ] {
-                    *totals.entry(key).or_default() += uint(&gc, key);
-                }
-                *totals.entry("runs").or_default() += 1;
-                thread::sleep(Duration::from_millis(300));
-            }
-            stop.store(true, Ordering::Relaxed);
-            totals
-        });
+        let collector = scope.spawn(|| forget_and_gc_until(&ctx, &url, started + run_for, &stop));
         let gcs = collector.join().expect("gc loop");
         let mut pushed = BTreeMap::new();
         let mut retried = 0;
@@ -323,26 +372,7 @@ fn gc_beside_pushes(backend: Backend) {
 
     let ferry = ctx.ferry_with_index(&ctx.path("index"));
     checks::verify_read_data(&ferry, &url);
-    let mut restored = 0;
-    for name in ["w0", "w1"] {
-        let log: Vec<Logged> = checks::ref_log(&ferry, &url, name);
-        assert!(log.len() >= 2, "{name}: {log:?}");
-        for entry in &log {
-            let (w, i) = pushed
-                .get(&entry.snapshot)
-                .unwrap_or_else(|| panic!("{name}: {} was never pushed", entry.snapshot));
-            let tree = ctx.dir("expected");
-            writer_tree(&tree, *w, *i);
-            checks::assert_restores(
-                &ctx,
-                &ferry,
-                &url,
-                &format!("{name}@{}", entry.snapshot),
-                &tree,
-            );
-            restored += 1;
-        }
-    }
+    let restored = assert_logs_restore(&ctx, &ferry, &url, &pushed);
     eprintln!(
         "gc beside pushes ({backend:?}): {} pushes ({retried} retried after a concurrent mark), gc {gcs:?}; {restored} snapshots left, all restored",
         pushed.len()

@@ -16,6 +16,7 @@ use ferry::repo::snapshot::{Entry, Snapshot, SNAPSHOT_VERSION};
 use crate::badinput::{plant_ref, read_snapshot};
 use crate::data::{self, KIB};
 use crate::harness::{pushed_snapshot, s, Backend, Ctx};
+use crate::raw::RawStore;
 
 #[test]
 fn hostile_snapshots_file() {
@@ -137,18 +138,7 @@ fn hostile_snapshots(backend: Backend) {
     let cases = cases(&file, &world);
     for (i, case) in cases.iter().enumerate() {
         let name = format!("evil-{i}");
-        let snapshot = Snapshot {
-            version: SNAPSHOT_VERSION,
-            time: "2026-11-26T13:00:00Z".into(),
-            name: name.clone(),
-            source: "hostile".into(),
-            parent: None,
-            entries: case.entries.clone(),
-        };
-        let bytes = snapshot.encode();
-        let id = SnapshotId::of(&bytes).to_hex();
-        repo.raw.put(&format!("snapshots/{id}"), &bytes);
-        plant_ref(&repo.raw, &name, 1, &id);
+        let id = plant_snapshot(&repo.raw, &name, &case.entries);
 
         let dest = world.join(format!("dest-{i}"));
         fs::create_dir_all(&dest).expect("create dest");
@@ -181,17 +171,7 @@ fn hostile_snapshots(backend: Backend) {
             "{}: restore changed the mode of a folder outside its destination",
             case.what
         );
-        let beside: Vec<String> = fs::read_dir(&world)
-            .expect("list world")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("dest-"))
-            .collect();
-        assert_eq!(
-            beside,
-            ["canary"],
-            "{}: restore wrote beside its destination",
-            case.what
-        );
+        assert_nothing_beside(&world, case.what);
         let made: Vec<&str> = case.before.iter().map(|(rel, _)| *rel).collect();
         assert_no_escape(&dest, &made, case.what);
         assert_eq!(
@@ -204,6 +184,38 @@ fn hostile_snapshots(backend: Backend) {
     eprintln!(
         "hostile snapshots ({backend:?}): {} refused, nothing written outside",
         cases.len()
+    );
+}
+
+/// Writes a snapshot of `entries` straight into the repository, and ref `name` pointing to
+/// it; returns its id.
+fn plant_snapshot(raw: &RawStore, name: &str, entries: &[Entry]) -> String {
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: "2026-11-26T13:00:00Z".into(),
+        name: name.to_string(),
+        source: "hostile".into(),
+        parent: None,
+        entries: entries.to_vec(),
+    };
+    let bytes = snapshot.encode();
+    let id = SnapshotId::of(&bytes).to_hex();
+    raw.put(&format!("snapshots/{id}"), &bytes);
+    plant_ref(raw, name, 1, &id);
+    id
+}
+
+/// `world` holds the canary and the destinations, and nothing else.
+fn assert_nothing_beside(world: &Path, what: &str) {
+    let beside: Vec<String> = fs::read_dir(world)
+        .expect("list world")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("dest-"))
+        .collect();
+    assert_eq!(
+        beside,
+        ["canary"],
+        "{what}: restore wrote beside its destination"
     );
 }
 

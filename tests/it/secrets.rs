@@ -5,7 +5,7 @@
 
 use crate::data::{self, KIB};
 use crate::harness::{s, Backend, Ctx};
-use crate::run::Run;
+use crate::run::{Ferry, Run};
 
 const S3_SECRET: &str = "ferry-canary-s3-secret-7f3a9c2e51";
 const S3_TOKEN: &str = "ferry-canary-session-token-0b9d4e";
@@ -25,6 +25,25 @@ fn assert_clean(run: &Run, what: &str) {
             );
         }
     }
+}
+
+/// Runs `args` with `env`: it succeeds or fails as expected, a failure ends with one error
+/// line, and nothing printed holds a secret.
+fn assert_case(ferry: &Ferry, what: &str, args: &[&str], env: &[(&str, &str)], succeeds: bool) {
+    let run = ferry.run_env(args, env);
+    assert_eq!(
+        run.status.success(),
+        succeeds,
+        "{what}: unexpected outcome: {run}"
+    );
+    if !succeeds && run.status.code() == Some(1) {
+        run.stderr
+            .lines()
+            .last()
+            .filter(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{what}: no error line: {run}"));
+    }
+    assert_clean(&run, what);
 }
 
 #[test]
@@ -120,20 +139,7 @@ fn secrets_stay_out_of_output() {
         ),
     ];
     for (what, args, env, succeeds) in &cases {
-        let run = ferry.run_env(args, env);
-        assert_eq!(
-            run.status.success(),
-            *succeeds,
-            "{what}: unexpected outcome: {run}"
-        );
-        if !*succeeds && run.status.code() == Some(1) {
-            run.stderr
-                .lines()
-                .last()
-                .filter(|l| l.starts_with("error: "))
-                .unwrap_or_else(|| panic!("{what}: no error line: {run}"));
-        }
-        assert_clean(&run, what);
+        assert_case(&ferry, what, args, env, *succeeds);
     }
     eprintln!("secrets: {} runs, no secret printed", cases.len());
 }

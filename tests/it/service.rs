@@ -126,6 +126,65 @@ fn sync_exit_codes() {
     );
 }
 
+/// Neither the token nor the cloud secret appears in `body`.
+fn assert_no_secret(body: &str, what: &str) {
+    assert!(
+        !body.contains(TOKEN) && !body.contains(SECRET),
+        "{what} leaked a secret: {body}"
+    );
+}
+
+/// Every read endpoint answers without a token, and serves no secret.
+fn assert_reads_need_no_token(d: &Daemon) {
+    for path in [
+        "/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/jobs",
+        "/api/v1/jobs/data",
+        "/api/v1/runs",
+        "/api/v1/series",
+        "/api/v1/openapi.yaml",
+    ] {
+        let r = http::get(&d.addr, path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        assert_no_secret(&r.body, path);
+    }
+    assert_eq!(http::get(&d.addr, "/api/v1/jobs/nope").status, 404);
+    assert_eq!(http::get(&d.addr, "/api/v1/runs?state=bogus").status, 400);
+}
+
+/// Triggering a run needs the right bearer token; with it, the run is queued.
+fn assert_run_needs_the_token(d: &Daemon) {
+    let r = http::post(&d.addr, "/api/v1/jobs/data/run", &[], None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = http::post(
+        &d.addr,
+        "/api/v1/jobs/data/run",
+        &[("Authorization", "Bearer wrong-token-000000")],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    let auth = format!("Bearer {TOKEN}");
+    let r = http::post(
+        &d.addr,
+        "/api/v1/jobs/data/run",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(string(&r.json(), "action"), "queued");
+    let r = http::post(
+        &d.addr,
+        "/api/v1/jobs/nope/run",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 404);
+}
+
 #[test]
 fn api_endpoints_tokens_and_status() {
     let Some(ctx) = Ctx::new(&[Backend::File]) else {
@@ -153,56 +212,9 @@ fn api_endpoints_tokens_and_status() {
         ("AZURE_STORAGE_ACCOUNT_KEY", SECRET),
     ];
     let d = Daemon::start(&ferry, &config, &[], &envs);
-    let leak_check = |body: &str, what: &str| {
-        assert!(
-            !body.contains(TOKEN) && !body.contains(SECRET),
-            "{what} leaked a secret: {body}"
-        );
-    };
 
-    for path in [
-        "/",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api/v1/jobs",
-        "/api/v1/jobs/data",
-        "/api/v1/runs",
-        "/api/v1/series",
-        "/api/v1/openapi.yaml",
-    ] {
-        let r = http::get(&d.addr, path);
-        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
-        leak_check(&r.body, path);
-    }
-    assert_eq!(http::get(&d.addr, "/api/v1/jobs/nope").status, 404);
-    assert_eq!(http::get(&d.addr, "/api/v1/runs?state=bogus").status, 400);
-    let r = http::post(&d.addr, "/api/v1/jobs/data/run", &[], None);
-    assert_eq!(r.status, 401, "{}", r.body);
-    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    let r = http::post(
-        &d.addr,
-        "/api/v1/jobs/data/run",
-        &[("Authorization", "Bearer wrong-token-000000")],
-        None,
-    );
-    assert_eq!(r.status, 401);
-    let auth = format!("Bearer {TOKEN}");
-    let r = http::post(
-        &d.addr,
-        "/api/v1/jobs/data/run",
-        &[("Authorization", &auth)],
-        None,
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(string(&r.json(), "action"), "queued");
-    let r = http::post(
-        &d.addr,
-        "/api/v1/jobs/nope/run",
-        &[("Authorization", &auth)],
-        None,
-    );
-    assert_eq!(r.status, 404);
+    assert_reads_need_no_token(&d);
+    assert_run_needs_the_token(&d);
     d.wait_for(
         "the triggered run succeeded",
         std::time::Duration::from_secs(60),
@@ -227,10 +239,10 @@ fn api_endpoints_tokens_and_status() {
     assert_eq!(string(&live, "from"), "daemon", "{live}");
     let target = &array(&array(&live, "jobs")[0], "targets")[0];
     assert_eq!(uint(target, "runs_succeeded"), 1, "{live}");
-    leak_check(&live.to_string(), "status");
+    assert_no_secret(&live.to_string(), "status");
     let (stopped, _) = d.stop();
     assert!(stopped.status.success(), "{stopped}");
-    leak_check(&stopped.stderr, "the daemon's log");
+    assert_no_secret(&stopped.stderr, "the daemon's log");
     // ...and, with no daemon answering, reads the local index.
     let offline = ferry
         .spawn_env(&["status", "--config", s(&config)], &envs)

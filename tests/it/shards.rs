@@ -5,15 +5,18 @@
 //! snapshot; daemon jobs with `merge = true` (one sidecar per rank) keep every rank's file;
 //! gc prunes the pointers and markers of committed runs, and only those.
 
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::checks;
+use crate::checks::{self, Logged};
 use crate::daemon::write_config;
 use crate::data::{self, KIB, MIB};
 use crate::harness::{array, boolean, only_target, s, uint, Backend, Ctx};
+use crate::raw::Location;
+use crate::run::{Ferry, Run, Running};
 
 per_backend!(
     sharded_push_survives_a_killed_shard,
@@ -178,6 +181,109 @@ fn replica_shard(report: &Value) -> &Value {
         .unwrap_or_else(|| panic!("no shard report in {report}"))
 }
 
+/// Pushes two snapshots of `ckpt` from `src` into a fresh `from`; returns the source's chunk
+/// count, a copy of the first tree, and the source's log.
+fn two_source_snapshots(ctx: &Ctx, from: &Location, src: &Path) -> (u64, PathBuf, Vec<Logged>) {
+    data::checkpoint_tree(src, 90);
+    for i in 0..12u64 {
+        data::write_file(
+            src,
+            &format!("ranks/rank-{i:02}/optim.bin"),
+            &data::random_bytes(8000 + i, MIB),
+        );
+    }
+    let ferry = ctx.ferry();
+    // Small packs (the target inherits them), so a shard lands several before it is done.
+    ferry.json(&["init", &from.url, "--pack-size", "1MiB"]);
+    let push1 = ferry.json(&["push", s(src), &from.url, "--name", "ckpt"]);
+    let first = ctx.dir("first");
+    checks::copy_tree(src, &first);
+    for i in 0..4u64 {
+        data::write_file(
+            src,
+            &format!("ranks/rank-{i:02}/optim.bin"),
+            &data::random_bytes(8100 + i, MIB),
+        );
+    }
+    let push2 = ferry.json(&["push", s(src), &from.url, "--name", "ckpt"]);
+    // The source repository is fresh: its chunk set is what the two pushes added.
+    let total = uint(&push1, "chunks_new") + uint(&push2, "chunks_new");
+    let source_log = checks::ref_log(&ferry, &from.url, "ckpt");
+    assert_eq!(source_log.len(), 2, "{source_log:?}");
+    (total, first, source_log)
+}
+
+/// Waits until shard 0 has landed a pack (the target holds more pack indexes than the
+/// `others` the other shards wrote) or has exited, then SIGKILLs it; returns whether it had
+/// landed one, and its run.
+fn kill_once_landed(mut victim: Running, to: &Location, others: u64) -> (bool, Run) {
+    let mut landed = false;
+    while !landed && !victim.has_exited() {
+        landed = to.raw.list("index/").len() as u64 > others;
+        thread::sleep(Duration::from_millis(20));
+    }
+    let killed = victim.kill();
+    (landed, killed)
+}
+
+/// Without shard 0 the others neither commit nor touch the target's ref.
+fn assert_waiting_for_shard_0(survivors: &[Value]) {
+    for r in survivors {
+        let sh = replica_shard(r);
+        assert!(!boolean(sh, "committed"), "committed without shard 0: {r}");
+        assert!(array(sh, "missing").contains(&Value::from(0)), "{r}");
+        assert_eq!(uint(r, "refs_advanced"), 0, "{r}");
+        assert_eq!(uint(r, "snapshots_copied"), 0, "{r}");
+    }
+}
+
+/// Each shard owns a proper, non-empty share, the shares add up to the source's `total`
+/// chunks, and no shard copied more than it owns.
+fn assert_shards_split(finals: &[Value], total: u64) {
+    let mut owned_sum = 0;
+    for (i, r) in finals.iter().enumerate() {
+        let sh = replica_shard(r);
+        assert_eq!(uint(&sh["shard"], "index"), i as u64, "{r}");
+        let owned = uint(sh, "chunks_owned");
+        assert!(
+            owned > 0 && owned < total,
+            "shard {i} owns {owned} of {total}: {r}"
+        );
+        assert!(uint(r, "chunks_copied") <= owned, "{r}");
+        eprintln!(
+            "replicate shard {i}: owns {owned} of {total} chunks, copied {} ({} bytes uploaded)",
+            uint(r, "chunks_copied"),
+            uint(r, "bytes_uploaded")
+        );
+        owned_sum += owned;
+    }
+    assert_eq!(
+        owned_sum, total,
+        "shards' chunks do not cover the source: {finals:?}"
+    );
+}
+
+/// A late shard of the committed run (`shard_args`), or an unsharded replicate, copies and
+/// moves nothing.
+fn assert_nothing_left_to_do(
+    ctx: &Ctx,
+    fresh: &Ferry,
+    from: &Location,
+    to: &Location,
+    shard_args: &[String],
+) {
+    let late = ctx
+        .ferry_with_index(&ctx.path("index"))
+        .json(&shard_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(uint(&late, "chunks_copied"), 0, "{late}");
+    assert_eq!(uint(&late, "refs_advanced"), 0, "{late}");
+    assert!(boolean(replica_shard(&late), "committed"), "{late}");
+    let plain = fresh.json(&["replicate", &from.url, &to.url]);
+    assert_eq!(uint(&plain, "chunks_copied"), 0, "{plain}");
+    assert_eq!(uint(&plain, "snapshots_copied"), 0, "{plain}");
+    assert_eq!(uint(&plain, "refs_advanced"), 0, "{plain}");
+}
+
 /// A source repository (`file://`) with two snapshots of `ckpt`, replicated into `backend` by
 /// four shard processes at once; shard 0 is SIGKILLed (if still running) and rerun.
 pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
@@ -187,32 +293,7 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
     let from = ctx.location(Backend::File);
     let to = ctx.location(backend);
     let src = ctx.dir("src");
-    data::checkpoint_tree(&src, 90);
-    for i in 0..12u64 {
-        data::write_file(
-            &src,
-            &format!("ranks/rank-{i:02}/optim.bin"),
-            &data::random_bytes(8000 + i, MIB),
-        );
-    }
-    let ferry = ctx.ferry();
-    // Small packs (the target inherits them), so a shard lands several before it is done.
-    ferry.json(&["init", &from.url, "--pack-size", "1MiB"]);
-    let push1 = ferry.json(&["push", s(&src), &from.url, "--name", "ckpt"]);
-    let first = ctx.dir("first");
-    checks::copy_tree(&src, &first);
-    for i in 0..4u64 {
-        data::write_file(
-            &src,
-            &format!("ranks/rank-{i:02}/optim.bin"),
-            &data::random_bytes(8100 + i, MIB),
-        );
-    }
-    let push2 = ferry.json(&["push", s(&src), &from.url, "--name", "ckpt"]);
-    // The source repository is fresh: its chunk set is what the two pushes added.
-    let total = uint(&push1, "chunks_new") + uint(&push2, "chunks_new");
-    let source_log = checks::ref_log(&ferry, &from.url, "ckpt");
-    assert_eq!(source_log.len(), 2, "{source_log:?}");
+    let (total, first, source_log) = two_source_snapshots(&ctx, &from, &src);
 
     let run = format!("rep-{}", std::process::id());
     let shard_args = |i: usize| -> Vec<String> {
@@ -235,7 +316,7 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
         ctx.ferry_with_index(&ctx.path("index"))
             .spawn_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
     };
-    let mut victim = spawn(0, &[("FERRY_FAULTS", "rate=0,latency_ms=400")]);
+    let victim = spawn(0, &[("FERRY_FAULTS", "rate=0,latency_ms=400")]);
     let survivors: Vec<Value> = (1..SHARDS)
         .map(|i| spawn(i, &[]))
         .collect::<Vec<_>>()
@@ -245,12 +326,7 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
     // SIGKILL shard 0 midway: once it has landed a pack (the target holds more pack indexes
     // than the other shards wrote), unless it finished first.
     let others: u64 = survivors.iter().map(|r| uint(r, "packs_uploaded")).sum();
-    let mut landed = false;
-    while !landed && !victim.has_exited() {
-        landed = to.raw.list("index/").len() as u64 > others;
-        thread::sleep(Duration::from_millis(20));
-    }
-    let killed = victim.kill();
+    let (landed, killed) = kill_once_landed(victim, &to, others);
     let victim_finished = killed.status.success();
     eprintln!(
         "replicate shard 0 finished before the kill: {victim_finished}; had landed a pack: {landed}"
@@ -259,13 +335,7 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
     if victim_finished {
         finals.insert(0, killed.json());
     } else {
-        for r in &survivors {
-            let sh = replica_shard(r);
-            assert!(!boolean(sh, "committed"), "committed without shard 0: {r}");
-            assert!(array(sh, "missing").contains(&Value::from(0)), "{r}");
-            assert_eq!(uint(r, "refs_advanced"), 0, "{r}");
-            assert_eq!(uint(r, "snapshots_copied"), 0, "{r}");
-        }
+        assert_waiting_for_shard_0(&survivors);
     }
 
     // A shard given another shard count cannot join the run.
@@ -300,27 +370,7 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
 
     // The shards split the chunks: each owns a proper, non-empty share, the shares add up to
     // the source's chunk set, and no shard copied more than it owns.
-    let mut owned_sum = 0;
-    for (i, r) in finals.iter().enumerate() {
-        let sh = replica_shard(r);
-        assert_eq!(uint(&sh["shard"], "index"), i as u64, "{r}");
-        let owned = uint(sh, "chunks_owned");
-        assert!(
-            owned > 0 && owned < total,
-            "shard {i} owns {owned} of {total}: {r}"
-        );
-        assert!(uint(r, "chunks_copied") <= owned, "{r}");
-        eprintln!(
-            "replicate shard {i}: owns {owned} of {total} chunks, copied {} ({} bytes uploaded)",
-            uint(r, "chunks_copied"),
-            uint(r, "bytes_uploaded")
-        );
-        owned_sum += owned;
-    }
-    assert_eq!(
-        owned_sum, total,
-        "shards' chunks do not cover the source: {finals:?}"
-    );
+    assert_shards_split(&finals, total);
 
     // Each snapshot entered the target's log exactly once, in the source's order.
     let mut advanced: u64 = survivors.iter().map(|r| uint(r, "refs_advanced")).sum();
@@ -341,16 +391,7 @@ pub fn sharded_replicate_survives_a_killed_shard(backend: Backend) {
     assert_eq!(ids(&target_log), ids(&source_log));
 
     // Rerunning a shard of a committed run, or replicating unsharded, finds nothing to do.
-    let late = ctx
-        .ferry_with_index(&ctx.path("index"))
-        .json(&shard_args(2).iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(uint(&late, "chunks_copied"), 0, "{late}");
-    assert_eq!(uint(&late, "refs_advanced"), 0, "{late}");
-    assert!(boolean(replica_shard(&late), "committed"), "{late}");
-    let plain = fresh.json(&["replicate", &from.url, &to.url]);
-    assert_eq!(uint(&plain, "chunks_copied"), 0, "{plain}");
-    assert_eq!(uint(&plain, "snapshots_copied"), 0, "{plain}");
-    assert_eq!(uint(&plain, "refs_advanced"), 0, "{plain}");
+    assert_nothing_left_to_do(&ctx, &fresh, &from, &to, &shard_args(2));
 
     checks::assert_restores(&ctx, &fresh, &to.url, "ckpt", &src);
     checks::assert_restores(&ctx, &fresh, &to.url, "ckpt@1", &first);
