@@ -243,7 +243,13 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<Object>) {
     for entry in entries {
         let entry = entry.expect("read dir entry");
         let path = entry.path();
-        let meta = entry.metadata().expect("stat");
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // A store writing while we list: object_store's local staging file (`NAME#N`) is
+            // renamed into place between the listing and the stat. Not an object yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("stat {}: {e}", path.display()),
+        };
         if meta.is_dir() {
             list_dir(root, &path, out);
         } else {
