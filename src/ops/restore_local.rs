@@ -68,7 +68,7 @@ pub(crate) fn through_link(rel: &str, link: &Path) -> OpError {
 }
 
 /// Whether the file at `dest` (a regular file, not followed if a link) holds exactly `want`.
-fn holds(dest: &Path, size: u64, want: &ChunkId) -> std::io::Result<bool> {
+pub(crate) fn holds(dest: &Path, size: u64, want: &ChunkId) -> std::io::Result<bool> {
     let meta = std::fs::symlink_metadata(dest)?;
     if !meta.file_type().is_file() || meta.len() != size {
         return Ok(false);

@@ -13,7 +13,7 @@ use crate::ids::ChunkId;
 use crate::index::RepoIndex;
 use crate::ops::fetch::{fetch, locate, plan, Want};
 use crate::ops::restore::SpecialModes;
-use crate::ops::restore_local::{applied_mode, partial_name, restore_dir, safe_join};
+use crate::ops::restore_local::{applied_mode, holds, partial_name, restore_dir, safe_join};
 use crate::ops::sync::sync_index;
 use crate::ops::OpError;
 use crate::progress::Progress;
@@ -92,7 +92,7 @@ impl VersionWriter<'_> {
     /// and fetched ones, in order, under a temporary name renamed into place.
     async fn file(&mut self, f: &FileOut<'_>) -> Result<(), OpError> {
         let (d, size, want) = (f.dest.to_path_buf(), f.size, *f.blake3);
-        let done = tokio::task::spawn_blocking(move || holds(&d, size, &want))
+        let done = tokio::task::spawn_blocking(move || holds(&d, size, &want).unwrap_or(false))
             .await
             .map_err(OpError::join)?;
         if done {
@@ -257,18 +257,4 @@ async fn read_local(at: LocalChunk, id: ChunkId) -> Result<Option<Vec<u8>>, OpEr
     })
     .await
     .map_err(OpError::join)
-}
-
-/// True when `dest` is a regular file of `size` bytes hashing to `want`.
-fn holds(dest: &Path, size: u64, want: &ChunkId) -> bool {
-    let check = || -> std::io::Result<bool> {
-        let meta = std::fs::symlink_metadata(dest)?;
-        if !meta.file_type().is_file() || meta.len() != size {
-            return Ok(false);
-        }
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::fs::File::open(dest)?)?;
-        Ok(ChunkId::from(h.finalize()) == *want)
-    };
-    check().unwrap_or(false)
 }
