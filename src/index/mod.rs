@@ -172,6 +172,7 @@ impl Index {
             chunks: self.tree(format!("chunks/{repo_id}"))?,
             packs: self.tree(format!("packs/{repo_id}"))?,
             damaged: self.tree(format!("damaged/{repo_id}"))?,
+            refs: self.tree(format!("refs/{repo_id}"))?,
             path: self.path.clone(),
         })
     }
@@ -248,6 +249,8 @@ pub struct RepoIndex {
     packs: sled::Tree,
     /// Damaged packs (`bad/<pack id>`) this index has been rebuilt for.
     damaged: sled::Tree,
+    /// Ref-log entries read before, by object path and version tag (they are written once).
+    refs: sled::Tree,
     path: PathBuf,
 }
 
@@ -331,8 +334,35 @@ impl RepoIndex {
             .map_err(|e| self.err(e))
     }
 
+    /// A ref-log entry's bytes stored under `key` by [`RepoIndex::keep_ref_entries`].
+    pub fn ref_entry(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        let found = self.refs.get(key).map_err(|e| self.err(e))?;
+        Ok(found.map(|v| v.to_vec()))
+    }
+
+    /// Stores `new` ref-log entries, then drops every stored key under `prefix` (one ref's
+    /// objects) that is not in `live`, so the cache holds at most the ref's current log.
+    pub fn keep_ref_entries(
+        &self,
+        new: Vec<(Vec<u8>, bytes::Bytes)>,
+        prefix: &[u8],
+        live: &std::collections::HashSet<Vec<u8>>,
+    ) -> Result<(), IndexError> {
+        for (k, v) in new {
+            self.refs.insert(k, v.as_ref()).map_err(|e| self.err(e))?;
+        }
+        for k in self.refs.scan_prefix(prefix).keys() {
+            let k = k.map_err(|e| self.err(e))?;
+            if !live.contains(k.as_ref()) {
+                self.refs.remove(k).map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets everything about this repository.
     pub fn clear(&self) -> Result<(), IndexError> {
+        self.refs.clear().map_err(|e| self.err(e))?;
         self.damaged.clear().map_err(|e| self.err(e))?;
         self.packs.clear().map_err(|e| self.err(e))?;
         self.chunks.clear().map_err(|e| self.err(e))

@@ -7,6 +7,7 @@ pub(crate) mod hasher;
 pub mod pull;
 pub mod push;
 mod push_read;
+pub mod ref_log;
 pub mod repair;
 pub mod replicate;
 pub mod restore;

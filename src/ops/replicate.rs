@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{Index, RepoIndex};
 use crate::ops::fetch::{fetch, locate, plan, Want};
+use crate::ops::ref_log::ref_log;
 use crate::ops::shard::Shard;
 use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
@@ -88,10 +89,15 @@ pub async fn replicate(
     let to_presence = sync_index(to, &to_index).await?;
 
     let plans = match sharded {
-        None => plan_refs(from, to, names).await?,
-        Some(s) => adopt_plan(from, to, names, s).await?,
+        None => plan_refs(from, to, names, (&from_index, &to_index)).await?,
+        Some(s) => adopt_plan(from, to, names, (&from_index, &to_index), s).await?,
     };
-    let present: HashSet<SnapshotId> = to.list_snapshots().await?.into_iter().collect();
+    // Nothing planned (the common run of a schedule): no listing of the target's snapshots.
+    let present: HashSet<SnapshotId> = if plans.iter().all(|p| p.snapshots.is_empty()) {
+        HashSet::new()
+    } else {
+        to.list_snapshots().await?.into_iter().collect()
+    };
     let wanted = wanted_snapshots(&plans, &present);
 
     let owns = |c: &ChunkId| sharded.is_none_or(|s| s.shard.owns_chunk(c));
@@ -295,6 +301,7 @@ async fn plan_refs(
     from: &Repository,
     to: &Repository,
     names: &[String],
+    (from_index, to_index): (&RepoIndex, &RepoIndex),
 ) -> Result<Vec<PlannedRef>, OpError> {
     let names = if names.is_empty() {
         from.ref_names().await?
@@ -303,7 +310,7 @@ async fn plan_refs(
     };
     let mut plans = Vec::new();
     for name in names {
-        let log = from.ref_log(&name).await?;
+        let log = ref_log(from, from_index, &name).await?;
         if log.is_empty() {
             return Err(crate::repo::RepoError::NoSuchSnapshot {
                 spec: name.clone(),
@@ -311,8 +318,7 @@ async fn plan_refs(
             }
             .into());
         }
-        let have: HashSet<SnapshotId> = to
-            .ref_log(&name)
+        let have: HashSet<SnapshotId> = ref_log(to, to_index, &name)
             .await?
             .into_iter()
             .map(|e| e.snapshot)
@@ -332,12 +338,13 @@ async fn adopt_plan(
     from: &Repository,
     to: &Repository,
     names: &[String],
+    indexes: (&RepoIndex, &RepoIndex),
     s: &ReplicaShard,
 ) -> Result<Vec<PlannedRef>, OpError> {
     let plan = match to.read_replica_plan(&s.run).await? {
         Some(p) => p,
         None => {
-            let refs = plan_refs(from, to, names).await?;
+            let refs = plan_refs(from, to, names, indexes).await?;
             to.plan_replica_once(&ReplicaPlan {
                 run: s.run.clone(),
                 of: s.shard.count,

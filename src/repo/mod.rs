@@ -12,6 +12,7 @@ pub mod snapshot;
 
 use bytes::Bytes;
 use object_store::path::Path;
+use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{PackId, SnapshotId};
@@ -448,20 +449,34 @@ impl Repository {
 
     /// The log of one ref, oldest first.
     pub async fn ref_log(&self, name: &str) -> Result<Vec<RefEntry>, RepoError> {
-        check_ref_name(name)?;
-        let prefix = Path::from(format!("refs/{name}"));
-        let mut metas = self.store.list(Some(&prefix)).await?;
-        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let metas = self.ref_log_objects(name).await?;
         let mut out = Vec::with_capacity(metas.len());
         for m in metas {
-            out.push(self.read_ref_entry(&m.location).await?);
+            out.push(self.read_ref_entry(&m.location).await?.1);
         }
         Ok(out)
     }
 
-    async fn read_ref_entry(&self, path: &Path) -> Result<RefEntry, RepoError> {
+    /// The objects of one ref's log as listed, oldest first, without reading them: their
+    /// version tags let a caller reuse entries it read before (entries are written once).
+    pub async fn ref_log_objects(&self, name: &str) -> Result<Vec<ObjectMeta>, RepoError> {
+        check_ref_name(name)?;
+        let prefix = Path::from(format!("refs/{name}"));
+        let mut metas = self.store.list(Some(&prefix)).await?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(metas)
+    }
+
+    /// Reads one ref-log object: its bytes and the entry they hold.
+    pub async fn read_ref_entry(&self, path: &Path) -> Result<(Bytes, RefEntry), RepoError> {
         let bytes = self.store.get(path).await?;
-        let entry = RefEntry::decode(&bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
+        let entry = self.decode_ref_entry(path, &bytes)?;
+        Ok((bytes, entry))
+    }
+
+    /// The entry in `bytes`, read from `path` now or earlier, checked to sit at its home.
+    pub fn decode_ref_entry(&self, path: &Path, bytes: &[u8]) -> Result<RefEntry, RepoError> {
+        let entry = RefEntry::decode(bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
         // The log's order comes from object names: an entry must sit where its name and
         // sequence number say, or the history would not be the one its entries claim.
         let home = ref_path(&entry.name, entry.seq);
@@ -491,7 +506,7 @@ impl Repository {
             .map(|m| m.location)
             .max();
         match newest {
-            Some(path) => Ok(Some(self.read_ref_entry(&path).await?)),
+            Some(path) => Ok(Some(self.read_ref_entry(&path).await?.1)),
             None => Ok(None),
         }
     }
