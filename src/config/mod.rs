@@ -288,4 +288,6 @@ impl Config {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_pull;
+#[cfg(test)]
 mod tests_triggers;
