@@ -103,3 +103,38 @@ fn mistakes_are_named_at_their_key() {
     assert!(e.contains("jobs[0].keep: applies to pull jobs"), "{e}");
     assert!(e.contains("jobs[0].hook_url: applies to pull jobs"), "{e}");
 }
+
+/// The TOML under `ferry.toml: |` of a ConfigMap manifest, unindented.
+fn embedded_config(manifest: &str) -> String {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "ferry.toml: |");
+    lines.next();
+    lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn shipped_serving_examples_load() {
+    let env = Env {
+        cwd: PathBuf::from("/work/here"),
+        vars: HashMap::from([("FERRY_API_TOKEN".into(), "0123456789abcdef0123".into())]),
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/config/serving.toml")).unwrap();
+    let c = Config::from_toml(&text, "serving.toml", &env).unwrap();
+    let JobKind::Pull(p) = &c.job("serve-llama").unwrap().kind else {
+        panic!("serve-llama is a pull job")
+    };
+    assert_eq!(p.dest, PathBuf::from("/models/llama"));
+    assert!(p.hooks.url.is_some() && !p.hooks.command.is_empty());
+    for manifest in ["model-server-with-pull-sidecar.yaml", "sidecar-config.yaml"] {
+        let text = std::fs::read_to_string(format!("{root}/docker/k8s/{manifest}")).unwrap();
+        let toml = embedded_config(&text);
+        assert!(toml.starts_with("version = 1"), "{manifest}: {toml}");
+        let c = Config::from_toml(&toml, manifest, &env)
+            .unwrap_or_else(|e| panic!("{manifest}: {e}"));
+        assert!(!c.jobs.is_empty());
+    }
+}
