@@ -113,7 +113,10 @@ pub(super) fn pull_kind(
             "applies to watch = true only (every and cron say when to look): remove it",
         );
     } else if poll < MIN_POLL {
-        p.add(format!("{key}.poll"), "shorter than 100ms: use e.g. \"10s\"");
+        p.add(
+            format!("{key}.poll"),
+            "shorter than 100ms: use e.g. \"10s\"",
+        );
     }
     let hooks = hooks(p, key, job);
     let (from, dest) = (from?, dest?);

@@ -45,7 +45,10 @@ fn a_pull_job_loads_with_defaults() {
     // The job's one target is the destination folder, priced as the source store.
     assert_eq!(j.targets.len(), 1);
     assert_eq!(j.targets[0].label, "serving/llama");
-    assert_eq!(j.targets[0].url.to_string(), "file:///work/here/serving/llama");
+    assert_eq!(
+        j.targets[0].url.to_string(),
+        "file:///work/here/serving/llama"
+    );
     assert_eq!(j.targets[0].egress_usd_per_gb, 0.02);
     assert_eq!(j.kind.name(), "pull");
 }
@@ -74,16 +77,46 @@ fn hooks_globs_and_schedules_load() {
 fn mistakes_are_named_at_their_key() {
     let cases: &[(&str, &str)] = &[
         ("watch = true\ndest = \"x\"", "duplicate key"),
-        ("watch = true\nkeep = 0", "jobs[0].keep: must be between 1 and 1000"),
-        ("watch = true\nhook_url = \"ftp://host/x\"", "jobs[0].hook_url: scheme \"ftp\" is not allowed"),
-        ("watch = true\nhook_url = \"http://u:p@host/x\"", "jobs[0].hook_url: holds credentials"),
-        ("watch = true\nhook_command = []", "jobs[0].hook_command: needs a program"),
-        ("watch = true\ninclude = [\"a[\"]", "jobs[0].include[0]: invalid glob"),
-        ("every = \"1m\"\npoll = \"1s\"", "jobs[0].poll: applies to watch = true only"),
-        ("watch = true\npoll = \"10ms\"", "jobs[0].poll: shorter than 100ms"),
-        ("watch = true\ntargets = [\"file:///r\"]", "jobs[0].targets: a pull job writes into one folder"),
-        ("watch = true\nsource = \"/data\"", "jobs[0].source: a pull job reads from a repository"),
-        ("watch = true\nqueue = 3", "jobs[0].queue: does not apply to pull jobs"),
+        (
+            "watch = true\nkeep = 0",
+            "jobs[0].keep: must be between 1 and 1000",
+        ),
+        (
+            "watch = true\nhook_url = \"ftp://host/x\"",
+            "jobs[0].hook_url: scheme \"ftp\" is not allowed",
+        ),
+        (
+            "watch = true\nhook_url = \"http://u:p@host/x\"",
+            "jobs[0].hook_url: holds credentials",
+        ),
+        (
+            "watch = true\nhook_command = []",
+            "jobs[0].hook_command: needs a program",
+        ),
+        (
+            "watch = true\ninclude = [\"a[\"]",
+            "jobs[0].include[0]: invalid glob",
+        ),
+        (
+            "every = \"1m\"\npoll = \"1s\"",
+            "jobs[0].poll: applies to watch = true only",
+        ),
+        (
+            "watch = true\npoll = \"10ms\"",
+            "jobs[0].poll: shorter than 100ms",
+        ),
+        (
+            "watch = true\ntargets = [\"file:///r\"]",
+            "jobs[0].targets: a pull job writes into one folder",
+        ),
+        (
+            "watch = true\nsource = \"/data\"",
+            "jobs[0].source: a pull job reads from a repository",
+        ),
+        (
+            "watch = true\nqueue = 3",
+            "jobs[0].queue: does not apply to pull jobs",
+        ),
         ("", "no triggers"),
     ];
     for (extra, want) in cases {
@@ -91,13 +124,24 @@ fn mistakes_are_named_at_their_key() {
         assert!(e.contains(want), "{extra:?}: {e}");
     }
     let e = error("[[jobs]]\nname = \"serve\"\nkind = \"pull\"\nfrom = \"models\"\nref = \"llama@3\"\nwatch = true\n");
-    assert!(e.contains("jobs[0].ref: \"llama@3\" is not a ref name"), "{e}");
+    assert!(
+        e.contains("jobs[0].ref: \"llama@3\" is not a ref name"),
+        "{e}"
+    );
     assert!(e.contains("jobs[0]: no destination"), "{e}");
-    let e = error("[[jobs]]\nname = \"serve\"\nkind = \"pull\"\ndest = \"s3://bucket/p\"\nwatch = true\n");
+    let e = error(
+        "[[jobs]]\nname = \"serve\"\nkind = \"pull\"\ndest = \"s3://bucket/p\"\nwatch = true\n",
+    );
     assert!(e.contains("jobs[0]: no source repository"), "{e}");
-    assert!(e.contains("jobs[0].dest: s3://bucket/p is not a local folder"), "{e}");
+    assert!(
+        e.contains("jobs[0].dest: s3://bucket/p is not a local folder"),
+        "{e}"
+    );
     let e = error("[[jobs]]\nname = \"serve\"\nkind = \"pull\"\nfrom = \"/repo\"\ndest = \"/repo/serve\"\nwatch = true\n");
-    assert!(e.contains("jobs[0].dest: /repo/serve overlaps the repository"), "{e}");
+    assert!(
+        e.contains("jobs[0].dest: /repo/serve overlaps the repository"),
+        "{e}"
+    );
     // Pull-only keys on another kind.
     let e = error("[[jobs]]\nname = \"ckpt\"\nsource = \"/data\"\ntargets = [\"models\"]\nevery = \"1m\"\nkeep = 2\nhook_url = \"http://127.0.0.1/\"\n");
     assert!(e.contains("jobs[0].keep: applies to pull jobs"), "{e}");
@@ -133,8 +177,8 @@ fn shipped_serving_examples_load() {
         let text = std::fs::read_to_string(format!("{root}/docker/k8s/{manifest}")).unwrap();
         let toml = embedded_config(&text);
         assert!(toml.starts_with("version = 1"), "{manifest}: {toml}");
-        let c = Config::from_toml(&toml, manifest, &env)
-            .unwrap_or_else(|e| panic!("{manifest}: {e}"));
+        let c =
+            Config::from_toml(&toml, manifest, &env).unwrap_or_else(|e| panic!("{manifest}: {e}"));
         assert!(!c.jobs.is_empty());
     }
 }

@@ -76,7 +76,10 @@ pub(super) async fn execute(
             mirror_targets(shared, job, source, *delete, targets).await
         }
         JobKind::Pull(pull) => {
-            vec![(targets[0], super::pull::execute(shared, job, pull, item).await)]
+            vec![(
+                targets[0],
+                super::pull::execute(shared, job, pull, item).await,
+            )]
         }
         JobKind::Replicate { from, refs } => {
             let mut out = Vec::new();

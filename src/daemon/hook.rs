@@ -64,7 +64,11 @@ pub(super) async fn run(hooks: &Hooks, dir: &str, published: &Published) -> Vec<
     let mut out = Vec::new();
     if !hooks.command.is_empty() {
         let started = Instant::now();
-        let (argv, env, timeout) = (hooks.command.clone(), environment(dir, published), hooks.timeout);
+        let (argv, env, timeout) = (
+            hooks.command.clone(),
+            environment(dir, published),
+            hooks.timeout,
+        );
         let r = tokio::task::spawn_blocking(move || command(&argv, &env, timeout))
             .await
             .map_err(|e| HookError::Join(e.to_string()))
@@ -219,9 +223,15 @@ mod tests {
     async fn failures_and_timeouts_are_outcomes() {
         let r = run(&hooks(&["/bin/sh", "-c", "exit 3"]), "/d", &published()).await;
         assert!(!r[0].ok);
-        assert!(r[0].error.as_deref().unwrap().contains("exit status: 3"), "{r:?}");
+        assert!(
+            r[0].error.as_deref().unwrap().contains("exit status: 3"),
+            "{r:?}"
+        );
         let r = run(&hooks(&["/nonexistent/reload"]), "/d", &published()).await;
-        assert!(r[0].error.as_deref().unwrap().contains("cannot start"), "{r:?}");
+        assert!(
+            r[0].error.as_deref().unwrap().contains("cannot start"),
+            "{r:?}"
+        );
         let mut slow = hooks(&["/bin/sleep", "30"]);
         slow.timeout = Duration::from_millis(200);
         let started = Instant::now();
@@ -232,6 +242,9 @@ mod tests {
         refused.url = Some("http://127.0.0.1:9/reload?token=secret".parse().unwrap());
         let r = run(&refused, "/d", &published()).await;
         let e = r[0].error.as_deref().unwrap();
-        assert!(e.contains("http://127.0.0.1:9/reload") && !e.contains("secret"), "{e}");
+        assert!(
+            e.contains("http://127.0.0.1:9/reload") && !e.contains("secret"),
+            "{e}"
+        );
     }
 }

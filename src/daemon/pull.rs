@@ -231,7 +231,10 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
             }
             Ok(None) => job.with(|l| l.scan_error = None),
             Err(e) => {
-                let problem = format!("cannot look at ref {:?} in {}: {e}", pull.reference, pull.from.url);
+                let problem = format!(
+                    "cannot look at ref {:?} in {}: {e}",
+                    pull.reference, pull.from.url
+                );
                 job.with(|l| l.scan_error = Some(problem));
             }
         }
@@ -350,7 +353,13 @@ pub(super) fn finish(job: &Job, r: &mut RunRecord, o: &Outcome) {
     }
     let note = failed
         .iter()
-        .map(|h| format!("{} hook failed: {}", h.hook, h.error.as_deref().unwrap_or("")))
+        .map(|h| {
+            format!(
+                "{} hook failed: {}",
+                h.hook,
+                h.error.as_deref().unwrap_or("")
+            )
+        })
         .collect::<Vec<_>>();
     if !note.is_empty() {
         r.error = Some(format!("published; {}", note.join("; ")));

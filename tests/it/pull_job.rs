@@ -177,7 +177,10 @@ pub fn pull_job_publishes_each_snapshot_once_and_runs_its_hooks(backend: Backend
         } else {
             assert!(hooks.iter().all(|h| boolean(h, "ok")), "{run}");
             // Steps after the first reuse what did not move from the live version.
-            assert!(uint(&run["pull"], "bytes_reused") >= 2 * MIB as u64, "{run}");
+            assert!(
+                uint(&run["pull"], "bytes_reused") >= 2 * MIB as u64,
+                "{run}"
+            );
         }
     }
 
@@ -206,14 +209,34 @@ pub fn pull_job_publishes_each_snapshot_once_and_runs_its_hooks(backend: Backend
         assert_eq!(string(body, "path"), path);
     }
 
+    check_status_and_metrics(&d, &runs, &snapshots);
+    let (stopped, _) = d.stop();
+    assert!(stopped.status.success(), "{stopped}");
+    // --keep 2: the live version and the one before.
+    let versions = fs::read_dir(dest.join("versions"))
+        .expect("versions")
+        .count();
+    assert_eq!(versions, 2);
+}
+
+/// After four publishes (the third with both hooks failing): the job's `pull` status and the
+/// `/metrics` lines of a pull job.
+fn check_status_and_metrics(d: &Daemon, runs: &[Value], snapshots: &[String]) {
     let job = d.job("serve");
     assert_eq!(string(&job, "kind"), "pull", "{job}");
     let pull = &job["pull"];
     assert_eq!(uint(&pull["live"], "seq"), 4, "{job}");
-    assert_eq!(string(&pull["live"], "snapshot"), &snapshots[3][..12], "{job}");
+    assert_eq!(
+        string(&pull["live"], "snapshot"),
+        &snapshots[3][..12],
+        "{job}"
+    );
     assert_eq!(uint(pull, "lag_snapshots"), 0, "{job}");
     assert_eq!(uint(pull, "hook_failures"), 2, "{job}");
-    assert!(pull["last_hook_error"].is_null(), "cleared by a good publish: {job}");
+    assert!(
+        pull["last_hook_error"].is_null(),
+        "cleared by a good publish: {job}"
+    );
     // The job's totals are its runs' sums.
     let sum = |key: &str| runs.iter().map(|r| uint(&r["pull"], key)).sum::<u64>();
     assert_eq!(uint(pull, "bytes_read"), sum("bytes_read"), "{job}");
@@ -231,11 +254,6 @@ pub fn pull_job_publishes_each_snapshot_once_and_runs_its_hooks(backend: Backend
         .filter(|l| l.starts_with("ferry_pull_hook_failures_total{") && l.ends_with(" 1"))
         .count();
     assert_eq!(hook_failures, 2, "one failure of each hook:\n{metrics}");
-    let (stopped, _) = d.stop();
-    assert!(stopped.status.success(), "{stopped}");
-    // --keep 2: the live version and the one before.
-    let versions = fs::read_dir(dest.join("versions")).expect("versions").count();
-    assert_eq!(versions, 2);
 }
 
 /// While nothing is new, a watching pull job reads only the ref's next log entry: with every

@@ -67,6 +67,9 @@ mod tests {
         assert_eq!(live.path, dir.path().join("versions/7-0123456789ab"));
         std::fs::remove_file(dir.path().join("current")).unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("current")).unwrap();
-        assert!(live_version(dir.path()).is_err(), "a foreign current is refused");
+        assert!(
+            live_version(dir.path()).is_err(),
+            "a foreign current is refused"
+        );
     }
 }
