@@ -341,4 +341,6 @@ mod tests;
 #[cfg(test)]
 mod tests_items;
 #[cfg(test)]
+mod tests_pull;
+#[cfg(test)]
 mod tests_tree;
