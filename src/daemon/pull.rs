@@ -129,6 +129,35 @@ pub(super) fn status(pull: &PullJob, live: &PullLive) -> PullStatus {
     }
 }
 
+/// One line for `ferry status`: the version live, the lag, bytes read vs reused, hooks.
+pub(super) fn describe(j: &super::state::JobStatus, p: &PullStatus) -> String {
+    let b = crate::cli::render::bytes;
+    let live = match &p.live {
+        Some(l) => format!(
+            "serving {} #{} ({}) from {}",
+            j.refs.first().map_or("", String::as_str),
+            l.seq,
+            l.snapshot,
+            l.path
+        ),
+        None => format!("nothing published yet in {}", p.dest),
+    };
+    let lag = match p.lag_snapshots {
+        None => "lag unknown".to_string(),
+        Some(0) => "up to date with the ref".to_string(),
+        Some(n) => format!("{n} snapshot(s) behind the ref"),
+    };
+    let hooks = match &p.last_hook_error {
+        Some(e) => format!("; last hook failure (the version stays live): {e}"),
+        None => String::new(),
+    };
+    format!(
+        "{live}; {lag}; read {} from the store, reused {} locally{hooks}",
+        b(p.bytes_read),
+        b(p.bytes_reused)
+    )
+}
+
 fn pull_job(job: &Job) -> Option<&PullJob> {
     match &job.config.kind {
         JobKind::Pull(p) => Some(p),

@@ -100,6 +100,11 @@ async fn sync_publishes_then_only_probes_until_the_ref_moves() {
     );
     assert!(again.last_hook_error.unwrap().contains("exit status: 3"));
     assert_eq!(again.hooks, ["command"]);
+    let text = render_status(&d.jobs(), d.clock().now_ms());
+    assert!(
+        text.contains("serve: serving model #2 (") && text.contains("up to date with the ref"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

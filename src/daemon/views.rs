@@ -406,6 +406,9 @@ pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
                 j.name, w.item, w.waiting_for
             ));
         }
+        if let Some(p) = &j.pull {
+            errors.push(format!("  {}: {}", j.name, super::pull::describe(j, p)));
+        }
         for warning in &j.warnings {
             errors.push(format!("  {}: warning: {warning}", j.name));
         }
