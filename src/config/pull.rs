@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::jobs::{location, parse_url};
 use super::raw::RawJob;
 use super::validate::{duration, Env, Problems};
-use super::Target;
+use super::{JobConfig, JobKind, Target};
 use crate::ops::select::Selection;
 use crate::store::StoreUrl;
 
@@ -148,6 +148,31 @@ pub(super) fn pull_kind(
         hooks,
     };
     Some((pull, target))
+}
+
+/// Two pull jobs publishing into one folder would take turns failing on its lock.
+pub(super) fn check_dest_unique(
+    p: &mut Problems,
+    key: &str,
+    job: &JobConfig,
+    before: &[JobConfig],
+) {
+    let JobKind::Pull(new) = &job.kind else {
+        return;
+    };
+    let other = before.iter().find_map(|j| match &j.kind {
+        JobKind::Pull(old) if old.dest == new.dest => Some(&j.name),
+        _ => None,
+    });
+    if let Some(other) = other {
+        p.add(
+            format!("{key}.dest"),
+            format!(
+                "{} is also job {other:?}'s dest: give each pull job its own folder",
+                new.dest.display()
+            ),
+        );
+    }
 }
 
 /// Keys of the other job kinds, refused on a pull job.

@@ -142,6 +142,16 @@ fn mistakes_are_named_at_their_key() {
         e.contains("jobs[0].dest: /repo/serve overlaps the repository"),
         "{e}"
     );
+    let twice = format!(
+        "{}{}",
+        pull("watch = true"),
+        pull("every = \"1m\"").replace("\"serve\"", "\"serve-2\"")
+    );
+    let e = error(&twice);
+    assert!(
+        e.contains("jobs[1].dest: /work/here/serving/llama is also job \"serve\"'s dest"),
+        "{e}"
+    );
     // Pull-only keys on another kind.
     let e = error("[[jobs]]\nname = \"ckpt\"\nsource = \"/data\"\ntargets = [\"models\"]\nevery = \"1m\"\nkeep = 2\nhook_url = \"http://127.0.0.1/\"\n");
     assert!(e.contains("jobs[0].keep: applies to pull jobs"), "{e}");
