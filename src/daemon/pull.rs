@@ -227,8 +227,9 @@ async fn probe(
 }
 
 /// `watch = true`: a full pull at start (it checks the live version against this config),
-/// then one probe of the ref's next log entry every `poll`; a new entry queues a pull. No
-/// probe while a pull is queued or running: it will take the newest.
+/// then one probe of the ref's next log entry every `poll`; a new entry queues a pull (and
+/// releases a pull that failed for good). No probe while a pull is queued or running: it will
+/// take the newest.
 pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
     let Some(pull) = pull_job(&job).cloned() else {
         return;
@@ -243,7 +244,12 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
             _ = job.rescan.notified() => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        let busy = job.with(|l| l.running.is_some() || l.targets[0].pending_len() > 0);
+        // A queued pull takes the newest anyway; a parked one (failed for good) is not
+        // queued work: keep looking, so the lag stays true and a new snapshot retries it.
+        let busy = job.with(|l| {
+            let t = &l.targets[0];
+            l.running.is_some() || (t.pending_len() > 0 && t.failed().is_none())
+        });
         if busy {
             continue;
         }
@@ -253,6 +259,8 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
             Ok(Some(seq)) => {
                 job.with(|l| l.scan_error = None);
                 tracing::info!(job = %job.config.name, seq, "the ref has a new snapshot");
+                // What failed for good (say, a glob the last snapshot lacked) may work now.
+                job.with(|l| l.targets[0].release());
                 let now = shared.clock.now_ms();
                 shared
                     .enqueue(&job, PULL_ITEM, now, Cause::Watch, None, None)

@@ -3,6 +3,8 @@
 //! failing hook noted on a succeeded run; a restarted daemon shows the live version, the ref's
 //! head and the totals again, from the folder and the run history.
 
+use std::time::Duration;
+
 use super::tests::{write, World};
 use super::*;
 use crate::app::RefName;
@@ -121,4 +123,61 @@ async fn a_ref_not_written_yet_is_nothing_to_pull() {
         status.live.is_none() && status.lag_snapshots.is_none(),
         "{status:?}"
     );
+}
+
+/// Waits (polling the status, at most 60 s) until `f` holds for the pull job's status.
+async fn until(d: &Daemon, what: &str, f: impl Fn(&JobStatus) -> bool) -> JobStatus {
+    let start = std::time::Instant::now();
+    loop {
+        let s = d.job("serve").unwrap();
+        if f(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_pull_that_failed_for_good_is_retried_when_the_ref_moves() {
+    let w = World::new();
+    write(&w.path("src/optimizer.bin"), &[7u8; 1000]);
+    push(&w).await;
+    let job = PULL_JOB
+        .replace(
+            "every = \"1h\"",
+            "watch = true\npoll = \"100ms\"\ninclude = [\"*.safetensors\"]",
+        )
+        .replace("hook_command = [\"/bin/sh\", \"-c\", \"exit 3\"]", "");
+    // A slow retry an hour away: only the new snapshot can bring the pull back.
+    let config = w.config(&job);
+    let config = Config {
+        runner: crate::config::RunnerConfig {
+            retry_max: Duration::from_secs(3600),
+            ..config.runner
+        },
+        ..config
+    };
+    let d = w.daemon(config, Mode::Daemon).await;
+    d.start();
+    // Snapshot 1 has no safetensors file: the glob matches nothing, a permanent failure.
+    let s = until(&d, "the first pull failed", |s| s.state == "failed").await;
+    let e = s.targets[0].last_error.as_ref().unwrap();
+    assert!(e.message.contains("*.safetensors"), "{e:?}");
+    write(
+        &w.path("src/model.safetensors"),
+        b"not really, but a file by that name",
+    );
+    push(&w).await;
+    let s = until(&d, "snapshot 2 published", |s| {
+        s.pull
+            .as_ref()
+            .and_then(|p| p.live.as_ref())
+            .is_some_and(|l| l.seq == 2)
+    })
+    .await;
+    assert_eq!(s.pull.unwrap().lag_snapshots, Some(0));
+    assert!(w.path("serve/current/model.safetensors").is_file());
+    assert!(!w.path("serve/current/optimizer.bin").exists());
+    assert!(d.shutdown(Duration::from_secs(5)).await);
 }
