@@ -151,6 +151,7 @@ impl Daemon {
             let pull = matches!(job.config.kind, JobKind::Pull(_));
             match job.config.trigger {
                 Trigger::Watch if pull => s.tracker.spawn(pull::watch_loop(sh, j)),
+                _ if pull => s.tracker.spawn(pull::schedule_loop(sh, j)),
                 Trigger::Watch => s.tracker.spawn(discover::watch_loop(sh, j)),
                 _ => s.tracker.spawn(discover::schedule_loop(sh, j)),
             };

@@ -278,6 +278,20 @@ pub(super) async fn watch_loop(shared: Arc<Shared>, job: Arc<Job>) {
     }
 }
 
+/// `every` / `cron`: a pull at start (a serving node does not wait for its schedule to
+/// serve), then the schedule's runs, each a probe of the ref first.
+pub(super) async fn schedule_loop(shared: Arc<Shared>, job: Arc<Job>) {
+    let cause = match job.config.trigger {
+        crate::config::Trigger::Cron(..) => Cause::Cron,
+        _ => Cause::Every,
+    };
+    let now = shared.clock.now_ms();
+    shared
+        .enqueue(&job, PULL_ITEM, now, cause, None, None)
+        .await;
+    super::discover::schedule_loop(shared, job).await;
+}
+
 /// One pull run: a probe first when this process already checked the live version (an API
 /// trigger always pulls), then the pull, then the hooks when a version was published.
 pub(super) async fn execute(

@@ -181,3 +181,22 @@ async fn a_watched_pull_that_failed_for_good_is_retried_when_the_ref_moves() {
     assert!(!w.path("serve/current/optimizer.bin").exists());
     assert!(d.shutdown(Duration::from_secs(5)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_pull_job_pulls_at_start() {
+    let w = World::new();
+    write(&w.path("src/model.bin"), &[5u8; 1000]);
+    push(&w).await;
+    // every = "1h": without the pull at start, nothing would be served for an hour.
+    let d = w.daemon(w.config(PULL_JOB), Mode::Daemon).await;
+    d.start();
+    until(&d, "published at start", |s| {
+        s.pull
+            .as_ref()
+            .and_then(|p| p.live.as_ref())
+            .is_some_and(|l| l.seq == 1)
+    })
+    .await;
+    assert!(w.path("serve/current/model.bin").is_file());
+    assert!(d.shutdown(Duration::from_secs(5)).await);
+}
