@@ -4,6 +4,7 @@
 //! (that is [`crate::cli::render`]).
 
 mod names;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use names::{RefName, RunId};
+pub use serve::RefWatch;
 
 use crate::chunker::ChunkerParams;
 use crate::index::{Index, IndexError, TemporaryIndex};

@@ -33,7 +33,7 @@ pub(super) enum LocationError {
 }
 
 /// A store name from `[stores]`, or a URL / path.
-fn location(
+pub(super) fn location(
     text: &str,
     stores: &BTreeMap<String, Target>,
     default_price: f64,
@@ -64,6 +64,10 @@ pub(super) fn job(
 ) -> Option<JobConfig> {
     let before = p.0.len();
     let price = server.egress_usd_per_gb;
+    if job.kind.as_deref() == Some("pull") {
+        return pull_job(p, key, job, stores, price, env);
+    }
+    super::pull::only_for_pull(p, key, job);
     let targets = targets(p, key, job, stores, price, env);
     let mirror = match job.kind.as_deref() {
         None | Some("push") | Some("replicate") => false,
@@ -71,7 +75,7 @@ pub(super) fn job(
         Some(other) => {
             p.add(
                 format!("{key}.kind"),
-                format!("{other:?} is not a job kind: use \"push\", \"replicate\" or \"mirror\" (or leave it out)"),
+                format!("{other:?} is not a job kind: use \"push\", \"replicate\", \"mirror\" or \"pull\" (or leave it out)"),
             );
             false
         }
@@ -125,6 +129,41 @@ pub(super) fn job(
         name: job.name.clone(),
         kind: kind?,
         targets,
+        trigger: trigger?,
+        queue,
+    })
+}
+
+/// `kind = "pull"`: one destination folder (the job's one target), its trigger and queue.
+fn pull_job(
+    p: &mut Problems,
+    key: &str,
+    job: &RawJob,
+    stores: &BTreeMap<String, Target>,
+    price: f64,
+    env: &Env,
+) -> Option<JobConfig> {
+    let before = p.0.len();
+    let pulled = super::pull::pull_kind(p, key, job, stores, price, env);
+    let kind = pulled
+        .as_ref()
+        .map(|(pull, _)| JobKind::Pull(Box::new(pull.clone())));
+    let trigger = trigger(p, key, job, kind.as_ref());
+    let queue = job.queue.unwrap_or(16);
+    if job.queue.is_some() {
+        p.add(
+            format!("{key}.queue"),
+            "does not apply to pull jobs (they always take the ref's newest snapshot): remove it",
+        );
+    }
+    if p.0.len() != before {
+        return None;
+    }
+    let (_, target) = pulled?;
+    Some(JobConfig {
+        name: job.name.clone(),
+        kind: kind?,
+        targets: vec![target],
         trigger: trigger?,
         queue,
     })
@@ -398,6 +437,8 @@ fn trigger(p: &mut Problems, key: &str, job: &RawJob, kind: Option<&JobKind>) ->
         match kind {
             Some(JobKind::Push { source, .. } | JobKind::Mirror { source, .. })
                 if source.is_local() => {}
+            // Pull jobs watch the ref: a probe of its next log entry every `poll`.
+            Some(JobKind::Pull(_)) => {}
             Some(_) => {
                 p.add(format!("{key}.watch"), "watch needs a local folder source: use every = \"5m\" or cron = \"…\" for object prefixes and repositories");
                 return None;

@@ -3,6 +3,7 @@
 //! `ferry sync` and `ferry check-config` all load through [`Config::load`].
 
 mod jobs;
+mod pull;
 mod raw;
 mod validate;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use crate::store::StoreUrl;
 
+pub use pull::{Hooks, PullJob};
 pub use validate::Env;
 
 /// The embedded default configuration (`config/local.toml`): local folders and `file://`
@@ -130,6 +132,9 @@ pub enum JobKind {
         delete: bool,
         complete: Completion,
     },
+    /// A source repository's ref → versions in a local folder (`ferry pull`); the job's one
+    /// target is that folder.
+    Pull(Box<PullJob>),
 }
 
 impl JobKind {
@@ -139,6 +144,7 @@ impl JobKind {
             JobKind::Push { .. } => "push",
             JobKind::Replicate { .. } => "replicate",
             JobKind::Mirror { .. } => "mirror",
+            JobKind::Pull(_) => "pull",
         }
     }
 
@@ -147,6 +153,7 @@ impl JobKind {
         match self {
             JobKind::Push { source, .. } | JobKind::Mirror { source, .. } => source,
             JobKind::Replicate { from, .. } => &from.url,
+            JobKind::Pull(p) => &p.from.url,
         }
     }
 }
@@ -210,7 +217,7 @@ pub struct Target {
 /// What starts a job's runs.
 #[derive(Debug, Clone)]
 pub enum Trigger {
-    /// Filesystem events on the source folder.
+    /// Filesystem events on the source folder (pull jobs: a probe of the ref every `poll`).
     Watch,
     Every(Duration),
     /// A cron schedule, evaluated in UTC; the text as written.
@@ -280,5 +287,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pull;
 #[cfg(test)]
 mod tests_triggers;

@@ -62,6 +62,8 @@ pub struct RawJob {
     pub source: Option<String>,
     /// A source repository (replicate jobs).
     pub from: Option<String>,
+    /// Push, replicate and mirror jobs (pull jobs write into `dest` instead).
+    #[serde(default)]
     pub targets: Vec<String>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
@@ -79,8 +81,25 @@ pub struct RawJob {
     pub marker: Option<String>,
     pub latest: Option<String>,
     pub queue: Option<usize>,
-    /// "push", "replicate" or "mirror"; inferred from source / from when absent.
+    /// "push", "replicate", "mirror" or "pull"; push / replicate inferred from source / from
+    /// when absent.
     pub kind: Option<String>,
     /// Mirror jobs: remove destination objects the source no longer has.
     pub delete: Option<bool>,
+    /// Pull jobs: the local folder versions are published in (`DIR/current`).
+    pub dest: Option<String>,
+    /// Pull jobs: complete versions kept (the live one among them).
+    pub keep: Option<usize>,
+    /// Pull jobs: only these paths of each snapshot (globs, as `ferry pull --include`).
+    pub include: Option<Vec<String>>,
+    /// Pull jobs: not these paths (globs, as `ferry pull --exclude`).
+    pub exclude: Option<Vec<String>>,
+    /// Pull jobs with `watch = true`: how often the ref's log is probed.
+    pub poll: Option<String>,
+    /// Pull jobs: a command run after each publish (argv, no shell).
+    pub hook_command: Option<Vec<String>>,
+    /// Pull jobs: an http(s) URL POSTed a JSON body after each publish.
+    pub hook_url: Option<String>,
+    /// Pull jobs: how long each hook may take.
+    pub hook_timeout: Option<String>,
 }

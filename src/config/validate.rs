@@ -204,6 +204,7 @@ pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config
             );
         }
         if let Some(j) = super::jobs::job(&mut p, &key, job, &stores, &server, env) {
+            super::pull::check_dest_unique(&mut p, &key, &j, &jobs);
             jobs.push(j);
         }
     }

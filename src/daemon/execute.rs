@@ -1,6 +1,6 @@
 //! The operation behind one run: a push (fan-out, then each target alone if it fails; per-file
-//! settling's plan when the item has one), a mirror, or a replication, with one outcome per
-//! target.
+//! settling's plan when the item has one), a mirror, a replication, or a pull
+//! ([`super::pull`]), with one outcome per target.
 
 use super::scan::{self, Fingerprint};
 use super::settle::{self, Plan};
@@ -24,6 +24,8 @@ pub(super) struct Outcome {
     pub(super) bytes_new: u64,
     /// The source changed while it was read: push it again once it is complete.
     pub(super) changed: bool,
+    /// Pull jobs: the version, bytes read vs reused, the hooks.
+    pub(super) pull: Option<super::pull::PullRun>,
 }
 
 /// The operation for one item and some targets: one result per target.
@@ -73,6 +75,12 @@ pub(super) async fn execute(
         JobKind::Mirror { source, delete, .. } => {
             mirror_targets(shared, job, source, *delete, targets).await
         }
+        JobKind::Pull(pull) => {
+            vec![(
+                targets[0],
+                super::pull::execute(shared, job, pull, item).await,
+            )]
+        }
         JobKind::Replicate { from, refs } => {
             let mut out = Vec::new();
             for &t in targets {
@@ -85,6 +93,7 @@ pub(super) async fn execute(
                         bytes_sent: r.upload.bytes_uploaded,
                         bytes_new: r.upload.bytes_new_logical,
                         changed: false,
+                        pull: None,
                     }),
                     // Nothing to replicate yet: the source repository has not been created.
                     Err(e) if source_missing(&e, &from.url) => {
@@ -129,6 +138,7 @@ async fn mirror_targets(
                 bytes_sent: r.bytes_sent,
                 bytes_new: r.bytes_sent,
                 changed: false,
+                pull: None,
             });
         out.push((t, r));
     }
@@ -149,7 +159,7 @@ async fn replicate(
     shared.app.replicate(from, to, &refs, None).await
 }
 
-fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
+pub(super) fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
     let from = from.to_string();
     match e {
         OpError::Repo(RepoError::NotARepo { url }) => *url == from,
@@ -227,6 +237,7 @@ async fn push(
                     bytes_sent: r.stats.bytes_uploaded,
                     bytes_new: r.stats.bytes_new_logical,
                     changed,
+                    pull: None,
                 },
             )
         })

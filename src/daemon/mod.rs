@@ -11,6 +11,8 @@ mod clock;
 mod discover;
 mod dropped;
 mod execute;
+mod hook;
+pub mod pull;
 pub mod retry;
 mod runner;
 pub mod scan;
@@ -35,7 +37,7 @@ pub use state::{JobStatus, RunRecord, RunState, TargetStatus};
 pub use views::{render_status, RunFilter, Series, SyncReport, TriggerOutcome};
 
 use crate::app::App;
-use crate::config::{Config, Layout, Trigger};
+use crate::config::{Config, JobKind, Layout, Trigger};
 use crate::index::{IndexError, JobLog};
 use scan::Fingerprint;
 use state::{Cause, Job};
@@ -135,6 +137,7 @@ impl Daemon {
             runs_trimmed: AtomicU64::new(0),
         });
         views::load(&shared).await?;
+        pull::load(&shared).await;
         Ok(Daemon { shared })
     }
 
@@ -145,7 +148,10 @@ impl Daemon {
             let next = clock::next_fire(&job.config.trigger, s.clock.now());
             job.with(|l| l.next_fire_ms = next.map(|t| t.timestamp_millis()));
             let (sh, j) = (s.clone(), job.clone());
+            let pull = matches!(job.config.kind, JobKind::Pull(_));
             match job.config.trigger {
+                Trigger::Watch if pull => s.tracker.spawn(pull::watch_loop(sh, j)),
+                _ if pull => s.tracker.spawn(pull::schedule_loop(sh, j)),
                 Trigger::Watch => s.tracker.spawn(discover::watch_loop(sh, j)),
                 _ => s.tracker.spawn(discover::schedule_loop(sh, j)),
             };
@@ -255,7 +261,9 @@ impl Daemon {
                 t.release();
             }
         });
-        let action = if matches!(job.config.trigger, Trigger::Watch) {
+        // A watched pull job pulls now (its watch only probes the ref).
+        let pull = matches!(job.config.kind, JobKind::Pull(_));
+        let action = if matches!(job.config.trigger, Trigger::Watch) && !pull {
             job.rescan.notify_one();
             "rescan"
         } else {
@@ -297,7 +305,7 @@ impl Shared {
     ) {
         let steps = matches!(
             job.config.kind,
-            crate::config::JobKind::Push {
+            JobKind::Push {
                 layout: Layout::Steps,
                 ..
             }
@@ -333,5 +341,7 @@ mod history_tests;
 mod tests;
 #[cfg(test)]
 mod tests_items;
+#[cfg(test)]
+mod tests_pull;
 #[cfg(test)]
 mod tests_tree;

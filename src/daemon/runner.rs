@@ -263,6 +263,7 @@ impl Finished<'_> {
                 "the source changed while it was read: it is pushed again once complete".into(),
             );
         }
+        super::pull::finish(job, &mut r, o);
         tracing::info!(job = %job.config.name, target = %job.target(t).label, item = %self.item, sent = o.bytes_sent, "run succeeded");
         (r, events)
     }
@@ -298,7 +299,7 @@ fn job_layout(job: &Job) -> Option<Layout> {
     match &job.config.kind {
         JobKind::Push { layout, .. } => Some(*layout),
         JobKind::Mirror { .. } => Some(Layout::Tree),
-        JobKind::Replicate { .. } => None,
+        JobKind::Replicate { .. } | JobKind::Pull(_) => None,
     }
 }
 
@@ -343,5 +344,6 @@ pub fn whole_item(job: &Job) -> &'static str {
     match &job.config.kind {
         JobKind::Push { .. } | JobKind::Mirror { .. } => TREE_ITEM,
         JobKind::Replicate { .. } => REFS_ITEM,
+        JobKind::Pull(_) => super::pull::PULL_ITEM,
     }
 }

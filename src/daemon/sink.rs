@@ -29,6 +29,12 @@ pub mod metric {
     pub const WAITING_FILES: &str = "ferry_waiting_files";
     pub const UNSETTLED_FILES: &str = "ferry_unsettled_files";
     pub const BUILD_INFO: &str = "ferry_build_info";
+    pub const PULL_READ_BYTES_TOTAL: &str = "ferry_pull_read_bytes_total";
+    pub const PULL_REUSED_BYTES_TOTAL: &str = "ferry_pull_reused_bytes_total";
+    pub const PULL_PUBLISHED_TOTAL: &str = "ferry_pull_published_total";
+    pub const PULL_HOOK_FAILURES_TOTAL: &str = "ferry_pull_hook_failures_total";
+    pub const PULL_LIVE_SEQ: &str = "ferry_pull_live_seq";
+    pub const PULL_LAG_SNAPSHOTS: &str = "ferry_pull_lag_snapshots";
     pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
 }
 
@@ -190,6 +196,9 @@ fn count_run(r: &RunRecord) {
             let finished = r.finished_ms.unwrap_or(r.started_ms);
             metrics::gauge!(metric::LAST_SUCCESS_TIMESTAMP_SECONDS, &labels)
                 .set(finished as f64 / 1000.0);
+            if let Some(p) = &r.pull {
+                count_pull(&r.job, p);
+            }
         }
         RunState::Failed => {
             metrics::counter!(metric::RUNS_TOTAL, &outcome("failed")).increment(1);
@@ -198,5 +207,20 @@ fn count_run(r: &RunRecord) {
             metrics::counter!(metric::RUN_RETRIES_TOTAL, &labels).increment(1);
         }
         RunState::Running | RunState::Interrupted | RunState::Skipped => {}
+    }
+}
+
+/// A pull run's bytes read vs reused, its publish and its failed hooks (by `hook`).
+fn count_pull(job: &str, p: &super::pull::PullRun) {
+    let job = job.to_string();
+    metrics::counter!(metric::PULL_READ_BYTES_TOTAL, "job" => job.clone()).increment(p.bytes_read);
+    metrics::counter!(metric::PULL_REUSED_BYTES_TOTAL, "job" => job.clone())
+        .increment(p.bytes_reused);
+    if p.published {
+        metrics::counter!(metric::PULL_PUBLISHED_TOTAL, "job" => job.clone()).increment(1);
+    }
+    for h in p.hooks.iter().filter(|h| !h.ok) {
+        metrics::counter!(metric::PULL_HOOK_FAILURES_TOTAL, "job" => job.clone(), "hook" => h.hook.clone())
+            .increment(1);
     }
 }

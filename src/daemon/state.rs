@@ -68,6 +68,9 @@ pub struct RunRecord {
     pub duration_secs: f64,
     /// From the source change to the end of this run.
     pub lag_secs: Option<f64>,
+    /// Pull jobs: the version live afterwards, bytes read vs reused, the hooks' outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<super::pull::PullRun>,
 }
 
 /// What started a piece of work (a run record's `trigger`, serialised lowercase).
@@ -135,12 +138,14 @@ pub enum JobKindName {
     Push,
     Replicate,
     Mirror,
+    Pull,
 }
 
 named!(JobKindName {
     Push => "push",
     Replicate => "replicate",
     Mirror => "mirror",
+    Pull => "pull",
 });
 
 /// Where a job stands (`JobStatus::state`).
@@ -228,6 +233,8 @@ pub struct JobLive {
     pub held: Option<Held>,
     /// The oldest source change seen and not pushed yet (wall ms): the lag counts from it.
     pub unsynced_since_ms: Option<i64>,
+    /// Pull jobs: the version live, the ref's head as last seen, bytes read vs reused.
+    pub pull: super::pull::PullLive,
 }
 
 /// Files of a tree job that have not settled: not pushed; the ref keeps their previous version.
@@ -289,7 +296,7 @@ impl Job {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStatus {
     pub name: String,
-    /// `push`, `replicate` or `mirror`.
+    /// `push`, `replicate`, `mirror` or `pull`.
     pub kind: JobKindName,
     pub source: String,
     /// The ref pushed to (push jobs) or the refs replicated (empty: all).
@@ -305,6 +312,9 @@ pub struct JobStatus {
     #[serde(default)]
     pub warnings: Vec<String>,
     pub targets: Vec<TargetStatus>,
+    /// Pull jobs: the version live, its lag behind the ref, bytes read vs reused, hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<super::pull::PullStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -391,6 +401,11 @@ impl Job {
                 (JobKindName::Replicate, from.url.to_string(), refs.clone())
             }
             JobKind::Mirror { source, .. } => (JobKindName::Mirror, source.to_string(), Vec::new()),
+            JobKind::Pull(p) => (
+                JobKindName::Pull,
+                p.from.url.to_string(),
+                vec![p.reference.clone()],
+            ),
         };
         self.with(|live| {
             let targets: Vec<TargetStatus> = live
@@ -463,6 +478,10 @@ impl Job {
                 scan_error: live.scan_error.clone(),
                 warnings: live.held.iter().filter_map(overdue_warning).collect(),
                 targets,
+                pull: match &c.kind {
+                    JobKind::Pull(p) => Some(super::pull::status(p, &live.pull)),
+                    _ => None,
+                },
             }
         })
     }

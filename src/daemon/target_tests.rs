@@ -316,6 +316,7 @@ fn history_fills_totals_and_the_latest_outcomes() {
         bytes_new: 4,
         duration_secs: 1.0,
         lag_secs: None,
+        pull: None,
     };
     let mut t = TargetLive::default();
     // Newest first.

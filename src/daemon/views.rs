@@ -95,6 +95,7 @@ pub(super) fn bare_record(
         bytes_new: 0,
         duration_secs: 0.0,
         lag_secs: None,
+        pull: None,
     }
 }
 
@@ -164,7 +165,10 @@ pub(super) async fn load(shared: &Arc<Shared>) -> Result<(), DaemonError> {
         let Some(t) = job.config.targets.iter().position(|t| t.label == r.target) else {
             continue;
         };
-        job.with(|live| live.targets[t].count_history(&r));
+        job.with(|live| {
+            live.targets[t].count_history(&r);
+            live.pull.count_history(&r);
+        });
     }
     for r in rewrite {
         shared.put_run(r).await;
@@ -290,7 +294,7 @@ pub(super) async fn sync_report(
 fn not_ready(job: &Job, status: &JobStatus) -> Vec<String> {
     let complete = match &job.config.kind {
         JobKind::Push { complete, .. } | JobKind::Mirror { complete, .. } => complete,
-        JobKind::Replicate { .. } => return Vec::new(),
+        JobKind::Replicate { .. } | JobKind::Pull(_) => return Vec::new(),
     };
     let d = |d: Duration| humantime::format_duration(d).to_string();
     status
@@ -401,6 +405,9 @@ pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
                 "  {}: {} is waiting for its {}{files}",
                 j.name, w.item, w.waiting_for
             ));
+        }
+        if let Some(p) = &j.pull {
+            errors.push(format!("  {}: {}", j.name, super::pull::describe(j, p)));
         }
         for warning in &j.warnings {
             errors.push(format!("  {}: warning: {warning}", j.name));

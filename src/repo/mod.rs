@@ -7,6 +7,7 @@
 pub mod config;
 pub mod pack;
 pub mod partial;
+mod probe;
 pub mod replicas;
 pub mod snapshot;
 

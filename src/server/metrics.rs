@@ -18,6 +18,12 @@
 //! | `ferry_egress_avoided_dollars` | gauge | job, target |
 //! | `ferry_job_running` | gauge (0/1) | job |
 //! | `ferry_run_progress_bytes` | gauge | job |
+//! | `ferry_pull_read_bytes_total` | counter | job (pull jobs: bytes read from the store) |
+//! | `ferry_pull_reused_bytes_total` | counter | job (pull jobs: bytes taken from earlier versions) |
+//! | `ferry_pull_published_total` | counter | job |
+//! | `ferry_pull_hook_failures_total` | counter | job, hook (`command`, `http`) |
+//! | `ferry_pull_live_seq` | gauge | job (the ref log entry live; absent before the first publish) |
+//! | `ferry_pull_lag_snapshots` | gauge | job (snapshots the ref is ahead of the live version) |
 //! | `ferry_build_info` | gauge (1) | version |
 //! | `process_resident_memory_bytes` | gauge | — (Linux: `VmRSS` of `/proc/self/status`) |
 
@@ -124,6 +130,7 @@ fn describe() {
         metric::UNSETTLED_FILES,
         "Files of a tree job that have kept changing for longer than max_wait."
     );
+    describe_pull();
     describe_gauge!(
         metric::PROCESS_RESIDENT_MEMORY_BYTES,
         Unit::Bytes,
@@ -132,6 +139,35 @@ fn describe() {
     describe_gauge!(
         metric::BUILD_INFO,
         "Always 1; the version label says which ferry runs."
+    );
+}
+
+fn describe_pull() {
+    describe_counter!(
+        metric::PULL_READ_BYTES_TOTAL,
+        Unit::Bytes,
+        "Pull jobs: bytes read from the store (frames as stored)."
+    );
+    describe_counter!(
+        metric::PULL_REUSED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Pull jobs: bytes taken from earlier versions in the folder, each chunk verified."
+    );
+    describe_counter!(
+        metric::PULL_PUBLISHED_TOTAL,
+        "Pull jobs: versions published (current swapped)."
+    );
+    describe_counter!(
+        metric::PULL_HOOK_FAILURES_TOTAL,
+        "Pull jobs: hooks that failed after a publish (the version stays published)."
+    );
+    describe_gauge!(
+        metric::PULL_LIVE_SEQ,
+        "Pull jobs: the ref log entry (seq) of the version live."
+    );
+    describe_gauge!(
+        metric::PULL_LAG_SNAPSHOTS,
+        "Pull jobs: snapshots the ref is ahead of the version live, as last seen."
     );
 }
 
@@ -148,6 +184,13 @@ pub(super) async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
             .set(j.running.as_ref().map_or(0.0, |r| r.bytes_done as f64));
         let waiting: usize = j.waiting.iter().map(|w| w.files_total).sum();
         gauge!(metric::WAITING_FILES, "job" => j.name.clone()).set(waiting as f64);
+        if let Some(p) = &j.pull {
+            if let Some(live) = &p.live {
+                gauge!(metric::PULL_LIVE_SEQ, "job" => j.name.clone()).set(live.seq as f64);
+            }
+            gauge!(metric::PULL_LAG_SNAPSHOTS, "job" => j.name.clone())
+                .set(p.lag_snapshots.unwrap_or(0) as f64);
+        }
         for t in &j.targets {
             let labels = [("job", j.name.clone()), ("target", t.target.clone())];
             gauge!(metric::REPLICATION_LAG_SECONDS, &labels).set(t.lag_secs);

@@ -1,7 +1,8 @@
 //! The dashboard as a person sees it, in real headless Chromium driven by chromedriver: the
 //! job table renders, and after clicking "Run now" the job's row changes state without a
 //! reload; a job card says what is waiting and why (a step without its marker, a file still
-//! being written). Saves a screenshot to `$CARGO_TARGET_TMPDIR/dashboard.png`.
+//! being written); a pull job's row shows the version live and its card the lag behind the
+//! ref and the bytes read vs reused. Saves a screenshot to `$CARGO_TARGET_TMPDIR/dashboard.png`.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); `scripts/test.sh` installs them and sets
 //! `FERRY_REQUIRE_BROWSER=1`, which turns a missing driver from a skip into a failure.
@@ -241,12 +242,13 @@ fn dashboard_updates_live_in_chromium() {
     };
     let (repo, mirror) = (ctx.location(Backend::File), ctx.location(Backend::File));
     let (watched, dataset) = write_sources(&ctx);
+    let serving = ctx.path("serving");
     let config = write_config(
         &ctx,
         "",
         &format!(
-            "[[jobs]]\nname = \"checkpoints\"\nsource = \"{}\"\nlayout = \"steps\"\nref = \"model\"\ntargets = [\"{}\"]\nwatch = true\nsettle = \"300ms\"\nmarker = \"_SUCCESS\"\n\n[[jobs]]\nname = \"nightly\"\nfrom = \"{}\"\ntargets = [\"{}\"]\ncron = \"0 3 * * *\"\n\n[[jobs]]\nname = \"dataset\"\nsource = \"{}\"\nref = \"dataset\"\ntargets = [\"{}\"]\nevery = \"1s\"\nsettle = \"1h\"\n",
-            s(&watched), repo.url, repo.url, mirror.url, s(&dataset), repo.url
+            "[[jobs]]\nname = \"checkpoints\"\nsource = \"{}\"\nlayout = \"steps\"\nref = \"model\"\ntargets = [\"{}\"]\nwatch = true\nsettle = \"300ms\"\nmarker = \"_SUCCESS\"\n\n[[jobs]]\nname = \"nightly\"\nfrom = \"{}\"\ntargets = [\"{}\"]\ncron = \"0 3 * * *\"\n\n[[jobs]]\nname = \"dataset\"\nsource = \"{}\"\nref = \"dataset\"\ntargets = [\"{}\"]\nevery = \"1s\"\nsettle = \"1h\"\n\n[[jobs]]\nname = \"serving\"\nkind = \"pull\"\nfrom = \"{}\"\nref = \"model\"\ndest = \"{}\"\nwatch = true\npoll = \"200ms\"\n",
+            s(&watched), repo.url, repo.url, mirror.url, s(&dataset), repo.url, repo.url, s(&serving)
         ),
     );
     let d = Daemon::start(&ctx.ferry(), &config, &[], &[]);
@@ -267,7 +269,7 @@ fn dashboard_updates_live_in_chromium() {
         "return document.querySelectorAll('tr[data-target]').length || null",
         Duration::from_secs(20),
     );
-    assert_eq!(rows, json!(3), "one row per job target");
+    assert_eq!(rows, json!(4), "one row per job target");
     let before = browser.script("window.__notReloaded = true; return document.querySelector('tr[data-job=\"nightly\"] td:nth-child(3)').textContent");
     assert_eq!(before, json!("never"), "the nightly job has not run yet");
     assert_eq!(
@@ -311,6 +313,24 @@ fn dashboard_updates_live_in_chromium() {
     assert_eq!(
         browser.script("return document.querySelector('.job[data-job=\"dataset\"]').dataset.state"),
         json!("waiting")
+    );
+
+    // The pull job's row: the version live (the newest step, seq 2) and the card's line.
+    let live = browser.wait_script(
+        "the pull job's row shows the newest version live",
+        "const r = document.querySelector('tr[data-job=\"serving\"]'); return r && r.dataset.liveSeq === '2' ? r.textContent : null",
+        Duration::from_secs(30),
+    );
+    assert!(live.as_str().unwrap_or("").contains("live #2"), "{live}");
+    let line = browser.wait_script(
+        "the pull job's card says it is up to date",
+        "const l = document.querySelector('.job[data-job=\"serving\"] .pullline'); return l && l.textContent.includes('up to date') ? l.textContent : null",
+        Duration::from_secs(20),
+    );
+    let line = line.as_str().unwrap_or("");
+    assert!(
+        line.contains("Serving model #2") && line.contains("from the store"),
+        "{line}"
     );
 
     thread::sleep(Duration::from_millis(2500)); // one more refresh: the chart and ages settle

@@ -52,6 +52,7 @@ mod native_azure;
 mod native_s3;
 mod proxy;
 mod pull;
+mod pull_job;
 mod raw;
 mod repair;
 mod replicate;

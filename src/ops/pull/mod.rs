@@ -15,7 +15,10 @@
 //! `current` pointing at a complete version; the rerun keeps the files it finished.
 
 mod layout;
+mod live;
 mod writer;
+
+pub use live::{live_version, LiveVersion};
 
 use std::path::Path;
 use std::time::Instant;
