@@ -326,19 +326,16 @@ fn push_kind(p: &mut Problems, key: &str, job: &RawJob, src: &str, env: &Env) ->
         }
     }
     if !local {
-        for (name, set) in [
-            ("settle", job.settle.is_some()),
-            ("max_wait", job.max_wait.is_some()),
-            ("marker", job.marker.is_some()),
-            ("latest", job.latest.is_some()),
-        ] {
-            if set {
-                p.add(
-                    format!("{key}.{name}"),
-                    "checkpoint completion applies to local folder sources only: remove it",
-                );
-            }
-        }
+        p.refuse_set(
+            key,
+            &[
+                ("settle", job.settle.is_some()),
+                ("max_wait", job.max_wait.is_some()),
+                ("marker", job.marker.is_some()),
+                ("latest", job.latest.is_some()),
+            ],
+            "checkpoint completion applies to local folder sources only: remove it",
+        );
         if layout == Layout::Steps {
             p.add(
                 format!("{key}.layout"),

@@ -203,23 +203,20 @@ fn not_for_pull(p: &mut Problems, key: &str, job: &RawJob) {
 
 /// Keys only pull jobs take, refused on the other kinds.
 pub(super) fn only_for_pull(p: &mut Problems, key: &str, job: &RawJob) {
-    for (name, set) in [
-        ("dest", job.dest.is_some()),
-        ("keep", job.keep.is_some()),
-        ("include", job.include.is_some()),
-        ("exclude", job.exclude.is_some()),
-        ("poll", job.poll.is_some()),
-        ("hook_command", job.hook_command.is_some()),
-        ("hook_url", job.hook_url.is_some()),
-        ("hook_timeout", job.hook_timeout.is_some()),
-    ] {
-        if set {
-            p.add(
-                format!("{key}.{name}"),
-                "applies to pull jobs (kind = \"pull\") only: remove it, or set kind = \"pull\"",
-            );
-        }
-    }
+    p.refuse_set(
+        key,
+        &[
+            ("dest", job.dest.is_some()),
+            ("keep", job.keep.is_some()),
+            ("include", job.include.is_some()),
+            ("exclude", job.exclude.is_some()),
+            ("poll", job.poll.is_some()),
+            ("hook_command", job.hook_command.is_some()),
+            ("hook_url", job.hook_url.is_some()),
+            ("hook_timeout", job.hook_timeout.is_some()),
+        ],
+        "applies to pull jobs (kind = \"pull\") only: remove it, or set kind = \"pull\"",
+    );
 }
 
 /// `dest`: a local folder (a path, or a `file://` URL).

@@ -125,6 +125,15 @@ impl Problems {
     pub(super) fn warn(&mut self, key: impl std::fmt::Display, problem: impl std::fmt::Display) {
         self.1.push(format!("{key}: {problem}"));
     }
+
+    /// One problem at `<key>.<name>` for each named key that is set.
+    pub(super) fn refuse_set(&mut self, key: &str, keys: &[(&str, bool)], problem: &str) {
+        for (name, set) in keys {
+            if *set {
+                self.add(format!("{key}.{name}"), problem);
+            }
+        }
+    }
 }
 
 pub(super) fn duration(

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use object_store::ObjectMeta;
 
 use crate::index::RepoIndex;
+use crate::ops::sync::blocking;
 use crate::ops::OpError;
 use crate::repo::{RefEntry, Repository};
 
@@ -67,14 +68,6 @@ pub async fn ref_log(
 fn cache_key(meta: &ObjectMeta) -> Option<Vec<u8>> {
     let tag = meta.e_tag.as_ref()?;
     Some(format!("{}\n{tag}", meta.location).into_bytes())
-}
-
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, OpError> + Send + 'static,
-) -> Result<R, OpError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(OpError::join)?
 }
 
 #[cfg(test)]

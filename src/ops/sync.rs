@@ -189,7 +189,7 @@ pub async fn check_not_marked(
 }
 
 /// Runs sled work on a blocking thread: the local index is never touched from async code.
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, OpError> + Send + 'static,
 ) -> Result<R, OpError> {
     tokio::task::spawn_blocking(f)
