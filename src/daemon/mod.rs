@@ -11,13 +11,13 @@ mod clock;
 mod discover;
 mod dropped;
 mod execute;
-pub mod retry;
+pub(crate) mod retry;
 mod runner;
-pub mod scan;
-pub mod settle;
+pub(crate) mod scan;
+pub(crate) mod settle;
 mod sink;
-pub mod state;
-pub mod target;
+pub(crate) mod state;
+pub(crate) mod target;
 mod tree;
 mod views;
 
@@ -30,9 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, ClockError};
-pub use sink::metric;
-pub use state::{JobStatus, RunRecord, RunState, TargetStatus};
-pub use views::{render_status, RunFilter, Series, SyncReport, TriggerOutcome};
+pub(crate) use sink::metric;
+#[cfg(test)]
+use state::RunState;
+pub(crate) use state::{JobStatus, RunRecord};
+pub(crate) use views::{render_status, RunFilter, SyncReport, TriggerOutcome};
 
 use crate::app::App;
 use crate::config::{Config, Layout, Trigger};

@@ -16,9 +16,9 @@ mod jobs;
 mod lock;
 mod mirror;
 
-pub use jobs::{ItemRecord, ItemState, JobLog};
-pub use lock::{Holder, TemporaryIndex};
-pub use mirror::{MirrorCache, MirrorRecord};
+pub(crate) use jobs::{ItemRecord, ItemState, JobLog};
+pub(crate) use lock::{Holder, TemporaryIndex};
+pub(crate) use mirror::{MirrorCache, MirrorRecord};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

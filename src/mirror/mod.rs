@@ -22,11 +22,11 @@
 //! `parts.rs` the I/O adapters (reading the source and its parts, checked against the cut);
 //! `local.rs` whole files into local folders; `verify.rs` `verify --mirror`.
 
-pub mod decide;
+pub(crate) mod decide;
 mod file;
 mod local;
 mod parts;
-pub mod plan;
+pub(crate) mod plan;
 mod run;
 mod verify;
 

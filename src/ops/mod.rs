@@ -1,23 +1,23 @@
 //! The operations behind the CLI: push, restore, replicate, verify and listings. Each takes
 //! opened stores and the local index and returns a serializable report.
 
-pub mod fetch;
+pub(crate) mod fetch;
 pub mod gc;
 pub(crate) mod hasher;
 pub mod pull;
 pub mod push;
 mod push_read;
-pub mod repair;
-pub mod replicate;
+pub(crate) mod repair;
+pub(crate) mod replicate;
 pub mod restore;
 pub(crate) mod restore_local;
 pub mod select;
 pub mod shard;
-pub mod source;
-pub mod sync;
-pub mod targets;
-pub mod uploader;
-pub mod verify;
+pub(crate) mod source;
+pub(crate) mod sync;
+pub(crate) mod targets;
+pub(crate) mod uploader;
+pub(crate) mod verify;
 
 use crate::chunker::ChunkerParamsError;
 use crate::ids::ChunkId;

@@ -6,8 +6,8 @@
 
 pub mod config;
 pub mod pack;
-pub mod partial;
-pub mod replicas;
+pub(crate) mod partial;
+pub(crate) mod replicas;
 pub mod snapshot;
 
 use bytes::Bytes;

@@ -13,7 +13,7 @@ pub mod azure;
 pub mod delta;
 mod error;
 pub mod fault;
-pub mod key;
+pub(crate) mod key;
 mod local;
 pub mod options;
 pub mod s3;
