@@ -23,39 +23,82 @@ pub use snapshot::Snapshot;
 /// Errors about a repository. Each names the object or location concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
+    /// A store call failed (status and transience inside).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The location holds no repository config.
     #[error(
         "no ferry repository at {url}: run `ferry init {url}` first, or push to an empty location"
     )]
-    NotARepo { url: String },
+    NotARepo {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// `init` of a location that already holds other objects.
     #[error("{url} is not empty and holds no ferry repository: choose an empty location")]
-    Occupied { url: String },
+    Occupied {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// `init` of a location that already holds a repository.
     #[error("{url} already holds a ferry repository")]
-    Exists { url: String },
+    Exists {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// An object of the repository failed its checks (bad format, wrong hash, missing piece).
     #[error("{object}: {problem}")]
-    Corrupt { object: String, problem: String },
+    Corrupt {
+        /// The object's URL.
+        object: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A ref name that is not a plain file name (see [`check_ref_name`]).
     #[error(
         "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
     )]
-    BadRefName { name: String },
+    BadRefName {
+        /// The name as given.
+        name: String,
+    },
+    /// No snapshot matches the given id, prefix or ref.
     #[error("{spec:?} not found in {url}: `ferry snapshots {url}` lists what is there")]
-    NoSuchSnapshot { spec: String, url: String },
+    NoSuchSnapshot {
+        /// What the user asked for.
+        spec: String,
+        /// The repository's URL.
+        url: String,
+    },
+    /// A run id that is not a plain file name, or longer than 128 bytes.
     #[error(
         "invalid run id {run:?}: use letters, digits, '.', '_' and '-' (not starting with '.'), at most 128 bytes"
     )]
-    BadRunId { run: String },
+    BadRunId {
+        /// The run id as given.
+        run: String,
+    },
+    /// The ref's next log entry was taken by other writers too many times in a row.
     #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
-    RefContention { name: String, url: String },
+    RefContention {
+        /// The ref name.
+        name: String,
+        /// The repository's URL.
+        url: String,
+    },
 }
 
 /// One entry in a ref's log: `refs/<name>/<seq>`, written once with If-None-Match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefEntry {
+    /// The ref this entry belongs to.
     pub name: String,
+    /// Position in the ref's log, from 0; the highest is the ref's current value.
     pub seq: u64,
+    /// The snapshot the ref points to from this entry on.
     pub snapshot: SnapshotId,
+    /// When the entry was written (RFC 3339, the writer's clock).
     pub time: String,
 }
 
@@ -73,19 +116,27 @@ impl RefEntry {
 /// Why bytes are not a ref log entry. The repository names the object.
 #[derive(Debug, thiserror::Error)]
 pub enum RefEntryError {
+    /// The bytes are not the entry's JSON.
     #[error("invalid ref entry: {0}")]
     Json(#[source] serde_json::Error),
+    /// The entry's name is no valid ref name.
     #[error(
         "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
     )]
-    BadName { name: String },
+    BadName {
+        /// The name as found in the entry.
+        name: String,
+    },
 }
 
 /// An object found by listing: its id, size and last-modified time (the store's clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Listed<T> {
+    /// The object's id, parsed from its key.
     pub id: T,
+    /// Size in bytes.
     pub size: u64,
+    /// Last-modified time as the store reports it.
     pub modified: std::time::SystemTime,
 }
 
@@ -100,19 +151,23 @@ fn config_path() -> Path {
     Path::from("config")
 }
 
+/// `packs/<first 2 hex digits>/<pack id>`: a pack object.
 pub fn pack_path(id: &PackId) -> Path {
     let hex = id.to_hex();
     Path::from(format!("packs/{}/{}", &hex[..2], hex))
 }
 
+/// `index/<pack id>`: the pack index written after its pack.
 pub fn index_path(id: &PackId) -> Path {
     Path::from(format!("index/{id}"))
 }
 
+/// `snapshots/<snapshot id>`: a snapshot's JSON.
 pub fn snapshot_path(id: &SnapshotId) -> Path {
     Path::from(format!("snapshots/{id}"))
 }
 
+/// `gc/<pack id>`: gc's first phase marked the pack for deletion.
 pub fn gc_mark_path(id: &PackId) -> Path {
     Path::from(format!("gc/{id}"))
 }
@@ -226,18 +281,22 @@ impl Repository {
             })
     }
 
+    /// The repository's config (chunker parameters, pack size, id).
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }
 
+    /// The repository's id (random, from `init`): the key of its trees in the local index.
     pub fn id(&self) -> &str {
         &self.config.id
     }
 
+    /// The store holding the repository.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// The repository's store URL, for messages.
     pub fn url(&self) -> String {
         self.store.url().to_string()
     }
@@ -357,6 +416,7 @@ impl Repository {
         Ok(self.store.delete(&bad_mark_path(id)).await?)
     }
 
+    /// Removes the gc mark of a pack (a run that needs the pack again takes it back).
     pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
@@ -370,6 +430,7 @@ impl Repository {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
 
+    /// Deletes a snapshot object (its refs must already be gone).
     pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), RepoError> {
         Ok(self.store.delete(&snapshot_path(id)).await?)
     }
@@ -380,6 +441,7 @@ impl Repository {
         Ok(self.store.delete(&ref_path(name, seq)).await?)
     }
 
+    /// Reads and checks a pack index (format and pack id).
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
         let path = index_path(id);
         let bytes = self.store.get(&path).await?;
@@ -410,6 +472,7 @@ impl Repository {
         Ok(self.store.get(&pack_path(id)).await?)
     }
 
+    /// The pack object's URL, for messages.
     pub fn pack_url(&self, id: &PackId) -> String {
         self.store.object_url(&pack_path(id))
     }
@@ -423,6 +486,7 @@ impl Repository {
         Ok(id)
     }
 
+    /// Reads a snapshot's bytes and checks that they hash to its id.
     pub async fn read_snapshot_bytes(&self, id: &SnapshotId) -> Result<Bytes, RepoError> {
         let path = snapshot_path(id);
         let bytes = self.store.get(&path).await?;
@@ -432,11 +496,13 @@ impl Repository {
         Ok(bytes)
     }
 
+    /// Reads, checks and parses a snapshot.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let bytes = self.read_snapshot_bytes(id).await?;
         Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p.to_string()))
     }
 
+    /// Lists the ids of every snapshot object in the repository.
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
         Ok(self
             .list_snapshot_objects()
