@@ -15,26 +15,39 @@ const TENSORS: usize = 8;
 const ELEMENTS: usize = 1 << 20;
 const STEPS: usize = 3;
 
+/// One pushed step of the demo's checkpoint.
 #[derive(Debug, Serialize)]
 pub struct DemoStep {
+    /// The step folder's name.
     pub step: String,
+    /// Bytes of the step's files.
     pub logical_bytes: u64,
     /// What copying the folder plainly would send (its size).
     pub plain_copy_bytes: u64,
     /// What ferry uploaded to each repository.
     pub uploaded_bytes: u64,
+    /// Chunks the repositories lacked.
     pub chunks_new: u64,
+    /// Chunks the repositories already held.
     pub chunks_reused: u64,
 }
 
+/// What `ferry demo` did.
 #[derive(Debug, Serialize)]
 pub struct DemoReport {
+    /// The folder the demo works in.
     pub dir: String,
+    /// The repositories pushed to, then the replica.
     pub repositories: Vec<String>,
+    /// One entry per checkpoint step pushed.
     pub steps: Vec<DemoStep>,
+    /// Bytes uploaded to the replica by `replicate`.
     pub replicated_bytes: u64,
+    /// Whether the restored tree matched the pushed one byte for byte.
     pub restored_identical: bool,
+    /// What copying every step plainly would have sent.
     pub total_plain_copy_bytes: u64,
+    /// What ferry uploaded to the first repository over all steps.
     pub total_uploaded_bytes: u64,
 }
 
@@ -112,6 +125,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
     })
 }
 
+/// `ferry demo`'s report as text for people.
 pub fn render(r: &DemoReport) -> String {
     let mut s = format!("ferry demo in {}\n", r.dir);
     s.push_str(&format!(

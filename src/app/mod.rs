@@ -187,6 +187,7 @@ impl App {
         crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, self.progress).await
     }
 
+    /// `ferry restore`: the snapshot `spec` names in `repo`, written to `dest` (a folder or an object prefix).
     pub async fn restore(
         &self,
         repo: &StoreUrl,
@@ -342,22 +343,31 @@ fn open_mirror_dest(dest: &StoreUrl, access: Access) -> Result<(Store, NativeSto
 /// `ferry init`: the new repository.
 #[derive(Debug, Serialize)]
 pub struct InitReport {
+    /// The repository's URL.
     pub repo: String,
+    /// Its random id.
     pub id: String,
+    /// Average chunk size, in bytes.
     pub chunk_avg: u32,
+    /// Target pack size, in bytes.
     pub pack_size: u64,
 }
 
 /// `ferry commit`: what combining a sharded run did in each repository.
 #[derive(Debug, Serialize)]
 pub struct CommitReport {
+    /// The ref committed.
     pub name: String,
+    /// One entry per repository, in the order given.
     pub targets: Vec<CommitTarget>,
 }
 
+/// One repository's share of `ferry commit`.
 #[derive(Debug, Serialize)]
 pub struct CommitTarget {
+    /// The repository's URL.
     pub repo: String,
+    /// What the commit found and did there.
     #[serde(flatten)]
     pub report: ShardReport,
 }

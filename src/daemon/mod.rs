@@ -46,16 +46,23 @@ use target::{Pending, QueueRules};
 /// Errors starting or asking the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The local index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// An operation failed (the error names the object and the fix).
     #[error(transparent)]
     Op(#[from] crate::ops::OpError),
+    /// `ferry sync JOB` of a job the config does not have.
     #[error("no job named {name:?} in {origin}: the jobs are {known}")]
     NoSuchJob {
+        /// The name asked for.
         name: String,
+        /// The config's origin.
         origin: String,
+        /// The configured job names, comma-separated.
         known: String,
     },
+    /// A blocking task of the daemon failed to complete; the join error, as text.
     #[error("internal task failed: {0}")]
     Join(String),
 }
@@ -202,10 +209,12 @@ impl Daemon {
             })
     }
 
+    /// The config the daemon runs.
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
 
+    /// The clock schedules are evaluated on.
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
     }
@@ -272,11 +281,13 @@ impl Daemon {
         })
     }
 
+    /// Every job's status now, in config order.
     pub fn jobs(&self) -> Vec<JobStatus> {
         let now = self.shared.clock.now_ms();
         self.shared.jobs.iter().map(|j| j.status(now)).collect()
     }
 
+    /// The status of the job named `name`, if configured.
     pub fn job(&self, name: &str) -> Option<JobStatus> {
         let now = self.shared.clock.now_ms();
         self.find(name).ok().map(|j| j.status(now))

@@ -130,8 +130,11 @@ pub enum Action {
 /// One object written (or, in a dry run, that would be).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileAction {
+    /// The object's key below the destination prefix.
     pub path: String,
+    /// What was done to it.
     pub action: Action,
+    /// The file's size in bytes.
     pub size: u64,
     /// Bytes sent for it (planned, in a dry run).
     pub sent: u64,
@@ -143,15 +146,25 @@ pub struct FileAction {
 /// What a mirror run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MirrorReport {
+    /// The source's URL.
     pub source: String,
+    /// The destination's URL.
     pub dest: String,
+    /// Whether this was a dry run (nothing written).
     pub dry_run: bool,
+    /// Files in the source.
     pub files: u64,
+    /// Files the destination already held as they are.
     pub unchanged: u64,
+    /// Objects created.
     pub created: u64,
+    /// Objects updated from kept parts of their previous version plus new bytes.
     pub updated: u64,
+    /// Objects uploaded whole over a previous version.
     pub replaced: u64,
+    /// Objects already holding the content, only recorded.
     pub adopted: u64,
+    /// Objects deleted (`--delete`).
     pub deleted: u64,
     /// Symlinks: objects have no such thing. (A file whose name the destination cannot
     /// hold is not skipped: the run fails listing it, after mirroring everything else.)
@@ -162,6 +175,7 @@ pub struct MirrorReport {
     pub bytes_sent: u64,
     /// Bytes the destination reused from previous versions (server-side copy or re-commit).
     pub bytes_kept: u64,
+    /// One entry per object not left unchanged.
     pub actions: Vec<FileAction>,
 }
 

@@ -29,7 +29,9 @@ pub const MAX_SHARDS: u32 = 4096;
 /// is `index` modulo `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Shard {
+    /// This shard's number, from 0.
     pub index: u32,
+    /// How many shards the run has.
     pub count: u32,
 }
 
@@ -37,6 +39,7 @@ pub struct Shard {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid shard {text:?}: write I/N with 0 <= I < N <= {MAX_SHARDS}")]
 pub struct BadShard {
+    /// The text as given.
     pub text: String,
 }
 
@@ -82,14 +85,22 @@ pub enum PushMode {
     /// The tree's entries are laid over the ref's head: other paths are kept.
     Merge,
     /// Only this shard's paths are pushed, into a partial snapshot of run `run`.
-    Shard { shard: Shard, run: String },
+    Shard {
+        /// This process's shard.
+        shard: Shard,
+        /// The run id shared by every shard of the push.
+        run: String,
+    },
     /// Only the files in `ready` are read (directories and symlinks always are); each path in
     /// `held` keeps the entry the ref's head has, if any; other files are left out. With
     /// `merge`, the tree is laid over the head as in `Merge`. The daemon's per-file settling:
     /// files still being written keep their previous version.
     Settled {
+        /// Settled files: read and pushed.
         ready: BTreeSet<String>,
+        /// Files still changing: they keep the head's entry.
         held: BTreeSet<String>,
+        /// Whether the tree is laid over the head (paths not in it kept).
         merge: bool,
     },
 }
@@ -128,7 +139,9 @@ fn rel(e: &SourceEntry) -> &str {
 /// What a sharded push or `ferry commit` found and did in one repository.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardReport {
+    /// The run id.
     pub run: String,
+    /// The shard this process ran, for a sharded push or replication; `None` for `ferry commit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
     /// Shards of the run whose partial snapshot is not there yet.

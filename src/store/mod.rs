@@ -166,6 +166,7 @@ impl Store {
         }
     }
 
+    /// The store's URL.
     pub fn url(&self) -> &StoreUrl {
         &self.url
     }
@@ -190,6 +191,7 @@ impl Store {
         StoreError::op(op, self.object_url(path), summary, hint, source)
     }
 
+    /// Reads a whole object.
     pub async fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
         async { self.inner.get(path).await?.bytes().await }
             .await
@@ -205,6 +207,7 @@ impl Store {
         }
     }
 
+    /// Reads `range` of an object (bytes from the start).
     pub async fn get_range(
         &self,
         path: &Path,
@@ -216,6 +219,7 @@ impl Store {
             .map_err(|e| self.op_error("reading", path, e))
     }
 
+    /// An object's metadata (size, etag, last-modified).
     pub async fn head(&self, path: &Path) -> Result<ObjectMeta, StoreError> {
         self.inner
             .head(path)

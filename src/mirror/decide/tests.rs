@@ -1,3 +1,6 @@
+//! Tests of `decide`: its invariants and agreement with the policy as it was before the split
+//! (property tests), the fast path, and the notes the report shows.
+
 use proptest::prelude::*;
 
 use super::*;
