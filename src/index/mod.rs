@@ -9,8 +9,8 @@
 //! - `files/<source key>`: relative path → size, mtime, ctime, inode, etag, mode, BLAKE3,
 //!   chunk list
 //! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
-//! - `jobs/items`, `jobs/runs`: the daemon's work items and run history ([`jobs`])
-//! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote ([`mirror`])
+//! - `jobs/items`, `jobs/runs`: the daemon's work items and run history (`jobs.rs`)
+//! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote (`mirror.rs`)
 
 mod jobs;
 mod lock;

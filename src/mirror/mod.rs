@@ -7,7 +7,7 @@
 //!   the destination listing;
 //! * a new file is uploaded whole;
 //! * a changed file is cut by the chunker and planned against what the destination holds
-//!   ([`plan`]): on Azure only blocks the blob lacks are staged and `Put Block List`
+//!   (`plan.rs`): on Azure only blocks the blob lacks are staged and `Put Block List`
 //!   re-commits the rest; on S3 a multipart upload copies unchanged ranges of the previous
 //!   object server-side ([`crate::store::delta`]). Local folders get whole files (written atomically).
 //!
@@ -16,7 +16,7 @@
 //! uploaded whole. The whole-file BLAKE3 is stored as object metadata, which
 //! [`verify_mirror`] compares.
 //!
-//! The module is split by job: [`decide`] is the per-file policy (pure, property-tested);
+//! The module is split by job: `decide` is the per-file policy (pure, property-tested);
 //! `run.rs` the orchestration (listing, the unchanged fast path, files in flight, deletes,
 //! the report); `file.rs` one file's journey (cut, probe, decision, write, record);
 //! `parts.rs` the I/O adapters (reading the source and its parts, checked against the cut);

@@ -7,17 +7,19 @@
 pub mod config;
 pub mod pack;
 pub(crate) mod partial;
+mod refs;
 pub(crate) mod replicas;
 pub mod snapshot;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use serde::{Deserialize, Serialize};
 
 use crate::ids::{PackId, SnapshotId};
 use crate::store::{Store, StoreError};
 pub use config::RepoConfig;
 use pack::{PackIndex, SealedPack};
+use refs::ref_path;
+pub use refs::{check_ref_name, RefEntry, RefEntryError};
 pub use snapshot::Snapshot;
 
 /// Errors about a repository. Each names the object or location concerned.
@@ -88,47 +90,6 @@ pub enum RepoError {
     },
 }
 
-/// One entry in a ref's log: `refs/<name>/<seq>`, written once with If-None-Match.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RefEntry {
-    /// The ref this entry belongs to.
-    pub name: String,
-    /// Position in the ref's log, from 0; the highest is the ref's current value.
-    pub seq: u64,
-    /// The snapshot the ref points to from this entry on.
-    pub snapshot: SnapshotId,
-    /// When the entry was written (RFC 3339, the writer's clock).
-    pub time: String,
-}
-
-impl RefEntry {
-    /// Parses a ref log entry and checks its name.
-    pub fn decode(bytes: &[u8]) -> Result<Self, RefEntryError> {
-        let e: RefEntry = serde_json::from_slice(bytes).map_err(RefEntryError::Json)?;
-        check_ref_name(&e.name).map_err(|_| RefEntryError::BadName {
-            name: e.name.clone(),
-        })?;
-        Ok(e)
-    }
-}
-
-/// Why bytes are not a ref log entry. The repository names the object.
-#[derive(Debug, thiserror::Error)]
-pub enum RefEntryError {
-    /// The bytes are not the entry's JSON.
-    #[error("invalid ref entry: {0}")]
-    Json(#[source] serde_json::Error),
-    /// The entry's name is no valid ref name.
-    #[error(
-        "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
-    )]
-    BadName {
-        /// The name as found in the entry.
-        name: String,
-    },
-}
-
 /// An object found by listing: its id, size and last-modified time (the store's clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Listed<T> {
@@ -176,25 +137,6 @@ pub fn gc_mark_path(id: &PackId) -> Path {
 /// absent until gc deletes it.
 pub fn bad_mark_path(id: &PackId) -> Path {
     Path::from(format!("bad/{id}"))
-}
-
-fn ref_path(name: &str, seq: u64) -> Path {
-    Path::from(format!("refs/{name}/{seq:020}"))
-}
-
-/// Checks a ref name: letters, digits, `.`, `_`, `-`; not starting with `.`; ≤ 128 bytes.
-pub fn check_ref_name(name: &str) -> Result<(), RepoError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(RepoError::BadRefName { name: name.into() })
-    }
 }
 
 impl Repository {
@@ -435,12 +377,6 @@ impl Repository {
         Ok(self.store.delete(&snapshot_path(id)).await?)
     }
 
-    /// Removes one entry from a ref's log (never the head: callers check).
-    pub async fn delete_ref_entry(&self, name: &str, seq: u64) -> Result<(), RepoError> {
-        check_ref_name(name)?;
-        Ok(self.store.delete(&ref_path(name, seq)).await?)
-    }
-
     /// Reads and checks a pack index (format and pack id).
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
         let path = index_path(id);
@@ -510,135 +446,5 @@ impl Repository {
             .into_iter()
             .map(|l| l.id)
             .collect())
-    }
-
-    /// The log of one ref, oldest first.
-    pub async fn ref_log(&self, name: &str) -> Result<Vec<RefEntry>, RepoError> {
-        check_ref_name(name)?;
-        let prefix = Path::from(format!("refs/{name}"));
-        let mut metas = self.store.list(Some(&prefix)).await?;
-        metas.sort_by(|a, b| a.location.cmp(&b.location));
-        let mut out = Vec::with_capacity(metas.len());
-        for m in metas {
-            out.push(self.read_ref_entry(&m.location).await?);
-        }
-        Ok(out)
-    }
-
-    async fn read_ref_entry(&self, path: &Path) -> Result<RefEntry, RepoError> {
-        let bytes = self.store.get(path).await?;
-        let entry = RefEntry::decode(&bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
-        // The log's order comes from object names: an entry must sit where its name and
-        // sequence number say, or the history would not be the one its entries claim.
-        let home = ref_path(&entry.name, entry.seq);
-        if *path != home {
-            return Err(self.corrupt(
-                path,
-                format!(
-                    "entry for ref {:?} seq {} belongs at {}",
-                    entry.name,
-                    entry.seq,
-                    self.store.object_url(&home)
-                ),
-            ));
-        }
-        Ok(entry)
-    }
-
-    /// The newest entry of a ref, if it has any.
-    pub async fn ref_head(&self, name: &str) -> Result<Option<RefEntry>, RepoError> {
-        check_ref_name(name)?;
-        let prefix = Path::from(format!("refs/{name}"));
-        let newest = self
-            .store
-            .list(Some(&prefix))
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .max();
-        match newest {
-            Some(path) => Ok(Some(self.read_ref_entry(&path).await?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Names of all refs.
-    pub async fn ref_names(&self) -> Result<Vec<String>, RepoError> {
-        let prefix = Path::from("refs");
-        let mut names: Vec<String> = self
-            .store
-            .list(Some(&prefix))
-            .await?
-            .into_iter()
-            .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_string()))
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-
-    /// Appends `snapshot` to the ref's log by conditional create; a concurrent writer that
-    /// takes the same sequence number makes this one retry on top of it, so no snapshot is
-    /// lost and the log stays linear. Does nothing if the ref already points there.
-    pub async fn advance_ref(
-        &self,
-        name: &str,
-        snapshot: SnapshotId,
-    ) -> Result<RefEntry, RepoError> {
-        check_ref_name(name)?;
-        for _ in 0..64 {
-            let head = self.ref_head(name).await?;
-            if let Some(h) = &head {
-                if h.snapshot == snapshot {
-                    return Ok(h.clone());
-                }
-            }
-            if let Some(entry) = self.append_ref(name, head.as_ref(), snapshot).await? {
-                return Ok(entry);
-            }
-            tracing::debug!(name, "ref moved concurrently; retrying");
-        }
-        Err(RepoError::RefContention {
-            name: name.into(),
-            url: self.url(),
-        })
-    }
-
-    /// Resolves `NAME`, `NAME@SEQ` or `NAME@<snapshot id or unique prefix>` to a snapshot id.
-    pub async fn resolve(&self, spec: &str) -> Result<SnapshotId, RepoError> {
-        Ok(self.resolve_entry(spec).await?.snapshot)
-    }
-
-    /// [`Repository::resolve`], with the ref log entry (name, sequence number, time).
-    pub async fn resolve_entry(&self, spec: &str) -> Result<RefEntry, RepoError> {
-        let missing = || RepoError::NoSuchSnapshot {
-            spec: spec.into(),
-            url: self.url(),
-        };
-        let (name, at) = match spec.split_once('@') {
-            Some((n, a)) => (n, Some(a)),
-            None => (spec, None),
-        };
-        let log = self.ref_log(name).await?;
-        match at {
-            None | Some("latest") => log.last().cloned().ok_or_else(missing),
-            Some(at) => {
-                if let Ok(seq) = at.parse::<u64>() {
-                    if at.len() < 20 {
-                        return log
-                            .iter()
-                            .find(|e| e.seq == seq)
-                            .cloned()
-                            .ok_or_else(missing);
-                    }
-                }
-                let at = at.to_ascii_lowercase();
-                let mut hits = log.iter().filter(|e| e.snapshot.to_hex().starts_with(&at));
-                match (hits.next(), hits.next()) {
-                    (Some(e), None) => Ok(e.clone()),
-                    _ => Err(missing()),
-                }
-            }
-        }
     }
 }

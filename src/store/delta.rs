@@ -9,7 +9,7 @@
 //!   the blocks the blob already holds (pinned by `If-Match`).
 //!
 //! Both writes are atomic: until the final call, readers see the previous object whole. The
-//! mirror planner ([`crate::mirror::plan`]) decides the parts; a [`DeltaStore`] only executes
+//! mirror planner (`mirror::plan`) decides the parts; a [`DeltaStore`] only executes
 //! them. Keys are relative to the destination URL's prefix.
 
 use std::ops::Range;

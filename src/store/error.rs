@@ -45,7 +45,7 @@ pub enum StoreError {
         summary: String,
         /// What to check or set, with a leading separator; empty when there is nothing to add.
         hint: String,
-        /// The HTTP status of the answer, when the store answered (see [`http_status`]).
+        /// The HTTP status of the answer, when the store answered (see `http_status`).
         status: Option<u16>,
         /// Kept for matching; its text is already in `summary`.
         cause: Box<object_store::Error>,

@@ -1,7 +1,7 @@
 //! Stores by URL: parses `file://`, `s3://`, `az://` and `memory://` URLs and opens them as
 //! a [`Store`]: an `Arc<dyn ObjectStore>` for the data plane and, for clouds with one, a
 //! native [`DeltaStore`] for delta writes. Only this module knows which cloud a store is:
-//! one module per backend ([`local`], [`s3`], [`azure`]) owns its settings, its clients and
+//! one module per backend (`local`, [`s3`], [`azure`]) owns its settings, its clients and
 //! its error hints; [`StoreOptions`] (retries, timeouts, faults) is resolved once by the
 //! caller and passed to all of them.
 //!
