@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::app::Settings;
 use crate::cli::render::bytes;
 use crate::commands::{self, Context};
 
@@ -65,7 +66,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<DemoReport> {
 }
 
 async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
-    let ctx = Context::new(dir.join("index"), false);
+    let ctx = Context::new(dir.join("index"), false, Settings::from_env()?);
     let repos: Vec<String> = ["repo-a", "repo-b"]
         .iter()
         .map(|r| format!("file://{}", dir.join(r).display()))

@@ -18,7 +18,7 @@ async fn a_push_fans_out_to_more_than_64_repositories() {
     let repos: Vec<StoreUrl> = (0..66)
         .map(|i| local(&dir.path().join(format!("repo-{i}"))))
         .collect();
-    let app = App::new(dir.path().join("index"), false);
+    let app = App::new(dir.path().join("index"), false, Settings::default());
     let name = RefName::parse("model").unwrap();
     let report = app
         .push(
@@ -52,7 +52,7 @@ async fn a_push_fans_out_to_more_than_64_repositories() {
 #[tokio::test]
 async fn a_repository_inside_its_source_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let app = App::new(dir.path().join("index"), false);
+    let app = App::new(dir.path().join("index"), false, Settings::default());
     let repo = dir.path().join("repo");
     let e = app
         .push(

@@ -62,7 +62,12 @@ pub(super) fn age(path: &Path) {
 }
 
 pub(super) async fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
-    let store = Store::open(&crate::store::StoreUrl::Local(repo.into()), Access::Read).unwrap();
+    let store = Store::open_with(
+        &crate::store::StoreUrl::Local(repo.into()),
+        Access::Read,
+        &Default::default(),
+    )
+    .unwrap();
     let repo = Repository::open(store).await.unwrap();
     let mut out = Vec::new();
     for e in repo.ref_log(name).await.unwrap() {

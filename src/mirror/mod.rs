@@ -30,16 +30,13 @@ pub(crate) mod plan;
 mod run;
 mod verify;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::path::Path as ObjPath;
 use serde::Serialize;
 
-use crate::index::Index;
-use crate::ops::source::Source;
 use crate::ops::OpError;
-use crate::store::delta::{DeltaStore, NativeError};
+use crate::store::delta::NativeError;
 use crate::store::key::{key_at, KeyError};
 use crate::store::Store;
 
@@ -177,21 +174,6 @@ pub struct MirrorReport {
     pub bytes_kept: u64,
     /// One entry per object not left unchanged.
     pub actions: Vec<FileAction>,
-}
-
-/// Mirrors `source` to `dest` with the settings of the process environment
-/// ([`MirrorSettings::from_env`]); see [`mirror_with`]. To be removed (issue 13) once the
-/// CLI and the daemon resolve the settings at their edge and call [`mirror_with`].
-pub async fn mirror(
-    source: &Source,
-    dest: &Store,
-    native: Option<Arc<dyn DeltaStore>>,
-    index: &Index,
-    opts: MirrorOptions,
-    progress: bool,
-) -> Result<MirrorReport, OpError> {
-    let settings = MirrorSettings::from_env();
-    mirror_with(source, dest, native, index, opts, &settings, progress).await
 }
 
 /// The key of `rel` at `dest`, exactly the name, or why `dest` cannot hold it.

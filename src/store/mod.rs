@@ -86,14 +86,6 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the store a URL names, with options from the environment. Makes no request.
-    ///
-    /// To be removed once every caller resolves [`StoreOptions`] at its edge and calls
-    /// [`Store::open_with`] (issue 13).
-    pub fn open(url: &StoreUrl, access: Access) -> Result<Self, StoreError> {
-        Self::open_with(url, access, &StoreOptions::from_env()?)
-    }
-
     /// Opens the store a URL names. Makes no request.
     pub fn open_with(
         url: &StoreUrl,
