@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::app::RefName;
 use crate::ids::SnapshotId;
 use crate::ops::OpError;
 use crate::repo::snapshot::Entry;
@@ -48,7 +49,10 @@ pub struct SnapshotsReport {
 
 /// Lists every ref's snapshots (or one ref's). A ref that cannot be read is a problem in the
 /// report, not an error that hides the others.
-pub async fn snapshots(repo: &Repository, name: Option<&str>) -> Result<SnapshotsReport, OpError> {
+pub async fn snapshots(
+    repo: &Repository,
+    name: Option<&RefName>,
+) -> Result<SnapshotsReport, OpError> {
     let names = match name {
         Some(n) => vec![n.to_string()],
         None => repo.ref_names().await?,

@@ -158,7 +158,6 @@ impl App {
         mode: &PushMode,
         check: ChangeCheck,
     ) -> Result<PushReport, OpError> {
-        mode.check()?;
         let source = self.open_source(source)?;
         for r in repos {
             check_outside_source(&source.key(), &r.to_string())?;
@@ -173,16 +172,8 @@ impl App {
             targets.push((repo, created));
         }
         let index = self.index().await?;
-        crate::ops::push::push_checked(
-            &source,
-            targets,
-            name.as_str(),
-            index,
-            self.progress,
-            mode,
-            check,
-        )
-        .await
+        crate::ops::push::push_checked(&source, targets, name, index, self.progress, mode, check)
+            .await
     }
 
     /// Combines a sharded run's partial snapshots and moves the ref, in every repository.
@@ -195,7 +186,7 @@ impl App {
         let mut targets = Vec::new();
         for r in repos {
             let repo = Repository::open(self.open_store(r, Access::Write)?).await?;
-            let report = crate::ops::shard::commit(&repo, name.as_str(), run.as_str()).await?;
+            let report = crate::ops::shard::commit(&repo, name, run).await?;
             targets.push(CommitTarget {
                 repo: repo.url(),
                 report,
@@ -327,7 +318,7 @@ impl App {
         dry_run: bool,
     ) -> Result<ForgetReport, OpError> {
         let repo = self.open_repo(repo).await?;
-        crate::ops::gc::forget(&repo, name.as_str(), keep, dry_run).await
+        crate::ops::gc::forget(&repo, name, keep, dry_run).await
     }
 
     /// Every ref's snapshots, or one ref's.
@@ -337,7 +328,7 @@ impl App {
         name: Option<&RefName>,
     ) -> Result<SnapshotsReport, OpError> {
         let repo = self.open_repo(repo).await?;
-        crate::listing::snapshots(&repo, name.map(RefName::as_str)).await
+        crate::listing::snapshots(&repo, name).await
     }
 
     /// A snapshot's entries.

@@ -68,6 +68,20 @@ macro_rules! name_impls {
             }
         }
 
+        impl From<&$t> for String {
+            fn from(n: &$t) -> String {
+                n.0.clone()
+            }
+        }
+
+        /// The checked text, for code that only reads it.
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<str> for $t {
             fn as_ref(&self) -> &str {
                 &self.0

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::app::RefName;
 use crate::ids::{ChunkId, PackId, SnapshotId};
 use crate::index::{ChunkLocation, Index};
 use crate::ops::fetch::{fetch, plan, Want};
@@ -482,7 +483,7 @@ pub struct ForgetReport {
 /// garbage for a later `gc` unless another ref names them.
 pub async fn forget(
     repo: &Repository,
-    name: &str,
+    name: &RefName,
     keep: Retention,
     dry_run: bool,
 ) -> Result<ForgetReport, OpError> {

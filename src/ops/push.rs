@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::app::RefName;
 use crate::chunker::ChunkerParams;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
@@ -25,7 +26,7 @@ use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::Progress;
 use crate::repo::snapshot::{Entry, SNAPSHOT_VERSION};
-use crate::repo::{check_ref_name, Repository, Snapshot};
+use crate::repo::{Repository, Snapshot};
 
 /// Packs uploading at once per repository.
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -132,7 +133,7 @@ pub enum ChangeCheck {
 pub async fn push(
     source: &Source,
     targets: Vec<(Repository, bool)>,
-    name: &str,
+    name: &RefName,
     index: &Index,
     progress: bool,
 ) -> Result<PushReport, OpError> {
@@ -143,7 +144,7 @@ pub async fn push(
 pub async fn push_with(
     source: &Source,
     targets: Vec<(Repository, bool)>,
-    name: &str,
+    name: &RefName,
     index: &Index,
     progress: bool,
     mode: &PushMode,
@@ -167,14 +168,12 @@ pub async fn push_with(
 pub async fn push_checked(
     source: &Source,
     targets: Vec<(Repository, bool)>,
-    name: &str,
+    name: &RefName,
     index: &Index,
     progress: bool,
     mode: &PushMode,
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
-    check_ref_name(name)?;
-    mode.check()?;
     let started = Instant::now();
     let time = SystemTime::now();
     let (params, level) = common_format(&targets)?;

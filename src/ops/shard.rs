@@ -13,10 +13,11 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::app::{RefName, RunId};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::ops::source::SourceEntry;
 use crate::ops::OpError;
-use crate::repo::partial::{check_run_id, CommitMarker, PartialEntry};
+use crate::repo::partial::{CommitMarker, PartialEntry};
 use crate::repo::snapshot::Entry;
 use crate::repo::{RefEntry, Repository, Snapshot};
 
@@ -89,7 +90,7 @@ pub enum PushMode {
         /// This process's shard.
         shard: Shard,
         /// The run id shared by every shard of the push.
-        run: String,
+        run: RunId,
     },
     /// Only the files in `ready` are read (directories and symlinks always are); each path in
     /// `held` keeps the entry the ref's head has, if any; other files are left out. With
@@ -106,14 +107,6 @@ pub enum PushMode {
 }
 
 impl PushMode {
-    /// Checks the run id of a sharded push.
-    pub fn check(&self) -> Result<(), OpError> {
-        if let PushMode::Shard { run, .. } = self {
-            check_run_id(run)?;
-        }
-        Ok(())
-    }
-
     /// The entries of the source this push owns.
     pub fn select(&self, listing: Vec<SourceEntry>) -> Vec<SourceEntry> {
         match self {
@@ -253,7 +246,7 @@ pub async fn finish_shard(
     repo: &Repository,
     partial: Snapshot,
     shard: Shard,
-    run: &str,
+    run: &RunId,
 ) -> Result<(SnapshotId, ShardReport), OpError> {
     let id = repo
         .write_snapshot_bytes(Bytes::from(partial.encode()))
@@ -266,15 +259,23 @@ pub async fn finish_shard(
         snapshot: id,
     })
     .await?;
-    let mut report = commit(repo, &partial.name, run).await?;
+    let mut report = commit_run(repo, &partial.name, run).await?;
     report.shard = Some(shard);
     Ok((id, report))
 }
 
 /// Combines a run's partial snapshots and moves the ref, if every shard has finished.
 /// Safe to call from any number of processes at once, and again after a crash.
-pub async fn commit(repo: &Repository, name: &str, run: &str) -> Result<ShardReport, OpError> {
-    check_run_id(run)?;
+pub async fn commit(
+    repo: &Repository,
+    name: &RefName,
+    run: &RunId,
+) -> Result<ShardReport, OpError> {
+    commit_run(repo, name, run).await
+}
+
+/// [`commit`] of the ref a partial snapshot names (checked when the snapshot was made).
+async fn commit_run(repo: &Repository, name: &str, run: &RunId) -> Result<ShardReport, OpError> {
     let mut report = ShardReport {
         run: run.to_string(),
         shard: None,
