@@ -131,13 +131,37 @@ pub enum OpError {
         /// BLAKE3 the snapshot records for the file.
         want: ChunkId,
     },
-    /// A snapshot entry restore refuses to write: an absolute path, `..`, or a path through a symlink.
+    /// A snapshot path restore refuses to write: absolute, `..`, empty parts, NUL.
     #[error("refusing to restore {path:?}: {why}")]
-    Unsafe {
+    UnsafePath {
         /// The entry's path as recorded in the snapshot.
         path: String,
         /// Which rule it breaks.
-        why: String,
+        why: &'static str,
+    },
+    /// A snapshot entry below a symlink (the snapshot's own, or one at the destination).
+    #[error("refusing to restore {path:?}: {link} is a symlink; restore never writes through one")]
+    ThroughSymlink {
+        /// The entry's path as recorded in the snapshot.
+        path: String,
+        /// The symlink, as the message shows it.
+        link: String,
+    },
+    /// A snapshot symlink with an empty target or one containing NUL.
+    #[error("refusing to restore {path:?}: symlink target {target:?} is invalid")]
+    BadSymlinkTarget {
+        /// The symlink's path as recorded in the snapshot.
+        path: String,
+        /// Its recorded target.
+        target: String,
+    },
+    /// A folder at the destination where the snapshot has a file or symlink.
+    #[error("refusing to restore {path:?}: {folder} is a folder; move it away or restore elsewhere")]
+    FolderInTheWay {
+        /// The entry's path as recorded in the snapshot.
+        path: String,
+        /// The folder at the destination.
+        folder: String,
     },
     /// Two repositories of one push cut chunks differently, so one chunk list cannot serve both.
     #[error("{a} and {b} use different chunker parameters: push to them separately, or replicate between repositories with the same parameters")]
@@ -295,7 +319,10 @@ impl OpError {
             | OpError::NonUtf8Name { .. }
             | OpError::NonUtf8Target { .. }
             | OpError::RestoredMismatch { .. }
-            | OpError::Unsafe { .. }
+            | OpError::UnsafePath { .. }
+            | OpError::ThroughSymlink { .. }
+            | OpError::BadSymlinkTarget { .. }
+            | OpError::FolderInTheWay { .. }
             | OpError::ChunkerMismatch { .. }
             | OpError::Key(_)
             | OpError::Names(_)

@@ -131,21 +131,21 @@ pub(crate) fn check_before_writing(snap: &Snapshot, dest: &Destination) -> Resul
         })
         .collect();
     for e in &snap.entries {
-        check_path(e.path()).map_err(|why| OpError::Unsafe {
+        check_path(e.path()).map_err(|why| OpError::UnsafePath {
             path: e.path().into(),
-            why: why.into(),
+            why,
         })?;
         if let Some(link) = linked_prefix(e.path(), &links) {
-            return Err(OpError::Unsafe {
+            return Err(OpError::ThroughSymlink {
                 path: e.path().into(),
-                why: format!("{link:?} is a symlink; restore never writes through one"),
+                link: format!("{link:?}"),
             });
         }
         if let Entry::Symlink { path, target } = e {
             if target.is_empty() || target.contains('\0') {
-                return Err(OpError::Unsafe {
+                return Err(OpError::BadSymlinkTarget {
                     path: path.clone(),
-                    why: format!("symlink target {target:?} is invalid"),
+                    target: target.clone(),
                 });
             }
         }
