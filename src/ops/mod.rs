@@ -156,7 +156,9 @@ pub enum OpError {
         target: String,
     },
     /// A folder at the destination where the snapshot has a file or symlink.
-    #[error("refusing to restore {path:?}: {folder} is a folder; move it away or restore elsewhere")]
+    #[error(
+        "refusing to restore {path:?}: {folder} is a folder; move it away or restore elsewhere"
+    )]
     FolderInTheWay {
         /// The entry's path as recorded in the snapshot.
         path: String,

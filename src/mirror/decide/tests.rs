@@ -36,7 +36,7 @@ fn cut_of(chunks: &[Chunk]) -> Cut {
     }
     Cut {
         chunks: chunks.to_vec(),
-        blake3: *h.finalize().as_bytes(),
+        blake3: FileHash::from(h.finalize()),
         size: chunks.iter().map(|c| c.len).sum(),
     }
 }
