@@ -22,5 +22,12 @@ check "the daemon calls the CLI layer (commands::)" bash -c "grep -rln 'commands
 # Settings come from the environment once, at the edge (`app::Settings::from_env`, the config's
 # `Env::from_process`), and are passed down; the backends' own builders read AWS_*/AZURE_*.
 check "the process environment read below the edge" bash -c "grep -rlE 'std::env::var|env::vars\(' src --include=*.rs | grep -vE '^src/(main|main_args)\.rs$|/tests(_[a-z_]+)?\.rs$|^src/store/(options\.rs|s3/|azure/)|^src/mirror/mod\.rs$|^src/config/validate\.rs$|^src/memory\.rs$'"
+# ARCHITECTURE.md's invariants that a grep can hold: only src/index/ speaks sled; only
+# src/store/ tells the clouds apart; anyhow only in main.rs, demo.rs and tests; the chunker
+# does no I/O of its own.
+check "sled outside src/index/" bash -c "grep -rlE '\bsled::|use sled' src --include=*.rs | grep -v '^src/index/'"
+check "a cloud matched outside src/store/" bash -c "grep -rnE 'StoreUrl::(S3|Azure)' src --include=*.rs | grep -v '^src/store/'"
+check "anyhow outside main.rs, demo.rs and tests" bash -c "grep -rn 'anyhow' src --include=*.rs | grep -vE '^src/[^:]+:[0-9]+: *//' | grep -vE '^src/(main|main_tests|demo)\.rs:|/tests(_[a-z_]+)?\.rs:'"
+check "I/O in the chunker" bash -c "grep -rnE 'std::fs|std::net|tokio|object_store' src/chunker"
 check "source files over 600 lines (tests.rs aside)" bash -c "find src -name '*.rs' ! -name 'tests.rs' ! -name 'tests_*.rs' -print0 | xargs -0 wc -l | awk '\$2 != \"total\" && \$1 > 600'"
 exit $fail
