@@ -280,9 +280,10 @@ from = "$DIR/repo"
 targets = ["$DIR/mirror"]
 cron = "30 2 * * *"
 "#;
-    // 02:29:00 at 3600x: the hourly job fires after one real second, the nightly one at
-    // 02:30 (a sixtieth of a second later): replicating whatever the hourly push made.
-    let clock = Clock::parse("2026-03-01T02:29:00Z@3600").unwrap();
+    // 02:20:00 at 3600x: the hourly job fires after one real second, the nightly one at
+    // 02:30 (a sixth of a second later: opening the daemon must not take it past 02:30, or
+    // the next fire is a day away): replicating whatever the hourly push made.
+    let clock = Clock::parse("2026-03-01T02:20:00Z@3600").unwrap();
     let d = Daemon::open(w.config(job), &w.path("index"), clock, Mode::Daemon)
         .await
         .unwrap();
