@@ -165,14 +165,22 @@ fn end_to_end(c: &mut Criterion) {
     g.bench_function("push-64MiB-first", |b| {
         b.iter(|| {
             let work = tempfile::tempdir().unwrap();
-            let ctx = ferry::commands::Context::new(work.path().join("idx"), false);
+            let ctx = ferry::commands::Context::new(
+                work.path().join("idx"),
+                false,
+                ferry::app::Settings::from_env().unwrap(),
+            );
             let repo = format!("file://{}/repo", work.path().display());
             rt.block_on(ferry::commands::push(&ctx, &src_path, &[repo], "bench"))
                 .unwrap();
         })
     });
     let work = tempfile::tempdir().unwrap();
-    let ctx = ferry::commands::Context::new(work.path().join("idx"), false);
+    let ctx = ferry::commands::Context::new(
+        work.path().join("idx"),
+        false,
+        ferry::app::Settings::from_env().unwrap(),
+    );
     let repo = format!("file://{}/repo", work.path().display());
     rt.block_on(ferry::commands::push(
         &ctx,

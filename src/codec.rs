@@ -35,20 +35,37 @@ pub const MAX_CHUNK: usize = fastcdc::v2020::MAXIMUM_MAX;
 /// A frame that cannot be turned back into its chunk.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// No bytes at all.
     #[error("empty frame")]
     Empty,
+    /// The recorded raw length is longer than any chunk.
     #[error("recorded length {0} is longer than any chunk ({MAX_CHUNK} bytes)")]
     TooLong(usize),
+    /// A codec byte this ferry does not know.
     #[error("unknown codec {0} (written by a newer ferry?)")]
     UnknownCodec(u8),
+    /// The zstd stream is damaged.
     #[error("zstd payload does not decompress: {0}")]
     Zstd(std::io::Error),
+    /// A byte-plane payload that does not decode; what is wrong.
     #[error("byte-plane payload is malformed: {0}")]
     Planes(&'static str),
+    /// The decoded length is not the recorded one.
     #[error("decoded length {got} differs from the recorded {want}")]
-    Length { got: usize, want: usize },
+    Length {
+        /// Bytes decoded.
+        got: usize,
+        /// Bytes recorded.
+        want: usize,
+    },
+    /// The decoded bytes do not hash to the chunk id.
     #[error("content hash {got} differs from the chunk id {want}")]
-    Hash { got: ChunkId, want: ChunkId },
+    Hash {
+        /// BLAKE3 of the decoded bytes.
+        got: ChunkId,
+        /// The chunk id.
+        want: ChunkId,
+    },
 }
 
 /// Encodes chunks into frames, reusing one zstd context (one per worker thread).
@@ -60,6 +77,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// An encoder compressing at zstd `level`.
     pub fn new(level: i32) -> Self {
         use zstd::zstd_safe::CParameter;
         let planes = zstd::bulk::Compressor::new(level).ok().and_then(|mut c| {

@@ -71,7 +71,7 @@ pub fn push_mode(
     Ok(match (shard, run) {
         (Some(shard), Some(run)) => PushMode::Shard {
             shard,
-            run: run_id(run)?.to_string(),
+            run: run_id(run)?,
         },
         _ if merge => PushMode::Merge,
         _ => PushMode::Replace,
@@ -88,7 +88,6 @@ pub async fn push_checked(
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
     let name = ref_name(name)?;
-    mode.check()?;
     ctx.push(&url(source)?, &urls(repos)?, &name, mode, check)
         .await
 }
@@ -153,7 +152,7 @@ pub async fn replicate_with(
     let sharded = match sharded {
         Some((shard, run)) => Some(ReplicaShard {
             shard,
-            run: run_id(run)?.to_string(),
+            run: run_id(run)?,
         }),
         None => None,
     };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::app::Settings;
 use crate::cli::render::bytes;
 use crate::commands::{self, Context};
 
@@ -15,26 +16,39 @@ const TENSORS: usize = 8;
 const ELEMENTS: usize = 1 << 20;
 const STEPS: usize = 3;
 
+/// One pushed step of the demo's checkpoint.
 #[derive(Debug, Serialize)]
 pub struct DemoStep {
+    /// The step folder's name.
     pub step: String,
+    /// Bytes of the step's files.
     pub logical_bytes: u64,
     /// What copying the folder plainly would send (its size).
     pub plain_copy_bytes: u64,
     /// What ferry uploaded to each repository.
     pub uploaded_bytes: u64,
+    /// Chunks the repositories lacked.
     pub chunks_new: u64,
+    /// Chunks the repositories already held.
     pub chunks_reused: u64,
 }
 
+/// What `ferry demo` did.
 #[derive(Debug, Serialize)]
 pub struct DemoReport {
+    /// The folder the demo works in.
     pub dir: String,
+    /// The repositories pushed to, then the replica.
     pub repositories: Vec<String>,
+    /// One entry per checkpoint step pushed.
     pub steps: Vec<DemoStep>,
+    /// Bytes uploaded to the replica by `replicate`.
     pub replicated_bytes: u64,
+    /// Whether the restored tree matched the pushed one byte for byte.
     pub restored_identical: bool,
+    /// What copying every step plainly would have sent.
     pub total_plain_copy_bytes: u64,
+    /// What ferry uploaded to the first repository over all steps.
     pub total_uploaded_bytes: u64,
 }
 
@@ -52,7 +66,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<DemoReport> {
 }
 
 async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
-    let ctx = Context::new(dir.join("index"), false);
+    let ctx = Context::new(dir.join("index"), false, Settings::from_env()?);
     let repos: Vec<String> = ["repo-a", "repo-b"]
         .iter()
         .map(|r| format!("file://{}", dir.join(r).display()))
@@ -112,6 +126,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
     })
 }
 
+/// `ferry demo`'s report as text for people.
 pub fn render(r: &DemoReport) -> String {
     let mut s = format!("ferry demo in {}\n", r.dir);
     s.push_str(&format!(

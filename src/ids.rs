@@ -1,4 +1,5 @@
-//! Content ids: `ChunkId`, `PackId` and `SnapshotId`, each a BLAKE3-256 digest shown as hex.
+//! Content ids: `ChunkId`, `PackId`, `SnapshotId` and `FileHash`, each a BLAKE3-256 digest
+//! shown as hex.
 
 use std::fmt;
 use std::str::FromStr;
@@ -80,6 +81,7 @@ macro_rules! digest_id {
 digest_id!(ChunkId, "chunk");
 digest_id!(PackId, "pack");
 digest_id!(SnapshotId, "snapshot");
+digest_id!(FileHash, "file's whole content");
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

@@ -10,10 +10,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use ferry::app::{App, RefName};
+//! use ferry::app::{App, RefName, Settings};
 //! use ferry::ops::{push::ChangeCheck, shard::PushMode};
 //! use ferry::store::StoreUrl;
-//! let app = App::new(std::env::temp_dir().join("ferry-index"), false);
+//! let app = App::new(std::env::temp_dir().join("ferry-index"), false, Settings::from_env()?);
 //! let source: StoreUrl = "/data/ckpt".parse()?;
 //! let repos: Vec<StoreUrl> = vec!["file:///backups/repo".parse()?];
 //! let name = RefName::parse("llama-7b")?;
@@ -39,8 +39,8 @@ pub mod listing;
 pub mod memory;
 pub mod mirror;
 pub mod ops;
-pub mod progress;
+pub(crate) mod progress;
 pub mod repo;
-pub mod server;
+pub(crate) mod server;
 pub mod service;
 pub mod store;

@@ -4,31 +4,44 @@
 
 use serde::Serialize;
 
+use crate::app::RefName;
 use crate::ids::SnapshotId;
 use crate::ops::OpError;
 use crate::repo::snapshot::Entry;
 use crate::repo::{Repository, Snapshot};
 
+/// One entry of a ref's log, as `ferry snapshots` lists it.
 #[derive(Debug, Serialize)]
 pub struct SnapshotRow {
+    /// The ref name.
     pub name: String,
+    /// Position in the ref's log.
     pub seq: u64,
+    /// The snapshot the entry points to.
     pub snapshot: SnapshotId,
+    /// When the entry was written (RFC 3339).
     pub time: String,
+    /// Files in the snapshot.
     pub files: usize,
+    /// Sum of their sizes, in bytes.
     pub bytes: u64,
 }
 
 /// A ref (or one of its snapshots) that could not be read.
 #[derive(Debug, Serialize)]
 pub struct RefProblem {
+    /// The ref name.
     pub name: String,
+    /// What went wrong, in one line.
     pub error: String,
 }
 
+/// What `ferry snapshots` found in one repository.
 #[derive(Debug, Serialize)]
 pub struct SnapshotsReport {
+    /// The repository's URL.
     pub repo: String,
+    /// Every ref log entry that could be read.
     pub snapshots: Vec<SnapshotRow>,
     /// Refs that could not be listed (whole or in part); the command exits non-zero.
     pub problems: Vec<RefProblem>,
@@ -36,7 +49,10 @@ pub struct SnapshotsReport {
 
 /// Lists every ref's snapshots (or one ref's). A ref that cannot be read is a problem in the
 /// report, not an error that hides the others.
-pub async fn snapshots(repo: &Repository, name: Option<&str>) -> Result<SnapshotsReport, OpError> {
+pub async fn snapshots(
+    repo: &Repository,
+    name: Option<&RefName>,
+) -> Result<SnapshotsReport, OpError> {
     let names = match name {
         Some(n) => vec![n.to_string()],
         None => repo.ref_names().await?,
@@ -80,10 +96,14 @@ pub async fn snapshots(repo: &Repository, name: Option<&str>) -> Result<Snapshot
     })
 }
 
+/// One entry of a snapshot, as `ferry ls` lists it.
 #[derive(Debug, Serialize)]
 pub struct LsRow {
+    /// Relative path in the snapshot.
     pub path: String,
+    /// `file`, `dir` or `symlink`.
     pub kind: &'static str,
+    /// Size in bytes (0 for folders and symlinks).
     pub size: u64,
     /// Permission bits (files and folders).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,12 +113,16 @@ pub struct LsRow {
     pub target: Option<String>,
 }
 
+/// A snapshot's entries, as `ferry ls` lists them.
 #[derive(Debug, Serialize)]
 pub struct LsReport {
+    /// The snapshot listed.
     pub snapshot: SnapshotId,
+    /// Its entries, in path order.
     pub entries: Vec<LsRow>,
 }
 
+/// Lists the entries of the snapshot `spec` names (`NAME`, `NAME@SEQ` or `NAME@<snapshot id or unique prefix>`).
 pub async fn ls(repo: &Repository, spec: &str) -> Result<LsReport, OpError> {
     let id = repo.resolve(spec).await?;
     let snap: Snapshot = repo.read_snapshot(&id).await?;
@@ -122,6 +146,7 @@ fn row(e: &Entry) -> LsRow {
     }
 }
 
+/// `ferry snapshots` as text for people.
 pub fn render_snapshots(r: &SnapshotsReport) -> String {
     let mut s = format!(
         "{:<24} {:>5} {:<12} {:<24} {:>8} {:>12}",

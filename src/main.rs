@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         command => {
-            let ctx = Context::new(index_dir, !json);
+            let ctx = Context::new(index_dir, !json, ferry::app::Settings::from_env()?);
             run_repo_command(&ctx, command, json).await
         }
     }

@@ -59,13 +59,6 @@ impl Progress {
         }
     }
 
-    pub fn hidden() -> Self {
-        Self {
-            bar: None,
-            observer: None,
-        }
-    }
-
     pub fn inc(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);

@@ -14,35 +14,55 @@ use crate::server::ServerError;
 /// Errors of the service commands.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The config file is unreadable or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The daemon could not start or run.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// The HTTP server could not bind or serve.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// Signal handlers could not be installed.
     #[error("cannot listen for signals: {0}")]
     Signal(std::io::Error),
+    /// The daemon's API answered something other than a status.
     #[error("the daemon at {url} answered {problem}")]
-    Api { url: String, problem: String },
+    Api {
+        /// The API address asked.
+        url: String,
+        /// What came back instead.
+        problem: String,
+    },
 }
 
 /// What `ferry check-config` found: a summary without secrets.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
+    /// The config's origin (its path, or the embedded default).
     pub config: String,
+    /// The address the HTTP server would listen on.
     pub bind: String,
+    /// Whether an API token is configured (never the token itself).
     pub token: bool,
+    /// Every job, in file order.
     pub jobs: Vec<CheckedJob>,
     /// Probably mistakes, each naming its key (the config still loads).
     pub warnings: Vec<String>,
 }
 
+/// One job as `ferry check-config` summarises it.
 #[derive(Debug, Serialize)]
 pub struct CheckedJob {
+    /// The job's name.
     pub name: String,
+    /// `push`, `replicate` or `mirror`.
     pub kind: &'static str,
+    /// The source's URL.
     pub source: String,
+    /// The targets' store URLs.
     pub targets: Vec<String>,
+    /// The trigger, as [`crate::config::Trigger::describe`] writes it.
     pub trigger: String,
 }
 
@@ -75,6 +95,7 @@ fn log_warnings(c: &Config) {
     }
 }
 
+/// `ferry check-config`'s report as text for people.
 pub fn render_check(r: &CheckReport) -> String {
     let mut s = format!(
         "{}: ok; dashboard on http://{} ({}), {} jobs",
@@ -117,6 +138,7 @@ pub async fn sync(
     Ok(daemon.sync(job).await?)
 }
 
+/// `ferry sync`'s report as text; `now_ms` (Unix milliseconds) dates the runs' ages.
 pub fn render_sync(r: &SyncReport, now_ms: i64) -> String {
     let mut s = format!(
         "{}: {} runs{}",
@@ -196,7 +218,9 @@ pub async fn daemon(
 pub struct StatusReport {
     /// `daemon` (its API) or `index` (the local index; no daemon answered).
     pub from: String,
+    /// When the status was taken, in Unix milliseconds.
     pub now_ms: i64,
+    /// Every job's status.
     pub jobs: Vec<JobStatus>,
 }
 
@@ -273,6 +297,7 @@ async fn fetch_jobs(base: &str) -> Result<crate::server::JobsResponse, FetchErro
         .map_err(|e| FetchError::Bad(format!("a body that is not ferry's jobs JSON ({e})")))
 }
 
+/// `ferry status`'s report as text for people.
 pub fn render_statuses(r: &StatusReport) -> String {
     let note = if r.from == "index" {
         "\n(no daemon answered: state from the local index)"

@@ -5,6 +5,7 @@
 
 mod names;
 mod serve;
+mod settings;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 pub use names::{RefName, RunId};
 pub use serve::RefWatch;
+pub use settings::Settings;
 
 use crate::chunker::ChunkerParams;
 use crate::index::{Index, IndexError, TemporaryIndex};
@@ -44,17 +46,50 @@ pub struct App {
     temporary: tokio::sync::OnceCell<TemporaryIndex>,
     /// Show progress bars (when stderr is a terminal).
     progress: bool,
+    /// Store options and mirror settings, resolved once at the edge.
+    settings: Settings,
 }
 
 impl App {
     /// An application on the local index in `index_dir` (opened on first use); `progress` shows progress bars when stderr is a terminal.
-    pub fn new(index_dir: PathBuf, progress: bool) -> Self {
+    /// `settings` (usually [`Settings::from_env`], read once where the process starts) go to
+    /// every store and operation.
+    pub fn new(index_dir: PathBuf, progress: bool, settings: Settings) -> Self {
         Self {
             index_dir,
             index: tokio::sync::OnceCell::new(),
             temporary: tokio::sync::OnceCell::new(),
             progress,
+            settings,
         }
+    }
+
+    /// The settings every store and operation of this application uses.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Opens the store `url` names with this application's store options. Makes no request.
+    pub fn open_store(&self, url: &StoreUrl, access: Access) -> Result<Store, OpError> {
+        Ok(Store::open_with(url, access, &self.settings.store)?)
+    }
+
+    async fn open_repo(&self, url: &StoreUrl) -> Result<Repository, OpError> {
+        Ok(Repository::open(self.open_store(url, Access::Read)?).await?)
+    }
+
+    fn open_source(&self, url: &StoreUrl) -> Result<Source, OpError> {
+        Source::open(url, &self.settings.store)
+    }
+
+    fn open_mirror_dest(
+        &self,
+        dest: &StoreUrl,
+        access: Access,
+    ) -> Result<(Store, NativeStore), OpError> {
+        let store = self.open_store(dest, access)?;
+        let native = store.delta()?;
+        Ok((store, native))
     }
 
     /// Opens the local index on first use, waiting up to a minute for another process (on a
@@ -106,7 +141,7 @@ impl App {
 
     /// Creates a repository at an empty location.
     pub async fn init(&self, repo: &StoreUrl, config: RepoConfig) -> Result<InitReport, OpError> {
-        let r = Repository::init(Store::open(repo, Access::Write)?, config).await?;
+        let r = Repository::init(self.open_store(repo, Access::Write)?, config).await?;
         Ok(InitReport {
             repo: r.url(),
             id: r.id().to_string(),
@@ -125,14 +160,13 @@ impl App {
         mode: &PushMode,
         check: ChangeCheck,
     ) -> Result<PushReport, OpError> {
-        mode.check()?;
-        let source = Source::open(source)?;
+        let source = self.open_source(source)?;
         for r in repos {
             check_outside_source(&source.key(), &r.to_string())?;
         }
         let mut targets = Vec::new();
         for r in repos {
-            let store = Store::open(r, Access::Write)?;
+            let store = self.open_store(r, Access::Write)?;
             let (repo, created) = Repository::open_or_init(store, || {
                 RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE)
             })
@@ -140,16 +174,8 @@ impl App {
             targets.push((repo, created));
         }
         let index = self.index().await?;
-        crate::ops::push::push_checked(
-            &source,
-            targets,
-            name.as_str(),
-            index,
-            self.progress,
-            mode,
-            check,
-        )
-        .await
+        crate::ops::push::push_checked(&source, targets, name, index, self.progress, mode, check)
+            .await
     }
 
     /// Combines a sharded run's partial snapshots and moves the ref, in every repository.
@@ -161,8 +187,8 @@ impl App {
     ) -> Result<CommitReport, OpError> {
         let mut targets = Vec::new();
         for r in repos {
-            let repo = Repository::open(Store::open(r, Access::Write)?).await?;
-            let report = crate::ops::shard::commit(&repo, name.as_str(), run.as_str()).await?;
+            let repo = Repository::open(self.open_store(r, Access::Write)?).await?;
+            let report = crate::ops::shard::commit(&repo, name, run).await?;
             targets.push(CommitTarget {
                 repo: repo.url(),
                 report,
@@ -184,11 +210,12 @@ impl App {
         dir: &std::path::Path,
         opts: &crate::ops::pull::PullOptions,
     ) -> Result<crate::ops::pull::PullReport, OpError> {
-        let repo = open_repo(repo).await?;
+        let repo = self.open_repo(repo).await?;
         let rindex = self.index_for_reading().await?.repo(repo.id())?;
         crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, self.progress).await
     }
 
+    /// `ferry restore`: the snapshot `spec` names in `repo`, written to `dest` (a folder or an object prefix).
     pub async fn restore(
         &self,
         repo: &StoreUrl,
@@ -196,7 +223,7 @@ impl App {
         dest: &StoreUrl,
         opts: RestoreOptions,
     ) -> Result<RestoreReport, OpError> {
-        let repo = open_repo(repo).await?;
+        let repo = self.open_repo(repo).await?;
         let rindex = self.index_for_reading().await?.repo(repo.id())?;
         sync_index(&repo, &rindex).await?;
         let id = repo.resolve(spec).await?;
@@ -210,7 +237,7 @@ impl App {
                     .map_err(|e| OpError::io(p.display(), e))?;
                 Destination::Local(p)
             }
-            other => Destination::Objects(Store::open(other, Access::Write)?),
+            other => Destination::Objects(self.open_store(other, Access::Write)?),
         };
         crate::ops::restore::restore(&repo, &rindex, id, &dest, opts, self.progress).await
     }
@@ -224,8 +251,8 @@ impl App {
         names: &[RefName],
         sharded: Option<&ReplicaShard>,
     ) -> Result<ReplicateReport, OpError> {
-        let from = open_repo(from).await?;
-        let store = Store::open(to, Access::Write)?;
+        let from = self.open_repo(from).await?;
+        let store = self.open_store(to, Access::Write)?;
         let (to, _) = Repository::open_or_init(store, || from.config().derived()).await?;
         let names: Vec<String> = names.iter().map(RefName::to_string).collect();
         let index = self.index().await?;
@@ -239,12 +266,21 @@ impl App {
         dest: &StoreUrl,
         opts: MirrorOptions,
     ) -> Result<MirrorReport, OpError> {
-        let source = Source::open(source)?;
+        let source = self.open_source(source)?;
         // Before the destination is opened (which creates a local folder).
         crate::mirror::check_no_overlap(&source.key(), &dest.to_string())?;
-        let (store, native) = open_mirror_dest(dest, Access::Write)?;
+        let (store, native) = self.open_mirror_dest(dest, Access::Write)?;
         let index = self.index().await?;
-        crate::mirror::mirror(&source, &store, native, index, opts, self.progress).await
+        crate::mirror::mirror_with(
+            &source,
+            &store,
+            native,
+            index,
+            opts,
+            &self.settings.mirror,
+            self.progress,
+        )
+        .await
     }
 
     /// Compares a mirror's objects with their source files.
@@ -254,24 +290,24 @@ impl App {
         dest: &StoreUrl,
         read_data: bool,
     ) -> Result<VerifyMirrorReport, OpError> {
-        let source = Source::open(source)?;
-        let (store, native) = open_mirror_dest(dest, Access::Read)?;
+        let source = self.open_source(source)?;
+        let (store, native) = self.open_mirror_dest(dest, Access::Read)?;
         crate::mirror::verify_mirror(&source, &store, native, read_data).await
     }
 
     /// Checks a repository's structure (and with `read_data`, every chunk).
     pub async fn verify(&self, repo: &StoreUrl, read_data: bool) -> Result<VerifyReport, OpError> {
-        crate::ops::verify::verify(&open_repo(repo).await?, read_data).await
+        crate::ops::verify::verify(&self.open_repo(repo).await?, read_data).await
     }
 
     /// Marks damaged packs so the next push uploads their chunks anew.
     pub async fn repair(&self, repo: &StoreUrl, dry_run: bool) -> Result<RepairReport, OpError> {
-        crate::ops::repair::repair(&open_repo(repo).await?, dry_run).await
+        crate::ops::repair::repair(&self.open_repo(repo).await?, dry_run).await
     }
 
     /// Deletes packs and snapshots no ref needs (two-phase).
     pub async fn gc(&self, repo: &StoreUrl, opts: GcOptions) -> Result<GcReport, OpError> {
-        let repo = open_repo(repo).await?;
+        let repo = self.open_repo(repo).await?;
         crate::ops::gc::gc(&repo, self.index().await?, opts).await
     }
 
@@ -283,8 +319,8 @@ impl App {
         keep: Retention,
         dry_run: bool,
     ) -> Result<ForgetReport, OpError> {
-        let repo = open_repo(repo).await?;
-        crate::ops::gc::forget(&repo, name.as_str(), keep, dry_run).await
+        let repo = self.open_repo(repo).await?;
+        crate::ops::gc::forget(&repo, name, keep, dry_run).await
     }
 
     /// Every ref's snapshots, or one ref's.
@@ -293,18 +329,14 @@ impl App {
         repo: &StoreUrl,
         name: Option<&RefName>,
     ) -> Result<SnapshotsReport, OpError> {
-        let repo = open_repo(repo).await?;
-        crate::listing::snapshots(&repo, name.map(RefName::as_str)).await
+        let repo = self.open_repo(repo).await?;
+        crate::listing::snapshots(&repo, name).await
     }
 
     /// A snapshot's entries.
     pub async fn ls(&self, repo: &StoreUrl, spec: &str) -> Result<LsReport, OpError> {
-        crate::listing::ls(&open_repo(repo).await?, spec).await
+        crate::listing::ls(&self.open_repo(repo).await?, spec).await
     }
-}
-
-async fn open_repo(url: &StoreUrl) -> Result<Repository, OpError> {
-    Ok(Repository::open(Store::open(url, Access::Read)?).await?)
 }
 
 /// A config from the CLI's `--chunk-avg` and `--pack-size` (defaults when `None`).
@@ -335,31 +367,34 @@ fn check_outside_source(source: &str, repo: &str) -> Result<(), OpError> {
 
 type NativeStore = Option<std::sync::Arc<dyn crate::store::delta::DeltaStore>>;
 
-fn open_mirror_dest(dest: &StoreUrl, access: Access) -> Result<(Store, NativeStore), OpError> {
-    let store = Store::open(dest, access)?;
-    let native = store.delta()?;
-    Ok((store, native))
-}
-
 /// `ferry init`: the new repository.
 #[derive(Debug, Serialize)]
 pub struct InitReport {
+    /// The repository's URL.
     pub repo: String,
+    /// Its random id.
     pub id: String,
+    /// Average chunk size, in bytes.
     pub chunk_avg: u32,
+    /// Target pack size, in bytes.
     pub pack_size: u64,
 }
 
 /// `ferry commit`: what combining a sharded run did in each repository.
 #[derive(Debug, Serialize)]
 pub struct CommitReport {
+    /// The ref committed.
     pub name: String,
+    /// One entry per repository, in the order given.
     pub targets: Vec<CommitTarget>,
 }
 
+/// One repository's share of `ferry commit`.
 #[derive(Debug, Serialize)]
 pub struct CommitTarget {
+    /// The repository's URL.
     pub repo: String,
+    /// What the commit found and did there.
     #[serde(flatten)]
     pub report: ShardReport,
 }

@@ -28,7 +28,7 @@ impl RefName {
 }
 
 /// The id every shard of one sharded push or replication shares (e.g. a Kubernetes Job's
-/// uid): the same characters as a ref name ([`crate::repo::partial::check_run_id`]).
+/// uid): the same characters as a ref name (`repo::partial::check_run_id`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RunId(String);
@@ -65,6 +65,20 @@ macro_rules! name_impls {
         impl From<$t> for String {
             fn from(n: $t) -> String {
                 n.0
+            }
+        }
+
+        impl From<&$t> for String {
+            fn from(n: &$t) -> String {
+                n.0.clone()
+            }
+        }
+
+        /// The checked text, for code that only reads it.
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
             }
         }
 

@@ -1,7 +1,7 @@
 //! The serving side's looks at a ref for the daemon's pull jobs: a [`RefWatch`] opens the
 //! repository once, then each look is one GET of the ref's next log entry.
 
-use super::{open_repo, App, RefName};
+use super::{App, RefName};
 use crate::ops::OpError;
 use crate::repo::{RefEntry, Repository};
 use crate::store::StoreUrl;
@@ -17,7 +17,7 @@ impl App {
     /// Opens `repo` (reading its config) for repeated cheap looks at ref `name`.
     pub async fn watch_ref(&self, repo: &StoreUrl, name: &RefName) -> Result<RefWatch, OpError> {
         Ok(RefWatch {
-            repo: open_repo(repo).await?,
+            repo: self.open_repo(repo).await?,
             name: name.clone(),
         })
     }

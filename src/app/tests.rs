@@ -18,7 +18,7 @@ async fn a_push_fans_out_to_more_than_64_repositories() {
     let repos: Vec<StoreUrl> = (0..66)
         .map(|i| local(&dir.path().join(format!("repo-{i}"))))
         .collect();
-    let app = App::new(dir.path().join("index"), false);
+    let app = App::new(dir.path().join("index"), false, Settings::default());
     let name = RefName::parse("model").unwrap();
     let report = app
         .push(
@@ -52,7 +52,7 @@ async fn a_push_fans_out_to_more_than_64_repositories() {
 #[tokio::test]
 async fn a_repository_inside_its_source_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let app = App::new(dir.path().join("index"), false);
+    let app = App::new(dir.path().join("index"), false, Settings::default());
     let repo = dir.path().join("repo");
     let e = app
         .push(
@@ -66,4 +66,33 @@ async fn a_repository_inside_its_source_is_refused_before_anything_is_written() 
         .unwrap_err();
     assert!(e.to_string().contains("one is inside the other"), "{e}");
     assert!(!repo.exists());
+}
+
+/// The settings given to `App::new` are the ones its stores use (not the environment's): a
+/// fault rate of 1 fails `init` on a store that works with the defaults.
+#[tokio::test]
+async fn stores_are_opened_with_the_apps_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let url: StoreUrl = "memory://app-settings/repo".parse().unwrap();
+    let faults = crate::store::fault::FaultConfig {
+        rate: 1.0,
+        seed: 7,
+        max_latency: Duration::ZERO,
+        fail_first: 0,
+    };
+    let failing = Settings {
+        store: crate::store::StoreOptions {
+            faults: Some(faults),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = App::new(dir.path().join("index"), false, failing);
+    let config = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+    let err = app.init(&url, config.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("injected fault"), "{err}");
+
+    let app = App::new(dir.path().join("index"), false, Settings::default());
+    let report = app.init(&url, config).await.unwrap();
+    assert_eq!(report.repo, url.to_string());
 }

@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 pub struct ChunkerParams {
     /// Algorithm name; only `fastcdc-v2020` exists.
     pub algorithm: ChunkerAlgorithm,
+    /// Smallest chunk in bytes (except a file's last).
     pub min_size: u32,
+    /// Target average chunk size in bytes.
     pub avg_size: u32,
+    /// Largest chunk in bytes.
     pub max_size: u32,
     /// FastCDC normalization level (0–3).
     pub normalization: u8,
@@ -27,6 +30,7 @@ pub struct ChunkerParams {
 /// Chunking algorithms a repository may record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkerAlgorithm {
+    /// FastCDC as in the 2020 paper, as the `fastcdc` crate implements it.
     #[serde(rename = "fastcdc-v2020")]
     FastCdc2020,
 }
@@ -110,6 +114,7 @@ pub struct Chunker<R> {
 }
 
 impl<R: Read> Chunker<R> {
+    /// A chunker over `reader`, cutting with `params`.
     pub fn new(reader: R, params: ChunkerParams) -> Self {
         Self::with_buffer(reader, params, Vec::new())
     }
@@ -207,6 +212,7 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// Whether this is plain content-defined chunking (the default, left out of snapshots).
     pub fn is_cdc(&self) -> bool {
         *self == Layout::Cdc
     }

@@ -12,6 +12,7 @@ pub const MAX_HEADER: u64 = 100 << 20;
 /// A run of bytes chunked on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
+    /// Length in bytes.
     pub len: u64,
     /// Element width of the tensor (2 for F16/BF16, 4 for F32), or 1 when unknown.
     pub width: u8,

@@ -240,6 +240,7 @@ pub fn pull(r: &crate::ops::pull::PullReport) -> String {
     s
 }
 
+/// `ferry restore`'s report as text for people.
 pub fn restore(r: &RestoreReport) -> String {
     let mut s = String::new();
     for p in &r.replaced {

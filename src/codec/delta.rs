@@ -21,10 +21,18 @@ const SPARSE: u8 = 1;
 /// A delta payload that cannot be applied to its base.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeltaError {
+    /// The payload does not parse; what is wrong.
     #[error("delta payload is malformed: {0}")]
     Malformed(&'static str),
+    /// The payload was made for a base of another length.
     #[error("delta of {want} bytes applied to a base of {got} bytes")]
-    BaseLength { got: usize, want: usize },
+    BaseLength {
+        /// The base's length.
+        got: usize,
+        /// The length the payload expects.
+        want: usize,
+    },
+    /// The payload's zstd section is damaged.
     #[error("zstd section of a delta does not decompress")]
     Zstd,
 }
@@ -35,6 +43,7 @@ pub struct DeltaEncoder {
 }
 
 impl DeltaEncoder {
+    /// An encoder compressing at zstd `level`.
     pub fn new(level: i32) -> Self {
         Self {
             zstd: zstd::bulk::Compressor::new(level).ok(),

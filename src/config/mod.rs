@@ -23,21 +23,36 @@ pub const LOCAL_TOML: &str = include_str!("../../config/local.toml");
 /// Errors loading a config file. Each names the file, the key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file's path.
         path: String,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The TOML does not parse, or a value has the wrong type.
     #[error("{path}:{line}:{column}: {key}: {message}")]
     Parse {
+        /// The file's path.
         path: String,
+        /// Line of the error, from 1.
         line: usize,
+        /// Column of the error, from 1.
         column: usize,
+        /// The dotted key the error is at (empty at the top level).
         key: String,
+        /// What is wrong and how to fix it.
         message: String,
     },
+    /// The file parses, but values are invalid or inconsistent.
     #[error("{path}: {}", problems.join("; "))]
-    Invalid { path: String, problems: Vec<String> },
+    Invalid {
+        /// The file's path.
+        path: String,
+        /// Every problem found, each located at its key.
+        problems: Vec<String>,
+    },
 }
 
 /// A validated configuration.
@@ -45,8 +60,11 @@ pub enum ConfigError {
 pub struct Config {
     /// Where it came from (a path, or `<embedded config/local.toml>`), for messages.
     pub origin: String,
+    /// `[server]`.
     pub server: ServerConfig,
+    /// `[runner]`.
     pub runner: RunnerConfig,
+    /// `[[jobs]]` in file order; names are unique.
     pub jobs: Vec<JobConfig>,
     /// Things that load but are probably mistakes (`key: problem: fix`), e.g. a source
     /// folder that does not exist: `check-config` prints them, the daemon logs them.
@@ -56,6 +74,7 @@ pub struct Config {
 /// The HTTP server's settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Address the HTTP server listens on.
     pub bind: SocketAddr,
     /// Bearer token required by mutating endpoints; `None` leaves them open (loopback only).
     pub token: Option<Secret>,
@@ -71,7 +90,9 @@ pub struct ServerConfig {
 pub struct RunnerConfig {
     /// Attempts after the first, for transient errors.
     pub retries: u32,
+    /// Backoff before the first retry.
     pub retry_initial: Duration,
+    /// Largest backoff between retries.
     pub retry_max: Duration,
     /// How long an in-flight run may take to finish after SIGTERM before it is interrupted.
     pub shutdown_grace: Duration,
@@ -84,10 +105,12 @@ pub struct RunnerConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret read from the config or the environment.
     pub fn new(s: String) -> Self {
         Secret(s)
     }
 
+    /// The secret itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -102,9 +125,13 @@ impl std::fmt::Debug for Secret {
 /// One configured job.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
+    /// Unique job name: the key of its state in the local index, the API and the metrics.
     pub name: String,
+    /// What the job moves, from where.
     pub kind: JobKind,
+    /// Where the job sends it; at least one.
     pub targets: Vec<Target>,
+    /// What starts the job's runs.
     pub trigger: Trigger,
     /// Pending items a target may hold before the oldest are skipped.
     pub queue: usize,
@@ -115,21 +142,33 @@ pub struct JobConfig {
 pub enum JobKind {
     /// Source (folder or object prefix) → target repositories, under `reference`.
     Push {
+        /// The folder or object prefix to push.
         source: StoreUrl,
+        /// The ref the job's snapshots go under.
         reference: String,
+        /// Whether the source is one tree or a folder of checkpoint steps.
         layout: Layout,
+        /// When a tree or step counts as complete.
         complete: Completion,
         /// Each push is laid over the ref's head (`PushMode::Merge`): writers pushing
         /// different files into one ref (one sidecar per rank) keep each other's files.
         merge: bool,
     },
     /// Source repository → target repositories; `refs` empty means every ref.
-    Replicate { from: Target, refs: Vec<String> },
+    Replicate {
+        /// The source repository.
+        from: Target,
+        /// The refs to replicate; empty means every ref.
+        refs: Vec<String>,
+    },
     /// Source (folder or object prefix) → plain objects under each target prefix
     /// (`ferry mirror`), once the source tree is complete.
     Mirror {
+        /// The folder or object prefix to mirror.
         source: StoreUrl,
+        /// Whether destination objects missing from the source are deleted.
         delete: bool,
+        /// When the source tree counts as complete.
         complete: Completion,
     },
     /// A source repository's ref → versions in a local folder (`ferry pull`); the job's one
@@ -186,10 +225,12 @@ pub struct Completion {
 pub struct Pattern(String);
 
 impl Pattern {
+    /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// Whether `name` (one file name, no `/`) matches the whole pattern.
     pub fn matches(&self, name: &str) -> bool {
         glob(self.0.as_bytes(), name.as_bytes())
     }
@@ -210,7 +251,9 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 pub struct Target {
     /// The store name from `[stores]`, or the URL as written.
     pub label: String,
+    /// The target's store URL.
     pub url: StoreUrl,
+    /// Price of sending one GB to this target, for "egress cost avoided".
     pub egress_usd_per_gb: f64,
 }
 
@@ -219,6 +262,7 @@ pub struct Target {
 pub enum Trigger {
     /// Filesystem events on the source folder (pull jobs: a probe of the ref every `poll`).
     Watch,
+    /// At a fixed interval.
     Every(Duration),
     /// A cron schedule, evaluated in UTC; the text as written.
     Cron(Box<croner::Cron>, String),
@@ -280,6 +324,7 @@ impl Config {
         Ok(self)
     }
 
+    /// The job named `name`, if configured.
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|j| j.name == name)
     }

@@ -30,11 +30,13 @@ pub struct PullJob {
     pub dest: PathBuf,
     /// Complete versions kept, the live one among them (at least 1).
     pub keep: usize,
-    /// `--include` / `--exclude` globs, checked when the config loads.
+    /// `include` globs (as `--include`): only matching paths, checked when the config loads.
     pub include: Vec<String>,
+    /// `exclude` globs (as `--exclude`): matching paths left out.
     pub exclude: Vec<String>,
     /// With `watch = true`: how often the ref is probed for a new entry (one small read).
     pub poll: Duration,
+    /// What runs after each publish: a command and/or an HTTP POST.
     pub hooks: Hooks,
 }
 

@@ -17,11 +17,14 @@ const MIN_TOKEN_LEN: usize = 16;
 /// and the folder relative paths resolve against.
 #[derive(Debug, Clone)]
 pub struct Env {
+    /// The folder relative paths in the config resolve against.
     pub cwd: PathBuf,
+    /// Environment variables validation may read.
     pub vars: HashMap<String, String>,
 }
 
 impl Env {
+    /// The process's working folder and environment.
     pub fn from_process() -> Self {
         Env {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),

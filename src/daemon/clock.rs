@@ -32,10 +32,12 @@ pub struct ClockError {
 }
 
 impl Clock {
+    /// The system clock.
     pub fn real() -> Self {
         Self::fake(Utc::now(), 1.0)
     }
 
+    /// A clock starting at `start` and running `speed` times faster than real time (tests).
     pub fn fake(start: DateTime<Utc>, speed: f64) -> Self {
         Clock {
             inner: Arc::new(Inner {
@@ -61,6 +63,7 @@ impl Clock {
         Ok(Self::fake(start.with_timezone(&Utc), speed))
     }
 
+    /// The current time on this clock.
     pub fn now(&self) -> DateTime<Utc> {
         let real = self.inner.base.elapsed().as_secs_f64() * self.inner.speed;
         self.inner.base_wall + chrono::Duration::microseconds((real * 1e6) as i64)

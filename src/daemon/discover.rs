@@ -18,7 +18,7 @@ use super::Shared;
 use crate::config::{JobKind, Layout, Trigger};
 use crate::index::{ItemRecord, ItemState};
 use crate::repo::Repository;
-use crate::store::{Access, Store, StoreUrl};
+use crate::store::{Access, StoreUrl};
 
 /// Rescan this often even without filesystem events (events can be lost, e.g. on NFS).
 const SAFETY_RESCAN: Duration = Duration::from_secs(30);
@@ -290,7 +290,7 @@ pub(super) async fn seed_done(shared: &Arc<Shared>, job: &Arc<Job>) {
             continue;
         }
         let found = async {
-            let store = Store::open(&target.url, Access::Read)?;
+            let store = shared.app.open_store(&target.url, Access::Read)?;
             let repo = Repository::open(store).await?;
             let mut items = Vec::new();
             for entry in repo.ref_log(reference).await? {

@@ -12,14 +12,14 @@ mod discover;
 mod dropped;
 mod execute;
 mod hook;
-pub mod pull;
-pub mod retry;
+pub(crate) mod pull;
+pub(crate) mod retry;
 mod runner;
-pub mod scan;
-pub mod settle;
+pub(crate) mod scan;
+pub(crate) mod settle;
 mod sink;
-pub mod state;
-pub mod target;
+pub(crate) mod state;
+pub(crate) mod target;
 mod tree;
 mod views;
 
@@ -32,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, ClockError};
-pub use sink::metric;
-pub use state::{JobStatus, RunRecord, RunState, TargetStatus};
-pub use views::{render_status, RunFilter, Series, SyncReport, TriggerOutcome};
+pub(crate) use sink::metric;
+#[cfg(test)]
+use state::RunState;
+pub(crate) use state::{JobStatus, RunRecord};
+pub(crate) use views::{render_status, RunFilter, SyncReport, TriggerOutcome};
 
 use crate::app::App;
 use crate::config::{Config, JobKind, Layout, Trigger};
@@ -46,16 +48,23 @@ use target::{Pending, QueueRules};
 /// Errors starting or asking the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The local index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// An operation failed (the error names the object and the fix).
     #[error(transparent)]
     Op(#[from] crate::ops::OpError),
+    /// `ferry sync JOB` of a job the config does not have.
     #[error("no job named {name:?} in {origin}: the jobs are {known}")]
     NoSuchJob {
+        /// The name asked for.
         name: String,
+        /// The config's origin.
         origin: String,
+        /// The configured job names, comma-separated.
         known: String,
     },
+    /// A blocking task of the daemon failed to complete; the join error, as text.
     #[error("internal task failed: {0}")]
     Join(String),
 }
@@ -112,7 +121,9 @@ impl Daemon {
         clock: Clock,
         mode: Mode,
     ) -> Result<Daemon, DaemonError> {
-        let app = App::new(index_dir.to_path_buf(), false);
+        // The daemon's edge: the environment's store and mirror settings, read once.
+        let settings = crate::app::Settings::from_env().map_err(crate::ops::OpError::from)?;
+        let app = App::new(index_dir.to_path_buf(), false, settings);
         let index = app.index().await?.clone();
         let log = blocking(move || index.job_log()).await??;
         let jobs: Vec<Arc<Job>> = config
@@ -206,10 +217,12 @@ impl Daemon {
             })
     }
 
+    /// The config the daemon runs.
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
 
+    /// The clock schedules are evaluated on.
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
     }
@@ -278,11 +291,13 @@ impl Daemon {
         })
     }
 
+    /// Every job's status now, in config order.
     pub fn jobs(&self) -> Vec<JobStatus> {
         let now = self.shared.clock.now_ms();
         self.shared.jobs.iter().map(|j| j.status(now)).collect()
     }
 
+    /// The status of the job named `name`, if configured.
     pub fn job(&self, name: &str) -> Option<JobStatus> {
         let now = self.shared.clock.now_ms();
         self.find(name).ok().map(|j| j.status(now))

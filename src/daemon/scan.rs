@@ -46,7 +46,6 @@ impl Fingerprint {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub item: String,
-    pub path: PathBuf,
     pub fingerprint: Fingerprint,
     /// A file matching the marker pattern is in the checkpoint's top folder.
     pub marker: bool,
@@ -88,7 +87,6 @@ pub fn scan(
         };
         Ok(Candidate {
             item,
-            path,
             fingerprint: fp,
             marker,
         })
@@ -278,11 +276,6 @@ impl Settler {
             }
         }
         d
-    }
-
-    /// Forgets a checkpoint (pushed, or handled): it will settle from scratch if it changes.
-    pub fn forget(&mut self, item: &str) {
-        self.seen.remove(item);
     }
 }
 

@@ -11,7 +11,7 @@ use super::scan::Waiting;
 use super::settle::FileSettler;
 use crate::config::{JobConfig, JobKind, Target};
 
-pub use super::target::{FailureInfo, OpenRun, Pending, Retry, TargetLive, Totals};
+pub use super::target::{TargetLive, Totals};
 
 /// Version of the persisted [`RunRecord`] encoding.
 pub const RUN_RECORD_VERSION: u8 = 1;

@@ -332,6 +332,7 @@ impl TargetLive {
     }
 
     /// The run record still open from earlier attempts.
+    #[cfg(test)]
     pub fn open_run(&self) -> Option<OpenRun> {
         self.open_run
     }

@@ -62,7 +62,12 @@ pub(super) fn age(path: &Path) {
 }
 
 pub(super) async fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
-    let store = Store::open(&crate::store::StoreUrl::Local(repo.into()), Access::Read).unwrap();
+    let store = Store::open_with(
+        &crate::store::StoreUrl::Local(repo.into()),
+        Access::Read,
+        &Default::default(),
+    )
+    .unwrap();
     let repo = Repository::open(store).await.unwrap();
     let mut out = Vec::new();
     for e in repo.ref_log(name).await.unwrap() {
@@ -275,9 +280,10 @@ from = "$DIR/repo"
 targets = ["$DIR/mirror"]
 cron = "30 2 * * *"
 "#;
-    // 02:29:00 at 3600x: the hourly job fires after one real second, the nightly one at
-    // 02:30 (a sixtieth of a second later): replicating whatever the hourly push made.
-    let clock = Clock::parse("2026-03-01T02:29:00Z@3600").unwrap();
+    // 02:20:00 at 3600x: the hourly job fires after one real second, the nightly one at
+    // 02:30 (a sixth of a second later: opening the daemon must not take it past 02:30, or
+    // the next fire is a day away): replicating whatever the hourly push made.
+    let clock = Clock::parse("2026-03-01T02:20:00Z@3600").unwrap();
     let d = Daemon::open(w.config(job), &w.path("index"), clock, Mode::Daemon)
         .await
         .unwrap();

@@ -28,7 +28,12 @@ settle = "1h"
 
 /// The head snapshot of `data`: each file's whole-file BLAKE3 by path.
 async fn head_files(w: &World) -> BTreeMap<String, String> {
-    let store = Store::open(&StoreUrl::Local(w.path("repo")), Access::Read).unwrap();
+    let store = Store::open_with(
+        &StoreUrl::Local(w.path("repo")),
+        Access::Read,
+        &Default::default(),
+    )
+    .unwrap();
     let repo = Repository::open(store).await.unwrap();
     let head = repo.ref_head("data").await.unwrap().expect("a head");
     let snap = repo.read_snapshot(&head.snapshot).await.unwrap();

@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 
 use super::{Index, IndexError};
+use crate::ids::FileHash;
 
 /// v2 added ctime and inode; a v1 record reads as "no record" (the file is cut again).
 const RECORD_VERSION: u8 = 2;
@@ -31,7 +32,7 @@ pub struct MirrorRecord {
     /// The destination object's etag after the write (without quotes).
     pub dest_etag: String,
     /// Whole-file BLAKE3.
-    pub blake3: [u8; 32],
+    pub blake3: FileHash,
     /// The object's chunks in order: (BLAKE3, length).
     pub chunks: Vec<([u8; 32], u64)>,
 }
@@ -127,7 +128,7 @@ fn encode(r: &MirrorRecord) -> Vec<u8> {
         None => v.push(0),
     }
     put_str(&mut v, &r.dest_etag);
-    v.extend_from_slice(&r.blake3);
+    v.extend_from_slice(&r.blake3.0);
     v.extend_from_slice(&(r.chunks.len() as u32).to_le_bytes());
     for (h, len) in &r.chunks {
         v.extend_from_slice(h);
@@ -185,7 +186,7 @@ fn decode(v: &[u8]) -> Option<MirrorRecord> {
         _ => return None,
     };
     let dest_etag = r.str()?;
-    let blake3 = r.hash()?;
+    let blake3 = FileHash(r.hash()?);
     let n = r.u32()? as usize;
     if r.0.len() != n.checked_mul(40)? {
         return None;
@@ -222,7 +223,7 @@ mod tests {
             ino: 77,
             source_etag: Some("\"abc\"".into()),
             dest_etag: "etag-1".into(),
-            blake3: [7; 32],
+            blake3: FileHash([7; 32]),
             chunks: vec![([1; 32], 1 << 20), ([2; 32], 2 << 20)],
         };
         cache.put("a/b.bin", &rec).unwrap();

@@ -9,16 +9,16 @@
 //! - `files/<source key>`: relative path → size, mtime, ctime, inode, etag, mode, BLAKE3,
 //!   chunk list
 //! - `replicated/<from id>/<to id>`: snapshot id → () once replicated
-//! - `jobs/items`, `jobs/runs`: the daemon's work items and run history ([`jobs`])
-//! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote ([`mirror`])
+//! - `jobs/items`, `jobs/runs`: the daemon's work items and run history (`jobs.rs`)
+//! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote (`mirror.rs`)
 
 mod jobs;
 mod lock;
 mod mirror;
 
-pub use jobs::{ItemRecord, ItemState, JobLog};
-pub use lock::{Holder, TemporaryIndex};
-pub use mirror::{MirrorCache, MirrorRecord};
+pub(crate) use jobs::{ItemRecord, ItemState, JobLog};
+pub(crate) use lock::{Holder, TemporaryIndex};
+pub(crate) use mirror::{MirrorCache, MirrorRecord};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,14 +35,32 @@ const VERSION_KEY: &[u8] = b"ferry-index-version";
 /// Errors opening or using the index.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    /// The sled database would not open.
     #[error("cannot open the local index at {path}: {source} (the index is only a cache, so a damaged one can be deleted)")]
-    Open { path: PathBuf, source: sled::Error },
+    Open {
+        /// The index folder.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// Another process holds the index.
     #[error("the local index at {path} is in use by {holder}: pass --index-dir DIR (or set FERRY_INDEX_DIR) to use another one, or stop that process")]
-    Locked { path: PathBuf, holder: Holder },
+    Locked {
+        /// The index folder.
+        path: PathBuf,
+        /// Which process holds it.
+        holder: Holder,
+    },
+    /// A read or write of the open database failed.
     #[error(
         "local index at {path}: {source} (it is only a cache: delete the folder to rebuild it)"
     )]
-    Db { path: PathBuf, source: sled::Error },
+    Db {
+        /// The index folder.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
 }
 
 /// The local index.
@@ -55,14 +73,18 @@ pub struct Index {
 /// Where a chunk is stored in one repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLocation {
+    /// The pack holding the chunk.
     pub pack: PackId,
+    /// The chunk's frame in that pack.
     pub entry: PackEntry,
 }
 
 /// What the index remembers about one source file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedFile {
+    /// Size in bytes when last pushed.
     pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     /// Status-change time (local files; 0 for objects): an mtime put back by `cp -p` or
     /// `rsync -a` does not put it back.
@@ -71,9 +93,13 @@ pub struct CachedFile {
     pub ino: u64,
     /// Object etag for object sources.
     pub etag: Option<String>,
+    /// Unix permission bits.
     pub mode: u32,
+    /// Whole-file BLAKE3.
     pub blake3: ChunkId,
+    /// How the file was cut.
     pub layout: Layout,
+    /// The file's chunks in order, as in the snapshot.
     pub chunks: Vec<ChunkRef>,
 }
 
@@ -199,6 +225,7 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether `snapshot` was already replicated from repository `from` to `to` (repository ids).
     pub fn is_replicated(
         &self,
         from: &str,
@@ -262,10 +289,12 @@ impl RepoIndex {
         }
     }
 
+    /// Whether this repository holds the chunk, as far as the index knows.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, IndexError> {
         self.chunks.contains_key(id.0).map_err(|e| self.err(e))
     }
 
+    /// Where this repository holds the chunk, as far as the index knows.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>, IndexError> {
         let Some(v) = self.chunks.get(id.0).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -273,10 +302,12 @@ impl RepoIndex {
         Ok(decode_location(id, &v))
     }
 
+    /// Whether the pack's index was loaded into this tree.
     pub fn has_pack(&self, id: &PackId) -> Result<bool, IndexError> {
         self.packs.contains_key(id.0).map_err(|e| self.err(e))
     }
 
+    /// Every pack whose index was loaded into this tree.
     pub fn packs(&self) -> Result<Vec<PackId>, IndexError> {
         self.packs
             .iter()
@@ -286,6 +317,7 @@ impl RepoIndex {
             .map_err(|e| self.err(e))
     }
 
+    /// Number of chunks known in this repository.
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
     }
@@ -408,6 +440,7 @@ impl FileCache {
         }
     }
 
+    /// What the index remembers about the file at `rel_path`, if anything.
     pub fn get(&self, rel_path: &str) -> Result<Option<CachedFile>, IndexError> {
         let v = self
             .tree
@@ -416,6 +449,7 @@ impl FileCache {
         Ok(v.and_then(|v| decode_file(&v)))
     }
 
+    /// Remembers `file` for `rel_path`, replacing what was there.
     pub fn put(&self, rel_path: &str, file: &CachedFile) -> Result<(), IndexError> {
         self.tree
             .insert(rel_path.as_bytes(), encode_file(file))

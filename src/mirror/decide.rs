@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use crate::ids::FileHash;
 use crate::index::MirrorRecord;
 use crate::mirror::plan::{self, Base, Chunk, Plan};
 use crate::mirror::Action;
@@ -35,7 +36,7 @@ pub struct Listed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cut {
     pub chunks: Vec<Chunk>,
-    pub blake3: [u8; 32],
+    pub blake3: FileHash,
     /// The sum of the chunks' lengths.
     pub size: u64,
 }
@@ -43,7 +44,7 @@ pub struct Cut {
 impl Cut {
     /// The whole-file BLAKE3 as lowercase hex, as stored in object metadata.
     pub fn hex(&self) -> String {
-        blake3::Hash::from_bytes(self.blake3).to_hex().to_string()
+        self.blake3.to_hex()
     }
 }
 

@@ -7,7 +7,7 @@
 //!   the destination listing;
 //! * a new file is uploaded whole;
 //! * a changed file is cut by the chunker and planned against what the destination holds
-//!   ([`plan`]): on Azure only blocks the blob lacks are staged and `Put Block List`
+//!   (`plan.rs`): on Azure only blocks the blob lacks are staged and `Put Block List`
 //!   re-commits the rest; on S3 a multipart upload copies unchanged ranges of the previous
 //!   object server-side ([`crate::store::delta`]). Local folders get whole files (written atomically).
 //!
@@ -16,30 +16,27 @@
 //! uploaded whole. The whole-file BLAKE3 is stored as object metadata, which
 //! [`verify_mirror`] compares.
 //!
-//! The module is split by job: [`decide`] is the per-file policy (pure, property-tested);
+//! The module is split by job: `decide` is the per-file policy (pure, property-tested);
 //! `run.rs` the orchestration (listing, the unchanged fast path, files in flight, deletes,
 //! the report); `file.rs` one file's journey (cut, probe, decision, write, record);
 //! `parts.rs` the I/O adapters (reading the source and its parts, checked against the cut);
 //! `local.rs` whole files into local folders; `verify.rs` `verify --mirror`.
 
-pub mod decide;
+pub(crate) mod decide;
 mod file;
 mod local;
 mod parts;
-pub mod plan;
+pub(crate) mod plan;
 mod run;
 mod verify;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::path::Path as ObjPath;
 use serde::Serialize;
 
-use crate::index::Index;
-use crate::ops::source::Source;
 use crate::ops::OpError;
-use crate::store::delta::{DeltaStore, NativeError};
+use crate::store::delta::NativeError;
 use crate::store::key::{key_at, KeyError};
 use crate::store::Store;
 
@@ -130,8 +127,11 @@ pub enum Action {
 /// One object written (or, in a dry run, that would be).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileAction {
+    /// The object's key below the destination prefix.
     pub path: String,
+    /// What was done to it.
     pub action: Action,
+    /// The file's size in bytes.
     pub size: u64,
     /// Bytes sent for it (planned, in a dry run).
     pub sent: u64,
@@ -143,15 +143,25 @@ pub struct FileAction {
 /// What a mirror run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MirrorReport {
+    /// The source's URL.
     pub source: String,
+    /// The destination's URL.
     pub dest: String,
+    /// Whether this was a dry run (nothing written).
     pub dry_run: bool,
+    /// Files in the source.
     pub files: u64,
+    /// Files the destination already held as they are.
     pub unchanged: u64,
+    /// Objects created.
     pub created: u64,
+    /// Objects updated from kept parts of their previous version plus new bytes.
     pub updated: u64,
+    /// Objects uploaded whole over a previous version.
     pub replaced: u64,
+    /// Objects already holding the content, only recorded.
     pub adopted: u64,
+    /// Objects deleted (`--delete`).
     pub deleted: u64,
     /// Symlinks: objects have no such thing. (A file whose name the destination cannot
     /// hold is not skipped: the run fails listing it, after mirroring everything else.)
@@ -162,22 +172,8 @@ pub struct MirrorReport {
     pub bytes_sent: u64,
     /// Bytes the destination reused from previous versions (server-side copy or re-commit).
     pub bytes_kept: u64,
+    /// One entry per object not left unchanged.
     pub actions: Vec<FileAction>,
-}
-
-/// Mirrors `source` to `dest` with the settings of the process environment
-/// ([`MirrorSettings::from_env`]); see [`mirror_with`]. To be removed (issue 13) once the
-/// CLI and the daemon resolve the settings at their edge and call [`mirror_with`].
-pub async fn mirror(
-    source: &Source,
-    dest: &Store,
-    native: Option<Arc<dyn DeltaStore>>,
-    index: &Index,
-    opts: MirrorOptions,
-    progress: bool,
-) -> Result<MirrorReport, OpError> {
-    let settings = MirrorSettings::from_env();
-    mirror_with(source, dest, native, index, opts, &settings, progress).await
 }
 
 /// The key of `rel` at `dest`, exactly the name, or why `dest` cannot hold it.

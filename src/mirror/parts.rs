@@ -13,6 +13,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 
 use crate::chunker::{cut_file, ChunkerParams};
+use crate::ids::FileHash;
 use crate::mirror::decide::Cut;
 use crate::mirror::plan::Chunk;
 use crate::ops::hasher::FileHasher;
@@ -161,8 +162,8 @@ pub(super) fn cut_blocking(
     )
     .map_err(describe)?;
     let blake3 = match &threaded {
-        Some(h) => h.finish().map_err(describe)?.0,
-        None => *inline.finalize().as_bytes(),
+        Some(h) => FileHash(h.finish().map_err(describe)?.0),
+        None => FileHash::from(inline.finalize()),
     };
     let size = chunks.iter().map(|c| c.len).sum();
     if size != file.size {

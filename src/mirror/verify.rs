@@ -16,18 +16,26 @@ use crate::store::Store;
 /// `ferry verify --mirror`: one object that does not match its source.
 #[derive(Debug, Clone, Serialize)]
 pub struct Mismatch {
+    /// The file's path in the source.
     pub path: String,
+    /// What does not match.
     pub problem: String,
 }
 
 /// What `verify --mirror` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyMirrorReport {
+    /// The source's URL.
     pub source: String,
+    /// The destination's URL.
     pub dest: String,
+    /// Files in the source.
     pub files: u64,
+    /// Objects that match their source file.
     pub matched: u64,
+    /// One entry per object that does not.
     pub mismatches: Vec<Mismatch>,
+    /// Whether every file matched.
     pub ok: bool,
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::app::RefName;
 use crate::ids::{ChunkId, PackId, SnapshotId};
 use crate::index::{ChunkLocation, Index};
 use crate::ops::fetch::{fetch, plan, Want};
@@ -36,39 +37,57 @@ pub struct GcOptions {
     /// Minimum age of a pack before it is marked, and of a mark before the pack is deleted.
     /// Must exceed the longest push.
     pub grace: Duration,
+    /// Report what would be marked and deleted, and change nothing.
     pub dry_run: bool,
 }
 
 /// What gc found and did (or would do, with `dry_run`).
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
+    /// The repository's URL.
     pub repo: String,
+    /// Whether this was a dry run (nothing changed).
     pub dry_run: bool,
+    /// The grace period, in seconds.
     pub grace_secs: u64,
+    /// Snapshots some ref names.
     pub snapshots_live: u64,
+    /// Snapshots no ref names, deleted.
     pub snapshots_deleted: u64,
+    /// Packs listed in the repository.
     pub packs_total: u64,
+    /// Packs marked for deletion this run (`gc/<pack id>`).
     pub packs_marked: u64,
     /// Of `packs_marked`: live packs whose every live chunk another pack also holds
     /// (duplicates left by concurrent pushes), and damaged packs no longer needed.
     pub packs_redundant: u64,
+    /// Marked packs a run needed again, whose mark was removed.
     pub packs_unmarked: u64,
+    /// Packs deleted (marked longer than the grace period ago).
     pub packs_deleted: u64,
+    /// Packs whose live chunks were copied into new packs, so the old ones can go.
     pub packs_rewritten: u64,
+    /// Packs without a pack index (left by interrupted writers) older than the grace period, deleted.
     pub orphans_deleted: u64,
     /// Committed sharded runs (pushes and replications) whose pointers and marker were
     /// deleted: committed longer ago than the grace period.
     pub runs_pruned: u64,
+    /// Objects of pruned runs deleted (pointers and markers).
     pub run_objects_deleted: u64,
+    /// Bytes of the deleted packs.
     pub bytes_deleted: u64,
+    /// Live chunks copied by rewrites.
     pub chunks_rewritten: u64,
+    /// The uploads of rewritten packs.
     pub rewrite: UploadStats,
+    /// Wall-clock time of the run, in seconds.
     pub duration_secs: f64,
 }
 
 /// Live chunks below this share of a pack's bytes make it a rewrite candidate.
 const REWRITE_BELOW: f64 = 0.5;
 
+/// Two-phase garbage collection (see ARCHITECTURE.md): marks packs no live snapshot needs, deletes packs marked more than `grace` ago, rewrites packs that are mostly dead.
 pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcReport, OpError> {
     let started = Instant::now();
     let now = SystemTime::now();
@@ -444,12 +463,18 @@ pub struct Retention {
     pub keep_every: Option<u64>,
 }
 
+/// What `forget` kept and removed from one ref's log.
 #[derive(Debug, Serialize)]
 pub struct ForgetReport {
+    /// The repository's URL.
     pub repo: String,
+    /// The ref name.
     pub name: String,
+    /// Whether this was a dry run (nothing deleted).
     pub dry_run: bool,
+    /// Sequence numbers of the entries kept.
     pub kept: Vec<u64>,
+    /// Sequence numbers of the entries deleted (or to delete, with `dry_run`).
     pub forgotten: Vec<u64>,
 }
 
@@ -458,7 +483,7 @@ pub struct ForgetReport {
 /// garbage for a later `gc` unless another ref names them.
 pub async fn forget(
     repo: &Repository,
-    name: &str,
+    name: &RefName,
     keep: Retention,
     dry_run: bool,
 ) -> Result<ForgetReport, OpError> {

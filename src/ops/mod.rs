@@ -1,24 +1,24 @@
 //! The operations behind the CLI: push, restore, replicate, verify and listings. Each takes
 //! opened stores and the local index and returns a serializable report.
 
-pub mod fetch;
+pub(crate) mod fetch;
 pub mod gc;
 pub(crate) mod hasher;
 pub mod pull;
 pub mod push;
 mod push_read;
-pub mod ref_log;
-pub mod repair;
-pub mod replicate;
+pub(crate) mod ref_log;
+pub(crate) mod repair;
+pub(crate) mod replicate;
 pub mod restore;
 pub(crate) mod restore_local;
 pub mod select;
 pub mod shard;
-pub mod source;
-pub mod sync;
-pub mod targets;
-pub mod uploader;
-pub mod verify;
+pub(crate) mod source;
+pub(crate) mod sync;
+pub(crate) mod targets;
+pub(crate) mod uploader;
+pub(crate) mod verify;
 
 use crate::chunker::ChunkerParamsError;
 use crate::ids::ChunkId;
@@ -32,94 +32,187 @@ use crate::store::StoreError;
 /// [`OpError::transience`] says whether trying again may help.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
+    /// A repository object could not be read, written or trusted.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// A store call failed (status and transience inside).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A native cloud write (block lists, part copies) failed.
     #[error(transparent)]
     Native(#[from] NativeError),
+    /// The local index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The repository's chunker parameters are invalid.
     #[error(transparent)]
     Chunker(#[from] ChunkerParamsError),
+    /// An object key no store can hold.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// Source names the destination cannot hold, listed after the rest of the run.
     #[error(transparent)]
     Names(#[from] UnholdableNames),
+    /// A local file or folder could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder, as the user named it.
         path: String,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
     /// A source object whose key is no relative path ferry can record (`..`, empty parts).
     #[error("{path}: {why}: ferry records relative paths only; rename the object")]
-    SourcePath { path: String, why: &'static str },
+    SourcePath {
+        /// The object's key in the source.
+        path: String,
+        /// Which part of the key is not a relative path.
+        why: &'static str,
+    },
     /// A source object whose key no store can hold as it is.
     #[error("{path}: {source}")]
     SourceKey {
+        /// The object's key in the source.
         path: String,
+        /// Why no store can hold it.
         #[source]
         source: KeyError,
     },
     /// A source file or folder whose name is not UTF-8.
     #[error("{path}: file name is not UTF-8; ferry stores UTF-8 paths: rename it")]
-    NonUtf8Name { path: String },
+    NonUtf8Name {
+        /// The path as the OS gave it (lossily decoded).
+        path: String,
+    },
     /// A source symlink whose target is not UTF-8.
     #[error("{path}: symlink target is not UTF-8; ferry stores UTF-8 paths: point it elsewhere")]
-    NonUtf8Target { path: String },
+    NonUtf8Target {
+        /// The symlink's path.
+        path: String,
+    },
     /// A source file kept changing while it was read (twice): nothing was recorded for it.
     /// Transient: once the writer is done, the same push succeeds.
     #[error("{path} changed while it was being read ({what}), twice in a row: no snapshot was written; push again once the file is complete (the daemon retries by itself)")]
-    SourceChanged { path: String, what: String },
+    SourceChanged {
+        /// The file's path in the source.
+        path: String,
+        /// What differed between the looks before and after the read.
+        what: String,
+    },
     /// A file mirrored had another size than listed once read. Transient: the rerun lists
     /// it again.
     #[error("{path}: it changed while being read ({listed} bytes listed, {read} read): rerun the mirror")]
     MirrorSourceChanged {
+        /// The file's path in the source.
         path: String,
+        /// Its size in the listing, in bytes.
         listed: u64,
+        /// The bytes actually read.
         read: u64,
     },
     /// A pack `ferry repair` marked damaged, or a gc marked for deletion, is needed by the
     /// snapshot about to be written. Transient: the rerun uploads those chunks anew.
     #[error("{} pack {pack} in {repo} {} while this run relied on it; run again (the affected chunks will be uploaded anew)", .why.who(), .why.what())]
     PackWithdrawn {
+        /// The pack id.
         pack: String,
+        /// The repository's URL.
         repo: String,
+        /// Damaged (`bad/`) or gc-marked (`gc/`).
         why: Withdrawn,
     },
     /// A restored file's bytes hash to another BLAKE3 than the snapshot records.
     #[error("{path}: restored content hashes to {got}, the snapshot says {want}")]
     RestoredMismatch {
+        /// The restored file's path in the snapshot.
         path: String,
+        /// BLAKE3 of the bytes written.
         got: ChunkId,
+        /// BLAKE3 the snapshot records for the file.
         want: ChunkId,
     },
+    /// A snapshot path restore refuses to write: absolute, `..`, empty parts, NUL.
     #[error("refusing to restore {path:?}: {why}")]
-    Unsafe { path: String, why: String },
+    UnsafePath {
+        /// The entry's path as recorded in the snapshot.
+        path: String,
+        /// Which rule it breaks.
+        why: &'static str,
+    },
+    /// A snapshot entry below a symlink (the snapshot's own, or one at the destination).
+    #[error("refusing to restore {path:?}: {link} is a symlink; restore never writes through one")]
+    ThroughSymlink {
+        /// The entry's path as recorded in the snapshot.
+        path: String,
+        /// The symlink, as the message shows it.
+        link: String,
+    },
+    /// A snapshot symlink with an empty target or one containing NUL.
+    #[error("refusing to restore {path:?}: symlink target {target:?} is invalid")]
+    BadSymlinkTarget {
+        /// The symlink's path as recorded in the snapshot.
+        path: String,
+        /// Its recorded target.
+        target: String,
+    },
+    /// A folder at the destination where the snapshot has a file or symlink.
+    #[error(
+        "refusing to restore {path:?}: {folder} is a folder; move it away or restore elsewhere"
+    )]
+    FolderInTheWay {
+        /// The entry's path as recorded in the snapshot.
+        path: String,
+        /// The folder at the destination.
+        folder: String,
+    },
+    /// Two repositories of one push cut chunks differently, so one chunk list cannot serve both.
     #[error("{a} and {b} use different chunker parameters: push to them separately, or replicate between repositories with the same parameters")]
-    ChunkerMismatch { a: String, b: String },
+    ChunkerMismatch {
+        /// The first repository's URL.
+        a: String,
+        /// The repository whose parameters differ.
+        b: String,
+    },
     /// `init --pack-size` outside [`crate::repo::config::PACK_SIZE_RANGE`].
     #[error(
         "pack size {size} is out of range: choose between 1MiB and 1GiB (e.g. --pack-size 32MiB)"
     )]
-    PackSizeOutOfRange { size: u64 },
+    PackSizeOutOfRange {
+        /// The requested pack size, in bytes.
+        size: u64,
+    },
     /// A push to no repository.
     #[error("push takes 1 or more repositories, not {count}")]
-    TargetCount { count: usize },
+    TargetCount {
+        /// How many repositories were given.
+        count: usize,
+    },
     /// A repository inside the source it would push (or the reverse).
     #[error("cannot push {source_url} into {repo}: one is inside the other; choose a repository outside the source")]
-    RepoInsideSource { source_url: String, repo: String },
+    RepoInsideSource {
+        /// The source's URL.
+        source_url: String,
+        /// The repository's URL.
+        repo: String,
+    },
     /// A mirror destination inside its source (or the reverse).
     #[error("cannot mirror {source_url} to {dest}: one is inside the other; choose a destination outside the source")]
-    MirrorInsideSource { source_url: String, dest: String },
+    MirrorInsideSource {
+        /// The source's URL.
+        source_url: String,
+        /// The destination's URL.
+        dest: String,
+    },
     /// `mirror --delete` from a source that lists nothing: most likely an unmounted folder or
     /// a wrong prefix, not a wish to delete everything.
     #[error("{source_url} lists no files: refusing --delete, which would remove all {objects} objects under {dest} (is the folder mounted, the prefix right?)")]
     DeleteEverything {
+        /// The source's URL.
         source_url: String,
+        /// How many objects the destination holds under its prefix.
         objects: usize,
+        /// The destination's URL.
         dest: String,
     },
     /// `forget --keep-last 0` with `--keep-every`.
@@ -127,45 +220,64 @@ pub enum OpError {
         "deleting a ref keeps nothing: drop --keep-every, or keep the newest with --keep-last 1"
     )]
     KeepEveryWithoutKeep,
+    /// `forget --keep-every 0`: every step needs at least one snapshot between kept ones.
     #[error("--keep-every must be at least 1")]
     KeepEveryZero,
     /// `ferry commit` of a run no shard pushed to.
     #[error("run {run:?} of ref {name:?} has no partial snapshots in {repo}: push with --shard I/N --run {run} first")]
     NoPartials {
+        /// The run id.
         run: String,
+        /// The ref name.
         name: String,
+        /// The repository's URL.
         repo: String,
     },
     /// The partial snapshots of one sharded push disagree on N.
     #[error("run {run:?} of ref {name:?} in {repo} mixes shard counts: give every shard of a run the same N, or start a new run id")]
     MixedShardCounts {
+        /// The run id.
         run: String,
+        /// The ref name.
         name: String,
+        /// The repository's URL.
         repo: String,
     },
     /// A sharded replication's shard given another N than its run's plan.
     #[error("run {run:?} in {repo} was planned with {planned} shards, not {given}: give every shard of a run the same N, or start a new run id")]
     ShardCountMismatch {
+        /// The run id.
         run: String,
+        /// The target repository's URL.
         repo: String,
+        /// The shard count in the run's plan.
         planned: u32,
+        /// The shard count this shard was started with.
         given: u32,
     },
     /// A sharded replication's run id reused for another source repository.
     #[error("run {run:?} in {repo} replicates another source repository than {from}: give each replication its own run id")]
     RunFromOtherSource {
+        /// The run id.
         run: String,
+        /// The target repository's URL.
         repo: String,
+        /// The source repository this shard was given.
         from: String,
     },
     /// Every shard of a sharded replication reported done, yet a chunk is missing: the
     /// owning shard's copy was lost (or its pack marked) after it reported.
     #[error("chunk {chunk} is missing from {repo} although every shard of run {run:?} reported done: rerun shard {owner}/{count} with --run {run}")]
     ShardChunkMissing {
+        /// The missing chunk.
         chunk: ChunkId,
+        /// The target repository's URL.
         repo: String,
+        /// The run id.
         run: String,
+        /// The shard (1-based) whose part of the plan holds the chunk.
         owner: u32,
+        /// The run's shard count.
         count: u32,
     },
     /// A broken internal invariant: a bug in ferry, not in the input.
@@ -174,10 +286,13 @@ pub enum OpError {
     /// A blocking or spawned task was cancelled (a panic is resumed, never turned into this).
     #[error("internal task failed: {0}")]
     Join(#[source] tokio::task::JoinError),
+    /// The caller cancelled the operation (daemon shutdown).
     #[error("cancelled")]
     Cancelled,
+    /// `ferry pull` refused or failed (its destination folder named inside).
     #[error(transparent)]
     Pull(#[from] pull::PullError),
+    /// An `--include` / `--exclude` glob is invalid or matches nothing.
     #[error(transparent)]
     Select(#[from] select::SelectError),
 }
@@ -207,7 +322,10 @@ impl OpError {
             | OpError::NonUtf8Name { .. }
             | OpError::NonUtf8Target { .. }
             | OpError::RestoredMismatch { .. }
-            | OpError::Unsafe { .. }
+            | OpError::UnsafePath { .. }
+            | OpError::ThroughSymlink { .. }
+            | OpError::BadSymlinkTarget { .. }
+            | OpError::FolderInTheWay { .. }
             | OpError::ChunkerMismatch { .. }
             | OpError::Key(_)
             | OpError::Names(_)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::app::RefName;
 use crate::chunker::ChunkerParams;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
@@ -25,7 +26,7 @@ use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::Progress;
 use crate::repo::snapshot::{Entry, SNAPSHOT_VERSION};
-use crate::repo::{check_ref_name, Repository, Snapshot};
+use crate::repo::{Repository, Snapshot};
 
 /// Packs uploading at once per repository.
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -33,36 +34,54 @@ const UPLOADS_IN_FLIGHT: usize = 2;
 /// What a push did, overall and per repository.
 #[derive(Debug, Serialize)]
 pub struct PushReport {
+    /// The ref pushed to.
     pub name: String,
+    /// The source, as a store key.
     pub source: String,
+    /// Files in the source (read plus unchanged).
     pub files_total: u64,
+    /// Files read and cut.
     pub files_read: u64,
+    /// Files known unchanged from the local index, not read.
     pub files_unchanged: u64,
+    /// Bytes of all files in the source.
     pub bytes_total: u64,
+    /// Bytes read and cut.
     pub bytes_read: u64,
+    /// Chunks of all files in the snapshot.
     pub chunks_total: u64,
+    /// Chunks at least one repository lacked, compressed and sent.
     pub chunks_new: u64,
+    /// Chunks every repository already held.
     pub chunks_reused: u64,
+    /// Packs uploaded, summed over the repositories.
     pub packs_uploaded: u64,
+    /// Bytes of the packs uploaded, summed over the repositories.
     pub bytes_uploaded: u64,
+    /// Raw (uncompressed) bytes of the new chunks, counted once.
     pub bytes_new_logical: u64,
     /// Logical bytes of the tree over the raw bytes of new chunks.
     pub dedup_ratio: f64,
     /// Raw bytes of new chunks over their stored size.
     pub compression_ratio: f64,
+    /// Wall-clock time of the push, in seconds.
     pub duration_secs: f64,
+    /// One report per repository, in the order given.
     pub targets: Vec<TargetReport>,
 }
 
 /// One repository's share of a push.
 #[derive(Debug, Serialize)]
 pub struct TargetReport {
+    /// The repository's URL.
     pub repo: String,
+    /// The snapshot written.
     pub snapshot: SnapshotId,
     /// True when the tree equals the ref's current snapshot: nothing was written.
     pub unchanged: bool,
     /// True when the push initialized this repository.
     pub created: bool,
+    /// What was uploaded to this repository.
     #[serde(flatten)]
     pub stats: UploadStats,
     /// A sharded push: `snapshot` is this shard's partial; this says whether the run is
@@ -114,7 +133,7 @@ pub enum ChangeCheck {
 pub async fn push(
     source: &Source,
     targets: Vec<(Repository, bool)>,
-    name: &str,
+    name: &RefName,
     index: &Index,
     progress: bool,
 ) -> Result<PushReport, OpError> {
@@ -125,7 +144,7 @@ pub async fn push(
 pub async fn push_with(
     source: &Source,
     targets: Vec<(Repository, bool)>,
-    name: &str,
+    name: &RefName,
     index: &Index,
     progress: bool,
     mode: &PushMode,
@@ -149,14 +168,12 @@ pub async fn push_with(
 pub async fn push_checked(
     source: &Source,
     targets: Vec<(Repository, bool)>,
-    name: &str,
+    name: &RefName,
     index: &Index,
     progress: bool,
     mode: &PushMode,
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
-    check_ref_name(name)?;
-    mode.check()?;
     let started = Instant::now();
     let time = SystemTime::now();
     let (params, level) = common_format(&targets)?;

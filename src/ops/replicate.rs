@@ -12,6 +12,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::app::RunId;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{Index, RepoIndex};
 use crate::ops::fetch::{fetch, locate, plan, Want};
@@ -21,7 +22,6 @@ use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
 use crate::progress::Progress;
-use crate::repo::partial::check_run_id;
 use crate::repo::replicas::{PlannedRef, ReplicaPlan, ReplicaPointer};
 use crate::repo::{Repository, Snapshot};
 
@@ -29,7 +29,7 @@ use crate::repo::{Repository, Snapshot};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaShard {
     pub shard: Shard,
-    pub run: String,
+    pub run: RunId,
 }
 
 /// What one shard of a sharded replication found and did.
@@ -79,9 +79,6 @@ pub async fn replicate(
             a: from.url(),
             b: to.url(),
         });
-    }
-    if let Some(s) = sharded {
-        check_run_id(&s.run)?;
     }
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
@@ -247,7 +244,7 @@ async fn record_shard_done(
     chunks_owned: u64,
 ) -> Result<ReplicaShardReport, OpError> {
     to.write_replica_pointer(&ReplicaPointer {
-        run: s.run.clone(),
+        run: s.run.to_string(),
         shard: s.shard.index,
         of: s.shard.count,
     })
@@ -257,7 +254,7 @@ async fn record_shard_done(
         .filter(|i| !done.iter().any(|p| p.shard == *i && p.of == s.shard.count))
         .collect();
     Ok(ReplicaShardReport {
-        run: s.run.clone(),
+        run: s.run.to_string(),
         shard: s.shard,
         chunks_owned,
         missing,
@@ -287,7 +284,7 @@ async fn check_run_complete(
             return Err(OpError::ShardChunkMissing {
                 chunk: *c,
                 repo: to.url(),
-                run: s.run.clone(),
+                run: s.run.to_string(),
                 owner,
                 count: s.shard.count,
             });
@@ -346,7 +343,7 @@ async fn adopt_plan(
         None => {
             let refs = plan_refs(from, to, names, indexes).await?;
             to.plan_replica_once(&ReplicaPlan {
-                run: s.run.clone(),
+                run: s.run.to_string(),
                 of: s.shard.count,
                 from: from.id().to_string(),
                 refs,
@@ -356,7 +353,7 @@ async fn adopt_plan(
     };
     if plan.of != s.shard.count {
         return Err(OpError::ShardCountMismatch {
-            run: s.run.clone(),
+            run: s.run.to_string(),
             repo: to.url(),
             planned: plan.of,
             given: s.shard.count,
@@ -364,7 +361,7 @@ async fn adopt_plan(
     }
     if plan.from != from.id() {
         return Err(OpError::RunFromOtherSource {
-            run: s.run.clone(),
+            run: s.run.to_string(),
             repo: to.url(),
             from: from.url(),
         });

@@ -65,7 +65,9 @@ pub enum SpecialModes {
 /// How a restore treats the destination.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
+    /// What to do with files already at the destination.
     pub overwrite: Overwrite,
+    /// Whether setuid and setgid bits are applied.
     pub special_modes: SpecialModes,
     /// `--include` / `--exclude`: the paths taken (all by default).
     pub selection: crate::ops::select::Selection,
@@ -74,9 +76,13 @@ pub struct RestoreOptions {
 /// What a restore wrote.
 #[derive(Debug, Serialize)]
 pub struct RestoreReport {
+    /// The snapshot restored.
     pub snapshot: SnapshotId,
+    /// The destination's URL or path.
     pub destination: String,
+    /// The overwrite policy used.
     pub overwrite: Overwrite,
+    /// Files in the snapshot (restored or already there).
     pub files: u64,
     /// Files and symlinks already exactly as recorded: left untouched, not rewritten.
     pub unchanged: u64,
@@ -84,19 +90,26 @@ pub struct RestoreReport {
     pub replaced: Vec<String>,
     /// Existing files and symlinks left as they were (`--overwrite never`).
     pub kept: Vec<String>,
+    /// Bytes written to the destination.
     pub bytes_written: u64,
+    /// Bytes read from the repository (frames, as stored).
     pub bytes_downloaded: u64,
+    /// Chunks read and checked against their BLAKE3 id.
     pub chunks_verified: u64,
+    /// Wall-clock time of the restore, in seconds.
     pub duration_secs: f64,
 }
 
 /// Where restored files go.
 pub enum Destination {
+    /// A local folder.
     Local(PathBuf),
+    /// Plain objects under a store prefix.
     Objects(Store),
 }
 
 impl Destination {
+    /// The destination as a path or URL, for messages.
     pub fn describe(&self) -> String {
         match self {
             Destination::Local(p) => StoreUrl::Local(p.clone()).to_string(),
@@ -118,21 +131,21 @@ pub(crate) fn check_before_writing(snap: &Snapshot, dest: &Destination) -> Resul
         })
         .collect();
     for e in &snap.entries {
-        check_path(e.path()).map_err(|why| OpError::Unsafe {
+        check_path(e.path()).map_err(|why| OpError::UnsafePath {
             path: e.path().into(),
-            why: why.into(),
+            why,
         })?;
         if let Some(link) = linked_prefix(e.path(), &links) {
-            return Err(OpError::Unsafe {
+            return Err(OpError::ThroughSymlink {
                 path: e.path().into(),
-                why: format!("{link:?} is a symlink; restore never writes through one"),
+                link: format!("{link:?}"),
             });
         }
         if let Entry::Symlink { path, target } = e {
             if target.is_empty() || target.contains('\0') {
-                return Err(OpError::Unsafe {
+                return Err(OpError::BadSymlinkTarget {
                     path: path.clone(),
-                    why: format!("symlink target {target:?} is invalid"),
+                    target: target.clone(),
                 });
             }
         }

@@ -58,12 +58,9 @@ pub(crate) fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, OpError> {
 }
 
 pub(crate) fn through_link(rel: &str, link: &Path) -> OpError {
-    OpError::Unsafe {
+    OpError::ThroughSymlink {
         path: rel.into(),
-        why: format!(
-            "{} is a symlink; restore never writes through one",
-            link.display()
-        ),
+        link: link.display().to_string(),
     }
 }
 
@@ -120,12 +117,9 @@ pub(crate) async fn restore_local(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Existing::Absent,
         Err(e) => return Err(OpError::io(dest.display(), e)),
         Ok(meta) if meta.is_dir() => {
-            return Err(OpError::Unsafe {
+            return Err(OpError::FolderInTheWay {
                 path: file.path.into(),
-                why: format!(
-                    "{} is a folder; move it away or restore elsewhere",
-                    dest.display()
-                ),
+                folder: dest.display().to_string(),
             })
         }
         Ok(_) => match overwrite {
@@ -202,12 +196,9 @@ pub(crate) fn restore_link(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Existing::Absent,
         Err(e) => return Err(OpError::io(p.display(), e)),
         Ok(meta) if meta.is_dir() => {
-            return Err(OpError::Unsafe {
+            return Err(OpError::FolderInTheWay {
                 path: rel.into(),
-                why: format!(
-                    "{} is a folder; move it away or restore elsewhere",
-                    p.display()
-                ),
+                folder: p.display().to_string(),
             })
         }
         Ok(meta) => {

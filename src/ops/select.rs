@@ -15,10 +15,22 @@ use crate::repo::snapshot::{Entry, Snapshot};
 /// An invalid glob, or one that matches nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
+    /// A glob that does not parse.
     #[error("invalid glob {glob:?}: {reason}")]
-    Invalid { glob: String, reason: String },
+    Invalid {
+        /// The glob as given.
+        glob: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A glob no path of the snapshot matches (most likely a typo).
     #[error("{flag} {glob:?} matches no path of the snapshot (globs match paths from the snapshot's root, e.g. \"*.safetensors\" or \"optimizer/*\")")]
-    MatchesNothing { flag: &'static str, glob: String },
+    MatchesNothing {
+        /// `--include` or `--exclude`.
+        flag: &'static str,
+        /// The glob as given.
+        glob: String,
+    },
 }
 
 /// The parsed `--include` and `--exclude` globs.

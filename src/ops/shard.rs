@@ -13,10 +13,11 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::app::{RefName, RunId};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::ops::source::SourceEntry;
 use crate::ops::OpError;
-use crate::repo::partial::{check_run_id, CommitMarker, PartialEntry};
+use crate::repo::partial::{CommitMarker, PartialEntry};
 use crate::repo::snapshot::Entry;
 use crate::repo::{RefEntry, Repository, Snapshot};
 
@@ -29,7 +30,9 @@ pub const MAX_SHARDS: u32 = 4096;
 /// is `index` modulo `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Shard {
+    /// This shard's number, from 0.
     pub index: u32,
+    /// How many shards the run has.
     pub count: u32,
 }
 
@@ -37,6 +40,7 @@ pub struct Shard {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid shard {text:?}: write I/N with 0 <= I < N <= {MAX_SHARDS}")]
 pub struct BadShard {
+    /// The text as given.
     pub text: String,
 }
 
@@ -82,27 +86,27 @@ pub enum PushMode {
     /// The tree's entries are laid over the ref's head: other paths are kept.
     Merge,
     /// Only this shard's paths are pushed, into a partial snapshot of run `run`.
-    Shard { shard: Shard, run: String },
+    Shard {
+        /// This process's shard.
+        shard: Shard,
+        /// The run id shared by every shard of the push.
+        run: RunId,
+    },
     /// Only the files in `ready` are read (directories and symlinks always are); each path in
     /// `held` keeps the entry the ref's head has, if any; other files are left out. With
     /// `merge`, the tree is laid over the head as in `Merge`. The daemon's per-file settling:
     /// files still being written keep their previous version.
     Settled {
+        /// Settled files: read and pushed.
         ready: BTreeSet<String>,
+        /// Files still changing: they keep the head's entry.
         held: BTreeSet<String>,
+        /// Whether the tree is laid over the head (paths not in it kept).
         merge: bool,
     },
 }
 
 impl PushMode {
-    /// Checks the run id of a sharded push.
-    pub fn check(&self) -> Result<(), OpError> {
-        if let PushMode::Shard { run, .. } = self {
-            check_run_id(run)?;
-        }
-        Ok(())
-    }
-
     /// The entries of the source this push owns.
     pub fn select(&self, listing: Vec<SourceEntry>) -> Vec<SourceEntry> {
         match self {
@@ -128,7 +132,9 @@ fn rel(e: &SourceEntry) -> &str {
 /// What a sharded push or `ferry commit` found and did in one repository.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardReport {
+    /// The run id.
     pub run: String,
+    /// The shard this process ran, for a sharded push or replication; `None` for `ferry commit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
     /// Shards of the run whose partial snapshot is not there yet.
@@ -240,7 +246,7 @@ pub async fn finish_shard(
     repo: &Repository,
     partial: Snapshot,
     shard: Shard,
-    run: &str,
+    run: &RunId,
 ) -> Result<(SnapshotId, ShardReport), OpError> {
     let id = repo
         .write_snapshot_bytes(Bytes::from(partial.encode()))
@@ -253,15 +259,23 @@ pub async fn finish_shard(
         snapshot: id,
     })
     .await?;
-    let mut report = commit(repo, &partial.name, run).await?;
+    let mut report = commit_run(repo, &partial.name, run).await?;
     report.shard = Some(shard);
     Ok((id, report))
 }
 
 /// Combines a run's partial snapshots and moves the ref, if every shard has finished.
 /// Safe to call from any number of processes at once, and again after a crash.
-pub async fn commit(repo: &Repository, name: &str, run: &str) -> Result<ShardReport, OpError> {
-    check_run_id(run)?;
+pub async fn commit(
+    repo: &Repository,
+    name: &RefName,
+    run: &RunId,
+) -> Result<ShardReport, OpError> {
+    commit_run(repo, name, run).await
+}
+
+/// [`commit`] of the ref a partial snapshot names (checked when the snapshot was made).
+async fn commit_run(repo: &Repository, name: &str, run: &RunId) -> Result<ShardReport, OpError> {
     let mut report = ShardReport {
         run: run.to_string(),
         shard: None,

@@ -11,7 +11,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::ops::OpError;
 use crate::repo::snapshot::check_path;
 use crate::store::key::object_key;
-use crate::store::{Access, Store, StoreUrl};
+use crate::store::{Access, Store, StoreOptions, StoreUrl};
 
 /// A tree to push.
 #[derive(Clone)]
@@ -49,7 +49,7 @@ pub enum SourceEntry {
 }
 
 impl Source {
-    pub fn open(url: &StoreUrl) -> Result<Self, OpError> {
+    pub fn open(url: &StoreUrl, options: &StoreOptions) -> Result<Self, OpError> {
         match url {
             StoreUrl::Local(path) => {
                 let meta = std::fs::metadata(path).map_err(|e| OpError::io(path.display(), e))?;
@@ -58,7 +58,11 @@ impl Source {
                     single_file: meta.is_file(),
                 })
             }
-            other => Ok(Source::Objects(Store::open(other, Access::Read)?)),
+            other => Ok(Source::Objects(Store::open_with(
+                other,
+                Access::Read,
+                options,
+            )?)),
         }
     }
 

@@ -30,6 +30,7 @@ impl TargetSet {
     }
 
     /// Whether target `t` is in the set.
+    #[cfg(test)]
     pub fn contains(&self, t: usize) -> bool {
         let (word, bit) = (t / 64, t % 64);
         let w = match word {

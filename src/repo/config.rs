@@ -14,10 +14,13 @@ pub const FORMAT_NAME: &str = "ferry-repository";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoConfig {
+    /// Always `ferry`: tells a ferry repository from other JSON at `config`.
     pub format: String,
+    /// Format version ([`FORMAT_VERSION`] when written); a newer one is refused.
     pub version: u32,
     /// Random id; the local index keys everything it knows about this repository by it.
     pub id: String,
+    /// How files are cut; fixed for the repository's life (part of its format).
     pub chunker: ChunkerParams,
     /// Target size of a pack object in bytes.
     pub pack_size: u64,
@@ -35,6 +38,7 @@ pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 impl RepoConfig {
+    /// A new repository's config: a fresh random id, the default zstd level, created now.
     pub fn new(chunker: ChunkerParams, pack_size: u64) -> Self {
         Self {
             format: FORMAT_NAME.into(),
@@ -88,6 +92,7 @@ impl RepoConfig {
         Ok(cfg)
     }
 
+    /// The config as stored (pretty JSON).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).expect("config serializes");
         out.push(b'\n');
@@ -98,26 +103,44 @@ impl RepoConfig {
 /// Why bytes are not a repository config this ferry can use. The repository names the object.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The bytes are not JSON.
     #[error("not a ferry config: {0}")]
     NotJson(#[source] serde_json::Error),
+    /// The JSON's `format` is not `ferry`.
     #[error("not a ferry repository config")]
     NotFerry,
+    /// Written by a newer ferry.
     #[error(
         "format version {version} is newer than this ferry reads ({FORMAT_VERSION}): upgrade ferry"
     )]
-    Newer { version: u32 },
+    Newer {
+        /// The format version found.
+        version: u32,
+    },
+    /// The JSON has no `version`.
     #[error("config has no version")]
     NoVersion,
+    /// The JSON does not match the config's fields.
     #[error("invalid config: {0}")]
     Invalid(#[source] serde_json::Error),
+    /// The chunker parameters are invalid.
     #[error(transparent)]
     Chunker(#[from] crate::chunker::ChunkerParamsError),
+    /// The pack size is outside [`PACK_SIZE_RANGE`].
     #[error("pack size {size} out of range")]
-    PackSize { size: u64 },
+    PackSize {
+        /// The size found, in bytes.
+        size: u64,
+    },
+    /// The id is empty or not alphanumeric.
     #[error("config id must be alphanumeric")]
     BadId,
+    /// The zstd level is outside what zstd accepts.
     #[error("zstd level {level} out of range")]
-    ZstdLevel { level: i32 },
+    ZstdLevel {
+        /// The level found.
+        level: i32,
+    },
 }
 
 #[cfg(test)]

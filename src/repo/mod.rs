@@ -6,88 +6,99 @@
 
 pub mod config;
 pub mod pack;
-pub mod partial;
+pub(crate) mod partial;
 mod probe;
-pub mod replicas;
+mod refs;
+pub(crate) mod replicas;
 pub mod snapshot;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::ObjectMeta;
-use serde::{Deserialize, Serialize};
 
 use crate::ids::{PackId, SnapshotId};
 use crate::store::{Store, StoreError};
 pub use config::RepoConfig;
 use pack::{PackIndex, SealedPack};
+use refs::ref_path;
+pub use refs::{check_ref_name, RefEntry, RefEntryError};
 pub use snapshot::Snapshot;
 
 /// Errors about a repository. Each names the object or location concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
+    /// A store call failed (status and transience inside).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The location holds no repository config.
     #[error(
         "no ferry repository at {url}: run `ferry init {url}` first, or push to an empty location"
     )]
-    NotARepo { url: String },
+    NotARepo {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// `init` of a location that already holds other objects.
     #[error("{url} is not empty and holds no ferry repository: choose an empty location")]
-    Occupied { url: String },
+    Occupied {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// `init` of a location that already holds a repository.
     #[error("{url} already holds a ferry repository")]
-    Exists { url: String },
+    Exists {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// An object of the repository failed its checks (bad format, wrong hash, missing piece).
     #[error("{object}: {problem}")]
-    Corrupt { object: String, problem: String },
+    Corrupt {
+        /// The object's URL.
+        object: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A ref name that is not a plain file name (see [`check_ref_name`]).
     #[error(
         "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
     )]
-    BadRefName { name: String },
+    BadRefName {
+        /// The name as given.
+        name: String,
+    },
+    /// No snapshot matches the given id, prefix or ref.
     #[error("{spec:?} not found in {url}: `ferry snapshots {url}` lists what is there")]
-    NoSuchSnapshot { spec: String, url: String },
+    NoSuchSnapshot {
+        /// What the user asked for.
+        spec: String,
+        /// The repository's URL.
+        url: String,
+    },
+    /// A run id that is not a plain file name, or longer than 128 bytes.
     #[error(
         "invalid run id {run:?}: use letters, digits, '.', '_' and '-' (not starting with '.'), at most 128 bytes"
     )]
-    BadRunId { run: String },
+    BadRunId {
+        /// The run id as given.
+        run: String,
+    },
+    /// The ref's next log entry was taken by other writers too many times in a row.
     #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
-    RefContention { name: String, url: String },
-}
-
-/// One entry in a ref's log: `refs/<name>/<seq>`, written once with If-None-Match.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RefEntry {
-    pub name: String,
-    pub seq: u64,
-    pub snapshot: SnapshotId,
-    pub time: String,
-}
-
-impl RefEntry {
-    /// Parses a ref log entry and checks its name.
-    pub fn decode(bytes: &[u8]) -> Result<Self, RefEntryError> {
-        let e: RefEntry = serde_json::from_slice(bytes).map_err(RefEntryError::Json)?;
-        check_ref_name(&e.name).map_err(|_| RefEntryError::BadName {
-            name: e.name.clone(),
-        })?;
-        Ok(e)
-    }
-}
-
-/// Why bytes are not a ref log entry. The repository names the object.
-#[derive(Debug, thiserror::Error)]
-pub enum RefEntryError {
-    #[error("invalid ref entry: {0}")]
-    Json(#[source] serde_json::Error),
-    #[error(
-        "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
-    )]
-    BadName { name: String },
+    RefContention {
+        /// The ref name.
+        name: String,
+        /// The repository's URL.
+        url: String,
+    },
 }
 
 /// An object found by listing: its id, size and last-modified time (the store's clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Listed<T> {
+    /// The object's id, parsed from its key.
     pub id: T,
+    /// Size in bytes.
     pub size: u64,
+    /// Last-modified time as the store reports it.
     pub modified: std::time::SystemTime,
 }
 
@@ -102,19 +113,23 @@ fn config_path() -> Path {
     Path::from("config")
 }
 
+/// `packs/<first 2 hex digits>/<pack id>`: a pack object.
 pub fn pack_path(id: &PackId) -> Path {
     let hex = id.to_hex();
     Path::from(format!("packs/{}/{}", &hex[..2], hex))
 }
 
+/// `index/<pack id>`: the pack index written after its pack.
 pub fn index_path(id: &PackId) -> Path {
     Path::from(format!("index/{id}"))
 }
 
+/// `snapshots/<snapshot id>`: a snapshot's JSON.
 pub fn snapshot_path(id: &SnapshotId) -> Path {
     Path::from(format!("snapshots/{id}"))
 }
 
+/// `gc/<pack id>`: gc's first phase marked the pack for deletion.
 pub fn gc_mark_path(id: &PackId) -> Path {
     Path::from(format!("gc/{id}"))
 }
@@ -123,25 +138,6 @@ pub fn gc_mark_path(id: &PackId) -> Path {
 /// absent until gc deletes it.
 pub fn bad_mark_path(id: &PackId) -> Path {
     Path::from(format!("bad/{id}"))
-}
-
-fn ref_path(name: &str, seq: u64) -> Path {
-    Path::from(format!("refs/{name}/{seq:020}"))
-}
-
-/// Checks a ref name: letters, digits, `.`, `_`, `-`; not starting with `.`; ≤ 128 bytes.
-pub fn check_ref_name(name: &str) -> Result<(), RepoError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(RepoError::BadRefName { name: name.into() })
-    }
 }
 
 impl Repository {
@@ -228,18 +224,22 @@ impl Repository {
             })
     }
 
+    /// The repository's config (chunker parameters, pack size, id).
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }
 
+    /// The repository's id (random, from `init`): the key of its trees in the local index.
     pub fn id(&self) -> &str {
         &self.config.id
     }
 
+    /// The store holding the repository.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// The repository's store URL, for messages.
     pub fn url(&self) -> String {
         self.store.url().to_string()
     }
@@ -359,6 +359,7 @@ impl Repository {
         Ok(self.store.delete(&bad_mark_path(id)).await?)
     }
 
+    /// Removes the gc mark of a pack (a run that needs the pack again takes it back).
     pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
@@ -372,16 +373,12 @@ impl Repository {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
 
+    /// Deletes a snapshot object (its refs must already be gone).
     pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), RepoError> {
         Ok(self.store.delete(&snapshot_path(id)).await?)
     }
 
-    /// Removes one entry from a ref's log (never the head: callers check).
-    pub async fn delete_ref_entry(&self, name: &str, seq: u64) -> Result<(), RepoError> {
-        check_ref_name(name)?;
-        Ok(self.store.delete(&ref_path(name, seq)).await?)
-    }
-
+    /// Reads and checks a pack index (format and pack id).
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
         let path = index_path(id);
         let bytes = self.store.get(&path).await?;
@@ -412,6 +409,7 @@ impl Repository {
         Ok(self.store.get(&pack_path(id)).await?)
     }
 
+    /// The pack object's URL, for messages.
     pub fn pack_url(&self, id: &PackId) -> String {
         self.store.object_url(&pack_path(id))
     }
@@ -425,6 +423,7 @@ impl Repository {
         Ok(id)
     }
 
+    /// Reads a snapshot's bytes and checks that they hash to its id.
     pub async fn read_snapshot_bytes(&self, id: &SnapshotId) -> Result<Bytes, RepoError> {
         let path = snapshot_path(id);
         let bytes = self.store.get(&path).await?;
@@ -434,11 +433,13 @@ impl Repository {
         Ok(bytes)
     }
 
+    /// Reads, checks and parses a snapshot.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let bytes = self.read_snapshot_bytes(id).await?;
         Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p.to_string()))
     }
 
+    /// Lists the ids of every snapshot object in the repository.
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotId>, RepoError> {
         Ok(self
             .list_snapshot_objects()
@@ -446,149 +447,5 @@ impl Repository {
             .into_iter()
             .map(|l| l.id)
             .collect())
-    }
-
-    /// The log of one ref, oldest first.
-    pub async fn ref_log(&self, name: &str) -> Result<Vec<RefEntry>, RepoError> {
-        let metas = self.ref_log_objects(name).await?;
-        let mut out = Vec::with_capacity(metas.len());
-        for m in metas {
-            out.push(self.read_ref_entry(&m.location).await?.1);
-        }
-        Ok(out)
-    }
-
-    /// The objects of one ref's log as listed, oldest first, without reading them: their
-    /// version tags let a caller reuse entries it read before (entries are written once).
-    pub async fn ref_log_objects(&self, name: &str) -> Result<Vec<ObjectMeta>, RepoError> {
-        check_ref_name(name)?;
-        let prefix = Path::from(format!("refs/{name}"));
-        let mut metas = self.store.list(Some(&prefix)).await?;
-        metas.sort_by(|a, b| a.location.cmp(&b.location));
-        Ok(metas)
-    }
-
-    /// Reads one ref-log object: its bytes and the entry they hold.
-    pub async fn read_ref_entry(&self, path: &Path) -> Result<(Bytes, RefEntry), RepoError> {
-        let bytes = self.store.get(path).await?;
-        let entry = self.decode_ref_entry(path, &bytes)?;
-        Ok((bytes, entry))
-    }
-
-    /// The entry in `bytes`, read from `path` now or earlier, checked to sit at its home.
-    pub fn decode_ref_entry(&self, path: &Path, bytes: &[u8]) -> Result<RefEntry, RepoError> {
-        let entry = RefEntry::decode(bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
-        // The log's order comes from object names: an entry must sit where its name and
-        // sequence number say, or the history would not be the one its entries claim.
-        let home = ref_path(&entry.name, entry.seq);
-        if *path != home {
-            return Err(self.corrupt(
-                path,
-                format!(
-                    "entry for ref {:?} seq {} belongs at {}",
-                    entry.name,
-                    entry.seq,
-                    self.store.object_url(&home)
-                ),
-            ));
-        }
-        Ok(entry)
-    }
-
-    /// The newest entry of a ref, if it has any.
-    pub async fn ref_head(&self, name: &str) -> Result<Option<RefEntry>, RepoError> {
-        check_ref_name(name)?;
-        let prefix = Path::from(format!("refs/{name}"));
-        let newest = self
-            .store
-            .list(Some(&prefix))
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .max();
-        match newest {
-            Some(path) => Ok(Some(self.read_ref_entry(&path).await?.1)),
-            None => Ok(None),
-        }
-    }
-
-    /// Names of all refs.
-    pub async fn ref_names(&self) -> Result<Vec<String>, RepoError> {
-        let prefix = Path::from("refs");
-        let mut names: Vec<String> = self
-            .store
-            .list(Some(&prefix))
-            .await?
-            .into_iter()
-            .filter_map(|m| m.location.parts().nth(1).map(|p| p.as_ref().to_string()))
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-
-    /// Appends `snapshot` to the ref's log by conditional create; a concurrent writer that
-    /// takes the same sequence number makes this one retry on top of it, so no snapshot is
-    /// lost and the log stays linear. Does nothing if the ref already points there.
-    pub async fn advance_ref(
-        &self,
-        name: &str,
-        snapshot: SnapshotId,
-    ) -> Result<RefEntry, RepoError> {
-        check_ref_name(name)?;
-        for _ in 0..64 {
-            let head = self.ref_head(name).await?;
-            if let Some(h) = &head {
-                if h.snapshot == snapshot {
-                    return Ok(h.clone());
-                }
-            }
-            if let Some(entry) = self.append_ref(name, head.as_ref(), snapshot).await? {
-                return Ok(entry);
-            }
-            tracing::debug!(name, "ref moved concurrently; retrying");
-        }
-        Err(RepoError::RefContention {
-            name: name.into(),
-            url: self.url(),
-        })
-    }
-
-    /// Resolves `NAME`, `NAME@SEQ` or `NAME@<snapshot id or unique prefix>` to a snapshot id.
-    pub async fn resolve(&self, spec: &str) -> Result<SnapshotId, RepoError> {
-        Ok(self.resolve_entry(spec).await?.snapshot)
-    }
-
-    /// [`Repository::resolve`], with the ref log entry (name, sequence number, time).
-    pub async fn resolve_entry(&self, spec: &str) -> Result<RefEntry, RepoError> {
-        let missing = || RepoError::NoSuchSnapshot {
-            spec: spec.into(),
-            url: self.url(),
-        };
-        let (name, at) = match spec.split_once('@') {
-            Some((n, a)) => (n, Some(a)),
-            None => (spec, None),
-        };
-        let log = self.ref_log(name).await?;
-        match at {
-            None | Some("latest") => log.last().cloned().ok_or_else(missing),
-            Some(at) => {
-                if let Ok(seq) = at.parse::<u64>() {
-                    if at.len() < 20 {
-                        return log
-                            .iter()
-                            .find(|e| e.seq == seq)
-                            .cloned()
-                            .ok_or_else(missing);
-                    }
-                }
-                let at = at.to_ascii_lowercase();
-                let mut hits = log.iter().filter(|e| e.snapshot.to_hex().starts_with(&at));
-                match (hits.next(), hits.next()) {
-                    (Some(e), None) => Ok(e.clone()),
-                    _ => Err(missing()),
-                }
-            }
-        }
     }
 }

@@ -19,6 +19,7 @@ const TRAILER_LEN: usize = 8 + 4 + 32 + 8;
 /// Where one chunk's frame sits in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackEntry {
+    /// The chunk the frame holds.
     pub chunk: ChunkId,
     /// Byte offset of the frame from the start of the pack.
     pub offset: u64,
@@ -29,6 +30,7 @@ pub struct PackEntry {
 }
 
 impl PackEntry {
+    /// The frame's byte range in the pack.
     pub fn range(&self) -> std::ops::Range<u64> {
         self.offset..self.offset + self.frame_len as u64
     }
@@ -53,12 +55,16 @@ impl PackEntry {
 /// A pack or pack index that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum PackFormatError {
+    /// Shorter than the smallest valid object; the length found.
     #[error("too short ({0} bytes)")]
     TooShort(usize),
+    /// The magic is wrong; names what was expected (pack or pack index).
     #[error("bad magic: not a ferry {0} (or a newer format version)")]
     Magic(&'static str),
+    /// The BLAKE3 checksum of the table (or of the index body) does not match.
     #[error("table checksum mismatch")]
     Checksum,
+    /// The table contradicts itself or the object's size; what is wrong.
     #[error("table is inconsistent: {0}")]
     Table(String),
 }
@@ -71,8 +77,11 @@ pub struct PackBuilder {
 
 /// A finished pack, ready to upload.
 pub struct SealedPack {
+    /// The pack's id (BLAKE3 of `data`).
     pub id: PackId,
+    /// The pack object's bytes: frames, then the table.
     pub data: Bytes,
+    /// Where each chunk's frame sits in `data`.
     pub entries: Vec<PackEntry>,
 }
 
@@ -83,6 +92,7 @@ impl Default for PackBuilder {
 }
 
 impl PackBuilder {
+    /// An empty pack.
     pub fn new() -> Self {
         Self {
             buf: PACK_MAGIC.to_vec(),
@@ -90,6 +100,7 @@ impl PackBuilder {
         }
     }
 
+    /// Whether no frame was added yet.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -99,6 +110,7 @@ impl PackBuilder {
         self.buf.len()
     }
 
+    /// Appends one chunk's frame (`raw_len`: the chunk's length before encoding).
     pub fn add(&mut self, chunk: ChunkId, frame: &[u8], raw_len: u32) {
         self.entries.push(PackEntry {
             chunk,
@@ -180,12 +192,16 @@ pub fn read_pack_table(pack: &[u8]) -> Result<Vec<PackEntry>, PackFormatError> {
 /// A pack index object: which chunks a pack holds and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackIndex {
+    /// The pack described.
     pub pack: PackId,
+    /// The pack object's size in bytes.
     pub pack_size: u64,
+    /// Every chunk in the pack, in frame order.
     pub entries: Vec<PackEntry>,
 }
 
 impl PackIndex {
+    /// The pack index as stored (see FORMAT.md).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + 32 + 8 + 4 + self.entries.len() * ENTRY_LEN + 32);
         out.extend_from_slice(INDEX_MAGIC);
@@ -200,6 +216,7 @@ impl PackIndex {
         out
     }
 
+    /// Parses and checks a pack index (magic, checksum, entries within the pack).
     pub fn decode(b: &[u8]) -> Result<Self, PackFormatError> {
         const HEAD: usize = 8 + 32 + 8 + 4;
         if b.len() < HEAD + 32 {

@@ -182,7 +182,7 @@ mod tests {
 
     async fn memory_repo(name: &str) -> Repository {
         let url = format!("memory://{name}/repo").parse().unwrap();
-        let store = Store::open(&url, Access::Write).unwrap();
+        let store = Store::open_with(&url, Access::Write, &Default::default()).unwrap();
         Repository::init(store, RepoConfig::new(ChunkerParams::default(), 1 << 20))
             .await
             .unwrap()

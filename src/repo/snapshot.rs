@@ -20,6 +20,7 @@ const MAX_JSON: usize = 4 << 30;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
+    /// Format version of the JSON ([`SNAPSHOT_VERSION`] when written).
     pub version: u32,
     /// RFC 3339 time the push finished reading the source.
     pub time: String,
@@ -37,24 +38,36 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Entry {
+    /// A regular file.
     File {
+        /// Relative path, `/`-separated, UTF-8.
         path: String,
+        /// Size in bytes.
         size: u64,
+        /// Unix permission bits.
         mode: u32,
+        /// Modification time, nanoseconds since the Unix epoch.
         mtime_ns: i64,
         /// BLAKE3 of the whole file.
         blake3: ChunkId,
         /// How the file was cut (absent: plain content-defined chunking).
         #[serde(default, skip_serializing_if = "Layout::is_cdc")]
         layout: Layout,
+        /// The file's chunks in order; their lengths add up to `size`.
         chunks: Vec<ChunkRef>,
     },
+    /// A folder (recorded so empty folders and their modes survive).
     Dir {
+        /// Relative path, `/`-separated, UTF-8.
         path: String,
+        /// Unix permission bits.
         mode: u32,
     },
+    /// A symbolic link, restored as recorded (never followed).
     Symlink {
+        /// Relative path, `/`-separated, UTF-8.
         path: String,
+        /// The link's target, as read.
         target: String,
     },
 }
@@ -64,6 +77,7 @@ pub enum Entry {
 pub struct ChunkRef(pub ChunkId, pub u32);
 
 impl Entry {
+    /// The entry's relative path.
     pub fn path(&self) -> &str {
         match self {
             Entry::File { path, .. } | Entry::Dir { path, .. } | Entry::Symlink { path, .. } => {
@@ -72,6 +86,7 @@ impl Entry {
         }
     }
 
+    /// `file`, `dir` or `symlink`, as serialized.
     pub fn kind(&self) -> &'static str {
         match self {
             Entry::File { .. } => "file",
@@ -80,6 +95,7 @@ impl Entry {
         }
     }
 
+    /// Size in bytes (0 for folders and symlinks).
     pub fn size(&self) -> u64 {
         match self {
             Entry::File { size, .. } => *size,
@@ -89,6 +105,7 @@ impl Entry {
 }
 
 impl Snapshot {
+    /// Number of file entries.
     pub fn files(&self) -> usize {
         self.entries
             .iter()
@@ -96,6 +113,7 @@ impl Snapshot {
             .count()
     }
 
+    /// Sum of the file sizes, in bytes.
     pub fn bytes(&self) -> u64 {
         self.entries.iter().map(Entry::size).sum()
     }
@@ -113,6 +131,7 @@ impl Snapshot {
         self.entries == other.entries
     }
 
+    /// The snapshot as stored: zstd-compressed JSON behind the magic (see FORMAT.md).
     pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_vec(self).expect("snapshot serializes");
         let mut out = MAGIC.to_vec();
@@ -161,6 +180,7 @@ impl Snapshot {
         Ok(snap)
     }
 
+    /// The id of a snapshot's encoded bytes (BLAKE3 of them).
     pub fn id_of(encoded: &[u8]) -> SnapshotId {
         SnapshotId::of(encoded)
     }
@@ -202,25 +222,56 @@ fn check_order(entries: &[Entry]) -> Result<(), SnapshotError> {
 /// Why bytes are not a snapshot ferry can read. The repository names the object.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The bytes do not start with the snapshot magic.
     #[error("bad magic: not a ferry snapshot (or a newer format version)")]
     BadMagic,
+    /// The zstd stream is damaged.
     #[error("does not decompress: {0}")]
     Decompress(#[source] std::io::Error),
+    /// The JSON would be over 4 GiB.
     #[error("larger than 4 GiB once decompressed")]
     TooLarge,
+    /// The JSON does not parse as a snapshot.
     #[error("invalid snapshot: {0}")]
     Json(#[source] serde_json::Error),
+    /// Written by a newer ferry.
     #[error("snapshot version {version} is newer than this ferry reads: upgrade ferry")]
-    Newer { version: u32 },
+    Newer {
+        /// The version found.
+        version: u32,
+    },
+    /// Two entries share a path.
     #[error("entry {path:?} appears twice")]
-    Twice { path: String },
+    Twice {
+        /// The duplicated path.
+        path: String,
+    },
+    /// Entries must be sorted by path, so a snapshot has one encoding.
     #[error("entries are not sorted by path: {first:?} comes before {then:?}")]
-    Unsorted { first: String, then: String },
+    Unsorted {
+        /// The entry that comes first in the file.
+        first: String,
+        /// The entry after it, which sorts before it.
+        then: String,
+    },
     /// A path restore would refuse (absolute, `..`, empty parts, NUL).
     #[error("entry {path:?}: {why}")]
-    BadPath { path: String, why: &'static str },
+    BadPath {
+        /// The path as recorded.
+        path: String,
+        /// Which rule it breaks.
+        why: &'static str,
+    },
+    /// A file entry whose chunk lengths do not add up to its size.
     #[error("entry {path:?}: chunk lengths add up to {sum}, not {size}")]
-    ChunkLengths { path: String, sum: u64, size: u64 },
+    ChunkLengths {
+        /// The file's path.
+        path: String,
+        /// Sum of its chunk lengths.
+        sum: u64,
+        /// Its recorded size.
+        size: u64,
+    },
 }
 
 /// Checks a snapshot path: relative, `/`-separated, no empty, `.` or `..` parts, no NUL.

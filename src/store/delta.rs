@@ -9,7 +9,7 @@
 //!   the blocks the blob already holds (pinned by `If-Match`).
 //!
 //! Both writes are atomic: until the final call, readers see the previous object whole. The
-//! mirror planner ([`crate::mirror::plan`]) decides the parts; a [`DeltaStore`] only executes
+//! mirror planner (`mirror::plan`) decides the parts; a [`DeltaStore`] only executes
 //! them. Keys are relative to the destination URL's prefix.
 
 use std::ops::Range;
@@ -22,6 +22,7 @@ use crate::error::Transience;
 /// Object metadata holding the whole-file BLAKE3 (hex): `x-amz-meta-ferry-blake3` on S3,
 /// `x-ms-meta-ferry_blake3` on Azure (metadata names there must be C# identifiers).
 pub const S3_BLAKE3_METADATA: &str = "ferry-blake3";
+/// The Azure spelling of [`S3_BLAKE3_METADATA`].
 pub const AZURE_BLAKE3_METADATA: &str = "ferry_blake3";
 
 /// A block id: BLAKE3 of the block's bytes. Azure receives it base64-encoded (all ids of a
@@ -43,12 +44,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// S3 multipart upload limits.
     pub const S3: Limits = Limits {
         min_part: 5 << 20,
         max_part: 5 << 30,
         max_parts: 10_000,
         keep_by_block_id: false,
     };
+    /// Azure block blob limits.
     pub const AZURE: Limits = Limits {
         min_part: 0,
         max_part: 4000 << 20,
@@ -62,6 +65,7 @@ impl Limits {
 pub struct RemoteObject {
     /// Entity tag, without surrounding quotes.
     pub etag: String,
+    /// Size in bytes.
     pub size: u64,
     /// The whole-file BLAKE3 metadata, if the object has it.
     pub blake3: Option<String>,
@@ -85,18 +89,30 @@ impl RemoteObject {
 pub enum Part {
     /// Bytes the current object already holds: `old` is their range there (S3 copies it
     /// server-side), `block` their block id (Azure re-commits that committed block).
-    Keep { block: BlockId, old: Range<u64> },
+    Keep {
+        /// BLAKE3 of the kept bytes.
+        block: BlockId,
+        /// Their byte range in the current object.
+        old: Range<u64>,
+    },
     /// Bytes to send: `new` is their range in the source file.
-    Send { block: BlockId, new: Range<u64> },
+    Send {
+        /// BLAKE3 of the bytes to send.
+        block: BlockId,
+        /// Their byte range in the source file.
+        new: Range<u64>,
+    },
 }
 
 impl Part {
+    /// Length in bytes.
     pub fn len(&self) -> u64 {
         match self {
             Part::Keep { old: r, .. } | Part::Send { new: r, .. } => r.end.saturating_sub(r.start),
         }
     }
 
+    /// Whether the part holds no bytes (a plan never contains one).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -107,6 +123,7 @@ impl Part {
 pub struct WriteRequest<'a> {
     /// Key below the destination prefix.
     pub key: &'a str,
+    /// The parts in order; their lengths add up to `size`.
     pub parts: &'a [Part],
     /// Total size (sum of part lengths).
     pub size: u64,
@@ -178,39 +195,75 @@ impl WriteRequest<'_> {
 /// A write plan a store cannot take, found before any request. Parts are numbered from 1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// The plan has more parts than an object can hold.
     #[error("{count} parts, but one object holds at most {max}")]
-    TooManyParts { count: usize, max: usize },
+    TooManyParts {
+        /// Parts in the plan.
+        count: usize,
+        /// The store's limit.
+        max: usize,
+    },
+    /// A part with no bytes or a reversed range.
     #[error("part {n} of {count} has an empty or reversed range {start}..{end}")]
     EmptyRange {
+        /// The part's number, from 1.
         n: usize,
+        /// Parts in the plan.
         count: usize,
+        /// Start of its range.
         start: u64,
+        /// End of its range.
         end: u64,
     },
+    /// A part larger than the store accepts.
     #[error("part {n} of {count} is {len} bytes, more than the {max} bytes a part can hold")]
     PartTooBig {
+        /// The part's number, from 1.
         n: usize,
+        /// Parts in the plan.
         count: usize,
+        /// Its length in bytes.
         len: u64,
+        /// The store's largest part.
         max: u64,
     },
+    /// A part other than the last one, smaller than the store accepts.
     #[error(
         "part {n} of {count} is {len} bytes; every part but the last needs at least {min} bytes"
     )]
     PartTooSmall {
+        /// The part's number, from 1.
         n: usize,
+        /// Parts in the plan.
         count: usize,
+        /// Its length in bytes.
         len: u64,
+        /// The store's smallest part.
         min: u64,
     },
+    /// A kept part in a plan without a base etag.
     #[error("part {n} of {count} keeps bytes of the current object, but the plan has no base etag to pin them")]
-    KeepWithoutBase { n: usize, count: usize },
+    KeepWithoutBase {
+        /// The part's number, from 1.
+        n: usize,
+        /// Parts in the plan.
+        count: usize,
+    },
+    /// The parts do not add up to the declared size.
     #[error("the parts add up to {total} bytes, but the object is {size} bytes")]
-    SizeMismatch { total: u64, size: u64 },
+    SizeMismatch {
+        /// Sum of the part lengths.
+        total: u64,
+        /// The declared object size.
+        size: u64,
+    },
+    /// The whole-file BLAKE3 is empty or not hex.
     #[error("the BLAKE3 metadata must be a non-empty hex string")]
     BadBlake3,
+    /// The base etag would not survive being sent as a header.
     #[error("the base etag must be non-empty, without quotes or line breaks")]
     BadEtag,
+    /// The key is empty.
     #[error("the blob name is empty")]
     EmptyKey,
 }
@@ -218,6 +271,7 @@ pub enum PlanError {
 /// Reads byte ranges of the source file being mirrored.
 #[async_trait]
 pub trait PartSource: Send + Sync {
+    /// Reads `range` of the source file; fewer bytes than asked is an error.
     async fn read(&self, range: Range<u64>) -> std::io::Result<Bytes>;
 }
 
@@ -255,23 +309,36 @@ pub enum NativeError {
     /// The object is no longer the version the write was planned against (etag mismatch on
     /// a copy source or a conditional commit). The caller retries as a full upload.
     #[error("{url} changed while it was being written (etag no longer {expected})")]
-    Changed { url: String, expected: String },
+    Changed {
+        /// The object's URL.
+        url: String,
+        /// The etag the write was planned against.
+        expected: String,
+    },
     /// A request failed or was refused. `status` is the HTTP status of the answer, if there
     /// was one; `transience` was decided where the failure was seen (the status, or the
     /// transport error: a connection refused or a timeout passes, a refused plan does not).
     #[error("{url}: {message}")]
     Request {
+        /// The object's URL.
         url: String,
+        /// What failed, in one line (the answer's error code and message when there was one).
         message: String,
+        /// The HTTP status of the answer, if one came back.
         status: Option<u16>,
+        /// Whether trying again may help, decided from the status or the transport error.
         transience: Transience,
     },
+    /// A part of the source file could not be read (or changed) during the write.
     #[error("{url}: reading the source: {source}")]
     Source {
+        /// The destination object's URL.
         url: String,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
+    /// The native client could not be set up from the environment (what to set is in the text).
     #[error("{0}")]
     Config(String),
 }
@@ -309,6 +376,7 @@ impl NativeError {
 /// A store that can write objects from kept and sent parts.
 #[async_trait]
 pub trait DeltaStore: Send + Sync {
+    /// What one write can hold on this store.
     fn limits(&self) -> Limits;
 
     /// The object at `key`, or `None` if there is none.

@@ -14,22 +14,38 @@ use crate::error::{first_line, Transience};
 /// Errors from opening or using a store. Messages name the object and, where known, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store URL is invalid.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// A store setting from the environment is invalid.
     #[error(transparent)]
     Options(#[from] OptionsError),
     /// A local folder opened for reading is not there.
     #[error("cannot open {url}: no such folder")]
-    NoSuchFolder { url: String },
+    NoSuchFolder {
+        /// The store URL.
+        url: String,
+    },
+    /// The store could not be opened.
     #[error("cannot open {url}: {reason}")]
-    Open { url: String, reason: String },
+    Open {
+        /// The store URL.
+        url: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// A store call failed.
     #[error("{op} {object} failed: {summary}{hint}")]
     Op {
+        /// What was being done, as a verb (`reading`, `inspecting`, …).
         op: &'static str,
+        /// The object's URL.
         object: String,
+        /// One line: the store's answer or the transport error.
         summary: String,
+        /// What to check or set, with a leading separator; empty when there is nothing to add.
         hint: String,
-        /// The HTTP status of the answer, when the store answered (see [`http_status`]).
+        /// The HTTP status of the answer, when the store answered (see `http_status`).
         status: Option<u16>,
         /// Kept for matching; its text is already in `summary`.
         cause: Box<object_store::Error>,

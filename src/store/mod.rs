@@ -1,7 +1,7 @@
 //! Stores by URL: parses `file://`, `s3://`, `az://` and `memory://` URLs and opens them as
 //! a [`Store`]: an `Arc<dyn ObjectStore>` for the data plane and, for clouds with one, a
 //! native [`DeltaStore`] for delta writes. Only this module knows which cloud a store is:
-//! one module per backend ([`local`], [`s3`], [`azure`]) owns its settings, its clients and
+//! one module per backend (`local`, [`s3`], [`azure`]) owns its settings, its clients and
 //! its error hints; [`StoreOptions`] (retries, timeouts, faults) is resolved once by the
 //! caller and passed to all of them.
 //!
@@ -13,7 +13,7 @@ pub mod azure;
 pub mod delta;
 mod error;
 pub mod fault;
-pub mod key;
+pub(crate) mod key;
 mod local;
 pub mod options;
 pub mod s3;
@@ -86,14 +86,6 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the store a URL names, with options from the environment. Makes no request.
-    ///
-    /// To be removed once every caller resolves [`StoreOptions`] at its edge and calls
-    /// [`Store::open_with`] (issue 13).
-    pub fn open(url: &StoreUrl, access: Access) -> Result<Self, StoreError> {
-        Self::open_with(url, access, &StoreOptions::from_env()?)
-    }
-
     /// Opens the store a URL names. Makes no request.
     pub fn open_with(
         url: &StoreUrl,
@@ -166,6 +158,7 @@ impl Store {
         }
     }
 
+    /// The store's URL.
     pub fn url(&self) -> &StoreUrl {
         &self.url
     }
@@ -190,6 +183,7 @@ impl Store {
         StoreError::op(op, self.object_url(path), summary, hint, source)
     }
 
+    /// Reads a whole object.
     pub async fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
         async { self.inner.get(path).await?.bytes().await }
             .await
@@ -205,6 +199,7 @@ impl Store {
         }
     }
 
+    /// Reads `range` of an object (bytes from the start).
     pub async fn get_range(
         &self,
         path: &Path,
@@ -216,6 +211,7 @@ impl Store {
             .map_err(|e| self.op_error("reading", path, e))
     }
 
+    /// An object's metadata (size, etag, last-modified).
     pub async fn head(&self, path: &Path) -> Result<ObjectMeta, StoreError> {
         self.inner
             .head(path)

@@ -38,6 +38,7 @@ impl Default for StoreOptions {
 /// A store option in the environment that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
+    /// `FERRY_FAULTS` is invalid.
     #[error(transparent)]
     Faults(#[from] FaultSpecError),
 }
@@ -87,10 +88,15 @@ impl StoreOptions {
 /// commit is not, for instance); how many times is this value's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
+    /// Retries after the first attempt.
     pub max_retries: usize,
+    /// Time after the first attempt past which no retry starts.
     pub timeout: Duration,
+    /// Backoff before the first retry.
     pub init_backoff: Duration,
+    /// Largest backoff.
     pub max_backoff: Duration,
+    /// Factor the backoff grows by per retry.
     pub base: f64,
 }
 
@@ -153,7 +159,9 @@ impl RetryPolicy {
 /// of failing once at `request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Time allowed to open a connection.
     pub connect: Duration,
+    /// Time allowed between pieces of an answer (its head, then each part of its body).
     pub read: Duration,
     /// The whole request.
     pub request: Duration,

@@ -9,17 +9,25 @@ use std::str::FromStr;
 pub enum StoreUrl {
     /// A local folder (absolute, normalized).
     Local(PathBuf),
+    /// An S3 bucket, or a prefix in it.
     S3 {
+        /// The bucket name.
         bucket: String,
+        /// Key prefix, without leading or trailing `/`; empty for the whole bucket.
         prefix: String,
     },
+    /// An Azure Blob container, or a prefix in it.
     Azure {
+        /// The container name.
         container: String,
+        /// Key prefix, without leading or trailing `/`; empty for the whole container.
         prefix: String,
     },
     /// Process-local in-memory store, for tests.
     Memory {
+        /// The store's name: in one process, stores of the same name share their objects.
         name: String,
+        /// Key prefix, without leading or trailing `/`.
         prefix: String,
     },
 }

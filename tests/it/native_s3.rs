@@ -446,7 +446,8 @@ fn plans_over_the_limits_are_refused_before_any_request() {
 #[test]
 fn open_returns_the_s3_store() {
     let url = "s3://ferry-test/native-open".parse().expect("URL");
-    let opened = ferry::store::Store::open(&url, ferry::store::Access::Read);
+    let options = ferry::store::StoreOptions::from_env().expect("store options");
+    let opened = ferry::store::Store::open_with(&url, ferry::store::Access::Read, &options);
     match opened.and_then(|store| store.delta()) {
         Ok(Some(store)) => assert_eq!(store.limits(), Limits::S3),
         // This process's environment may lack credentials (with IMDS off) or allow-http for

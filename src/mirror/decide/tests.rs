@@ -1,3 +1,6 @@
+//! Tests of `decide`: its invariants and agreement with the policy as it was before the split
+//! (property tests), the fast path, and the notes the report shows.
+
 use proptest::prelude::*;
 
 use super::*;
@@ -33,7 +36,7 @@ fn cut_of(chunks: &[Chunk]) -> Cut {
     }
     Cut {
         chunks: chunks.to_vec(),
-        blake3: *h.finalize().as_bytes(),
+        blake3: FileHash::from(h.finalize()),
         size: chunks.iter().map(|c| c.len).sum(),
     }
 }

@@ -44,6 +44,7 @@ pub struct PullOptions {
     pub keep: usize,
     /// `--include` / `--exclude`.
     pub selection: Selection,
+    /// Whether setuid and setgid bits are applied.
     pub special_modes: SpecialModes,
 }
 
@@ -60,13 +61,17 @@ impl Default for PullOptions {
 /// What a pull did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PullReport {
+    /// The ref pulled.
     pub name: String,
+    /// Position of the pulled entry in the ref's log.
     pub seq: u64,
+    /// The snapshot pulled.
     pub snapshot: SnapshotId,
     /// The published version's folder (`DIR/versions/<seq>-<short id>`).
     pub version: String,
     /// False when `current` already was this version: nothing was read or written.
     pub published: bool,
+    /// Files in the version.
     pub files: u64,
     /// Bytes of the version's files.
     pub bytes: u64,
@@ -75,20 +80,34 @@ pub struct PullReport {
     /// Bytes taken from earlier versions in DIR (each chunk verified), or kept from an
     /// interrupted pull of the same version.
     pub bytes_reused: u64,
+    /// Chunks read from the store.
     pub chunks_fetched: u64,
+    /// Chunks taken from earlier versions or an interrupted pull.
     pub chunks_reused: u64,
     /// Versions removed beyond `--keep`.
     pub removed: Vec<String>,
+    /// Wall-clock time of the pull, in seconds.
     pub duration_secs: f64,
 }
 
 /// Why a pull cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
+    /// Another pull holds the destination's lock.
     #[error("another ferry pull into {dir} is running (lock {lock}); wait for it, or pull into another folder")]
-    Busy { dir: String, lock: String },
+    Busy {
+        /// The destination folder.
+        dir: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// `DIR/current` exists but is not a symlink into `versions/`.
     #[error("{path} is not a symlink ferry made (it should point into versions/); move it away and pull again")]
-    ForeignCurrent { path: String },
+    ForeignCurrent {
+        /// The `current` path.
+        path: String,
+    },
+    /// `--keep 0`.
     #[error("--keep must be at least 1 (the live version is always kept)")]
     KeepZero,
 }

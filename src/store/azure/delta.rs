@@ -46,16 +46,32 @@ impl std::fmt::Debug for AzureDelta {
 /// Azure settings the native client cannot work with.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The store URL names no container.
     #[error("native Azure writes need a container")]
     NoContainer,
+    /// Neither the URL nor the environment names a storage account.
     #[error("no storage account is set")]
     NoAccount,
+    /// The endpoint is no valid URL.
     #[error("endpoint {endpoint:?} is not a URL: {problem}")]
-    Endpoint { endpoint: String, problem: String },
+    Endpoint {
+        /// The endpoint as set.
+        endpoint: String,
+        /// Why it does not parse.
+        problem: String,
+    },
+    /// A plain-HTTP endpoint without `AZURE_ALLOW_HTTP=true`.
     #[error("endpoint {origin} is not https (set AZURE_ALLOW_HTTP=true to allow it)")]
-    NotHttps { origin: String },
+    NotHttps {
+        /// The endpoint's origin.
+        origin: String,
+    },
+    /// The HTTP client could not be built.
     #[error("{reason}")]
-    Client { reason: String },
+    Client {
+        /// Why, in one line.
+        reason: String,
+    },
 }
 
 impl AzureDelta {

@@ -24,6 +24,7 @@ pub struct FaultDelta {
 }
 
 impl FaultDelta {
+    /// Wraps `inner`, failing native calls as `cfg` says (the same spec as [`super::FaultStore`]).
     pub fn new(inner: Arc<dyn DeltaStore>, cfg: FaultConfig) -> Self {
         Self {
             inner,

@@ -32,6 +32,7 @@ use object_store::{
 pub struct FaultConfig {
     /// Share of requests that fail, 0.0–1.0.
     pub rate: f64,
+    /// Seed of the draw, so a run fails the same requests again.
     pub seed: u64,
     /// Upper bound of the random latency added to every request.
     pub max_latency: Duration,
@@ -55,16 +56,28 @@ impl FaultConfig {
 /// A `FERRY_FAULTS` spec that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FaultSpecError {
+    /// A part of the spec has no `=`.
     #[error("FERRY_FAULTS: {part:?} is not key=value")]
-    NotKeyValue { part: String },
+    NotKeyValue {
+        /// The part as written.
+        part: String,
+    },
+    /// A value that does not parse or is out of range.
     #[error("FERRY_FAULTS: {key}={value}: {problem}")]
     BadValue {
+        /// The key.
         key: String,
+        /// The value as written.
         value: String,
+        /// What is wrong with it.
         problem: String,
     },
+    /// A key the spec does not know.
     #[error("FERRY_FAULTS: unknown key {key:?} (use rate, seed, latency_ms, fail_first)")]
-    UnknownKey { key: String },
+    UnknownKey {
+        /// The key as written.
+        key: String,
+    },
 }
 
 impl FaultConfig {
@@ -102,9 +115,13 @@ impl FaultConfig {
 /// The kinds of failure injected, in rotation by the seeded draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// An HTTP 503 answer.
     ServerError,
+    /// A request that timed out.
     Timeout,
+    /// A connection reset by the peer.
     ConnectionReset,
+    /// A response body cut short.
     TruncatedBody,
 }
 
@@ -150,6 +167,7 @@ pub struct FaultStore {
 }
 
 impl FaultStore {
+    /// Wraps `inner`, failing requests as `cfg` says.
     pub fn new(inner: Arc<dyn ObjectStore>, cfg: FaultConfig) -> Self {
         Self {
             inner,

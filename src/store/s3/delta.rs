@@ -56,24 +56,45 @@ pub(super) struct Encryption {
 /// S3 settings the native client cannot work with.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The store URL names no bucket.
     #[error("native S3 writes need a bucket name")]
     NoBucket,
+    /// `AWS_SKIP_SIGNATURE` is set.
     #[error("AWS_SKIP_SIGNATURE is set, but native S3 writes need credentials")]
     SkipSignature,
+    /// The bucket is an S3 Express One Zone bucket.
     #[error("S3 Express One Zone buckets are not supported for native writes")]
     Express,
+    /// An `AWS_SERVER_SIDE_ENCRYPTION` kind the native client cannot send.
     #[error("server-side encryption {kind:?} is not supported for native writes (AES256, aws:kms and aws:kms:dsse are)")]
-    Encryption { kind: String },
+    Encryption {
+        /// The kind as set.
+        kind: String,
+    },
+    /// The endpoint is no valid URL.
     #[error("invalid endpoint {endpoint:?}: {problem}")]
-    Endpoint { endpoint: String, problem: String },
-    #[error("invalid {key} {value:?}: {problem}")]
-    Duration {
-        key: String,
-        value: String,
+    Endpoint {
+        /// The endpoint as set.
+        endpoint: String,
+        /// Why it does not parse.
         problem: String,
     },
+    /// A duration setting that does not parse.
+    #[error("invalid {key} {value:?}: {problem}")]
+    Duration {
+        /// The variable.
+        key: String,
+        /// Its value.
+        value: String,
+        /// Why it does not parse.
+        problem: String,
+    },
+    /// A plain-HTTP endpoint without `AWS_ALLOW_HTTP=true`.
     #[error("the endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true to allow it")]
-    PlainHttp { endpoint: String },
+    PlainHttp {
+        /// The endpoint as set.
+        endpoint: String,
+    },
 }
 
 impl S3Delta {

@@ -78,12 +78,18 @@ impl S3Settings {
 /// Why S3 settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
+    /// Only one of the key id and the secret is set.
     #[error("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")]
     HalfAKey,
+    /// No credentials were found anywhere the credential chain looks.
     #[error("{NO_AWS_CREDENTIALS}: {AWS_CREDENTIALS_FIX}")]
     NoCredentials,
+    /// object_store's S3 client could not be built.
     #[error("{reason}")]
-    Build { reason: String },
+    Build {
+        /// Why, in one line.
+        reason: String,
+    },
 }
 
 /// What `Store::open_with` keeps to make the native client when it is asked for.
