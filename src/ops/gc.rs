@@ -61,7 +61,7 @@ pub struct GcReport {
     /// Of `packs_marked`: live packs whose every live chunk another pack also holds
     /// (duplicates left by concurrent pushes), and damaged packs no longer needed.
     pub packs_redundant: u64,
-    /// Marked packs a run needed again, whose mark was removed.
+    /// Marked packs some snapshot needs again; their mark was removed.
     pub packs_unmarked: u64,
     /// Packs deleted (marked longer than the grace period ago).
     pub packs_deleted: u64,

@@ -359,7 +359,7 @@ impl Repository {
         Ok(self.store.delete(&bad_mark_path(id)).await?)
     }
 
-    /// Removes the gc mark of a pack (a run that needs the pack again takes it back).
+    /// Removes the gc mark of a pack (gc does, for a marked pack a snapshot needs again).
     pub async fn unmark_pack(&self, id: &PackId) -> Result<(), RepoError> {
         Ok(self.store.delete(&gc_mark_path(id)).await?)
     }
