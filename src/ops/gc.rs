@@ -363,7 +363,7 @@ async fn rewrite_packs(
     report: &mut GcReport,
 ) -> Result<(), OpError> {
     let rindex = index.repo(repo.id())?;
-    let mut uploader = PackUploader::new(repo.clone(), rindex, 2);
+    let mut uploader = PackUploader::new(repo.clone(), rindex.clone(), 2);
     for idx in packs {
         // Only the chunks this pack owns: every other live chunk keeps its owner's copy.
         let locations: Vec<ChunkLocation> = idx
@@ -375,7 +375,7 @@ async fn rewrite_packs(
                 entry: *e,
             })
             .collect();
-        let mut frames = std::pin::pin!(fetch(repo, plan(locations), Want::Frames));
+        let mut frames = std::pin::pin!(fetch(repo, &rindex, plan(locations), Want::Frames));
         while let Some(batch) = frames.next().await {
             for f in batch? {
                 report.chunks_rewritten += 1;

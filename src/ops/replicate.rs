@@ -199,7 +199,7 @@ async fn copy_chunks(
     let reads = plan(locations);
     let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
     let bar = Progress::bytes(progress, "replicate", total);
-    let mut frames = std::pin::pin!(fetch(from, reads, Want::Frames));
+    let mut frames = std::pin::pin!(fetch(from, from_index, reads, Want::Frames));
     while let Some(batch) = frames.next().await {
         for f in batch? {
             bytes_downloaded += f.frame.len() as u64;
