@@ -70,6 +70,9 @@ pub struct GcReport {
 const REWRITE_BELOW: f64 = 0.5;
 
 pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcReport, OpError> {
+    if repo.config().version >= crate::repo::config::DELTA_VERSION {
+        return Err(OpError::GcWithDeltas { repo: repo.url() });
+    }
     let started = Instant::now();
     let now = SystemTime::now();
     let old = |t: SystemTime| now.duration_since(t).is_ok_and(|age| age >= opts.grace);

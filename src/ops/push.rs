@@ -183,7 +183,7 @@ pub async fn push_checked(
         .sum();
     let bar = Progress::bytes(progress, "push", total);
     let cache = index.files(&source.key())?;
-    let cuts = push_delta::tensor_cuts(targets.iter().map(|(r, _)| r.config().version));
+    let cuts = push_delta::tensor_cuts(&targets);
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
     let (delta_target, counterparts) = push_delta::setup(&targets, &rindexes, name).await?;
 

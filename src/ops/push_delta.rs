@@ -17,7 +17,7 @@ use crate::ids::ChunkId;
 use crate::index::RepoIndex;
 use crate::ops::delta_base::read_chunk;
 use crate::ops::OpError;
-use crate::repo::config::{DeltaParams, DELTA_VERSION};
+use crate::repo::config::DeltaParams;
 use crate::repo::snapshot::Entry;
 use crate::repo::Repository;
 
@@ -63,10 +63,10 @@ impl Counterparts {
     }
 }
 
-/// How tensors are cut for a push into `versions` (each target's format version): position
-/// stable only when every target is at the delta version, so the snapshot is valid in all.
-pub(crate) fn tensor_cuts(versions: impl IntoIterator<Item = u32>) -> TensorCuts {
-    if versions.into_iter().all(|v| v >= DELTA_VERSION) {
+/// How tensors are cut for a push into `targets`: position-stable only when every target
+/// takes deltas (format version 2 with `deltas` set), so the snapshot is valid in all.
+pub(crate) fn tensor_cuts(targets: &[(Repository, bool)]) -> TensorCuts {
+    if targets.iter().all(|(r, _)| r.config().delta_params().is_some()) {
         TensorCuts::Fixed
     } else {
         TensorCuts::ContentDefined

@@ -67,14 +67,28 @@ impl RepoConfig {
     pub fn new(chunker: ChunkerParams, pack_size: u64) -> Self {
         Self {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            // Version 1 unless deltas are asked for: older ferry keeps reading it.
+            version: 1,
             id: uuid::Uuid::new_v4().simple().to_string(),
             chunker,
             pack_size,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            deltas: Some(DeltaParams::default()),
+            deltas: None,
         }
+    }
+
+    /// The same config at format version 2 with element deltas at most `max_depth` deep.
+    pub fn with_deltas(mut self, max_depth: u8) -> Result<Self, ConfigError> {
+        if max_depth > crate::codec::MAX_DELTA_DEPTH {
+            return Err(ConfigError::Deltas {
+                depth: max_depth,
+                version: DELTA_VERSION,
+            });
+        }
+        self.version = self.version.max(DELTA_VERSION);
+        self.deltas = Some(DeltaParams { max_depth });
+        Ok(self)
     }
 
     /// The delta settings pushes into this repository use, `None` when it writes none
@@ -166,7 +180,7 @@ pub enum ConfigError {
     BadId,
     #[error("zstd level {level} out of range")]
     ZstdLevel { level: i32 },
-    #[error("deltas.max_depth {depth} needs format version 2 or later and at most {} (this config has version {version})", crate::codec::MAX_DELTA_DEPTH)]
+    #[error("deltas.max_depth {depth} needs format version 2 or later and at most {} (this config has version {version}): choose --deltas 1 to 16", crate::codec::MAX_DELTA_DEPTH)]
     Deltas { depth: u8, version: u32 },
 }
 
@@ -188,7 +202,7 @@ mod tests {
         ));
         let newer = String::from_utf8(cfg.encode())
             .unwrap()
-            .replace("\"version\": 2", "\"version\": 99");
+            .replace("\"version\": 1", "\"version\": 99");
         let err = RepoConfig::decode(newer.as_bytes()).unwrap_err();
         assert!(matches!(err, ConfigError::Newer { version: 99 }), "{err}");
         assert!(err.to_string().contains("upgrade ferry"), "{err}");
@@ -203,15 +217,16 @@ mod tests {
 
     #[test]
     fn version_1_configs_stay_readable_and_write_no_deltas() {
-        let mut v1 = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
-        v1.version = 1;
-        v1.deltas = None;
+        let v1 = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+        assert_eq!((v1.version, v1.deltas), (1, None));
         let back = RepoConfig::decode(&v1.encode()).unwrap();
         assert_eq!(back, v1);
         assert_eq!(back.delta_params(), None);
         assert_eq!(back.derived().version, 1);
-        let v2 = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+        let v2 = v1.clone().with_deltas(4).unwrap();
+        assert_eq!(v2.version, 2);
         assert_eq!(v2.delta_params(), Some(DeltaParams::default()));
+        assert!(v1.clone().with_deltas(99).is_err());
         assert_eq!(v2.derived().deltas, v2.deltas);
         // Deltas on a version 1 config, or a chain deeper than readers follow, are refused.
         let mut bad = v1.clone();
