@@ -40,7 +40,7 @@ pub(crate) enum Command {
         pack_size: Option<u64>,
         /// Store changed tensor chunks as element deltas against the previous push of the
         /// same ref, at most N deltas deep before a full frame (format version 2; 0: off).
-        /// Older ferry versions cannot read such a repository, and `gc` does not yet run on it.
+        /// Older ferry versions cannot read such a repository.
         #[arg(long, value_name = "N")]
         deltas: Option<u8>,
     },

@@ -70,9 +70,6 @@ pub struct GcReport {
 const REWRITE_BELOW: f64 = 0.5;
 
 pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcReport, OpError> {
-    if repo.config().version >= crate::repo::config::DELTA_VERSION {
-        return Err(OpError::GcWithDeltas { repo: repo.url() });
-    }
     let started = Instant::now();
     let now = SystemTime::now();
     let old = |t: SystemTime| now.duration_since(t).is_ok_and(|age| age >= opts.grace);
@@ -88,6 +85,8 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     report.snapshots_live = roots.len() as u64;
 
     let packs = Packs::list(repo).await?;
+    // A live delta keeps its base alive, and the base's own base, down to a full frame.
+    let live = with_bases(live, &packs.indexes);
     report.packs_total = packs.objects.len() as u64;
     let owned = owners(packs.indexes.iter().filter(|i| packs.usable(i)), &live);
     let mut plan = packs.plan(&live, &owned, now, old);
@@ -231,6 +230,7 @@ impl Packs {
                         pack: id,
                         pack_size: 0,
                         entries: Vec::new(),
+                        bases: Vec::new(),
                     }),
                     other => other,
                 }
@@ -438,6 +438,27 @@ async fn live_chunks(
     Ok(live)
 }
 
+/// `live` and every chunk a delta frame of a live chunk needs as its base, transitively (from
+/// every pack index, whichever copy of a chunk gc keeps).
+fn with_bases(mut live: HashSet<ChunkId>, indexes: &[PackIndex]) -> HashSet<ChunkId> {
+    let mut bases: HashMap<ChunkId, Vec<ChunkId>> = HashMap::new();
+    for b in indexes.iter().flat_map(|i| &i.bases) {
+        bases.entry(b.chunk).or_default().push(b.base);
+    }
+    if bases.is_empty() {
+        return live;
+    }
+    let mut todo: Vec<ChunkId> = live.iter().copied().collect();
+    while let Some(c) = todo.pop() {
+        for b in bases.get(&c).into_iter().flatten() {
+            if live.insert(*b) {
+                todo.push(*b);
+            }
+        }
+    }
+    live
+}
+
 /// Which ref log entries to keep.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -522,7 +543,24 @@ mod tests {
                     raw_len: 100,
                 })
                 .collect(),
+            bases: Vec::new(),
         }
+    }
+
+    #[test]
+    fn live_deltas_keep_their_bases_transitively() {
+        use crate::repo::pack::DeltaBase;
+        let id = |c: u8| ChunkId::of(&[c]);
+        let mut p = pack(1, &[1, 2, 3, 4]);
+        // 3 is a delta on 2, 2 on 1; 4 stands alone.
+        p.bases = vec![
+            DeltaBase { chunk: id(3), base: id(2) },
+            DeltaBase { chunk: id(2), base: id(1) },
+        ];
+        let live = with_bases([id(3)].into(), std::slice::from_ref(&p));
+        assert_eq!(live, [id(1), id(2), id(3)].into());
+        let live = with_bases([id(4)].into(), std::slice::from_ref(&p));
+        assert_eq!(live, [id(4)].into());
     }
 
     proptest! {

@@ -35,9 +35,6 @@ use crate::store::StoreError;
 pub enum OpError {
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// gc cannot yet tell which chunks delta frames need as their bases (issue 11).
-    #[error("{repo}: gc does not yet run on a repository with element deltas (format version 2): it cannot yet tell which chunks delta frames need as bases, and could delete them; `forget` still trims refs")]
-    GcWithDeltas { repo: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A native cloud write (block lists, part copies) failed.
@@ -227,7 +224,6 @@ impl OpError {
             | OpError::ShardCountMismatch { .. }
             | OpError::RunFromOtherSource { .. }
             | OpError::ShardChunkMissing { .. }
-            | OpError::GcWithDeltas { .. }
             | OpError::Bug(_) => Permanent,
             OpError::Pull(pull::PullError::Busy { .. }) => Transient,
             OpError::Pull(_) | OpError::Select(_) => Permanent,
