@@ -17,10 +17,18 @@ fn fixed_tensor_cuts_line_up_by_position_and_dedup_unchanged_tensors() {
         let mut buf = Vec::new();
         let mut out = Vec::new();
         let cuts = TensorCuts::Fixed;
-        let layout = cut_file_with(data, "m.safetensors", data.len() as u64, params, cuts, &mut buf, |c, w| {
-            out.push((c.len(), blake3::hash(c), w));
-            Ok(())
-        })
+        let layout = cut_file_with(
+            data,
+            "m.safetensors",
+            data.len() as u64,
+            params,
+            cuts,
+            &mut buf,
+            |c, w| {
+                out.push((c.len(), blake3::hash(c), w));
+                Ok(())
+            },
+        )
         .unwrap();
         (layout, out)
     };
@@ -42,4 +50,3 @@ fn fixed_tensor_cuts_line_up_by_position_and_dedup_unchanged_tensors() {
     let total: usize = a.iter().map(|c| c.0).sum();
     assert_eq!(total, before.len());
 }
-

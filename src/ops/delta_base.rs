@@ -6,7 +6,7 @@
 //! A chain is followed only while depths strictly decrease (and never past
 //! `codec::MAX_DELTA_DEPTH`), so a broken or hostile chain ends in an error, not a loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -16,6 +16,7 @@ use crate::codec::{self, FrameError};
 use crate::ids::ChunkId;
 use crate::index::{ChunkLocation, RepoIndex};
 use crate::ops::OpError;
+use crate::repo::pack::PackIndex;
 use crate::repo::{RepoError, Repository};
 
 /// Where a chunk's frame lives: the local index, or a map built from pack indexes.
@@ -64,9 +65,19 @@ pub(crate) async fn read_chunk(
     read_below(repo, bases, *id, u8::MAX).await
 }
 
-fn read_below<'a>(repo: &'a Repository, bases: &'a dyn Locator, id: ChunkId, below: u8) -> Boxed<'a> {
+fn read_below<'a>(
+    repo: &'a Repository,
+    bases: &'a dyn Locator,
+    id: ChunkId,
+    below: u8,
+) -> Boxed<'a> {
     Box::pin(async move {
-        let loc = bases.locate(&id)?.ok_or_else(|| corrupt(repo.url(), format!("chunk {id} is referenced but no pack index holds it")))?;
+        let loc = bases.locate(&id)?.ok_or_else(|| {
+            corrupt(
+                repo.url(),
+                format!("chunk {id} is referenced but no pack index holds it"),
+            )
+        })?;
         let frame = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
         decode_below(repo, bases, frame, loc, repo.pack_url(&loc.pack), below).await
     })
@@ -84,14 +95,21 @@ fn decode_below<'a>(
         let id = loc.entry.chunk;
         let raw_len = loc.entry.raw_len as usize;
         let at = loc.entry.offset;
-        let bad = |e: FrameError| corrupt(object.clone(), format!("chunk {id} at offset {at}: {e}"));
-        let header = codec::delta_header(&frame).map_err(bad)?.map(|h| (h.depth, h.base));
+        let bad =
+            |e: FrameError| corrupt(object.clone(), format!("chunk {id} at offset {at}: {e}"));
+        let header = codec::delta_header(&frame)
+            .map_err(bad)?
+            .map(|h| (h.depth, h.base));
         let Some((depth, base)) = header else {
-            let raw = blocking(move || codec::decode(&frame, raw_len, &id)).await?.map_err(bad)?;
+            let raw = blocking(move || codec::decode(&frame, raw_len, &id))
+                .await?
+                .map_err(bad)?;
             return Ok(Decoded { raw, depth: 0 });
         };
         if depth >= below {
-            return Err(bad(FrameError::DeltaHeader("delta chain depth does not decrease towards its base")));
+            return Err(bad(FrameError::DeltaHeader(
+                "delta chain depth does not decrease towards its base",
+            )));
         }
         let base_raw = read_below(repo, bases, base, depth).await.map_err(|e| {
             corrupt(object.clone(), format!("chunk {id} at offset {at} is stored as a delta against base chunk {base}, which cannot be read: {e}"))
@@ -101,7 +119,12 @@ fn decode_below<'a>(
             codec::decode_delta(&h, &base_raw.raw, raw_len, &id)
         })
         .await?
-        .map_err(|e| corrupt(object.clone(), format!("chunk {id} at offset {at}, a delta against base chunk {base}: {e}")))?;
+        .map_err(|e| {
+            corrupt(
+                object.clone(),
+                format!("chunk {id} at offset {at}, a delta against base chunk {base}: {e}"),
+            )
+        })?;
         Ok(Decoded { raw, depth })
     })
 }
@@ -112,4 +135,57 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 fn corrupt(object: String, problem: String) -> OpError {
     OpError::Repo(RepoError::Corrupt { object, problem })
+}
+
+/// `live` and every chunk a delta frame of a live chunk needs as its base, transitively (from
+/// every pack index, whichever copy of a chunk gc keeps).
+pub(crate) fn with_bases(mut live: HashSet<ChunkId>, indexes: &[PackIndex]) -> HashSet<ChunkId> {
+    let mut bases: HashMap<ChunkId, Vec<ChunkId>> = HashMap::new();
+    for b in indexes.iter().flat_map(|i| &i.bases) {
+        bases.entry(b.chunk).or_default().push(b.base);
+    }
+    if bases.is_empty() {
+        return live;
+    }
+    let mut todo: Vec<ChunkId> = live.iter().copied().collect();
+    while let Some(c) = todo.pop() {
+        for b in bases.get(&c).into_iter().flatten() {
+            if live.insert(*b) {
+                todo.push(*b);
+            }
+        }
+    }
+    live
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_deltas_keep_their_bases_transitively() {
+        use crate::repo::pack::DeltaBase;
+        let id = |c: u8| ChunkId::of(&[c]);
+        let mut p = PackIndex {
+            pack: crate::ids::PackId::of(b"p"),
+            pack_size: 0,
+            entries: Vec::new(),
+            bases: Vec::new(),
+        };
+        // 3 is a delta on 2, 2 on 1; 4 stands alone.
+        p.bases = vec![
+            DeltaBase {
+                chunk: id(3),
+                base: id(2),
+            },
+            DeltaBase {
+                chunk: id(2),
+                base: id(1),
+            },
+        ];
+        let live = with_bases([id(3)].into(), std::slice::from_ref(&p));
+        assert_eq!(live, [id(1), id(2), id(3)].into());
+        let live = with_bases([id(4)].into(), std::slice::from_ref(&p));
+        assert_eq!(live, [id(4)].into());
+    }
 }

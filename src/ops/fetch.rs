@@ -5,8 +5,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::ids::{ChunkId, PackId};
-use crate::ops::delta_base::{decode_frame, Locator};
 use crate::index::{ChunkLocation, RepoIndex};
+use crate::ops::delta_base::{decode_frame, Locator};
 use crate::ops::OpError;
 use crate::repo::{RepoError, Repository};
 
@@ -123,21 +123,21 @@ fn check(
         .map(|loc| {
             let r = loc.entry.range();
             let frame = bytes.slice((r.start - read.start) as usize..(r.end - read.start) as usize);
-            let (raw, delta) = match crate::codec::decode(
-                &frame,
-                loc.entry.raw_len as usize,
-                &loc.entry.chunk,
-            ) {
-                Ok(raw) => (Some(raw), false),
-                // Decoded (base read, result checked) by `fetch`.
-                Err(crate::codec::FrameError::NeedsBase { .. }) => (None, true),
-                Err(e) => {
-                    return Err(OpError::Repo(RepoError::Corrupt {
-                        object: url.to_string(),
-                        problem: format!("chunk {} at offset {}: {e}", loc.entry.chunk, r.start),
-                    }))
-                }
-            };
+            let (raw, delta) =
+                match crate::codec::decode(&frame, loc.entry.raw_len as usize, &loc.entry.chunk) {
+                    Ok(raw) => (Some(raw), false),
+                    // Decoded (base read, result checked) by `fetch`.
+                    Err(crate::codec::FrameError::NeedsBase { .. }) => (None, true),
+                    Err(e) => {
+                        return Err(OpError::Repo(RepoError::Corrupt {
+                            object: url.to_string(),
+                            problem: format!(
+                                "chunk {} at offset {}: {e}",
+                                loc.entry.chunk, r.start
+                            ),
+                        }))
+                    }
+                };
             Ok(CheckedFrame {
                 location: loc,
                 frame,

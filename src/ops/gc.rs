@@ -86,7 +86,7 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
 
     let packs = Packs::list(repo).await?;
     // A live delta keeps its base alive, and the base's own base, down to a full frame.
-    let live = with_bases(live, &packs.indexes);
+    let live = crate::ops::delta_base::with_bases(live, &packs.indexes);
     report.packs_total = packs.objects.len() as u64;
     let owned = owners(packs.indexes.iter().filter(|i| packs.usable(i)), &live);
     let mut plan = packs.plan(&live, &owned, now, old);
@@ -438,27 +438,6 @@ async fn live_chunks(
     Ok(live)
 }
 
-/// `live` and every chunk a delta frame of a live chunk needs as its base, transitively (from
-/// every pack index, whichever copy of a chunk gc keeps).
-fn with_bases(mut live: HashSet<ChunkId>, indexes: &[PackIndex]) -> HashSet<ChunkId> {
-    let mut bases: HashMap<ChunkId, Vec<ChunkId>> = HashMap::new();
-    for b in indexes.iter().flat_map(|i| &i.bases) {
-        bases.entry(b.chunk).or_default().push(b.base);
-    }
-    if bases.is_empty() {
-        return live;
-    }
-    let mut todo: Vec<ChunkId> = live.iter().copied().collect();
-    while let Some(c) = todo.pop() {
-        for b in bases.get(&c).into_iter().flatten() {
-            if live.insert(*b) {
-                todo.push(*b);
-            }
-        }
-    }
-    live
-}
-
 /// Which ref log entries to keep.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -545,22 +524,6 @@ mod tests {
                 .collect(),
             bases: Vec::new(),
         }
-    }
-
-    #[test]
-    fn live_deltas_keep_their_bases_transitively() {
-        use crate::repo::pack::DeltaBase;
-        let id = |c: u8| ChunkId::of(&[c]);
-        let mut p = pack(1, &[1, 2, 3, 4]);
-        // 3 is a delta on 2, 2 on 1; 4 stands alone.
-        p.bases = vec![
-            DeltaBase { chunk: id(3), base: id(2) },
-            DeltaBase { chunk: id(2), base: id(1) },
-        ];
-        let live = with_bases([id(3)].into(), std::slice::from_ref(&p));
-        assert_eq!(live, [id(1), id(2), id(3)].into());
-        let live = with_bases([id(4)].into(), std::slice::from_ref(&p));
-        assert_eq!(live, [id(4)].into());
     }
 
     proptest! {

@@ -66,7 +66,10 @@ impl Counterparts {
 /// How tensors are cut for a push into `targets`: position-stable only when every target
 /// takes deltas (format version 2 with `deltas` set), so the snapshot is valid in all.
 pub(crate) fn tensor_cuts(targets: &[(Repository, bool)]) -> TensorCuts {
-    if targets.iter().all(|(r, _)| r.config().delta_params().is_some()) {
+    if targets
+        .iter()
+        .all(|(r, _)| r.config().delta_params().is_some())
+    {
         TensorCuts::Fixed
     } else {
         TensorCuts::ContentDefined
@@ -109,7 +112,10 @@ impl FrameChooser {
     pub(crate) fn choose(&mut self, data: &[u8], width: u8, base: Option<ChunkId>) -> Chosen {
         let full = self.full.encode_elements(data, width);
         let (Some(t), Some(base)) = (&self.target, base) else {
-            return Chosen { frame: full, delta: false };
+            return Chosen {
+                frame: full,
+                delta: false,
+            };
         };
         let got = t.rt.block_on(read_chunk(&t.repo, &t.rindex, &base));
         let decoded = match got {
@@ -117,18 +123,27 @@ impl FrameChooser {
             Err(e) => {
                 // A push never fails for want of a base: the full frame is always valid.
                 tracing::warn!(base = %base, error = %e, "delta base unreadable; storing the chunk whole");
-                return Chosen { frame: full, delta: false };
+                return Chosen {
+                    frame: full,
+                    delta: false,
+                };
             }
         };
         if decoded.depth >= t.params.max_depth {
-            return Chosen { frame: full, delta: false };
+            return Chosen {
+                frame: full,
+                delta: false,
+            };
         }
         match self.delta.encode(&decoded.raw, data, width) {
             Some(payload) if payload.len() + 34 < full.len() => Chosen {
                 frame: delta_frame(&base, decoded.depth + 1, &payload),
                 delta: true,
             },
-            _ => Chosen { frame: full, delta: false },
+            _ => Chosen {
+                frame: full,
+                delta: false,
+            },
         }
     }
 }

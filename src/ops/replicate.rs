@@ -16,12 +16,12 @@ use serde::Serialize;
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{Index, RepoIndex};
 use crate::ops::fetch::{fetch, locate, plan, Want};
-use crate::repo::config::DELTA_VERSION;
 use crate::ops::shard::Shard;
 use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
 use crate::progress::Progress;
+use crate::repo::config::DELTA_VERSION;
 use crate::repo::partial::check_run_id;
 use crate::repo::replicas::{PlannedRef, ReplicaPlan, ReplicaPointer};
 use crate::repo::{Repository, Snapshot};
@@ -202,7 +202,16 @@ async fn copy_chunks(
     let mut totals = (0, 0);
     let whole = uploader.repo().config().version < DELTA_VERSION;
     while !need.is_empty() {
-        let bases = copy_frames(from, from_index, need, uploader, whole, progress, &mut totals).await?;
+        let bases = copy_frames(
+            from,
+            from_index,
+            need,
+            uploader,
+            whole,
+            progress,
+            &mut totals,
+        )
+        .await?;
         need = Vec::new();
         for b in bases {
             if lacks(&b)? {
@@ -238,7 +247,10 @@ async fn copy_frames(
             bar.inc(f.frame.len() as u64);
             *chunks_copied += 1;
             let frame = match (&f.raw, f.delta) {
-                (Some(raw), true) => Bytes::from(crate::codec::encode(raw, uploader.repo().config().zstd_level)),
+                (Some(raw), true) => Bytes::from(crate::codec::encode(
+                    raw,
+                    uploader.repo().config().zstd_level,
+                )),
                 _ => f.frame,
             };
             if !whole {

@@ -346,7 +346,11 @@ mod tests {
             .unwrap();
         let frame = crate::codec::delta_frame(&ChunkId::of(&base), 1, &payload);
         let mut b = PackBuilder::new();
-        b.add(ChunkId::of(&base), &crate::codec::encode(&base, 1), base.len() as u32);
+        b.add(
+            ChunkId::of(&base),
+            &crate::codec::encode(&base, 1),
+            base.len() as u32,
+        );
         b.add(ChunkId::of(&new), &frame, new.len() as u32);
         let pack = b.seal();
         let want = vec![DeltaBase {
@@ -358,7 +362,7 @@ mod tests {
         assert_eq!(&encoded[..8], INDEX_MAGIC_BASES);
         assert_eq!(PackIndex::decode(&encoded).unwrap(), pack.index());
         // Without delta frames the index is the version 1 object, byte for byte.
-        let plain = build(&[base.clone()]).index().encode();
+        let plain = build(std::slice::from_ref(&base)).index().encode();
         assert_eq!(&plain[..8], INDEX_MAGIC);
         for cut in [encoded.len() - 40, encoded.len() - 70] {
             let mut short = encoded[..cut].to_vec();

@@ -59,16 +59,18 @@ fn weights(step: u32) -> Vec<u8> {
                 }
             } else {
                 for b in &mut bits {
-                    if r.next_u64() % 100 == 0 {
+                    if r.next_u64().is_multiple_of(100) {
                         *b ^= 1;
                     }
                 }
             }
         }
         if *dtype == "F32" {
-            vals.iter().for_each(|v| f.extend_from_slice(&v.to_le_bytes()));
+            vals.iter()
+                .for_each(|v| f.extend_from_slice(&v.to_le_bytes()));
         } else {
-            bits.iter().for_each(|b| f.extend_from_slice(&b.to_le_bytes()));
+            bits.iter()
+                .for_each(|b| f.extend_from_slice(&b.to_le_bytes()));
         }
     }
     f.extend_from_slice(b"trailing bytes");
@@ -114,16 +116,27 @@ pub fn delta_steps_round_trip(backend: Backend) {
         let sent = uint(only_target(push), "bytes_uploaded");
         // Depth 2: step 4's chunks are whole again (keyframes).
         if k < 3 {
-            assert!(sent * 2 < size, "step {} sent {sent} of {size}: {push}", k + 1);
+            assert!(
+                sent * 2 < size,
+                "step {} sent {sent} of {size}: {push}",
+                k + 1
+            );
         } else {
-            assert!(sent * 10 > size * 6, "step 4 should be keyframes: {sent} of {size}: {push}");
+            assert!(
+                sent * 10 > size * 6,
+                "step 4 should be keyframes: {sent} of {size}: {push}"
+            );
         }
     }
     for (k, (id, _)) in steps.iter().enumerate() {
         let dest = ctx.path(&format!("restore-{k}"));
         ferry.json(&["restore", &repo.url, &format!("ckpt@{id}"), s(&dest)]);
         let got = fs::read(dest.join("model.safetensors")).expect("restored file");
-        assert!(got == weights(k as u32 + 1), "step {} restored different bytes", k + 1);
+        assert!(
+            got == weights(k as u32 + 1),
+            "step {} restored different bytes",
+            k + 1
+        );
     }
     let verify = ferry.json(&["verify", &repo.url, "--read-data"]);
     assert!(boolean(&verify, "ok"), "{verify}");
@@ -171,7 +184,12 @@ pub fn damaged_base_is_named(backend: Backend) {
     bytes[off + len / 2] ^= 0x55;
     repo.raw.put(&step1_pack.key, &bytes);
 
-    let restore = ferry.run(&["restore", &repo.url, &format!("ckpt@{second}"), s(&ctx.path("r"))]);
+    let restore = ferry.run(&[
+        "restore",
+        &repo.url,
+        &format!("ckpt@{second}"),
+        s(&ctx.path("r")),
+    ]);
     assert!(!restore.status.success(), "{restore}");
     let error = restore.error_line();
     assert!(
@@ -186,7 +204,10 @@ pub fn damaged_base_is_named(backend: Backend) {
         .filter(|p| string(p, "problem").contains(&base))
         .count();
     // The damaged frame itself, and the delta built on it.
-    assert!(named >= 2, "verify names base {base} {named} times: {verify}");
+    assert!(
+        named >= 2,
+        "verify names base {base} {named} times: {verify}"
+    );
 }
 
 /// Replicating only the newest snapshot of a delta series to an empty target copies the
@@ -207,7 +228,10 @@ pub fn replicate_carries_bases(backend: Backend) {
     let dest = ctx.path("restore");
     ferry.json(&["restore", &to.url, "ckpt", s(&dest)]);
     let got = fs::read(dest.join("model.safetensors")).expect("restored file");
-    assert!(got == weights(3), "replicated step 3 restored different bytes");
+    assert!(
+        got == weights(3),
+        "replicated step 3 restored different bytes"
+    );
     let verify = ferry.json(&["verify", &to.url, "--read-data"]);
     assert!(boolean(&verify, "ok"), "{verify}");
     let _ = steps;
@@ -241,9 +265,17 @@ pub fn gc_keeps_bases_while_needed(backend: Backend) {
     ferry.json(&["forget", &repo.url, "ckpt", "--keep-last", "1"]);
     gc_twice(&ferry, &repo.url);
     let dest = ctx.path("restore-2");
-    ferry.json(&["restore", &repo.url, &format!("ckpt@{}", steps[1].0), s(&dest)]);
+    ferry.json(&[
+        "restore",
+        &repo.url,
+        &format!("ckpt@{}", steps[1].0),
+        s(&dest),
+    ]);
     let got = fs::read(dest.join("model.safetensors")).expect("restored file");
-    assert!(got == weights(2), "step 2 restored different bytes after gc");
+    assert!(
+        got == weights(2),
+        "step 2 restored different bytes after gc"
+    );
 
     // Step 3: its counterparts sit at depth 1 = max, so it is stored whole.
     let src = ctx.dir("step-3");
@@ -255,7 +287,10 @@ pub fn gc_keeps_bases_while_needed(backend: Backend) {
     gc_twice(&ferry, &repo.url);
     let after = pack_bytes(&repo.raw);
     // Only step 3 is left: about one file's frames (F32 barely compresses), not three.
-    assert!(after < before && after <= size, "{before} -> {after} bytes of packs, file {size}");
+    assert!(
+        after < before && after <= size,
+        "{before} -> {after} bytes of packs, file {size}"
+    );
     let dest = ctx.path("restore-3");
     ferry.json(&["restore", &repo.url, "ckpt", s(&dest)]);
     assert!(fs::read(dest.join("model.safetensors")).expect("restored") == weights(3));
@@ -281,7 +316,11 @@ pub fn head_without_tensor_layout(backend: Backend) {
         let src = ctx.dir(&format!("step-{step}"));
         write_step(&src, step);
         let push = ferry.json(&["push", s(&src), &v2.url, "--name", "ckpt"]);
-        assert_eq!(uint(&push, "chunks_delta") >= 3, want_deltas, "step {step}: {push}");
+        assert_eq!(
+            uint(&push, "chunks_delta") >= 3,
+            want_deltas,
+            "step {step}: {push}"
+        );
         snaps.push(pushed_snapshot(&push));
         let plain = ferry.json(&["push", s(&src), &v1.url, "--name", "ckpt"]);
         assert_eq!(uint(&plain, "chunks_delta"), 0, "{plain}");
@@ -290,8 +329,15 @@ pub fn head_without_tensor_layout(backend: Backend) {
         let dest = ctx.path(&format!("restore-{k}"));
         ferry.json(&["restore", &v2.url, &format!("ckpt@{id}"), s(&dest)]);
         let got = fs::read(dest.join("model.safetensors")).expect("restored file");
-        assert!(got == weights(k as u32 + 2), "step {} restored different bytes", k + 2);
+        assert!(
+            got == weights(k as u32 + 2),
+            "step {} restored different bytes",
+            k + 2
+        );
     }
     let config = String::from_utf8(v1.raw.get("config")).expect("utf-8 config");
-    assert!(config.contains("\"version\": 1") && !config.contains("deltas"), "{config} {init}");
+    assert!(
+        config.contains("\"version\": 1") && !config.contains("deltas"),
+        "{config} {init}"
+    );
 }
