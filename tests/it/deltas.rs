@@ -17,6 +17,7 @@ per_backend!(
     replicate_carries_bases,
     gc_keeps_bases_while_needed,
     head_without_tensor_layout,
+    killed_delta_push_resumes,
 );
 
 /// Tensors of every width ferry deltas, with odd element counts (so each ends in a short
@@ -340,4 +341,58 @@ pub fn head_without_tensor_layout(backend: Backend) {
         config.contains("\"version\": 1") && !config.contains("deltas"),
         "{config} {init}"
     );
+}
+
+/// SIGKILL a delta push once one of its packs (with its index) landed; the rerun completes
+/// without sending that pack again, and the repository verifies and restores the step.
+pub fn killed_delta_push_resumes(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let ferry = ctx.ferry();
+    let init = [
+        &repo.url,
+        "--deltas",
+        "4",
+        "--pack-size",
+        "1MiB",
+        "--chunk-avg",
+        "256KiB",
+    ];
+    ferry.json(&[&["init"][..], &init[..]].concat());
+    push_steps(&ctx, &repo.url, 1);
+    let indexes = |raw: &crate::raw::RawStore| raw.list("index/").len();
+    let before = indexes(&repo.raw);
+    let src = ctx.dir("step-2");
+    write_step(&src, 2);
+    let args = ["push", s(&src), &repo.url, "--name", "ckpt"];
+    // Slow every store call down so the push is surely killed half-way.
+    let mut push = ferry.spawn_env(&args, &[("FERRY_FAULTS", "rate=0,latency_ms=150")]);
+    let mut landed = false;
+    while !push.has_exited() {
+        if indexes(&repo.raw) > before {
+            landed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed = push.kill();
+    assert!(
+        landed && !killed.status.success(),
+        "not killed mid-push: {killed}"
+    );
+    let durable = indexes(&repo.raw) - before;
+    let rerun = ferry.json(&args);
+    assert!(uint(&rerun, "chunks_delta") >= 1, "{rerun}");
+    let all = indexes(&repo.raw) - before;
+    assert!(
+        (uint(&rerun, "packs_uploaded") as usize) < all,
+        "the rerun re-sent every pack ({durable} had landed): {rerun}"
+    );
+    let verify = ferry.json(&["verify", &repo.url, "--read-data"]);
+    assert!(boolean(&verify, "ok"), "{verify}");
+    let dest = ctx.path("restore");
+    ferry.json(&["restore", &repo.url, "ckpt", s(&dest)]);
+    assert!(fs::read(dest.join("model.safetensors")).expect("restored") == weights(2));
 }
