@@ -3,8 +3,10 @@
 //! checked against the chunk's id. Shared by restore, pull, replicate, gc's rewrite,
 //! `verify --read-data` and push (which reads a counterpart to encode against).
 //!
-//! A chain is followed only while depths strictly decrease (and never past
-//! `codec::MAX_DELTA_DEPTH`), so a broken or hostile chain ends in an error, not a loop.
+//! At most `codec::MAX_DELTA_DEPTH` delta frames are followed for one chunk, so a broken or
+//! hostile chain (even a cycle) ends in an error, not a loop. The depth a frame records is the
+//! writer's view; another copy of a base (a chunk stored twice) may sit deeper, which costs
+//! reads but never correctness.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -12,7 +14,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::codec::{self, FrameError};
+use crate::codec::{self, FrameError, MAX_DELTA_DEPTH};
 use crate::ids::ChunkId;
 use crate::index::{ChunkLocation, RepoIndex};
 use crate::ops::OpError;
@@ -53,7 +55,15 @@ pub(crate) async fn decode_frame(
     loc: &ChunkLocation,
     object: &str,
 ) -> Result<Decoded, OpError> {
-    decode_below(repo, bases, frame, *loc, object.to_string(), u8::MAX).await
+    decode_below(
+        repo,
+        bases,
+        frame,
+        *loc,
+        object.to_string(),
+        MAX_DELTA_DEPTH,
+    )
+    .await
 }
 
 /// Reads chunk `id` from `repo` and decodes it (following delta bases).
@@ -62,7 +72,7 @@ pub(crate) async fn read_chunk(
     bases: &dyn Locator,
     id: &ChunkId,
 ) -> Result<Decoded, OpError> {
-    read_below(repo, bases, *id, u8::MAX).await
+    read_below(repo, bases, *id, MAX_DELTA_DEPTH).await
 }
 
 fn read_below<'a>(
@@ -106,12 +116,12 @@ fn decode_below<'a>(
                 .map_err(bad)?;
             return Ok(Decoded { raw, depth: 0 });
         };
-        if depth >= below {
+        if below == 0 {
             return Err(bad(FrameError::DeltaHeader(
-                "delta chain depth does not decrease towards its base",
+                "delta chain longer than 16 frames",
             )));
         }
-        let base_raw = read_below(repo, bases, base, depth).await.map_err(|e| {
+        let base_raw = read_below(repo, bases, base, below - 1).await.map_err(|e| {
             corrupt(object.clone(), format!("chunk {id} at offset {at} is stored as a delta against base chunk {base}, which cannot be read: {e}"))
         })?;
         let raw = blocking(move || {

@@ -187,7 +187,11 @@ impl FileReader<'_> {
                         targets,
                         base: (width > 1)
                             .then(|| counterparts.base(rel, offset, len, &id))
-                            .flatten(),
+                            .flatten()
+                            // Only a base the repository holds in a usable pack.
+                            .filter(|b| {
+                                presences.first().is_some_and(|p| p.has(b).unwrap_or(false))
+                            }),
                     };
                     let t = Instant::now();
                     let res = out.jobs.send(job);
