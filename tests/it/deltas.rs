@@ -18,6 +18,7 @@ per_backend!(
     gc_keeps_bases_while_needed,
     head_without_tensor_layout,
     killed_delta_push_resumes,
+    replicate_into_version_1_stores_whole_chunks,
 );
 
 /// Tensors of every width ferry deltas, with odd element counts (so each ends in a short
@@ -395,4 +396,40 @@ pub fn killed_delta_push_resumes(backend: Backend) {
     let dest = ctx.path("restore");
     ferry.json(&["restore", &repo.url, "ckpt", s(&dest)]);
     assert!(fs::read(dest.join("model.safetensors")).expect("restored") == weights(2));
+}
+
+/// Replicating a delta series into an existing version 1 repository stores the delta chunks
+/// whole (an older ferry must still read it): it restores every step, verifies, and holds no
+/// pack index that lists bases.
+pub fn replicate_into_version_1_stores_whole_chunks(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let from = ctx.location(Backend::File);
+    let to = ctx.location(backend);
+    let ferry = ctx.ferry();
+    ferry.json(&["init", &from.url, "--deltas", "4"]);
+    ferry.json(&["init", &to.url]);
+    let steps = push_steps(&ctx, &from.url, 2);
+    ferry.json(&["replicate", &from.url, &to.url, "--name", "ckpt"]);
+    for (k, (id, _)) in steps.iter().enumerate() {
+        let dest = ctx.path(&format!("restore-{k}"));
+        ferry.json(&["restore", &to.url, &format!("ckpt@{id}"), s(&dest)]);
+        let got = fs::read(dest.join("model.safetensors")).expect("restored file");
+        assert!(
+            got == weights(k as u32 + 1),
+            "step {} restored different bytes",
+            k + 1
+        );
+    }
+    let verify = ferry.json(&["verify", &to.url, "--read-data"]);
+    assert!(boolean(&verify, "ok"), "{verify}");
+    for o in to.raw.list("index/") {
+        assert_eq!(
+            &to.raw.get(&o.key)[..8],
+            b"FRYIDX01",
+            "{} lists delta bases",
+            o.key
+        );
+    }
 }
