@@ -3,6 +3,9 @@
 use crate::ids::ChunkId;
 
 pub mod delta;
+mod delta_frame;
+
+pub use delta_frame::{decode_delta, delta_frame, delta_header, DeltaHeader, MAX_DELTA_DEPTH};
 
 /// Codec ids as they appear in the first byte of every frame. Append only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +19,9 @@ pub enum Codec {
     /// plane stored raw or as zstd: `width u8`, then per plane `codec u8, len u32, bytes`,
     /// then the `raw_len % width` tail bytes raw.
     Planes = 2,
+    /// Payload is an element delta against a base chunk (format version 2):
+    /// `depth u8, base chunk id (32), delta payload` (see `codec::delta`).
+    Delta = 3,
 }
 
 impl Codec {
@@ -24,6 +30,7 @@ impl Codec {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Planes),
+            3 => Some(Codec::Delta),
             _ => None,
         }
     }
@@ -66,6 +73,18 @@ pub enum FrameError {
         /// The chunk id.
         want: ChunkId,
     },
+    /// A delta frame: decoding needs its base chunk (`decode_delta`).
+    #[error("frame is a delta against base chunk {base}, which decoding needs")]
+    NeedsBase {
+        /// The base chunk's id, from the frame's header.
+        base: ChunkId,
+    },
+    /// A delta frame's header (depth, base id) is cut short or out of range.
+    #[error("delta frame is malformed: {0}")]
+    DeltaHeader(&'static str),
+    /// The delta payload does not apply to its base.
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
 }
 
 /// Encodes chunks into frames, reusing one zstd context (one per worker thread).
@@ -248,7 +267,16 @@ pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, Fra
             zstd::bulk::decompress(payload, raw_len).map_err(FrameError::Zstd)?
         }
         Codec::Planes => decode_planes(payload, raw_len)?,
+        Codec::Delta => {
+            let h = delta_header(frame)?.ok_or(FrameError::DeltaHeader("not a delta"))?;
+            return Err(FrameError::NeedsBase { base: h.base });
+        }
     };
+    check_raw(raw, raw_len, id)
+}
+
+/// Checks decoded bytes against the recorded length and the chunk id.
+fn check_raw(raw: Vec<u8>, raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
     if raw.len() != raw_len {
         return Err(FrameError::Length {
             got: raw.len(),

@@ -234,8 +234,12 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             repo,
             chunk_avg,
             pack_size,
+            deltas,
         } => {
-            let config = commands::new_config(chunk_avg, pack_size)?;
+            let mut config = commands::new_config(chunk_avg, pack_size)?;
+            if let Some(max_depth) = deltas.filter(|d| *d > 0) {
+                config = config.with_deltas(max_depth)?;
+            }
             emit(
                 json,
                 &commands::init(ctx, &repo, config).await?,

@@ -38,6 +38,11 @@ pub(crate) enum Command {
         /// Target pack object size (1MiB–1GiB).
         #[arg(long, value_parser = parse_size)]
         pack_size: Option<u64>,
+        /// Store changed tensor chunks as element deltas against the previous push of the
+        /// same ref, at most N deltas deep before a full frame (format version 2; 0: off).
+        /// Older ferry versions cannot read such a repository.
+        #[arg(long, value_name = "N")]
+        deltas: Option<u8>,
     },
     /// Push a folder, file or object prefix into one or more repositories.
     Push {

@@ -1,9 +1,10 @@
 //! Fuzzes `codec::decode`, which turns a chunk frame read from a pack back into the chunk.
 //! The input is a u32 raw length (little-endian, as a pack table stores it), then the frame;
 //! the chunk id is the hash of the frame's payload, so raw frames can pass the hash check.
+//! A delta frame (codec 3) is also applied to a base made of the frame's own bytes.
 #![no_main]
 
-use ferry::codec::decode;
+use ferry::codec::{decode, decode_delta, delta_header};
 use ferry::ids::ChunkId;
 use libfuzzer_sys::fuzz_target;
 
@@ -17,5 +18,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(raw) = decode(frame, raw_len, &id) {
         assert_eq!(raw.len(), raw_len);
         assert_eq!(ChunkId::of(&raw), id);
+    }
+    if let Ok(Some(h)) = delta_header(frame) {
+        let base: Vec<u8> = frame.iter().copied().cycle().take(raw_len.min(1 << 20)).collect();
+        if let Ok(raw) = decode_delta(&h, &base, raw_len, &id) {
+            assert_eq!(ChunkId::of(&raw), id);
+        }
     }
 });

@@ -20,10 +20,13 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 8 + 32 {
         return;
     }
-    let mut fixed = data.to_vec();
-    fixed[..8].copy_from_slice(b"FRYIDX01");
-    let body = fixed.len() - 32;
-    let sum = *blake3::hash(&fixed[..body]).as_bytes();
-    fixed[body..].copy_from_slice(&sum);
-    check(&fixed);
+    // Both magics: FRYIDX02 adds the list of delta bases after the entries.
+    for magic in [b"FRYIDX01", b"FRYIDX02"] {
+        let mut fixed = data.to_vec();
+        fixed[..8].copy_from_slice(magic);
+        let body = fixed.len() - 32;
+        let sum = *blake3::hash(&fixed[..body]).as_bytes();
+        fixed[body..].copy_from_slice(&sum);
+        check(&fixed);
+    }
 });

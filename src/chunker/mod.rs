@@ -209,6 +209,20 @@ pub enum Layout {
     Cdc,
     /// Safetensors: the header and each tensor cut separately, cuts on element boundaries.
     Safetensors,
+    /// Safetensors with position-stable cuts (format version 2): as `Safetensors`, but every
+    /// F16/BF16/F32 tensor is cut every `avg_size` bytes from its start, so a chunk and its
+    /// counterpart in the previous step hold the same element range.
+    Tensors,
+}
+
+/// How the inside of an F16/BF16/F32 tensor is cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TensorCuts {
+    /// FastCDC, cuts moved down to element boundaries (format version 1).
+    #[default]
+    ContentDefined,
+    /// Every `avg_size` bytes from the tensor's start (format version 2).
+    Fixed,
 }
 
 impl Layout {
@@ -222,10 +236,24 @@ impl Layout {
 /// Safetensors files (by name, with a valid header) are cut per tensor; anything else, or a
 /// file whose header does not parse, is cut as plain bytes. `buffer` is reused across files.
 pub fn cut_file<R: Read>(
+    reader: R,
+    path: &str,
+    size: u64,
+    params: ChunkerParams,
+    buffer: &mut Vec<u8>,
+    on_chunk: impl FnMut(&[u8], u8) -> io::Result<()>,
+) -> io::Result<Layout> {
+    let cuts = TensorCuts::ContentDefined;
+    cut_file_with(reader, path, size, params, cuts, buffer, on_chunk)
+}
+
+/// [`cut_file`] with a choice of how tensors are cut inside (see [`TensorCuts`]).
+pub fn cut_file_with<R: Read>(
     mut reader: R,
     path: &str,
     size: u64,
     params: ChunkerParams,
+    cuts: TensorCuts,
     buffer: &mut Vec<u8>,
     mut on_chunk: impl FnMut(&[u8], u8) -> io::Result<()>,
 ) -> io::Result<Layout> {
@@ -246,16 +274,20 @@ pub fn cut_file<R: Read>(
     let mut input = io::Cursor::new(head).chain(reader);
     let layout = match plan {
         Some(segments) => {
+            let fixed = cuts == TensorCuts::Fixed;
             for seg in segments {
-                cut_all(
-                    (&mut input).take(seg.len),
-                    params,
-                    seg.width,
-                    buffer,
-                    &mut on_chunk,
-                )?;
+                let part = (&mut input).take(seg.len);
+                if fixed && seg.width > 1 {
+                    cut_fixed(part, params.avg_size as usize, seg.width, &mut on_chunk)?;
+                } else {
+                    cut_all(part, params, seg.width, buffer, &mut on_chunk)?;
+                }
             }
-            Layout::Safetensors
+            if fixed {
+                Layout::Tensors
+            } else {
+                Layout::Safetensors
+            }
         }
         None => Layout::Cdc,
     };
@@ -280,6 +312,25 @@ fn cut_all<R: Read>(
     Ok(())
 }
 
+/// Cuts a tensor every `step` bytes (a power of two, so whole elements) from its start.
+fn cut_fixed<R: Read>(
+    mut reader: R,
+    step: usize,
+    width: u8,
+    on_chunk: &mut impl FnMut(&[u8], u8) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; step];
+    loop {
+        let n = read_full(&mut reader, &mut buf)?;
+        if n > 0 {
+            on_chunk(&buf[..n], width)?;
+        }
+        if n < step {
+            return Ok(());
+        }
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns how much was read.
 fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
@@ -293,6 +344,9 @@ fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(got)
 }
+
+#[cfg(test)]
+mod tests_tensors;
 
 #[cfg(test)]
 mod tests {
@@ -396,7 +450,7 @@ mod tests {
     }
 
     /// A safetensors file: a header, then tensors of `sizes` bytes filled from `seed`s.
-    fn safetensors_file(tensors: &[(usize, u64)]) -> Vec<u8> {
+    pub(super) fn safetensors_file(tensors: &[(usize, u64)]) -> Vec<u8> {
         let mut header = String::from("{");
         let mut off = 0;
         for (i, (len, _)) in tensors.iter().enumerate() {

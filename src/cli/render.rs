@@ -193,6 +193,12 @@ pub fn push(r: &PushReport) -> String {
         r.compression_ratio,
         r.duration_secs
     );
+    if r.chunks_delta > 0 {
+        s.push_str(&format!(
+            "\n  {} of the new chunks stored as deltas against the ref's previous snapshot",
+            r.chunks_delta
+        ));
+    }
     for t in &r.targets {
         let what = if t.unchanged {
             "unchanged, ref stays at"

@@ -477,6 +477,7 @@ fn encode_file(f: &CachedFile) -> Vec<u8> {
     v.push(match f.layout {
         Layout::Cdc => 0,
         Layout::Safetensors => 1,
+        Layout::Tensors => 2,
     });
     v.extend_from_slice(&f.blake3.0);
     v.extend_from_slice(&(f.chunks.len() as u32).to_le_bytes());
@@ -509,6 +510,7 @@ fn decode_file(v: &[u8]) -> Option<CachedFile> {
     let layout = match take(1)?[0] {
         0 => Layout::Cdc,
         1 => Layout::Safetensors,
+        2 => Layout::Tensors,
         _ => return None,
     };
     let blake3 = ChunkId::from_slice(take(32)?)?;

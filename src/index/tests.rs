@@ -135,6 +135,7 @@ fn repo_index_survives_reopen_and_clear() {
         pack: PackId::of(b"p"),
         pack_size: 100,
         entries: vec![entry],
+        bases: Vec::new(),
     };
     {
         let idx = Index::open(dir.path(), Duration::ZERO).unwrap();

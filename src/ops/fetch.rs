@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 
 use crate::ids::{ChunkId, PackId};
 use crate::index::{ChunkLocation, RepoIndex};
+use crate::ops::delta_base::{decode_frame, Locator};
 use crate::ops::OpError;
 use crate::repo::{RepoError, Repository};
 
@@ -71,6 +72,8 @@ pub struct CheckedFrame {
     pub frame: Bytes,
     /// The decoded bytes (only when asked for).
     pub raw: Option<Vec<u8>>,
+    /// True when the frame is a delta (codec 3): it needs its base chunk to decode.
+    pub delta: bool,
 }
 
 /// Whether fetched chunks are returned decoded or as stored frames (both are verified).
@@ -81,20 +84,30 @@ pub enum Want {
 }
 
 /// Fetches the planned reads in order, `READS_IN_FLIGHT` at a time, and verifies each chunk.
-pub fn fetch(
-    repo: &Repository,
+/// A delta frame's bases are looked up in `bases` and read from `repo` (`ops::delta_base`).
+pub fn fetch<'a>(
+    repo: &'a Repository,
+    bases: &'a dyn Locator,
     reads: Vec<PackRead>,
     want: Want,
-) -> impl Stream<Item = Result<Vec<CheckedFrame>, OpError>> + '_ {
+) -> impl Stream<Item = Result<Vec<CheckedFrame>, OpError>> + 'a {
     futures::stream::iter(reads)
         .map(move |read| async move {
             let bytes = repo
                 .read_pack_range(&read.pack, read.start..read.end)
                 .await?;
             let url = repo.pack_url(&read.pack);
-            tokio::task::spawn_blocking(move || check(read, bytes, want, &url))
+            let object = url.clone();
+            let mut frames = tokio::task::spawn_blocking(move || check(read, bytes, want, &url))
                 .await
-                .map_err(OpError::join)?
+                .map_err(OpError::join)??;
+            for f in frames.iter_mut().filter(|f| f.delta) {
+                let d = decode_frame(repo, bases, f.frame.clone(), &f.location, &object).await?;
+                if want == Want::Raw {
+                    f.raw = Some(d.raw);
+                }
+            }
+            Ok(frames)
         })
         .buffered(READS_IN_FLIGHT)
 }
@@ -110,17 +123,26 @@ fn check(
         .map(|loc| {
             let r = loc.entry.range();
             let frame = bytes.slice((r.start - read.start) as usize..(r.end - read.start) as usize);
-            let raw = crate::codec::decode(&frame, loc.entry.raw_len as usize, &loc.entry.chunk)
-                .map_err(|e| {
-                    OpError::Repo(RepoError::Corrupt {
-                        object: url.to_string(),
-                        problem: format!("chunk {} at offset {}: {e}", loc.entry.chunk, r.start),
-                    })
-                })?;
+            let (raw, delta) =
+                match crate::codec::decode(&frame, loc.entry.raw_len as usize, &loc.entry.chunk) {
+                    Ok(raw) => (Some(raw), false),
+                    // Decoded (base read, result checked) by `fetch`.
+                    Err(crate::codec::FrameError::NeedsBase { .. }) => (None, true),
+                    Err(e) => {
+                        return Err(OpError::Repo(RepoError::Corrupt {
+                            object: url.to_string(),
+                            problem: format!(
+                                "chunk {} at offset {}: {e}",
+                                loc.entry.chunk, r.start
+                            ),
+                        }))
+                    }
+                };
             Ok(CheckedFrame {
                 location: loc,
                 frame,
-                raw: (want == Want::Raw).then_some(raw),
+                raw: raw.filter(|_| want == Want::Raw),
+                delta,
             })
         })
         .collect()

@@ -104,6 +104,8 @@ pub async fn gc(repo: &Repository, index: &Index, opts: GcOptions) -> Result<GcR
     report.snapshots_live = roots.len() as u64;
 
     let packs = Packs::list(repo).await?;
+    // A live delta keeps its base alive, and the base's own base, down to a full frame.
+    let live = crate::ops::delta_base::with_bases(live, &packs.indexes);
     report.packs_total = packs.objects.len() as u64;
     let owned = owners(packs.indexes.iter().filter(|i| packs.usable(i)), &live);
     let mut plan = packs.plan(&live, &owned, now, old);
@@ -247,6 +249,7 @@ impl Packs {
                         pack: id,
                         pack_size: 0,
                         entries: Vec::new(),
+                        bases: Vec::new(),
                     }),
                     other => other,
                 }
@@ -382,7 +385,7 @@ async fn rewrite_packs(
     report: &mut GcReport,
 ) -> Result<(), OpError> {
     let rindex = index.repo(repo.id())?;
-    let mut uploader = PackUploader::new(repo.clone(), rindex, 2);
+    let mut uploader = PackUploader::new(repo.clone(), rindex.clone(), 2);
     for idx in packs {
         // Only the chunks this pack owns: every other live chunk keeps its owner's copy.
         let locations: Vec<ChunkLocation> = idx
@@ -394,7 +397,7 @@ async fn rewrite_packs(
                 entry: *e,
             })
             .collect();
-        let mut frames = std::pin::pin!(fetch(repo, plan(locations), Want::Frames));
+        let mut frames = std::pin::pin!(fetch(repo, &rindex, plan(locations), Want::Frames));
         while let Some(batch) = frames.next().await {
             for f in batch? {
                 report.chunks_rewritten += 1;
@@ -544,6 +547,7 @@ mod tests {
                     raw_len: 100,
                 })
                 .collect(),
+            bases: Vec::new(),
         }
     }
 

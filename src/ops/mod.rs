@@ -1,11 +1,13 @@
 //! The operations behind the CLI: push, restore, replicate, verify and listings. Each takes
 //! opened stores and the local index and returns a serializable report.
 
+pub(crate) mod delta_base;
 pub(crate) mod fetch;
 pub mod gc;
 pub(crate) mod hasher;
 pub mod pull;
 pub mod push;
+mod push_delta;
 mod push_read;
 pub(crate) mod ref_log;
 pub(crate) mod repair;

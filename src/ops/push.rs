@@ -13,10 +13,11 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::app::RefName;
-use crate::chunker::ChunkerParams;
+use crate::chunker::{ChunkerParams, TensorCuts};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::hasher::FileHasher;
+use crate::ops::push_delta::{self, Counterparts};
 use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
@@ -54,6 +55,9 @@ pub struct PushReport {
     pub chunks_new: u64,
     /// Chunks every repository already held.
     pub chunks_reused: u64,
+    /// New chunks stored as element deltas against their counterpart in the ref's previous
+    /// snapshot.
+    pub chunks_delta: u64,
     /// Packs uploaded, summed over the repositories.
     pub packs_uploaded: u64,
     /// Bytes of the packs uploaded, summed over the repositories.
@@ -98,6 +102,8 @@ pub(crate) struct Job {
     pub(crate) width: u8,
     /// The repositories that lack the chunk.
     pub(crate) targets: TargetSet,
+    /// Its counterpart in the ref's previous snapshot, when a delta against it may pay.
+    pub(crate) base: Option<ChunkId>,
 }
 
 struct Frame {
@@ -105,6 +111,7 @@ struct Frame {
     raw_len: u32,
     frame: Vec<u8>,
     targets: TargetSet,
+    delta: bool,
 }
 
 #[derive(Default)]
@@ -193,6 +200,9 @@ pub async fn push_checked(
         .sum();
     let bar = Progress::bytes(progress, "push", total);
     let cache = index.files(&source.key())?;
+    let cuts = push_delta::tensor_cuts(&targets);
+    let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
+    let (delta_target, counterparts) = push_delta::setup(&targets, &rindexes, name).await?;
 
     // Stage 1 → 2: chunks to compress. Stage 2 → 3: frames to pack.
     let workers = std::thread::available_parallelism()
@@ -210,10 +220,11 @@ pub async fn push_checked(
                 rt: &rt,
                 bar: &bar,
             };
-            produce(&source, listing, &cache, &presences, params, check, &out)
+            let read = (params, cuts, &counterparts);
+            produce(&source, listing, &cache, &presences, read, check, &out)
         })
     };
-    let compressors = spawn_compressors(workers, level, job_rx, frame_tx);
+    let compressors = spawn_compressors(workers, level, delta_target, job_rx, frame_tx);
 
     let mut uploaders: Vec<PackUploader> = targets
         .iter()
@@ -276,6 +287,7 @@ struct Packed {
     stored_new: u64,
     raw_new: u64,
     chunks_new: u64,
+    chunks_delta: u64,
 }
 
 /// Hands each frame to the uploaders of the repositories that lack its chunk.
@@ -288,6 +300,7 @@ async fn pack_frames(
         p.stored_new += f.frame.len() as u64;
         p.raw_new += f.raw_len as u64;
         p.chunks_new += 1;
+        p.chunks_delta += u64::from(f.delta);
         for t in f.targets.iter() {
             uploaders[t].add(f.id, &f.frame, f.raw_len).await?;
         }
@@ -325,6 +338,7 @@ fn report(
         stored_new,
         raw_new,
         chunks_new,
+        chunks_delta,
     } = *packed;
     let packs_uploaded = reports.iter().map(|r| r.stats.packs_uploaded).sum();
     let bytes_uploaded = reports.iter().map(|r| r.stats.bytes_uploaded).sum();
@@ -339,6 +353,7 @@ fn report(
         chunks_total: produced.chunks_total,
         chunks_new,
         chunks_reused: produced.chunks_total.saturating_sub(chunks_new),
+        chunks_delta,
         packs_uploaded,
         bytes_uploaded,
         bytes_new_logical: raw_new,
@@ -412,25 +427,28 @@ async fn finish_snapshot(
 fn spawn_compressors(
     workers: usize,
     level: i32,
+    delta_target: Option<push_delta::DeltaTarget>,
     job_rx: crossbeam_channel::Receiver<Job>,
     frame_tx: tokio::sync::mpsc::Sender<Frame>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut compressors = Vec::new();
     for _ in 0..workers {
         let (rx, tx) = (job_rx.clone(), frame_tx.clone());
+        let delta_target = delta_target.clone();
         compressors.push(tokio::task::spawn_blocking(move || {
-            let mut encoder = crate::codec::Encoder::new(level);
+            let mut encoder = push_delta::FrameChooser::new(level, delta_target);
             let (mut busy, mut blocked) = (Duration::ZERO, Duration::ZERO);
             for job in rx {
                 let t0 = Instant::now();
-                let frame = encoder.encode_elements(&job.data, job.width);
+                let chosen = encoder.choose(&job.data, job.width, job.base);
                 let t1 = Instant::now();
                 busy += t1 - t0;
                 let out = Frame {
                     id: job.id,
                     raw_len: job.data.len() as u32,
-                    frame,
+                    frame: chosen.frame,
                     targets: job.targets,
+                    delta: chosen.delta,
                 };
                 if tx.blocking_send(out).is_err() {
                     break;
@@ -457,7 +475,7 @@ fn produce(
     listing: Vec<SourceEntry>,
     cache: &FileCache,
     presences: &[Presence],
-    params: crate::chunker::ChunkerParams,
+    (params, cuts, counterparts): (ChunkerParams, TensorCuts, &Counterparts),
     check: ChangeCheck,
     out_to: &Out<'_>,
 ) -> Result<Produced, OpError> {
@@ -465,6 +483,8 @@ fn produce(
     let mut reader = FileReader {
         source,
         params,
+        cuts,
+        counterparts,
         presences,
         out: out_to,
         buffer: Vec::new(),

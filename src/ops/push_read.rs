@@ -9,10 +9,11 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use crate::chunker::{cut_file, ChunkerParams, Layout};
+use crate::chunker::{cut_file_with, ChunkerParams, Layout, TensorCuts};
 use crate::ids::ChunkId;
 use crate::ops::hasher::FileHasher;
 use crate::ops::push::{Job, Out};
+use crate::ops::push_delta::Counterparts;
 use crate::ops::source::{ctime_ns, mtime_ns, Source, SourceFile};
 use crate::ops::sync::Presence;
 use crate::ops::targets::TargetSet;
@@ -67,6 +68,10 @@ enum Attempt {
 pub(crate) struct FileReader<'a> {
     pub(crate) source: &'a Source,
     pub(crate) params: ChunkerParams,
+    /// How tensors are cut inside (position-stable on format version 2 repositories).
+    pub(crate) cuts: TensorCuts,
+    /// Each tensor chunk's counterpart in the ref's previous snapshot (delta bases).
+    pub(crate) counterparts: &'a Counterparts,
     pub(crate) presences: &'a [Presence],
     pub(crate) out: &'a Out<'a>,
     pub(crate) buffer: Vec<u8>,
@@ -154,17 +159,20 @@ impl FileReader<'_> {
         let mut size = 0u64;
         let (presences, out, hasher) = (self.presences, self.out, &self.hasher);
         let (sent, waited) = (&mut self.sent, &mut self.waited);
-        let layout = cut_file(
+        let counterparts = self.counterparts;
+        let layout = cut_file_with(
             reader,
             rel,
             size_hint,
             self.params,
+            self.cuts,
             &mut self.buffer,
             |data, width| {
                 let data: std::sync::Arc<[u8]> = data.into();
                 hasher.update(data.clone())?;
                 let id = ChunkId::of(&data);
                 let len = data.len() as u32;
+                let offset = size;
                 size += len as u64;
                 chunks.push(ChunkRef(id, len));
                 let targets = lacking(presences, sent, &id).map_err(std::io::Error::other)?;
@@ -177,6 +185,13 @@ impl FileReader<'_> {
                         data,
                         width,
                         targets,
+                        base: (width > 1)
+                            .then(|| counterparts.base(rel, offset, len, &id))
+                            .flatten()
+                            // Only a base the repository holds in a usable pack.
+                            .filter(|b| {
+                                presences.first().is_some_and(|p| p.has(b).unwrap_or(false))
+                            }),
                     };
                     let t = Instant::now();
                     let res = out.jobs.send(job);

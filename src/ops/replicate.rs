@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -22,6 +23,7 @@ use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
 use crate::progress::Progress;
+use crate::repo::config::DELTA_VERSION;
 use crate::repo::replicas::{PlannedRef, ReplicaPlan, ReplicaPointer};
 use crate::repo::{Repository, Snapshot};
 
@@ -126,8 +128,11 @@ pub async fn replicate(
                 need.push(c.0);
             }
         }
+        let mut lacks = |c: &ChunkId| -> Result<bool, OpError> {
+            Ok(!sent.contains(c) && !to_presence.has(c)? && sent.insert(*c))
+        };
         let (bytes_read, copied) =
-            copy_chunks(from, &from_index, need, &mut uploader, progress).await?;
+            copy_chunks(from, &from_index, need, &mut uploader, &mut lacks, progress).await?;
         bytes_downloaded += bytes_read;
         chunks_copied += copied;
         snapshots.push((*id, bytes));
@@ -185,36 +190,84 @@ fn wanted_snapshots(plans: &[PlannedRef], present: &HashSet<SnapshotId>) -> Vec<
     wanted
 }
 
-/// Copies the chunks `need` from `from` into `uploader` as stored frames; returns the bytes
-/// downloaded and the chunks copied.
+/// Copies the chunks `need` from `from` into `uploader` as stored frames, and the delta bases
+/// they need that the target `lacks` (which marks what it answers `true` for as sent), so a
+/// delta frame never lands without its base; returns the bytes downloaded and the chunks
+/// copied. Into a target older than the delta format, delta frames are stored whole instead.
 async fn copy_chunks(
+    from: &Repository,
+    from_index: &RepoIndex,
+    mut need: Vec<ChunkId>,
+    uploader: &mut PackUploader,
+    lacks: &mut (dyn FnMut(&ChunkId) -> Result<bool, OpError> + Send),
+    progress: bool,
+) -> Result<(u64, u64), OpError> {
+    let mut totals = (0, 0);
+    let whole = uploader.repo().config().version < DELTA_VERSION;
+    while !need.is_empty() {
+        let bases = copy_frames(
+            from,
+            from_index,
+            need,
+            uploader,
+            whole,
+            progress,
+            &mut totals,
+        )
+        .await?;
+        need = Vec::new();
+        for b in bases {
+            if lacks(&b)? {
+                need.push(b);
+            }
+        }
+    }
+    Ok(totals)
+}
+
+/// One round of `copy_chunks`: returns the bases of the delta frames it copied.
+async fn copy_frames(
     from: &Repository,
     from_index: &RepoIndex,
     need: Vec<ChunkId>,
     uploader: &mut PackUploader,
+    whole: bool,
     progress: bool,
-) -> Result<(u64, u64), OpError> {
-    let mut bytes_downloaded = 0;
-    let mut chunks_copied = 0;
+    (bytes_downloaded, chunks_copied): &mut (u64, u64),
+) -> Result<Vec<ChunkId>, OpError> {
+    let mut bases = Vec::new();
     let mut locations = locate(from_index, from, need)?;
     // Pack order makes reads sequential and coalesced.
     locations.sort_by_key(|l| (l.pack, l.entry.offset));
     let reads = plan(locations);
     let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
     let bar = Progress::bytes(progress, "replicate", total);
-    let mut frames = std::pin::pin!(fetch(from, reads, Want::Frames));
+    let want = if whole { Want::Raw } else { Want::Frames };
+    let mut frames = std::pin::pin!(fetch(from, from_index, reads, want));
     while let Some(batch) = frames.next().await {
         for f in batch? {
-            bytes_downloaded += f.frame.len() as u64;
+            *bytes_downloaded += f.frame.len() as u64;
             bar.inc(f.frame.len() as u64);
-            chunks_copied += 1;
+            *chunks_copied += 1;
+            let frame = match (&f.raw, f.delta) {
+                (Some(raw), true) => Bytes::from(crate::codec::encode(
+                    raw,
+                    uploader.repo().config().zstd_level,
+                )),
+                _ => f.frame,
+            };
+            if !whole {
+                if let Ok(Some(h)) = crate::codec::delta_header(&frame) {
+                    bases.push(h.base);
+                }
+            }
             uploader
-                .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                .add(f.location.entry.chunk, &frame, f.location.entry.raw_len)
                 .await?;
         }
     }
     bar.finish();
-    Ok((bytes_downloaded, chunks_copied))
+    Ok(bases)
 }
 
 /// Appends each planned snapshot to its ref in `to` (once, whoever commits), and remembers

@@ -384,7 +384,7 @@ where
     let downloaded: u64 = reads.iter().map(|r| r.end - r.start).sum();
     let mut hasher = blake3::Hasher::new();
     let mut n = 0u64;
-    let mut frames = std::pin::pin!(fetch(repo, reads, Want::Raw));
+    let mut frames = std::pin::pin!(fetch(repo, rindex, reads, Want::Raw));
     while let Some(batch) = frames.next().await {
         for f in batch? {
             let raw = f.raw.unwrap_or_default();

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use crate::ids::{ChunkId, PackId};
 use crate::index::RepoIndex;
 use crate::ops::OpError;
-use crate::repo::pack::{PackBuilder, PackIndex, SealedPack};
+use crate::repo::pack::{PackBuilder, SealedPack};
 use crate::repo::Repository;
 
 /// Seals `builder`; if that names a pack a gc marked, seals the same frames rotated (first
@@ -144,11 +144,7 @@ impl PackUploader {
                 tracing::info!(pack = %sealed.id, "a damaged pack was written anew, whole");
                 repo.clear_bad(&sealed.id).await?;
             }
-            let index = PackIndex {
-                pack: sealed.id,
-                pack_size: sealed.data.len() as u64,
-                entries: sealed.entries,
-            };
+            let index = sealed.index();
             tokio::task::spawn_blocking(move || rindex.add_pack(&index))
                 .await
                 .map_err(OpError::join)??;

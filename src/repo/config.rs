@@ -5,8 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
 
-/// Highest repository format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Highest repository format version this build reads and writes. Version 2 adds delta
+/// frames and position-stable cuts inside tensors (FORMAT.md); version 1 repositories stay
+/// readable and writable as they were (no deltas).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version whose repositories may hold delta frames.
+pub const DELTA_VERSION: u32 = 2;
 /// Marker that tells a ferry config from any other JSON object.
 pub const FORMAT_NAME: &str = "ferry-repository";
 
@@ -28,6 +32,31 @@ pub struct RepoConfig {
     pub zstd_level: i32,
     /// RFC 3339 creation time.
     pub created: String,
+    /// Element deltas (version 2 and later; absent: none are written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deltas: Option<DeltaParams>,
+}
+
+/// How pushes into a repository write element deltas (FORMAT.md, "Delta frames").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaParams {
+    /// Longest chain of delta frames over a full frame: a restore reads at most
+    /// `max_depth + 1` frames per chunk. 0 writes no deltas.
+    pub max_depth: u8,
+}
+
+impl DeltaParams {
+    /// Default chain bound: four deltas, then a full frame.
+    pub const DEFAULT_MAX_DEPTH: u8 = 4;
+}
+
+impl Default for DeltaParams {
+    fn default() -> Self {
+        Self {
+            max_depth: Self::DEFAULT_MAX_DEPTH,
+        }
+    }
 }
 
 /// Pack size bounds: below 1 MiB request costs dominate, above 1 GiB memory does.
@@ -42,19 +71,44 @@ impl RepoConfig {
     pub fn new(chunker: ChunkerParams, pack_size: u64) -> Self {
         Self {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            // Version 1 unless deltas are asked for: older ferry keeps reading it.
+            version: 1,
             id: uuid::Uuid::new_v4().simple().to_string(),
             chunker,
             pack_size,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            deltas: None,
         }
+    }
+
+    /// The same config at format version 2 with element deltas at most `max_depth` deep.
+    pub fn with_deltas(mut self, max_depth: u8) -> Result<Self, ConfigError> {
+        if max_depth > crate::codec::MAX_DELTA_DEPTH {
+            return Err(ConfigError::Deltas {
+                depth: max_depth,
+                version: DELTA_VERSION,
+            });
+        }
+        self.version = self.version.max(DELTA_VERSION);
+        self.deltas = Some(DeltaParams { max_depth });
+        Ok(self)
+    }
+
+    /// The delta settings pushes into this repository use, `None` when it writes none
+    /// (a version 1 repository, or `max_depth` 0).
+    pub fn delta_params(&self) -> Option<DeltaParams> {
+        self.deltas
+            .filter(|d| self.version >= DELTA_VERSION && d.max_depth > 0)
     }
 
     /// The same parameters under a new id (for a replication target).
     pub fn derived(&self) -> Self {
         let mut c = Self::new(self.chunker, self.pack_size);
         c.zstd_level = self.zstd_level;
+        // The target may receive delta frames and the source's tensor cuts: same version.
+        c.version = self.version;
+        c.deltas = self.deltas;
         c
     }
 
@@ -83,6 +137,14 @@ impl RepoConfig {
         }
         if cfg.id.is_empty() || !cfg.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(ConfigError::BadId);
+        }
+        if let Some(d) = cfg.deltas {
+            if cfg.version < DELTA_VERSION || d.max_depth > crate::codec::MAX_DELTA_DEPTH {
+                return Err(ConfigError::Deltas {
+                    depth: d.max_depth,
+                    version: cfg.version,
+                });
+            }
         }
         if !(-7..=22).contains(&cfg.zstd_level) {
             return Err(ConfigError::ZstdLevel {
@@ -141,6 +203,14 @@ pub enum ConfigError {
         /// The level found.
         level: i32,
     },
+    /// `deltas` in a config whose version cannot hold it, or a depth out of range.
+    #[error("deltas.max_depth {depth} needs format version 2 or later and at most {} (this config has version {version}): choose --deltas 1 to 16", crate::codec::MAX_DELTA_DEPTH)]
+    Deltas {
+        /// The `max_depth` found.
+        depth: u8,
+        /// The config's format version.
+        version: u32,
+    },
 }
 
 #[cfg(test)]
@@ -171,6 +241,34 @@ mod tests {
         assert!(matches!(
             RepoConfig::decode(unknown.as_bytes()),
             Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn version_1_configs_stay_readable_and_write_no_deltas() {
+        let v1 = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+        assert_eq!((v1.version, v1.deltas), (1, None));
+        let back = RepoConfig::decode(&v1.encode()).unwrap();
+        assert_eq!(back, v1);
+        assert_eq!(back.delta_params(), None);
+        assert_eq!(back.derived().version, 1);
+        let v2 = v1.clone().with_deltas(4).unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(v2.delta_params(), Some(DeltaParams::default()));
+        assert!(v1.clone().with_deltas(99).is_err());
+        assert_eq!(v2.derived().deltas, v2.deltas);
+        // Deltas on a version 1 config, or a chain deeper than readers follow, are refused.
+        let mut bad = v1.clone();
+        bad.deltas = Some(DeltaParams::default());
+        assert!(matches!(
+            RepoConfig::decode(&bad.encode()),
+            Err(ConfigError::Deltas { .. })
+        ));
+        let mut deep = v2.clone();
+        deep.deltas = Some(DeltaParams { max_depth: 99 });
+        assert!(matches!(
+            RepoConfig::decode(&deep.encode()),
+            Err(ConfigError::Deltas { .. })
         ));
     }
 }

@@ -256,12 +256,7 @@ impl Repository {
         self.store
             .put(&pack_path(&pack.id), pack.data.clone())
             .await?;
-        let index = PackIndex {
-            pack: pack.id,
-            pack_size: pack.data.len() as u64,
-            entries: pack.entries.clone(),
-        }
-        .encode();
+        let index = pack.index().encode();
         let index_len = index.len() as u64;
         self.store
             .put(&index_path(&pack.id), Bytes::from(index))

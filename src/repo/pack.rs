@@ -11,6 +11,8 @@ use crate::ids::{ChunkId, PackId};
 const PACK_MAGIC: &[u8; 8] = b"FRYPACK1";
 const PACK_END: &[u8; 8] = b"FRYPEND1";
 const INDEX_MAGIC: &[u8; 8] = b"FRYIDX01";
+/// A pack index that also lists the delta bases of the pack's delta frames (format version 2).
+const INDEX_MAGIC_BASES: &[u8; 8] = b"FRYIDX02";
 /// One table entry: chunk id, frame offset, frame length, raw length.
 pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
 /// Trailer: table offset (u64), entry count (u32), BLAKE3 of the table (32), end magic (8).
@@ -73,6 +75,16 @@ pub enum PackFormatError {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    bases: Vec<DeltaBase>,
+}
+
+/// A delta frame's chunk and the base chunk it needs (codec 3, FORMAT.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaBase {
+    /// The chunk stored as a delta frame.
+    pub chunk: ChunkId,
+    /// The chunk its delta applies to.
+    pub base: ChunkId,
 }
 
 /// A finished pack, ready to upload.
@@ -83,6 +95,20 @@ pub struct SealedPack {
     pub data: Bytes,
     /// Where each chunk's frame sits in `data`.
     pub entries: Vec<PackEntry>,
+    /// The bases of its delta frames, in frame order.
+    pub bases: Vec<DeltaBase>,
+}
+
+impl SealedPack {
+    /// Its pack index.
+    pub fn index(&self) -> PackIndex {
+        PackIndex {
+            pack: self.id,
+            pack_size: self.data.len() as u64,
+            entries: self.entries.clone(),
+            bases: self.bases.clone(),
+        }
+    }
 }
 
 impl Default for PackBuilder {
@@ -97,6 +123,7 @@ impl PackBuilder {
         Self {
             buf: PACK_MAGIC.to_vec(),
             entries: Vec::new(),
+            bases: Vec::new(),
         }
     }
 
@@ -118,12 +145,22 @@ impl PackBuilder {
             frame_len: frame.len() as u32,
             raw_len,
         });
+        if let Ok(Some(h)) = crate::codec::delta_header(frame) {
+            self.bases.push(DeltaBase {
+                chunk,
+                base: h.base,
+            });
+        }
         self.buf.extend_from_slice(frame);
     }
 
     /// Appends the table and trailer; the pack id is the BLAKE3 of the whole object.
     pub fn seal(self) -> SealedPack {
-        let Self { mut buf, entries } = self;
+        let Self {
+            mut buf,
+            entries,
+            bases,
+        } = self;
         let table_offset = buf.len() as u64;
         let mut table = Vec::with_capacity(entries.len() * ENTRY_LEN);
         for e in &entries {
@@ -138,6 +175,7 @@ impl PackBuilder {
             id: PackId::of(&buf),
             data: Bytes::from(buf),
             entries,
+            bases,
         }
     }
 }
@@ -198,18 +236,32 @@ pub struct PackIndex {
     pub pack_size: u64,
     /// Every chunk in the pack, in frame order.
     pub entries: Vec<PackEntry>,
+    /// The bases of the pack's delta frames (`FRYIDX02`; empty in `FRYIDX01`).
+    pub bases: Vec<DeltaBase>,
 }
 
 impl PackIndex {
     /// The pack index as stored (see FORMAT.md).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + 32 + 8 + 4 + self.entries.len() * ENTRY_LEN + 32);
-        out.extend_from_slice(INDEX_MAGIC);
+        let with_bases = !self.bases.is_empty();
+        out.extend_from_slice(if with_bases {
+            INDEX_MAGIC_BASES
+        } else {
+            INDEX_MAGIC
+        });
         out.extend_from_slice(&self.pack.0);
         out.extend_from_slice(&self.pack_size.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
             e.write(&mut out);
+        }
+        if with_bases {
+            out.extend_from_slice(&(self.bases.len() as u32).to_le_bytes());
+            for b in &self.bases {
+                out.extend_from_slice(&b.chunk.0);
+                out.extend_from_slice(&b.base.0);
+            }
         }
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
@@ -222,7 +274,8 @@ impl PackIndex {
         if b.len() < HEAD + 32 {
             return Err(PackFormatError::TooShort(b.len()));
         }
-        if &b[..8] != INDEX_MAGIC {
+        let with_bases = &b[..8] == INDEX_MAGIC_BASES;
+        if &b[..8] != INDEX_MAGIC && !with_bases {
             return Err(PackFormatError::Magic("pack index"));
         }
         let (body, sum) = b.split_at(b.len() - 32);
@@ -232,7 +285,28 @@ impl PackIndex {
         let pack = PackId::from_slice(&body[8..40]).expect("32 bytes");
         let pack_size = u64::from_le_bytes(body[40..48].try_into().expect("8 bytes"));
         let count = u32::from_le_bytes(body[48..52].try_into().expect("4 bytes")) as usize;
-        let table = &body[HEAD..];
+        let mut table = &body[HEAD..];
+        let mut bases = Vec::new();
+        if with_bases {
+            let rest = table
+                .get(count.saturating_mul(ENTRY_LEN)..)
+                .filter(|r| r.len() >= 4)
+                .ok_or(PackFormatError::Table("truncated base list".into()))?;
+            let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            if rest.len() - 4 != n.saturating_mul(64) {
+                return Err(PackFormatError::Table(
+                    "base count does not match the base list".into(),
+                ));
+            }
+            bases = rest[4..]
+                .chunks_exact(64)
+                .map(|p| DeltaBase {
+                    chunk: ChunkId::from_slice(&p[..32]).expect("32 bytes"),
+                    base: ChunkId::from_slice(&p[32..]).expect("32 bytes"),
+                })
+                .collect();
+            table = &table[..count * ENTRY_LEN];
+        }
         if table.len() != count * ENTRY_LEN {
             return Err(PackFormatError::Table(
                 "entry count does not match the table size".into(),
@@ -243,6 +317,7 @@ impl PackIndex {
             pack,
             pack_size,
             entries,
+            bases,
         })
     }
 }
@@ -270,12 +345,7 @@ mod tests {
         assert!(read_pack_table(&bad).is_err());
         assert!(read_pack_table(&pack.data[..pack.data.len() - 1]).is_err());
         assert!(read_pack_table(b"short").is_err());
-        let idx = PackIndex {
-            pack: pack.id,
-            pack_size: pack.data.len() as u64,
-            entries: pack.entries.clone(),
-        }
-        .encode();
+        let idx = pack.index().encode();
         assert!(PackIndex::decode(&idx[..idx.len() - 3]).is_err());
         let mut flipped = idx.clone();
         flipped[50] ^= 4;
@@ -286,15 +356,49 @@ mod tests {
     }
 
     #[test]
+    fn delta_bases_travel_in_the_pack_index() {
+        let base = b"base".repeat(100);
+        let mut new = base.clone();
+        new[7] ^= 1;
+        let payload = crate::codec::delta::DeltaEncoder::new(1)
+            .encode(&base, &new, 1)
+            .unwrap();
+        let frame = crate::codec::delta_frame(&ChunkId::of(&base), 1, &payload);
+        let mut b = PackBuilder::new();
+        b.add(
+            ChunkId::of(&base),
+            &crate::codec::encode(&base, 1),
+            base.len() as u32,
+        );
+        b.add(ChunkId::of(&new), &frame, new.len() as u32);
+        let pack = b.seal();
+        let want = vec![DeltaBase {
+            chunk: ChunkId::of(&new),
+            base: ChunkId::of(&base),
+        }];
+        assert_eq!(pack.bases, want);
+        let encoded = pack.index().encode();
+        assert_eq!(&encoded[..8], INDEX_MAGIC_BASES);
+        assert_eq!(PackIndex::decode(&encoded).unwrap(), pack.index());
+        // Without delta frames the index is the version 1 object, byte for byte.
+        let plain = build(std::slice::from_ref(&base)).index().encode();
+        assert_eq!(&plain[..8], INDEX_MAGIC);
+        for cut in [encoded.len() - 40, encoded.len() - 70] {
+            let mut short = encoded[..cut].to_vec();
+            short.extend_from_slice(blake3::hash(&short).as_bytes());
+            assert!(PackIndex::decode(&short).is_err());
+        }
+    }
+
+    #[test]
     fn frame_offsets_cannot_wrap_around() {
         let pack = build(&[b"abc".repeat(40)]);
         let mut entries = pack.entries.clone();
         entries[0].offset = u64::MAX - 2;
         entries[0].frame_len = 16;
         let idx = PackIndex {
-            pack: pack.id,
-            pack_size: pack.data.len() as u64,
             entries,
+            ..pack.index()
         };
         assert!(matches!(
             PackIndex::decode(&idx.encode()),
@@ -314,7 +418,7 @@ mod tests {
                 let frame = &pack.data[e.offset as usize..e.range().end as usize];
                 prop_assert_eq!(&crate::codec::decode(frame, e.raw_len as usize, &e.chunk).unwrap(), c);
             }
-            let idx = PackIndex { pack: pack.id, pack_size: pack.data.len() as u64, entries: table };
+            let idx = PackIndex { entries: table, ..pack.index() };
             prop_assert_eq!(PackIndex::decode(&idx.encode()).unwrap(), idx);
         }
     }

@@ -223,7 +223,7 @@ const CASES: &[Case] = &[
         what: "config: newer format version",
         cmds: ALL,
         damage: |r| {
-            replace(&r.loc.raw, "config", "\"version\": 1", "\"version\": 2");
+            replace(&r.loc.raw, "config", "\"version\": 1", "\"version\": 99");
             "config".into()
         },
     },

@@ -39,6 +39,7 @@ mod concurrent;
 mod daemon;
 mod damage;
 mod data;
+mod deltas;
 mod edges;
 mod errors;
 mod faults;

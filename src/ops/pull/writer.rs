@@ -158,7 +158,7 @@ impl VersionWriter<'_> {
         }
         let reads = plan(locate(self.rindex, self.repo, ids.drain(..))?);
         self.report.bytes_read_from_store += reads.iter().map(|r| r.end - r.start).sum::<u64>();
-        let mut frames = std::pin::pin!(fetch(self.repo, reads, Want::Raw));
+        let mut frames = std::pin::pin!(fetch(self.repo, self.rindex, reads, Want::Raw));
         while let Some(batch) = frames.next().await {
             for frame in batch? {
                 let raw = frame.raw.unwrap_or_default();
