@@ -20,7 +20,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(ChunkId::of(&raw), id);
     }
     if let Ok(Some(h)) = delta_header(frame) {
-        let base: Vec<u8> = frame.iter().copied().cycle().take(raw_len.min(1 << 20)).collect();
+        let base: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(raw_len.min(1 << 20))
+            .collect();
         if let Ok(raw) = decode_delta(&h, &base, raw_len, &id) {
             assert_eq!(ChunkId::of(&raw), id);
         }
