@@ -357,6 +357,8 @@ mod tests;
 #[cfg(test)]
 mod tests_items;
 #[cfg(test)]
+mod tests_progress;
+#[cfg(test)]
 mod tests_pull;
 #[cfg(test)]
 mod tests_tree;
