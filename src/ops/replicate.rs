@@ -115,10 +115,11 @@ pub async fn replicate(
     let mut referenced = HashSet::new();
     for id in &wanted {
         let bytes = from.read_snapshot_bytes(id).await?;
-        let snap = Snapshot::decode(&bytes).map_err(|p| crate::repo::RepoError::Corrupt {
-            object: from.store().object_url(&crate::repo::snapshot_path(id)),
-            problem: p.to_string(),
-        })?;
+        let snap =
+            Snapshot::decode(&bytes).map_err(|problem| crate::repo::RepoError::BadSnapshot {
+                object: from.store().object_url(&crate::repo::snapshot_path(id)),
+                problem,
+            })?;
         let mut need = Vec::new();
         referenced.extend(snap.chunks().map(|c| c.0));
         for c in snap.chunks().filter(|c| owns(&c.0)) {

@@ -49,7 +49,76 @@ pub enum RepoError {
         /// The store URL looked at.
         url: String,
     },
-    /// An object of the repository failed its checks (bad format, wrong hash, missing piece).
+    /// An object's bytes do not hash to the id it is stored under.
+    #[error("{object}: content does not match its id")]
+    ContentMismatch {
+        /// The object's URL.
+        object: String,
+    },
+    /// A pack index describes another pack than the one its name says.
+    #[error("{object}: describes pack {pack} instead")]
+    IndexOfOtherPack {
+        /// The pack index's URL.
+        object: String,
+        /// The pack it describes.
+        pack: PackId,
+    },
+    /// A range read returned fewer bytes than asked for.
+    #[error("{object}: short read: {got} of {expected} bytes")]
+    ShortRead {
+        /// The object's URL.
+        object: String,
+        /// Bytes returned.
+        got: u64,
+        /// Bytes asked for.
+        expected: u64,
+    },
+    /// A ref log entry stored somewhere else than its name and sequence number say.
+    #[error("{object}: entry for ref {name:?} seq {seq} belongs at {home}")]
+    RefEntryNotAtHome {
+        /// The entry's URL.
+        object: String,
+        /// The ref name inside the entry.
+        name: String,
+        /// The sequence number inside the entry.
+        seq: u64,
+        /// Where that entry belongs (URL).
+        home: String,
+    },
+    /// The repository config does not decode.
+    #[error("{object}: {problem}")]
+    BadConfig {
+        /// The config's URL.
+        object: String,
+        /// The decoder's error.
+        problem: config::ConfigError,
+    },
+    /// A snapshot does not decode.
+    #[error("{object}: {problem}")]
+    BadSnapshot {
+        /// The snapshot's URL.
+        object: String,
+        /// The decoder's error.
+        problem: snapshot::SnapshotError,
+    },
+    /// A pack index does not decode.
+    #[error("{object}: {problem}")]
+    BadPackIndex {
+        /// The pack index's URL.
+        object: String,
+        /// The decoder's error.
+        problem: pack::PackFormatError,
+    },
+    /// A ref log entry does not decode.
+    #[error("{object}: {problem}")]
+    BadRefEntry {
+        /// The entry's URL.
+        object: String,
+        /// The decoder's error.
+        problem: RefEntryError,
+    },
+    /// Another object of the repository failed its checks (the cases above have their own
+    /// variants; see [`RepoError::is_corrupt`]).
     #[error("{object}: {problem}")]
     Corrupt {
         /// The object's URL.
@@ -89,6 +158,25 @@ pub enum RepoError {
         /// The repository's URL.
         url: String,
     },
+}
+
+impl RepoError {
+    /// Whether an object of the repository failed its checks (hash, format, placement), as
+    /// opposed to a store failure or a wrong request.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            Self::ContentMismatch { .. }
+                | Self::IndexOfOtherPack { .. }
+                | Self::ShortRead { .. }
+                | Self::RefEntryNotAtHome { .. }
+                | Self::BadConfig { .. }
+                | Self::BadSnapshot { .. }
+                | Self::BadPackIndex { .. }
+                | Self::BadRefEntry { .. }
+                | Self::Corrupt { .. }
+        )
+    }
 }
 
 /// An object found by listing: its id, size and last-modified time (the store's clock).
@@ -218,9 +306,9 @@ impl Repository {
         };
         RepoConfig::decode(&bytes)
             .map(Some)
-            .map_err(|problem| RepoError::Corrupt {
+            .map_err(|problem| RepoError::BadConfig {
                 object: store.object_url(&config_path()),
-                problem: problem.to_string(),
+                problem,
             })
     }
 
@@ -377,9 +465,15 @@ impl Repository {
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
         let path = index_path(id);
         let bytes = self.store.get(&path).await?;
-        let idx = PackIndex::decode(&bytes).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        let idx = PackIndex::decode(&bytes).map_err(|problem| RepoError::BadPackIndex {
+            object: self.store.object_url(&path),
+            problem,
+        })?;
         if idx.pack != *id {
-            return Err(self.corrupt(&path, format!("describes pack {} instead", idx.pack)));
+            return Err(RepoError::IndexOfOtherPack {
+                object: self.store.object_url(&path),
+                pack: idx.pack,
+            });
         }
         Ok(idx)
     }
@@ -394,7 +488,11 @@ impl Repository {
         let len = range.end - range.start;
         let bytes = self.store.get_range(&path, range).await?;
         if bytes.len() as u64 != len {
-            return Err(self.corrupt(&path, format!("short read: {} of {len} bytes", bytes.len())));
+            return Err(RepoError::ShortRead {
+                object: self.store.object_url(&path),
+                got: bytes.len() as u64,
+                expected: len,
+            });
         }
         Ok(bytes)
     }
@@ -423,7 +521,9 @@ impl Repository {
         let path = snapshot_path(id);
         let bytes = self.store.get(&path).await?;
         if SnapshotId::of(&bytes) != *id {
-            return Err(self.corrupt(&path, "content does not match its id"));
+            return Err(RepoError::ContentMismatch {
+                object: self.store.object_url(&path),
+            });
         }
         Ok(bytes)
     }
@@ -431,7 +531,10 @@ impl Repository {
     /// Reads, checks and parses a snapshot.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let bytes = self.read_snapshot_bytes(id).await?;
-        Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p.to_string()))
+        Snapshot::decode(&bytes).map_err(|problem| RepoError::BadSnapshot {
+            object: self.store.object_url(&snapshot_path(id)),
+            problem,
+        })
     }
 
     /// Lists the ids of every snapshot object in the repository.
@@ -444,3 +547,6 @@ impl Repository {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests;
