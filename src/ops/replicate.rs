@@ -25,7 +25,7 @@ use crate::ops::OpError;
 use crate::progress::Reporter;
 use crate::repo::config::DELTA_VERSION;
 use crate::repo::replicas::{PlannedRef, ReplicaPlan, ReplicaPointer};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::Repository;
 
 /// One shard of a sharded replication: copies the chunks `shard` owns for run `run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,11 +115,7 @@ pub async fn replicate(
     let mut referenced = HashSet::new();
     for id in &wanted {
         let bytes = from.read_snapshot_bytes(id).await?;
-        let snap =
-            Snapshot::decode(&bytes).map_err(|problem| crate::repo::RepoError::BadSnapshot {
-                object: from.store().object_url(&crate::repo::snapshot_path(id)),
-                problem,
-            })?;
+        let snap = from.decode_snapshot(id, &bytes)?;
         let mut need = Vec::new();
         referenced.extend(snap.chunks().map(|c| c.0));
         for c in snap.chunks().filter(|c| owns(&c.0)) {

@@ -531,7 +531,12 @@ impl Repository {
     /// Reads, checks and parses a snapshot.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let bytes = self.read_snapshot_bytes(id).await?;
-        Snapshot::decode(&bytes).map_err(|problem| RepoError::BadSnapshot {
+        self.decode_snapshot(id, &bytes)
+    }
+
+    /// Parses the bytes of snapshot `id` (read and checked by [`Self::read_snapshot_bytes`]).
+    pub fn decode_snapshot(&self, id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot, RepoError> {
+        Snapshot::decode(bytes).map_err(|problem| RepoError::BadSnapshot {
             object: self.store.object_url(&snapshot_path(id)),
             problem,
         })
