@@ -117,3 +117,32 @@ async fn a_ref_entry_away_from_its_home_is_a_named_variant() {
     assert!(e.is_corrupt());
     assert!(!RepoError::NotARepo { url: "x".into() }.is_corrupt());
 }
+
+#[tokio::test]
+async fn sharded_runs_records_that_fail_their_checks_are_named_variants() {
+    let repo = memory_repo("corrupt-records").await;
+    let path = Path::from("replicas/run-1/plan");
+    repo.store
+        .put(&path, Bytes::from_static(b"{"))
+        .await
+        .unwrap();
+    let e = repo.read_replica_plan("run-1").await.unwrap_err();
+    let RepoError::BadRecord {
+        object, problem, ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(
+        e.to_string(),
+        format!("{object}: invalid replica plan: {problem}")
+    );
+    assert!(e.is_corrupt());
+    let e = repo.misplaced(&path, "plan", "run");
+    let url = repo.store.object_url(&path);
+    assert_eq!(
+        e.to_string(),
+        format!("{url}: plan stored under the wrong run")
+    );
+    assert!(e.is_corrupt() && repo.vanished(&path).is_corrupt());
+}
