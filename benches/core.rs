@@ -167,7 +167,7 @@ fn end_to_end(c: &mut Criterion) {
             let work = tempfile::tempdir().unwrap();
             let ctx = ferry::commands::Context::new(
                 work.path().join("idx"),
-                false,
+                ferry::progress::Reporter::silent(),
                 ferry::app::Settings::from_env().unwrap(),
             );
             let repo = format!("file://{}/repo", work.path().display());
@@ -178,7 +178,7 @@ fn end_to_end(c: &mut Criterion) {
     let work = tempfile::tempdir().unwrap();
     let ctx = ferry::commands::Context::new(
         work.path().join("idx"),
-        false,
+        ferry::progress::Reporter::silent(),
         ferry::app::Settings::from_env().unwrap(),
     );
     let repo = format!("file://{}/repo", work.path().display());

@@ -2,7 +2,7 @@
 //! into typed inputs, then one call to [`crate::app::App`]. The daemon never comes through
 //! here; text rendering of the reports is [`crate::cli::render`].
 
-use crate::app::{App, CommitReport, InitReport, RefName, RunId};
+use crate::app::{App, CommitReport, InitReport, RefName, RunId, Settings};
 use crate::listing::{LsReport, SnapshotsReport};
 use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
 use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
@@ -13,13 +13,37 @@ use crate::ops::restore::{RestoreOptions, RestoreReport};
 use crate::ops::shard::{PushMode, Shard};
 use crate::ops::verify::VerifyReport;
 use crate::ops::OpError;
+use crate::progress::Reporter;
 use crate::repo::config::RepoConfig;
 use crate::store::StoreUrl;
 
 pub use crate::app::new_config;
 
-/// The CLI's name for the application layer it drives.
-pub type Context = App;
+/// The application layer the CLI drives, with how its commands report progress (terminal
+/// bars, or nothing for `--json`). Derefs to the [`App`].
+pub struct Context {
+    app: App,
+    progress: Reporter,
+}
+
+impl Context {
+    /// The CLI's application on the local index in `index_dir` (see [`App::new`]), reporting
+    /// the progress of its commands to `progress`.
+    pub fn new(index_dir: std::path::PathBuf, progress: Reporter, settings: Settings) -> Self {
+        Self {
+            app: App::new(index_dir, settings),
+            progress,
+        }
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
 
 /// A store URL from the command line.
 pub fn url(s: &str) -> Result<StoreUrl, OpError> {
@@ -88,8 +112,15 @@ pub async fn push_checked(
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
     let name = ref_name(name)?;
-    ctx.push(&url(source)?, &urls(repos)?, &name, mode, check)
-        .await
+    ctx.push(
+        &url(source)?,
+        &urls(repos)?,
+        &name,
+        mode,
+        check,
+        &ctx.progress,
+    )
+    .await
 }
 
 /// `ferry commit`.
@@ -112,7 +143,8 @@ pub async fn restore(
     opts: RestoreOptions,
 ) -> Result<RestoreReport, OpError> {
     let repo = url(repo)?;
-    ctx.restore(&repo, spec, &url(dest)?, opts).await
+    ctx.restore(&repo, spec, &url(dest)?, opts, &ctx.progress)
+        .await
 }
 
 /// `ferry pull REPO SPEC DIR`.
@@ -123,7 +155,7 @@ pub async fn pull(
     dir: &std::path::Path,
     opts: &crate::ops::pull::PullOptions,
 ) -> Result<crate::ops::pull::PullReport, OpError> {
-    ctx.pull(&url(repo)?, spec, dir, opts).await
+    ctx.pull(&url(repo)?, spec, dir, opts, &ctx.progress).await
 }
 
 /// `ferry replicate FROM TO [--name NAME…]`.
@@ -156,7 +188,8 @@ pub async fn replicate_with(
         }),
         None => None,
     };
-    ctx.replicate(&from, &to, &names, sharded.as_ref()).await
+    ctx.replicate(&from, &to, &names, sharded.as_ref(), &ctx.progress)
+        .await
 }
 
 /// `ferry mirror`.
@@ -167,7 +200,7 @@ pub async fn mirror(
     opts: MirrorOptions,
 ) -> Result<MirrorReport, OpError> {
     let source = url(source)?;
-    ctx.mirror(&source, &url(dest)?, opts).await
+    ctx.mirror(&source, &url(dest)?, opts, &ctx.progress).await
 }
 
 /// `ferry verify --mirror SOURCE DEST`.

@@ -66,7 +66,11 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<DemoReport> {
 }
 
 async fn run_in(dir: &Path) -> anyhow::Result<DemoReport> {
-    let ctx = Context::new(dir.join("index"), false, Settings::from_env()?);
+    let ctx = Context::new(
+        dir.join("index"),
+        crate::progress::Reporter::silent(),
+        Settings::from_env()?,
+    );
     let repos: Vec<String> = ["repo-a", "repo-b"]
         .iter()
         .map(|r| format!("file://{}", dir.join(r).display()))

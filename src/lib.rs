@@ -12,13 +12,14 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! use ferry::app::{App, RefName, Settings};
 //! use ferry::ops::{push::ChangeCheck, shard::PushMode};
+//! use ferry::progress::Reporter;
 //! use ferry::store::StoreUrl;
-//! let app = App::new(std::env::temp_dir().join("ferry-index"), false, Settings::from_env()?);
+//! let app = App::new(std::env::temp_dir().join("ferry-index"), Settings::from_env()?);
 //! let source: StoreUrl = "/data/ckpt".parse()?;
 //! let repos: Vec<StoreUrl> = vec!["file:///backups/repo".parse()?];
 //! let name = RefName::parse("llama-7b")?;
 //! let report = app
-//!     .push(&source, &repos, &name, &PushMode::Replace, ChangeCheck::Stat)
+//!     .push(&source, &repos, &name, &PushMode::Replace, ChangeCheck::Stat, &Reporter::terminal())
 //!     .await?;
 //! println!("uploaded {} bytes", report.bytes_uploaded);
 //! # Ok(()) }
@@ -39,7 +40,7 @@ pub mod listing;
 pub mod memory;
 pub mod mirror;
 pub mod ops;
-pub(crate) mod progress;
+pub mod progress;
 pub mod repo;
 pub(crate) mod server;
 pub mod service;

@@ -7,6 +7,7 @@ use clap::Parser;
 use ferry::cli::render;
 use ferry::commands::{self, Context};
 use ferry::ops::push::ChangeCheck;
+use ferry::progress::Reporter;
 use ferry::service;
 use serde::Serialize;
 
@@ -167,7 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         command => {
-            let ctx = Context::new(index_dir, !json, ferry::app::Settings::from_env()?);
+            let progress = if json {
+                Reporter::silent()
+            } else {
+                Reporter::terminal()
+            };
+            let ctx = Context::new(index_dir, progress, ferry::app::Settings::from_env()?);
             run_repo_command(&ctx, command, json).await
         }
     }

@@ -30,6 +30,7 @@ use crate::ops::source::Source;
 use crate::ops::sync::sync_index;
 use crate::ops::verify::VerifyReport;
 use crate::ops::OpError;
+use crate::progress::Reporter;
 use crate::repo::config::{RepoConfig, DEFAULT_PACK_SIZE, PACK_SIZE_RANGE};
 use crate::repo::Repository;
 use crate::store::{Access, Store, StoreUrl};
@@ -44,22 +45,19 @@ pub struct App {
     index: tokio::sync::OnceCell<Index>,
     /// The index of a read-only command while another process holds the local one.
     temporary: tokio::sync::OnceCell<TemporaryIndex>,
-    /// Show progress bars (when stderr is a terminal).
-    progress: bool,
     /// Store options and mirror settings, resolved once at the edge.
     settings: Settings,
 }
 
 impl App {
-    /// An application on the local index in `index_dir` (opened on first use); `progress` shows progress bars when stderr is a terminal.
-    /// `settings` (usually [`Settings::from_env`], read once where the process starts) go to
-    /// every store and operation.
-    pub fn new(index_dir: PathBuf, progress: bool, settings: Settings) -> Self {
+    /// An application on the local index in `index_dir` (opened on first use). `settings`
+    /// (usually [`Settings::from_env`], read once where the process starts) go to every store
+    /// and operation. How an operation reports progress is the caller's, given to each call.
+    pub fn new(index_dir: PathBuf, settings: Settings) -> Self {
         Self {
             index_dir,
             index: tokio::sync::OnceCell::new(),
             temporary: tokio::sync::OnceCell::new(),
-            progress,
             settings,
         }
     }
@@ -159,6 +157,7 @@ impl App {
         name: &RefName,
         mode: &PushMode,
         check: ChangeCheck,
+        progress: &Reporter,
     ) -> Result<PushReport, OpError> {
         let source = self.open_source(source)?;
         for r in repos {
@@ -174,8 +173,7 @@ impl App {
             targets.push((repo, created));
         }
         let index = self.index().await?;
-        crate::ops::push::push_checked(&source, targets, name, index, self.progress, mode, check)
-            .await
+        crate::ops::push::push_checked(&source, targets, name, index, progress, mode, check).await
     }
 
     /// Combines a sharded run's partial snapshots and moves the ref, in every repository.
@@ -209,10 +207,11 @@ impl App {
         spec: &str,
         dir: &std::path::Path,
         opts: &crate::ops::pull::PullOptions,
+        progress: &Reporter,
     ) -> Result<crate::ops::pull::PullReport, OpError> {
         let repo = self.open_repo(repo).await?;
         let rindex = self.index_for_reading().await?.repo(repo.id())?;
-        crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, self.progress).await
+        crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, progress).await
     }
 
     /// `ferry restore`: the snapshot `spec` names in `repo`, written to `dest` (a folder or an object prefix).
@@ -222,6 +221,7 @@ impl App {
         spec: &str,
         dest: &StoreUrl,
         opts: RestoreOptions,
+        progress: &Reporter,
     ) -> Result<RestoreReport, OpError> {
         let repo = self.open_repo(repo).await?;
         let rindex = self.index_for_reading().await?.repo(repo.id())?;
@@ -239,7 +239,7 @@ impl App {
             }
             other => Destination::Objects(self.open_store(other, Access::Write)?),
         };
-        crate::ops::restore::restore(&repo, &rindex, id, &dest, opts, self.progress).await
+        crate::ops::restore::restore(&repo, &rindex, id, &dest, opts, progress).await
     }
 
     /// Copies the refs `names` (all when empty) from one repository to another (created when
@@ -250,13 +250,14 @@ impl App {
         to: &StoreUrl,
         names: &[RefName],
         sharded: Option<&ReplicaShard>,
+        progress: &Reporter,
     ) -> Result<ReplicateReport, OpError> {
         let from = self.open_repo(from).await?;
         let store = self.open_store(to, Access::Write)?;
         let (to, _) = Repository::open_or_init(store, || from.config().derived()).await?;
         let names: Vec<String> = names.iter().map(RefName::to_string).collect();
         let index = self.index().await?;
-        crate::ops::replicate::replicate(&from, &to, &names, index, self.progress, sharded).await
+        crate::ops::replicate::replicate(&from, &to, &names, index, progress, sharded).await
     }
 
     /// Makes `dest` hold the same plain objects as `source`.
@@ -265,6 +266,7 @@ impl App {
         source: &StoreUrl,
         dest: &StoreUrl,
         opts: MirrorOptions,
+        progress: &Reporter,
     ) -> Result<MirrorReport, OpError> {
         let source = self.open_source(source)?;
         // Before the destination is opened (which creates a local folder).
@@ -278,7 +280,7 @@ impl App {
             index,
             opts,
             &self.settings.mirror,
-            self.progress,
+            progress,
         )
         .await
     }

@@ -11,6 +11,7 @@ use crate::config::{JobKind, Layout};
 use crate::ops::push::ChangeCheck;
 use crate::ops::shard::PushMode;
 use crate::ops::OpError;
+use crate::progress::Reporter;
 use crate::repo::RepoError;
 use crate::store::{StoreError, StoreUrl};
 
@@ -34,6 +35,7 @@ pub(super) async fn execute(
     job: &Job,
     item: &str,
     targets: &[usize],
+    progress: &Reporter,
 ) -> Vec<(usize, Result<Outcome, OpError>)> {
     match &job.config.kind {
         JobKind::Push {
@@ -56,6 +58,7 @@ pub(super) async fn execute(
             let seen = Seen {
                 fingerprint: before.as_ref(),
                 plan: plan.as_deref(),
+                progress,
             };
             let res = push(shared, job, &src, reference, targets, seen).await;
             match res {
@@ -73,18 +76,18 @@ pub(super) async fn execute(
             }
         }
         JobKind::Mirror { source, delete, .. } => {
-            mirror_targets(shared, job, source, *delete, targets).await
+            mirror_targets(shared, job, source, *delete, targets, progress).await
         }
         JobKind::Pull(pull) => {
             vec![(
                 targets[0],
-                super::pull::execute(shared, job, pull, item).await,
+                super::pull::execute(shared, job, pull, item, progress).await,
             )]
         }
         JobKind::Replicate { from, refs } => {
             let mut out = Vec::new();
             for &t in targets {
-                let r = replicate(shared, &from.url, &job.target(t).url, refs).await;
+                let r = replicate(shared, &from.url, &job.target(t).url, refs, progress).await;
                 let r = match r {
                     Ok(r) => Ok(Outcome {
                         snapshot: None,
@@ -119,6 +122,7 @@ async fn mirror_targets(
     source: &StoreUrl,
     delete: bool,
     targets: &[usize],
+    progress: &Reporter,
 ) -> Vec<(usize, Result<Outcome, OpError>)> {
     let opts = crate::mirror::MirrorOptions {
         delete,
@@ -129,7 +133,7 @@ async fn mirror_targets(
     for &t in targets {
         let r = shared
             .app
-            .mirror(source, &job.target(t).url, opts)
+            .mirror(source, &job.target(t).url, opts, progress)
             .await
             .map(|r| Outcome {
                 snapshot: None,
@@ -151,12 +155,13 @@ async fn replicate(
     from: &StoreUrl,
     to: &StoreUrl,
     refs: &[String],
+    progress: &Reporter,
 ) -> Result<crate::ops::replicate::ReplicateReport, OpError> {
     let refs = refs
         .iter()
         .map(|r| RefName::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
-    shared.app.replicate(from, to, &refs, None).await
+    shared.app.replicate(from, to, &refs, None, progress).await
 }
 
 pub(super) fn source_missing(e: &OpError, from: &StoreUrl) -> bool {
@@ -175,6 +180,8 @@ struct Seen<'a> {
     fingerprint: Option<&'a Fingerprint>,
     /// Per-file settling: the files to read and those that keep the head's version.
     plan: Option<&'a Plan>,
+    /// Where the push's byte counts go (the run's counter).
+    progress: &'a Reporter,
 }
 
 async fn push(
@@ -199,7 +206,7 @@ async fn push(
     };
     let report = shared
         .app
-        .push(src, &urls, &name, &mode, ChangeCheck::Stat)
+        .push(src, &urls, &name, &mode, ChangeCheck::Stat, seen.progress)
         .await?;
     // A checkpoint that changed while it was read is pushed again once it settles.
     let changed = match (src, seen.fingerprint, seen.plan) {

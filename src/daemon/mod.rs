@@ -123,7 +123,7 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         // The daemon's edge: the environment's store and mirror settings, read once.
         let settings = crate::app::Settings::from_env().map_err(crate::ops::OpError::from)?;
-        let app = App::new(index_dir.to_path_buf(), false, settings);
+        let app = App::new(index_dir.to_path_buf(), settings);
         let index = app.index().await?.clone();
         let log = blocking(move || index.job_log()).await??;
         let jobs: Vec<Arc<Job>> = config
@@ -356,6 +356,8 @@ mod history_tests;
 mod tests;
 #[cfg(test)]
 mod tests_items;
+#[cfg(test)]
+mod tests_progress;
 #[cfg(test)]
 mod tests_pull;
 #[cfg(test)]

@@ -299,6 +299,7 @@ pub(super) async fn execute(
     job: &Job,
     pull: &PullJob,
     item: &str,
+    progress: &crate::progress::Reporter,
 ) -> Result<Outcome, OpError> {
     let live = read_live(pull.dest.clone()).await?;
     let (cause, checked, head) = job.with(|l| {
@@ -319,7 +320,7 @@ pub(super) async fn execute(
     };
     let report = match shared
         .app
-        .pull(&pull.from.url, &pull.reference, &pull.dest, &opts)
+        .pull(&pull.from.url, &pull.reference, &pull.dest, &opts, progress)
         .await
     {
         Ok(r) => r,

@@ -18,6 +18,7 @@ use super::target::{FailureInfo, OpenRun, TargetEvent};
 use super::{Mode, Shared};
 use crate::config::{JobKind, Layout};
 use crate::ops::OpError;
+use crate::progress::Reporter;
 
 /// The item of a replicate job.
 pub const REFS_ITEM: &str = "refs";
@@ -110,7 +111,8 @@ async fn run_batch(shared: &Arc<Shared>, job: &Arc<Job>, item: String, targets: 
     tracing::info!(job = %job.config.name, item = %item, targets = targets.len(), "run started");
 
     let started = Instant::now();
-    let op = crate::progress::observe(progress.clone(), execute(shared, job, &item, &targets));
+    let reporter = Reporter::observed(progress.clone());
+    let op = execute(shared, job, &item, &targets, &reporter);
     let results = drive(shared, job, op, &progress).await;
     let done = Finished {
         item: &item,

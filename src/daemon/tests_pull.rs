@@ -26,13 +26,21 @@ hook_command = ["/bin/sh", "-c", "exit 3"]
 /// Pushes `$DIR/src` to `$DIR/repo` as `model`, with an index of its own (the daemon holds
 /// its own), like a trainer elsewhere would.
 async fn push(w: &World) {
-    let app = crate::app::App::new(w.path("push-index"), false, crate::app::Settings::default());
+    let app = crate::app::App::new(w.path("push-index"), crate::app::Settings::default());
     let src = StoreUrl::Local(w.path("src"));
     let repo = StoreUrl::Local(w.path("repo"));
     let name = RefName::parse("model").unwrap();
-    app.push(&src, &[repo], &name, &PushMode::Replace, ChangeCheck::Stat)
-        .await
-        .unwrap();
+    let silent = crate::progress::Reporter::silent();
+    app.push(
+        &src,
+        &[repo],
+        &name,
+        &PushMode::Replace,
+        ChangeCheck::Stat,
+        &silent,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use crate::mirror::{
 };
 use crate::ops::source::{Source, SourceEntry, SourceFile};
 use crate::ops::OpError;
-use crate::progress::Progress;
+use crate::progress::Reporter;
 use crate::store::delta::{normalize_etag, DeltaStore};
 use crate::store::key::{KeyError, UnholdableNames};
 use crate::store::Store;
@@ -32,7 +32,7 @@ pub async fn mirror_with(
     index: &Index,
     opts: MirrorOptions,
     settings: &MirrorSettings,
-    progress: bool,
+    progress: &Reporter,
 ) -> Result<MirrorReport, OpError> {
     let dest_url = dest.url().to_string();
     check_no_overlap(&source.key(), &dest_url)?;
@@ -48,7 +48,7 @@ pub async fn mirror_with(
     let todo = select(entries, &objects, dest, &cache, opts, &mut report)?;
 
     let total: u64 = todo.work.iter().map(|w| w.file.size).sum();
-    let bar = Progress::bytes(progress, "mirror", total);
+    let bar = progress.bytes("mirror", total);
     let ctx = Arc::new(FileCtx {
         buffers: Default::default(),
         source: source.clone(),

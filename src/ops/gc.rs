@@ -245,7 +245,7 @@ impl Packs {
                 match repo.read_pack_index(&id).await {
                     // A damaged pack's unreadable index locates no chunk for anyone: it holds
                     // nothing gc must keep.
-                    Err(RepoError::Corrupt { .. }) if bad_ref.contains(&id) => Ok(PackIndex {
+                    Err(e) if e.is_corrupt() && bad_ref.contains(&id) => Ok(PackIndex {
                         pack: id,
                         pack_size: 0,
                         entries: Vec::new(),

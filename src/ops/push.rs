@@ -25,7 +25,7 @@ use crate::ops::sync::{check_not_marked, sync_index, Presence};
 use crate::ops::targets::TargetSet;
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
-use crate::progress::Progress;
+use crate::progress::{Progress, Reporter};
 use crate::repo::snapshot::{Entry, SNAPSHOT_VERSION};
 use crate::repo::{Repository, Snapshot};
 
@@ -142,7 +142,7 @@ pub async fn push(
     targets: Vec<(Repository, bool)>,
     name: &RefName,
     index: &Index,
-    progress: bool,
+    progress: &Reporter,
 ) -> Result<PushReport, OpError> {
     push_with(source, targets, name, index, progress, &PushMode::Replace).await
 }
@@ -153,7 +153,7 @@ pub async fn push_with(
     targets: Vec<(Repository, bool)>,
     name: &RefName,
     index: &Index,
-    progress: bool,
+    progress: &Reporter,
     mode: &PushMode,
 ) -> Result<PushReport, OpError> {
     push_checked(
@@ -177,7 +177,7 @@ pub async fn push_checked(
     targets: Vec<(Repository, bool)>,
     name: &RefName,
     index: &Index,
-    progress: bool,
+    progress: &Reporter,
     mode: &PushMode,
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
@@ -198,7 +198,7 @@ pub async fn push_checked(
             _ => 0,
         })
         .sum();
-    let bar = Progress::bytes(progress, "push", total);
+    let bar = progress.bytes("push", total);
     let cache = index.files(&source.key())?;
     let cuts = push_delta::tensor_cuts(&targets);
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();

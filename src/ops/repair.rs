@@ -113,7 +113,7 @@ async fn check_one(
     let idx = match repo.read_pack_index(id).await {
         Ok(idx) => idx,
         Err(RepoError::Store(e)) if e.is_not_found() => return Ok(None), // gc'd meanwhile
-        Err(e @ RepoError::Corrupt { .. }) => return Ok(Some(format!("index unreadable: {e}"))),
+        Err(e) if e.is_corrupt() => return Ok(Some(format!("index unreadable: {e}"))),
         Err(e) => return Err(e.into()),
     };
     let Some(size) = size else {

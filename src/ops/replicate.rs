@@ -22,10 +22,10 @@ use crate::ops::shard::Shard;
 use crate::ops::sync::{check_not_marked, sync_index};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::OpError;
-use crate::progress::Progress;
+use crate::progress::Reporter;
 use crate::repo::config::DELTA_VERSION;
 use crate::repo::replicas::{PlannedRef, ReplicaPlan, ReplicaPointer};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::Repository;
 
 /// One shard of a sharded replication: copies the chunks `shard` owns for run `run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub async fn replicate(
     to: &Repository,
     names: &[String],
     index: &Index,
-    progress: bool,
+    progress: &Reporter,
     sharded: Option<&ReplicaShard>,
 ) -> Result<ReplicateReport, OpError> {
     let started = Instant::now();
@@ -115,10 +115,7 @@ pub async fn replicate(
     let mut referenced = HashSet::new();
     for id in &wanted {
         let bytes = from.read_snapshot_bytes(id).await?;
-        let snap = Snapshot::decode(&bytes).map_err(|p| crate::repo::RepoError::Corrupt {
-            object: from.store().object_url(&crate::repo::snapshot_path(id)),
-            problem: p.to_string(),
-        })?;
+        let snap = from.decode_snapshot(id, &bytes)?;
         let mut need = Vec::new();
         referenced.extend(snap.chunks().map(|c| c.0));
         for c in snap.chunks().filter(|c| owns(&c.0)) {
@@ -200,7 +197,7 @@ async fn copy_chunks(
     mut need: Vec<ChunkId>,
     uploader: &mut PackUploader,
     lacks: &mut (dyn FnMut(&ChunkId) -> Result<bool, OpError> + Send),
-    progress: bool,
+    progress: &Reporter,
 ) -> Result<(u64, u64), OpError> {
     let mut totals = (0, 0);
     let whole = uploader.repo().config().version < DELTA_VERSION;
@@ -232,7 +229,7 @@ async fn copy_frames(
     need: Vec<ChunkId>,
     uploader: &mut PackUploader,
     whole: bool,
-    progress: bool,
+    progress: &Reporter,
     (bytes_downloaded, chunks_copied): &mut (u64, u64),
 ) -> Result<Vec<ChunkId>, OpError> {
     let mut bases = Vec::new();
@@ -241,7 +238,7 @@ async fn copy_frames(
     locations.sort_by_key(|l| (l.pack, l.entry.offset));
     let reads = plan(locations);
     let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
-    let bar = Progress::bytes(progress, "replicate", total);
+    let bar = progress.bytes("replicate", total);
     let want = if whole { Want::Raw } else { Want::Frames };
     let mut frames = std::pin::pin!(fetch(from, from_index, reads, want));
     while let Some(batch) = frames.next().await {

@@ -15,7 +15,7 @@ use crate::index::RepoIndex;
 use crate::ops::fetch::{fetch, locate, plan, Want};
 use crate::ops::restore_local::{applied_mode, restore_dir, restore_link, restore_local, Existing};
 use crate::ops::OpError;
-use crate::progress::Progress;
+use crate::progress::{Progress, Reporter};
 use crate::repo::snapshot::{check_path, ChunkRef, Entry, Snapshot};
 use crate::repo::Repository;
 use crate::store::key::{key_at, object_key, UnholdableNames};
@@ -175,14 +175,14 @@ pub async fn restore(
     id: SnapshotId,
     dest: &Destination,
     opts: RestoreOptions,
-    progress: bool,
+    progress: &Reporter,
 ) -> Result<RestoreReport, OpError> {
     let started = Instant::now();
     let snap = opts.selection.apply(&repo.read_snapshot(&id).await?)?;
     // Validate everything before writing anything.
     check_before_writing(&snap, dest)?;
     let present = present_objects(dest).await?;
-    let bar = Progress::bytes(progress, "restore", snap.bytes());
+    let bar = progress.bytes("restore", snap.bytes());
     let mut report = RestoreReport {
         snapshot: id,
         destination: dest.describe(),

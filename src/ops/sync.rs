@@ -134,7 +134,7 @@ async fn load(
                 Ok(idx) => Ok(Some(idx)),
                 // Deleted by a gc since the listing (index first, then pack): nothing to learn.
                 Err(RepoError::Store(e)) if e.is_not_found() => Ok(None),
-                Err(e @ RepoError::Corrupt { .. }) if strength == Strength::Weak => {
+                Err(e) if e.is_corrupt() && strength == Strength::Weak => {
                     tracing::warn!(error = %e, "skipping the unreadable index of a marked pack");
                     Ok(None)
                 }

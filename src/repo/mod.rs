@@ -5,6 +5,7 @@
 //! durable, so a crash anywhere leaves a valid repository.
 
 pub mod config;
+mod error;
 pub mod pack;
 pub(crate) mod partial;
 mod probe;
@@ -16,80 +17,13 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use crate::ids::{PackId, SnapshotId};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 pub use config::RepoConfig;
+pub use error::RepoError;
 use pack::{PackIndex, SealedPack};
 use refs::ref_path;
 pub use refs::{check_ref_name, RefEntry, RefEntryError};
 pub use snapshot::Snapshot;
-
-/// Errors about a repository. Each names the object or location concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum RepoError {
-    /// A store call failed (status and transience inside).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The location holds no repository config.
-    #[error(
-        "no ferry repository at {url}: run `ferry init {url}` first, or push to an empty location"
-    )]
-    NotARepo {
-        /// The store URL looked at.
-        url: String,
-    },
-    /// `init` of a location that already holds other objects.
-    #[error("{url} is not empty and holds no ferry repository: choose an empty location")]
-    Occupied {
-        /// The store URL looked at.
-        url: String,
-    },
-    /// `init` of a location that already holds a repository.
-    #[error("{url} already holds a ferry repository")]
-    Exists {
-        /// The store URL looked at.
-        url: String,
-    },
-    /// An object of the repository failed its checks (bad format, wrong hash, missing piece).
-    #[error("{object}: {problem}")]
-    Corrupt {
-        /// The object's URL.
-        object: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// A ref name that is not a plain file name (see [`check_ref_name`]).
-    #[error(
-        "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
-    )]
-    BadRefName {
-        /// The name as given.
-        name: String,
-    },
-    /// No snapshot matches the given id, prefix or ref.
-    #[error("{spec:?} not found in {url}: `ferry snapshots {url}` lists what is there")]
-    NoSuchSnapshot {
-        /// What the user asked for.
-        spec: String,
-        /// The repository's URL.
-        url: String,
-    },
-    /// A run id that is not a plain file name, or longer than 128 bytes.
-    #[error(
-        "invalid run id {run:?}: use letters, digits, '.', '_' and '-' (not starting with '.'), at most 128 bytes"
-    )]
-    BadRunId {
-        /// The run id as given.
-        run: String,
-    },
-    /// The ref's next log entry was taken by other writers too many times in a row.
-    #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
-    RefContention {
-        /// The ref name.
-        name: String,
-        /// The repository's URL.
-        url: String,
-    },
-}
 
 /// An object found by listing: its id, size and last-modified time (the store's clock).
 #[derive(Debug, Clone, Copy)]
@@ -218,9 +152,9 @@ impl Repository {
         };
         RepoConfig::decode(&bytes)
             .map(Some)
-            .map_err(|problem| RepoError::Corrupt {
+            .map_err(|problem| RepoError::BadConfig {
                 object: store.object_url(&config_path()),
-                problem: problem.to_string(),
+                problem,
             })
     }
 
@@ -242,6 +176,34 @@ impl Repository {
     /// The repository's store URL, for messages.
     pub fn url(&self) -> String {
         self.store.url().to_string()
+    }
+
+    fn vanished(&self, path: &Path) -> RepoError {
+        RepoError::Vanished {
+            object: self.store.object_url(path),
+        }
+    }
+
+    fn misplaced(&self, path: &Path, what: &'static str, place: &'static str) -> RepoError {
+        RepoError::Misplaced {
+            object: self.store.object_url(path),
+            what,
+            place,
+        }
+    }
+
+    /// `bytes` of `path` as the JSON record `what`.
+    fn decode_record<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+        what: &'static str,
+        bytes: &[u8],
+    ) -> Result<T, RepoError> {
+        serde_json::from_slice(bytes).map_err(|problem| RepoError::BadRecord {
+            object: self.store.object_url(path),
+            what,
+            problem,
+        })
     }
 
     fn corrupt(&self, path: &Path, problem: impl Into<String>) -> RepoError {
@@ -377,9 +339,15 @@ impl Repository {
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
         let path = index_path(id);
         let bytes = self.store.get(&path).await?;
-        let idx = PackIndex::decode(&bytes).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        let idx = PackIndex::decode(&bytes).map_err(|problem| RepoError::BadPackIndex {
+            object: self.store.object_url(&path),
+            problem,
+        })?;
         if idx.pack != *id {
-            return Err(self.corrupt(&path, format!("describes pack {} instead", idx.pack)));
+            return Err(RepoError::IndexOfOtherPack {
+                object: self.store.object_url(&path),
+                pack: idx.pack,
+            });
         }
         Ok(idx)
     }
@@ -394,7 +362,11 @@ impl Repository {
         let len = range.end - range.start;
         let bytes = self.store.get_range(&path, range).await?;
         if bytes.len() as u64 != len {
-            return Err(self.corrupt(&path, format!("short read: {} of {len} bytes", bytes.len())));
+            return Err(RepoError::ShortRead {
+                object: self.store.object_url(&path),
+                got: bytes.len() as u64,
+                expected: len,
+            });
         }
         Ok(bytes)
     }
@@ -423,7 +395,9 @@ impl Repository {
         let path = snapshot_path(id);
         let bytes = self.store.get(&path).await?;
         if SnapshotId::of(&bytes) != *id {
-            return Err(self.corrupt(&path, "content does not match its id"));
+            return Err(RepoError::ContentMismatch {
+                object: self.store.object_url(&path),
+            });
         }
         Ok(bytes)
     }
@@ -431,7 +405,15 @@ impl Repository {
     /// Reads, checks and parses a snapshot.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let bytes = self.read_snapshot_bytes(id).await?;
-        Snapshot::decode(&bytes).map_err(|p| self.corrupt(&snapshot_path(id), p.to_string()))
+        self.decode_snapshot(id, &bytes)
+    }
+
+    /// Parses the bytes of snapshot `id` (read and checked by [`Self::read_snapshot_bytes`]).
+    pub fn decode_snapshot(&self, id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot, RepoError> {
+        Snapshot::decode(bytes).map_err(|problem| RepoError::BadSnapshot {
+            object: self.store.object_url(&snapshot_path(id)),
+            problem,
+        })
     }
 
     /// Lists the ids of every snapshot object in the repository.
@@ -444,3 +426,6 @@ impl Repository {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

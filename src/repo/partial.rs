@@ -87,10 +87,9 @@ impl Repository {
                 continue;
             }
             let bytes = self.store.get(&meta.location).await?;
-            let p: PartialEntry = serde_json::from_slice(&bytes)
-                .map_err(|e| self.corrupt(&meta.location, format!("invalid partial: {e}")))?;
+            let p: PartialEntry = self.decode_record(&meta.location, "partial", &bytes)?;
             if meta.location != partial_path(name, run, p.shard, p.of) || p.name != name {
-                return Err(self.corrupt(&meta.location, "partial stored under the wrong name"));
+                return Err(self.misplaced(&meta.location, "partial", "name"));
             }
             out.push(p);
         }
@@ -119,8 +118,7 @@ impl Repository {
                 continue;
             }
             let bytes = self.store.get(&m.location).await?;
-            let p: PartialEntry = serde_json::from_slice(&bytes)
-                .map_err(|e| self.corrupt(&m.location, format!("invalid partial: {e}")))?;
+            let p: PartialEntry = self.decode_record(&m.location, "partial", &bytes)?;
             out.push(p.snapshot);
         }
         Ok(out)
@@ -179,8 +177,7 @@ impl Repository {
         let Some(bytes) = self.store.get_opt(&path).await? else {
             return Ok(None);
         };
-        let m: CommitMarker = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(&path, format!("invalid commit marker: {e}")))?;
+        let m: CommitMarker = self.decode_record(&path, "commit marker", &bytes)?;
         Ok(Some(m))
     }
 
@@ -195,7 +192,7 @@ impl Repository {
         }
         self.read_commit(&marker.name, &marker.run)
             .await?
-            .ok_or_else(|| self.corrupt(&path, "vanished right after a conflicting write"))
+            .ok_or_else(|| self.vanished(&path))
     }
 
     /// Appends `snapshot` to the ref's log only if `expected` is still its head (conditional

@@ -12,17 +12,12 @@ impl Repository {
         let Some(bytes) = self.store.get_opt(&path).await? else {
             return Ok(None);
         };
-        let entry = RefEntry::decode(&bytes).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        let entry = RefEntry::decode(&bytes).map_err(|problem| RepoError::BadRefEntry {
+            object: self.store.object_url(&path),
+            problem,
+        })?;
         if entry.name != name || entry.seq != seq {
-            return Err(self.corrupt(
-                &path,
-                format!(
-                    "entry for ref {:?} seq {} belongs at {}",
-                    entry.name,
-                    entry.seq,
-                    self.store.object_url(&ref_path(&entry.name, entry.seq))
-                ),
-            ));
+            return Err(self.not_at_home(&path, entry));
         }
         Ok(Some(entry))
     }

@@ -103,22 +103,27 @@ impl Repository {
         Ok((bytes, entry))
     }
 
+    /// `entry`, read from `path`, belongs elsewhere.
+    pub(crate) fn not_at_home(&self, path: &Path, entry: RefEntry) -> RepoError {
+        RepoError::RefEntryNotAtHome {
+            object: self.store.object_url(path),
+            home: self.store.object_url(&ref_path(&entry.name, entry.seq)),
+            name: entry.name,
+            seq: entry.seq,
+        }
+    }
+
     /// The entry in `bytes`, read from `path` now or earlier, checked to sit at its home.
     pub fn decode_ref_entry(&self, path: &Path, bytes: &[u8]) -> Result<RefEntry, RepoError> {
-        let entry = RefEntry::decode(bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
+        let entry = RefEntry::decode(bytes).map_err(|problem| RepoError::BadRefEntry {
+            object: self.store.object_url(path),
+            problem,
+        })?;
         // The log's order comes from object names: an entry must sit where its name and
         // sequence number say, or the history would not be the one its entries claim.
         let home = ref_path(&entry.name, entry.seq);
         if *path != home {
-            return Err(self.corrupt(
-                path,
-                format!(
-                    "entry for ref {:?} seq {} belongs at {}",
-                    entry.name,
-                    entry.seq,
-                    self.store.object_url(&home)
-                ),
-            ));
+            return Err(self.not_at_home(path, entry));
         }
         Ok(entry)
     }

@@ -72,7 +72,7 @@ impl Repository {
         }
         self.read_replica_plan(&plan.run)
             .await?
-            .ok_or_else(|| self.corrupt(&path, "vanished right after a conflicting write"))
+            .ok_or_else(|| self.vanished(&path))
     }
 
     /// The run's plan, if a shard has started it.
@@ -82,10 +82,9 @@ impl Repository {
         let Some(bytes) = self.store.get_opt(&path).await? else {
             return Ok(None);
         };
-        let plan: ReplicaPlan = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(&path, format!("invalid replica plan: {e}")))?;
+        let plan: ReplicaPlan = self.decode_record(&path, "replica plan", &bytes)?;
         if plan.run != run {
-            return Err(self.corrupt(&path, "plan stored under the wrong run"));
+            return Err(self.misplaced(&path, "plan", "run"));
         }
         for r in &plan.refs {
             check_ref_name(&r.name).map_err(|e| self.corrupt(&path, e.to_string()))?;
@@ -113,11 +112,10 @@ impl Repository {
                 continue;
             }
             let bytes = self.store.get(&meta.location).await?;
-            let p: ReplicaPointer = serde_json::from_slice(&bytes).map_err(|e| {
-                self.corrupt(&meta.location, format!("invalid replica pointer: {e}"))
-            })?;
+            let p: ReplicaPointer =
+                self.decode_record(&meta.location, "replica pointer", &bytes)?;
             if meta.location != pointer_path(run, p.shard, p.of) {
-                return Err(self.corrupt(&meta.location, "pointer stored under the wrong name"));
+                return Err(self.misplaced(&meta.location, "pointer", "name"));
             }
             out.push(p);
         }

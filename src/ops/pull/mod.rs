@@ -30,7 +30,7 @@ use crate::index::RepoIndex;
 use crate::ops::restore::{check_before_writing, Destination, SpecialModes};
 use crate::ops::select::Selection;
 use crate::ops::OpError;
-use crate::progress::Progress;
+use crate::progress::Reporter;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 
@@ -119,7 +119,7 @@ pub async fn pull(
     spec: &str,
     dir: &Path,
     opts: &PullOptions,
-    progress: bool,
+    progress: &Reporter,
 ) -> Result<PullReport, OpError> {
     let started = Instant::now();
     if opts.keep == 0 {
@@ -152,7 +152,7 @@ pub async fn pull(
         let partial = layout.versions.join(format!(".partial-{version}"));
         check_before_writing(&snap, &Destination::Local(partial.clone()))?;
         let sources = layout.local_chunks(current.as_deref())?;
-        let bar = Progress::bytes(progress, "pull", snap.bytes());
+        let bar = progress.bytes("pull", snap.bytes());
         let mut writer = VersionWriter {
             repo,
             rindex,

@@ -1,0 +1,192 @@
+//! `RepoError`: what can go wrong with a repository, each case naming the object or location
+//! concerned; the known corruption cases as named variants.
+
+use super::{config, pack, snapshot, RefEntryError};
+use crate::ids::PackId;
+use crate::store::StoreError;
+
+/// Errors about a repository. Each names the object or location concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A store call failed (status and transience inside).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The location holds no repository config.
+    #[error(
+        "no ferry repository at {url}: run `ferry init {url}` first, or push to an empty location"
+    )]
+    NotARepo {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// `init` of a location that already holds other objects.
+    #[error("{url} is not empty and holds no ferry repository: choose an empty location")]
+    Occupied {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// `init` of a location that already holds a repository.
+    #[error("{url} already holds a ferry repository")]
+    Exists {
+        /// The store URL looked at.
+        url: String,
+    },
+    /// An object's bytes do not hash to the id it is stored under.
+    #[error("{object}: content does not match its id")]
+    ContentMismatch {
+        /// The object's URL.
+        object: String,
+    },
+    /// A pack index describes another pack than the one its name says.
+    #[error("{object}: describes pack {pack} instead")]
+    IndexOfOtherPack {
+        /// The pack index's URL.
+        object: String,
+        /// The pack it describes.
+        pack: PackId,
+    },
+    /// A range read returned fewer bytes than asked for.
+    #[error("{object}: short read: {got} of {expected} bytes")]
+    ShortRead {
+        /// The object's URL.
+        object: String,
+        /// Bytes returned.
+        got: u64,
+        /// Bytes asked for.
+        expected: u64,
+    },
+    /// A ref log entry stored somewhere else than its name and sequence number say.
+    #[error("{object}: entry for ref {name:?} seq {seq} belongs at {home}")]
+    RefEntryNotAtHome {
+        /// The entry's URL.
+        object: String,
+        /// The ref name inside the entry.
+        name: String,
+        /// The sequence number inside the entry.
+        seq: u64,
+        /// Where that entry belongs (URL).
+        home: String,
+    },
+    /// The repository config does not decode.
+    #[error("{object}: {problem}")]
+    BadConfig {
+        /// The config's URL.
+        object: String,
+        /// The decoder's error.
+        problem: config::ConfigError,
+    },
+    /// A snapshot does not decode.
+    #[error("{object}: {problem}")]
+    BadSnapshot {
+        /// The snapshot's URL.
+        object: String,
+        /// The decoder's error.
+        problem: snapshot::SnapshotError,
+    },
+    /// A pack index does not decode.
+    #[error("{object}: {problem}")]
+    BadPackIndex {
+        /// The pack index's URL.
+        object: String,
+        /// The decoder's error.
+        problem: pack::PackFormatError,
+    },
+    /// A ref log entry does not decode.
+    #[error("{object}: {problem}")]
+    BadRefEntry {
+        /// The entry's URL.
+        object: String,
+        /// The decoder's error.
+        problem: RefEntryError,
+    },
+    /// An object a conditional write found taken was gone when read right after.
+    #[error("{object}: vanished right after a conflicting write")]
+    Vanished {
+        /// The object's URL.
+        object: String,
+    },
+    /// A JSON record (sharded runs' partials, commit markers, replica plans and pointers) is
+    /// stored under a name its content does not match.
+    #[error("{object}: {what} stored under the wrong {place}")]
+    Misplaced {
+        /// The object's URL.
+        object: String,
+        /// The record (`partial`, `plan`, `pointer`).
+        what: &'static str,
+        /// What its name gets wrong (`name`, `run`).
+        place: &'static str,
+    },
+    /// A JSON record (see [`RepoError::Misplaced`]) does not decode.
+    #[error("{object}: invalid {what}: {problem}")]
+    BadRecord {
+        /// The object's URL.
+        object: String,
+        /// The record (`partial`, `commit marker`, `replica plan`, `replica pointer`).
+        what: &'static str,
+        /// The decoder's error.
+        problem: serde_json::Error,
+    },
+    /// Another object of the repository failed its checks (the cases above have their own
+    /// variants; see [`RepoError::is_corrupt`]).
+    #[error("{object}: {problem}")]
+    Corrupt {
+        /// The object's URL.
+        object: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A ref name that is not a plain file name (see [`super::check_ref_name`]).
+    #[error(
+        "invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
+    )]
+    BadRefName {
+        /// The name as given.
+        name: String,
+    },
+    /// No snapshot matches the given id, prefix or ref.
+    #[error("{spec:?} not found in {url}: `ferry snapshots {url}` lists what is there")]
+    NoSuchSnapshot {
+        /// What the user asked for.
+        spec: String,
+        /// The repository's URL.
+        url: String,
+    },
+    /// A run id that is not a plain file name, or longer than 128 bytes.
+    #[error(
+        "invalid run id {run:?}: use letters, digits, '.', '_' and '-' (not starting with '.'), at most 128 bytes"
+    )]
+    BadRunId {
+        /// The run id as given.
+        run: String,
+    },
+    /// The ref's next log entry was taken by other writers too many times in a row.
+    #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
+    RefContention {
+        /// The ref name.
+        name: String,
+        /// The repository's URL.
+        url: String,
+    },
+}
+
+impl RepoError {
+    /// Whether an object of the repository failed its checks (hash, format, placement), as
+    /// opposed to a store failure or a wrong request.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            Self::ContentMismatch { .. }
+                | Self::IndexOfOtherPack { .. }
+                | Self::ShortRead { .. }
+                | Self::RefEntryNotAtHome { .. }
+                | Self::BadConfig { .. }
+                | Self::BadSnapshot { .. }
+                | Self::BadPackIndex { .. }
+                | Self::BadRefEntry { .. }
+                | Self::Vanished { .. }
+                | Self::Misplaced { .. }
+                | Self::BadRecord { .. }
+                | Self::Corrupt { .. }
+        )
+    }
+}

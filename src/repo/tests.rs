@@ -1,0 +1,148 @@
+//! The repository's checks on what it reads back, each a named [`RepoError`] variant whose
+//! message names the object (the messages users saw when these were all `Corrupt`).
+
+use super::*;
+use crate::chunker::ChunkerParams;
+use crate::repo::config::RepoConfig;
+use crate::store::Access;
+
+async fn memory_repo(name: &str) -> Repository {
+    let url = format!("memory://{name}/repo").parse().unwrap();
+    let store = Store::open_with(&url, Access::Write, &Default::default()).unwrap();
+    Repository::init(store, RepoConfig::new(ChunkerParams::default(), 1 << 20))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn snapshots_that_fail_their_checks_are_named_variants() {
+    let repo = memory_repo("corrupt-snapshots").await;
+    let id = SnapshotId::of(b"the real bytes");
+    let path = snapshot_path(&id);
+    repo.store
+        .put(&path, Bytes::from_static(b"other bytes"))
+        .await
+        .unwrap();
+    let e = repo.read_snapshot_bytes(&id).await.unwrap_err();
+    assert!(matches!(e, RepoError::ContentMismatch { .. }), "{e:?}");
+    assert!(e.is_corrupt());
+    let url = repo.store.object_url(&path);
+    assert_eq!(
+        e.to_string(),
+        format!("{url}: content does not match its id")
+    );
+
+    let garbage = b"not a snapshot";
+    let id = SnapshotId::of(garbage);
+    repo.store
+        .put(&snapshot_path(&id), Bytes::from_static(garbage))
+        .await
+        .unwrap();
+    let e = repo.read_snapshot(&id).await.unwrap_err();
+    let RepoError::BadSnapshot { object, problem } = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(*object, repo.store.object_url(&snapshot_path(&id)));
+    assert_eq!(e.to_string(), format!("{object}: {problem}"));
+    assert!(e.is_corrupt());
+}
+
+#[tokio::test]
+async fn pack_indexes_that_fail_their_checks_are_named_variants() {
+    let repo = memory_repo("corrupt-indexes").await;
+    let (a, b) = (PackId::of(b"a"), PackId::of(b"b"));
+    let index_of_a = PackIndex {
+        pack: a,
+        pack_size: 0,
+        entries: Vec::new(),
+        bases: Vec::new(),
+    };
+    repo.store
+        .put(&index_path(&b), Bytes::from(index_of_a.encode()))
+        .await
+        .unwrap();
+    let e = repo.read_pack_index(&b).await.unwrap_err();
+    assert!(
+        matches!(e, RepoError::IndexOfOtherPack { pack, .. } if pack == a),
+        "{e:?}"
+    );
+    let url = repo.store.object_url(&index_path(&b));
+    assert_eq!(e.to_string(), format!("{url}: describes pack {a} instead"));
+    assert!(e.is_corrupt());
+
+    repo.store
+        .put(&index_path(&a), Bytes::from_static(b"garbage"))
+        .await
+        .unwrap();
+    let e = repo.read_pack_index(&a).await.unwrap_err();
+    assert!(matches!(e, RepoError::BadPackIndex { .. }), "{e:?}");
+    assert!(e.is_corrupt());
+}
+
+#[tokio::test]
+async fn a_ref_entry_away_from_its_home_is_a_named_variant() {
+    let repo = memory_repo("corrupt-refs").await;
+    let entry = repo
+        .advance_ref("model", SnapshotId::of(b"s"))
+        .await
+        .unwrap();
+    let (bytes, _) = repo
+        .read_ref_entry(&ref_path("model", entry.seq))
+        .await
+        .unwrap();
+    let moved = ref_path("model", entry.seq + 1);
+    repo.store.put(&moved, bytes).await.unwrap();
+    let e = repo.ref_entry("model", entry.seq + 1).await.unwrap_err();
+    assert!(matches!(e, RepoError::RefEntryNotAtHome { .. }), "{e:?}");
+    let (url, home) = (
+        repo.store.object_url(&moved),
+        repo.store.object_url(&ref_path("model", entry.seq)),
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{url}: entry for ref \"model\" seq {} belongs at {home}",
+            entry.seq
+        )
+    );
+    let e = repo.read_ref_entry(&moved).await.unwrap_err();
+    assert!(matches!(e, RepoError::RefEntryNotAtHome { .. }), "{e:?}");
+
+    repo.store
+        .put(&ref_path("other", 1), Bytes::from_static(b"garbage"))
+        .await
+        .unwrap();
+    let e = repo.ref_entry("other", 1).await.unwrap_err();
+    assert!(matches!(e, RepoError::BadRefEntry { .. }), "{e:?}");
+    assert!(e.is_corrupt());
+    assert!(!RepoError::NotARepo { url: "x".into() }.is_corrupt());
+}
+
+#[tokio::test]
+async fn sharded_runs_records_that_fail_their_checks_are_named_variants() {
+    let repo = memory_repo("corrupt-records").await;
+    let path = Path::from("replicas/run-1/plan");
+    repo.store
+        .put(&path, Bytes::from_static(b"{"))
+        .await
+        .unwrap();
+    let e = repo.read_replica_plan("run-1").await.unwrap_err();
+    let RepoError::BadRecord {
+        object, problem, ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(
+        e.to_string(),
+        format!("{object}: invalid replica plan: {problem}")
+    );
+    assert!(e.is_corrupt());
+    let e = repo.misplaced(&path, "plan", "run");
+    let url = repo.store.object_url(&path);
+    assert_eq!(
+        e.to_string(),
+        format!("{url}: plan stored under the wrong run")
+    );
+    assert!(e.is_corrupt() && repo.vanished(&path).is_corrupt());
+}
