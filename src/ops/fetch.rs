@@ -113,15 +113,9 @@ pub(crate) fn fetch_with<'a>(
                 .await
                 .map_err(OpError::join)??;
             for f in frames.iter_mut().filter(|f| f.delta) {
-                let d = decode_frame_with(
-                    repo,
-                    bases,
-                    local,
-                    f.frame.clone(),
-                    &f.location,
-                    &object,
-                )
-                .await?;
+                let d =
+                    decode_frame_with(repo, bases, local, f.frame.clone(), &f.location, &object)
+                        .await?;
                 if want == Want::Raw {
                     f.raw = Some(d.raw);
                 }

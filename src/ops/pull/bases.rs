@@ -30,12 +30,12 @@ impl<'a> VersionBases<'a> {
     }
 
     /// Bytes of base frames read from the store (no good local copy).
-    pub(super) fn from_store(&self) -> u64 {
+    pub(super) fn read_from_store_bytes(&self) -> u64 {
         self.from_store.load(Ordering::Relaxed)
     }
 
     /// Bytes of bases taken from local versions.
-    pub(super) fn local(&self) -> u64 {
+    pub(super) fn local_bytes(&self) -> u64 {
         self.local.load(Ordering::Relaxed)
     }
 }

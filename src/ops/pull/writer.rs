@@ -177,8 +177,8 @@ impl VersionWriter<'_> {
             }
         }
         // Bases read from the store count as read; bases found locally as reused.
-        self.report.bytes_read_from_store += bases.from_store();
-        self.report.delta_bases_reused += bases.local();
+        self.report.bytes_read_from_store += bases.read_from_store_bytes();
+        self.report.delta_bases_reused += bases.local_bytes();
         Ok(())
     }
 }
