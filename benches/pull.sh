@@ -5,13 +5,24 @@
 # Run by hand (not in CI):  bash benches/pull.sh [MIB] [CHANGE_PERCENT]
 # Data: one bf16 safetensors file from examples/gen_weights (seed 3); step 2 regenerates
 # CHANGE_PERCENT of its tensors (about 16 % of the bytes at 10 %, as in benches/mirror.sh).
+# Then element deltas (issue 11): two steps of the "rl" and "finetune" series
+# (gen_weights --series) pushed into a repository made with `init --deltas 4`, and the bytes
+# a pull of the delta step reads over its predecessor (bases taken from the local version)
+# against a pull of it into an empty folder (the deltas and their bases: what a full restore
+# reads). FERRY_BENCH_PROFILE=debug uses the debug build (bytes do not depend on the build;
+# wall times do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:-256}
 change=${2:-10}
-cargo build --release --quiet --bin ferry --example gen_weights
-bin=${CARGO_TARGET_DIR:-target}/release/ferry
-gen=${CARGO_TARGET_DIR:-target}/release/examples/gen_weights
+profile=${FERRY_BENCH_PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release --quiet --bin ferry --example gen_weights
+else
+  cargo build --quiet --bin ferry --example gen_weights
+fi
+bin=${CARGO_TARGET_DIR:-target}/$profile/ferry
+gen=${CARGO_TARGET_DIR:-target}/$profile/examples/gen_weights
 work=$(mktemp -d)
 started=0
 cleanup() {
@@ -54,3 +65,20 @@ timed "pull step 2 over step 1" bytes_read_from_store ferry pull "$repo" model@2
 timed "pull step 2 again (nothing new)" bytes_read_from_store ferry pull "$repo" model@2 "$work/serve"
 cmp "$work/src/model.safetensors" "$work/serve/current/model.safetensors"
 echo "file: $size bytes ($mib MiB bf16), $change % of tensors changed between the steps; pulled step 2 is byte-identical"
+
+echo
+printf '%-34s %14s %10s %8s\n' "delta case" bytes_read ratio wall_s
+for series in rl finetune; do
+  "$gen" --series "$series" "$work/$series" "$mib" 2 1 >/dev/null 2>&1
+  drepo="$repo-$series"
+  ferry init "$drepo" --deltas 4 >/dev/null
+  ferry push "$work/$series/step-0" "$drepo" --name ckpt >/dev/null
+  pushed=$(ferry push "$work/$series/step-1" "$drepo" --name ckpt)
+  size=$(stat -c %s "$work/$series/step-1/model.safetensors")
+  row "$series: push of step 2 uploaded" "$(echo "$pushed" | field bytes_uploaded)" 0
+  timed "$series: pull step 2, empty folder" bytes_read_from_store ferry pull "$drepo" ckpt@2 "$work/empty-$series"
+  ferry pull "$drepo" ckpt@1 "$work/serve-$series" >/dev/null
+  timed "$series: pull step 2 over step 1" bytes_read_from_store ferry pull "$drepo" ckpt@2 "$work/serve-$series"
+  cmp "$work/$series/step-1/model.safetensors" "$work/serve-$series/current/model.safetensors"
+  echo "$series: $size bytes per step ($mib MiB), --deltas 4; pulled step 2 is byte-identical"
+done

@@ -3,6 +3,9 @@
 //! checked against the chunk's id. Shared by restore, pull, replicate, gc's rewrite,
 //! `verify --read-data` and push (which reads a counterpart to encode against).
 //!
+//! Pull passes `LocalBases`: a base found (and checked) in an earlier local version is not
+//! read from the store, so pulling a delta step over its predecessor reads about the deltas.
+//!
 //! At most `codec::MAX_DELTA_DEPTH` delta frames are followed for one chunk, so a broken or
 //! hostile chain (even a cycle) ends in an error, not a loop. The depth a frame records is the
 //! writer's view; another copy of a base (a chunk stored twice) may sit deeper, which costs
@@ -38,6 +41,18 @@ impl Locator for HashMap<ChunkId, ChunkLocation> {
     }
 }
 
+type Found<'a> = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, OpError>> + Send + 'a>>;
+
+/// Copies of chunks outside the repository that a delta's base may be taken from before the
+/// store is read (pull: the files of the earlier versions in its folder).
+pub(crate) trait LocalBases: Sync {
+    /// Chunk `id`'s bytes, checked against `id`; `None` when there is no copy or it is
+    /// damaged (the base is then read from the store).
+    fn read<'a>(&'a self, id: &'a ChunkId) -> Found<'a>;
+    /// Called with the size of each base frame read from the store instead.
+    fn read_from_store(&self, bytes: u64);
+}
+
 /// A chunk's raw bytes and the depth of the frame they came from (0: a full frame).
 pub(crate) struct Decoded {
     pub(crate) raw: Vec<u8>,
@@ -55,9 +70,22 @@ pub(crate) async fn decode_frame(
     loc: &ChunkLocation,
     object: &str,
 ) -> Result<Decoded, OpError> {
+    decode_frame_with(repo, bases, None, frame, loc, object).await
+}
+
+/// `decode_frame`, taking each base from `local` when it holds a good copy of it.
+pub(crate) async fn decode_frame_with(
+    repo: &Repository,
+    bases: &dyn Locator,
+    local: Option<&dyn LocalBases>,
+    frame: Bytes,
+    loc: &ChunkLocation,
+    object: &str,
+) -> Result<Decoded, OpError> {
     decode_below(
         repo,
         bases,
+        local,
         frame,
         *loc,
         object.to_string(),
@@ -72,16 +100,22 @@ pub(crate) async fn read_chunk(
     bases: &dyn Locator,
     id: &ChunkId,
 ) -> Result<Decoded, OpError> {
-    read_below(repo, bases, *id, MAX_DELTA_DEPTH).await
+    read_below(repo, bases, None, *id, MAX_DELTA_DEPTH).await
 }
 
 fn read_below<'a>(
     repo: &'a Repository,
     bases: &'a dyn Locator,
+    local: Option<&'a dyn LocalBases>,
     id: ChunkId,
     below: u8,
 ) -> Boxed<'a> {
     Box::pin(async move {
+        if let Some(local) = local {
+            if let Some(raw) = local.read(&id).await? {
+                return Ok(Decoded { raw, depth: 0 });
+            }
+        }
         let loc = bases.locate(&id)?.ok_or_else(|| {
             corrupt(
                 repo.url(),
@@ -89,13 +123,18 @@ fn read_below<'a>(
             )
         })?;
         let frame = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
-        decode_below(repo, bases, frame, loc, repo.pack_url(&loc.pack), below).await
+        if let Some(local) = local {
+            local.read_from_store(frame.len() as u64);
+        }
+        let object = repo.pack_url(&loc.pack);
+        decode_below(repo, bases, local, frame, loc, object, below).await
     })
 }
 
 fn decode_below<'a>(
     repo: &'a Repository,
     bases: &'a dyn Locator,
+    local: Option<&'a dyn LocalBases>,
     frame: Bytes,
     loc: ChunkLocation,
     object: String,
@@ -121,7 +160,7 @@ fn decode_below<'a>(
                 "delta chain longer than 16 frames",
             )));
         }
-        let base_raw = read_below(repo, bases, base, below - 1).await.map_err(|e| {
+        let base_raw = read_below(repo, bases, local, base, below - 1).await.map_err(|e| {
             corrupt(object.clone(), format!("chunk {id} at offset {at} is stored as a delta against base chunk {base}, which cannot be read: {e}"))
         })?;
         let raw = blocking(move || {

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 
 use crate::ids::{ChunkId, PackId};
 use crate::index::{ChunkLocation, RepoIndex};
-use crate::ops::delta_base::{decode_frame, Locator};
+use crate::ops::delta_base::{decode_frame_with, LocalBases, Locator};
 use crate::ops::OpError;
 use crate::repo::{RepoError, Repository};
 
@@ -91,6 +91,17 @@ pub fn fetch<'a>(
     reads: Vec<PackRead>,
     want: Want,
 ) -> impl Stream<Item = Result<Vec<CheckedFrame>, OpError>> + 'a {
+    fetch_with(repo, bases, None, reads, want)
+}
+
+/// `fetch`, taking a delta frame's bases from `local` where it holds good copies (pull).
+pub(crate) fn fetch_with<'a>(
+    repo: &'a Repository,
+    bases: &'a dyn Locator,
+    local: Option<&'a dyn LocalBases>,
+    reads: Vec<PackRead>,
+    want: Want,
+) -> impl Stream<Item = Result<Vec<CheckedFrame>, OpError>> + 'a {
     futures::stream::iter(reads)
         .map(move |read| async move {
             let bytes = repo
@@ -102,7 +113,9 @@ pub fn fetch<'a>(
                 .await
                 .map_err(OpError::join)??;
             for f in frames.iter_mut().filter(|f| f.delta) {
-                let d = decode_frame(repo, bases, f.frame.clone(), &f.location, &object).await?;
+                let d =
+                    decode_frame_with(repo, bases, local, f.frame.clone(), &f.location, &object)
+                        .await?;
                 if want == Want::Raw {
                     f.raw = Some(d.raw);
                 }

@@ -31,7 +31,7 @@ const TENSORS: &[(&str, &str, usize)] = &[
 
 /// The elements of step `step`: F32 weights nudged by a relative ~1e-3 each step; BF16 and
 /// F16 weights with about 1 % of their elements' low bits flipped each step.
-fn weights(step: u32) -> Vec<u8> {
+pub fn weights(step: u32) -> Vec<u8> {
     let mut header = String::from("{");
     let mut off = 0;
     for (name, dtype, n) in TENSORS {
@@ -79,7 +79,7 @@ fn weights(step: u32) -> Vec<u8> {
     f
 }
 
-fn write_step(dir: &Path, step: u32) -> u64 {
+pub fn write_step(dir: &Path, step: u32) -> u64 {
     let bytes = weights(step);
     data::write_file(dir, "model.safetensors", &bytes);
     bytes.len() as u64

@@ -10,13 +10,16 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::data;
+use crate::deltas::{weights, write_step};
 use crate::harness::{array, boolean, only_target, s, server_url, string, uint, Backend, Ctx};
 use crate::proxy::Proxy;
 use crate::run::Ferry;
 
 per_backend!(
     pull_reads_only_what_is_new,
-    damaged_local_copy_is_fetched_again
+    damaged_local_copy_is_fetched_again,
+    delta_step_reads_about_the_deltas,
+    damaged_local_base_is_fetched_from_the_store,
 );
 
 const MIB: usize = 1 << 20;
@@ -190,6 +193,97 @@ pub fn damaged_local_copy_is_fetched_again(backend: Backend) {
     // b.bin is new and at least one chunk of a.bin had to come from the store again.
     assert!(uint(&next, "bytes_read_from_store") > MIB as u64, "{next}");
     assert!(uint(&next, "chunks_reused") >= 1, "{next}");
+}
+
+/// A delta repository (`init --deltas 4`) with step 1 pulled, and step 2 pushed (its changed
+/// tensor chunks stored as deltas against step 1's): the source folder, the pull folder, and
+/// the bytes step 1's and step 2's pushes uploaded.
+fn delta_steps_with_first_pulled(ctx: &Ctx, url: &str) -> (PathBuf, PathBuf, u64, u64) {
+    let ferry = ctx.ferry();
+    ferry.json(&["init", url, "--deltas", "4"]);
+    let src = ctx.dir("src");
+    write_step(&src, 1);
+    let first = ferry.json(&["push", s(&src), url, "--name", "ckpt"]);
+    let dir = ctx.dir("serve");
+    pull(&ferry, url, "ckpt", &dir, &[], None);
+    write_step(&src, 2);
+    let second = ferry.json(&["push", s(&src), url, "--name", "ckpt"]);
+    assert!(uint(&second, "chunks_delta") >= 3, "{second}");
+    let full = uint(only_target(&first), "bytes_uploaded");
+    let delta = uint(only_target(&second), "bytes_uploaded");
+    assert!(delta * 2 < full, "step 2 should be mostly deltas: {second}");
+    (src, dir, full, delta)
+}
+
+/// Pulling a delta step over its predecessor reads the step's delta frames from the store and
+/// takes their bases from the previous version's file (each checked against its id): at most
+/// what step 2's push uploaded (its deltas, pack index and snapshot), not the full frames
+/// (whose bases step 1 uploaded). Byte-identical.
+pub fn delta_step_reads_about_the_deltas(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let ferry = ctx.ferry();
+    let (src, dir, full, delta) = delta_steps_with_first_pulled(&ctx, &repo.url);
+    let proxy = upstream(backend).map(|(var, url)| (var, Proxy::start(&url, None)));
+    let via = proxy.as_ref().map(|(v, p)| (*v, p));
+    let got = pull(&ferry, &repo.url, "ckpt", &dir, &[], via);
+    assert!(boolean(&got, "published"), "{got}");
+    assert!(
+        fs::read(current(&dir).join("model.safetensors")).expect("pulled") == weights(2),
+        "the pulled step 2 differs from the source"
+    );
+    data::assert_same_tree(&src, &current(&dir));
+    let from_store = uint(&got, "bytes_read_from_store");
+    assert!(
+        from_store > 0 && from_store <= delta,
+        "read {from_store} of the store; step 2 uploaded {delta} (step 1: {full}): {got}"
+    );
+    assert!(uint(&got, "delta_bases_reused") > 0, "{got}");
+    if let Some((_, p)) = &proxy {
+        // The delta frames plus the ref log, the snapshot, the pack index and HTTP headers.
+        let received = p.received();
+        assert!(
+            received < delta + 128 * 1024,
+            "the proxy saw {received} bytes come back; step 2 uploaded {delta}: {got}"
+        );
+    }
+}
+
+/// A byte flipped in the previous version's file, inside a tensor chunk step 2 stores as a
+/// delta: the local base fails its check, that base is read from the store instead, and the
+/// pulled step is still byte-identical.
+pub fn damaged_local_base_is_fetched_from_the_store(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let ferry = ctx.ferry();
+    let (src, dir, full, delta) = delta_steps_with_first_pulled(&ctx, &repo.url);
+    let live = current(&dir).join("model.safetensors");
+    let mut bytes = fs::read(&live).expect("read");
+    // Inside the F32 tensor, which every step changes.
+    bytes[1_000_003] ^= 0x40;
+    fs::write(&live, &bytes).expect("damage");
+    let proxy = upstream(backend).map(|(var, url)| (var, Proxy::start(&url, None)));
+    let via = proxy.as_ref().map(|(v, p)| (*v, p));
+    let got = pull(&ferry, &repo.url, "ckpt", &dir, &[], via);
+    assert!(
+        fs::read(current(&dir).join("model.safetensors")).expect("pulled") == weights(2),
+        "the pulled step 2 differs from the source"
+    );
+    data::assert_same_tree(&src, &current(&dir));
+    // The damaged base's full frame came from the store on top of the deltas.
+    let from_store = uint(&got, "bytes_read_from_store");
+    assert!(
+        from_store > delta && from_store < delta + full,
+        "read {from_store} of the store; step 2 uploaded {delta}, step 1 {full}: {got}"
+    );
+    assert!(uint(&got, "delta_bases_reused") > 0, "{got}");
+    if let Some((_, p)) = &proxy {
+        assert!(p.received() > from_store, "{}", p.received());
+    }
 }
 
 /// `--include` / `--exclude` take exactly the matching paths; a glob that matches nothing

@@ -11,9 +11,12 @@
 //!
 //! Chunks already present in earlier versions are read from them, each checked against its
 //! BLAKE3 id as it is read (a damaged local file is fetched again, never copied on); only the
-//! rest is read from the store, as coalesced range reads. A pull killed at any point leaves
+//! rest is read from the store, as coalesced range reads. A delta frame fetched from the
+//! store is decoded against its base taken from an earlier version (checked the same way;
+//! read from the store when no good local copy exists), so a delta step costs its deltas. A pull killed at any point leaves
 //! `current` pointing at a complete version; the rerun keeps the files it finished.
 
+mod bases;
 mod layout;
 mod live;
 mod writer;
@@ -80,6 +83,9 @@ pub struct PullReport {
     /// Bytes taken from earlier versions in DIR (each chunk verified), or kept from an
     /// interrupted pull of the same version.
     pub bytes_reused: u64,
+    /// Bytes of delta bases decoded from earlier versions in DIR (each verified) instead of
+    /// being read from the store: the new step's delta frames are read, their bases are not.
+    pub delta_bases_reused: u64,
     /// Chunks read from the store.
     pub chunks_fetched: u64,
     /// Chunks taken from earlier versions or an interrupted pull.
@@ -142,6 +148,7 @@ pub async fn pull(
         bytes: snap.bytes(),
         bytes_read_from_store: 0,
         bytes_reused: 0,
+        delta_bases_reused: 0,
         chunks_fetched: 0,
         chunks_reused: 0,
         removed: Vec::new(),

@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use crate::ids::ChunkId;
 use crate::index::RepoIndex;
-use crate::ops::fetch::{fetch, locate, plan, Want};
+use crate::ops::fetch::{fetch_with, locate, plan, Want};
 use crate::ops::restore::SpecialModes;
 use crate::ops::restore_local::{applied_mode, holds, partial_name, restore_dir, safe_join};
 use crate::ops::sync::sync_index;
@@ -20,6 +20,7 @@ use crate::progress::Progress;
 use crate::repo::snapshot::{ChunkRef, Entry, Snapshot};
 use crate::repo::Repository;
 
+use super::bases::VersionBases;
 use super::layout::LocalChunk;
 use super::PullReport;
 
@@ -147,7 +148,8 @@ impl VersionWriter<'_> {
         self.fetch_remote(&mut remote, out).await
     }
 
-    /// Fetches the pending chunks (in order, coalesced reads) and writes them.
+    /// Fetches the pending chunks (in order, coalesced reads) and writes them. A delta
+    /// frame's base is taken from the earlier versions when one holds a good copy of it.
     async fn fetch_remote(&mut self, ids: &mut Vec<ChunkId>, out: &mut Out) -> Result<(), OpError> {
         if ids.is_empty() {
             return Ok(());
@@ -158,7 +160,14 @@ impl VersionWriter<'_> {
         }
         let reads = plan(locate(self.rindex, self.repo, ids.drain(..))?);
         self.report.bytes_read_from_store += reads.iter().map(|r| r.end - r.start).sum::<u64>();
-        let mut frames = std::pin::pin!(fetch(self.repo, self.rindex, reads, Want::Raw));
+        let bases = VersionBases::new(self.sources);
+        let mut frames = std::pin::pin!(fetch_with(
+            self.repo,
+            self.rindex,
+            Some(&bases),
+            reads,
+            Want::Raw
+        ));
         while let Some(batch) = frames.next().await {
             for frame in batch? {
                 let raw = frame.raw.unwrap_or_default();
@@ -167,6 +176,9 @@ impl VersionWriter<'_> {
                 out.write(raw).await?;
             }
         }
+        // Bases read from the store count as read; bases found locally as reused.
+        self.report.bytes_read_from_store += bases.read_from_store_bytes();
+        self.report.delta_bases_reused += bases.local_bytes();
         Ok(())
     }
 }
@@ -236,7 +248,7 @@ impl Out {
 
 /// Reads one chunk from an earlier version; `None` when it is missing, short or damaged
 /// (it is fetched from the store instead).
-async fn read_local(at: LocalChunk, id: ChunkId) -> Result<Option<Vec<u8>>, OpError> {
+pub(super) async fn read_local(at: LocalChunk, id: ChunkId) -> Result<Option<Vec<u8>>, OpError> {
     tokio::task::spawn_blocking(move || {
         let read = || -> std::io::Result<Vec<u8>> {
             let mut f = std::fs::File::open(&at.file)?;
