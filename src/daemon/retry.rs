@@ -215,8 +215,8 @@ mod tests {
             },
             OpError::RestoredMismatch {
                 path: "a".into(),
-                got: id,
-                want: id,
+                got: crate::ids::FileHash(id.0),
+                want: crate::ids::FileHash(id.0),
             },
             OpError::Bug("a local source opened no file"),
             OpError::Native(NativeError::Config("no endpoint".into())),
@@ -234,5 +234,35 @@ mod tests {
         assert!(permanent[11]
             .to_string()
             .contains("rerun shard 1/2 with --run r"));
+    }
+
+    /// A delta whose base cannot be read is retried when reading the base failed for a
+    /// passing reason, not when the base itself is damaged; either way it is corruption
+    /// news naming both chunks.
+    #[test]
+    fn an_unreadable_delta_base_follows_its_cause() {
+        let (chunk, base) = (crate::ids::ChunkId([1; 32]), crate::ids::ChunkId([2; 32]));
+        let unreadable = |source: OpError| OpError::DeltaBaseUnreadable {
+            object: "s3://b/r/packs/ab/abcd".into(),
+            chunk,
+            offset: 7,
+            base,
+            source: Box::new(source),
+        };
+        let damaged = unreadable(OpError::Repo(RepoError::BadFrame {
+            object: "s3://b/r/packs/cd/cdef".into(),
+            chunk: base,
+            offset: 0,
+            problem: Box::new(crate::codec::FrameError::Empty),
+        }));
+        assert_eq!(classify(&damaged), FailureKind::Permanent, "{damaged}");
+        assert!(damaged.is_corrupt());
+        assert_eq!(
+            damaged.to_string(),
+            format!("s3://b/r/packs/ab/abcd: chunk {chunk} at offset 7 is stored as a delta against base chunk {base}, which cannot be read: s3://b/r/packs/cd/cdef: chunk {base} at offset 0: empty frame")
+        );
+        let slow = unreadable(OpError::io("/dest/f", std::io::ErrorKind::TimedOut.into()));
+        assert_eq!(classify(&slow), FailureKind::Transient, "{slow}");
+        assert!(slow.is_corrupt());
     }
 }

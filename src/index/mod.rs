@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::chunker::Layout;
-use crate::ids::{ChunkId, PackId, SnapshotId};
+use crate::ids::{ChunkId, FileHash, PackId, SnapshotId};
 use crate::repo::pack::{PackEntry, PackIndex};
 use crate::repo::snapshot::ChunkRef;
 
@@ -96,7 +96,7 @@ pub struct CachedFile {
     /// Unix permission bits.
     pub mode: u32,
     /// Whole-file BLAKE3.
-    pub blake3: ChunkId,
+    pub blake3: FileHash,
     /// How the file was cut.
     pub layout: Layout,
     /// The file's chunks in order, as in the snapshot.
@@ -513,7 +513,7 @@ fn decode_file(v: &[u8]) -> Option<CachedFile> {
         2 => Layout::Tensors,
         _ => return None,
     };
-    let blake3 = ChunkId::from_slice(take(32)?)?;
+    let blake3 = FileHash::from_slice(take(32)?)?;
     let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
     let mut chunks = Vec::with_capacity(n.min(1 << 20));
     for _ in 0..n {

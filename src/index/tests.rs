@@ -11,7 +11,7 @@ fn file_records_round_trip_and_garbage_reads_as_missing() {
         ino: 42,
         etag: Some("\"abc\"".into()),
         mode: 0o644,
-        blake3: ChunkId::of(b"x"),
+        blake3: FileHash::of(b"x"),
         layout: Layout::Safetensors,
         chunks: vec![
             ChunkRef(ChunkId::of(b"a"), 4),
@@ -22,6 +22,30 @@ fn file_records_round_trip_and_garbage_reads_as_missing() {
     assert_eq!(decode_file(&enc), Some(f));
     assert_eq!(decode_file(&enc[..enc.len() - 1]), None);
     assert_eq!(decode_file(b""), None);
+}
+
+/// A v3 record laid out byte by byte (as ferry has written them since v3) decodes, whole-file
+/// digest included, and encodes back to the same bytes.
+#[test]
+fn a_stored_v3_record_decodes_and_reencodes_identically() {
+    let mut v = vec![3u8];
+    v.extend_from_slice(&10u64.to_le_bytes()); // size
+    v.extend_from_slice(&(-5i64).to_le_bytes()); // mtime_ns
+    v.extend_from_slice(&7i64.to_le_bytes()); // ctime_ns
+    v.extend_from_slice(&42u64.to_le_bytes()); // ino
+    v.extend_from_slice(&[1, 2, 0, b'e', b't']); // etag "et"
+    v.extend_from_slice(&0o644u32.to_le_bytes()); // mode
+    v.push(1); // safetensors
+    v.extend_from_slice(&[0xab; 32]); // whole-file BLAKE3
+    v.extend_from_slice(&1u32.to_le_bytes());
+    v.extend_from_slice(&[0xcd; 32]);
+    v.extend_from_slice(&10u32.to_le_bytes());
+    let f = decode_file(&v).expect("a v3 record decodes");
+    assert_eq!(f.blake3, FileHash([0xab; 32]));
+    assert_eq!(f.chunks, vec![ChunkRef(ChunkId([0xcd; 32]), 10)]);
+    assert_eq!((f.size, f.mtime_ns, f.ctime_ns, f.ino), (10, -5, 7, 42));
+    assert_eq!(f.etag.as_deref(), Some("et"));
+    assert_eq!(encode_file(&f), v);
 }
 
 /// A record written before ctime and inode were kept (v2) is a cache miss: the file is
@@ -35,7 +59,7 @@ fn an_old_file_record_counts_as_changed() {
         ino: 7,
         etag: None,
         mode: 0o644,
-        blake3: ChunkId::of(b"x"),
+        blake3: FileHash::of(b"x"),
         layout: Layout::Cdc,
         chunks: vec![ChunkRef(ChunkId::of(b"a"), 10)],
     };
@@ -59,7 +83,7 @@ proptest::proptest! {
     ) {
         let f = CachedFile {
             size, mtime_ns, ctime_ns, ino, etag, mode,
-            blake3: ChunkId::of(&size.to_le_bytes()),
+            blake3: FileHash::of(&size.to_le_bytes()),
             layout: Layout::Cdc,
             chunks: lens.iter().map(|l| ChunkRef(ChunkId::of(&l.to_le_bytes()), *l)).collect(),
         };

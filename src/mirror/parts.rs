@@ -162,7 +162,7 @@ pub(super) fn cut_blocking(
     )
     .map_err(describe)?;
     let blake3 = match &threaded {
-        Some(h) => FileHash(h.finish().map_err(describe)?.0),
+        Some(h) => h.finish().map_err(describe)?,
         None => FileHash::from(inline.finalize()),
     };
     let size = chunks.iter().map(|c| c.len).sum();

@@ -117,10 +117,10 @@ fn read_below<'a>(
             }
         }
         let loc = bases.locate(&id)?.ok_or_else(|| {
-            corrupt(
-                repo.url(),
-                format!("chunk {id} is referenced but no pack index holds it"),
-            )
+            OpError::Repo(RepoError::ChunkNotIndexed {
+                object: repo.url(),
+                chunk: id,
+            })
         })?;
         let frame = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
         if let Some(local) = local {
@@ -144,8 +144,14 @@ fn decode_below<'a>(
         let id = loc.entry.chunk;
         let raw_len = loc.entry.raw_len as usize;
         let at = loc.entry.offset;
-        let bad =
-            |e: FrameError| corrupt(object.clone(), format!("chunk {id} at offset {at}: {e}"));
+        let bad = |problem: FrameError| {
+            OpError::Repo(RepoError::BadFrame {
+                object: object.clone(),
+                chunk: id,
+                offset: at,
+                problem: Box::new(problem),
+            })
+        };
         let header = codec::delta_header(&frame)
             .map_err(bad)?
             .map(|h| (h.depth, h.base));
@@ -160,19 +166,28 @@ fn decode_below<'a>(
                 "delta chain longer than 16 frames",
             )));
         }
-        let base_raw = read_below(repo, bases, local, base, below - 1).await.map_err(|e| {
-            corrupt(object.clone(), format!("chunk {id} at offset {at} is stored as a delta against base chunk {base}, which cannot be read: {e}"))
-        })?;
+        let base_raw = read_below(repo, bases, local, base, below - 1)
+            .await
+            .map_err(|e| OpError::DeltaBaseUnreadable {
+                object: object.clone(),
+                chunk: id,
+                offset: at,
+                base,
+                source: Box::new(e),
+            })?;
         let raw = blocking(move || {
             let h = codec::delta_header(&frame)?.ok_or(FrameError::DeltaHeader("not a delta"))?;
             codec::decode_delta(&h, &base_raw.raw, raw_len, &id)
         })
         .await?
-        .map_err(|e| {
-            corrupt(
-                object.clone(),
-                format!("chunk {id} at offset {at}, a delta against base chunk {base}: {e}"),
-            )
+        .map_err(|problem| {
+            OpError::Repo(RepoError::BadDelta {
+                object: object.clone(),
+                chunk: id,
+                offset: at,
+                base,
+                problem: Box::new(problem),
+            })
         })?;
         Ok(Decoded { raw, depth })
     })
@@ -180,10 +195,6 @@ fn decode_below<'a>(
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, OpError> {
     tokio::task::spawn_blocking(f).await.map_err(OpError::join)
-}
-
-fn corrupt(object: String, problem: String) -> OpError {
-    OpError::Repo(RepoError::Corrupt { object, problem })
 }
 
 /// `live` and every chunk a delta frame of a live chunk needs as its base, transitively (from

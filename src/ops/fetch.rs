@@ -34,9 +34,9 @@ pub fn locate(
         .into_iter()
         .map(|id| {
             rindex.chunk_location(&id)?.ok_or_else(|| {
-                OpError::Repo(RepoError::Corrupt {
+                OpError::Repo(RepoError::ChunkNotIndexed {
                     object: repo.url(),
-                    problem: format!("chunk {id} is referenced but no pack index holds it"),
+                    chunk: id,
                 })
             })
         })
@@ -142,12 +142,11 @@ fn check(
                     // Decoded (base read, result checked) by `fetch`.
                     Err(crate::codec::FrameError::NeedsBase { .. }) => (None, true),
                     Err(e) => {
-                        return Err(OpError::Repo(RepoError::Corrupt {
+                        return Err(OpError::Repo(RepoError::BadFrame {
                             object: url.to_string(),
-                            problem: format!(
-                                "chunk {} at offset {}: {e}",
-                                loc.entry.chunk, r.start
-                            ),
+                            chunk: loc.entry.chunk,
+                            offset: r.start,
+                            problem: Box::new(e),
                         }))
                     }
                 };

@@ -1,11 +1,11 @@
 //! Whole-file BLAKE3 on a thread of its own, beside the chunker's per-chunk hashing.
 
-use crate::ids::ChunkId;
+use crate::ids::FileHash;
 
 /// Computes whole-file BLAKE3 on its own thread, so the producer hashes each byte only once.
 pub(crate) struct FileHasher {
     tx: std::sync::mpsc::SyncSender<Option<std::sync::Arc<[u8]>>>,
-    rx: std::sync::mpsc::Receiver<ChunkId>,
+    rx: std::sync::mpsc::Receiver<FileHash>,
 }
 
 impl FileHasher {
@@ -20,7 +20,7 @@ impl FileHasher {
                         h.update(&data);
                     }
                     None => {
-                        if hash_tx.send(ChunkId::from(h.finalize())).is_err() {
+                        if hash_tx.send(FileHash::from(h.finalize())).is_err() {
                             return;
                         }
                         h.reset();
@@ -38,7 +38,7 @@ impl FileHasher {
     }
 
     /// The hash of everything sent since the last `finish`.
-    pub(crate) fn finish(&self) -> std::io::Result<ChunkId> {
+    pub(crate) fn finish(&self) -> std::io::Result<FileHash> {
         self.tx
             .send(None)
             .map_err(|_| std::io::Error::other("file hasher stopped"))?;

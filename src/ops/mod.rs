@@ -23,7 +23,7 @@ pub(crate) mod uploader;
 pub(crate) mod verify;
 
 use crate::chunker::ChunkerParamsError;
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, FileHash};
 use crate::index::IndexError;
 use crate::repo::RepoError;
 use crate::store::delta::NativeError;
@@ -130,9 +130,9 @@ pub enum OpError {
         /// The restored file's path in the snapshot.
         path: String,
         /// BLAKE3 of the bytes written.
-        got: ChunkId,
+        got: FileHash,
         /// BLAKE3 the snapshot records for the file.
-        want: ChunkId,
+        want: FileHash,
     },
     /// A snapshot path restore refuses to write: absolute, `..`, empty parts, NUL.
     #[error("refusing to restore {path:?}: {why}")]
@@ -282,6 +282,21 @@ pub enum OpError {
         /// The run's shard count.
         count: u32,
     },
+    /// A chunk stored as a delta whose base chunk cannot be read (damaged, missing or not
+    /// reachable right now: [`OpError::transience`] follows the base's error).
+    #[error("{object}: chunk {chunk} at offset {offset} is stored as a delta against base chunk {base}, which cannot be read: {source}")]
+    DeltaBaseUnreadable {
+        /// The pack's URL.
+        object: String,
+        /// The chunk the delta frame holds.
+        chunk: ChunkId,
+        /// The frame's offset in the pack.
+        offset: u64,
+        /// The base chunk.
+        base: ChunkId,
+        /// Why the base cannot be read.
+        source: Box<OpError>,
+    },
     /// A broken internal invariant: a bug in ferry, not in the input.
     #[error("internal error: {0}; please report it")]
     Bug(&'static str),
@@ -311,6 +326,7 @@ impl OpError {
             OpError::Native(n) => native_transience(n),
             OpError::Repo(RepoError::RefContention { .. }) => Transient,
             OpError::Repo(_) => Permanent,
+            OpError::DeltaBaseUnreadable { source, .. } => source.transience(),
             OpError::Index(_)
             | OpError::Join(_)
             | OpError::Cancelled
@@ -395,6 +411,16 @@ impl Withdrawn {
 }
 
 impl OpError {
+    /// Whether an object of a repository failed its checks (see [`RepoError::is_corrupt`]),
+    /// a delta's unreadable base included.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            OpError::Repo(e) => e.is_corrupt(),
+            OpError::DeltaBaseUnreadable { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn join(e: tokio::task::JoinError) -> Self {
         if e.is_panic() {
             std::panic::resume_unwind(e.into_panic());

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use crate::chunker::{cut_file_with, ChunkerParams, Layout, TensorCuts};
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, FileHash};
 use crate::ops::hasher::FileHasher;
 use crate::ops::push::{Job, Out};
 use crate::ops::push_delta::Counterparts;
@@ -54,7 +54,7 @@ pub(crate) struct ReadFile {
     /// The state the bytes belong to (taken right before the read).
     pub(crate) state: FileState,
     pub(crate) chunks: Vec<ChunkRef>,
-    pub(crate) blake3: ChunkId,
+    pub(crate) blake3: FileHash,
     pub(crate) layout: Layout,
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::ids::{ChunkId, SnapshotId};
+use crate::ids::{FileHash, SnapshotId};
 use crate::index::RepoIndex;
 use crate::ops::fetch::{fetch, locate, plan, Want};
 use crate::ops::restore_local::{applied_mode, restore_dir, restore_link, restore_local, Existing};
@@ -344,7 +344,7 @@ async fn existing_object(
             while let Some(b) = stream.next().await {
                 h.update(&b?);
             }
-            if ChunkId::from(h.finalize()) == *file.blake3 {
+            if FileHash::from(h.finalize()) == *file.blake3 {
                 Existing::Same
             } else {
                 Existing::Replaced
@@ -358,7 +358,7 @@ pub(crate) struct FileSpec<'a> {
     pub size: u64,
     pub mode: u32,
     pub mtime_ns: i64,
-    pub blake3: &'a ChunkId,
+    pub blake3: &'a FileHash,
     pub chunks: &'a [ChunkRef],
 }
 
@@ -394,7 +394,7 @@ where
             sink.write(raw).await?;
         }
     }
-    let got = ChunkId::from(hasher.finalize());
+    let got = FileHash::from(hasher.finalize());
     if got != *file.blake3 {
         return Err(OpError::RestoredMismatch {
             path: file.path.into(),

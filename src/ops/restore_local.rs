@@ -11,7 +11,7 @@ use crate::ops::restore::{stream_file, AsyncSink, FileSpec, Overwrite, SpecialMo
 use crate::ops::OpError;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::{ids::ChunkId, index::RepoIndex};
+use crate::{ids::FileHash, index::RepoIndex};
 
 /// What a destination path held before restore touched it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub(crate) fn through_link(rel: &str, link: &Path) -> OpError {
 }
 
 /// Whether the file at `dest` (a regular file, not followed if a link) holds exactly `want`.
-pub(crate) fn holds(dest: &Path, size: u64, want: &ChunkId) -> std::io::Result<bool> {
+pub(crate) fn holds(dest: &Path, size: u64, want: &FileHash) -> std::io::Result<bool> {
     let meta = std::fs::symlink_metadata(dest)?;
     if !meta.file_type().is_file() || meta.len() != size {
         return Ok(false);
@@ -80,7 +80,7 @@ pub(crate) fn holds(dest: &Path, size: u64, want: &ChunkId) -> std::io::Result<b
         }
         h.update(&buf[..n]);
     }
-    Ok(ChunkId::from(h.finalize()) == *want)
+    Ok(FileHash::from(h.finalize()) == *want)
 }
 
 struct FileSink {

@@ -158,7 +158,7 @@ fn build(globs: &[String]) -> Result<Option<GlobSet>, SelectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ChunkId;
+    use crate::ids::FileHash;
 
     fn file(path: &str) -> Entry {
         Entry::File {
@@ -166,7 +166,7 @@ mod tests {
             size: 0,
             mode: 0o644,
             mtime_ns: 0,
-            blake3: ChunkId::of(b""),
+            blake3: FileHash::of(b""),
             layout: Default::default(),
             chunks: vec![],
         }

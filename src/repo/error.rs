@@ -2,7 +2,8 @@
 //! concerned; the known corruption cases as named variants.
 
 use super::{config, pack, snapshot, RefEntryError};
-use crate::ids::PackId;
+use crate::codec::FrameError;
+use crate::ids::{ChunkId, PackId};
 use crate::store::StoreError;
 
 /// Errors about a repository. Each names the object or location concerned.
@@ -126,14 +127,51 @@ pub enum RepoError {
         /// The decoder's error.
         problem: serde_json::Error,
     },
-    /// Another object of the repository failed its checks (the cases above have their own
-    /// variants; see [`RepoError::is_corrupt`]).
-    #[error("{object}: {problem}")]
-    Corrupt {
-        /// The object's URL.
+    /// A replica plan (see [`RepoError::Misplaced`]) lists a ref name that is not a plain
+    /// file name (see [`super::check_ref_name`]).
+    #[error("{object}: invalid ref name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')")]
+    BadRefNameIn {
+        /// The plan's URL.
         object: String,
-        /// What is wrong with it.
-        problem: String,
+        /// The ref name as recorded.
+        name: String,
+    },
+    /// A snapshot or a delta frame references a chunk that no pack index holds.
+    #[error("{object}: chunk {chunk} is referenced but no pack index holds it")]
+    ChunkNotIndexed {
+        /// The repository's URL.
+        object: String,
+        /// The chunk referenced.
+        chunk: ChunkId,
+    },
+    /// A chunk's frame in a pack does not decode to the chunk (damaged bytes, wrong length or
+    /// hash, an overlong delta chain).
+    #[error("{object}: chunk {chunk} at offset {offset}: {problem}")]
+    BadFrame {
+        /// The pack's URL.
+        object: String,
+        /// The chunk the frame should hold.
+        chunk: ChunkId,
+        /// The frame's offset in the pack.
+        offset: u64,
+        /// What the decoder found (boxed: the error stays small).
+        problem: Box<FrameError>,
+    },
+    /// A chunk's delta frame does not decode against its (readable) base chunk.
+    #[error(
+        "{object}: chunk {chunk} at offset {offset}, a delta against base chunk {base}: {problem}"
+    )]
+    BadDelta {
+        /// The pack's URL.
+        object: String,
+        /// The chunk the frame should hold.
+        chunk: ChunkId,
+        /// The frame's offset in the pack.
+        offset: u64,
+        /// The base chunk the delta applies to.
+        base: ChunkId,
+        /// What the decoder found (boxed: the error stays small).
+        problem: Box<FrameError>,
     },
     /// A ref name that is not a plain file name (see [`super::check_ref_name`]).
     #[error(
@@ -186,7 +224,10 @@ impl RepoError {
                 | Self::Vanished { .. }
                 | Self::Misplaced { .. }
                 | Self::BadRecord { .. }
-                | Self::Corrupt { .. }
+                | Self::BadRefNameIn { .. }
+                | Self::ChunkNotIndexed { .. }
+                | Self::BadFrame { .. }
+                | Self::BadDelta { .. }
         )
     }
 }

@@ -206,13 +206,6 @@ impl Repository {
         })
     }
 
-    fn corrupt(&self, path: &Path, problem: impl Into<String>) -> RepoError {
-        RepoError::Corrupt {
-            object: self.store.object_url(path),
-            problem: problem.into(),
-        }
-    }
-
     /// Writes a sealed pack, then its index. Returns the bytes written.
     pub async fn write_pack(&self, pack: &SealedPack) -> Result<u64, RepoError> {
         self.store

@@ -87,7 +87,10 @@ impl Repository {
             return Err(self.misplaced(&path, "plan", "run"));
         }
         for r in &plan.refs {
-            check_ref_name(&r.name).map_err(|e| self.corrupt(&path, e.to_string()))?;
+            check_ref_name(&r.name).map_err(|_| RepoError::BadRefNameIn {
+                object: self.store.object_url(&path),
+                name: r.name.clone(),
+            })?;
         }
         Ok(Some(plan))
     }

@@ -8,7 +8,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::Layout;
-use crate::ids::{ChunkId, SnapshotId};
+use crate::ids::{ChunkId, FileHash, SnapshotId};
 
 const MAGIC: &[u8; 8] = b"FRYSNAP1";
 /// Snapshot JSON version this build writes and the highest it reads.
@@ -49,7 +49,7 @@ pub enum Entry {
         /// Modification time, nanoseconds since the Unix epoch.
         mtime_ns: i64,
         /// BLAKE3 of the whole file.
-        blake3: ChunkId,
+        blake3: FileHash,
         /// How the file was cut (absent: plain content-defined chunking).
         #[serde(default, skip_serializing_if = "Layout::is_cdc")]
         layout: Layout,
@@ -318,7 +318,7 @@ mod tests {
                     size: data.len() as u64,
                     mode: 0o644,
                     mtime_ns: 1,
-                    blake3: ChunkId::of(data),
+                    blake3: FileHash::of(data),
                     layout: Layout::Safetensors,
                     chunks: vec![ChunkRef(ChunkId::of(data), data.len() as u32)],
                 },
@@ -337,6 +337,33 @@ mod tests {
         assert_eq!(Snapshot::decode(&enc).unwrap(), s);
         assert!(Snapshot::decode(&enc[..enc.len() - 4]).is_err());
         assert!(Snapshot::decode(b"FRYSNAP1garbage").is_err());
+    }
+
+    /// A snapshot as an earlier ferry wrote it (JSON by hand, whole-file digest in hex) still
+    /// decodes, and encodes back to the very same bytes, so its id does not change.
+    #[test]
+    fn stored_json_decodes_and_reencodes_byte_identically() {
+        let hello = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+        let json = format!(
+            concat!(
+                r#"{{"version":1,"time":"2026-01-01T00:00:00Z","name":"m","source":"/src","#,
+                r#""parent":null,"entries":[{{"kind":"dir","path":"d","mode":493}},"#,
+                r#"{{"kind":"file","path":"d/f","size":11,"mode":420,"mtime_ns":1,"#,
+                r#""blake3":"{h}","layout":"safetensors","chunks":[["{h}",11]]}},"#,
+                r#"{{"kind":"symlink","path":"l","target":"d/f"}}]}}"#
+            ),
+            h = hello
+        );
+        let mut stored = MAGIC.to_vec();
+        stored.extend_from_slice(&zstd::bulk::compress(json.as_bytes(), 3).unwrap());
+        let snap = Snapshot::decode(&stored).unwrap();
+        assert_eq!(snap, sample());
+        match &snap.entries[1] {
+            Entry::File { blake3, .. } => assert_eq!(blake3.to_hex(), hello),
+            other => panic!("not a file: {other:?}"),
+        }
+        assert_eq!(serde_json::to_string(&snap).unwrap(), json);
+        assert_eq!(snap.encode(), stored);
     }
 
     #[test]

@@ -146,3 +146,69 @@ async fn sharded_runs_records_that_fail_their_checks_are_named_variants() {
     );
     assert!(e.is_corrupt() && repo.vanished(&path).is_corrupt());
 }
+
+#[tokio::test]
+async fn a_plan_naming_an_invalid_ref_is_a_named_variant() {
+    let repo = memory_repo("corrupt-plan-ref").await;
+    let path = Path::from("replicas/run-1/plan");
+    let plan = br#"{"run":"run-1","of":2,"from":"src","refs":[{"name":"../x","snapshots":[]}]}"#;
+    repo.store
+        .put(&path, Bytes::from_static(plan))
+        .await
+        .unwrap();
+    let e = repo.read_replica_plan("run-1").await.unwrap_err();
+    let RepoError::BadRefNameIn { object, name } = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(
+        (object.as_str(), name.as_str()),
+        (repo.store.object_url(&path).as_str(), "../x")
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("{object}: invalid ref name \"../x\": use letters, digits, '.', '_' and '-' (not starting with '.')")
+    );
+    assert!(e.is_corrupt());
+}
+
+/// Frames that do not give back their chunk keep the words restore and verify printed when
+/// they were free text.
+#[test]
+fn chunk_frame_problems_are_named_variants() {
+    use crate::codec::FrameError;
+    use crate::ids::ChunkId;
+    let (chunk, base) = (ChunkId([1; 32]), ChunkId([2; 32]));
+    let object = "file:///r/packs/ab/abcd".to_string();
+    let cases = [
+        (
+            RepoError::ChunkNotIndexed {
+                object: "file:///r".into(),
+                chunk,
+            },
+            format!("file:///r: chunk {chunk} is referenced but no pack index holds it"),
+        ),
+        (
+            RepoError::BadFrame {
+                object: object.clone(),
+                chunk,
+                offset: 12,
+                problem: Box::new(FrameError::Empty),
+            },
+            format!("{object}: chunk {chunk} at offset 12: empty frame"),
+        ),
+        (
+            RepoError::BadDelta {
+                object: object.clone(),
+                chunk,
+                offset: 12,
+                base,
+                problem: Box::new(FrameError::Empty),
+            },
+            format!("{object}: chunk {chunk} at offset 12, a delta against base chunk {base}: empty frame"),
+        ),
+    ];
+    for (e, want) in cases {
+        assert_eq!(e.to_string(), want);
+        assert!(e.is_corrupt(), "{e:?}");
+    }
+}

@@ -3,7 +3,7 @@
 //! fails with one error line naming the object (`verify` lists it as a problem instead) and
 //! changes nothing. Hostile snapshots live in `hostile.rs`.
 
-use ferry::ids::{ChunkId, SnapshotId};
+use ferry::ids::{ChunkId, FileHash, SnapshotId};
 use ferry::repo::pack::PackIndex;
 use ferry::repo::snapshot::{ChunkRef, Entry, Snapshot, SNAPSHOT_VERSION};
 use serde_json::Value;
@@ -381,7 +381,7 @@ const CASES: &[Case] = &[
                 size: 21,
                 mode: 0o644,
                 mtime_ns: 0,
-                blake3: bogus,
+                blake3: FileHash(bogus.0),
                 layout: Default::default(),
                 chunks: vec![ChunkRef(bogus, 21)],
             });

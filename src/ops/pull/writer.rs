@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures::StreamExt;
 
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, FileHash};
 use crate::index::RepoIndex;
 use crate::ops::fetch::{fetch_with, locate, plan, Want};
 use crate::ops::restore::SpecialModes;
@@ -188,7 +188,7 @@ struct FileOut<'a> {
     size: u64,
     mode: u32,
     mtime_ns: i64,
-    blake3: &'a ChunkId,
+    blake3: &'a FileHash,
     chunks: &'a [ChunkRef],
 }
 
@@ -220,7 +220,7 @@ impl Out {
 
     /// Checks the whole file against the snapshot, then sets mode and time and syncs it.
     async fn finish(&mut self, f: &FileOut<'_>) -> Result<(), OpError> {
-        let got = ChunkId::from(self.hasher.take().unwrap_or_default().finalize());
+        let got = FileHash::from(self.hasher.take().unwrap_or_default().finalize());
         if got != *f.blake3 {
             return Err(OpError::RestoredMismatch {
                 path: f.dest.display().to_string(),
