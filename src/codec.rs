@@ -5,7 +5,9 @@ use crate::ids::ChunkId;
 pub mod delta;
 mod delta_frame;
 
-pub use delta_frame::{decode_delta, delta_frame, delta_header, DeltaHeader, MAX_DELTA_DEPTH};
+pub use delta_frame::{
+    apply_delta, decode_delta, delta_frame, delta_header, DeltaHeader, MAX_DELTA_DEPTH,
+};
 
 /// Codec ids as they appear in the first byte of every frame. Append only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,18 +277,24 @@ pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, Fra
     check_raw(raw, raw_len, id)
 }
 
-/// Checks decoded bytes against the recorded length and the chunk id.
-fn check_raw(raw: Vec<u8>, raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
+/// Checks a chunk's bytes against the length recorded for it and its id.
+pub fn check(raw: &[u8], raw_len: usize, id: &ChunkId) -> Result<(), FrameError> {
     if raw.len() != raw_len {
         return Err(FrameError::Length {
             got: raw.len(),
             want: raw_len,
         });
     }
-    let got = ChunkId::of(&raw);
+    let got = ChunkId::of(raw);
     if got != *id {
         return Err(FrameError::Hash { got, want: *id });
     }
+    Ok(())
+}
+
+/// Checks decoded bytes against the recorded length and the chunk id.
+fn check_raw(raw: Vec<u8>, raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
+    check(&raw, raw_len, id)?;
     Ok(raw)
 }
 

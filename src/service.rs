@@ -184,6 +184,9 @@ pub async fn daemon(
     let grace = config.runner.shutdown_grace;
     log_warnings(&config);
     let daemon = Daemon::open(config, index_dir, clock, Mode::Daemon).await?;
+    // Runs count in the metrics as they finish: the recorder exists before the first starts
+    // (the server task below may be scheduled after it).
+    crate::server::metrics::handle();
     let server = {
         let d = daemon.clone();
         tokio::spawn(async move { crate::server::serve(d, listener).await })

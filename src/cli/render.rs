@@ -195,8 +195,9 @@ pub fn push(r: &PushReport) -> String {
     );
     if r.chunks_delta > 0 {
         s.push_str(&format!(
-            "\n  {} of the new chunks stored as deltas against the ref's previous snapshot",
-            r.chunks_delta
+            "\n  {} of the new chunks stored as deltas against the ref's previous snapshot, saving {}",
+            r.chunks_delta,
+            bytes(r.bytes_saved_by_deltas)
         ));
     }
     for t in &r.targets {

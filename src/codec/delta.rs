@@ -142,6 +142,15 @@ pub fn decode(payload: &[u8], base: &[u8], raw_len: usize) -> Result<Vec<u8>, De
             want: raw_len,
         });
     }
+    let mut out = base.to_vec();
+    apply(payload, &mut out)?;
+    Ok(out)
+}
+
+/// Applies a delta payload in place: `chunk` holds the base and ends holding the new chunk
+/// (on an error its content is unspecified). The caller checks the result against its id.
+pub fn apply(payload: &[u8], chunk: &mut [u8]) -> Result<(), DeltaError> {
+    let raw_len = chunk.len();
     let mut r = Reader(payload);
     let mode = r.byte()?;
     let w = r.byte()? as usize;
@@ -149,58 +158,21 @@ pub fn decode(payload: &[u8], base: &[u8], raw_len: usize) -> Result<Vec<u8>, De
         return Err(DeltaError::Malformed("element width must be 1, 2 or 4"));
     }
     let n = raw_len / w;
-    let mut out = base.to_vec();
     match mode {
         XOR_PLANES => {
-            for k in 0..w {
+            let mut planes = Vec::with_capacity(w);
+            for _ in 0..w {
                 let plane = r.section(n)?;
                 if plane.len() != n {
                     return Err(DeltaError::Malformed(
                         "plane length differs from the chunk's",
                     ));
                 }
-                for (i, x) in plane.iter().enumerate() {
-                    out[i * w + k] ^= x;
-                }
+                planes.push(plane);
             }
+            xor_planes_into(&planes, &mut chunk[..n * w]);
         }
-        SPARSE => {
-            let count = u32::from_le_bytes(r.array()?) as usize;
-            if count > n {
-                return Err(DeltaError::Malformed("more changed elements than elements"));
-            }
-            // Each gap is at most 10 varint bytes; the bound keeps zstd's output sized by
-            // the chunk, not by the payload's claim.
-            let gaps = r.section(count.saturating_mul(10))?;
-            let mut planes = Vec::with_capacity(w);
-            for _ in 0..w {
-                let p = r.section(count)?;
-                if p.len() != count {
-                    return Err(DeltaError::Malformed(
-                        "value plane length differs from the count",
-                    ));
-                }
-                planes.push(p);
-            }
-            let mut g = gaps.as_slice();
-            let mut at = 0usize;
-            for j in 0..count {
-                let gap = get_varint(&mut g)?;
-                at = usize::try_from(gap)
-                    .ok()
-                    .and_then(|gap| at.checked_add(gap))
-                    .filter(|&i| i < n && (j == 0 || gap > 0))
-                    .ok_or(DeltaError::Malformed(
-                        "changed element index out of order or range",
-                    ))?;
-                for (k, p) in planes.iter().enumerate() {
-                    out[at * w + k] ^= p[j];
-                }
-            }
-            if !g.is_empty() {
-                return Err(DeltaError::Malformed("trailing index bytes"));
-            }
-        }
+        SPARSE => apply_sparse(&mut r, w, &mut chunk[..n * w])?,
         _ => return Err(DeltaError::Malformed("unknown delta mode")),
     }
     let tail = r.0;
@@ -209,10 +181,81 @@ pub fn decode(payload: &[u8], base: &[u8], raw_len: usize) -> Result<Vec<u8>, De
             "tail length differs from the chunk's",
         ));
     }
-    for (o, x) in out[n * w..].iter_mut().zip(tail) {
+    for (o, x) in chunk[n * w..].iter_mut().zip(tail) {
         *o ^= x;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// XORs byte planes (plane k: byte k of every element) into `elements`, in one pass.
+fn xor_planes_into(planes: &[Vec<u8>], elements: &mut [u8]) {
+    match planes {
+        [p0, p1] => {
+            for ((e, a), b) in elements.chunks_exact_mut(2).zip(p0).zip(p1) {
+                e[0] ^= a;
+                e[1] ^= b;
+            }
+        }
+        [p0, p1, p2, p3] => {
+            for ((((e, a), b), c), d) in
+                elements.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3)
+            {
+                e[0] ^= a;
+                e[1] ^= b;
+                e[2] ^= c;
+                e[3] ^= d;
+            }
+        }
+        _ => {
+            let w = planes.len();
+            for (k, plane) in planes.iter().enumerate() {
+                for (e, x) in elements.chunks_exact_mut(w).zip(plane) {
+                    e[k] ^= x;
+                }
+            }
+        }
+    }
+}
+
+/// The sparse payload after its mode and width: changed-element indices, then their XORs.
+fn apply_sparse(r: &mut Reader<'_>, w: usize, elements: &mut [u8]) -> Result<(), DeltaError> {
+    let n = elements.len() / w;
+    let count = u32::from_le_bytes(r.array()?) as usize;
+    if count > n {
+        return Err(DeltaError::Malformed("more changed elements than elements"));
+    }
+    // Each gap is at most 10 varint bytes; the bound keeps zstd's output sized by the chunk,
+    // not by the payload's claim.
+    let gaps = r.section(count.saturating_mul(10))?;
+    let mut planes = Vec::with_capacity(w);
+    for _ in 0..w {
+        let p = r.section(count)?;
+        if p.len() != count {
+            return Err(DeltaError::Malformed(
+                "value plane length differs from the count",
+            ));
+        }
+        planes.push(p);
+    }
+    let mut g = gaps.as_slice();
+    let mut at = 0usize;
+    for j in 0..count {
+        let gap = get_varint(&mut g)?;
+        at = usize::try_from(gap)
+            .ok()
+            .and_then(|gap| at.checked_add(gap))
+            .filter(|&i| i < n && (j == 0 || gap > 0))
+            .ok_or(DeltaError::Malformed(
+                "changed element index out of order or range",
+            ))?;
+        for (k, p) in planes.iter().enumerate() {
+            elements[at * w + k] ^= p[j];
+        }
+    }
+    if !g.is_empty() {
+        return Err(DeltaError::Malformed("trailing index bytes"));
+    }
+    Ok(())
 }
 
 fn count_changed(base: &[u8], new: &[u8], w: usize) -> usize {

@@ -74,6 +74,28 @@ pub fn decode_delta(
     check_raw(raw, raw_len, id)
 }
 
+/// Applies a delta frame in place: `chunk` holds the base's raw bytes (checked by the
+/// caller) and ends holding the chunk's, unchecked: a chain of deltas is checked once, at its
+/// top (`ops::delta_base`), and link by link only when that check fails.
+pub fn apply_delta(
+    header: &DeltaHeader<'_>,
+    chunk: &mut [u8],
+    raw_len: usize,
+) -> Result<(), FrameError> {
+    if raw_len > MAX_CHUNK {
+        return Err(FrameError::TooLong(raw_len));
+    }
+    if chunk.len() != raw_len {
+        return Err(delta::DeltaError::BaseLength {
+            got: chunk.len(),
+            want: raw_len,
+        }
+        .into());
+    }
+    delta::apply(header.payload, chunk)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

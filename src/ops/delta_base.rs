@@ -53,13 +53,38 @@ pub(crate) trait LocalBases: Sync {
     fn read_from_store(&self, bytes: u64);
 }
 
-/// A chunk's raw bytes and the depth of the frame they came from (0: a full frame).
+/// A chunk's raw bytes, the depth of the frame they came from (0: a full frame), and what
+/// its chain cost to read.
 pub(crate) struct Decoded {
     pub(crate) raw: Vec<u8>,
     pub(crate) depth: u8,
+    /// Stored bytes of every frame read for it (its own and its bases'); a base taken from
+    /// `LocalBases` counts nothing.
+    pub(crate) read: u64,
+    /// The full frame at the bottom of the chain, when the chunk is a delta: its chunk id,
+    /// raw bytes and stored size. Kept only when asked for (push encodes against it).
+    pub(crate) key: Option<Key>,
 }
 
-type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Decoded, OpError>> + Send + 'a>>;
+/// The full frame under a chain of deltas (`Decoded::key`).
+pub(crate) struct Key {
+    pub(crate) id: ChunkId,
+    pub(crate) raw: Vec<u8>,
+    pub(crate) stored: u64,
+}
+
+/// One stored frame of a chain.
+struct Link {
+    loc: ChunkLocation,
+    frame: Bytes,
+    object: String,
+}
+
+/// What a chain rests on: the full frame of its last link, or a local copy of that link's base.
+enum Bottom {
+    Full,
+    Local(Vec<u8>),
+}
 
 /// Decodes `frame` (the stored frame of chunk `loc`, read from `object`), reading the bases
 /// of a delta frame from `repo`.
@@ -82,115 +107,207 @@ pub(crate) async fn decode_frame_with(
     loc: &ChunkLocation,
     object: &str,
 ) -> Result<Decoded, OpError> {
-    decode_below(
-        repo,
-        bases,
-        local,
+    let top = Link {
+        loc: *loc,
         frame,
-        *loc,
-        object.to_string(),
-        MAX_DELTA_DEPTH,
-    )
-    .await
+        object: object.to_string(),
+    };
+    let (links, bottom) = gather(repo, bases, local, top).await?;
+    blocking(move || rebuild(&links, bottom, false)).await?
 }
 
-/// Reads chunk `id` from `repo` and decodes it (following delta bases).
+/// Reads chunk `id` from `repo` and decodes it (following delta bases); with `keep_key`, a
+/// delta's key frame's raw bytes are returned too.
 pub(crate) async fn read_chunk(
     repo: &Repository,
     bases: &dyn Locator,
     id: &ChunkId,
+    keep_key: bool,
 ) -> Result<Decoded, OpError> {
-    read_below(repo, bases, None, *id, MAX_DELTA_DEPTH).await
+    let top = read_link(repo, bases, id).await?;
+    let (links, bottom) = gather(repo, bases, None, top).await?;
+    blocking(move || rebuild(&links, bottom, keep_key)).await?
 }
 
-fn read_below<'a>(
-    repo: &'a Repository,
-    bases: &'a dyn Locator,
-    local: Option<&'a dyn LocalBases>,
-    id: ChunkId,
-    below: u8,
-) -> Boxed<'a> {
-    Box::pin(async move {
+async fn read_link(repo: &Repository, bases: &dyn Locator, id: &ChunkId) -> Result<Link, OpError> {
+    let loc = bases.locate(id)?.ok_or_else(|| {
+        OpError::Repo(RepoError::ChunkNotIndexed {
+            object: repo.url(),
+            chunk: *id,
+        })
+    })?;
+    let frame = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
+    Ok(Link {
+        loc,
+        frame,
+        object: repo.pack_url(&loc.pack),
+    })
+}
+
+/// Reads the bases under `top`, down to a full frame (or a local copy of a base): at most
+/// `MAX_DELTA_DEPTH` delta frames, so a broken or hostile chain (even a cycle) ends.
+async fn gather(
+    repo: &Repository,
+    bases: &dyn Locator,
+    local: Option<&dyn LocalBases>,
+    top: Link,
+) -> Result<(Vec<Link>, Bottom), OpError> {
+    let mut links = vec![top];
+    loop {
+        let last = links.last().expect("the top link");
+        let Some(base) = header(last)?.map(|h| h.base) else {
+            return Ok((links, Bottom::Full));
+        };
+        if links.len() > MAX_DELTA_DEPTH as usize {
+            return Err(bad_frame(
+                last,
+                FrameError::DeltaHeader("delta chain longer than 16 frames"),
+            ));
+        }
         if let Some(local) = local {
-            if let Some(raw) = local.read(&id).await? {
-                return Ok(Decoded { raw, depth: 0 });
+            if let Some(raw) = local.read(&base).await? {
+                return Ok((links, Bottom::Local(raw)));
             }
         }
-        let loc = bases.locate(&id)?.ok_or_else(|| {
-            OpError::Repo(RepoError::ChunkNotIndexed {
-                object: repo.url(),
-                chunk: id,
-            })
-        })?;
-        let frame = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
+        let link = read_link(repo, bases, &base)
+            .await
+            .map_err(|e| unreadable(&links, links.len() - 1, e))?;
         if let Some(local) = local {
-            local.read_from_store(frame.len() as u64);
+            local.read_from_store(link.frame.len() as u64);
         }
-        let object = repo.pack_url(&loc.pack);
-        decode_below(repo, bases, local, frame, loc, object, below).await
+        links.push(link);
+    }
+}
+
+fn header(link: &Link) -> Result<Option<codec::DeltaHeader<'_>>, OpError> {
+    codec::delta_header(&link.frame).map_err(|e| bad_frame(link, e))
+}
+
+/// Decodes a gathered chain bottom-up (a blocking call): the full frame (checked against its
+/// id, as every full frame is), then each delta applied in place, the top checked against its
+/// id. Only when that check fails is the chain decoded again link by link, to name the link
+/// that is wrong.
+fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, OpError> {
+    let read = links.iter().map(|l| l.frame.len() as u64).sum();
+    let top = &links[0];
+    let depth = match header(top)? {
+        Some(h) => h.depth,
+        None => 0,
+    };
+    let (mut raw, deltas, key) =
+        match bottom {
+            Bottom::Local(raw) => (raw, links, None),
+            Bottom::Full => {
+                let (last, deltas) = links.split_last().expect("the top link");
+                let id = last.loc.entry.chunk;
+                let raw = codec::decode(&last.frame, last.loc.entry.raw_len as usize, &id)
+                    .map_err(|e| match deltas.len() {
+                        0 => bad_frame(last, e),
+                        n => unreadable(links, n - 1, bad_frame(last, e)),
+                    })?;
+                let key = (keep_key && !deltas.is_empty()).then(|| Key {
+                    id,
+                    raw: raw.clone(),
+                    stored: last.frame.len() as u64,
+                });
+                (raw, deltas, key)
+            }
+        };
+    let first_try = apply_all(deltas, &mut raw, false);
+    let checked = first_try.and_then(|()| {
+        codec::check(&raw, top.loc.entry.raw_len as usize, &top.loc.entry.chunk).map_err(|e| (0, e))
+    });
+    if let Err((at, e)) = checked {
+        return Err(blame(links, at, e));
+    }
+    Ok(Decoded {
+        raw,
+        depth,
+        read,
+        key,
     })
 }
 
-fn decode_below<'a>(
-    repo: &'a Repository,
-    bases: &'a dyn Locator,
-    local: Option<&'a dyn LocalBases>,
-    frame: Bytes,
-    loc: ChunkLocation,
-    object: String,
-    below: u8,
-) -> Boxed<'a> {
-    Box::pin(async move {
-        let id = loc.entry.chunk;
-        let raw_len = loc.entry.raw_len as usize;
-        let at = loc.entry.offset;
-        let bad = |problem: FrameError| {
-            OpError::Repo(RepoError::BadFrame {
-                object: object.clone(),
-                chunk: id,
-                offset: at,
-                problem: Box::new(problem),
-            })
-        };
-        let header = codec::delta_header(&frame)
-            .map_err(bad)?
-            .map(|h| (h.depth, h.base));
-        let Some((depth, base)) = header else {
-            let raw = blocking(move || codec::decode(&frame, raw_len, &id))
-                .await?
-                .map_err(bad)?;
-            return Ok(Decoded { raw, depth: 0 });
-        };
-        if below == 0 {
-            return Err(bad(FrameError::DeltaHeader(
-                "delta chain longer than 16 frames",
-            )));
+/// Applies `deltas` (top first) to `raw` bottom-up; with `check_each`, checks every link's
+/// result against its id. An error says which link (index into `deltas`) failed.
+fn apply_all(
+    deltas: &[Link],
+    raw: &mut Vec<u8>,
+    check_each: bool,
+) -> Result<(), (usize, FrameError)> {
+    for (i, link) in deltas.iter().enumerate().rev() {
+        let entry = link.loc.entry;
+        let h = codec::delta_header(&link.frame)
+            .and_then(|h| h.ok_or(FrameError::DeltaHeader("not a delta")))
+            .map_err(|e| (i, e))?;
+        codec::apply_delta(&h, raw, entry.raw_len as usize).map_err(|e| (i, e))?;
+        if check_each {
+            codec::check(raw, entry.raw_len as usize, &entry.chunk).map_err(|e| (i, e))?;
         }
-        let base_raw = read_below(repo, bases, local, base, below - 1)
-            .await
-            .map_err(|e| OpError::DeltaBaseUnreadable {
-                object: object.clone(),
-                chunk: id,
-                offset: at,
-                base,
-                source: Box::new(e),
-            })?;
-        let raw = blocking(move || {
-            let h = codec::delta_header(&frame)?.ok_or(FrameError::DeltaHeader("not a delta"))?;
-            codec::decode_delta(&h, &base_raw.raw, raw_len, &id)
-        })
-        .await?
-        .map_err(|problem| {
-            OpError::Repo(RepoError::BadDelta {
-                object: object.clone(),
-                chunk: id,
-                offset: at,
-                base,
-                problem: Box::new(problem),
-            })
-        })?;
-        Ok(Decoded { raw, depth })
+    }
+    Ok(())
+}
+
+/// The error for a chain whose top does not come out right: decoded again with every link
+/// checked, the first wrong link is named (the top itself, or a base under it).
+fn blame(links: &[Link], at: usize, e: FrameError) -> OpError {
+    let (at, e) = if at == 0 && matches!(e, FrameError::Hash { .. }) {
+        // A base decoded wrongly also ends in a top that does not match: find the first.
+        let (last, deltas) = links.split_last().expect("the top link");
+        let entry = last.loc.entry;
+        match codec::decode(&last.frame, entry.raw_len as usize, &entry.chunk) {
+            Ok(mut raw) => apply_all(deltas, &mut raw, true).err().unwrap_or((at, e)),
+            Err(_) => (at, e),
+        }
+    } else {
+        (at, e)
+    };
+    let wrong = bad_delta(&links[at], e);
+    match at {
+        0 => wrong,
+        _ => unreadable(links, at - 1, wrong),
+    }
+}
+
+/// A delta link that does not decode against its base (or, without a header, a bad frame).
+fn bad_delta(link: &Link, problem: FrameError) -> OpError {
+    match header(link).ok().flatten() {
+        Some(h) => OpError::Repo(RepoError::BadDelta {
+            object: link.object.clone(),
+            chunk: link.loc.entry.chunk,
+            offset: link.loc.entry.offset,
+            base: h.base,
+            problem: Box::new(problem),
+        }),
+        None => bad_frame(link, problem),
+    }
+}
+
+fn bad_frame(link: &Link, problem: FrameError) -> OpError {
+    OpError::Repo(RepoError::BadFrame {
+        object: link.object.clone(),
+        chunk: link.loc.entry.chunk,
+        offset: link.loc.entry.offset,
+        problem: Box::new(problem),
     })
+}
+
+/// `e`, the reason the base of `links[upto]` cannot be read, as seen from the top: each link
+/// from `upto` up to the top says its base cannot be read, naming it.
+fn unreadable(links: &[Link], upto: usize, e: OpError) -> OpError {
+    links[..=upto]
+        .iter()
+        .rev()
+        .fold(e, |source, link| match header(link).ok().flatten() {
+            Some(h) => OpError::DeltaBaseUnreadable {
+                object: link.object.clone(),
+                chunk: link.loc.entry.chunk,
+                offset: link.loc.entry.offset,
+                base: h.base,
+                source: Box::new(source),
+            },
+            None => source,
+        })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, OpError> {

@@ -74,6 +74,9 @@ pub struct CheckedFrame {
     pub raw: Option<Vec<u8>>,
     /// True when the frame is a delta (codec 3): it needs its base chunk to decode.
     pub delta: bool,
+    /// Stored bytes of the base frames read from the repository to decode it (0 for a full
+    /// frame).
+    pub bases_read: u64,
 }
 
 /// Whether fetched chunks are returned decoded or as stored frames (both are verified).
@@ -112,10 +115,14 @@ pub(crate) fn fetch_with<'a>(
             let mut frames = tokio::task::spawn_blocking(move || check(read, bytes, want, &url))
                 .await
                 .map_err(OpError::join)??;
-            for f in frames.iter_mut().filter(|f| f.delta) {
-                let d =
+            // A read's delta frames rebuild concurrently: each reads its chain of bases.
+            let decoded =
+                futures::future::try_join_all(frames.iter().filter(|f| f.delta).map(|f| {
                     decode_frame_with(repo, bases, local, f.frame.clone(), &f.location, &object)
-                        .await?;
+                }))
+                .await?;
+            for (f, d) in frames.iter_mut().filter(|f| f.delta).zip(decoded) {
+                f.bases_read = d.read.saturating_sub(f.frame.len() as u64);
                 if want == Want::Raw {
                     f.raw = Some(d.raw);
                 }
@@ -155,6 +162,7 @@ fn check(
                 frame,
                 raw: raw.filter(|_| want == Want::Raw),
                 delta,
+                bases_read: 0,
             })
         })
         .collect()

@@ -58,6 +58,9 @@ pub struct PushReport {
     /// New chunks stored as element deltas against their counterpart in the ref's previous
     /// snapshot.
     pub chunks_delta: u64,
+    /// Bytes the delta frames saved: their full frames' size minus theirs (what a push
+    /// without deltas would have stored more).
+    pub bytes_saved_by_deltas: u64,
     /// Packs uploaded, summed over the repositories.
     pub packs_uploaded: u64,
     /// Bytes of the packs uploaded, summed over the repositories.
@@ -112,6 +115,7 @@ struct Frame {
     frame: Vec<u8>,
     targets: TargetSet,
     delta: bool,
+    saved: u64,
 }
 
 #[derive(Default)]
@@ -288,6 +292,7 @@ struct Packed {
     raw_new: u64,
     chunks_new: u64,
     chunks_delta: u64,
+    delta_saved: u64,
 }
 
 /// Hands each frame to the uploaders of the repositories that lack its chunk.
@@ -301,6 +306,7 @@ async fn pack_frames(
         p.raw_new += f.raw_len as u64;
         p.chunks_new += 1;
         p.chunks_delta += u64::from(f.delta);
+        p.delta_saved += f.saved;
         for t in f.targets.iter() {
             uploaders[t].add(f.id, &f.frame, f.raw_len).await?;
         }
@@ -339,6 +345,7 @@ fn report(
         raw_new,
         chunks_new,
         chunks_delta,
+        delta_saved,
     } = *packed;
     let packs_uploaded = reports.iter().map(|r| r.stats.packs_uploaded).sum();
     let bytes_uploaded = reports.iter().map(|r| r.stats.bytes_uploaded).sum();
@@ -354,6 +361,7 @@ fn report(
         chunks_new,
         chunks_reused: produced.chunks_total.saturating_sub(chunks_new),
         chunks_delta,
+        bytes_saved_by_deltas: delta_saved,
         packs_uploaded,
         bytes_uploaded,
         bytes_new_logical: raw_new,
@@ -449,6 +457,7 @@ fn spawn_compressors(
                     frame: chosen.frame,
                     targets: job.targets,
                     delta: chosen.delta,
+                    saved: chosen.saved,
                 };
                 if tx.blocking_send(out).is_err() {
                     break;

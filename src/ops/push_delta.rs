@@ -92,10 +92,11 @@ pub(crate) struct FrameChooser {
     target: Option<DeltaTarget>,
 }
 
-/// A chunk's frame, and whether it is a delta.
+/// A chunk's frame, whether it is a delta, and the bytes that saved against its full frame.
 pub(crate) struct Chosen {
     pub(crate) frame: Vec<u8>,
     pub(crate) delta: bool,
+    pub(crate) saved: u64,
 }
 
 impl FrameChooser {
@@ -107,43 +108,82 @@ impl FrameChooser {
         }
     }
 
-    /// The smaller of the chunk's full frame and its delta against `base` (when the base can
-    /// be read and its chain is shorter than `max_depth`). Runs on a blocking thread.
+    /// The chunk's frame: a delta against its counterpart `base` (chaining on it), or
+    /// against the full frame under the counterpart's chain (its key), or the full frame:
+    /// the smallest that keeps a restore of this chunk within `max_depth` delta frames and
+    /// `READ_BUDGET` full frames' worth of stored bytes (FORMAT.md, "Base topology"). Runs on
+    /// a blocking thread.
     pub(crate) fn choose(&mut self, data: &[u8], width: u8, base: Option<ChunkId>) -> Chosen {
         let full = self.full.encode_elements(data, width);
         let (Some(t), Some(base)) = (&self.target, base) else {
-            return Chosen {
-                frame: full,
-                delta: false,
-            };
+            return Chosen::full(full);
         };
-        let got = t.rt.block_on(read_chunk(&t.repo, &t.rindex, &base));
-        let decoded = match got {
+        let got = t.rt.block_on(read_chunk(&t.repo, &t.rindex, &base, true));
+        let prev = match got {
             Ok(d) => d,
             Err(e) => {
                 // A push never fails for want of a base: the full frame is always valid.
                 tracing::warn!(base = %base, error = %e, "delta base unreadable; storing the chunk whole");
-                return Chosen {
-                    frame: full,
-                    delta: false,
-                };
+                return Chosen::full(full);
             }
         };
-        if decoded.depth >= t.params.max_depth {
-            return Chosen {
-                frame: full,
-                delta: false,
-            };
+        let budget = READ_BUDGET * full.len() as u64;
+        let mut best: Option<Chosen> = None;
+        let full_len = full.len();
+        if prev.depth < t.params.max_depth {
+            if let Some(payload) = self.delta.encode(&prev.raw, data, width) {
+                let frame = delta_frame(&base, prev.depth + 1, &payload);
+                let read = prev.read + frame.len() as u64;
+                keep_smaller(&mut best, full_len, budget, frame, read);
+            }
         }
-        match self.delta.encode(&decoded.raw, data, width) {
-            Some(payload) if payload.len() + 34 < full.len() => Chosen {
-                frame: delta_frame(&base, decoded.depth + 1, &payload),
-                delta: true,
-            },
-            _ => Chosen {
-                frame: full,
-                delta: false,
-            },
+        // Chaining on the counterpart is too deep or reads too much: rebase onto its key.
+        if best.is_none() {
+            if let Some(key) = &prev.key {
+                if let Some(payload) = self.delta.encode(&key.raw, data, width) {
+                    let frame = delta_frame(&key.id, 1, &payload);
+                    let read = key.stored + frame.len() as u64;
+                    keep_smaller(&mut best, full_len, budget, frame, read);
+                }
+            }
+        }
+        best.unwrap_or(Chosen::full(full))
+    }
+}
+
+/// Keeps delta `frame` in `best` when restoring it reads (`read`) within `budget` and it is
+/// smaller than both the full frame and what `best` holds.
+fn keep_smaller(
+    best: &mut Option<Chosen>,
+    full_len: usize,
+    budget: u64,
+    frame: Vec<u8>,
+    read: u64,
+) {
+    let smaller = frame.len() < best.as_ref().map_or(full_len, |b| b.frame.len());
+    if read <= budget && smaller {
+        let saved = (full_len - frame.len()) as u64;
+        *best = Some(Chosen {
+            frame,
+            delta: true,
+            saved,
+        });
+    }
+}
+
+/// A restore reads at most this many full frames' worth of stored bytes for one chunk (its
+/// delta frames and the full frame under them); a delta that would read more is written
+/// against the chain's key instead, or not at all. With every element nudged (a full
+/// fine-tune) a delta is about 2/3 of a full frame, so chains stay one delta deep on their
+/// key; with sparse updates (RL) chains reach `max_depth`.
+pub(crate) const READ_BUDGET: u64 = 2;
+
+impl Chosen {
+    fn full(frame: Vec<u8>) -> Self {
+        Self {
+            frame,
+            delta: false,
+            saved: 0,
         }
     }
 }

@@ -368,7 +368,12 @@ fn linked_prefix<'a>(path: &str, links: &HashSet<&'a str>) -> Option<&'a str> {
         .find_map(|(i, _)| links.get(&path[..i]).copied())
 }
 
-/// Streams one file's chunks, verified, to `sink`; returns bytes downloaded and chunks.
+/// Streams one file's chunks, verified, to `sink`; returns bytes downloaded (frames and the
+/// delta bases read to decode them) and chunks.
+///
+/// Two halves run side by side: one fetches and decodes (`READS_IN_FLIGHT` reads, each
+/// decoded on a blocking thread), the other hashes the file and writes it, in order, a few
+/// chunks behind; so decoding, hashing and writing use every core.
 pub(crate) async fn stream_file<F>(
     repo: &Repository,
     rindex: &RepoIndex,
@@ -382,19 +387,41 @@ where
     let locations = locate(rindex, repo, file.chunks.iter().map(|c| c.0))?;
     let reads = plan(locations);
     let downloaded: u64 = reads.iter().map(|r| r.end - r.start).sum();
-    let mut hasher = blake3::Hasher::new();
-    let mut n = 0u64;
-    let mut frames = std::pin::pin!(fetch(repo, rindex, reads, Want::Raw));
-    while let Some(batch) = frames.next().await {
-        for f in batch? {
-            let raw = f.raw.unwrap_or_default();
-            hasher.update(&raw);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let produce = async move {
+        let (mut n, mut bases_read) = (0u64, 0u64);
+        let mut frames = std::pin::pin!(fetch(repo, rindex, reads, Want::Raw));
+        'fetch: while let Some(batch) = frames.next().await {
+            for f in batch? {
+                n += 1;
+                bases_read += f.bases_read;
+                if tx.send(f.raw.unwrap_or_default()).await.is_err() {
+                    // The writer stopped: its error is the one to report.
+                    break 'fetch;
+                }
+            }
+        }
+        Ok::<_, OpError>((n, bases_read))
+    };
+    let consume = async {
+        let mut hasher = Some(blake3::Hasher::new());
+        while let Some(raw) = rx.recv().await {
+            let mut h = hasher.take().ok_or(OpError::Cancelled)?;
+            let (h, raw) = tokio::task::spawn_blocking(move || {
+                h.update(&raw);
+                (h, raw)
+            })
+            .await
+            .map_err(OpError::join)?;
+            hasher = Some(h);
             bar.inc(raw.len() as u64);
-            n += 1;
             sink.write(raw).await?;
         }
-    }
-    let got = FileHash::from(hasher.finalize());
+        let h = hasher.ok_or(OpError::Cancelled)?;
+        Ok::<_, OpError>(FileHash::from(h.finalize()))
+    };
+    let (counts, got) = futures::join!(produce, consume);
+    let (got, (n, bases_read)) = (got?, counts?);
     if got != *file.blake3 {
         return Err(OpError::RestoredMismatch {
             path: file.path.into(),
@@ -402,8 +429,12 @@ where
             want: *file.blake3,
         });
     }
-    Ok((downloaded, n))
+    Ok((downloaded + bases_read, n))
 }
+
+/// Decoded chunks waiting to be hashed and written (memory: this many chunks, plus the reads
+/// in flight).
+const WRITE_QUEUE: usize = 8;
 
 /// Where `stream_file` puts verified bytes.
 pub(crate) trait AsyncSink {

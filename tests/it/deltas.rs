@@ -32,6 +32,12 @@ const TENSORS: &[(&str, &str, usize)] = &[
 /// The elements of step `step`: F32 weights nudged by a relative ~1e-3 each step; BF16 and
 /// F16 weights with about 1 % of their elements' low bits flipped each step.
 pub fn weights(step: u32) -> Vec<u8> {
+    weights_from(step, 1000)
+}
+
+/// `weights`, starting from the initial weights of `seed` (another seed: unrelated weights of
+/// the same shapes, as after a re-initialization).
+fn weights_from(step: u32, seed: u64) -> Vec<u8> {
     let mut header = String::from("{");
     let mut off = 0;
     for (name, dtype, n) in TENSORS {
@@ -47,7 +53,7 @@ pub fn weights(step: u32) -> Vec<u8> {
     let mut f = (header.len() as u64).to_le_bytes().to_vec();
     f.extend_from_slice(header.as_bytes());
     for (t, (_, dtype, n)) in TENSORS.iter().enumerate() {
-        let mut rng = Rng::new(1000 + t as u64);
+        let mut rng = Rng::new(seed + t as u64);
         let mut vals: Vec<f32> = (0..*n)
             .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04)
             .collect();
@@ -88,8 +94,13 @@ pub fn write_step(dir: &Path, step: u32) -> u64 {
 /// Pushes steps 1..=n of the series to `url` under ref `ckpt`; returns the snapshot ids and
 /// the push reports.
 fn push_steps(ctx: &Ctx, url: &str, n: u32) -> Vec<(String, serde_json::Value)> {
+    push_steps_from(ctx, url, 1, n)
+}
+
+/// Pushes steps `from..=to` of the series to `url` under ref `ckpt`.
+fn push_steps_from(ctx: &Ctx, url: &str, from: u32, to: u32) -> Vec<(String, serde_json::Value)> {
     let ferry = ctx.ferry();
-    (1..=n)
+    (from..=to)
         .map(|step| {
             let src = ctx.dir(&format!("step-{step}"));
             write_step(&src, step);
@@ -99,8 +110,14 @@ fn push_steps(ctx: &Ctx, url: &str, n: u32) -> Vec<(String, serde_json::Value)> 
         .collect()
 }
 
-/// Four steps: the later ones store deltas (a fraction of the file), chains stay within the
-/// configured depth, and every step restores byte-identical; `verify --read-data` passes.
+/// Four steps into a repository with `--deltas 2`: the later ones store deltas (a fraction of
+/// the file), chains follow the base topology (FORMAT.md), and every step restores
+/// byte-identical; `verify --read-data` passes.
+///
+/// F32 deltas (every element nudged) are about 2/3 of a full frame, so a second delta on the
+/// chain would read more than two full frames: from step 3 on they rebase onto the key
+/// (depth 1). BF16/F16 deltas (1 % of elements) are small: they chain to depth 2, then step 4
+/// rebases them onto the key (depth 1) instead of storing them whole.
 pub fn delta_steps_round_trip(backend: Backend) {
     let Some(ctx) = Ctx::new(&[backend]) else {
         return;
@@ -108,31 +125,61 @@ pub fn delta_steps_round_trip(backend: Backend) {
     let repo = ctx.location(backend);
     let ferry = ctx.ferry();
     ferry.json(&["init", &repo.url, "--deltas", "2"]);
-    let steps = push_steps(&ctx, &repo.url, 4);
     let size = weights(1).len() as u64;
+    let mut steps = Vec::new();
+    let mut frames_by_step = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for step in 1..=4 {
+        steps.extend(push_steps_from(&ctx, &repo.url, step, step));
+        let mut frames = Vec::new();
+        for pack in pack_objects(&repo.raw) {
+            if seen.insert(pack.key.clone()) {
+                frames.extend(delta_frames(&repo.raw.get(&pack.key)));
+            }
+        }
+        frames_by_step.push(frames);
+    }
     let first = &steps[0].1;
     assert_eq!(uint(first, "chunks_delta"), 0, "{first}");
     for (k, (_, push)) in steps.iter().enumerate().skip(1) {
-        let deltas = uint(push, "chunks_delta");
-        assert!((deltas >= 3) == (k < 3), "step {}: {push}", k + 1);
+        assert!(uint(push, "chunks_delta") >= 3, "step {}: {push}", k + 1);
         let sent = uint(only_target(push), "bytes_uploaded");
-        // Depth 2: step 4's chunks are whole again (keyframes).
-        if k < 3 {
-            assert!(
-                sent * 2 < size,
-                "step {} sent {sent} of {size}: {push}",
-                k + 1
-            );
-        } else {
-            assert!(
-                sent * 10 > size * 6,
-                "step 4 should be keyframes: {sent} of {size}: {push}"
-            );
-        }
+        assert!(
+            sent * 2 < size,
+            "step {} sent {sent} of {size}: {push}",
+            k + 1
+        );
     }
+    let depths = |step: usize, width: u8| -> Vec<u8> {
+        frames_by_step[step - 1]
+            .iter()
+            .filter(|f| f.width == width)
+            .map(|f| f.depth)
+            .collect()
+    };
+    // Step 2: everything chains on step 1's full frames.
+    assert!(depths(2, 4).iter().chain(&depths(2, 2)).all(|&d| d == 1));
+    // Step 3: F32 rebases onto its key (read budget), BF16/F16 chain one deeper.
+    let (f32_3, half_3) = (depths(3, 4), depths(3, 2));
+    assert!(
+        !f32_3.is_empty() && f32_3.iter().all(|&d| d == 1),
+        "{f32_3:?}"
+    );
+    assert!(
+        !half_3.is_empty() && half_3.iter().all(|&d| d == 2),
+        "{half_3:?}"
+    );
+    // Step 4: BF16/F16 chains are at max depth: rebased onto the key, not stored whole.
+    let half_4 = depths(4, 2);
+    assert!(
+        !half_4.is_empty() && half_4.iter().all(|&d| d == 1),
+        "{half_4:?}"
+    );
+    let mut downloaded = Vec::new();
     for (k, (id, _)) in steps.iter().enumerate() {
         let dest = ctx.path(&format!("restore-{k}"));
-        ferry.json(&["restore", &repo.url, &format!("ckpt@{id}"), s(&dest)]);
+        let restore = ferry.json(&["restore", &repo.url, &format!("ckpt@{id}"), s(&dest)]);
+        downloaded.push(uint(&restore, "bytes_downloaded"));
         let got = fs::read(dest.join("model.safetensors")).expect("restored file");
         assert!(
             got == weights(k as u32 + 1),
@@ -140,8 +187,32 @@ pub fn delta_steps_round_trip(backend: Backend) {
             k + 1
         );
     }
+    // A delta step's restore reads its keys too, and counts them.
+    assert!(
+        downloaded[1..].iter().all(|&d| d > downloaded[0]),
+        "bytes_downloaded by step: {downloaded:?}"
+    );
     let verify = ferry.json(&["verify", &repo.url, "--read-data"]);
     assert!(boolean(&verify, "ok"), "{verify}");
+}
+
+/// A delta frame's chain depth and element width, as stored.
+struct DeltaFrame {
+    depth: u8,
+    width: u8,
+}
+
+/// The delta frames (codec 3) of a pack object.
+fn delta_frames(pack: &[u8]) -> Vec<DeltaFrame> {
+    pack_table(pack)
+        .into_iter()
+        .filter(|(_, off, _)| pack[*off] == 3)
+        // codec, depth, base id (32), payload: mode, width.
+        .map(|(_, off, _)| DeltaFrame {
+            depth: pack[off + 1],
+            width: pack[off + 35],
+        })
+        .collect()
 }
 
 /// The pack table entries of a pack object: (chunk id hex, frame offset, frame length).
@@ -254,8 +325,8 @@ fn gc_twice(ferry: &crate::run::Ferry, url: &str) {
 }
 
 /// gc after forgetting step 1 keeps step 1's chunks that step 2's deltas need (their pack also
-/// holds a chunk step 2 reuses, so gc would rewrite it); once step 3 is whole (depth 1) and
-/// steps 1 and 2 are forgotten, gc removes them.
+/// holds a chunk step 2 reuses, so gc would rewrite it); once step 3 is whole (re-initialized
+/// weights: no delta pays) and steps 1 and 2 are forgotten, gc removes them.
 pub fn gc_keeps_bases_while_needed(backend: Backend) {
     let Some(ctx) = Ctx::new(&[backend]) else {
         return;
@@ -279,9 +350,11 @@ pub fn gc_keeps_bases_while_needed(backend: Backend) {
         "step 2 restored different bytes after gc"
     );
 
-    // Step 3: its counterparts sit at depth 1 = max, so it is stored whole.
+    // Step 3: re-initialized weights: no delta pays, so it is stored whole.
     let src = ctx.dir("step-3");
-    let size = write_step(&src, 3);
+    let bytes = weights_from(3, 5000);
+    data::write_file(&src, "model.safetensors", &bytes);
+    let size = bytes.len() as u64;
     let push = ferry.json(&["push", s(&src), &repo.url, "--name", "ckpt"]);
     assert_eq!(uint(&push, "chunks_delta"), 0, "{push}");
     let before = pack_bytes(&repo.raw);
@@ -295,7 +368,7 @@ pub fn gc_keeps_bases_while_needed(backend: Backend) {
     );
     let dest = ctx.path("restore-3");
     ferry.json(&["restore", &repo.url, "ckpt", s(&dest)]);
-    assert!(fs::read(dest.join("model.safetensors")).expect("restored") == weights(3));
+    assert!(fs::read(dest.join("model.safetensors")).expect("restored") == bytes);
 }
 
 /// A ref whose head was pushed without position-stable cuts (here: together with a version 1
