@@ -38,7 +38,8 @@ start() {
   install
   stop_quiet
   log "starting moto on 127.0.0.1:$S3_PORT"
-  nohup python3 -m moto.server -H 127.0.0.1 -p "$S3_PORT" >"$state/moto.log" 2>&1 &
+  # moto with atomic conditional writes, as S3 has them (scripts/moto_server.py says why).
+  nohup python3 "$root/scripts/moto_server.py" -H 127.0.0.1 -p "$S3_PORT" >"$state/moto.log" 2>&1 &
   echo $! >"$state/moto.pid"
   log "starting azurite-blob on 127.0.0.1:$AZ_PORT"
   nohup "$state/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZ_PORT" \
