@@ -307,8 +307,8 @@ fn decode_planes(payload: &[u8], raw_len: usize) -> Result<Vec<u8>, FrameError> 
         return Err(FrameError::Planes("width must be 2 or 4"));
     }
     let n = raw_len / w;
-    let mut out = vec![0u8; raw_len];
-    for k in 0..w {
+    let mut planes = Vec::with_capacity(w);
+    for _ in 0..w {
         if rest.len() < 5 {
             return Err(FrameError::Planes("truncated plane header"));
         }
@@ -328,9 +328,23 @@ fn decode_planes(payload: &[u8], raw_len: usize) -> Result<Vec<u8>, FrameError> 
         if plane.len() != n {
             return Err(FrameError::Planes("plane length differs from the chunk's"));
         }
-        for (dst, src) in out.chunks_exact_mut(w).zip(plane.iter()) {
-            dst[k] = *src;
+        planes.push(plane);
+    }
+    // One pass over the output, element by element (widths 2 and 4 only).
+    let mut out = vec![0u8; raw_len];
+    match planes.as_slice() {
+        [a, b] => {
+            for ((e, x), y) in out.chunks_exact_mut(2).zip(a.iter()).zip(b.iter()) {
+                e.copy_from_slice(&[*x, *y]);
+            }
         }
+        [a, b, c, d] => {
+            let bytes = a.iter().zip(b.iter()).zip(c.iter()).zip(d.iter());
+            for (e, (((x, y), z), t)) in out.chunks_exact_mut(4).zip(bytes) {
+                e.copy_from_slice(&[*x, *y, *z, *t]);
+            }
+        }
+        _ => return Err(FrameError::Planes("width must be 2 or 4")),
     }
     if rest.len() != raw_len - n * w {
         return Err(FrameError::Planes("tail length differs from the chunk's"));
