@@ -155,12 +155,16 @@ pub fn render_sync(r: &SyncReport, now_ms: i64) -> String {
     }
     for run in r.runs.iter().filter(|r| r.state.is_final()) {
         s.push_str(&format!(
-            "\n  {}/{} {}: {} ({} sent{})",
+            "\n  {}/{} {}: {} ({} sent{}{})",
             run.job,
             run.target,
             run.item,
             run.state.as_str(),
             crate::cli::render::bytes(run.bytes_sent),
+            match run.bytes_saved_by_deltas {
+                0 => String::new(),
+                n => format!(", {} saved by deltas", crate::cli::render::bytes(n)),
+            },
             run.error
                 .as_deref()
                 .map(|e| format!("; {e}"))

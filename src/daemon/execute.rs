@@ -23,6 +23,12 @@ pub(super) struct Outcome {
     pub(super) bytes_logical: u64,
     pub(super) bytes_sent: u64,
     pub(super) bytes_new: u64,
+    /// Push runs: new chunks stored as element deltas (the push's figure, for each target
+    /// that got the snapshot).
+    pub(super) chunks_delta: u64,
+    /// Push runs: the delta frames' full frames' size minus theirs (what a push without
+    /// deltas would have stored more).
+    pub(super) bytes_saved_by_deltas: u64,
     /// The source changed while it was read: push it again once it is complete.
     pub(super) changed: bool,
     /// Pull jobs: the version, bytes read vs reused, the hooks.
@@ -95,8 +101,7 @@ pub(super) async fn execute(
                         bytes_logical: r.upload.bytes_new_logical,
                         bytes_sent: r.upload.bytes_uploaded,
                         bytes_new: r.upload.bytes_new_logical,
-                        changed: false,
-                        pull: None,
+                        ..Default::default()
                     }),
                     // Nothing to replicate yet: the source repository has not been created.
                     Err(e) if source_missing(&e, &from.url) => {
@@ -141,8 +146,7 @@ async fn mirror_targets(
                 bytes_logical: r.bytes_written,
                 bytes_sent: r.bytes_sent,
                 bytes_new: r.bytes_sent,
-                changed: false,
-                pull: None,
+                ..Default::default()
             });
         out.push((t, r));
     }
@@ -235,6 +239,12 @@ async fn push(
         .zip(report.targets)
         .map(|(t, r)| {
             let logical = if r.unchanged { 0 } else { report.bytes_total };
+            // An unchanged target got no frames: nothing was stored, so nothing was saved.
+            let (chunks_delta, saved) = if r.unchanged {
+                (0, 0)
+            } else {
+                (report.chunks_delta, report.bytes_saved_by_deltas)
+            };
             (
                 *t,
                 Outcome {
@@ -243,6 +253,8 @@ async fn push(
                     bytes_logical: logical,
                     bytes_sent: r.stats.bytes_uploaded,
                     bytes_new: r.stats.bytes_new_logical,
+                    chunks_delta,
+                    bytes_saved_by_deltas: saved,
                     changed,
                     pull: None,
                 },

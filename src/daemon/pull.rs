@@ -364,7 +364,6 @@ pub(super) async fn execute(
         } else {
             0
         },
-        changed: false,
         pull: Some(PullRun {
             seq: report.seq,
             version: report.version,
@@ -373,6 +372,7 @@ pub(super) async fn execute(
             bytes_reused: report.bytes_reused,
             hooks,
         }),
+        ..Default::default()
     })
 }
 

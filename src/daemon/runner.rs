@@ -259,6 +259,8 @@ impl Finished<'_> {
         r.bytes_logical = o.bytes_logical;
         r.bytes_sent = o.bytes_sent;
         r.bytes_new = o.bytes_new;
+        r.chunks_delta = o.chunks_delta;
+        r.bytes_saved_by_deltas = o.bytes_saved_by_deltas;
         r.lag_secs = since.map(|s| (self.finished_ms - s).max(0) as f64 / 1000.0);
         if o.changed {
             r.error = Some(

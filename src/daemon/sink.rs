@@ -17,6 +17,7 @@ pub mod metric {
     pub const RUN_RETRIES_TOTAL: &str = "ferry_run_retries_total";
     pub const LOGICAL_BYTES_TOTAL: &str = "ferry_logical_bytes_total";
     pub const SENT_BYTES_TOTAL: &str = "ferry_sent_bytes_total";
+    pub const DELTA_SAVED_BYTES_TOTAL: &str = "ferry_delta_saved_bytes_total";
     pub const RUN_DURATION_SECONDS: &str = "ferry_run_duration_seconds";
     pub const SOURCE_SCANS_TOTAL: &str = "ferry_source_scans_total";
     pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "ferry_last_success_timestamp_seconds";
@@ -192,6 +193,8 @@ fn count_run(r: &RunRecord) {
             metrics::counter!(metric::RUNS_TOTAL, &outcome("succeeded")).increment(1);
             metrics::counter!(metric::LOGICAL_BYTES_TOTAL, &labels).increment(r.bytes_logical);
             metrics::counter!(metric::SENT_BYTES_TOTAL, &labels).increment(r.bytes_sent);
+            metrics::counter!(metric::DELTA_SAVED_BYTES_TOTAL, &labels)
+                .increment(r.bytes_saved_by_deltas);
             metrics::histogram!(metric::RUN_DURATION_SECONDS, &labels).record(r.duration_secs);
             let finished = r.finished_ms.unwrap_or(r.started_ms);
             metrics::gauge!(metric::LAST_SUCCESS_TIMESTAMP_SECONDS, &labels)

@@ -65,6 +65,14 @@ pub struct RunRecord {
     pub bytes_sent: u64,
     /// Raw size of chunks the target lacked.
     pub bytes_new: u64,
+    /// Push runs: new chunks stored as element deltas (0 for other runs and for records
+    /// written before deltas existed).
+    #[serde(default)]
+    pub chunks_delta: u64,
+    /// Push runs: what the delta frames saved against full frames (what a push without
+    /// deltas would have stored more).
+    #[serde(default)]
+    pub bytes_saved_by_deltas: u64,
     pub duration_secs: f64,
     /// From the source change to the end of this run.
     pub lag_secs: Option<f64>,
@@ -354,6 +362,12 @@ pub struct TargetStatus {
     pub last_error: Option<ErrorStatus>,
     pub bytes_logical: u64,
     pub bytes_sent: u64,
+    /// Push jobs: chunks stored as element deltas, over the kept history and this process.
+    #[serde(default)]
+    pub chunks_delta: u64,
+    /// Push jobs: bytes element deltas saved against full frames, summed like `bytes_sent`.
+    #[serde(default)]
+    pub bytes_saved_by_deltas: u64,
     pub dedup_ratio: f64,
     pub compression_ratio: f64,
     pub egress_usd_per_gb: f64,
@@ -543,6 +557,8 @@ fn target_status(
         }),
         bytes_logical: totals.bytes_logical,
         bytes_sent: totals.bytes_sent,
+        chunks_delta: totals.chunks_delta,
+        bytes_saved_by_deltas: totals.bytes_saved_by_deltas,
         dedup_ratio: ratio(totals.bytes_logical, totals.bytes_new),
         compression_ratio: ratio(totals.bytes_new, totals.bytes_sent),
         egress_usd_per_gb: price,

@@ -72,6 +72,10 @@ pub struct Totals {
     pub bytes_logical: u64,
     pub bytes_sent: u64,
     pub bytes_new: u64,
+    /// Push runs: chunks stored as element deltas.
+    pub chunks_delta: u64,
+    /// Push runs: bytes element deltas saved against full frames.
+    pub bytes_saved_by_deltas: u64,
     pub runs_succeeded: u64,
     pub runs_failed: u64,
     pub skipped: u64,
@@ -301,6 +305,8 @@ impl TargetLive {
                 self.totals.bytes_logical += r.bytes_logical;
                 self.totals.bytes_sent += r.bytes_sent;
                 self.totals.bytes_new += r.bytes_new;
+                self.totals.chunks_delta += r.chunks_delta;
+                self.totals.bytes_saved_by_deltas += r.bytes_saved_by_deltas;
                 if self.last_success_ms.is_none() {
                     self.last_success_ms = r.finished_ms;
                 }
@@ -381,6 +387,8 @@ impl TargetLive {
         self.totals.bytes_logical += o.bytes_logical;
         self.totals.bytes_sent += o.bytes_sent;
         self.totals.bytes_new += o.bytes_new;
+        self.totals.chunks_delta += o.chunks_delta;
+        self.totals.bytes_saved_by_deltas += o.bytes_saved_by_deltas;
         let pending = self.pending.get(item).cloned();
         let since_ms = pending.as_ref().map(|p| p.since_ms);
         let mut events = vec![if o.changed {

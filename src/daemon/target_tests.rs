@@ -35,6 +35,8 @@ fn ok(snapshot: &str) -> Outcome {
         bytes_logical: 100,
         bytes_sent: 10,
         bytes_new: 20,
+        chunks_delta: 3,
+        bytes_saved_by_deltas: 7,
         ..Default::default()
     }
 }
@@ -193,6 +195,7 @@ fn a_landed_step_is_done_and_overtakes_failed_older_steps() {
         (totals.bytes_logical, totals.bytes_sent, totals.bytes_new),
         (100, 10, 20)
     );
+    assert_eq!((totals.chunks_delta, totals.bytes_saved_by_deltas), (3, 7));
 }
 
 #[test]
@@ -314,6 +317,8 @@ fn history_fills_totals_and_the_latest_outcomes() {
         bytes_logical: 8,
         bytes_sent: 2,
         bytes_new: 4,
+        chunks_delta: 2,
+        bytes_saved_by_deltas: 5,
         duration_secs: 1.0,
         lag_secs: None,
         pull: None,
@@ -337,4 +342,24 @@ fn history_fills_totals_and_the_latest_outcomes() {
         ),
         (2, 1, 1, 4)
     );
+    // Only the successes' delta savings count, like their bytes.
+    assert_eq!((totals.chunks_delta, totals.bytes_saved_by_deltas), (4, 10));
+}
+
+/// A run record written before deltas existed (no `chunks_delta`, no
+/// `bytes_saved_by_deltas`) still decodes from the local index, with zero savings.
+#[test]
+fn a_run_record_from_before_deltas_decodes() {
+    let old = r#"{"v":1,"id":7,"job":"j","target":"t","item":"step-1","trigger":"watch",
+        "state":"succeeded","started_ms":1,"finished_ms":2,"attempts":1,"error":null,
+        "error_kind":null,"snapshot":"ab","unchanged":false,"bytes_logical":8,
+        "bytes_sent":2,"bytes_new":4,"duration_secs":1.0,"lag_secs":null}"#;
+    let r: RunRecord = serde_json::from_str(old).unwrap();
+    assert_eq!((r.id, r.bytes_sent), (7, 2));
+    assert_eq!((r.chunks_delta, r.bytes_saved_by_deltas), (0, 0));
+    let mut t = TargetLive::default();
+    t.count_history(&r);
+    assert_eq!(t.totals().bytes_saved_by_deltas, 0);
+    let back = serde_json::to_value(&r).unwrap();
+    assert_eq!(back["bytes_saved_by_deltas"], 0, "{back}");
 }

@@ -93,6 +93,8 @@ pub(super) fn bare_record(
         bytes_logical: 0,
         bytes_sent: 0,
         bytes_new: 0,
+        chunks_delta: 0,
+        bytes_saved_by_deltas: 0,
         duration_secs: 0.0,
         lag_secs: None,
         pull: None,
@@ -385,6 +387,14 @@ pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
                 t.compression_ratio,
                 format!("${:.2}", t.egress_avoided_usd)
             ));
+            if t.bytes_saved_by_deltas > 0 {
+                errors.push(format!(
+                    "  {}/{}: deltas saved {}",
+                    j.name,
+                    t.target,
+                    b(t.bytes_saved_by_deltas)
+                ));
+            }
             if let Some(e) = &t.last_error {
                 errors.push(format!(
                     "  {}/{}: {} ({:?}, {} attempts): {}",

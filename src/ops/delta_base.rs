@@ -230,11 +230,7 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
 
 /// Applies `deltas` (top first) to `raw` bottom-up; with `check_each`, checks every link's
 /// result against its id. An error says which link (index into `deltas`) failed.
-fn apply_all(
-    deltas: &[Link],
-    raw: &mut Vec<u8>,
-    check_each: bool,
-) -> Result<(), (usize, FrameError)> {
+fn apply_all(deltas: &[Link], raw: &mut [u8], check_each: bool) -> Result<(), (usize, FrameError)> {
     for (i, link) in deltas.iter().enumerate().rev() {
         let entry = link.loc.entry;
         let h = codec::delta_header(&link.frame)

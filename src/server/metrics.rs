@@ -9,6 +9,7 @@
 //! | `ferry_run_retries_total` | counter | job, target |
 //! | `ferry_logical_bytes_total` | counter | job, target |
 //! | `ferry_sent_bytes_total` | counter | job, target |
+//! | `ferry_delta_saved_bytes_total` | counter | job, target (push jobs: what element deltas saved against full frames) |
 //! | `ferry_run_duration_seconds` | histogram | job, target |
 //! | `ferry_source_scans_total` | counter | job |
 //! | `ferry_last_success_timestamp_seconds` | gauge | job, target |
@@ -81,6 +82,11 @@ fn describe() {
         metric::SENT_BYTES_TOTAL,
         Unit::Bytes,
         "Bytes uploaded to targets: packs and pack indexes."
+    );
+    describe_counter!(
+        metric::DELTA_SAVED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Push jobs: bytes element deltas saved (full frames' size minus the delta frames')."
     );
     describe_counter!(
         metric::SOURCE_SCANS_TOTAL,

@@ -163,9 +163,13 @@ async fn jobs_runs_series_and_run_now() {
     let run = &runs["runs"][0];
     assert_eq!(run["trigger"], "api");
     assert!(run["bytes_sent"].as_u64().unwrap() > 0, "{run}");
+    // A repository without deltas: the fields are there, and zero.
+    assert_eq!(run["chunks_delta"], 0, "{run}");
+    assert_eq!(run["bytes_saved_by_deltas"], 0, "{run}");
     let (_, body, _) = call(&app, "GET", "/api/v1/jobs/data", None).await;
     let job = json(&body);
     assert!(job["targets"][0]["last_success_ms"].is_i64(), "{job}");
+    assert_eq!(job["targets"][0]["bytes_saved_by_deltas"], 0, "{job}");
     assert_eq!(job["targets"][0]["runs_succeeded"], 1);
 
     let (s, body, _) = call(&app, "GET", "/api/v1/runs?job=other", None).await;
@@ -213,6 +217,8 @@ async fn jobs_runs_series_and_run_now() {
         "ferry_replication_lag_seconds{job=\"data\"",
         "ferry_pending_items{job=\"data\"",
         "# HELP ferry_sent_bytes_total",
+        "ferry_delta_saved_bytes_total{job=\"data\"",
+        "# HELP ferry_delta_saved_bytes_total",
     ] {
         assert!(
             body.contains(needle),

@@ -2,7 +2,8 @@
 //! job table renders, and after clicking "Run now" the job's row changes state without a
 //! reload; a job card says what is waiting and why (a step without its marker, a file still
 //! being written); a pull job's row shows the version live and its card the lag behind the
-//! ref and the bytes read vs reused. Saves a screenshot to `$CARGO_TARGET_TMPDIR/dashboard.png`.
+//! ref and the bytes read vs reused; a step pushed as deltas shows what they saved, in its
+//! run row and its target's totals. Saves a screenshot to `$CARGO_TARGET_TMPDIR/dashboard.png`.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); `scripts/test.sh` installs them and sets
 //! `FERRY_REQUIRE_BROWSER=1`, which turns a missing driver from a skip into a failure.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::daemon::{write_config, Daemon};
-use crate::data::{self, MIB};
+use crate::data;
 use crate::harness::{s, Backend, Ctx};
 use crate::http;
 
@@ -190,16 +191,13 @@ fn chromedriver_or_skip() -> Option<String> {
     found
 }
 
-/// Two finished steps and a half-written one in `watched`, and a dataset folder whose only
-/// file is still being written; returns both folders.
+/// Two finished training steps (the second pushes as deltas into a `--deltas` repository)
+/// and a half-written one in `watched`, and a dataset folder whose only file is still being
+/// written; returns both folders.
 fn write_sources(ctx: &Ctx) -> (PathBuf, PathBuf) {
     let watched = ctx.dir("watched");
-    for step in ["step-100", "step-200"] {
-        data::write_file(
-            &watched.join(step),
-            "model.safetensors",
-            &data::low_entropy_bytes(3, 4 * MIB),
-        );
+    for (n, step) in [(1, "step-100"), (2, "step-200")] {
+        crate::deltas::write_step(&watched.join(step), n);
         data::write_file(
             &watched.join(step),
             "config.json",
@@ -232,6 +230,22 @@ fn save_screenshot(browser: &Browser) {
     eprintln!("dashboard screenshot: {}", path.display());
 }
 
+/// The second step went as deltas: its run row and the target's totals say what they saved.
+fn assert_delta_savings_shown(browser: &Browser) {
+    let saved = browser.script("return [...document.querySelectorAll('#runs tbody tr')].filter(r => r.textContent.includes('step-200')).map(r => r.querySelector('.deltas')?.textContent).find(t => t) || null");
+    assert!(
+        saved.as_str().unwrap_or("").starts_with("saved "),
+        "{saved}"
+    );
+    let saved = browser.script(
+        "return document.querySelector('tr[data-job=\"checkpoints\"] .deltas')?.textContent || null",
+    );
+    assert!(
+        saved.as_str().unwrap_or("").ends_with("by deltas"),
+        "{saved}"
+    );
+}
+
 #[test]
 fn dashboard_updates_live_in_chromium() {
     let Some(ctx) = Ctx::new(&[Backend::File]) else {
@@ -242,6 +256,7 @@ fn dashboard_updates_live_in_chromium() {
     };
     let (repo, mirror) = (ctx.location(Backend::File), ctx.location(Backend::File));
     let (watched, dataset) = write_sources(&ctx);
+    ctx.ferry().json(&["init", &repo.url, "--deltas", "2"]);
     let serving = ctx.path("serving");
     let config = write_config(
         &ctx,
@@ -289,6 +304,7 @@ fn dashboard_updates_live_in_chromium() {
         json!(true),
         "the page reloaded"
     );
+    assert_delta_savings_shown(&browser);
     let run_row = browser.script("return [...document.querySelectorAll('#runs tbody tr')].map(r => r.textContent).find(t => t.includes('nightly')) || null");
     assert!(
         run_row.as_str().unwrap_or("").contains("succeeded"),

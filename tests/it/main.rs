@@ -37,6 +37,7 @@ mod changes;
 mod checks;
 mod concurrent;
 mod daemon;
+mod daemon_deltas;
 mod damage;
 mod data;
 mod deltas;
