@@ -61,6 +61,8 @@ pub(crate) struct Decoded {
     /// Stored bytes of every frame read for it (its own and its bases'); a base taken from
     /// `LocalBases` counts nothing.
     pub(crate) read: u64,
+    /// Stored bytes of its own frame.
+    pub(crate) stored: u64,
     /// The full frame at the bottom of the chain, when the chunk is a delta: its chunk id,
     /// raw bytes and stored size. Kept only when asked for (push encodes against it).
     pub(crate) key: Option<Key>,
@@ -224,6 +226,7 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
         raw,
         depth,
         read,
+        stored: top.frame.len() as u64,
         key,
     })
 }

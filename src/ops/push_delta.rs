@@ -130,7 +130,11 @@ impl FrameChooser {
         let budget = READ_BUDGET * full.len() as u64;
         let mut best: Option<Chosen> = None;
         let full_len = full.len();
-        if prev.depth < t.params.max_depth {
+        // A chain whose next delta, if about as big as its last, would read past the budget
+        // is not tried: steps of one series change alike (a fine-tune's deltas are ~2/3 of
+        // a full frame), so encoding it would be wasted work.
+        let hopeless = prev.depth > 0 && prev.read + prev.stored > budget;
+        if prev.depth < t.params.max_depth && !hopeless {
             if let Some(payload) = self.delta.encode(&prev.raw, data, width) {
                 let frame = delta_frame(&base, prev.depth + 1, &payload);
                 let read = prev.read + frame.len() as u64;
