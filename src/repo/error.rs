@@ -144,6 +144,17 @@ pub enum RepoError {
         /// The chunk referenced.
         chunk: ChunkId,
     },
+    /// A chunk (a delta's base) whose only copies are in packs marked damaged (`bad/<pack
+    /// id>`): it counts as absent until a push uploads it anew.
+    #[error("{object}: chunk {chunk} is held only by pack {pack}, which is marked damaged (`bad/{pack}`); push its source again to upload it anew")]
+    ChunkOnlyInDamagedPack {
+        /// The repository's URL.
+        object: String,
+        /// The chunk.
+        chunk: ChunkId,
+        /// A damaged pack holding it.
+        pack: PackId,
+    },
     /// A chunk's frame in a pack does not decode to the chunk (damaged bytes, wrong length or
     /// hash, an overlong delta chain).
     #[error("{object}: chunk {chunk} at offset {offset}: {problem}")]
@@ -226,6 +237,7 @@ impl RepoError {
                 | Self::BadRecord { .. }
                 | Self::BadRefNameIn { .. }
                 | Self::ChunkNotIndexed { .. }
+                | Self::ChunkOnlyInDamagedPack { .. }
                 | Self::BadFrame { .. }
                 | Self::BadDelta { .. }
         )

@@ -37,7 +37,7 @@ pub fn weights(step: u32) -> Vec<u8> {
 
 /// `weights`, starting from the initial weights of `seed` (another seed: unrelated weights of
 /// the same shapes, as after a re-initialization).
-fn weights_from(step: u32, seed: u64) -> Vec<u8> {
+pub(crate) fn weights_from(step: u32, seed: u64) -> Vec<u8> {
     let mut header = String::from("{");
     let mut off = 0;
     for (name, dtype, n) in TENSORS {
@@ -93,7 +93,7 @@ pub fn write_step(dir: &Path, step: u32) -> u64 {
 
 /// Pushes steps 1..=n of the series to `url` under ref `ckpt`; returns the snapshot ids and
 /// the push reports.
-fn push_steps(ctx: &Ctx, url: &str, n: u32) -> Vec<(String, serde_json::Value)> {
+pub(crate) fn push_steps(ctx: &Ctx, url: &str, n: u32) -> Vec<(String, serde_json::Value)> {
     push_steps_from(ctx, url, 1, n)
 }
 
@@ -197,13 +197,13 @@ pub fn delta_steps_round_trip(backend: Backend) {
 }
 
 /// A delta frame's chain depth and element width, as stored.
-struct DeltaFrame {
+pub(crate) struct DeltaFrame {
     depth: u8,
     width: u8,
 }
 
 /// The delta frames (codec 3) of a pack object.
-fn delta_frames(pack: &[u8]) -> Vec<DeltaFrame> {
+pub(crate) fn delta_frames(pack: &[u8]) -> Vec<DeltaFrame> {
     pack_table(pack)
         .into_iter()
         .filter(|(_, off, _)| pack[*off] == 3)
@@ -216,7 +216,7 @@ fn delta_frames(pack: &[u8]) -> Vec<DeltaFrame> {
 }
 
 /// The pack table entries of a pack object: (chunk id hex, frame offset, frame length).
-fn pack_table(pack: &[u8]) -> Vec<(String, usize, usize)> {
+pub(crate) fn pack_table(pack: &[u8]) -> Vec<(String, usize, usize)> {
     let n = pack.len();
     let table_at = u64::from_le_bytes(pack[n - 52..n - 44].try_into().unwrap()) as usize;
     let count = u32::from_le_bytes(pack[n - 44..n - 40].try_into().unwrap()) as usize;

@@ -41,6 +41,7 @@ mod daemon_deltas;
 mod damage;
 mod data;
 mod deltas;
+mod deltas_repair;
 mod edges;
 mod errors;
 mod faults;
