@@ -53,9 +53,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    // Before any thread allocates: large per-run buffers go back to the system when freed.
-    ferry::memory::tune_allocator();
     let cli = Cli::parse();
+    // Before any thread allocates: the daemon returns large per-run buffers to the system
+    // when freed; one-shot commands recycle them.
+    ferry::memory::tune_allocator(match cli.command {
+        Command::Daemon { .. } => ferry::memory::Lifetime::LongRunning,
+        _ => ferry::memory::Lifetime::OneShot,
+    });
     let json = cli.json;
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -407,15 +408,17 @@ where
         let mut hasher = Some(blake3::Hasher::new());
         while let Some(raw) = rx.recv().await {
             let mut h = hasher.take().ok_or(OpError::Cancelled)?;
-            let (h, raw) = tokio::task::spawn_blocking(move || {
-                h.update(&raw);
-                (h, raw)
-            })
-            .await
-            .map_err(OpError::join)?;
-            hasher = Some(h);
-            bar.inc(raw.len() as u64);
-            sink.write(raw).await?;
+            let data = Bytes::from(raw);
+            let shared = data.clone();
+            // Hashing a chunk and writing it run side by side.
+            let hashed = tokio::task::spawn_blocking(move || {
+                h.update(&shared);
+                h
+            });
+            let (hashed, written) = futures::join!(hashed, sink.write(data.clone()));
+            hasher = Some(hashed.map_err(OpError::join)?);
+            written?;
+            bar.inc(data.len() as u64);
         }
         let h = hasher.ok_or(OpError::Cancelled)?;
         Ok::<_, OpError>(FileHash::from(h.finalize()))
@@ -438,11 +441,11 @@ const WRITE_QUEUE: usize = 8;
 
 /// Where `stream_file` puts verified bytes.
 pub(crate) trait AsyncSink {
-    async fn write(&mut self, data: Vec<u8>) -> Result<(), OpError>;
+    async fn write(&mut self, data: Bytes) -> Result<(), OpError>;
 }
 
 impl<T: AsyncSink> AsyncSink for &mut T {
-    async fn write(&mut self, data: Vec<u8>) -> Result<(), OpError> {
+    async fn write(&mut self, data: Bytes) -> Result<(), OpError> {
         (**self).write(data).await
     }
 }
@@ -454,7 +457,7 @@ struct ObjectSink {
 }
 
 impl AsyncSink for ObjectSink {
-    async fn write(&mut self, data: Vec<u8>) -> Result<(), OpError> {
+    async fn write(&mut self, data: Bytes) -> Result<(), OpError> {
         match &mut self.upload {
             Some(up) => {
                 up.wait_for_capacity(4).await?;

@@ -86,20 +86,66 @@ pub(crate) fn holds(dest: &Path, size: u64, want: &FileHash) -> std::io::Result<
 struct FileSink {
     file: Option<std::fs::File>,
     path: PathBuf,
+    /// Bytes written, and where the last writeback started.
+    written: u64,
+    flushed: u64,
 }
 
+/// Writeback of a restored file is started every this many bytes, so that the `fdatasync`
+/// before its rename waits only for the tail (measured: 0.27 s of a 1.6 s 1 GiB restore
+/// otherwise).
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
 impl AsyncSink for FileSink {
-    async fn write(&mut self, data: Vec<u8>) -> Result<(), OpError> {
+    async fn write(&mut self, data: bytes::Bytes) -> Result<(), OpError> {
         use std::io::Write;
         let mut file = self.file.take().ok_or(OpError::Cancelled)?;
         let path = self.path.clone();
-        let file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|_| file))
-            .await
-            .map_err(OpError::join)?
-            .map_err(|e| OpError::io(path.display(), e))?;
+        let (from, to) = (self.flushed, self.written + data.len() as u64);
+        let kick = to - from >= WRITEBACK_EVERY;
+        let file = tokio::task::spawn_blocking(move || {
+            file.write_all(&data)?;
+            if kick {
+                start_writeback(&file, from, to - from);
+            }
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(OpError::join)?
+        .map_err(|e| OpError::io(path.display(), e))?;
+        self.written = to;
+        if kick {
+            self.flushed = to;
+        }
         self.file = Some(file);
         Ok(())
     }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without
+/// waiting (Linux `sync_file_range`; elsewhere nothing). Durability still comes from the
+/// `sync_data` before the rename; this only spreads the writing over the restore.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the call's duration (borrowed `file`); the call
+        // only schedules writeback of that range and touches no memory of ours. A failure
+        // is harmless (the later sync_data does the work), so its result is ignored.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// Restores one file under `root`; returns what was there and bytes downloaded and chunks.
@@ -151,6 +197,8 @@ pub(crate) async fn restore_local(
     let mut sink = FileSink {
         file: Some(f),
         path: tmp.clone(),
+        written: 0,
+        flushed: 0,
     };
     let result = stream_file(repo, rindex, file, bar, &mut sink).await;
     let mode = applied_mode(file.mode, special);
