@@ -32,7 +32,7 @@ for d in range(100):
             fh.write(f'{{"shard": {d}, "file": {f}, "text": "{"token " * 30}"}}\n')
 PY
 
-printf '%-26s %-7s %9s %10s %14s %10s\n' workload tool "wall s" "MB/s" "bytes written" "peak MiB"
+printf '%-34s %-7s %9s %10s %14s %10s\n' workload tool "wall s" "MB/s" "bytes written" "peak MiB"
 row() { # workload tool input_bytes dir_written -- command...
   local workload=$1 tool=$2 input=$3 dir=$4; shift 5
   local before after
@@ -40,7 +40,7 @@ row() { # workload tool input_bytes dir_written -- command...
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { echo "$tool failed on $workload:"; cat "$work/err"; return 1; }
   after=$(du -sb "$dir" | cut -f1)
   read -r wall rss <"$work/time"
-  printf '%-26s %-7s %9.2f %10s %14d %10d\n' "$workload" "$tool" "$wall" \
+  printf '%-34s %-7s %9.2f %10s %14d %10d\n' "$workload" "$tool" "$wall" \
     "$(awk -v i="$input" -v w="$wall" 'BEGIN { printf "%.0f", i / 1e6 / (w + 0.0001) }')" "$((after - ${before:-0}))" "$((rss / 1024))"
 }
 in_f32=$(du -sb "$work/f32" | cut -f1)
@@ -64,6 +64,21 @@ row "restore fp32" ferry "$in_f32" "$work/out-ferry" -- "$ferry" --index-dir "$w
 row "restore fp32" restic "$in_f32" "$work/out-restic" -- restic --repo "$work/restic" restore latest --target "$work/out-restic" -q
 row "restore fp32" rclone "$in_f32" "$work/out-rclone" -- rclone copy "$work/rclone/f32" "$work/out-rclone"
 cmp "$work/f32/model.safetensors" "$work/out-ferry/model.safetensors"
+# A delta-encoded snapshot: the third step of a full fine-tune series (every element nudged),
+# pushed step by step into a repository with deltas (its chunks are deltas on step 1's);
+# restic stores each step whole.
+"$gen" --series finetune "$work/ft" "$size" 3 1 2>/dev/null
+"$ferry" --json init "file://$work/ferry/ft" --deltas 4 >/dev/null
+restic init --repo "$work/restic-ft" -q
+for k in 0 1 2; do
+  "$ferry" --index-dir "$work/idx" push "$work/ft/step-$k" "file://$work/ferry/ft" --name ft >/dev/null
+  (cd "$work/ft/step-$k" && restic --repo "$work/restic-ft" backup . -q)
+done
+rm -rf "$work/ft/step-0" "$work/ft/step-1"
+in_ft=$(du -sb "$work/ft/step-2" | cut -f1)
+row "restore fine-tune step 3 (deltas)" ferry "$in_ft" "$work/out-ferry-ft" -- "$ferry" --index-dir "$work/idx" restore "file://$work/ferry/ft" ft "$work/out-ferry-ft"
+row "restore fine-tune step 3 (deltas)" restic "$in_ft" "$work/out-restic-ft" -- restic --repo "$work/restic-ft" restore latest --target "$work/out-restic-ft" -q
+cmp "$work/ft/step-2/model.safetensors" "$work/out-ferry-ft/model.safetensors"
 in_small=$(du -sb "$work/small" | cut -f1)
 "$ferry" --index-dir "$work/idx" push "$work/small" "file://$work/ferry/small" --name s >/dev/null
 restic --repo "$work/restic" backup "$work/small" -q

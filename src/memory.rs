@@ -60,8 +60,9 @@ pub fn tune_allocator(lifetime: Lifetime) -> bool {
         // count (at most 32 MiB on 64-bit), and both values are in range.
         let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, mmap as libc::c_int) };
         // SAFETY: as above; M_TRIM_THRESHOLD takes a byte count.
-        let trimmed =
-            trim.is_none_or(|t| unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, t as libc::c_int) } == 1);
+        let trimmed = trim.is_none_or(
+            |t| unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, t as libc::c_int) } == 1,
+        );
         // SAFETY: as above; M_ARENA_MAX takes a count of arenas.
         let arenas = unsafe { libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX as libc::c_int) };
         ok == 1 && trimmed && arenas == 1

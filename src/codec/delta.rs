@@ -197,13 +197,11 @@ fn xor_planes_into(planes: &[Vec<u8>], elements: &mut [u8]) {
             }
         }
         [p0, p1, p2, p3] => {
-            for ((((e, a), b), c), d) in
-                elements.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3)
-            {
-                e[0] ^= a;
-                e[1] ^= b;
-                e[2] ^= c;
-                e[3] ^= d;
+            let planes = p0.iter().zip(p1).zip(p2).zip(p3);
+            for (e, (((a, b), c), d)) in elements.chunks_exact_mut(4).zip(planes) {
+                let x = u32::from_le_bytes([*a, *b, *c, *d]);
+                let v = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) ^ x;
+                e.copy_from_slice(&v.to_le_bytes());
             }
         }
         _ => {

@@ -136,12 +136,7 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
         // only schedules writeback of that range and touches no memory of ours. A failure
         // is harmless (the later sync_data does the work), so its result is ignored.
         unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset,
-                len,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
         }
     }
     #[cfg(not(target_os = "linux"))]
