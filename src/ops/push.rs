@@ -114,8 +114,8 @@ struct Frame {
     raw_len: u32,
     frame: Vec<u8>,
     targets: TargetSet,
-    delta: bool,
-    saved: u64,
+    /// For a delta frame, the bytes it saved against the full frame.
+    delta_saved: Option<u64>,
 }
 
 #[derive(Default)]
@@ -305,8 +305,10 @@ async fn pack_frames(
         p.stored_new += f.frame.len() as u64;
         p.raw_new += f.raw_len as u64;
         p.chunks_new += 1;
-        p.chunks_delta += u64::from(f.delta);
-        p.delta_saved += f.saved;
+        if let Some(saved) = f.delta_saved {
+            p.chunks_delta += 1;
+            p.delta_saved += saved;
+        }
         for t in f.targets.iter() {
             uploaders[t].add(f.id, &f.frame, f.raw_len).await?;
         }
@@ -456,8 +458,7 @@ fn spawn_compressors(
                     raw_len: job.data.len() as u32,
                     frame: chosen.frame,
                     targets: job.targets,
-                    delta: chosen.delta,
-                    saved: chosen.saved,
+                    delta_saved: chosen.delta_saved,
                 };
                 if tx.blocking_send(out).is_err() {
                     break;

@@ -92,11 +92,10 @@ pub(crate) struct FrameChooser {
     target: Option<DeltaTarget>,
 }
 
-/// A chunk's frame, whether it is a delta, and the bytes that saved against its full frame.
+/// A chunk's frame and, for a delta frame, the bytes it saved against the full frame.
 pub(crate) struct Chosen {
     pub(crate) frame: Vec<u8>,
-    pub(crate) delta: bool,
-    pub(crate) saved: u64,
+    pub(crate) delta_saved: Option<u64>,
 }
 
 impl FrameChooser {
@@ -169,8 +168,7 @@ fn keep_smaller(
         let saved = (full_len - frame.len()) as u64;
         *best = Some(Chosen {
             frame,
-            delta: true,
-            saved,
+            delta_saved: Some(saved),
         });
     }
 }
@@ -186,8 +184,7 @@ impl Chosen {
     fn full(frame: Vec<u8>) -> Self {
         Self {
             frame,
-            delta: false,
-            saved: 0,
+            delta_saved: None,
         }
     }
 }

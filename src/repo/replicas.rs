@@ -177,17 +177,7 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunker::ChunkerParams;
-    use crate::repo::config::RepoConfig;
-    use crate::store::{Access, Store};
-
-    async fn memory_repo(name: &str) -> Repository {
-        let url = format!("memory://{name}/repo").parse().unwrap();
-        let store = Store::open_with(&url, Access::Write, &Default::default()).unwrap();
-        Repository::init(store, RepoConfig::new(ChunkerParams::default(), 1 << 20))
-            .await
-            .unwrap()
-    }
+    use crate::repo::tests::memory_repo;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_committers_append_each_snapshot_once() {

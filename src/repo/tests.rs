@@ -6,7 +6,8 @@ use crate::chunker::ChunkerParams;
 use crate::repo::config::RepoConfig;
 use crate::store::Access;
 
-async fn memory_repo(name: &str) -> Repository {
+/// An empty repository in an in-memory store named `name`.
+pub(super) async fn memory_repo(name: &str) -> Repository {
     let url = format!("memory://{name}/repo").parse().unwrap();
     let store = Store::open_with(&url, Access::Write, &Default::default()).unwrap();
     Repository::init(store, RepoConfig::new(ChunkerParams::default(), 1 << 20))

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::data::{self, Rng};
 use crate::harness::{array, boolean, only_target, pushed_snapshot, s, string, uint, Backend, Ctx};
-use crate::raw::pack_objects;
+use crate::raw::{pack_objects, Location};
 
 per_backend!(
     delta_steps_round_trip,
@@ -283,19 +283,30 @@ pub fn damaged_base_is_named(backend: Backend) {
     );
 }
 
+/// A `--deltas 4` source (file://) holding only step 3 of three steps pushed (the older
+/// snapshots forgotten, so no snapshot names the bases of its deltas), an empty location on
+/// `backend` to copy it to, and the three pushes (snapshot id, report).
+pub(crate) fn newest_step_source(
+    ctx: &Ctx,
+    backend: Backend,
+) -> (Location, Location, Vec<(String, serde_json::Value)>) {
+    let from = ctx.location(Backend::File);
+    let to = ctx.location(backend);
+    let ferry = ctx.ferry();
+    ferry.json(&["init", &from.url, "--deltas", "4"]);
+    let steps = push_steps(ctx, &from.url, 3);
+    ferry.json(&["forget", &from.url, "ckpt", "--keep-last", "1"]);
+    (from, to, steps)
+}
+
 /// Replicating only the newest snapshot of a delta series to an empty target copies the
 /// bases its deltas need (the older snapshots stay behind), and the target restores it.
 pub fn replicate_carries_bases(backend: Backend) {
     let Some(ctx) = Ctx::new(&[backend]) else {
         return;
     };
-    let from = ctx.location(Backend::File);
-    let to = ctx.location(backend);
+    let (from, to, steps) = newest_step_source(&ctx, backend);
     let ferry = ctx.ferry();
-    ferry.json(&["init", &from.url, "--deltas", "4"]);
-    let steps = push_steps(&ctx, &from.url, 3);
-    // The target holds only step 3's snapshot: forget the older ones in the source first.
-    ferry.json(&["forget", &from.url, "ckpt", "--keep-last", "1"]);
     let rep = ferry.json(&["replicate", &from.url, &to.url, "--name", "ckpt"]);
     assert!(uint(&rep, "chunks_copied") > 0, "{rep}");
     let dest = ctx.path("restore");

@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use crate::checks;
 use crate::data;
-use crate::deltas::{delta_frames, pack_table, push_steps, weights, weights_from, write_step};
+use crate::deltas::{
+    delta_frames, newest_step_source, pack_table, weights, weights_from, write_step,
+};
 use crate::harness::{array, boolean, only_target, pushed_snapshot, s, string, uint, Backend, Ctx};
 use crate::raw::pack_objects;
 
@@ -298,13 +300,9 @@ pub fn sharded_replicate_carries_bases(backend: Backend) {
     let Some(ctx) = Ctx::new(&[backend]) else {
         return;
     };
-    let from = ctx.location(Backend::File);
-    let to = ctx.location(backend);
+    let (from, to, steps) = newest_step_source(&ctx, backend);
     let ferry = ctx.ferry();
-    ferry.json(&["init", &from.url, "--deltas", "4"]);
-    let steps = push_steps(&ctx, &from.url, 3);
     assert!(uint(&steps[2].1, "chunks_delta") >= 3, "{}", steps[2].1);
-    ferry.json(&["forget", &from.url, "ckpt", "--keep-last", "1"]);
     let run = format!("rep-{}", std::process::id());
     let reports: Vec<Value> = (0..2)
         .map(|i| {
