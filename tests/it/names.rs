@@ -86,9 +86,7 @@ fn tree() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
 /// Names `object_store`'s local file store reserves (`name#123`): a `file://` mirror
 /// destination cannot hold them.
 fn local_store_reserved(path: &str) -> bool {
-    let last = path.rsplit('/').next().unwrap_or(path);
-    last.rsplit_once('#')
-        .is_some_and(|(_, d)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    crate::raw::is_staging_name(path)
 }
 
 /// Names a backend's object destination cannot hold: Azure Blob storage turns `\` into `/`.

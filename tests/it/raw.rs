@@ -252,6 +252,10 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<Object>) {
         };
         if meta.is_dir() {
             list_dir(root, &path, out);
+        } else if is_staging_name(s(&path)) {
+            // object_store's local staging file (`NAME#N`): not an object until it is renamed
+            // into place, and a kill before the rename leaves no object.
+            continue;
         } else {
             let rel = path.strip_prefix(root).expect("under root");
             out.push(Object {
@@ -260,6 +264,14 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<Object>) {
             });
         }
     }
+}
+
+/// Whether a path's last component is a name `object_store`'s local file store reserves
+/// (`NAME#123`): it writes `NAME#N` and renames it to `NAME` once complete.
+pub fn is_staging_name(path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    last.rsplit_once('#')
+        .is_some_and(|(_, d)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A watch for the first object named by an id under a prefix: see [`RawStore::watch`].

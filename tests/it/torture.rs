@@ -118,7 +118,6 @@ impl<'a> Tortured<'a> {
             .raw
             .list("")
             .into_iter()
-            .filter(|o| !o.file_name().contains('#')) // a file store's staging files
             .map(|o| (o.key, o.size))
             .collect();
         for (key, size) in &self.objects {
