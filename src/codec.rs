@@ -6,7 +6,8 @@ pub mod delta;
 mod delta_frame;
 
 pub use delta_frame::{
-    apply_delta, decode_delta, delta_frame, delta_header, DeltaHeader, MAX_DELTA_DEPTH,
+    apply_delta, decode_delta, delta_frame, delta_header, DeltaHeader, DELTA_HEADER_LEN,
+    MAX_DELTA_DEPTH,
 };
 
 /// Codec ids as they appear in the first byte of every frame. Append only.

@@ -99,7 +99,7 @@ impl App {
                 let idx = tokio::task::spawn_blocking(move || Index::open(&dir, INDEX_WAIT))
                     .await
                     .map_err(OpError::join)??;
-                Ok(idx)
+                Ok(idx.with_base_cache(self.settings.base_cache))
             })
             .await
     }
@@ -115,7 +115,10 @@ impl App {
             .await
             .map_err(OpError::join)?;
         match opened {
-            Ok(idx) => Ok(self.index.get_or_init(|| async { idx }).await),
+            Ok(idx) => {
+                let idx = idx.with_base_cache(self.settings.base_cache);
+                Ok(self.index.get_or_init(|| async { idx }).await)
+            }
             Err(IndexError::Locked { path, holder }) => {
                 tracing::warn!(
                     path = %path.display(),

@@ -1,5 +1,5 @@
 //! `Settings`: what the process environment decides for every operation (store retries,
-//! timeouts and fault injection; the mirror's stale-upload age), resolved once where the
+//! timeouts and fault injection; the mirror's stale-upload age; the local base cache's size), resolved once where the
 //! process starts — `main.rs` for a command, `Daemon::open` for the daemon — and handed to
 //! [`super::App`], which passes it down. Nothing below reads these variables itself.
 
@@ -7,12 +7,44 @@ use crate::mirror::MirrorSettings;
 use crate::store::{StoreError, StoreOptions};
 
 /// The environment's choices for every store and operation of one process.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Retries, timeouts, `FERRY_FAULTS` and `FERRY_SLOW_SECS`: every store the process opens.
     pub store: StoreOptions,
     /// `FERRY_MIRROR_STALE_UPLOADS`: when `ferry mirror` aborts another run's upload.
     pub mirror: MirrorSettings,
+    /// `FERRY_BASE_CACHE`: the size limit of each ref's local base cache, in bytes (0: none).
+    pub base_cache: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            store: StoreOptions::default(),
+            mirror: MirrorSettings::default(),
+            base_cache: crate::index::DEFAULT_BASE_CACHE,
+        }
+    }
+}
+
+/// The variable that sizes the local base cache: a size (`32GiB`), or `0` / `off`.
+pub const BASE_CACHE_VAR: &str = "FERRY_BASE_CACHE";
+
+/// `FERRY_BASE_CACHE`'s value in bytes; a value that is not a size leaves the default (and
+/// says so in the log).
+pub fn base_cache_from(value: Option<&str>) -> u64 {
+    let default = crate::index::DEFAULT_BASE_CACHE;
+    match value.map(str::trim) {
+        None | Some("") => default,
+        Some("off") => 0,
+        Some(v) => v.parse::<bytesize::ByteSize>().map_or_else(
+            |e| {
+                tracing::warn!(variable = BASE_CACHE_VAR, value = v, error = %e, "not a size (e.g. 32GiB, or off): using the default");
+                default
+            },
+            |b| b.as_u64(),
+        ),
+    }
 }
 
 impl Settings {
@@ -22,6 +54,22 @@ impl Settings {
         Ok(Self {
             store: StoreOptions::from_env()?,
             mirror: MirrorSettings::from_env(),
+            base_cache: base_cache_from(std::env::var(BASE_CACHE_VAR).ok().as_deref()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_cache_sizes() {
+        let default = crate::index::DEFAULT_BASE_CACHE;
+        assert_eq!(base_cache_from(None), default);
+        assert_eq!(base_cache_from(Some("off")), 0);
+        assert_eq!(base_cache_from(Some("0")), 0);
+        assert_eq!(base_cache_from(Some("2GiB")), 2 << 30);
+        assert_eq!(base_cache_from(Some("lots")), default);
     }
 }

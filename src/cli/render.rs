@@ -200,6 +200,12 @@ pub fn push(r: &PushReport) -> String {
             bytes(r.bytes_saved_by_deltas)
         ));
     }
+    if r.bytes_read_for_deltas > 0 {
+        s.push_str(&format!(
+            "\n  read {} back from the repository to encode deltas (bases not in the local base cache)",
+            bytes(r.bytes_read_for_deltas)
+        ));
+    }
     for t in &r.targets {
         let what = if t.unchanged {
             "unchanged, ref stays at"

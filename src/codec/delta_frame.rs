@@ -12,6 +12,9 @@ use crate::ids::ChunkId;
 /// Deepest chain a reader follows, whatever a repository's config says.
 pub const MAX_DELTA_DEPTH: u8 = 16;
 
+/// Bytes before a delta frame's payload: codec, depth, base id.
+pub const DELTA_HEADER_LEN: usize = 34;
+
 /// The parsed head of a delta frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeltaHeader<'a> {

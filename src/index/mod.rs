@@ -12,6 +12,8 @@
 //! - `jobs/items`, `jobs/runs`: the daemon's work items and run history (`jobs.rs`)
 //! - `mirror/…`, `mirror-uploads/…`: objects `ferry mirror` wrote (`mirror.rs`)
 
+mod bases;
+pub use bases::{BaseCache, BaseEntry};
 mod jobs;
 mod lock;
 mod mirror;
@@ -68,6 +70,7 @@ pub enum IndexError {
 pub struct Index {
     db: sled::Db,
     path: PathBuf,
+    base_cache_max: u64,
 }
 
 /// Where a chunk is stored in one repository.
@@ -103,7 +106,31 @@ pub struct CachedFile {
     pub chunks: Vec<ChunkRef>,
 }
 
+/// The default size limit of the local base cache ([`Index::base_cache`]).
+pub const DEFAULT_BASE_CACHE: u64 = 32 << 30;
+
 impl Index {
+    /// The same index with a base cache of at most `max_bytes` (0: none).
+    pub fn with_base_cache(mut self, max_bytes: u64) -> Self {
+        self.base_cache_max = max_bytes;
+        self
+    }
+
+    /// The local base cache of ref `name` in repository `repo_id` (`index::bases`), in a
+    /// folder beside the index (`<index>.bases/`); `None` when the limit is 0.
+    pub fn base_cache(&self, repo_id: &str, name: &str) -> Option<BaseCache> {
+        if self.base_cache_max == 0 {
+            return None;
+        }
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".bases");
+        // Both come from outside (a repository's config, a user's ref name): hashed, never
+        // used as path components.
+        let short = |s: &str| blake3::hash(s.as_bytes()).to_hex()[..24].to_string();
+        let dir = PathBuf::from(dir).join(short(repo_id)).join(short(name));
+        Some(BaseCache::open(dir, self.base_cache_max))
+    }
+
     /// The default location: `<data dir>/ferry/index` (e.g. `~/.local/share/ferry/index`).
     pub fn default_dir() -> PathBuf {
         directories::ProjectDirs::from("", "", "ferry")
@@ -165,6 +192,7 @@ impl Index {
         let index = Self {
             db,
             path: path.into(),
+            base_cache_max: DEFAULT_BASE_CACHE,
         };
         let version = index.db.get(VERSION_KEY).map_err(|e| index.err(e))?;
         if version.as_deref() != Some(INDEX_VERSION) {

@@ -7,6 +7,7 @@
 //! Then, once every pack is durable: snapshot, then ref.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -61,6 +62,9 @@ pub struct PushReport {
     /// Bytes the delta frames saved: their full frames' size minus theirs (what a push
     /// without deltas would have stored more).
     pub bytes_saved_by_deltas: u64,
+    /// Bytes read back from the repository to encode deltas: counterparts missing from the
+    /// local base cache (`index::bases`) and the frame heads that check a cached one.
+    pub bytes_read_for_deltas: u64,
     /// Packs uploaded, summed over the repositories.
     pub packs_uploaded: u64,
     /// Bytes of the packs uploaded, summed over the repositories.
@@ -206,7 +210,10 @@ pub async fn push_checked(
     let cache = index.files(&source.key())?;
     let cuts = push_delta::tensor_cuts(&targets);
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
-    let (delta_target, counterparts) = push_delta::setup(&targets, &rindexes, name).await?;
+    let (delta_target, counterparts) = push_delta::setup(&targets, &rindexes, index, name).await?;
+    let delta_side = delta_target
+        .as_ref()
+        .map(|t| (t.read_back.clone(), t.cache.clone()));
 
     // Stage 1 → 2: chunks to compress. Stage 2 → 3: frames to pack.
     let workers = std::thread::available_parallelism()
@@ -239,11 +246,14 @@ pub async fn push_checked(
                 .avoiding(p.marked.difference(&p.damaged).copied().collect())
         })
         .collect();
-    let packed = pack_frames(&mut frame_rx, &mut uploaders).await?;
+    let mut packed = pack_frames(&mut frame_rx, &mut uploaders).await?;
     let produced = producer.await.map_err(OpError::join)??;
     for c in compressors {
         c.await.map_err(OpError::join)?;
     }
+    packed.read_back = delta_side
+        .as_ref()
+        .map_or(0, |(r, _)| r.load(Ordering::Relaxed));
     let mut stats = Vec::new();
     for up in uploaders {
         bar.set_message(format!("finishing uploads to {}", up.repo().url()));
@@ -255,10 +265,7 @@ pub async fn push_checked(
     let referenced: HashSet<ChunkId> = produced
         .entries
         .iter()
-        .flat_map(|e| match e {
-            Entry::File { chunks, .. } => chunks.as_slice(),
-            _ => &[],
-        })
+        .flat_map(Entry::chunks)
         .map(|c| c.0)
         .collect();
     let head = SnapshotHead {
@@ -281,6 +288,9 @@ pub async fn push_checked(
         });
     }
     index.flush()?;
+    if let Some(cache) = delta_side.and_then(|(_, c)| c) {
+        push_delta::keep_for_next(cache, referenced).await?;
+    }
 
     Ok(report(name, source, &produced, &packed, started, reports))
 }
@@ -293,6 +303,7 @@ struct Packed {
     chunks_new: u64,
     chunks_delta: u64,
     delta_saved: u64,
+    read_back: u64,
 }
 
 /// Hands each frame to the uploaders of the repositories that lack its chunk.
@@ -348,6 +359,7 @@ fn report(
         chunks_new,
         chunks_delta,
         delta_saved,
+        read_back,
     } = *packed;
     let packs_uploaded = reports.iter().map(|r| r.stats.packs_uploaded).sum();
     let bytes_uploaded = reports.iter().map(|r| r.stats.bytes_uploaded).sum();
@@ -364,6 +376,7 @@ fn report(
         chunks_reused: produced.chunks_total.saturating_sub(chunks_new),
         chunks_delta,
         bytes_saved_by_deltas: delta_saved,
+        bytes_read_for_deltas: read_back,
         packs_uploaded,
         bytes_uploaded,
         bytes_new_logical: raw_new,
@@ -450,7 +463,7 @@ fn spawn_compressors(
             let (mut busy, mut blocked) = (Duration::ZERO, Duration::ZERO);
             for job in rx {
                 let t0 = Instant::now();
-                let chosen = encoder.choose(&job.data, job.width, job.base);
+                let chosen = encoder.choose(&job.id, &job.data, job.width, job.base);
                 let t1 = Instant::now();
                 busy += t1 - t0;
                 let out = Frame {

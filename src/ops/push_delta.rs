@@ -9,13 +9,15 @@
 //! enables them; the base must be present there (the previous snapshot holds it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::chunker::{Layout, TensorCuts};
 use crate::codec::delta::DeltaEncoder;
-use crate::codec::{delta_frame, Encoder};
+use crate::codec::{self, delta_frame, Encoder};
 use crate::ids::ChunkId;
-use crate::index::RepoIndex;
-use crate::ops::delta_base::read_chunk;
+use crate::index::{BaseCache, BaseEntry, Index, RepoIndex};
+use crate::ops::delta_base::{read_chunk, Decoded, Key, Locator};
 use crate::ops::OpError;
 use crate::repo::config::DeltaParams;
 use crate::repo::snapshot::Entry;
@@ -83,6 +85,11 @@ pub(crate) struct DeltaTarget {
     pub(crate) rindex: RepoIndex,
     pub(crate) params: DeltaParams,
     pub(crate) rt: tokio::runtime::Handle,
+    /// The ref's local base cache (`index::bases`), unless turned off.
+    pub(crate) cache: Option<Arc<BaseCache>>,
+    /// Bytes read back from the repository to encode deltas (bases not in the cache, and the
+    /// frame heads that check a cached base).
+    pub(crate) read_back: Arc<AtomicU64>,
 }
 
 /// One compressor's encoders.
@@ -96,6 +103,14 @@ pub(crate) struct FrameChooser {
 pub(crate) struct Chosen {
     pub(crate) frame: Vec<u8>,
     pub(crate) delta_saved: Option<u64>,
+}
+
+/// `choose`'s pick: a delta frame and where it sits, or (`frame` `None`) the full frame.
+struct Pick {
+    frame: Option<Vec<u8>>,
+    delta_saved: Option<u64>,
+    chain: Option<Chain>,
+    full_len: u64,
 }
 
 impl FrameChooser {
@@ -112,22 +127,42 @@ impl FrameChooser {
     /// the smallest that keeps a restore of this chunk within `max_depth` delta frames and
     /// `READ_BUDGET` full frames' worth of stored bytes (FORMAT.md, "Base topology"). Runs on
     /// a blocking thread.
-    pub(crate) fn choose(&mut self, data: &[u8], width: u8, base: Option<ChunkId>) -> Chosen {
+    pub(crate) fn choose(
+        &mut self,
+        id: &ChunkId,
+        data: &[u8],
+        width: u8,
+        base: Option<ChunkId>,
+    ) -> Chosen {
         let full = self.full.encode_elements(data, width);
+        let pick = self.pick(&full, data, width, base);
+        if let Some(cache) = self.target.as_ref().and_then(|t| t.cache.as_ref()) {
+            if width > 1 {
+                // What the next push of this ref finds as this chunk's counterpart.
+                cache.put(id, &pick.cache_entry(id, data.len(), &full));
+            }
+        }
+        Chosen {
+            frame: pick.frame.unwrap_or(full),
+            delta_saved: pick.delta_saved,
+        }
+    }
+
+    fn pick(&mut self, full: &[u8], data: &[u8], width: u8, base: Option<ChunkId>) -> Pick {
+        let whole = Pick::full(full.len() as u64);
         let (Some(t), Some(base)) = (&self.target, base) else {
-            return Chosen::full(full);
+            return whole;
         };
-        let got = t.rt.block_on(read_chunk(&t.repo, &t.rindex, &base, true));
-        let prev = match got {
+        let prev = match t.rt.block_on(read_base(t, &base)) {
             Ok(d) => d,
             Err(e) => {
                 // A push never fails for want of a base: the full frame is always valid.
                 tracing::warn!(base = %base, error = %e, "delta base unreadable; storing the chunk whole");
-                return Chosen::full(full);
+                return whole;
             }
         };
         let budget = READ_BUDGET * full.len() as u64;
-        let mut best: Option<Chosen> = None;
+        let mut best: Option<Pick> = None;
         let full_len = full.len();
         // A chain whose next delta, if about as big as its last, would read past the budget
         // is not tried: steps of one series change alike (a fine-tune's deltas are ~2/3 of
@@ -137,7 +172,19 @@ impl FrameChooser {
             if let Some(payload) = self.delta.encode(&prev.raw, data, width) {
                 let frame = delta_frame(&base, prev.depth + 1, &payload);
                 let read = prev.read + frame.len() as u64;
-                keep_smaller(&mut best, full_len, budget, frame, read);
+                let key = prev.key.as_ref().map_or(base, |k| k.id);
+                keep_smaller(
+                    &mut best,
+                    full_len,
+                    budget,
+                    frame,
+                    Chain {
+                        depth: prev.depth + 1,
+                        base,
+                        key,
+                        read,
+                    },
+                );
             }
         }
         // Chaining on the counterpart is too deep or reads too much: rebase onto its key.
@@ -146,29 +193,167 @@ impl FrameChooser {
                 if let Some(payload) = self.delta.encode(&key.raw, data, width) {
                     let frame = delta_frame(&key.id, 1, &payload);
                     let read = key.stored + frame.len() as u64;
-                    keep_smaller(&mut best, full_len, budget, frame, read);
+                    keep_smaller(
+                        &mut best,
+                        full_len,
+                        budget,
+                        frame,
+                        Chain {
+                            depth: 1,
+                            base: key.id,
+                            key: key.id,
+                            read,
+                        },
+                    );
                 }
             }
         }
-        best.unwrap_or(Chosen::full(full))
+        best.unwrap_or(whole)
     }
+}
+
+/// Where a delta frame sits: its depth, base, the key under it and the stored bytes a
+/// restore of it reads.
+#[derive(Clone, Copy)]
+struct Chain {
+    depth: u8,
+    base: ChunkId,
+    key: ChunkId,
+    read: u64,
+}
+
+/// Trims the base cache after a push to what the next push of its ref can use: the chunks of
+/// this push's files (`referenced`) and the keys under them.
+pub(crate) async fn keep_for_next(
+    cache: Arc<BaseCache>,
+    referenced: std::collections::HashSet<ChunkId>,
+) -> Result<(), OpError> {
+    tokio::task::spawn_blocking(move || cache.retain(&referenced))
+        .await
+        .map_err(OpError::join)?;
+    Ok(())
+}
+
+/// Counterpart `base` as [`FrameChooser::choose`] needs it: from the local base cache when its
+/// entry describes the frame the repository holds (one read of that frame's head), else from
+/// the repository. Counts what it reads in `t.read_back`.
+async fn read_base(t: &DeltaTarget, base: &ChunkId) -> Result<Decoded, OpError> {
+    if let Some(cache) = &t.cache {
+        if let Some(d) = cached_base(t, cache, base).await {
+            return Ok(d);
+        }
+    }
+    let d = read_chunk(&t.repo, &t.rindex, base, true).await?;
+    t.read_back.fetch_add(d.read, Ordering::Relaxed);
+    if let (Some(cache), Some(key)) = (&t.cache, &d.key) {
+        // Later steps are encoded against this key too: keep it.
+        cache.put(&key.id, &key_entry(key));
+    }
+    Ok(d)
+}
+
+/// The cache entry of a key (a chunk stored whole) read from the repository: its raw bytes
+/// as a raw frame, which costs no compression.
+fn key_entry(key: &Key) -> BaseEntry {
+    let mut frame = Vec::with_capacity(key.raw.len() + 1);
+    frame.push(codec::Codec::Raw as u8);
+    frame.extend_from_slice(&key.raw);
+    BaseEntry {
+        depth: 0,
+        base: None,
+        key: key.id,
+        read: key.stored,
+        len: key.raw.len() as u32,
+        frame,
+    }
+}
+
+/// Chunk `id` from the cache, `None` (a miss) unless its entry decodes to `id` and its chain
+/// head (depth and base) is the one the repository's frame records, and, for a delta, its
+/// key is cached and stored whole in the repository.
+async fn cached_base(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option<Decoded> {
+    let entry = cache.get(id)?;
+    let stored = stored_head(t, id).await?;
+    if stored.0 != entry.base.map(|b| (entry.depth, b)) {
+        return None;
+    }
+    let key = if entry.depth == 0 {
+        None
+    } else {
+        Some(cached_key(t, cache, &entry.key).await?)
+    };
+    Some(Decoded {
+        raw: decode_full(&entry.frame, entry.len as usize, id)?,
+        depth: entry.depth,
+        read: entry.read,
+        stored: stored.1,
+        key,
+    })
+}
+
+/// Key `id` (a chunk the repository stores whole) from the cache, or read from the repository
+/// and cached; `None` when it is not stored whole or cannot be read.
+async fn cached_key(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option<Key> {
+    if let Some(k) = cache.get(id).filter(|k| k.depth == 0) {
+        let (head, stored) = stored_head(t, id).await?;
+        if head.is_none() {
+            if let Some(raw) = decode_full(&k.frame, k.len as usize, id) {
+                return Some(Key {
+                    id: *id,
+                    raw,
+                    stored,
+                });
+            }
+        }
+    }
+    let d = read_chunk(&t.repo, &t.rindex, id, false).await.ok()?;
+    t.read_back.fetch_add(d.read, Ordering::Relaxed);
+    if d.depth != 0 {
+        return None;
+    }
+    let key = Key {
+        id: *id,
+        raw: d.raw,
+        stored: d.stored,
+    };
+    cache.put(id, &key_entry(&key));
+    Some(key)
+}
+
+/// The head of chunk `id`'s frame in the repository — `(depth, base)` for a delta frame —
+/// and its stored length; `None` when it cannot be read (the caller reads the chunk whole).
+async fn stored_head(t: &DeltaTarget, id: &ChunkId) -> Option<(Option<(u8, ChunkId)>, u64)> {
+    let loc = t.rindex.locate(id).ok()??;
+    let range = loc.entry.range();
+    let head = range.start..range.end.min(range.start + codec::DELTA_HEADER_LEN as u64);
+    let bytes = t.repo.read_pack_range(&loc.pack, head).await.ok()?;
+    t.read_back.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let header = codec::delta_header(&bytes).ok()?;
+    Some((header.map(|h| (h.depth, h.base)), range.end - range.start))
+}
+
+/// A cached full frame's chunk, checked against `id` (`None` when it is not one).
+fn decode_full(frame: &[u8], raw_len: usize, id: &ChunkId) -> Option<Vec<u8>> {
+    codec::decode(frame, raw_len, id).ok()
 }
 
 /// Keeps delta `frame` in `best` when restoring it reads (`read`) within `budget` and it is
 /// smaller than both the full frame and what `best` holds.
 fn keep_smaller(
-    best: &mut Option<Chosen>,
+    best: &mut Option<Pick>,
     full_len: usize,
     budget: u64,
     frame: Vec<u8>,
-    read: u64,
+    chain: Chain,
 ) {
-    let smaller = frame.len() < best.as_ref().map_or(full_len, |b| b.frame.len());
-    if read <= budget && smaller {
+    let smaller = frame.len() < best.as_ref().map_or(full_len, Pick::len);
+    if chain.read <= budget && smaller {
         let saved = (full_len - frame.len()) as u64;
-        *best = Some(Chosen {
-            frame,
+        *best = Some(Pick {
+            frame: Some(frame),
             delta_saved: Some(saved),
+            chain: Some(chain),
+            full_len: full_len as u64,
         });
     }
 }
@@ -180,11 +365,34 @@ fn keep_smaller(
 /// key; with sparse updates (RL) chains reach `max_depth`.
 pub(crate) const READ_BUDGET: u64 = 2;
 
-impl Chosen {
-    fn full(frame: Vec<u8>) -> Self {
+impl Pick {
+    /// The full frame of `full_len` bytes.
+    fn full(full_len: u64) -> Self {
         Self {
-            frame,
+            frame: None,
             delta_saved: None,
+            chain: None,
+            full_len,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.frame.as_ref().map_or(self.full_len as usize, Vec::len)
+    }
+
+    /// The cache entry of chunk `id` stored this way, whose full frame is `full`.
+    fn cache_entry(&self, id: &ChunkId, len: usize, full: &[u8]) -> BaseEntry {
+        let (depth, base, key, read) = match self.chain {
+            Some(c) => (c.depth, Some(c.base), c.key, c.read),
+            None => (0, None, *id, full.len() as u64),
+        };
+        BaseEntry {
+            depth,
+            base,
+            key,
+            read,
+            len: len as u32,
+            frame: full.to_vec(),
         }
     }
 }
@@ -194,6 +402,7 @@ impl Chosen {
 pub(crate) async fn setup(
     targets: &[(Repository, bool)],
     rindexes: &[RepoIndex],
+    index: &Index,
     name: &str,
 ) -> Result<(Option<DeltaTarget>, Counterparts), OpError> {
     let ([(repo, _)], [rindex]) = (targets, rindexes) else {
@@ -208,6 +417,8 @@ pub(crate) async fn setup(
         rindex: rindex.clone(),
         params,
         rt: tokio::runtime::Handle::current(),
+        cache: index.base_cache(repo.id(), name).map(Arc::new),
+        read_back: Arc::default(),
     };
     Ok((Some(target), counterparts))
 }

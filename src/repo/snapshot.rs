@@ -102,6 +102,14 @@ impl Entry {
             _ => 0,
         }
     }
+
+    /// A file's chunks, in order (none for folders and symlinks).
+    pub fn chunks(&self) -> &[ChunkRef] {
+        match self {
+            Entry::File { chunks, .. } => chunks,
+            _ => &[],
+        }
+    }
 }
 
 impl Snapshot {
@@ -120,10 +128,7 @@ impl Snapshot {
 
     /// Every chunk the snapshot references, in order of appearance (with repeats).
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
-        self.entries.iter().flat_map(|e| match e {
-            Entry::File { chunks, .. } => chunks.as_slice(),
-            _ => &[],
-        })
+        self.entries.iter().flat_map(Entry::chunks)
     }
 
     /// True when both describe the same tree (ignores time, parent and source).

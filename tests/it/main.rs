@@ -32,6 +32,7 @@ macro_rules! per_backend {
 }
 
 mod badinput;
+mod base_cache;
 mod browser;
 mod changes;
 mod checks;
