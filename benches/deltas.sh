@@ -19,8 +19,8 @@ gen=${CARGO_TARGET_DIR:-target}/release/examples/gen_weights
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
-printf '%-9s %4s %12s %12s %7s %12s %7s %7s %8s\n' \
-  series step file_bytes delta_bytes ratio plain_bytes ratio deltas push_s
+printf '%-9s %4s %12s %12s %7s %12s %7s %7s %11s %8s\n' \
+  series step file_bytes delta_bytes ratio plain_bytes ratio deltas read_back push_s
 for series in finetune rl; do
   "$gen" --series "$series" "$work/$series" "$mib" "$steps" 1 2>/dev/null
   "$bin" --json init "file://$work/repo-$series" --deltas "$depth" >/dev/null
@@ -33,11 +33,13 @@ for series in finetune rl; do
     wall=$(python3 -c "print($(date +%s.%N) - $start)")
     sent=$(echo "$push" | field '["bytes_uploaded"]')
     ndelta=$(echo "$push" | field '["chunks_delta"]')
+    # Bytes read back from the repository to encode deltas (the local base cache spares most).
+    readb=$(echo "$push" | field '["bytes_read_for_deltas"]')
     plain=$("$bin" --index-dir "$work/idx-plain" --json push "$src" "file://$work/plain-$series" --name ckpt |
       field '["bytes_uploaded"]')
-    printf '%-9s %4d %12d %12d %7.3f %12d %7.3f %7d %8.2f\n' "$series" "$k" "$size" "$sent" \
+    printf '%-9s %4d %12d %12d %7.3f %12d %7.3f %7d %11d %8.2f\n' "$series" "$k" "$size" "$sent" \
       "$(python3 -c "print($sent / $size)")" "$plain" "$(python3 -c "print($plain / $size)")" \
-      "$ndelta" "$wall"
+      "$ndelta" "$readb" "$wall"
   done
   # Restore the first and the newest step (the newest reads up to DEPTH + 1 frames a chunk).
   snaps=$("$bin" --json snapshots "file://$work/repo-$series" |

@@ -245,10 +245,22 @@ pub fn killed_mirror_keeps_the_previous_object(backend: Backend) {
         envs.push((*var, p.url.as_str()));
     }
     let mut killed_mid_send = false;
-    for delay_ms in [400u64, 900, 1500] {
+    // A local folder: after a delay. Through the proxy: once this much has been sent (what
+    // a fixed delay cannot promise on a loaded machine), or the run ended.
+    for (delay_ms, sent_mib) in [(400u64, 1.5), (900, 3.0), (1500, 5.0)] {
         proxy.as_ref().map(Proxy::reset);
-        let running = ferry.spawn_env(&args, &envs);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let mut running = ferry.spawn_env(&args, &envs);
+        match &proxy {
+            Some(p) => {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                let want = (sent_mib * MIB as f64) as u64;
+                while p.sent() < want && !running.has_exited() && std::time::Instant::now() < until
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(delay_ms)),
+        }
         let sent_before = proxy.as_ref().map(Proxy::sent).unwrap_or(0);
         let killed = running.kill();
         let got = dest.raw.get("big.bin");
