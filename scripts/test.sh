@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, the integration binary (against file://, an S3 server
-# and Azurite, plus the dashboard in headless Chromium) and a compile of the benches. Starts the
-# storage servers and stops them on exit.
+# Runs the whole test suite: unit tests, the integration binary (against file://, an S3 server,
+# Azurite and fake-gcs-server, plus the dashboard in headless Chromium) and a compile of the
+# benches. Starts the storage servers and stops them on exit.
 # Usage: scripts/test.sh [args passed to `cargo test`, e.g. -- --nocapture]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
-//! ferry keeps ML checkpoints and datasets in sync between S3, Azure Blob and local disks,
-//! sending only what changed.
+//! ferry keeps ML checkpoints and datasets in sync between S3, Azure Blob, Google Cloud
+//! Storage and local disks, sending only what changed.
 //!
 //! Files are cut by content-defined chunking ([`chunker`]), each chunk named by its BLAKE3
 //! hash ([`ids`]), compressed ([`codec`]) and packed into pack objects in a repository

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use super::{parse_bind, parse_duration, parse_size};
 
-/// Keep ML checkpoints and datasets in sync between S3, Azure Blob and local disks,
-/// sending only what changed.
+/// Keep ML checkpoints and datasets in sync between S3, Azure Blob, Google Cloud Storage and
+/// local disks, sending only what changed.
 #[derive(Parser)]
 #[command(name = "ferry", version, about, long_about = None)]
 pub(crate) struct Cli {
@@ -29,8 +29,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Create a repository at an empty location.
     Init {
-        /// Where the repository goes: a folder, file:///path, s3://bucket/prefix or
-        /// az://container/prefix.
+        /// Where the repository goes: a folder, file:///path, s3://bucket/prefix,
+        /// az://container/prefix or gs://bucket/prefix.
         repo: String,
         /// Average chunk size (power of two, 1KiB–4MiB). Fixed for the repository's life.
         #[arg(long, value_parser = parse_size)]
@@ -46,7 +46,7 @@ pub(crate) enum Command {
     },
     /// Push a folder, file or object prefix into one or more repositories.
     Push {
-        /// What to push: a folder, a file, or an object prefix (s3://…, az://…).
+        /// What to push: a folder, a file, or an object prefix (s3://…, az://…, gs://…).
         source: String,
         /// One or more repositories (created when the location is empty); none may lie
         /// inside the source.
@@ -169,9 +169,11 @@ pub(crate) enum Command {
     /// Make DEST hold the same plain objects as SOURCE (a folder or object prefix), sending
     /// only changed parts of changed files (Azure block lists, S3 part copies).
     Mirror {
-        /// A local folder or an object prefix (s3://bucket/prefix, az://container/prefix).
+        /// A local folder or an object prefix (s3://bucket/prefix, az://container/prefix,
+        /// gs://bucket/prefix).
         source: String,
-        /// Where the plain objects go: s3://bucket/prefix, az://container/prefix or a folder.
+        /// Where the plain objects go: s3://bucket/prefix, az://container/prefix,
+        /// gs://bucket/prefix (whole objects) or a folder.
         dest: String,
         /// Also remove objects under DEST that SOURCE no longer has.
         #[arg(long)]

@@ -370,3 +370,28 @@ merge = true
         "{e}"
     );
 }
+
+#[test]
+fn gcs_urls_are_accepted_where_any_store_url_is() {
+    let text = MINIMAL
+        .replace(
+            "source = \"data/ckpt\"",
+            "source = \"gs://train-runs/ckpt\"",
+        )
+        .replace(
+            "targets = [\"file:///repo\"]",
+            "targets = [\"gs://models_eu/llama\", \"s3://models/llama\"]",
+        )
+        .replace("watch = true", "every = \"1h\"");
+    let c = load(&text).unwrap();
+    let job = c.job("ckpt").unwrap();
+    assert_eq!(job.kind.source_url().to_string(), "gs://train-runs/ckpt");
+    assert_eq!(job.targets[0].url.to_string(), "gs://models_eu/llama");
+
+    let bad = MINIMAL.replace("file:///repo", "gs://Not_A_Bucket/x");
+    let e = error(&bad);
+    assert!(
+        e.contains("jobs[0].targets[0]") && e.contains("GCS bucket names"),
+        "{e}"
+    );
+}

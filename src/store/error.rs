@@ -8,7 +8,7 @@ use super::delta::NativeError;
 use super::fault::Injected;
 use super::options::OptionsError;
 use super::url::UrlError;
-use super::{azure, s3, StoreUrl};
+use super::{azure, gcs, s3, StoreUrl};
 use crate::error::{first_line, Transience};
 
 /// Errors from opening or using a store. Messages name the object and, where known, the fix.
@@ -227,6 +227,7 @@ pub(crate) fn hint(
     let h = match url {
         StoreUrl::S3 { bucket, .. } => s3::hint(bucket, endpoint, err, summary),
         StoreUrl::Azure { container, .. } => azure::hint(container, endpoint, err, summary),
+        StoreUrl::Gcs { bucket, .. } => gcs::hint(bucket, endpoint, err, summary),
         StoreUrl::Local(_) | StoreUrl::Memory { .. } => None,
     };
     h.map(|h| format!(" ({h})")).unwrap_or_default()

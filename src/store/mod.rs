@@ -1,7 +1,8 @@
-//! Stores by URL: parses `file://`, `s3://`, `az://` and `memory://` URLs and opens them as
-//! a [`Store`]: an `Arc<dyn ObjectStore>` for the data plane and, for clouds with one, a
-//! native [`DeltaStore`] for delta writes. Only this module knows which cloud a store is:
-//! one module per backend (`local`, [`s3`], [`azure`]) owns its settings, its clients and
+//! Stores by URL: parses `file://`, `s3://`, `az://`, `gs://` and `memory://` URLs and opens
+//! them as a [`Store`]: an `Arc<dyn ObjectStore>` for the data plane and, for clouds with one,
+//! a native [`DeltaStore`] for delta writes (S3, Azure; not GCS, whose compose joins whole
+//! objects only). Only this module knows which cloud a store is:
+//! one module per backend (`local`, [`s3`], [`azure`], [`gcs`]) owns its settings, its clients and
 //! its error hints; [`StoreOptions`] (retries, timeouts, faults) is resolved once by the
 //! caller and passed to all of them.
 //!
@@ -13,6 +14,7 @@ pub mod azure;
 pub mod delta;
 mod error;
 pub mod fault;
+pub mod gcs;
 pub(crate) mod key;
 mod local;
 pub mod options;
@@ -97,6 +99,7 @@ impl Store {
             StoreUrl::Memory { name, prefix } => local::open_memory(name, prefix),
             StoreUrl::S3 { bucket, prefix } => s3::open(url, bucket, prefix, options)?,
             StoreUrl::Azure { container, prefix } => azure::open(url, container, prefix, options)?,
+            StoreUrl::Gcs { bucket, prefix } => gcs::open(url, bucket, prefix, options)?,
         };
         Ok(Self::assemble(url, backend, options))
     }
@@ -134,7 +137,7 @@ impl Store {
     }
 
     /// The native client for delta writes ([`DeltaStore`]), or `None` for stores without one
-    /// (local folders, memory), which are written whole. Under `FERRY_FAULTS` its calls see
+    /// (local folders, memory, GCS), which are written whole. Under `FERRY_FAULTS` its calls see
     /// injected faults too.
     pub fn delta(&self) -> Result<Option<Arc<dyn DeltaStore>>, StoreError> {
         let Some(open) = &self.delta else {

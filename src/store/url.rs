@@ -1,4 +1,5 @@
-//! `StoreUrl`: the parsed form of `file://`, plain paths, `s3://`, `az://` and `memory://`.
+//! `StoreUrl`: the parsed form of `file://`, plain paths, `s3://`, `az://`, `gs://` and
+//! `memory://`.
 
 use std::fmt;
 use std::path::{Component, PathBuf};
@@ -21,6 +22,13 @@ pub enum StoreUrl {
         /// The container name.
         container: String,
         /// Key prefix, without leading or trailing `/`; empty for the whole container.
+        prefix: String,
+    },
+    /// A Google Cloud Storage bucket, or a prefix in it.
+    Gcs {
+        /// The bucket name.
+        bucket: String,
+        /// Key prefix, without leading or trailing `/`; empty for the whole bucket.
         prefix: String,
     },
     /// Process-local in-memory store, for tests.
@@ -86,7 +94,7 @@ impl FromStr for StoreUrl {
                 }
                 local(rest).map_err(|e| err(&format!("cannot resolve a relative path: {e}")))
             }
-            "s3" | "az" | "azure" | "memory" => {
+            "s3" | "az" | "azure" | "gs" | "memory" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let prefix = prefix.trim_matches('/').to_string();
                 if bucket.is_empty() {
@@ -106,6 +114,12 @@ impl FromStr for StoreUrl {
                         }
                         StoreUrl::S3 { bucket, prefix }
                     }
+                    "gs" => {
+                        if !valid_gcs_bucket(&bucket) {
+                            return Err(err(GCS_BUCKET_RULE));
+                        }
+                        StoreUrl::Gcs { bucket, prefix }
+                    }
                     "memory" => StoreUrl::Memory { name: bucket, prefix },
                     _ => {
                         if !valid_bucket(&bucket) || bucket.contains('.') {
@@ -119,7 +133,7 @@ impl FromStr for StoreUrl {
                 })
             }
             other => Err(err(&format!(
-                "unsupported scheme {other:?}: use file:///path, s3://bucket/prefix or az://container/prefix"
+                "unsupported scheme {other:?}: use file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
             ))),
         }
     }
@@ -145,6 +159,24 @@ fn redact(url: &str) -> String {
         }
         None => url.to_string(),
     }
+}
+
+/// What a GCS bucket name may be, for the error that refuses one.
+const GCS_BUCKET_RULE: &str = "GCS bucket names use 3-63 lowercase letters, digits, '-', '_' and '.' (up to 222 with dots, 63 between them), start and end with a letter or digit, and do not start with \"goog\"";
+
+/// Google's bucket naming rules (what a bucket can be created with).
+fn valid_gcs_bucket(b: &str) -> bool {
+    let max = if b.contains('.') { 222 } else { 63 };
+    let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=max).contains(&b.len())
+        && b.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
+        && edge(b.bytes().next())
+        && edge(b.bytes().last())
+        && b.split('.')
+            .all(|part| !part.is_empty() && part.len() <= 63)
+        && !b.starts_with("goog")
 }
 
 fn valid_bucket(b: &str) -> bool {
@@ -182,6 +214,7 @@ impl fmt::Display for StoreUrl {
             StoreUrl::Local(p) => return write!(f, "file://{}", p.display()),
             StoreUrl::S3 { bucket, prefix } => ("s3", bucket, prefix),
             StoreUrl::Azure { container, prefix } => ("az", container, prefix),
+            StoreUrl::Gcs { bucket, prefix } => ("gs", bucket, prefix),
             StoreUrl::Memory { name, prefix } => ("memory", name, prefix),
         };
         if prefix.is_empty() {
@@ -211,6 +244,17 @@ mod tests {
                 container: "ckpt".into(),
                 prefix: "".into()
             }
+        );
+        assert_eq!(
+            "gs://ckpt_runs/llama/".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Gcs {
+                bucket: "ckpt_runs".into(),
+                prefix: "llama".into()
+            }
+        );
+        assert_eq!(
+            "gs://a.b-c/x/y".parse::<StoreUrl>().unwrap().to_string(),
+            "gs://a.b-c/x/y"
         );
         assert_eq!(
             "file:///tmp/a/../b".parse::<StoreUrl>().unwrap(),
@@ -264,7 +308,7 @@ mod tests {
         /// is refused and never echoed.
         #[test]
         fn no_secret_after_a_query_or_fragment_is_echoed(
-            scheme in proptest::sample::select(vec!["s3", "az", "azure", "memory", "file"]),
+            scheme in proptest::sample::select(vec!["s3", "az", "azure", "gs", "memory", "file"]),
             path in "[a-z0-9/._-]{0,20}",
             mark in proptest::sample::select(vec!['?', '#']),
             secret in "[A-Za-z0-9%=&+/]{8,40}",
@@ -283,6 +327,11 @@ mod tests {
             ("s3:///x", "missing"),
             ("s3://Bad_Bucket/x", "bucket names"),
             ("az://c.with.dots/x", "container names"),
+            ("gs://Bad/x", "GCS bucket names"),
+            ("gs://-dash/x", "GCS bucket names"),
+            ("gs://google-x/x", "GCS bucket names"),
+            ("gs://ab/x", "GCS bucket names"),
+            ("gs://a..b/x", "GCS bucket names"),
             ("s3://bucket/a/../b", "'..'"),
             ("file://relative", "absolute"),
         ] {

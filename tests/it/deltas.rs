@@ -452,8 +452,14 @@ pub fn killed_delta_push_resumes(backend: Backend) {
     let src = ctx.dir("step-2");
     write_step(&src, 2);
     let args = ["push", s(&src), &repo.url, "--name", "ckpt"];
-    // Slow every store call down so the push is surely killed half-way.
-    let mut push = ferry.spawn_env(&args, &[("FERRY_FAULTS", "rate=0,latency_ms=150")]);
+    // Slow every store call down so the push is surely killed half-way (GCS more: its emulator
+    // answers faster than moto and Azurite, and the look at the index takes as long).
+    let faults = if backend == Backend::Gcs {
+        "rate=0,latency_ms=400"
+    } else {
+        "rate=0,latency_ms=150"
+    };
+    let mut push = ferry.spawn_env(&args, &[("FERRY_FAULTS", faults)]);
     let mut landed = false;
     while !push.has_exited() {
         if indexes(&repo.raw) > before {

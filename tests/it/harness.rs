@@ -19,12 +19,15 @@ pub enum Backend {
     File,
     S3,
     Azure,
+    Gcs,
 }
 
-/// The bucket (S3) and container (Azure) that `scripts/test-servers.sh` creates.
+/// The bucket (S3, GCS) and container (Azure) that `scripts/test-servers.sh` creates.
 const BUCKET: &str = "ferry-test";
 pub const S3_ENDPOINT_VAR: &str = "FERRY_TEST_S3_ENDPOINT";
 pub const AZURITE_URL_VAR: &str = "FERRY_TEST_AZURITE_URL";
+/// fake-gcs-server behind `scripts/gcs_server.py`.
+pub const GCS_URL_VAR: &str = "FERRY_TEST_GCS_URL";
 const REQUIRE_SERVERS_VAR: &str = "FERRY_REQUIRE_SERVERS";
 
 pub fn server_url(var: &str) -> Option<String> {
@@ -37,8 +40,22 @@ impl Backend {
             Backend::File => None,
             Backend::S3 => Some(S3_ENDPOINT_VAR),
             Backend::Azure => Some(AZURITE_URL_VAR),
+            Backend::Gcs => Some(GCS_URL_VAR),
         }
     }
+}
+
+/// The service account object_store's GCS client reads for an emulator at `url`: no OAuth,
+/// requests to `url` (`GOOGLE_SERVICE_ACCOUNT_KEY`).
+pub fn gcs_account_key(url: &str) -> String {
+    serde_json::json!({
+        "private_key": "",
+        "private_key_id": "",
+        "client_email": "",
+        "disable_oauth": true,
+        "gcs_base_url": url,
+    })
+    .to_string()
 }
 
 /// Unique across the whole test process, for names of dirs and object prefixes.
@@ -123,14 +140,14 @@ impl Ctx {
                     raw: RawStore::Dir(dir),
                 }
             }
-            Backend::S3 | Backend::Azure => {
+            Backend::S3 | Backend::Azure | Backend::Gcs => {
                 let var = backend.server_var().expect("server backend");
                 let endpoint = server_url(var).expect("checked in Ctx::new");
                 let prefix = prefix();
-                let (scheme, kind) = if backend == Backend::S3 {
-                    ("s3", "s3")
-                } else {
-                    ("az", "az")
+                let (scheme, kind) = match backend {
+                    Backend::S3 => ("s3", "s3"),
+                    Backend::Gcs => ("gs", "gs"),
+                    _ => ("az", "az"),
                 };
                 Location {
                     url: format!("{scheme}://{BUCKET}/{prefix}"),

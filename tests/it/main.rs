@@ -1,13 +1,15 @@
 //! The one integration test binary: every scenario drives the real `ferry` binary, and most run
-//! once per backend — a `file://` repository, S3 (moto) and Azure Blob (Azurite).
+//! once per backend — a `file://` repository, S3 (moto), Azure Blob (Azurite) and GCS
+//! (fake-gcs-server behind `scripts/gcs_server.py`).
 //!
-//! Server-backed tests read `FERRY_TEST_S3_ENDPOINT` / `FERRY_TEST_AZURITE_URL`; without them
+//! Server-backed tests read `FERRY_TEST_S3_ENDPOINT` / `FERRY_TEST_AZURITE_URL` /
+//! `FERRY_TEST_GCS_URL`; without them
 //! they are skipped, unless `FERRY_REQUIRE_SERVERS=1` (set by `scripts/test.sh`) makes that a
 //! failure. Run a single backend with e.g. `cargo test --test it -- ::s3`; set
 //! `FERRY_TEST_KEEP=1` to keep a failing test's temp dir (sources, restores, file repos).
 
 /// For each scenario `fn name(Backend)` in the invoking module, a module `name` with one
-/// `#[test]` per backend: `name::file`, `name::s3`, `name::azure`.
+/// `#[test]` per backend: `name::file`, `name::s3`, `name::azure`, `name::gcs`.
 macro_rules! per_backend {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -26,6 +28,11 @@ macro_rules! per_backend {
             #[test]
             fn azure() {
                 super::$scenario(Backend::Azure);
+            }
+
+            #[test]
+            fn gcs() {
+                super::$scenario(Backend::Gcs);
             }
         }
     )*};
@@ -47,6 +54,7 @@ mod edges;
 mod errors;
 mod faults;
 mod gc;
+mod gcs;
 mod harness;
 mod hostile;
 mod http;

@@ -33,6 +33,7 @@ fn upstream(backend: Backend) -> Option<(&'static str, String)> {
             "AZURITE_BLOB_STORAGE_URL",
             server_url("FERRY_TEST_AZURITE_URL")?,
         )),
+        Backend::Gcs => Some(("GOOGLE_BASE_URL", server_url("FERRY_TEST_GCS_URL")?)),
     }
 }
 

@@ -45,7 +45,7 @@ impl Object {
 /// Direct access to a location's objects, not through ferry.
 pub enum RawStore {
     Dir(PathBuf),
-    /// S3 (moto) or Azure Blob (Azurite), reached through `rawstore.py`.
+    /// S3 (moto), Azure Blob (Azurite) or GCS (fake-gcs-server), reached through `rawstore.py`.
     Server {
         kind: &'static str,
         endpoint: String,

@@ -2,9 +2,10 @@
 
 The tests use it to look inside a repository on the test servers: list packs, damage one,
 plant a foreign object. S3 requests are SigV4-signed with the tests' dummy keys; Azurite needs a SharedKey signature
-made with the emulator's well-known development key.
+made with the emulator's well-known development key; fake-gcs-server is reached through its
+JSON API (unsigned), not the XML API ferry's client uses, which scripts/gcs_server.py serves.
 
-Usage: python3 -c "$(cat rawstore.py)" s3|az BASE_URL BUCKET OPERATION ARGS, where OPERATION is
+Usage: python3 -c "$(cat rawstore.py)" s3|az|gs BASE_URL BUCKET OPERATION ARGS, where OPERATION is
   list PREFIX    prints one "SIZE KEY" line per object under PREFIX
   get KEY        writes the object's bytes to stdout
   put KEY FILE   replaces the object with the bytes of FILE
@@ -19,6 +20,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import json
 import re
 import sys
 import time
@@ -117,6 +119,29 @@ def s3_request(method, base, bucket, key, query, body=b"", meta=None):
         return resp.read()
 
 
+def gs_request(method, base, bucket, key, query, body=b"", meta=None):
+    """A request to fake-gcs-server's JSON API; returns the response body."""
+    name = urllib.parse.quote(key, safe="")
+    headers = {}
+    if method == "PUT":
+        # A multipart upload: the object's metadata, then its bytes.
+        method, boundary = "POST", "ferry-rawstore-boundary"
+        url = f"{base}/upload/storage/v1/b/{bucket}/o?uploadType=multipart"
+        head = json.dumps({"name": key, "metadata": meta or {}})
+        body = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n{head}\r\n"
+                f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + \
+            body + f"\r\n--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/related; boundary={boundary}"
+    elif key:
+        url = f"{base}/storage/v1/b/{bucket}/o/{name}" + ("?alt=media" if method == "GET" else "")
+    else:
+        url = f"{base}/storage/v1/b/{bucket}/o?" + urllib.parse.urlencode(query)
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
+                                 headers=headers)
+    with urllib.request.urlopen(req) as resp:
+        return resp.read()
+
+
 def list_objects(kind, base, bucket, prefix):
     out, marker = [], None
     while True:
@@ -128,6 +153,14 @@ def list_objects(kind, base, bucket, prefix):
             for item in root.iter(f"{S3_NS}Contents"):
                 out.append((int(item.find(f"{S3_NS}Size").text), item.find(f"{S3_NS}Key").text))
             marker = root.findtext(f"{S3_NS}NextContinuationToken")
+        elif kind == "gs":
+            query = {"prefix": prefix}
+            if marker:
+                query["pageToken"] = marker
+            page = json.loads(gs_request("GET", base, bucket, "", query))
+            for item in page.get("items", []):
+                out.append((int(item["size"]), item["name"]))
+            marker = page.get("nextPageToken")
         else:
             query = {"restype": "container", "comp": "list", "prefix": prefix}
             if marker:
@@ -144,7 +177,7 @@ def list_objects(kind, base, bucket, prefix):
 def main():
     kind, base, bucket, op = sys.argv[1:5]
     arg = sys.argv[5] if len(sys.argv) > 5 else ""
-    request = s3_request if kind == "s3" else az_request
+    request = {"s3": s3_request, "gs": gs_request}.get(kind, az_request)
     try:
         if op == "list":
             for size, key in list_objects(kind, base, bucket, arg):
@@ -166,7 +199,7 @@ def main():
                 body = request("GET", base, bucket, key, {})
                 sys.stdout.buffer.write(f"{len(body)}\n".encode() + body)
         elif op == "forge":
-            name = "ferry-blake3" if kind == "s3" else "ferry_blake3"
+            name = "ferry_blake3" if kind == "az" else "ferry-blake3"
             with open(sys.argv[6], "rb") as f:
                 request("PUT", base, bucket, arg, {}, f.read(), meta={name: sys.argv[7]})
         elif op == "uploads":

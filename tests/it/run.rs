@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{next_id, server_url, AZURITE_URL_VAR, S3_ENDPOINT_VAR};
+use crate::harness::{
+    gcs_account_key, next_id, server_url, AZURITE_URL_VAR, GCS_URL_VAR, S3_ENDPOINT_VAR,
+};
 
 /// No single ferry command in these tests should come near this; hitting it means a hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -62,6 +64,9 @@ impl Ferry {
         }
         if let Some(url) = server_url(AZURITE_URL_VAR) {
             cmd.env("AZURITE_BLOB_STORAGE_URL", url);
+        }
+        if let Some(url) = server_url(GCS_URL_VAR) {
+            cmd.env("GOOGLE_SERVICE_ACCOUNT_KEY", gcs_account_key(&url));
         }
         cmd
     }
