@@ -31,6 +31,7 @@ macro_rules! per_backend {
     )*};
 }
 
+mod aws_profiles;
 mod badinput;
 mod browser;
 mod changes;
