@@ -126,7 +126,8 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // aws-config warns about profile files it skips; ferry's own error says what failed.
+        0 => "warn,aws_config=error,aws_runtime=error",
         1 => "info,ferry=info",
         _ => "info,ferry=debug",
     };

@@ -178,7 +178,10 @@ impl Store {
 
     fn op_error(&self, op: &'static str, path: &Path, source: object_store::Error) -> StoreError {
         let mut summary = summarize(&source);
-        if summary.contains(s3::NO_AWS_CREDENTIALS) {
+        if let Some(message) = s3::chain_failure(&source) {
+            // The AWS credential chain's one line names the profile, its files and the fix.
+            summary = message;
+        } else if summary.contains(s3::NO_AWS_CREDENTIALS) {
             // Explained by `watch`: the hint says what to set.
             summary = s3::NO_AWS_CREDENTIALS.into();
         }

@@ -38,6 +38,7 @@ macro_rules! per_backend {
     )*};
 }
 
+mod aws_profiles;
 mod badinput;
 mod base_cache;
 mod browser;

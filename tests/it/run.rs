@@ -96,6 +96,17 @@ impl Ferry {
         self.spawn_command(cmd).wait()
     }
 
+    /// Runs `ferry --index-dir DIR --json ARGS...` with the variables `remove` taken out of
+    /// its environment and `envs` added.
+    pub fn run_without(&self, args: &[&str], remove: &[&str], envs: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for var in remove {
+            cmd.env_remove(var);
+        }
+        cmd.envs(envs.iter().copied());
+        self.spawn_command(cmd).wait()
+    }
+
     fn spawn_command(&self, mut cmd: Command) -> Running {
         let cmdline = std::iter::once("ferry".into())
             .chain(cmd.get_args().map(|a| a.to_string_lossy()))

@@ -2,9 +2,9 @@
 //! of the current object (pinned by `x-amz-copy-source-if-match`) and `UploadPart` of new
 //! bytes, made visible at once by `CompleteMultipartUpload` (the calls: `write.rs`).
 //!
-//! The client is `aws-sdk-s3` without `aws-config`, made from the backend's [`S3Settings`]:
-//! endpoint, region, addressing style, timeouts and the credential provider are those of the
-//! `object_store` client, and its retries are the store's [`RetryPolicy`], so native writes
+//! The client is `aws-sdk-s3` configured by hand, made from the backend's [`S3Settings`]:
+//! endpoint, region, addressing style, timeouts and the credential provider (explicit keys or
+//! the AWS CLI's chain, `super::credentials`) are those of the `object_store` client, and its retries are the store's [`RetryPolicy`], so native writes
 //! and ferry's data plane read exactly the same environment.
 
 use std::time::Duration;
@@ -154,8 +154,8 @@ impl S3Delta {
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
-            // The credential chain (env keys, session token, web identity, ECS/EKS, IMDS) is
-            // object_store's; it caches and refreshes on its own.
+            // The object_store client's provider (explicit keys, or the AWS CLI's chain); it
+            // caches and refreshes on its own.
             .credentials_provider(ObjectStoreCredentials(credentials))
             .identity_cache(IdentityCache::no_cache())
             .force_path_style(!virtual_hosted)

@@ -1,7 +1,9 @@
 //! The S3 backend: its settings (`AmazonS3Builder::from_env()` plus ferry's retry policy and
 //! timeouts, built once), the `object_store` client made from them, and the native
-//! [`S3Delta`] made from the same settings and the same credential provider.
+//! [`S3Delta`] made from the same settings and the same credential provider: explicit keys
+//! from the environment, or else the AWS CLI's credential chain ([`credentials`]).
 
+mod credentials;
 mod delta;
 #[cfg(test)]
 mod tests;
@@ -12,6 +14,8 @@ use std::sync::Arc;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvider};
 use object_store::ObjectStore;
 
+pub(crate) use self::credentials::chain_failure;
+use self::credentials::{AwsChain, ChainEnv};
 pub use self::delta::{S3Delta, SettingsError};
 use super::delta::{DeltaStore, NativeError};
 use super::error::{is_connect_error, is_timeout, summarize};
@@ -30,12 +34,30 @@ pub struct S3Settings {
 }
 
 impl S3Settings {
-    /// The settings for `s3://bucket/prefix` from the `AWS_*` variables. Makes no request.
+    /// The settings for `s3://bucket/prefix` from the `AWS_*` variables: with
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (or `AWS_SKIP_SIGNATURE`) as
+    /// object_store reads them, otherwise with the AWS CLI's credential chain, the region
+    /// falling back to the profile's. Makes no request.
     pub fn from_env(bucket: &str, prefix: &str, options: &StoreOptions) -> Result<Self, S3Error> {
-        check_aws_credentials()?;
+        let chain_env = ChainEnv::from_env();
+        check_aws_credentials(&chain_env)?;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
         for (key, value) in options.timeouts.unset_in_env("AWS_") {
             builder = builder.with_config(AmazonS3ConfigKey::Client(key), value);
+        }
+        if !has_explicit_credentials() {
+            if builder
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .is_none()
+            {
+                if let Some(region) = chain_env.profile_region() {
+                    builder = builder.with_region(region);
+                }
+            }
+            let region = builder
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .unwrap_or_else(|| "us-east-1".into());
+            builder = builder.with_credentials(AwsChain::shared(region, chain_env));
         }
         Ok(Self::from_builder(builder, prefix, options))
     }
@@ -151,37 +173,48 @@ impl S3Settings {
     }
 }
 
+/// True when the keys (or `AWS_SKIP_SIGNATURE`) are in the environment: object_store's own
+/// `from_env` path, which wins over the credential chain.
+fn has_explicit_credentials() -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY")) || set("AWS_SKIP_SIGNATURE")
+}
+
 /// True when the environment names a source of AWS credentials other than the instance
 /// metadata service.
-fn has_aws_credential_source() -> bool {
+fn has_aws_credential_source(chain: &ChainEnv) -> bool {
     let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-    (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+    has_explicit_credentials()
         || set("AWS_WEB_IDENTITY_TOKEN_FILE")
         || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-        || set("AWS_SKIP_SIGNATURE")
+        || chain.has_profile()
 }
 
-/// True when `e` is a failure to fetch credentials while the environment names none.
+/// True when `e` is a failure to fetch credentials while the environment names none (the
+/// credential chain's own failures already say so).
 pub(crate) fn lacks_aws_credentials(e: &object_store::Error) -> bool {
-    !has_aws_credential_source() && is_credential_error(&summarize(e))
+    chain_failure(e).is_none()
+        && !has_aws_credential_source(&ChainEnv::from_env())
+        && is_credential_error(&summarize(e))
 }
 
 /// What to set when no AWS credentials were found.
 pub(crate) const NO_AWS_CREDENTIALS: &str = "no AWS credentials found";
 /// How to give ferry AWS credentials.
-pub(crate) const AWS_CREDENTIALS_FIX: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; ferry reads no ~/.aws profiles (AWS_PROFILE): export a profile's keys with `eval \"$(aws configure export-credentials --format env)\"`; set AWS_ENDPOINT for a non-AWS server";
+pub(crate) const AWS_CREDENTIALS_FIX: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), or name a profile of ~/.aws/config with AWS_PROFILE (AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE move the files; `aws sso login` first for SSO), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; set AWS_ENDPOINT for a non-AWS server";
 
-/// Refuses to go on without credentials when the instance metadata service is switched off,
-/// rather than failing later with an opaque signing error.
-fn check_aws_credentials() -> Result<(), S3Error> {
+/// Refuses to go on without credentials when the instance metadata service is switched off
+/// and nothing else could provide them, rather than failing later with an opaque signing
+/// error.
+fn check_aws_credentials(chain: &ChainEnv) -> Result<(), S3Error> {
     let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     let imds_off =
         std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     if set("AWS_ACCESS_KEY_ID") != set("AWS_SECRET_ACCESS_KEY") {
         return Err(S3Error::HalfAKey);
     }
-    if !has_aws_credential_source() && imds_off {
+    if !has_aws_credential_source(chain) && imds_off {
         return Err(S3Error::NoCredentials);
     }
     Ok(())
@@ -208,10 +241,12 @@ pub(crate) fn hint(
 ) -> Option<String> {
     use object_store::Error as E;
     let h = match err {
-        // Without credentials in the environment, object_store asks the instance metadata
-        // service; off EC2 that fails with an answer that names no variable.
+        // The credential chain's message already says what to do.
+        _ if chain_failure(err).is_some() => return None,
+        // Without credentials in the environment, the instance metadata service is asked;
+        // off EC2 that fails with an answer that names no variable.
         _ if summary == NO_AWS_CREDENTIALS => AWS_CREDENTIALS_FIX.into(),
-        _ if !has_aws_credential_source() && is_credential_error(summary) => {
+        _ if !has_aws_credential_source(&ChainEnv::from_env()) && is_credential_error(summary) => {
             format!("{NO_AWS_CREDENTIALS}: {AWS_CREDENTIALS_FIX}")
         }
         _ if summary.contains("NoSuchBucket") => {
