@@ -33,6 +33,7 @@ macro_rules! per_backend {
 
 mod badinput;
 mod browser;
+mod bwlimit;
 mod changes;
 mod checks;
 mod concurrent;

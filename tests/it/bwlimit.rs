@@ -1,0 +1,188 @@
+//! `--bwlimit`: through the counting proxy in front of moto or Azurite, a push's uploads and
+//! a restore's downloads run at the limit (within 10 %) over several seconds, and the other
+//! direction of an `UP:DOWN` limit is left alone.
+
+use std::time::{Duration, Instant};
+
+use crate::data;
+use crate::harness::{s, server_url, Backend, Ctx, AZURITE_URL_VAR, S3_ENDPOINT_VAR};
+use crate::proxy::Proxy;
+use crate::raw::Location;
+use crate::run::{Ferry, Run};
+
+const MIB: u64 = 1 << 20;
+/// The limit the tests set: 20 MiB at 4 MiB/s is about five seconds.
+const RATE: u64 = 4 * MIB;
+const DATA: usize = 20 << 20;
+
+/// The variable naming the backend's endpoint, and the test server's URL.
+fn upstream(backend: Backend) -> Option<(&'static str, String)> {
+    match backend {
+        Backend::File => None,
+        Backend::S3 => Some(("AWS_ENDPOINT", server_url(S3_ENDPOINT_VAR)?)),
+        Backend::Azure => Some(("AZURITE_BLOB_STORAGE_URL", server_url(AZURITE_URL_VAR)?)),
+    }
+}
+
+/// Runs ferry through `proxy`, sampling `count(proxy)` every 10 ms; returns the run and the
+/// rate (bytes per second) from the last sample before the transfer began (under 2 % of the
+/// final count: only the small reads that come first) to the process's exit. The exit, not
+/// the last byte the proxy saw: the socket buffers between the proxy and ferry hold up to a
+/// few MiB that ferry has not read yet, so the proxy's count runs ahead of ferry by that
+/// much; by the exit ferry has read (or the server has taken) every byte. So the rate is
+/// never overstated (the work after the last byte only lowers it).
+fn measured(
+    ferry: &Ferry,
+    args: &[&str],
+    var: &str,
+    proxy: &Proxy,
+    count: fn(&Proxy) -> u64,
+) -> (Run, f64) {
+    proxy.reset();
+    let mut running = ferry.spawn_env(args, &[(var, &proxy.url)]);
+    let start = Instant::now();
+    let mut samples = vec![(0.0, 0u64)];
+    while !running.has_exited() {
+        std::thread::sleep(Duration::from_millis(10));
+        samples.push((start.elapsed().as_secs_f64(), count(proxy)));
+    }
+    let end = start.elapsed().as_secs_f64();
+    let run = running.wait();
+    let total = count(proxy);
+    let (t0, n0) = *samples
+        .iter()
+        .take_while(|(_, n)| *n * 50 < total)
+        .last()
+        .expect("the first sample counts nothing");
+    (run, (total - n0) as f64 / (end - t0))
+}
+
+fn assert_near_limit(rate: f64, what: &str) {
+    let share = rate / RATE as f64;
+    eprintln!("{what}: {:.3} MiB/s", rate / MIB as f64);
+    assert!(
+        (0.9..=1.1).contains(&share),
+        "{what} ran at {:.2} MiB/s, {:.0} % of the 4 MiB/s limit",
+        rate / MIB as f64,
+        share * 100.0
+    );
+}
+
+/// A 20 MiB checkpoint and a repository with packs of `pack_size`: small ones make the
+/// transfer many requests, as a real push of a large checkpoint is. A push has two packs in
+/// flight, so a pack of 2 MiB (half a second at the limit) hides a slow answer from the
+/// server under load.
+fn setup(ctx: &Ctx, backend: Backend, pack_size: &str) -> (std::path::PathBuf, Location) {
+    let src = ctx.dir("src");
+    data::write_file(&src, "model.bin", &data::random_bytes(77, DATA / 2));
+    data::write_file(&src, "optim.bin", &data::random_bytes(78, DATA / 2));
+    let repo = ctx.location(backend);
+    ctx.ferry().json(&[
+        "init",
+        &repo.url,
+        "--chunk-avg",
+        "256KiB",
+        "--pack-size",
+        pack_size,
+    ]);
+    (src, repo)
+}
+
+/// Push with `--bwlimit 4MiB/s:off`: what the client sends runs at 4 MiB/s; then a restore
+/// under the same flag (downloads off) is not slowed down.
+pub fn upload_is_paced(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let (var, url) = upstream(backend).expect("a server backend");
+    let proxy = Proxy::start(&url, None);
+    let (src, location) = setup(&ctx, backend, "2MiB");
+    let repo = location.url.clone();
+    let ferry = ctx.ferry();
+    let args = [
+        "push",
+        s(&src),
+        &repo,
+        "--name",
+        "m",
+        "--bwlimit",
+        "4MiB/s:off",
+    ];
+    let (run, rate) = measured(&ferry, &args, var, &proxy, Proxy::sent);
+    run.json();
+    assert!(proxy.sent() >= DATA as u64, "sent {}", proxy.sent());
+    assert_near_limit(rate, "the push's upload");
+
+    let dest = ctx.path("restore");
+    let args = ["restore", &repo, "m", s(&dest), "--bwlimit", "4MiB/s:off"];
+    let started = Instant::now();
+    ferry.run_env(&args, &[(var, &proxy.url)]).json();
+    let took = started.elapsed().as_secs_f64();
+    eprintln!("restore with downloads off: {took:.2}s");
+    assert!(took < 3.0, "a restore with downloads off took {took:.1}s");
+    data::assert_same_tree(&src, &dest);
+}
+
+/// Restore with `--bwlimit off:4MiB/s`: what the server sends back runs at 4 MiB/s, and the
+/// restored tree is byte-identical.
+pub fn download_is_paced(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let (var, url) = upstream(backend).expect("a server backend");
+    let proxy = Proxy::start(&url, None);
+    let (src, location) = setup(&ctx, backend, "1MiB");
+    let repo = location.url.clone();
+    let ferry = ctx.ferry();
+    ferry.json(&["push", s(&src), &repo, "--name", "m"]);
+    let dest = ctx.path("restore");
+    let args = ["restore", &repo, "m", s(&dest), "--bwlimit", "off:4MiB/s"];
+    let (run, rate) = measured(&ferry, &args, var, &proxy, Proxy::received);
+    run.json();
+    assert!(
+        proxy.received() >= DATA as u64,
+        "received {}",
+        proxy.received()
+    );
+    assert_near_limit(rate, "the restore's download");
+    data::assert_same_tree(&src, &dest);
+}
+
+macro_rules! on_servers {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use crate::harness::Backend;
+
+            #[test]
+            fn s3() {
+                super::$scenario(Backend::S3);
+            }
+
+            #[test]
+            fn azure() {
+                super::$scenario(Backend::Azure);
+            }
+        }
+    )*};
+}
+
+on_servers!(upload_is_paced, download_is_paced);
+
+/// A limit that cannot be parsed fails before anything runs, naming the value and the form.
+#[test]
+fn a_bad_limit_is_a_usage_error_naming_the_form() {
+    let Some(ctx) = Ctx::new(&[]) else {
+        return;
+    };
+    let src = ctx.dir("src");
+    let repo = ctx.dir("repo");
+    let run = ctx
+        .ferry()
+        .run(&["push", s(&src), s(&repo), "--name", "m", "--bwlimit", "10"]);
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert!(
+        run.stderr.contains("invalid bandwidth limit \"10\""),
+        "{run}"
+    );
+    assert!(run.stderr.contains("e.g. 10MiB/s, 50MiB/s:off"), "{run}");
+}
