@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::daemon::write_config;
 use crate::data;
 use crate::harness::{s, server_url, Backend, Ctx, AZURITE_URL_VAR, S3_ENDPOINT_VAR};
 use crate::proxy::Proxy;
@@ -24,20 +25,61 @@ fn upstream(backend: Backend) -> Option<(&'static str, String)> {
     }
 }
 
-/// Runs ferry through `proxy`, sampling `count(proxy)` every 10 ms; returns the run and the
-/// rate (bytes per second) from the last sample before the transfer began (under 2 % of the
-/// final count: only the small reads that come first) to the process's exit. The exit, not
-/// the last byte the proxy saw: the socket buffers between the proxy and ferry hold up to a
-/// few MiB that ferry has not read yet, so the proxy's count runs ahead of ferry by that
-/// much; by the exit ferry has read (or the server has taken) every byte. So the rate is
-/// never overstated (the work after the last byte only lowers it).
+/// What a run through the proxy counted: (seconds since the spawn, bytes) every 10 ms, and
+/// when the process had exited.
+struct Trace {
+    samples: Vec<(f64, u64)>,
+    exit: f64,
+}
+
+impl Trace {
+    /// Uploads: the proxy counts bytes as ferry sends them (it reads them at once), so the
+    /// rate is the slope (least squares) of the count while it went from 10 % to 90 % of its
+    /// final value: the steady part, whatever the first piece paid for before it was sent.
+    fn steady_rate(&self) -> f64 {
+        let total = self.samples.last().map_or(0, |s| s.1) as f64;
+        let steady: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .map(|(t, n)| (*t, *n as f64))
+            .filter(|(_, n)| (0.1 * total..=0.9 * total).contains(n))
+            .collect();
+        assert!(steady.len() > 100, "a transfer of a second at least");
+        let len = steady.len() as f64;
+        let (mt, mn) = steady
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (t, n)| (a + t / len, b + n / len));
+        let (cov, var) = steady.iter().fold((0.0, 0.0), |(c, v), (t, n)| {
+            (c + (t - mt) * (n - mn), v + (t - mt) * (t - mt))
+        });
+        cov / var
+    }
+
+    /// Downloads: the socket buffers between the proxy and ferry hold up to a few MiB that
+    /// ferry has not read yet, so the proxy's count runs ahead of ferry. The rate is taken
+    /// from the last sample before the transfer began (under 2 % of the final count: only the
+    /// small reads that come first) to the process's exit, by which ferry has read every
+    /// byte; the work after the last byte only lowers it, so it is never overstated.
+    fn rate_to_exit(&self) -> f64 {
+        let total = self.samples.last().map_or(0, |s| s.1);
+        let (t0, n0) = *self
+            .samples
+            .iter()
+            .take_while(|(_, n)| *n * 50 < total)
+            .last()
+            .expect("the first sample counts nothing");
+        (total - n0) as f64 / (self.exit - t0)
+    }
+}
+
+/// Runs ferry through `proxy`, sampling `count(proxy)` every 10 ms.
 fn measured(
     ferry: &Ferry,
     args: &[&str],
     var: &str,
     proxy: &Proxy,
     count: fn(&Proxy) -> u64,
-) -> (Run, f64) {
+) -> (Run, Trace) {
     proxy.reset();
     let mut running = ferry.spawn_env(args, &[(var, &proxy.url)]);
     let start = Instant::now();
@@ -46,15 +88,9 @@ fn measured(
         std::thread::sleep(Duration::from_millis(10));
         samples.push((start.elapsed().as_secs_f64(), count(proxy)));
     }
-    let end = start.elapsed().as_secs_f64();
-    let run = running.wait();
-    let total = count(proxy);
-    let (t0, n0) = *samples
-        .iter()
-        .take_while(|(_, n)| *n * 50 < total)
-        .last()
-        .expect("the first sample counts nothing");
-    (run, (total - n0) as f64 / (end - t0))
+    let exit = start.elapsed().as_secs_f64();
+    samples.push((exit, count(proxy)));
+    (running.wait(), Trace { samples, exit })
 }
 
 fn assert_near_limit(rate: f64, what: &str) {
@@ -108,8 +144,9 @@ pub fn upload_is_paced(backend: Backend) {
         "--bwlimit",
         "4MiB/s:off",
     ];
-    let (run, rate) = measured(&ferry, &args, var, &proxy, Proxy::sent);
+    let (run, trace) = measured(&ferry, &args, var, &proxy, Proxy::sent);
     run.json();
+    let rate = trace.steady_rate();
     assert!(proxy.sent() >= DATA as u64, "sent {}", proxy.sent());
     assert_near_limit(rate, "the push's upload");
 
@@ -137,8 +174,9 @@ pub fn download_is_paced(backend: Backend) {
     ferry.json(&["push", s(&src), &repo, "--name", "m"]);
     let dest = ctx.path("restore");
     let args = ["restore", &repo, "m", s(&dest), "--bwlimit", "off:4MiB/s"];
-    let (run, rate) = measured(&ferry, &args, var, &proxy, Proxy::received);
+    let (run, trace) = measured(&ferry, &args, var, &proxy, Proxy::received);
     run.json();
+    let rate = trace.rate_to_exit();
     assert!(
         proxy.received() >= DATA as u64,
         "received {}",
@@ -146,6 +184,36 @@ pub fn download_is_paced(backend: Backend) {
     );
     assert_near_limit(rate, "the restore's download");
     data::assert_same_tree(&src, &dest);
+}
+
+/// `[runner] bwlimit` in the daemon's config: `ferry sync` of a mirror job sends its 20 MiB
+/// at the limit (the daemon's stores share the config's bucket).
+pub fn the_daemon_config_limits_a_sync(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let (var, url) = upstream(backend).expect("a server backend");
+    let proxy = Proxy::start(&url, None);
+    let dest = ctx.location(backend);
+    let src = ctx.dir("src");
+    // Files of 1 MiB: each is one request, well under the 5 MiB parts of a larger file.
+    for i in 0..20 {
+        let name = format!("shard-{i:02}.bin");
+        data::write_file(&src, &name, &data::random_bytes(90 + i, DATA / 20));
+    }
+    let job = format!(
+        "[[jobs]]\nname = \"serve\"\nkind = \"mirror\"\nsource = \"{}\"\ntargets = [\"{}\"]\nevery = \"1h\"\nsettle = \"0s\"\n",
+        s(&src),
+        dest.url
+    );
+    let config = write_config(&ctx, "bwlimit = \"4MiB/s:off\"", &job);
+    let args = ["sync", "--config", s(&config)];
+    let (run, trace) = measured(&ctx.ferry(), &args, var, &proxy, Proxy::sent);
+    let report = run.json();
+    let rate = trace.steady_rate();
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(proxy.sent() >= DATA as u64, "sent {}", proxy.sent());
+    assert_near_limit(rate, "the daemon's mirror upload");
 }
 
 macro_rules! on_servers {
@@ -166,7 +234,11 @@ macro_rules! on_servers {
     )*};
 }
 
-on_servers!(upload_is_paced, download_is_paced);
+on_servers!(
+    upload_is_paced,
+    download_is_paced,
+    the_daemon_config_limits_a_sync
+);
 
 /// A limit that cannot be parsed fails before anything runs, naming the value and the form.
 #[test]

@@ -1,7 +1,10 @@
 //! A token bucket for one direction of traffic, shared by every transfer of the process.
-//! Our own (~50 lines) rather than `governor`, whose rate limiter counts cells per quota and
-//! pulls in `quanta`, `dashmap`-style state and a clock layer we do not need: here the rate
-//! changes at run time (the daemon's timetable) and a request may be larger than the burst.
+//! Our own (~60 lines) rather than `governor`: its quota is fixed when the limiter is made
+//! (the daemon's timetable changes the rate at run time), `until_n_ready` refuses a request
+//! larger than the burst (`InsufficientCapacity`; a pack put is tens of MiB, the burst a tenth
+//! of a second's worth), cells are `u32`, and it waits on `futures-timer` rather than tokio's
+//! timer, which the tests pause; it would also add `quanta`, `futures-timer` and more to the
+//! build.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -10,18 +13,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Longest single nap of a waiting transfer: it then looks again, so a rate switched off or
-/// raised takes effect within this long.
+/// changed takes effect within this long.
 const MAX_NAP: Duration = Duration::from_millis(200);
 
 /// Burst: the bucket holds at most this share of one second's rate, so traffic stays smooth.
 const BURST_SHARE: f64 = 0.1;
 
-/// Bytes per second (0: no limit) and the tokens left. A transfer may start while the balance
-/// is not negative and then owes its bytes: a request larger than the burst still passes,
-/// and the next one waits until the debt is paid off at the rate.
+/// Bytes per second (0: no limit) and the balance. A transfer reserves its bytes (the balance
+/// may go negative) and waits until the balance it left is paid off at the rate, so bytes go
+/// only once paid for: over any stretch of time no more than the rate (plus the burst) goes
+/// through, however large a single request, and transfers go in the order they asked.
 #[derive(Debug)]
 pub(crate) struct Bucket {
     rate: AtomicU64,
+    /// Counts rate changes: a transfer waiting under an older rate asks again.
+    generation: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -36,6 +42,7 @@ impl Bucket {
     pub(crate) fn new(rate: Option<u64>) -> Self {
         Self {
             rate: AtomicU64::new(rate.unwrap_or(0)),
+            generation: AtomicU64::new(0),
             state: Mutex::new(State {
                 tokens: 0.0,
                 at: Instant::now(),
@@ -48,45 +55,53 @@ impl Bucket {
         Some(self.rate.load(Ordering::Relaxed)).filter(|r| *r > 0)
     }
 
-    /// Changes the rate; the balance starts again from empty.
+    /// Changes the rate; the balance starts again from empty and waiting transfers reserve
+    /// again at the new rate (at once when it is off).
     pub(crate) fn set_rate(&self, rate: Option<u64>) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         self.rate.store(rate.unwrap_or(0), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         *s = State {
             tokens: 0.0,
             at: Instant::now(),
         };
     }
 
-    /// Waits until `n` bytes may go.
+    /// Waits until `n` bytes are paid for.
     pub(crate) async fn take(&self, n: u64) {
-        if n == 0 {
-            return;
-        }
-        loop {
-            let Some(wait) = self.try_take(n) else {
+        'reserve: loop {
+            let Some((until, generation)) = self.reserve(n) else {
                 return;
             };
-            tokio::time::sleep(wait.min(MAX_NAP)).await;
+            loop {
+                let now = Instant::now();
+                if now >= until {
+                    return;
+                }
+                tokio::time::sleep((until - now).min(MAX_NAP)).await;
+                if self.generation.load(Ordering::Relaxed) != generation {
+                    continue 'reserve;
+                }
+            }
         }
     }
 
-    /// Takes `n` bytes if the balance allows (`None`), else says how long until it does.
-    fn try_take(&self, n: u64) -> Option<Duration> {
+    /// Reserves `n` bytes: `None` when they may go now, else when they are paid for (and the
+    /// rate's generation they were reserved under).
+    fn reserve(&self, n: u64) -> Option<(Instant, u64)> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let rate = self.rate.load(Ordering::Relaxed) as f64;
-        if rate == 0.0 {
+        if rate == 0.0 || n == 0 {
             return None;
         }
         let now = Instant::now();
         let refill = now.saturating_duration_since(s.at).as_secs_f64() * rate;
-        s.tokens = (s.tokens + refill).min(rate * BURST_SHARE);
+        s.tokens = (s.tokens + refill).min(rate * BURST_SHARE) - n as f64;
         s.at = now;
-        if s.tokens >= 0.0 {
-            s.tokens -= n as f64;
-            return None;
-        }
-        Some(Duration::from_secs_f64(-s.tokens / rate).max(Duration::from_millis(1)))
+        (s.tokens < 0.0).then(|| {
+            let wait = Duration::from_secs_f64(-s.tokens / rate);
+            (now + wait, self.generation.load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -111,18 +126,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn paces_small_and_large_pieces_at_the_rate() {
         let bucket = Bucket::new(Some(4 * MIB));
-        // 16 MiB at 4 MiB/s: the last piece starts when 16 MiB minus that piece are paid for.
+        // 16 MiB at 4 MiB/s, paid before it goes: four seconds, whatever the piece size.
         let took = time_for(&bucket, 16 * MIB, 64 << 10).await;
         assert!(
-            took.as_secs_f64() > 3.9 && took.as_secs_f64() < 4.05,
+            took.as_secs_f64() > 3.99 && took.as_secs_f64() < 4.01,
             "{took:?}"
         );
         let bucket = Bucket::new(Some(4 * MIB));
         let took = time_for(&bucket, 16 * MIB, 8 * MIB).await;
         assert!(
-            took.as_secs_f64() > 1.95 && took.as_secs_f64() < 2.05,
+            took.as_secs_f64() > 3.99 && took.as_secs_f64() < 4.01,
             "{took:?}"
         );
+        // After a pause, a burst of a tenth of a second's worth goes at once.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let took = time_for(&bucket, 4 * MIB / 10, 64 << 10).await;
+        assert!(took < Duration::from_millis(1), "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -139,7 +158,7 @@ mod tests {
             t.await.unwrap();
         }
         let took = start.elapsed().as_secs_f64();
-        assert!(took > 3.9 && took < 4.1, "8 MiB at 2 MiB/s took {took}s");
+        assert!(took > 3.99 && took < 4.01, "8 MiB at 2 MiB/s took {took}s");
     }
 
     #[tokio::test(start_paused = true)]
@@ -148,12 +167,20 @@ mod tests {
         assert_eq!(time_for(&bucket, 1 << 30, MIB).await, Duration::ZERO);
         bucket.set_rate(Some(MIB));
         assert_eq!(bucket.rate(), Some(MIB));
-        bucket.take(10 * MIB).await; // a debt of ten seconds
+        // Ten seconds' worth, switched off after one: done within a nap.
         let b = bucket.clone();
-        let waiting = tokio::spawn(async move { time_for(&b, MIB, MIB).await });
+        let waiting = tokio::spawn(async move { time_for(&b, 10 * MIB, 10 * MIB).await });
         tokio::time::sleep(Duration::from_secs(1)).await;
         bucket.set_rate(None);
         let took = waiting.await.unwrap();
         assert!(took < Duration::from_millis(1300), "{took:?}");
+        // Switched to a faster rate: the rest goes at that rate.
+        bucket.set_rate(Some(MIB));
+        let b = bucket.clone();
+        let waiting = tokio::spawn(async move { time_for(&b, 10 * MIB, 10 * MIB).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bucket.set_rate(Some(10 * MIB));
+        let took = waiting.await.unwrap().as_secs_f64();
+        assert!(took > 1.9 && took < 2.3, "{took}");
     }
 }
