@@ -231,6 +231,12 @@ impl Daemon {
         &self.shared.config
     }
 
+    /// The bandwidth limit in force (`[runner] bwlimit`, its timetable applied), if any.
+    pub fn bwlimit(&self) -> Option<crate::store::bwlimit::BwLimit> {
+        let store = &self.shared.app.settings().store;
+        store.bandwidth.as_ref().map(|bw| bw.limit())
+    }
+
     /// The clock schedules are evaluated on.
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
