@@ -104,11 +104,11 @@ fn assert_near_limit(rate: f64, what: &str) {
     );
 }
 
-/// A 20 MiB checkpoint and a repository with packs of `pack_size`: small ones make the
-/// transfer many requests, as a real push of a large checkpoint is. A push has two packs in
-/// flight, so a pack of 2 MiB (half a second at the limit) hides a slow answer from the
-/// server under load.
-fn setup(ctx: &Ctx, backend: Backend, pack_size: &str) -> (std::path::PathBuf, Location) {
+/// A 20 MiB checkpoint and a repository with 2 MiB packs, so a transfer is many requests, as
+/// one of a large checkpoint is. A push has two packs in flight and a restore four reads, so
+/// at half a second per pack at the limit a slow answer from a server busy with other tests
+/// does not hold the transfer back.
+fn setup(ctx: &Ctx, backend: Backend) -> (std::path::PathBuf, Location) {
     let src = ctx.dir("src");
     data::write_file(&src, "model.bin", &data::random_bytes(77, DATA / 2));
     data::write_file(&src, "optim.bin", &data::random_bytes(78, DATA / 2));
@@ -119,7 +119,7 @@ fn setup(ctx: &Ctx, backend: Backend, pack_size: &str) -> (std::path::PathBuf, L
         "--chunk-avg",
         "256KiB",
         "--pack-size",
-        pack_size,
+        "2MiB",
     ]);
     (src, repo)
 }
@@ -132,7 +132,7 @@ pub fn upload_is_paced(backend: Backend) {
     };
     let (var, url) = upstream(backend).expect("a server backend");
     let proxy = Proxy::start(&url, None);
-    let (src, location) = setup(&ctx, backend, "2MiB");
+    let (src, location) = setup(&ctx, backend);
     let repo = location.url.clone();
     let ferry = ctx.ferry();
     let args = [
@@ -156,7 +156,8 @@ pub fn upload_is_paced(backend: Backend) {
     ferry.run_env(&args, &[(var, &proxy.url)]).json();
     let took = started.elapsed().as_secs_f64();
     eprintln!("restore with downloads off: {took:.2}s");
-    assert!(took < 3.0, "a restore with downloads off took {took:.1}s");
+    // At the limit it would take five seconds at least.
+    assert!(took < 4.0, "a restore with downloads off took {took:.1}s");
     data::assert_same_tree(&src, &dest);
 }
 
@@ -168,7 +169,7 @@ pub fn download_is_paced(backend: Backend) {
     };
     let (var, url) = upstream(backend).expect("a server backend");
     let proxy = Proxy::start(&url, None);
-    let (src, location) = setup(&ctx, backend, "1MiB");
+    let (src, location) = setup(&ctx, backend);
     let repo = location.url.clone();
     let ferry = ctx.ferry();
     ferry.json(&["push", s(&src), &repo, "--name", "m"]);
