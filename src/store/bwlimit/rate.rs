@@ -60,7 +60,10 @@ fn rate(text: &str, whole: &str) -> Result<Option<u64>, BwLimitError> {
     }
     let bytes = size
         .parse::<bytesize::ByteSize>()
-        .map_err(|e| bad(whole, format!("{t:?}: {e}")))?
+        .map_err(|_| {
+            let units = "units B, KiB, MiB, GiB, KB, MB, GB: bytes, not bits";
+            bad(whole, format!("{t:?} is not a size per second ({units})"))
+        })?
         .as_u64();
     if bytes < MIN_RATE {
         return Err(bad(
@@ -245,7 +248,10 @@ mod tests {
             ("10", "no unit"),
             ("fast", "fast"),
             ("10MiB/s:", "missing"),
-            ("10Mbps", "10Mbps"),
+            (
+                "10Mbps",
+                "\"10Mbps\" is not a size per second (units B, KiB",
+            ),
             ("100B/s", "below 1KiB/s"),
             ("1:2:3", "1"),
         ] {
