@@ -178,7 +178,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Reporter::terminal()
             };
-            let ctx = Context::new(index_dir, progress, ferry::app::Settings::from_env()?);
+            let mut settings = ferry::app::Settings::from_env()?;
+            if let Some(limit) = command.bwlimit().filter(|l| l.is_limited()) {
+                settings.store.bandwidth = Some(ferry::store::bwlimit::Bandwidth::new(limit));
+            }
+            let ctx = Context::new(index_dir, progress, settings);
             run_repo_command(&ctx, command, json).await
         }
     }
@@ -265,6 +269,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             shard,
             run,
             rehash,
+            ..
         } => {
             let mode = commands::push_mode(merge, shard, run.as_deref())?;
             let check = if rehash {
@@ -286,6 +291,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             overwrite,
             preserve_special_modes,
             select,
+            ..
         } => {
             let opts = ferry::ops::restore::RestoreOptions {
                 overwrite,
@@ -302,6 +308,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             keep,
             preserve_special_modes,
             select,
+            ..
         } => {
             let opts = ferry::ops::pull::PullOptions {
                 keep,
@@ -317,6 +324,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             name,
             shard,
             run,
+            ..
         } => {
             let sharded = shard.zip(run.as_deref());
             let r = commands::replicate_with(ctx, &from, &to, &name, sharded).await?;
@@ -327,23 +335,24 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             emit(json, &r, render::snapshots)?;
             snapshot_problems(&r)
         }
-        Command::Ls { repo, snapshot } => emit(
-            json,
-            &commands::ls(ctx, &repo, &snapshot).await?,
-            render::ls,
-        )?,
         command => return run_check_command(ctx, command, json).await,
     };
     Ok(exit(ok))
 }
 
-/// Checking, mirroring and cleaning up: `verify`, `mirror`, `forget`, `gc`, `repair`.
+/// Listing, checking, mirroring and cleaning up: `ls`, `verify`, `mirror`, `forget`, `gc`,
+/// `repair`.
 async fn run_check_command(
     ctx: &Context,
     command: Command,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let ok = match command {
+        Command::Ls { repo, snapshot } => emit(
+            json,
+            &commands::ls(ctx, &repo, &snapshot).await?,
+            render::ls,
+        )?,
         Command::Verify {
             repo,
             read_data,
@@ -365,6 +374,7 @@ async fn run_check_command(
             delete,
             dry_run,
             rehash,
+            ..
         } => {
             let opts = ferry::mirror::MirrorOptions {
                 delete,

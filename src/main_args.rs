@@ -71,6 +71,8 @@ pub(crate) enum Command {
         /// mtime, ctime and inode as recorded).
         #[arg(long)]
         rehash: bool,
+        #[command(flatten)]
+        limit: Limit,
     },
     /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
     Commit {
@@ -102,6 +104,8 @@ pub(crate) enum Command {
         preserve_special_modes: bool,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        limit: Limit,
     },
     /// Fetch a snapshot into DIR/versions/ and point DIR/current at it atomically: only chunks
     /// that earlier versions in DIR lack are read from the store (the serving side).
@@ -120,6 +124,8 @@ pub(crate) enum Command {
         preserve_special_modes: bool,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        limit: Limit,
     },
     /// Copy snapshots and the chunks the target lacks from one repository to another.
     Replicate {
@@ -137,6 +143,8 @@ pub(crate) enum Command {
         /// The id every shard of one sharded replication shares. Ignored without --shard.
         #[arg(long, env = "FERRY_RUN")]
         run: Option<String>,
+        #[command(flatten)]
+        limit: Limit,
     },
     /// List snapshots, for every ref or one.
     Snapshots {
@@ -184,6 +192,8 @@ pub(crate) enum Command {
         /// Read and hash every source file, even those the local index says are unchanged.
         #[arg(long)]
         rehash: bool,
+        #[command(flatten)]
+        limit: Limit,
     },
     /// Check a daemon config file exactly as `ferry daemon` loads it.
     CheckConfig {
@@ -288,5 +298,29 @@ impl Select {
         &self,
     ) -> Result<ferry::ops::select::Selection, ferry::ops::select::SelectError> {
         ferry::ops::select::Selection::new(&self.include, &self.exclude)
+    }
+}
+
+/// `--bwlimit` of the commands that move data: push, restore, pull, replicate, mirror.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Limit {
+    /// Cap ferry's bandwidth: RATE for uploads and downloads alike, or UP:DOWN, each a size
+    /// per second or `off` (e.g. 10MiB/s, 50MiB/s:off). One limit for the whole process,
+    /// shared by all its transfers; server-side copies are not counted.
+    #[arg(long, value_name = "RATE")]
+    pub(crate) bwlimit: Option<ferry::store::bwlimit::BwLimit>,
+}
+
+impl Command {
+    /// The `--bwlimit` given to a command that moves data.
+    pub(crate) fn bwlimit(&self) -> Option<ferry::store::bwlimit::BwLimit> {
+        match self {
+            Command::Push { limit, .. }
+            | Command::Restore { limit, .. }
+            | Command::Pull { limit, .. }
+            | Command::Replicate { limit, .. }
+            | Command::Mirror { limit, .. } => limit.bwlimit,
+            _ => None,
+        }
     }
 }

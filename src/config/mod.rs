@@ -98,6 +98,8 @@ pub struct RunnerConfig {
     pub shutdown_grace: Duration,
     /// Finished runs kept in the local index.
     pub history: usize,
+    /// `bwlimit`: the caps on the daemon's transfers, fixed or by time of day (UTC).
+    pub bwlimit: Option<crate::store::bwlimit::Timetable>,
 }
 
 /// A string that never prints: `Debug` shows `***`, and it has no `Display` or `Serialize`.

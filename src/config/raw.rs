@@ -45,6 +45,7 @@ pub struct RawRunner {
     pub retry_max: Option<String>,
     pub shutdown_grace: Option<String>,
     pub history: Option<usize>,
+    pub bwlimit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -262,6 +262,10 @@ fn runner(p: &mut Problems, raw: &RawConfig) -> RunnerConfig {
             Duration::from_secs(30),
         ),
         history: r.history.unwrap_or(1000),
+        bwlimit: r
+            .bwlimit
+            .as_deref()
+            .and_then(|text| text.parse().map_err(|e| p.add("runner.bwlimit", e)).ok()),
     };
     if runner.retries > 100 {
         p.add(

@@ -7,6 +7,7 @@
 //! point it reached (the repository is valid at every point, and landed packs are in the
 //! local index). Its item stays pending in the index and runs again on the next start.
 
+mod bwlimit;
 mod clock;
 mod discover;
 mod dropped;
@@ -122,7 +123,9 @@ impl Daemon {
         mode: Mode,
     ) -> Result<Daemon, DaemonError> {
         // The daemon's edge: the environment's store and mirror settings, read once.
-        let settings = crate::app::Settings::from_env().map_err(crate::ops::OpError::from)?;
+        let mut settings = crate::app::Settings::from_env().map_err(crate::ops::OpError::from)?;
+        settings.store.bandwidth = bwlimit::bandwidth(&config, &clock);
+        let bandwidth = settings.store.bandwidth.clone();
         let app = App::new(index_dir.to_path_buf(), settings);
         let index = app.index().await?.clone();
         let log = blocking(move || index.job_log()).await??;
@@ -147,6 +150,12 @@ impl Daemon {
             runs_written: AtomicU64::new(0),
             runs_trimmed: AtomicU64::new(0),
         });
+        if let (Some(table), Some(bw)) = (shared.config.runner.bwlimit.clone(), bandwidth) {
+            let (clock, stop) = (shared.clock.clone(), shared.shutdown.clone());
+            shared
+                .tracker
+                .spawn(bwlimit::follow(table, bw, clock, stop));
+        }
         views::load(&shared).await?;
         pull::load(&shared).await;
         Ok(Daemon { shared })
@@ -220,6 +229,12 @@ impl Daemon {
     /// The config the daemon runs.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The bandwidth limit in force (`[runner] bwlimit`, its timetable applied), if any.
+    pub fn bwlimit(&self) -> Option<crate::store::bwlimit::BwLimit> {
+        let store = &self.shared.app.settings().store;
+        store.bandwidth.as_ref().map(|bw| bw.limit())
     }
 
     /// The clock schedules are evaluated on.

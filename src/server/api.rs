@@ -22,6 +22,9 @@ pub struct JobsResponse {
     /// The daemon's resident memory (Linux), as `/metrics` exports it.
     #[serde(default)]
     pub resident_memory_bytes: Option<u64>,
+    /// The bandwidth limit in force (`[runner] bwlimit`), e.g. `10MiB/s` or `50MiB/s:off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwlimit: Option<String>,
     pub jobs: Vec<JobStatus>,
 }
 
@@ -53,6 +56,7 @@ pub(super) async fn jobs(State(s): State<AppState>) -> Response {
             now_ms: s.daemon.clock().now_ms(),
             ready: s.daemon.is_ready(),
             resident_memory_bytes: crate::memory::resident_memory_bytes(),
+            bwlimit: s.daemon.bwlimit().map(|l| l.to_string()),
             jobs: s.daemon.jobs(),
         },
     )

@@ -363,3 +363,35 @@ fn constant_time_comparison() {
     assert!(!constant_time_eq(b"", b"a"));
     assert!(constant_time_eq(b"", b""));
 }
+
+/// `[runner] bwlimit`: `/api/v1/jobs` (and so the dashboard) shows the limit in force; no
+/// field without one.
+#[tokio::test]
+async fn jobs_show_the_bandwidth_limit_in_force() {
+    let plain = app(false).await;
+    let (_, body, _) = call(&plain, "GET", "/api/v1/jobs", None).await;
+    assert!(json(&body).get("bwlimit").is_none(), "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version = 1\n[runner]\nbwlimit = \"4MiB/s:off\"\n[[jobs]]\nname = \"data\"\nsource = \"{0}/src\"\ntargets = [\"{0}/repo\"]\nevery = \"1h\"\n",
+        dir.path().display()
+    );
+    let env = Env {
+        cwd: dir.path().into(),
+        vars: HashMap::new(),
+    };
+    let config = Config::from_toml(&text, "test.toml", &env).unwrap();
+    let index = dir.path().join("index");
+    let daemon = Daemon::open(config, &index, Clock::real(), Mode::Daemon)
+        .await
+        .unwrap();
+    let limited = App {
+        router: router(daemon.clone()),
+        daemon,
+        _dir: dir,
+    };
+    let (_, body, _) = call(&limited, "GET", "/api/v1/jobs", None).await;
+    assert_eq!(json(&body)["bwlimit"], "4MiB/s:off", "{body}");
+    let (_, page, _) = call(&limited, "GET", "/", None).await;
+    assert!(page.contains("jobs.bwlimit"), "the dashboard shows it");
+}

@@ -11,6 +11,7 @@
 //! local emulators.
 
 pub mod azure;
+pub mod bwlimit;
 pub mod delta;
 mod error;
 pub mod fault;
@@ -35,6 +36,7 @@ use object_store::{
     WriteMultipart,
 };
 
+use self::bwlimit::Bandwidth;
 use self::delta::{DeltaStore, NativeError};
 use self::error::summarize;
 pub use self::error::StoreError;
@@ -79,6 +81,8 @@ pub struct Store {
     delta: Option<Arc<dyn OpenDelta>>,
     /// `FERRY_FAULTS`, applied to native writes too.
     faults: Option<FaultConfig>,
+    /// The process's bandwidth limit, applied to native writes too.
+    bandwidth: Option<Bandwidth>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,12 +131,17 @@ impl Store {
             )),
             None => inner,
         };
+        let inner: Arc<dyn ObjectStore> = match &options.bandwidth {
+            Some(bw) => Arc::new(bwlimit::Throttled::new(inner, bw.clone())),
+            None => inner,
+        };
         Self {
             url: url.clone(),
             inner,
             endpoint,
             delta,
             faults: options.faults,
+            bandwidth: options.bandwidth.clone(),
         }
     }
 
@@ -144,8 +153,12 @@ impl Store {
             return Ok(None);
         };
         let native = open.open_delta()?;
-        Ok(Some(match self.faults {
+        let native: Arc<dyn DeltaStore> = match self.faults {
             Some(cfg) => Arc::new(fault::FaultDelta::new(native, cfg)),
+            None => native,
+        };
+        Ok(Some(match &self.bandwidth {
+            Some(bw) => Arc::new(bwlimit::ThrottledDelta::new(native, bw.clone())),
             None => native,
         }))
     }
@@ -158,6 +171,7 @@ impl Store {
             endpoint: None,
             delta: None,
             faults: None,
+            bandwidth: None,
         }
     }
 

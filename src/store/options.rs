@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 
+use super::bwlimit::Bandwidth;
 use super::fault::{FaultConfig, FaultSpecError};
 
 /// Options shared by every store a process opens.
@@ -22,6 +23,9 @@ pub struct StoreOptions {
     /// `FERRY_SLOW_SECS`: a request to S3 or Azure still waiting after this long is logged,
     /// and again at each further interval.
     pub slow_after: Duration,
+    /// `--bwlimit` or the daemon's `[runner] bwlimit`: the caps every store of the process
+    /// shares (`None`: no limit, no wrapper). Set by the caller, not from the environment.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 impl Default for StoreOptions {
@@ -31,6 +35,7 @@ impl Default for StoreOptions {
             timeouts: Timeouts::default(),
             faults: None,
             slow_after: DEFAULT_SLOW_AFTER,
+            bandwidth: None,
         }
     }
 }
@@ -78,6 +83,7 @@ impl StoreOptions {
             timeouts: Timeouts::default(),
             faults,
             slow_after,
+            bandwidth: None,
         })
     }
 }

@@ -42,6 +42,7 @@ mod aws_profiles;
 mod badinput;
 mod base_cache;
 mod browser;
+mod bwlimit;
 mod changes;
 mod checks;
 mod concurrent;
