@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::write_config;
 use crate::data;
-use crate::harness::{s, server_url, Backend, Ctx, AZURITE_URL_VAR, S3_ENDPOINT_VAR};
+use crate::harness::{s, Backend, Ctx};
+use crate::mirror::upstream;
 use crate::proxy::Proxy;
 use crate::raw::Location;
 use crate::run::{Ferry, Run};
@@ -15,15 +16,6 @@ const MIB: u64 = 1 << 20;
 /// The limit the tests set: 20 MiB at 4 MiB/s is about five seconds.
 const RATE: u64 = 4 * MIB;
 const DATA: usize = 20 << 20;
-
-/// The variable naming the backend's endpoint, and the test server's URL.
-fn upstream(backend: Backend) -> Option<(&'static str, String)> {
-    match backend {
-        Backend::File => None,
-        Backend::S3 => Some(("AWS_ENDPOINT", server_url(S3_ENDPOINT_VAR)?)),
-        Backend::Azure => Some(("AZURITE_BLOB_STORAGE_URL", server_url(AZURITE_URL_VAR)?)),
-    }
-}
 
 /// What a run through the proxy counted: (seconds since the spawn, bytes) every 10 ms, and
 /// when the process had exited.

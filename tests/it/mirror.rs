@@ -56,7 +56,7 @@ fn safetensors(seed: u64, tensors: usize, tensor_bytes: usize) -> Vec<u8> {
 }
 
 /// The server a backend's objects live on, for a proxy to stand in front of.
-fn upstream(backend: Backend) -> Option<(&'static str, String)> {
+pub(crate) fn upstream(backend: Backend) -> Option<(&'static str, String)> {
     match backend {
         Backend::File => None,
         Backend::S3 => Some(("AWS_ENDPOINT", server_url(S3_ENDPOINT_VAR)?)),
