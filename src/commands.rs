@@ -5,6 +5,7 @@
 use crate::app::{App, CommitReport, InitReport, RefName, RunId, Settings};
 use crate::listing::{LsReport, SnapshotsReport};
 use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
+use crate::ops::egress::Prices;
 use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
 use crate::ops::push::{ChangeCheck, PushReport};
 use crate::ops::repair::RepairReport;
@@ -121,6 +122,37 @@ pub async fn push_checked(
         &ctx.progress,
     )
     .await
+}
+
+/// `ferry push --dry-run`: the forecast of a plain push, priced.
+pub async fn push_dry(
+    ctx: &Context,
+    source: &str,
+    repos: &[String],
+    name: &str,
+    check: ChangeCheck,
+    prices: &Prices,
+) -> Result<PushReport, OpError> {
+    let name = ref_name(name)?;
+    let how = (check, prices);
+    ctx.push_dry(&url(source)?, &urls(repos)?, &name, how, &ctx.progress)
+        .await
+}
+
+/// `ferry replicate --dry-run`: the forecast of a replication, priced.
+pub async fn replicate_dry(
+    ctx: &Context,
+    from: &str,
+    to: &str,
+    names: &[String],
+    prices: &Prices,
+) -> Result<ReplicateReport, OpError> {
+    let names = names
+        .iter()
+        .map(|n| ref_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    ctx.replicate_dry(&url(from)?, &url(to)?, &names, prices)
+        .await
 }
 
 /// `ferry commit`.

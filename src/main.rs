@@ -16,6 +16,19 @@ mod args;
 
 use args::{Cli, Command};
 
+/// The egress price table for a dry run: the defaults, `FERRY_EGRESS_PRICES`
+/// (`aws=0.05,azure=0.08`: US dollars per GiB sent out of that cloud), then `--price-per-gib`.
+fn prices(flag: Option<f64>) -> anyhow::Result<ferry::ops::egress::Prices> {
+    let mut table = std::collections::BTreeMap::new();
+    if let Ok(v) = std::env::var("FERRY_EGRESS_PRICES") {
+        table = ferry::ops::egress::parse_prices(&v)
+            .map_err(|e| anyhow::anyhow!("FERRY_EGRESS_PRICES: {e}"))?;
+    }
+    Ok(ferry::ops::egress::Prices::default()
+        .with_config(&table)
+        .with_flag(flag))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<bytesize::ByteSize>()
@@ -264,6 +277,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             shard,
             run,
             rehash,
+            dry,
         } => {
             let mode = commands::push_mode(merge, shard, run.as_deref())?;
             let check = if rehash {
@@ -271,7 +285,15 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             } else {
                 ChangeCheck::Stat
             };
-            let r = commands::push_checked(ctx, &source, &repos, &name, &mode, check).await?;
+            let r = if dry.dry_run {
+                if mode != ferry::ops::shard::PushMode::Replace {
+                    anyhow::bail!("--dry-run forecasts a plain push: drop --merge or --shard");
+                }
+                let prices = prices(dry.price_per_gib)?;
+                commands::push_dry(ctx, &source, &repos, &name, check, &prices).await?
+            } else {
+                commands::push_checked(ctx, &source, &repos, &name, &mode, check).await?
+            };
             emit(json, &r, render::push)?
         }
         Command::Commit { repos, name, run } => {
@@ -316,9 +338,18 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             name,
             shard,
             run,
+            dry,
         } => {
             let sharded = shard.zip(run.as_deref());
-            let r = commands::replicate_with(ctx, &from, &to, &name, sharded).await?;
+            let r = if dry.dry_run {
+                if sharded.is_some() {
+                    anyhow::bail!("--dry-run forecasts a whole replication: drop --shard");
+                }
+                let prices = prices(dry.price_per_gib)?;
+                commands::replicate_dry(ctx, &from, &to, &name, &prices).await?
+            } else {
+                commands::replicate_with(ctx, &from, &to, &name, sharded).await?
+            };
             emit(json, &r, render::replicate)?
         }
         Command::Snapshots { repo, name } => {

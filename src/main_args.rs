@@ -25,6 +25,19 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// `--dry-run` and its price on push and replicate.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct DryRunArgs {
+    /// Forecast the bytes the run would send and estimate their egress cost; write nothing
+    /// to any store (not with --merge or --shard).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// With --dry-run: the price in US dollars per GiB sent, for every route (over the
+    /// built-in table and FERRY_EGRESS_PRICES).
+    #[arg(long, value_name = "USD", requires = "dry_run")]
+    pub(crate) price_per_gib: Option<f64>,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Create a repository at an empty location.
@@ -71,6 +84,8 @@ pub(crate) enum Command {
         /// mtime, ctime and inode as recorded).
         #[arg(long)]
         rehash: bool,
+        #[command(flatten)]
+        dry: DryRunArgs,
     },
     /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
     Commit {
@@ -137,6 +152,8 @@ pub(crate) enum Command {
         /// The id every shard of one sharded replication shares. Ignored without --shard.
         #[arg(long, env = "FERRY_RUN")]
         run: Option<String>,
+        #[command(flatten)]
+        dry: DryRunArgs,
     },
     /// List snapshots, for every ref or one.
     Snapshots {

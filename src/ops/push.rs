@@ -9,15 +9,16 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::app::RefName;
 use crate::chunker::{ChunkerParams, TensorCuts};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
+use crate::ops::egress::{DryRun, DryTarget, Prices};
 use crate::ops::hasher::FileHasher;
 use crate::ops::push_delta::{self, Counterparts};
+use crate::ops::push_finish::{finish_snapshot, forecast_snapshot, SnapshotHead};
 use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
@@ -26,8 +27,8 @@ use crate::ops::targets::TargetSet;
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::{Progress, Reporter};
-use crate::repo::snapshot::{Entry, SNAPSHOT_VERSION};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::snapshot::Entry;
+use crate::repo::Repository;
 
 /// Packs uploading at once per repository.
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -75,6 +76,9 @@ pub struct PushReport {
     pub duration_secs: f64,
     /// One report per repository, in the order given.
     pub targets: Vec<TargetReport>,
+    /// A dry run (`--dry-run`): nothing was written; the forecast per target, priced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRun>,
 }
 
 /// One repository's share of a push.
@@ -185,6 +189,34 @@ pub async fn push_checked(
     mode: &PushMode,
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
+    run(source, targets, name, index, progress, (mode, check, None)).await
+}
+
+/// A dry run of a plain push: reads the source, chunks, compresses and delta-encodes it as
+/// [`push_checked`] would, and reports what it would send (`bytes_uploaded` per target is the
+/// forecast of packs and pack indexes) with a dry-run forecast priced by `prices`; writes
+/// nothing to any repository. The local index may learn the repositories' pack indexes (the
+/// cache a real run refreshes too); the file cache is left alone.
+pub async fn push_dry(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &RefName,
+    index: &Index,
+    progress: &Reporter,
+    (check, prices): (ChangeCheck, &Prices),
+) -> Result<PushReport, OpError> {
+    let how = (&PushMode::Replace, check, Some(prices));
+    run(source, targets, name, index, progress, how).await
+}
+
+async fn run(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &RefName,
+    index: &Index,
+    progress: &Reporter,
+    (mode, check, dry): (&PushMode, ChangeCheck, Option<&Prices>),
+) -> Result<PushReport, OpError> {
     let started = Instant::now();
     let time = SystemTime::now();
     let (params, level) = common_format(&targets)?;
@@ -218,6 +250,7 @@ pub async fn push_checked(
     let rt = tokio::runtime::Handle::current();
     let producer = {
         let (source, presences, bar) = (source.clone(), presences.clone(), bar.clone());
+        let check = (check, dry.is_none());
         tokio::task::spawn_blocking(move || {
             let out = Out {
                 jobs: &job_tx,
@@ -237,6 +270,7 @@ pub async fn push_checked(
             PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
                 .repairing(p.damaged.clone())
                 .avoiding(p.marked.difference(&p.damaged).copied().collect())
+                .dry_run(dry.is_some())
         })
         .collect();
     let packed = pack_frames(&mut frame_rx, &mut uploaders).await?;
@@ -267,10 +301,37 @@ pub async fn push_checked(
         source: source.key(),
         entries: &produced.entries,
     };
+    let targets = targets.into_iter().zip(stats).zip(&presences);
+    let (reports, forecast) = match dry {
+        None => (
+            finish_targets(targets, &referenced, &head, mode).await?,
+            None,
+        ),
+        Some(prices) => {
+            let (reports, forecast) = forecast_targets(targets, &head, prices).await?;
+            (reports, Some(forecast))
+        }
+    };
+    index.flush()?;
+
+    let mut report = report(name, source, &produced, &packed, started, reports);
+    report.dry_run = forecast;
+    Ok(report)
+}
+
+type Finished<'a> = ((Repository, bool), UploadStats);
+
+/// Per target: the snapshot, then the ref, once every pack is durable.
+async fn finish_targets(
+    targets: impl Iterator<Item = (Finished<'_>, &Presence)>,
+    referenced: &HashSet<ChunkId>,
+    head: &SnapshotHead<'_>,
+    mode: &PushMode,
+) -> Result<Vec<TargetReport>, OpError> {
     let mut reports = Vec::new();
-    for (((repo, created), stats), presence) in targets.into_iter().zip(stats).zip(&presences) {
+    for (((repo, created), stats), presence) in targets {
         check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
-        let (snapshot, unchanged, shard) = finish_snapshot(&repo, &head, mode).await?;
+        let (snapshot, unchanged, shard) = finish_snapshot(&repo, head, mode).await?;
         reports.push(TargetReport {
             repo: repo.url(),
             snapshot,
@@ -280,9 +341,36 @@ pub async fn push_checked(
             shard,
         });
     }
-    index.flush()?;
+    Ok(reports)
+}
 
-    Ok(report(name, source, &produced, &packed, started, reports))
+/// A dry run's end: per target, what the snapshot and ref would be and their bytes, priced.
+async fn forecast_targets(
+    targets: impl Iterator<Item = (Finished<'_>, &Presence)>,
+    head: &SnapshotHead<'_>,
+    prices: &Prices,
+) -> Result<(Vec<TargetReport>, DryRun), OpError> {
+    let (mut reports, mut forecasts) = (Vec::new(), Vec::new());
+    for (((repo, created), stats), _) in targets {
+        let (snapshot, unchanged, snap_len, ref_len) = forecast_snapshot(&repo, head).await?;
+        let quote = prices.quote(&head.source, &repo.url());
+        let config_len = if created {
+            repo.config().encode().len() as u64
+        } else {
+            0
+        };
+        let sizes = [stats.bytes_uploaded, snap_len, ref_len, config_len];
+        forecasts.push(DryTarget::priced(repo.url(), sizes, quote));
+        reports.push(TargetReport {
+            repo: repo.url(),
+            snapshot,
+            unchanged,
+            created,
+            stats,
+            shard: None,
+        });
+    }
+    Ok((reports, DryRun::of(forecasts)))
 }
 
 /// What the frames of one push came to.
@@ -371,66 +459,8 @@ fn report(
         compression_ratio: ratio(raw_new, stored_new),
         duration_secs: started.elapsed().as_secs_f64(),
         targets: reports,
+        dry_run: None,
     }
-}
-
-/// What every target's snapshot of one push holds.
-struct SnapshotHead<'a> {
-    time: String,
-    name: &'a str,
-    source: String,
-    entries: &'a [Entry],
-}
-
-/// Writes the push's snapshot into `repo` as `mode` says and moves the ref: returns the
-/// snapshot id, whether the ref already had this tree, and a sharded push's report.
-async fn finish_snapshot(
-    repo: &Repository,
-    head: &SnapshotHead<'_>,
-    mode: &PushMode,
-) -> Result<(SnapshotId, bool, Option<ShardReport>), OpError> {
-    let mut snapshot = Snapshot {
-        version: SNAPSHOT_VERSION,
-        time: head.time.clone(),
-        name: head.name.to_string(),
-        source: head.source.clone(),
-        parent: None,
-        entries: head.entries.to_vec(),
-    };
-    let name = head.name;
-    Ok(match mode {
-        PushMode::Merge => {
-            let (id, unchanged) = crate::ops::shard::finish_merge(repo, snapshot).await?;
-            (id, unchanged, None)
-        }
-        PushMode::Settled { held, merge, .. } => {
-            let (id, unchanged) =
-                crate::ops::shard::finish_settled(repo, snapshot, held, *merge).await?;
-            (id, unchanged, None)
-        }
-        PushMode::Shard { shard: s, run } => {
-            let (id, r) = crate::ops::shard::finish_shard(repo, snapshot, *s, run).await?;
-            (id, false, Some(r))
-        }
-        PushMode::Replace => {
-            let head = repo.ref_head(name).await?;
-            let parent = match &head {
-                Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
-                None => None,
-            };
-            snapshot.parent = parent.as_ref().map(|p| p.0);
-            match parent {
-                Some((pid, p)) if p.same_tree(&snapshot) => (pid, true, None),
-                _ => {
-                    let id = repo
-                        .write_snapshot_bytes(Bytes::from(snapshot.encode()))
-                        .await?;
-                    repo.advance_ref(name, id).await?;
-                    (id, false, None)
-                }
-            }
-        }
-    })
 }
 
 /// One compressor per worker, each on a blocking thread: chunks in, frames out.
@@ -486,7 +516,7 @@ fn produce(
     cache: &FileCache,
     presences: &[Presence],
     (params, cuts, counterparts): (ChunkerParams, TensorCuts, &Counterparts),
-    check: ChangeCheck,
+    (check, keep_cache): (ChangeCheck, bool),
     out_to: &Out<'_>,
 ) -> Result<Produced, OpError> {
     let mut out = Produced::default();
@@ -557,20 +587,20 @@ fn produce(
         out.files_read += 1;
         out.bytes_read += state.size;
         out.chunks_total += read.chunks.len() as u64;
-        cache.put(
-            &file.rel,
-            &CachedFile {
-                size: state.size,
-                mtime_ns: state.mtime_ns,
-                ctime_ns: state.ctime_ns,
-                ino: state.ino,
-                etag: file.etag.clone(),
-                mode: file.mode,
-                blake3: read.blake3,
-                layout: read.layout,
-                chunks: read.chunks.clone(),
-            },
-        )?;
+        let record = CachedFile {
+            size: state.size,
+            mtime_ns: state.mtime_ns,
+            ctime_ns: state.ctime_ns,
+            ino: state.ino,
+            etag: file.etag.clone(),
+            mode: file.mode,
+            blake3: read.blake3,
+            layout: read.layout,
+            chunks: read.chunks.clone(),
+        };
+        if keep_cache {
+            cache.put(&file.rel, &record)?;
+        }
         out.entries.push(Entry::File {
             path: file.rel,
             size: state.size,
