@@ -14,7 +14,44 @@ use serde::Serialize;
 #[path = "main_args.rs"]
 mod args;
 
-use args::{Cli, Command};
+use args::{Cli, Command, DryRunArgs};
+
+/// `ferry push`, or with `--dry-run` its forecast.
+async fn push(
+    ctx: &Context,
+    (source, repos, name): (&str, &[String], &str),
+    mode: &ferry::ops::shard::PushMode,
+    check: ChangeCheck,
+    dry: DryRunArgs,
+) -> anyhow::Result<ferry::ops::push::PushReport> {
+    if !dry.dry_run {
+        return Ok(commands::push_checked(ctx, source, repos, name, mode, check).await?);
+    }
+    if *mode != ferry::ops::shard::PushMode::Replace {
+        anyhow::bail!("--dry-run forecasts a plain push: drop --merge or --shard");
+    }
+    let prices = prices(dry.price_per_gib)?;
+    Ok(commands::push_dry(ctx, source, repos, name, check, &prices).await?)
+}
+
+/// `ferry replicate`, or with `--dry-run` its forecast; emits the report.
+async fn replicate(
+    ctx: &Context,
+    (from, to, names): (&str, &str, &[String]),
+    sharded: Option<(ferry::ops::shard::Shard, &str)>,
+    dry: DryRunArgs,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let r = if !dry.dry_run {
+        commands::replicate_with(ctx, from, to, names, sharded).await?
+    } else if sharded.is_some() {
+        anyhow::bail!("--dry-run forecasts a whole replication: drop --shard");
+    } else {
+        let prices = prices(dry.price_per_gib)?;
+        commands::replicate_dry(ctx, from, to, names, &prices).await?
+    };
+    emit(json, &r, render::replicate)
+}
 
 /// The egress price table for a dry run: the defaults, `FERRY_EGRESS_PRICES`
 /// (`aws=0.05,azure=0.08`: US dollars per GiB sent out of that cloud), then `--price-per-gib`.
@@ -285,15 +322,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             } else {
                 ChangeCheck::Stat
             };
-            let r = if dry.dry_run {
-                if mode != ferry::ops::shard::PushMode::Replace {
-                    anyhow::bail!("--dry-run forecasts a plain push: drop --merge or --shard");
-                }
-                let prices = prices(dry.price_per_gib)?;
-                commands::push_dry(ctx, &source, &repos, &name, check, &prices).await?
-            } else {
-                commands::push_checked(ctx, &source, &repos, &name, &mode, check).await?
-            };
+            let r = push(ctx, (&source, &repos, &name), &mode, check, dry).await?;
             emit(json, &r, render::push)?
         }
         Command::Commit { repos, name, run } => {
@@ -341,16 +370,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             dry,
         } => {
             let sharded = shard.zip(run.as_deref());
-            let r = if dry.dry_run {
-                if sharded.is_some() {
-                    anyhow::bail!("--dry-run forecasts a whole replication: drop --shard");
-                }
-                let prices = prices(dry.price_per_gib)?;
-                commands::replicate_dry(ctx, &from, &to, &name, &prices).await?
-            } else {
-                commands::replicate_with(ctx, &from, &to, &name, sharded).await?
-            };
-            emit(json, &r, render::replicate)?
+            replicate(ctx, (&from, &to, &name), sharded, dry, json).await?
         }
         Command::Snapshots { repo, name } => {
             let r = commands::snapshots(ctx, &repo, name.as_deref()).await?;

@@ -7,6 +7,7 @@
 //! point it reached (the repository is valid at every point, and landed packs are in the
 //! local index). Its item stays pending in the index and runs again on the next start.
 
+mod budget;
 mod clock;
 mod discover;
 mod dropped;
@@ -149,6 +150,7 @@ impl Daemon {
         });
         views::load(&shared).await?;
         pull::load(&shared).await;
+        budget::seed(&shared).await;
         Ok(Daemon { shared })
     }
 
@@ -354,6 +356,8 @@ impl Shared {
 mod history_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_budget;
 #[cfg(test)]
 mod tests_items;
 #[cfg(test)]

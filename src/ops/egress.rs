@@ -135,8 +135,16 @@ impl Prices {
     }
 }
 
+/// An item of a price list that is not `CLOUD=USD_PER_GIB`.
+#[derive(Debug, thiserror::Error)]
+#[error("{item:?} is not CLOUD=USD_PER_GIB with a price of 0 or more (e.g. aws=0.09; clouds: local, aws, azure, gcp)")]
+pub struct PriceListError {
+    /// The item as written.
+    pub item: String,
+}
+
 /// Parses `cloud=usd,cloud=usd` (US dollars per GiB sent out of each cloud).
-pub fn parse_prices(s: &str) -> Result<BTreeMap<String, f64>, String> {
+pub fn parse_prices(s: &str) -> Result<BTreeMap<String, f64>, PriceListError> {
     let mut out = BTreeMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let parsed = item
@@ -144,9 +152,7 @@ pub fn parse_prices(s: &str) -> Result<BTreeMap<String, f64>, String> {
             .and_then(|(c, p)| Some((c.trim(), p.trim().parse::<f64>().ok()?)))
             .filter(|(c, p)| !c.is_empty() && p.is_finite() && *p >= 0.0);
         let Some((cloud, price)) = parsed else {
-            return Err(format!(
-                "{item:?} is not CLOUD=USD_PER_GIB (e.g. aws=0.09; clouds: local, aws, azure, gcp)"
-            ));
+            return Err(PriceListError { item: item.into() });
         };
         out.insert(cloud.to_string(), price);
     }
@@ -274,6 +280,7 @@ mod tests {
         assert_eq!(t.get("azure"), Some(&0.08));
         assert!(parse_prices("aws")
             .unwrap_err()
+            .to_string()
             .contains("CLOUD=USD_PER_GIB"));
         assert!(parse_prices("aws=-1").is_err());
         assert!(parse_prices("").unwrap().is_empty());

@@ -15,14 +15,14 @@ use crate::app::RefName;
 use crate::chunker::{ChunkerParams, TensorCuts};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
-use crate::ops::egress::{DryRun, DryTarget, Prices};
+use crate::ops::egress::{DryRun, Prices};
 use crate::ops::hasher::FileHasher;
 use crate::ops::push_delta::{self, Counterparts};
-use crate::ops::push_finish::{finish_snapshot, forecast_snapshot, SnapshotHead};
+use crate::ops::push_finish::{finish_targets, forecast_targets, SnapshotHead};
 use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
-use crate::ops::sync::{check_not_marked, sync_index, Presence};
+use crate::ops::sync::{sync_index, Presence};
 use crate::ops::targets::TargetSet;
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
@@ -317,60 +317,6 @@ async fn run(
     let mut report = report(name, source, &produced, &packed, started, reports);
     report.dry_run = forecast;
     Ok(report)
-}
-
-type Finished<'a> = ((Repository, bool), UploadStats);
-
-/// Per target: the snapshot, then the ref, once every pack is durable.
-async fn finish_targets(
-    targets: impl Iterator<Item = (Finished<'_>, &Presence)>,
-    referenced: &HashSet<ChunkId>,
-    head: &SnapshotHead<'_>,
-    mode: &PushMode,
-) -> Result<Vec<TargetReport>, OpError> {
-    let mut reports = Vec::new();
-    for (((repo, created), stats), presence) in targets {
-        check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
-        let (snapshot, unchanged, shard) = finish_snapshot(&repo, head, mode).await?;
-        reports.push(TargetReport {
-            repo: repo.url(),
-            snapshot,
-            unchanged,
-            created,
-            stats,
-            shard,
-        });
-    }
-    Ok(reports)
-}
-
-/// A dry run's end: per target, what the snapshot and ref would be and their bytes, priced.
-async fn forecast_targets(
-    targets: impl Iterator<Item = (Finished<'_>, &Presence)>,
-    head: &SnapshotHead<'_>,
-    prices: &Prices,
-) -> Result<(Vec<TargetReport>, DryRun), OpError> {
-    let (mut reports, mut forecasts) = (Vec::new(), Vec::new());
-    for (((repo, created), stats), _) in targets {
-        let (snapshot, unchanged, snap_len, ref_len) = forecast_snapshot(&repo, head).await?;
-        let quote = prices.quote(&head.source, &repo.url());
-        let config_len = if created {
-            repo.config().encode().len() as u64
-        } else {
-            0
-        };
-        let sizes = [stats.bytes_uploaded, snap_len, ref_len, config_len];
-        forecasts.push(DryTarget::priced(repo.url(), sizes, quote));
-        reports.push(TargetReport {
-            repo: repo.url(),
-            snapshot,
-            unchanged,
-            created,
-            stats,
-            shard: None,
-        });
-    }
-    Ok((reports, DryRun::of(forecasts)))
 }
 
 /// What the frames of one push came to.

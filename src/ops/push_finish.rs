@@ -1,11 +1,16 @@
 //! The end of a push, per target: the snapshot and the ref once every pack is durable, or in
 //! a dry run the forecast of their bytes, written nowhere.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 
-use crate::ids::SnapshotId;
-use crate::ops::egress::ref_entry_len;
+use crate::ids::{ChunkId, SnapshotId};
+use crate::ops::egress::{ref_entry_len, DryRun, DryTarget, Prices};
+use crate::ops::push::TargetReport;
 use crate::ops::shard::{PushMode, ShardReport};
+use crate::ops::sync::{check_not_marked, Presence};
+use crate::ops::uploader::UploadStats;
 use crate::ops::OpError;
 use crate::repo::snapshot::SNAPSHOT_VERSION;
 use crate::repo::{Repository, Snapshot};
@@ -96,4 +101,59 @@ pub(crate) async fn forecast_snapshot(
     let seq = current.as_ref().map_or(1, |h| h.seq + 1);
     let ref_len = ref_entry_len(head.name, seq, id);
     Ok((id, false, encoded.len() as u64, ref_len))
+}
+
+/// A target and what was uploaded to it.
+pub(crate) type Finished = ((Repository, bool), UploadStats);
+
+/// Per target: the snapshot, then the ref, once every pack is durable.
+pub(crate) async fn finish_targets(
+    targets: impl Iterator<Item = (Finished, &Presence)>,
+    referenced: &HashSet<ChunkId>,
+    head: &SnapshotHead<'_>,
+    mode: &PushMode,
+) -> Result<Vec<TargetReport>, OpError> {
+    let mut reports = Vec::new();
+    for (((repo, created), stats), presence) in targets {
+        check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
+        let (snapshot, unchanged, shard) = finish_snapshot(&repo, head, mode).await?;
+        reports.push(TargetReport {
+            repo: repo.url(),
+            snapshot,
+            unchanged,
+            created,
+            stats,
+            shard,
+        });
+    }
+    Ok(reports)
+}
+
+/// A dry run's end: per target, what the snapshot and ref would be and their bytes, priced.
+pub(crate) async fn forecast_targets(
+    targets: impl Iterator<Item = (Finished, &Presence)>,
+    head: &SnapshotHead<'_>,
+    prices: &Prices,
+) -> Result<(Vec<TargetReport>, DryRun), OpError> {
+    let (mut reports, mut forecasts) = (Vec::new(), Vec::new());
+    for (((repo, created), stats), _) in targets {
+        let (snapshot, unchanged, snap_len, ref_len) = forecast_snapshot(&repo, head).await?;
+        let quote = prices.quote(&head.source, &repo.url());
+        let config_len = if created {
+            repo.config().encode().len() as u64
+        } else {
+            0
+        };
+        let sizes = [stats.bytes_uploaded, snap_len, ref_len, config_len];
+        forecasts.push(DryTarget::priced(repo.url(), sizes, quote));
+        reports.push(TargetReport {
+            repo: repo.url(),
+            snapshot,
+            unchanged,
+            created,
+            stats,
+            shard: None,
+        });
+    }
+    Ok((reports, DryRun::of(forecasts)))
 }
