@@ -190,6 +190,16 @@ pub async fn pull(
     ctx.pull(&url(repo)?, spec, dir, opts, &ctx.progress).await
 }
 
+/// `ferry pull --dry-run`: the forecast of a pull, priced.
+pub async fn pull_dry(
+    ctx: &Context,
+    (repo, spec, dir): (&str, &str, &std::path::Path),
+    opts: &crate::ops::pull::PullOptions,
+    prices: &Prices,
+) -> Result<crate::ops::pull::PullReport, OpError> {
+    ctx.pull_dry(&url(repo)?, (spec, dir), opts, prices).await
+}
+
 /// `ferry replicate FROM TO [--name NAME…]`.
 pub async fn replicate(
     ctx: &Context,

@@ -34,6 +34,21 @@ async fn push(
     Ok(commands::push_dry(ctx, source, repos, name, check, &prices).await?)
 }
 
+/// `ferry pull`, or with `--dry-run` its forecast.
+async fn pull(
+    ctx: &Context,
+    (repo, spec, dir): (&str, &str, &std::path::Path),
+    opts: &ferry::ops::pull::PullOptions,
+    dry: DryRunArgs,
+) -> anyhow::Result<ferry::ops::pull::PullReport> {
+    Ok(if dry.dry_run {
+        let prices = prices(dry.price_per_gib)?;
+        commands::pull_dry(ctx, (repo, spec, dir), opts, &prices).await?
+    } else {
+        commands::pull(ctx, repo, spec, dir, opts).await?
+    })
+}
+
 /// `ferry replicate`, or with `--dry-run` its forecast; emits the report.
 async fn replicate(
     ctx: &Context,
@@ -352,13 +367,14 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             keep,
             preserve_special_modes,
             select,
+            dry,
         } => {
             let opts = ferry::ops::pull::PullOptions {
                 keep,
                 selection: select.parse()?,
                 special_modes: special_modes(preserve_special_modes),
             };
-            let r = commands::pull(ctx, &repo, &snapshot, &dir, &opts).await?;
+            let r = pull(ctx, (&repo, &snapshot, &dir), &opts, dry).await?;
             emit(json, &r, render::pull)?
         }
         Command::Replicate {

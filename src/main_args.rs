@@ -135,6 +135,8 @@ pub(crate) enum Command {
         preserve_special_modes: bool,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        dry: DryRunArgs,
     },
     /// Copy snapshots and the chunks the target lacks from one repository to another.
     Replicate {

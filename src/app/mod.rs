@@ -258,6 +258,20 @@ impl App {
         crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, progress).await
     }
 
+    /// `ferry pull --dry-run`: what the pull would read from the store, priced; nothing in
+    /// `dir` is created or changed.
+    pub async fn pull_dry(
+        &self,
+        repo: &StoreUrl,
+        (spec, dir): (&str, &std::path::Path),
+        opts: &crate::ops::pull::PullOptions,
+        prices: &Prices,
+    ) -> Result<crate::ops::pull::PullReport, OpError> {
+        let repo = self.open_repo(repo).await?;
+        let rindex = self.index_for_reading().await?.repo(repo.id())?;
+        crate::ops::pull::pull_dry(&repo, &rindex, (spec, dir), opts, prices).await
+    }
+
     /// `ferry restore`: the snapshot `spec` names in `repo`, written to `dest` (a folder or an object prefix).
     pub async fn restore(
         &self,

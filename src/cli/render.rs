@@ -226,17 +226,17 @@ pub fn push(r: &PushReport) -> String {
 
 /// A dry run's report: its forecast first, then the report the run would have printed.
 fn dry_run(report: &str, d: &DryRun) -> String {
-    let mut s = String::from("DRY RUN: nothing was written; this is what the run would send.");
+    let mut s = String::from("DRY RUN: nothing was written; this is what the run would transfer.");
     for t in &d.targets {
         s.push_str(&format!(
-            "\n  {}: {} (packs {}, snapshots {}, refs {}, config {}) ≈ ${:.2} at ${}/GiB ({} → {}, {} price)",
+            "\n  {}: {} (packs {}, snapshots {}, refs {}, config {}) ≈ {} at ${}/GiB ({} → {}, {} price)",
             t.repo,
             bytes(t.bytes_total),
             bytes(t.bytes_packs),
             bytes(t.bytes_snapshots),
             bytes(t.bytes_refs),
             bytes(t.bytes_config),
-            t.usd,
+            usd(t.usd),
             t.price.usd_per_gib,
             t.price.from_cloud,
             t.price.to_cloud,
@@ -244,12 +244,21 @@ fn dry_run(report: &str, d: &DryRun) -> String {
         ));
     }
     s.push_str(&format!(
-        "\n  total {} ≈ ${:.2}: an estimate from list egress prices, not a bill\n",
+        "\n  total {} ≈ {}: an estimate from list egress prices, not a bill\nthe run's report, as forecast:\n",
         bytes(d.bytes_total),
-        d.usd_total
+        usd(d.usd_total)
     ));
     s.push_str(report);
     s
+}
+
+/// Dollars: cents, or more digits for less than a cent.
+fn usd(x: f64) -> String {
+    if x == 0.0 || x >= 0.01 {
+        format!("${x:.2}")
+    } else {
+        format!("${x:.6}")
+    }
 }
 
 fn basis(b: PriceBasis) -> &'static str {
@@ -285,7 +294,10 @@ pub fn pull(r: &crate::ops::pull::PullReport) -> String {
             r.name, r.seq, r.version
         ));
     }
-    s
+    match &r.dry_run {
+        Some(d) => dry_run(&s, d),
+        None => s,
+    }
 }
 
 /// `ferry restore`'s report as text for people.

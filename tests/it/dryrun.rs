@@ -1,6 +1,9 @@
-//! Dry runs (issue 14): `push --dry-run` and `replicate --dry-run` leave every store
-//! byte-identical, and what they forecast is what the real run then sends, within 1 %: for a
-//! first push, a delta-encoded second step, and a replication of both.
+//! Dry runs (issue 14): `push --dry-run`, `replicate --dry-run` and `pull --dry-run` leave
+//! every store (and a pull's folder) byte-identical, and what they forecast is what the real
+//! run then sends or reads, within 1 %: for a first push, a delta-encoded second step, a
+//! replication of both, and pulls of both.
+
+use std::path::Path;
 
 use crate::deltas::write_step;
 use crate::harness::{boolean, number, only_target, s, string, uint, Backend, Ctx};
@@ -8,7 +11,8 @@ use crate::raw::{is_staging_name, Location};
 
 per_backend!(
     dry_push_forecasts_what_is_sent,
-    dry_replicate_forecasts_what_is_sent
+    dry_replicate_forecasts_what_is_sent,
+    dry_pull_forecasts_what_is_read,
 );
 
 /// Every object of a location: key, size and bytes, sorted by key.
@@ -188,4 +192,94 @@ pub fn dry_replicate_forecasts_what_is_sent(backend: Backend) {
 
     let again = ferry.json(&["replicate", &a.url, &b.url, "--dry-run"]);
     assert_eq!(uint(forecast(&again), "bytes_total"), 0, "{again}");
+}
+
+/// Every file and link under `dir` (relative path, contents or link target), sorted.
+fn local_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.map(Result::unwrap) {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.push((rel, target.display().to_string().into_bytes()));
+            } else if meta.is_dir() {
+                out.push((rel + "/", Vec::new()));
+                stack.push(p);
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Step 1 pulled for real; a dry pull of step 2 (a delta step) changes nothing in DIR or the
+/// store and forecasts what the real pull then reads from the store; a dry pull into a
+/// folder that does not exist creates nothing and prices the download out of the cloud.
+pub fn dry_pull_forecasts_what_is_read(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let repo = ctx.location(backend);
+    let ferry = ctx.ferry();
+    ferry.json(&["init", &repo.url, "--deltas", "2"]);
+    for step in 1..=2 {
+        let src = ctx.dir(&format!("step-{step}"));
+        write_step(&src, step);
+        ferry.json(&["push", s(&src), &repo.url, "--name", "ckpt"]);
+    }
+    let fresh = ctx.path("nowhere");
+    let first = ferry.json(&["pull", &repo.url, "ckpt@1", s(&fresh), "--dry-run"]);
+    assert!(!fresh.exists(), "a dry pull created {}", fresh.display());
+    let f = forecast(&first);
+    assert!(uint(&first, "bytes_read_from_store") > 0, "{first}");
+    assert_eq!(
+        uint(f, "bytes_total"),
+        uint(&first, "bytes_read_from_store")
+    );
+    let want_cloud = match backend {
+        Backend::File => "local",
+        Backend::S3 => "aws",
+        Backend::Azure => "azure",
+    };
+    assert_eq!(string(&f["price"], "from_cloud"), want_cloud, "{f}");
+    assert_eq!(number(f, "usd") > 0.0, backend != Backend::File, "{f}");
+
+    let dir = ctx.path("serve");
+    let real1 = ferry.json(&["pull", &repo.url, "ckpt@1", s(&dir)]);
+    within_one_percent(
+        "pull step 1",
+        uint(&first, "bytes_read_from_store"),
+        uint(&real1, "bytes_read_from_store"),
+    );
+    let (local, store) = (local_tree(&dir), contents(&repo));
+    let dry = ferry.json(&["pull", &repo.url, "ckpt", s(&dir), "--dry-run"]);
+    assert!(local == local_tree(&dir), "a dry pull changed DIR");
+    assert!(store == contents(&repo), "a dry pull changed the store");
+    let real = ferry.json(&["pull", &repo.url, "ckpt", s(&dir)]);
+    assert!(
+        uint(&real, "delta_bases_reused") > 0,
+        "a delta step over step 1: {real}"
+    );
+    within_one_percent(
+        "pull step 2",
+        uint(&dry, "bytes_read_from_store"),
+        uint(&real, "bytes_read_from_store"),
+    );
+    for key in [
+        "chunks_fetched",
+        "chunks_reused",
+        "bytes_reused",
+        "delta_bases_reused",
+    ] {
+        assert_eq!(uint(&dry, key), uint(&real, key), "{key}: {dry}\n{real}");
+    }
 }
