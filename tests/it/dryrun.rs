@@ -40,6 +40,7 @@ fn total(c: &[(String, u64, Vec<u8>)]) -> u64 {
 fn within_one_percent(what: &str, forecast: u64, real: u64) {
     assert!(real > 0, "{what}: the real run sent nothing");
     let off = forecast.abs_diff(real) as f64 / real as f64;
+    eprintln!("{what}: forecast {forecast}, real {real}");
     assert!(
         off <= 0.01,
         "{what}: forecast {forecast} vs real {real} ({:.2} % off)",
