@@ -5,6 +5,7 @@
 use crate::app::{App, CommitReport, InitReport, RefName, RunId, Settings};
 use crate::listing::{LsReport, SnapshotsReport};
 use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
+use crate::ops::egress::Prices;
 use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
 use crate::ops::push::{ChangeCheck, PushReport};
 use crate::ops::repair::RepairReport;
@@ -123,6 +124,37 @@ pub async fn push_checked(
     .await
 }
 
+/// `ferry push --dry-run`: the forecast of a plain push, priced.
+pub async fn push_dry(
+    ctx: &Context,
+    source: &str,
+    repos: &[String],
+    name: &str,
+    check: ChangeCheck,
+    prices: &Prices,
+) -> Result<PushReport, OpError> {
+    let name = ref_name(name)?;
+    let how = (check, prices);
+    ctx.push_dry(&url(source)?, &urls(repos)?, &name, how, &ctx.progress)
+        .await
+}
+
+/// `ferry replicate --dry-run`: the forecast of a replication, priced.
+pub async fn replicate_dry(
+    ctx: &Context,
+    from: &str,
+    to: &str,
+    names: &[String],
+    prices: &Prices,
+) -> Result<ReplicateReport, OpError> {
+    let names = names
+        .iter()
+        .map(|n| ref_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    ctx.replicate_dry(&url(from)?, &url(to)?, &names, prices)
+        .await
+}
+
 /// `ferry commit`.
 pub async fn commit(
     ctx: &Context,
@@ -156,6 +188,16 @@ pub async fn pull(
     opts: &crate::ops::pull::PullOptions,
 ) -> Result<crate::ops::pull::PullReport, OpError> {
     ctx.pull(&url(repo)?, spec, dir, opts, &ctx.progress).await
+}
+
+/// `ferry pull --dry-run`: the forecast of a pull, priced.
+pub async fn pull_dry(
+    ctx: &Context,
+    (repo, spec, dir): (&str, &str, &std::path::Path),
+    opts: &crate::ops::pull::PullOptions,
+    prices: &Prices,
+) -> Result<crate::ops::pull::PullReport, OpError> {
+    ctx.pull_dry(&url(repo)?, (spec, dir), opts, prices).await
 }
 
 /// `ferry replicate FROM TO [--name NAME…]`.

@@ -14,7 +14,72 @@ use serde::Serialize;
 #[path = "main_args.rs"]
 mod args;
 
-use args::{Cli, Command};
+use args::{Cli, Command, DryRunArgs};
+
+/// `ferry push`, or with `--dry-run` its forecast.
+async fn push(
+    ctx: &Context,
+    (source, repos, name): (&str, &[String], &str),
+    mode: &ferry::ops::shard::PushMode,
+    check: ChangeCheck,
+    dry: DryRunArgs,
+) -> anyhow::Result<ferry::ops::push::PushReport> {
+    if !dry.dry_run {
+        return Ok(commands::push_checked(ctx, source, repos, name, mode, check).await?);
+    }
+    if *mode != ferry::ops::shard::PushMode::Replace {
+        anyhow::bail!("--dry-run forecasts a plain push: drop --merge or --shard");
+    }
+    let prices = prices(dry.price_per_gib)?;
+    Ok(commands::push_dry(ctx, source, repos, name, check, &prices).await?)
+}
+
+/// `ferry pull`, or with `--dry-run` its forecast.
+async fn pull(
+    ctx: &Context,
+    (repo, spec, dir): (&str, &str, &std::path::Path),
+    opts: &ferry::ops::pull::PullOptions,
+    dry: DryRunArgs,
+) -> anyhow::Result<ferry::ops::pull::PullReport> {
+    Ok(if dry.dry_run {
+        let prices = prices(dry.price_per_gib)?;
+        commands::pull_dry(ctx, (repo, spec, dir), opts, &prices).await?
+    } else {
+        commands::pull(ctx, repo, spec, dir, opts).await?
+    })
+}
+
+/// `ferry replicate`, or with `--dry-run` its forecast; emits the report.
+async fn replicate(
+    ctx: &Context,
+    (from, to, names): (&str, &str, &[String]),
+    sharded: Option<(ferry::ops::shard::Shard, &str)>,
+    dry: DryRunArgs,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let r = if !dry.dry_run {
+        commands::replicate_with(ctx, from, to, names, sharded).await?
+    } else if sharded.is_some() {
+        anyhow::bail!("--dry-run forecasts a whole replication: drop --shard");
+    } else {
+        let prices = prices(dry.price_per_gib)?;
+        commands::replicate_dry(ctx, from, to, names, &prices).await?
+    };
+    emit(json, &r, render::replicate)
+}
+
+/// The egress price table for a dry run: the defaults, `FERRY_EGRESS_PRICES`
+/// (`aws=0.05,azure=0.08`: US dollars per GiB sent out of that cloud), then `--price-per-gib`.
+fn prices(flag: Option<f64>) -> anyhow::Result<ferry::ops::egress::Prices> {
+    let mut table = std::collections::BTreeMap::new();
+    if let Ok(v) = std::env::var("FERRY_EGRESS_PRICES") {
+        table = ferry::ops::egress::parse_prices(&v)
+            .map_err(|e| anyhow::anyhow!("FERRY_EGRESS_PRICES: {e}"))?;
+    }
+    Ok(ferry::ops::egress::Prices::default()
+        .with_config(&table)
+        .with_flag(flag))
+}
 
 fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
@@ -269,6 +334,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             shard,
             run,
             rehash,
+            dry,
             ..
         } => {
             let mode = commands::push_mode(merge, shard, run.as_deref())?;
@@ -277,7 +343,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             } else {
                 ChangeCheck::Stat
             };
-            let r = commands::push_checked(ctx, &source, &repos, &name, &mode, check).await?;
+            let r = push(ctx, (&source, &repos, &name), &mode, check, dry).await?;
             emit(json, &r, render::push)?
         }
         Command::Commit { repos, name, run } => {
@@ -308,6 +374,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             keep,
             preserve_special_modes,
             select,
+            dry,
             ..
         } => {
             let opts = ferry::ops::pull::PullOptions {
@@ -315,7 +382,7 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
                 selection: select.parse()?,
                 special_modes: special_modes(preserve_special_modes),
             };
-            let r = commands::pull(ctx, &repo, &snapshot, &dir, &opts).await?;
+            let r = pull(ctx, (&repo, &snapshot, &dir), &opts, dry).await?;
             emit(json, &r, render::pull)?
         }
         Command::Replicate {
@@ -324,11 +391,11 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             name,
             shard,
             run,
+            dry,
             ..
         } => {
             let sharded = shard.zip(run.as_deref());
-            let r = commands::replicate_with(ctx, &from, &to, &name, sharded).await?;
-            emit(json, &r, render::replicate)?
+            replicate(ctx, (&from, &to, &name), sharded, dry, json).await?
         }
         Command::Snapshots { repo, name } => {
             let r = commands::snapshots(ctx, &repo, name.as_deref()).await?;

@@ -25,6 +25,19 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// `--dry-run` and its price on push and replicate.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct DryRunArgs {
+    /// Forecast the bytes the run would send and estimate their egress cost; write nothing
+    /// to any store (not with --merge or --shard).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// With --dry-run: the price in US dollars per GiB sent, for every route (over the
+    /// built-in table and FERRY_EGRESS_PRICES).
+    #[arg(long, value_name = "USD", requires = "dry_run")]
+    pub(crate) price_per_gib: Option<f64>,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Create a repository at an empty location.
@@ -73,6 +86,8 @@ pub(crate) enum Command {
         rehash: bool,
         #[command(flatten)]
         limit: Limit,
+        #[command(flatten)]
+        dry: DryRunArgs,
     },
     /// Combine a sharded push's partial snapshots and move the ref, if every shard finished.
     Commit {
@@ -126,6 +141,8 @@ pub(crate) enum Command {
         select: Select,
         #[command(flatten)]
         limit: Limit,
+        #[command(flatten)]
+        dry: DryRunArgs,
     },
     /// Copy snapshots and the chunks the target lacks from one repository to another.
     Replicate {
@@ -145,6 +162,8 @@ pub(crate) enum Command {
         run: Option<String>,
         #[command(flatten)]
         limit: Limit,
+        #[command(flatten)]
+        dry: DryRunArgs,
     },
     /// List snapshots, for every ref or one.
     Snapshots {

@@ -20,6 +20,7 @@ use crate::chunker::ChunkerParams;
 use crate::index::{Index, IndexError, TemporaryIndex};
 use crate::listing::{LsReport, SnapshotsReport};
 use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
+use crate::ops::egress::Prices;
 use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
 use crate::ops::push::{ChangeCheck, PushReport};
 use crate::ops::repair::RepairReport;
@@ -179,6 +180,49 @@ impl App {
         crate::ops::push::push_checked(&source, targets, name, index, progress, mode, check).await
     }
 
+    /// A dry run of a plain [`Self::push`]: opens the repositories for reading (one not yet
+    /// there is described, not created) and forecasts what the push would send, priced.
+    pub async fn push_dry(
+        &self,
+        source: &StoreUrl,
+        repos: &[StoreUrl],
+        name: &RefName,
+        (check, prices): (ChangeCheck, &Prices),
+        progress: &Reporter,
+    ) -> Result<PushReport, OpError> {
+        let source = self.open_source(source)?;
+        let mut targets = Vec::new();
+        for r in repos {
+            check_outside_source(&source.key(), &r.to_string())?;
+            let store = self.open_store(r, Access::Read)?;
+            targets.push(
+                Repository::open_or_plan(store, || {
+                    RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE)
+                })
+                .await?,
+            );
+        }
+        let index = self.index().await?;
+        let how = (check, prices);
+        crate::ops::push::push_dry(&source, targets, name, index, progress, how).await
+    }
+
+    /// A dry run of [`Self::replicate`] (not sharded): what it would send, priced.
+    pub async fn replicate_dry(
+        &self,
+        from: &StoreUrl,
+        to: &StoreUrl,
+        names: &[RefName],
+        prices: &Prices,
+    ) -> Result<ReplicateReport, OpError> {
+        let from = self.open_repo(from).await?;
+        let store = self.open_store(to, Access::Read)?;
+        let (to, created) = Repository::open_or_plan(store, || from.config().derived()).await?;
+        let names: Vec<String> = names.iter().map(RefName::to_string).collect();
+        let index = self.index().await?;
+        crate::ops::replicate_dry::replicate_dry(&from, (&to, created), &names, index, prices).await
+    }
+
     /// Combines a sharded run's partial snapshots and moves the ref, in every repository.
     pub async fn commit(
         &self,
@@ -215,6 +259,20 @@ impl App {
         let repo = self.open_repo(repo).await?;
         let rindex = self.index_for_reading().await?.repo(repo.id())?;
         crate::ops::pull::pull(&repo, &rindex, spec, dir, opts, progress).await
+    }
+
+    /// `ferry pull --dry-run`: what the pull would read from the store, priced; nothing in
+    /// `dir` is created or changed.
+    pub async fn pull_dry(
+        &self,
+        repo: &StoreUrl,
+        (spec, dir): (&str, &std::path::Path),
+        opts: &crate::ops::pull::PullOptions,
+        prices: &Prices,
+    ) -> Result<crate::ops::pull::PullReport, OpError> {
+        let repo = self.open_repo(repo).await?;
+        let rindex = self.index_for_reading().await?.repo(repo.id())?;
+        crate::ops::pull::pull_dry(&repo, &rindex, (spec, dir), opts, prices).await
     }
 
     /// `ferry restore`: the snapshot `spec` names in `repo`, written to `dest` (a folder or an object prefix).

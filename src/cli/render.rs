@@ -3,6 +3,7 @@
 //! application layer never format text for people.
 
 use crate::app::{CommitReport, InitReport};
+use crate::ops::egress::{DryRun, PriceBasis};
 use crate::ops::push::PushReport;
 use crate::ops::replicate::ReplicateReport;
 use crate::ops::restore::RestoreReport;
@@ -223,7 +224,56 @@ pub fn push(r: &PushReport) -> String {
             s.push_str(&format!("; {}", shard_line(shard)));
         }
     }
+    match &r.dry_run {
+        Some(d) => dry_run(&s, d),
+        None => s,
+    }
+}
+
+/// A dry run's report: its forecast first, then the report the run would have printed.
+fn dry_run(report: &str, d: &DryRun) -> String {
+    let mut s = String::from("DRY RUN: nothing was written; this is what the run would transfer.");
+    for t in &d.targets {
+        s.push_str(&format!(
+            "\n  {}: {} (packs {}, snapshots {}, refs {}, config {}) ≈ {} at ${}/GiB ({} → {}, {} price)",
+            t.repo,
+            bytes(t.bytes_total),
+            bytes(t.bytes_packs),
+            bytes(t.bytes_snapshots),
+            bytes(t.bytes_refs),
+            bytes(t.bytes_config),
+            usd(t.usd),
+            t.price.usd_per_gib,
+            t.price.from_cloud,
+            t.price.to_cloud,
+            basis(t.price.basis)
+        ));
+    }
+    s.push_str(&format!(
+        "\n  total {} ≈ {}: an estimate from list egress prices, not a bill\nthe run's report, as forecast:\n",
+        bytes(d.bytes_total),
+        usd(d.usd_total)
+    ));
+    s.push_str(report);
     s
+}
+
+/// Dollars: cents, or more digits for less than a cent.
+fn usd(x: f64) -> String {
+    if x == 0.0 || x >= 0.01 {
+        format!("${x:.2}")
+    } else {
+        format!("${x:.6}")
+    }
+}
+
+fn basis(b: PriceBasis) -> &'static str {
+    match b {
+        PriceBasis::Default => "default",
+        PriceBasis::Config => "FERRY_EGRESS_PRICES",
+        PriceBasis::Flag => "--price-per-gib",
+        PriceBasis::Unknown => "no known",
+    }
 }
 
 /// `ferry restore`: replaced and kept files, then the summary.
@@ -250,7 +300,10 @@ pub fn pull(r: &crate::ops::pull::PullReport) -> String {
             r.name, r.seq, r.version
         ));
     }
-    s
+    match &r.dry_run {
+        Some(d) => dry_run(&s, d),
+        None => s,
+    }
 }
 
 /// `ferry restore`'s report as text for people.
@@ -301,7 +354,10 @@ pub fn replicate(r: &ReplicateReport) -> String {
             ));
         }
     }
-    s
+    match &r.dry_run {
+        Some(d) => dry_run(&s, d),
+        None => s,
+    }
 }
 
 /// `ferry verify`: the summary, then each problem and note.

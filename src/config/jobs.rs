@@ -122,6 +122,7 @@ pub(super) fn job(
             "must be between 1 and 10000 pending items per target",
         );
     }
+    let max_egress_per_day = egress_budget(p, key, job);
     if p.0.len() != before {
         return None;
     }
@@ -131,7 +132,23 @@ pub(super) fn job(
         targets,
         trigger: trigger?,
         queue,
+        max_egress_per_day,
     })
+}
+
+/// `max_egress_per_day = "200GiB"`: a size above zero.
+fn egress_budget(p: &mut Problems, key: &str, job: &RawJob) -> Option<u64> {
+    let text = job.max_egress_per_day.as_deref()?;
+    match text.trim().parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => Some(b.as_u64()),
+        _ => {
+            p.add(
+                format!("{key}.max_egress_per_day"),
+                format!("{text:?} is not a size above zero: write e.g. \"200GiB\" or \"500MB\""),
+            );
+            None
+        }
+    }
 }
 
 /// `kind = "pull"`: one destination folder (the job's one target), its trigger and queue.
@@ -156,6 +173,12 @@ fn pull_job(
             "does not apply to pull jobs (they always take the ref's newest snapshot): remove it",
         );
     }
+    if job.max_egress_per_day.is_some() {
+        p.add(
+            format!("{key}.max_egress_per_day"),
+            "applies to push, replicate and mirror jobs (a pull job only reads): remove it",
+        );
+    }
     if p.0.len() != before {
         return None;
     }
@@ -166,6 +189,7 @@ fn pull_job(
         targets: vec![target],
         trigger: trigger?,
         queue,
+        max_egress_per_day: None,
     })
 }
 

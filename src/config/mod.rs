@@ -137,6 +137,9 @@ pub struct JobConfig {
     pub trigger: Trigger,
     /// Pending items a target may hold before the oldest are skipped.
     pub queue: usize,
+    /// Bytes the job may send per UTC day, over all its targets (`max_egress_per_day`):
+    /// once today's reach it, runs wait for the next day.
+    pub max_egress_per_day: Option<u64>,
 }
 
 /// What a job moves.

@@ -103,4 +103,6 @@ pub struct RawJob {
     pub hook_url: Option<String>,
     /// Pull jobs: how long each hook may take.
     pub hook_timeout: Option<String>,
+    /// Push, replicate and mirror jobs: bytes the job may send per UTC day (`"200GiB"`).
+    pub max_egress_per_day: Option<String>,
 }

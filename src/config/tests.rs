@@ -395,3 +395,26 @@ fn gcs_urls_are_accepted_where_any_store_url_is() {
         "{e}"
     );
 }
+
+#[test]
+fn max_egress_per_day_is_a_size_for_sending_jobs() {
+    let budget = |line: &str| {
+        load(&MINIMAL.replace("watch = true", &format!("watch = true\n{line}")))
+            .unwrap()
+            .jobs[0]
+            .max_egress_per_day
+    };
+    assert_eq!(load(MINIMAL).unwrap().jobs[0].max_egress_per_day, None);
+    assert_eq!(budget("max_egress_per_day = \"200GiB\""), Some(200 << 30));
+    assert_eq!(budget("max_egress_per_day = \"500MB\""), Some(500_000_000));
+    for bad in ["\"lots\"", "\"0B\""] {
+        let e = error(&MINIMAL.replace(
+            "watch = true",
+            &format!("watch = true\nmax_egress_per_day = {bad}"),
+        ));
+        assert!(
+            e.contains("jobs[0].max_egress_per_day:") && e.contains("is not a size above zero"),
+            "{e}"
+        );
+    }
+}

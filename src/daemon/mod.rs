@@ -7,6 +7,7 @@
 //! point it reached (the repository is valid at every point, and landed packs are in the
 //! local index). Its item stays pending in the index and runs again on the next start.
 
+mod budget;
 mod bwlimit;
 mod clock;
 mod discover;
@@ -158,6 +159,7 @@ impl Daemon {
         }
         views::load(&shared).await?;
         pull::load(&shared).await;
+        budget::seed(&shared).await;
         Ok(Daemon { shared })
     }
 
@@ -369,6 +371,8 @@ impl Shared {
 mod history_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_budget;
 #[cfg(test)]
 mod tests_items;
 #[cfg(test)]

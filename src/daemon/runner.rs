@@ -38,6 +38,13 @@ pub(super) async fn work(shared: Arc<Shared>, job: Arc<Job>) {
         }
         let next = job.with(|live| next_batch(live, Instant::now()));
         match next {
+            Next::Run { .. }
+                if super::budget::blocked_until(&job, shared.clock.now_ms()).is_some() =>
+            {
+                if shared.mode == Mode::Once || !wait_for_budget(&shared, &job).await {
+                    return;
+                }
+            }
             Next::Run { item, targets } => run_batch(&shared, &job, item, targets).await,
             Next::Wait(at) => {
                 tokio::select! {
@@ -54,6 +61,21 @@ pub(super) async fn work(shared: Arc<Shared>, job: Arc<Job>) {
                 }
             }
         }
+    }
+}
+
+/// A job over its egress budget waits for the next UTC day (or a wake-up, to look again);
+/// false on shutdown.
+async fn wait_for_budget(shared: &Shared, job: &Job) -> bool {
+    let Some(until) = super::budget::blocked_until(job, shared.clock.now_ms()) else {
+        return true;
+    };
+    tracing::warn!(job = %job.config.name, "over its daily egress budget: runs wait for the next UTC day");
+    let at = chrono::DateTime::from_timestamp_millis(until).unwrap_or_else(chrono::Utc::now);
+    tokio::select! {
+        _ = shared.clock.sleep_until(at) => true,
+        _ = job.wake.notified() => true,
+        _ = shared.shutdown.cancelled() => false,
     }
 }
 
@@ -268,6 +290,7 @@ impl Finished<'_> {
             );
         }
         super::pull::finish(job, &mut r, o);
+        super::budget::record(job, t, o.bytes_sent, self.finished_ms);
         tracing::info!(job = %job.config.name, target = %job.target(t).label, item = %self.item, sent = o.bytes_sent, "run succeeded");
         (r, events)
     }

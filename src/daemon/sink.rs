@@ -25,6 +25,9 @@ pub mod metric {
     pub const PENDING_ITEMS: &str = "ferry_pending_items";
     pub const TARGET_FAILING: &str = "ferry_target_failing";
     pub const EGRESS_AVOIDED_DOLLARS: &str = "ferry_egress_avoided_dollars";
+    pub const EGRESS_BYTES_TOTAL: &str = "ferry_egress_bytes_total";
+    pub const EGRESS_TODAY_BYTES: &str = "ferry_egress_today_bytes";
+    pub const JOB_OVER_BUDGET: &str = "ferry_job_over_budget";
     pub const JOB_RUNNING: &str = "ferry_job_running";
     pub const RUN_PROGRESS_BYTES: &str = "ferry_run_progress_bytes";
     pub const WAITING_FILES: &str = "ferry_waiting_files";

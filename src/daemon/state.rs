@@ -165,6 +165,9 @@ pub enum JobState {
     Running,
     Retrying,
     Failed,
+    /// Today's bytes reached `max_egress_per_day`: runs wait for the next UTC day.
+    #[serde(rename = "over_budget")]
+    OverBudget,
 }
 
 named!(JobState {
@@ -173,6 +176,7 @@ named!(JobState {
     Running => "running",
     Retrying => "retrying",
     Failed => "failed",
+    OverBudget => "over_budget",
 });
 
 /// Where a target stands (`TargetStatus::state`).
@@ -243,6 +247,8 @@ pub struct JobLive {
     pub unsynced_since_ms: Option<i64>,
     /// Pull jobs: the version live, the ref's head as last seen, bytes read vs reused.
     pub pull: super::pull::PullLive,
+    /// Bytes sent today, against `max_egress_per_day`.
+    pub egress: super::budget::Egress,
 }
 
 /// Files of a tree job that have not settled: not pushed; the ref keeps their previous version.
@@ -323,6 +329,9 @@ pub struct JobStatus {
     /// Pull jobs: the version live, its lag behind the ref, bytes read vs reused, hooks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull: Option<super::pull::PullStatus>,
+    /// Jobs with `max_egress_per_day`: today's bytes against it, and why runs wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<super::budget::BudgetStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -438,10 +447,13 @@ impl Job {
                     s
                 })
                 .collect();
+            let budget = super::budget::status(c.max_egress_per_day, &live.egress, now_ms);
             let state = if live.running.is_some() {
                 JobState::Running
             } else if targets.iter().any(|t| t.state == TargetState::Failed) {
                 JobState::Failed
+            } else if budget.as_ref().is_some_and(|b| b.over_budget) {
+                JobState::OverBudget
             } else if targets.iter().any(|t| t.state == TargetState::Retrying) {
                 JobState::Retrying
             } else if !live.waiting.is_empty() || targets.iter().any(|t| t.pending > 0) {
@@ -496,6 +508,7 @@ impl Job {
                     JobKind::Pull(p) => Some(super::pull::status(p, &live.pull)),
                     _ => None,
                 },
+                budget,
             }
         })
     }

@@ -425,6 +425,9 @@ pub fn render_status(jobs: &[JobStatus], now_ms: i64) -> String {
         if let Some(e) = &j.scan_error {
             errors.push(format!("  {}: {e}", j.name));
         }
+        if let Some(reason) = j.budget.as_ref().and_then(|b| b.reason.as_ref()) {
+            errors.push(format!("  {}: {reason}", j.name));
+        }
     }
     if !errors.is_empty() {
         s.push('\n');

@@ -45,6 +45,7 @@ pub struct BaseCache {
     dir: PathBuf,
     max_bytes: u64,
     used: AtomicU64,
+    read_only: bool,
 }
 
 impl BaseCache {
@@ -63,7 +64,14 @@ impl BaseCache {
             dir,
             max_bytes,
             used: AtomicU64::new(used),
+            read_only: false,
         }
+    }
+
+    /// The same cache for a dry run: read, never written or trimmed.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     /// The folder it lives in.
@@ -81,6 +89,9 @@ impl BaseCache {
     /// Keeps `entry` for chunk `id`, unless that would pass the size limit. Best effort: a
     /// cache that cannot be written is a warning, never a failed push.
     pub fn put(&self, id: &ChunkId, entry: &BaseEntry) {
+        if self.read_only {
+            return;
+        }
         let len = (HEADER + entry.frame.len()) as u64;
         if self.used.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
             self.used.fetch_sub(len, Ordering::Relaxed);
@@ -114,6 +125,9 @@ impl BaseCache {
     /// Removes every entry but those of `keep` and the keys under them (and any leftover
     /// temporary file). Returns how many entries it removed.
     pub fn retain(&self, keep: &HashSet<ChunkId>) -> usize {
+        if self.read_only {
+            return 0;
+        }
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -228,7 +242,13 @@ mod tests {
         let removed = cache.retain(&HashSet::from([id(1)]));
         assert_eq!(removed, 1);
         assert_eq!(cache.get(&id(2)), None);
-        assert_eq!(cache.get(&id(9)), Some(full));
+        assert_eq!(cache.get(&id(9)), Some(full.clone()));
+        // A dry run's copy reads but neither writes nor trims.
+        let dry = BaseCache::open(dir.path().join("c"), 1 << 20).read_only();
+        dry.put(&id(3), &entry(9, b"three"));
+        assert_eq!(dry.retain(&HashSet::new()), 0);
+        assert_eq!(dry.get(&id(3)), None);
+        assert_eq!(dry.get(&id(9)), Some(full));
         // A reopened cache counts what it holds.
         let again = BaseCache::open(dir.path().join("c"), 1 << 20);
         assert_eq!(

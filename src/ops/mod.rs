@@ -2,16 +2,19 @@
 //! opened stores and the local index and returns a serializable report.
 
 pub(crate) mod delta_base;
+pub mod egress;
 pub(crate) mod fetch;
 pub mod gc;
 pub(crate) mod hasher;
 pub mod pull;
 pub mod push;
 mod push_delta;
+mod push_finish;
 mod push_read;
 pub(crate) mod ref_log;
 pub(crate) mod repair;
 pub(crate) mod replicate;
+pub(crate) mod replicate_dry;
 pub mod restore;
 pub(crate) mod restore_local;
 pub mod select;

@@ -10,25 +10,26 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::app::RefName;
 use crate::chunker::{ChunkerParams, TensorCuts};
 use crate::ids::{ChunkId, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
+use crate::ops::egress::{DryRun, Prices};
 use crate::ops::hasher::FileHasher;
 use crate::ops::push_delta::{self, Counterparts};
+use crate::ops::push_finish::{finish_targets, forecast_targets, SnapshotHead};
 use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
-use crate::ops::sync::{check_not_marked, sync_index, Presence};
+use crate::ops::sync::{sync_index, Presence};
 use crate::ops::targets::TargetSet;
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::{Progress, Reporter};
-use crate::repo::snapshot::{Entry, SNAPSHOT_VERSION};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::snapshot::Entry;
+use crate::repo::Repository;
 
 /// Packs uploading at once per repository.
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -79,6 +80,9 @@ pub struct PushReport {
     pub duration_secs: f64,
     /// One report per repository, in the order given.
     pub targets: Vec<TargetReport>,
+    /// A dry run (`--dry-run`): nothing was written; the forecast per target, priced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRun>,
 }
 
 /// One repository's share of a push.
@@ -189,6 +193,34 @@ pub async fn push_checked(
     mode: &PushMode,
     check: ChangeCheck,
 ) -> Result<PushReport, OpError> {
+    run(source, targets, name, index, progress, (mode, check, None)).await
+}
+
+/// A dry run of a plain push: reads the source, chunks, compresses and delta-encodes it as
+/// [`push_checked`] would, and reports what it would send (`bytes_uploaded` per target is the
+/// forecast of packs and pack indexes) with a dry-run forecast priced by `prices`; writes
+/// nothing to any repository. The local index may learn the repositories' pack indexes (the
+/// cache a real run refreshes too); the file cache is left alone.
+pub async fn push_dry(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &RefName,
+    index: &Index,
+    progress: &Reporter,
+    (check, prices): (ChangeCheck, &Prices),
+) -> Result<PushReport, OpError> {
+    let how = (&PushMode::Replace, check, Some(prices));
+    run(source, targets, name, index, progress, how).await
+}
+
+async fn run(
+    source: &Source,
+    targets: Vec<(Repository, bool)>,
+    name: &RefName,
+    index: &Index,
+    progress: &Reporter,
+    (mode, check, dry): (&PushMode, ChangeCheck, Option<&Prices>),
+) -> Result<PushReport, OpError> {
     let started = Instant::now();
     let time = SystemTime::now();
     let (params, level) = common_format(&targets)?;
@@ -210,7 +242,8 @@ pub async fn push_checked(
     let cache = index.files(&source.key())?;
     let cuts = push_delta::tensor_cuts(&targets);
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
-    let (delta_target, counterparts) = push_delta::setup(&targets, &rindexes, index, name).await?;
+    let (delta_target, counterparts) =
+        push_delta::setup(&targets, &rindexes, index, name, dry.is_some()).await?;
     let delta_side = delta_target
         .as_ref()
         .map(|t| (t.read_back.clone(), t.cache.clone()));
@@ -225,6 +258,7 @@ pub async fn push_checked(
     let rt = tokio::runtime::Handle::current();
     let producer = {
         let (source, presences, bar) = (source.clone(), presences.clone(), bar.clone());
+        let check = (check, dry.is_none());
         tokio::task::spawn_blocking(move || {
             let out = Out {
                 jobs: &job_tx,
@@ -244,6 +278,7 @@ pub async fn push_checked(
             PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
                 .repairing(p.damaged.clone())
                 .avoiding(p.marked.difference(&p.damaged).copied().collect())
+                .dry_run(dry.is_some())
         })
         .collect();
     let mut packed = pack_frames(&mut frame_rx, &mut uploaders).await?;
@@ -274,25 +309,25 @@ pub async fn push_checked(
         source: source.key(),
         entries: &produced.entries,
     };
-    let mut reports = Vec::new();
-    for (((repo, created), stats), presence) in targets.into_iter().zip(stats).zip(&presences) {
-        check_not_marked(&repo, &presence.rindex, referenced.iter().copied()).await?;
-        let (snapshot, unchanged, shard) = finish_snapshot(&repo, &head, mode).await?;
-        reports.push(TargetReport {
-            repo: repo.url(),
-            snapshot,
-            unchanged,
-            created,
-            stats,
-            shard,
-        });
-    }
+    let targets = targets.into_iter().zip(stats).zip(&presences);
+    let (reports, forecast) = match dry {
+        None => (
+            finish_targets(targets, &referenced, &head, mode).await?,
+            None,
+        ),
+        Some(prices) => {
+            let (reports, forecast) = forecast_targets(targets, &head, prices).await?;
+            (reports, Some(forecast))
+        }
+    };
     index.flush()?;
     if let Some(cache) = delta_side.and_then(|(_, c)| c) {
         push_delta::keep_for_next(cache, referenced).await?;
     }
 
-    Ok(report(name, source, &produced, &packed, started, reports))
+    let mut report = report(name, source, &produced, &packed, started, reports);
+    report.dry_run = forecast;
+    Ok(report)
 }
 
 /// What the frames of one push came to.
@@ -384,66 +419,8 @@ fn report(
         compression_ratio: ratio(raw_new, stored_new),
         duration_secs: started.elapsed().as_secs_f64(),
         targets: reports,
+        dry_run: None,
     }
-}
-
-/// What every target's snapshot of one push holds.
-struct SnapshotHead<'a> {
-    time: String,
-    name: &'a str,
-    source: String,
-    entries: &'a [Entry],
-}
-
-/// Writes the push's snapshot into `repo` as `mode` says and moves the ref: returns the
-/// snapshot id, whether the ref already had this tree, and a sharded push's report.
-async fn finish_snapshot(
-    repo: &Repository,
-    head: &SnapshotHead<'_>,
-    mode: &PushMode,
-) -> Result<(SnapshotId, bool, Option<ShardReport>), OpError> {
-    let mut snapshot = Snapshot {
-        version: SNAPSHOT_VERSION,
-        time: head.time.clone(),
-        name: head.name.to_string(),
-        source: head.source.clone(),
-        parent: None,
-        entries: head.entries.to_vec(),
-    };
-    let name = head.name;
-    Ok(match mode {
-        PushMode::Merge => {
-            let (id, unchanged) = crate::ops::shard::finish_merge(repo, snapshot).await?;
-            (id, unchanged, None)
-        }
-        PushMode::Settled { held, merge, .. } => {
-            let (id, unchanged) =
-                crate::ops::shard::finish_settled(repo, snapshot, held, *merge).await?;
-            (id, unchanged, None)
-        }
-        PushMode::Shard { shard: s, run } => {
-            let (id, r) = crate::ops::shard::finish_shard(repo, snapshot, *s, run).await?;
-            (id, false, Some(r))
-        }
-        PushMode::Replace => {
-            let head = repo.ref_head(name).await?;
-            let parent = match &head {
-                Some(h) => Some((h.snapshot, repo.read_snapshot(&h.snapshot).await?)),
-                None => None,
-            };
-            snapshot.parent = parent.as_ref().map(|p| p.0);
-            match parent {
-                Some((pid, p)) if p.same_tree(&snapshot) => (pid, true, None),
-                _ => {
-                    let id = repo
-                        .write_snapshot_bytes(Bytes::from(snapshot.encode()))
-                        .await?;
-                    repo.advance_ref(name, id).await?;
-                    (id, false, None)
-                }
-            }
-        }
-    })
 }
 
 /// One compressor per worker, each on a blocking thread: chunks in, frames out.
@@ -499,7 +476,7 @@ fn produce(
     cache: &FileCache,
     presences: &[Presence],
     (params, cuts, counterparts): (ChunkerParams, TensorCuts, &Counterparts),
-    check: ChangeCheck,
+    (check, keep_cache): (ChangeCheck, bool),
     out_to: &Out<'_>,
 ) -> Result<Produced, OpError> {
     let mut out = Produced::default();
@@ -570,20 +547,20 @@ fn produce(
         out.files_read += 1;
         out.bytes_read += state.size;
         out.chunks_total += read.chunks.len() as u64;
-        cache.put(
-            &file.rel,
-            &CachedFile {
-                size: state.size,
-                mtime_ns: state.mtime_ns,
-                ctime_ns: state.ctime_ns,
-                ino: state.ino,
-                etag: file.etag.clone(),
-                mode: file.mode,
-                blake3: read.blake3,
-                layout: read.layout,
-                chunks: read.chunks.clone(),
-            },
-        )?;
+        let record = CachedFile {
+            size: state.size,
+            mtime_ns: state.mtime_ns,
+            ctime_ns: state.ctime_ns,
+            ino: state.ino,
+            etag: file.etag.clone(),
+            mode: file.mode,
+            blake3: read.blake3,
+            layout: read.layout,
+            chunks: read.chunks.clone(),
+        };
+        if keep_cache {
+            cache.put(&file.rel, &record)?;
+        }
         out.entries.push(Entry::File {
             path: file.rel,
             size: state.size,

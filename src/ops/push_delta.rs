@@ -398,12 +398,13 @@ impl Pick {
 }
 
 /// The delta target and counterparts of a push into `targets` under ref `name`: none unless
-/// it is a single repository whose config enables deltas.
+/// it is a single repository whose config enables deltas. A dry run only reads the base cache.
 pub(crate) async fn setup(
     targets: &[(Repository, bool)],
     rindexes: &[RepoIndex],
     index: &Index,
     name: &str,
+    dry_run: bool,
 ) -> Result<(Option<DeltaTarget>, Counterparts), OpError> {
     let ([(repo, _)], [rindex]) = (targets, rindexes) else {
         return Ok((None, Counterparts::default()));
@@ -417,7 +418,9 @@ pub(crate) async fn setup(
         rindex: rindex.clone(),
         params,
         rt: tokio::runtime::Handle::current(),
-        cache: index.base_cache(repo.id(), name).map(Arc::new),
+        cache: index
+            .base_cache(repo.id(), name)
+            .map(|c| Arc::new(if dry_run { c.read_only() } else { c })),
         read_back: Arc::default(),
     };
     Ok((Some(target), counterparts))

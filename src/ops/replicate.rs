@@ -63,6 +63,9 @@ pub struct ReplicateReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<ReplicaShardReport>,
     pub duration_secs: f64,
+    /// A dry run (`--dry-run`): nothing was written; the counts above are the forecast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<crate::ops::egress::DryRun>,
 }
 
 /// Copies the refs `names` (all refs when empty) from `from` to `to`; with `sharded`, only
@@ -147,6 +150,7 @@ pub async fn replicate(
         refs_advanced: 0,
         shard: None,
         duration_secs: 0.0,
+        dry_run: None,
     };
     if let Some(s) = sharded {
         let shard = record_shard_done(to, s, owned.len() as u64).await?;
@@ -177,7 +181,10 @@ pub async fn replicate(
 }
 
 /// The planned snapshots the target lacks, each once, in plan order.
-fn wanted_snapshots(plans: &[PlannedRef], present: &HashSet<SnapshotId>) -> Vec<SnapshotId> {
+pub(crate) fn wanted_snapshots(
+    plans: &[PlannedRef],
+    present: &HashSet<SnapshotId>,
+) -> Vec<SnapshotId> {
     let mut wanted: Vec<SnapshotId> = Vec::new();
     for s in plans.iter().flat_map(|p| &p.snapshots) {
         if !present.contains(s) && !wanted.contains(s) {
@@ -344,7 +351,7 @@ async fn check_run_complete(
 }
 
 /// Per ref: the source log's snapshots the target's log lacks, oldest first.
-async fn plan_refs(
+pub(crate) async fn plan_refs(
     from: &Repository,
     to: &Repository,
     names: &[String],

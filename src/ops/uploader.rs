@@ -61,6 +61,16 @@ pub struct PackUploader {
     /// chunks in the same order would make the same pack again, and so the same id, that
     /// marked id would fail the snapshot once more: such a pack is sealed in another order.
     gc_marked: Arc<HashSet<PackId>>,
+    /// A dry run: packs are only measured (see [`DryPack`]), nothing is written.
+    dry: Option<DryPack>,
+}
+
+/// The pack a dry run's uploader would be building: enough to know its sealed sizes.
+#[derive(Debug, Default, Clone, Copy)]
+struct DryPack {
+    frames: usize,
+    frame_bytes: u64,
+    bases: usize,
 }
 
 impl PackUploader {
@@ -77,7 +87,52 @@ impl PackUploader {
             stats: UploadStats::default(),
             damaged: Arc::default(),
             gc_marked: Arc::default(),
+            dry: None,
         }
+    }
+
+    /// A dry run: frames are gathered into packs of the same sizes as a real run's, which
+    /// are counted in the stats as if uploaded, but nothing is written to the repository or
+    /// the local index.
+    pub fn dry_run(mut self, dry: bool) -> Self {
+        self.dry = dry.then(DryPack::default);
+        self
+    }
+
+    /// Adds one frame known only by its length (and whether it is a delta frame): a dry
+    /// run's replication, which does not download frames. A real uploader cannot take it.
+    pub fn add_measured(&mut self, frame_len: u32, raw_len: u32, delta: bool) {
+        self.stats.chunks_new += 1;
+        self.stats.bytes_new_logical += raw_len as u64;
+        self.measure(frame_len as u64, delta);
+    }
+
+    /// A dry run's `add`: the frame joins the measured pack, which is closed at the size a
+    /// real run would seal it.
+    fn measure(&mut self, frame_len: u64, delta: bool) {
+        let Some(p) = &mut self.dry else {
+            debug_assert!(false, "measure on a real uploader");
+            return;
+        };
+        p.frames += 1;
+        p.frame_bytes += frame_len;
+        p.bases += usize::from(delta);
+        if crate::repo::pack::builder_len(p.frame_bytes) >= self.target as u64 {
+            self.close_measured();
+        }
+    }
+
+    /// Counts the measured pack as uploaded and starts another.
+    fn close_measured(&mut self) {
+        let Some(p) = self.dry.replace(DryPack::default()) else {
+            return;
+        };
+        if p.frames == 0 {
+            return;
+        }
+        let (pack, index) = crate::repo::pack::sealed_sizes(p.frames, p.frame_bytes, p.bases);
+        self.stats.bytes_uploaded += pack + index;
+        self.stats.packs_uploaded += 1;
     }
 
     /// Tells the uploader which packs a gc marked (see the field).
@@ -98,6 +153,11 @@ impl PackUploader {
 
     /// Adds one frame; seals and starts uploading the pack once it reaches the target size.
     pub async fn add(&mut self, chunk: ChunkId, frame: &[u8], raw_len: u32) -> Result<(), OpError> {
+        if self.dry.is_some() {
+            let delta = matches!(crate::codec::delta_header(frame), Ok(Some(_)));
+            self.add_measured(frame.len() as u32, raw_len, delta);
+            return Ok(());
+        }
         self.reap()?;
         self.builder.add(chunk, frame, raw_len);
         self.stats.chunks_new += 1;
@@ -156,6 +216,7 @@ impl PackUploader {
 
     /// Uploads what is left and waits for every upload. Returns what was sent.
     pub async fn finish(mut self) -> Result<UploadStats, OpError> {
+        self.close_measured();
         self.seal_and_spawn().await?;
         while let Some(done) = self.tasks.join_next().await {
             self.stats.bytes_uploaded += done.map_err(OpError::join)??;

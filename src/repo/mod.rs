@@ -146,6 +146,30 @@ impl Repository {
         }
     }
 
+    /// Opens the repository, or describes the one [`Self::open_or_init`] would create at an
+    /// empty location, without writing it (a dry run). Returns whether it would be created.
+    pub async fn open_or_plan(
+        store: Store,
+        config: impl FnOnce() -> RepoConfig,
+    ) -> Result<(Self, bool), RepoError> {
+        if let Some(existing) = Self::read_config(&store).await? {
+            return Ok((
+                Self {
+                    store,
+                    config: existing,
+                },
+                false,
+            ));
+        }
+        if !store.is_empty().await? {
+            return Err(RepoError::Occupied {
+                url: store.url().to_string(),
+            });
+        }
+        let config = config();
+        Ok((Self { store, config }, true))
+    }
+
     async fn read_config(store: &Store) -> Result<Option<RepoConfig>, RepoError> {
         let Some(bytes) = store.get_opt(&config_path()).await? else {
             return Ok(None);

@@ -54,6 +54,22 @@ impl PackEntry {
     }
 }
 
+/// The stored sizes of a pack of `frames` frames holding `frame_bytes` bytes, `bases` of them
+/// delta frames, and of its pack index: what [`PackBuilder::seal`] and [`PackIndex::encode`]
+/// produce, without the bytes (a dry run's forecast).
+pub fn sealed_sizes(frames: usize, frame_bytes: u64, bases: usize) -> (u64, u64) {
+    let table = (frames * ENTRY_LEN) as u64;
+    let pack = PACK_MAGIC.len() as u64 + frame_bytes + table + TRAILER_LEN as u64;
+    let base_list = if bases == 0 { 0 } else { 4 + 64 * bases as u64 };
+    let index = (INDEX_MAGIC.len() + 32 + 8 + 4) as u64 + table + base_list + 32;
+    (pack, index)
+}
+
+/// The length a [`PackBuilder`] reaches with `frame_bytes` of frames (its magic first).
+pub fn builder_len(frame_bytes: u64) -> u64 {
+    PACK_MAGIC.len() as u64 + frame_bytes
+}
+
 /// A pack or pack index that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum PackFormatError {
@@ -334,6 +350,38 @@ mod tests {
             b.add(ChunkId::of(c), &frame, c.len() as u32);
         }
         b.seal()
+    }
+
+    /// A dry run's forecast of a pack and its index is their real size, with and without
+    /// delta bases.
+    #[test]
+    fn sealed_sizes_are_the_sealed_packs_sizes() {
+        let chunks = [
+            b"aaaa".repeat(50),
+            b"bbb".to_vec(),
+            (0..999u32).map(|i| i as u8).collect(),
+        ];
+        let pack = build(&chunks);
+        let frame_bytes: u64 = pack.entries.iter().map(|e| e.frame_len as u64).sum();
+        let want = (pack.data.len() as u64, pack.index().encode().len() as u64);
+        assert_eq!(sealed_sizes(3, frame_bytes, 0), want);
+        let mut b = PackBuilder::new();
+        let base = ChunkId::of(b"base");
+        let frame = crate::codec::delta_frame(&base, 1, b"payload");
+        b.add(ChunkId::of(b"new"), &frame, 100);
+        let x = crate::codec::encode(b"x", 1);
+        b.add(ChunkId::of(b"x"), &x, 1);
+        let frames = (frame.len() + x.len()) as u64;
+        assert_eq!(b.len() as u64, builder_len(frames));
+        let sealed = b.seal();
+        assert_eq!(sealed.bases.len(), 1);
+        assert_eq!(
+            sealed_sizes(2, frames, 1),
+            (
+                sealed.data.len() as u64,
+                sealed.index().encode().len() as u64
+            )
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! | `ferry_pending_items` | gauge | job, target |
 //! | `ferry_target_failing` | gauge (0/1) | job, target |
 //! | `ferry_egress_avoided_dollars` | gauge | job, target |
+//! | `ferry_egress_bytes_total` | counter | job, source_cloud (`local`, `aws`, `azure`, `gcp`), target |
+//! | `ferry_egress_today_bytes` | gauge | job (jobs with `max_egress_per_day`: bytes sent this UTC day) |
+//! | `ferry_job_over_budget` | gauge (0/1) | job (jobs with `max_egress_per_day`) |
 //! | `ferry_job_running` | gauge (0/1) | job |
 //! | `ferry_run_progress_bytes` | gauge | job |
 //! | `ferry_pull_read_bytes_total` | counter | job (pull jobs: bytes read from the store) |
@@ -119,6 +122,20 @@ fn describe() {
         metric::EGRESS_AVOIDED_DOLLARS,
         "Estimated egress cost avoided: (logical - sent) bytes at the configured $/GB."
     );
+    describe_counter!(
+        metric::EGRESS_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes sent (packs and pack indexes) by job, the cloud they left and target."
+    );
+    describe_gauge!(
+        metric::EGRESS_TODAY_BYTES,
+        Unit::Bytes,
+        "Bytes the job sent this UTC day, against its max_egress_per_day."
+    );
+    describe_gauge!(
+        metric::JOB_OVER_BUDGET,
+        "1 while the job is over its daily egress budget: runs wait for the next UTC day."
+    );
     describe_gauge!(
         metric::JOB_RUNNING,
         "1 while the job has a run in progress."
@@ -196,6 +213,11 @@ pub(super) async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
             }
             gauge!(metric::PULL_LAG_SNAPSHOTS, "job" => j.name.clone())
                 .set(p.lag_snapshots.unwrap_or(0) as f64);
+        }
+        if let Some(b) = &j.budget {
+            gauge!(metric::EGRESS_TODAY_BYTES, "job" => j.name.clone()).set(b.sent_today as f64);
+            gauge!(metric::JOB_OVER_BUDGET, "job" => j.name.clone())
+                .set(f64::from(u8::from(b.over_budget)));
         }
         for t in &j.targets {
             let labels = [("job", j.name.clone()), ("target", t.target.clone())];

@@ -36,7 +36,7 @@ fn assert_restores(ctx: &Ctx, ferry: &Ferry, url: &str, push: &serde_json::Value
 }
 
 /// The base cache folder beside index `dir`, and the bytes it holds.
-fn cache_bytes(index: &Path) -> (PathBuf, u64) {
+pub(crate) fn cache_bytes(index: &Path) -> (PathBuf, u64) {
     let mut dir = index.as_os_str().to_owned();
     dir.push(".bases");
     let dir = PathBuf::from(dir);

@@ -52,6 +52,7 @@ mod damage;
 mod data;
 mod deltas;
 mod deltas_repair;
+mod dryrun;
 mod edges;
 mod errors;
 mod faults;

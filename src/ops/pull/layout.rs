@@ -41,6 +41,17 @@ impl Layout {
         Ok(layout)
     }
 
+    /// The layout of `dir` as it is, for a dry run: `None` when `dir` has no `versions/`
+    /// (nothing is created).
+    pub(super) fn peek(dir: &Path) -> Option<Self> {
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+            versions: dir.join("versions"),
+            meta: dir.join(".ferry"),
+        };
+        layout.versions.is_dir().then_some(layout)
+    }
+
     /// Takes the folder's lock (released when the file is dropped, or the process dies).
     pub(super) fn lock(&self) -> Result<std::fs::File, OpError> {
         let path = self.meta.join("lock");

@@ -17,10 +17,12 @@
 //! `current` pointing at a complete version; the rerun keeps the files it finished.
 
 mod bases;
+mod dry;
 mod layout;
 mod live;
 mod writer;
 
+pub use dry::pull_dry;
 pub use live::{live_version, LiveVersion};
 
 use std::path::Path;
@@ -94,6 +96,10 @@ pub struct PullReport {
     pub removed: Vec<String>,
     /// Wall-clock time of the pull, in seconds.
     pub duration_secs: f64,
+    /// A dry run (`--dry-run`): nothing was read or written but the ref log, the snapshot
+    /// and pack indexes; the counts above are the forecast, priced here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<crate::ops::egress::DryRun>,
 }
 
 /// Why a pull cannot start.
@@ -153,6 +159,7 @@ pub async fn pull(
         chunks_reused: 0,
         removed: Vec::new(),
         duration_secs: 0.0,
+        dry_run: None,
     };
     let current = layout.current()?;
     if current.as_deref() != Some(version.as_str()) || !layout.versions.join(&version).is_dir() {
