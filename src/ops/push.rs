@@ -7,7 +7,6 @@
 //! Then, once every pack is durable: snapshot, then ref.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -244,9 +243,7 @@ async fn run(
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
     let (delta_target, counterparts) =
         push_delta::setup(&targets, &rindexes, index, name, dry.is_some()).await?;
-    let delta_side = delta_target
-        .as_ref()
-        .map(|t| (t.read_back.clone(), t.cache.clone()));
+    let delta_side = push_delta::DeltaSide::of(delta_target.as_ref());
 
     // Stage 1 → 2: chunks to compress. Stage 2 → 3: frames to pack.
     let workers = std::thread::available_parallelism()
@@ -286,9 +283,7 @@ async fn run(
     for c in compressors {
         c.await.map_err(OpError::join)?;
     }
-    packed.read_back = delta_side
-        .as_ref()
-        .map_or(0, |(r, _)| r.load(Ordering::Relaxed));
+    packed.read_back = delta_side.read_back();
     let mut stats = Vec::new();
     for up in uploaders {
         bar.set_message(format!("finishing uploads to {}", up.repo().url()));
@@ -321,9 +316,7 @@ async fn run(
         }
     };
     index.flush()?;
-    if let Some(cache) = delta_side.and_then(|(_, c)| c) {
-        push_delta::keep_for_next(cache, referenced).await?;
-    }
+    delta_side.keep_for_next(referenced).await?;
 
     let mut report = report(name, source, &produced, &packed, started, reports);
     report.dry_run = forecast;

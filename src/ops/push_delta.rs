@@ -222,16 +222,42 @@ struct Chain {
     read: u64,
 }
 
-/// Trims the base cache after a push to what the next push of its ref can use: the chunks of
-/// this push's files (`referenced`) and the keys under them.
-pub(crate) async fn keep_for_next(
-    cache: Arc<BaseCache>,
-    referenced: std::collections::HashSet<ChunkId>,
-) -> Result<(), OpError> {
-    tokio::task::spawn_blocking(move || cache.retain(&referenced))
-        .await
-        .map_err(OpError::join)?;
-    Ok(())
+/// What a push keeps of its delta target once the compressors are done: the count of bytes
+/// read back and the base cache to trim.
+#[derive(Default)]
+pub(crate) struct DeltaSide {
+    read_back: Option<Arc<AtomicU64>>,
+    cache: Option<Arc<BaseCache>>,
+}
+
+impl DeltaSide {
+    pub(crate) fn of(target: Option<&DeltaTarget>) -> Self {
+        target.map_or_else(Self::default, |t| Self {
+            read_back: Some(t.read_back.clone()),
+            cache: t.cache.clone(),
+        })
+    }
+
+    /// Bytes read back from the repository to encode deltas.
+    pub(crate) fn read_back(&self) -> u64 {
+        self.read_back
+            .as_ref()
+            .map_or(0, |r| r.load(Ordering::Relaxed))
+    }
+
+    /// Trims the base cache after a push to what the next push of its ref can use: the
+    /// chunks of this push's files (`referenced`) and the keys under them.
+    pub(crate) async fn keep_for_next(
+        self,
+        referenced: std::collections::HashSet<ChunkId>,
+    ) -> Result<(), OpError> {
+        if let Some(cache) = self.cache {
+            tokio::task::spawn_blocking(move || cache.retain(&referenced))
+                .await
+                .map_err(OpError::join)?;
+        }
+        Ok(())
+    }
 }
 
 /// Counterpart `base` as [`FrameChooser::choose`] needs it: from the local base cache when its

@@ -256,6 +256,7 @@ pub fn dry_pull_forecasts_what_is_read(backend: Backend) {
         Backend::File => "local",
         Backend::S3 => "aws",
         Backend::Azure => "azure",
+        Backend::Gcs => "gcp",
     };
     assert_eq!(string(&f["price"], "from_cloud"), want_cloud, "{f}");
     assert_eq!(number(f, "usd") > 0.0, backend != Backend::File, "{f}");
