@@ -117,14 +117,8 @@ impl Repository {
         store: Store,
         config: impl FnOnce() -> RepoConfig,
     ) -> Result<(Self, bool), RepoError> {
-        if let Some(existing) = Self::read_config(&store).await? {
-            return Ok((
-                Self {
-                    store,
-                    config: existing,
-                },
-                false,
-            ));
+        if let Some(config) = Self::read_config(&store).await? {
+            return Ok((Self { store, config }, false));
         }
         match Self::init(store.clone(), config()).await {
             Ok(repo) => Ok((repo, true)),
@@ -132,13 +126,7 @@ impl Repository {
             // run starting at once): use theirs.
             Err(e @ (RepoError::Exists { .. } | RepoError::Occupied { .. })) => {
                 match Self::read_config(&store).await? {
-                    Some(existing) => Ok((
-                        Self {
-                            store,
-                            config: existing,
-                        },
-                        false,
-                    )),
+                    Some(config) => Ok((Self { store, config }, false)),
                     None => Err(e),
                 }
             }
@@ -152,14 +140,8 @@ impl Repository {
         store: Store,
         config: impl FnOnce() -> RepoConfig,
     ) -> Result<(Self, bool), RepoError> {
-        if let Some(existing) = Self::read_config(&store).await? {
-            return Ok((
-                Self {
-                    store,
-                    config: existing,
-                },
-                false,
-            ));
+        if let Some(config) = Self::read_config(&store).await? {
+            return Ok((Self { store, config }, false));
         }
         if !store.is_empty().await? {
             return Err(RepoError::Occupied {

@@ -35,23 +35,29 @@ fn assert_restores(ctx: &Ctx, ferry: &Ferry, url: &str, push: &serde_json::Value
     assert!(got == weights(step), "step {step} restored different bytes");
 }
 
-/// The base cache folder beside index `dir`, and the bytes it holds.
-pub(crate) fn cache_bytes(index: &Path) -> (PathBuf, u64) {
-    let mut dir = index.as_os_str().to_owned();
-    dir.push(".bases");
-    let dir = PathBuf::from(dir);
-    let mut total = 0;
-    let mut stack = vec![dir.clone()];
+/// The files under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
             let meta = e.metadata().expect("stat cache entry");
             if meta.is_dir() {
                 stack.push(e.path());
             } else {
-                total += meta.len();
+                out.push((e.path(), meta.len()));
             }
         }
     }
+    out
+}
+
+/// The base cache folder beside index `dir`, and the bytes it holds.
+pub(crate) fn cache_bytes(index: &Path) -> (PathBuf, u64) {
+    let mut dir = index.as_os_str().to_owned();
+    dir.push(".bases");
+    let dir = PathBuf::from(dir);
+    let total = files_under(&dir).iter().map(|f| f.1).sum();
     (dir, total)
 }
 
@@ -135,20 +141,8 @@ fn damaged_cache_is_a_miss() {
     let size = weights(1).len() as u64;
     let first = push_step(&ctx, &ferry, &repo.url, 1, &[]);
     let (dir, _) = cache_bytes(ctx.index_dir());
-    let entries = |dir: &Path| -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    out.push(e.path());
-                }
-            }
-        }
-        out
-    };
+    let entries =
+        |dir: &Path| -> Vec<PathBuf> { files_under(dir).into_iter().map(|f| f.0).collect() };
     let cached = entries(&dir);
     assert!(cached.len() >= 3, "{cached:?}");
     for path in &cached {

@@ -49,21 +49,8 @@ pub async fn pull_dry(
         _ => HashMap::new(),
     };
     let mut report = PullReport {
-        name: entry.name.clone(),
-        seq: entry.seq,
-        snapshot: entry.snapshot,
-        version: dir.join("versions").join(&version).display().to_string(),
         published: !live,
-        files: snap.files() as u64,
-        bytes: snap.bytes(),
-        bytes_read_from_store: 0,
-        bytes_reused: 0,
-        delta_bases_reused: 0,
-        chunks_fetched: 0,
-        chunks_reused: 0,
-        removed: Vec::new(),
-        duration_secs: 0.0,
-        dry_run: None,
+        ..PullReport::start(&entry, &snap, dir.join("versions").join(&version))
     };
     if !live {
         let mut seen = HashSet::new();

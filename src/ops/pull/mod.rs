@@ -37,6 +37,7 @@ use crate::ops::select::Selection;
 use crate::ops::OpError;
 use crate::progress::Reporter;
 use crate::repo::snapshot::Snapshot;
+use crate::repo::RefEntry;
 use crate::repo::Repository;
 
 use self::layout::Layout;
@@ -102,6 +103,30 @@ pub struct PullReport {
     pub dry_run: Option<crate::ops::egress::DryRun>,
 }
 
+impl PullReport {
+    /// The report of pulling `entry` (its snapshot `snap`, as selected) into `version`,
+    /// before anything is read: nothing published, every count 0.
+    fn start(entry: &RefEntry, snap: &Snapshot, version: std::path::PathBuf) -> Self {
+        Self {
+            name: entry.name.clone(),
+            seq: entry.seq,
+            snapshot: entry.snapshot,
+            version: version.display().to_string(),
+            published: false,
+            files: snap.files() as u64,
+            bytes: snap.bytes(),
+            bytes_read_from_store: 0,
+            bytes_reused: 0,
+            delta_bases_reused: 0,
+            chunks_fetched: 0,
+            chunks_reused: 0,
+            removed: Vec::new(),
+            duration_secs: 0.0,
+            dry_run: None,
+        }
+    }
+}
+
 /// Why a pull cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -144,23 +169,7 @@ pub async fn pull(
         .selection
         .apply(&repo.read_snapshot(&entry.snapshot).await?)?;
     let version = version_name(entry.seq, &entry.snapshot, &opts.selection, &snap);
-    let mut report = PullReport {
-        name: entry.name.clone(),
-        seq: entry.seq,
-        snapshot: entry.snapshot,
-        version: layout.versions.join(&version).display().to_string(),
-        published: false,
-        files: snap.files() as u64,
-        bytes: snap.bytes(),
-        bytes_read_from_store: 0,
-        bytes_reused: 0,
-        delta_bases_reused: 0,
-        chunks_fetched: 0,
-        chunks_reused: 0,
-        removed: Vec::new(),
-        duration_secs: 0.0,
-        dry_run: None,
-    };
+    let mut report = PullReport::start(&entry, &snap, layout.versions.join(&version));
     let current = layout.current()?;
     if current.as_deref() != Some(version.as_str()) || !layout.versions.join(&version).is_dir() {
         let partial = layout.versions.join(format!(".partial-{version}"));
