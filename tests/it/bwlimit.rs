@@ -85,11 +85,16 @@ fn measured(
     (running.wait(), Trace { samples, exit })
 }
 
+/// The rate a real transfer reached against the limit. Above the limit by more than timing
+/// noise means the limiter is not in the path (unlimited, these servers run at hundreds of
+/// MiB/s). The lower bound is loose on purpose: the servers and ferry share two cores with the
+/// rest of the suite, so a transfer can fall short of the limit for reasons of load; exact
+/// pacing is proven on tokio's paused clock in `store::bwlimit::bucket`'s unit tests.
 fn assert_near_limit(rate: f64, what: &str) {
     let share = rate / RATE as f64;
     eprintln!("{what}: {:.3} MiB/s", rate / MIB as f64);
     assert!(
-        (0.9..=1.1).contains(&share),
+        (0.5..=1.1).contains(&share),
         "{what} ran at {:.2} MiB/s, {:.0} % of the 4 MiB/s limit",
         rate / MIB as f64,
         share * 100.0
