@@ -6,7 +6,7 @@ pub mod delta;
 mod delta_frame;
 
 pub use delta_frame::{
-    apply_delta, decode_delta, delta_frame, delta_header, DeltaHeader, DELTA_HEADER_LEN,
+    apply_delta, decode_delta, delta_frame, delta_header, is_delta, DeltaHeader, DELTA_HEADER_LEN,
     MAX_DELTA_DEPTH,
 };
 
@@ -258,6 +258,13 @@ pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
 
 /// Decodes a frame into `raw_len` bytes and checks them against `id`.
 pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
+    check_raw(decode_unchecked(frame, raw_len)?, raw_len, id)
+}
+
+/// Decodes a full frame into `raw_len` bytes without checking them against their id: for the
+/// key under a chain of deltas, whose bytes the check of the chain's top covers
+/// (`ops::delta_base`). Everything else calls `decode`.
+pub fn decode_unchecked(frame: &[u8], raw_len: usize) -> Result<Vec<u8>, FrameError> {
     let (&codec, payload) = frame.split_first().ok_or(FrameError::Empty)?;
     // The length comes from a pack table: never let it size an allocation unchecked.
     if raw_len > MAX_CHUNK {
@@ -267,7 +274,7 @@ pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, Fra
         Codec::Raw => payload.to_vec(),
         Codec::Zstd => {
             // The capacity bound keeps a hostile frame from allocating without limit.
-            zstd::bulk::decompress(payload, raw_len).map_err(FrameError::Zstd)?
+            unzstd(payload, raw_len).map_err(FrameError::Zstd)?
         }
         Codec::Planes => decode_planes(payload, raw_len)?,
         Codec::Delta => {
@@ -275,7 +282,31 @@ pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, Fra
             return Err(FrameError::NeedsBase { base: h.base });
         }
     };
-    check_raw(raw, raw_len, id)
+    if raw.len() != raw_len {
+        return Err(FrameError::Length {
+            got: raw.len(),
+            want: raw_len,
+        });
+    }
+    Ok(raw)
+}
+
+/// Decompresses one zstd frame into at most `max` bytes with this thread's decompression
+/// context: making a context per call (as `zstd::bulk::decompress` does) costs more than
+/// decoding a small plane.
+pub(crate) fn unzstd(body: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        let d = match c.as_mut() {
+            Some(d) => d,
+            None => c.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(body, max)
+    })
 }
 
 /// Checks a chunk's bytes against the length recorded for it and its id.
@@ -322,7 +353,7 @@ fn decode_planes(payload: &[u8], raw_len: usize) -> Result<Vec<u8>, FrameError> 
         let plane = match Codec::from_byte(codec) {
             Some(Codec::Raw) => std::borrow::Cow::Borrowed(body),
             Some(Codec::Zstd) => {
-                std::borrow::Cow::Owned(zstd::bulk::decompress(body, n).map_err(FrameError::Zstd)?)
+                std::borrow::Cow::Owned(unzstd(body, n).map_err(FrameError::Zstd)?)
             }
             _ => return Err(FrameError::Planes("plane codec must be raw or zstd")),
         };

@@ -316,7 +316,7 @@ impl<'a> Reader<'a> {
         let body = self.take(len)?;
         match codec {
             0 => Ok(body.to_vec()),
-            1 => zstd::bulk::decompress(body, max).map_err(|_| DeltaError::Zstd),
+            1 => super::unzstd(body, max).map_err(|_| DeltaError::Zstd),
             _ => Err(DeltaError::Malformed("section codec must be raw or zstd")),
         }
     }

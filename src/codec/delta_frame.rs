@@ -26,6 +26,11 @@ pub struct DeltaHeader<'a> {
     pub payload: &'a [u8],
 }
 
+/// Whether `frame` is a delta frame (codec 3), by its first byte alone.
+pub fn is_delta(frame: &[u8]) -> bool {
+    frame.first() == Some(&(Codec::Delta as u8))
+}
+
 /// The delta header of `frame`, `None` when it is not a delta frame.
 pub fn delta_header(frame: &[u8]) -> Result<Option<DeltaHeader<'_>>, FrameError> {
     match frame.split_first() {

@@ -196,25 +196,29 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
         Some(h) => h.depth,
         None => 0,
     };
-    let (mut raw, deltas, key) =
-        match bottom {
-            Bottom::Local(raw) => (raw, links, None),
-            Bottom::Full => {
-                let (last, deltas) = links.split_last().expect("the top link");
-                let id = last.loc.entry.chunk;
-                let raw = codec::decode(&last.frame, last.loc.entry.raw_len as usize, &id)
-                    .map_err(|e| match deltas.len() {
-                        0 => bad_frame(last, e),
-                        n => unreadable(links, n - 1, bad_frame(last, e)),
-                    })?;
-                let key = (keep_key && !deltas.is_empty()).then(|| Key {
-                    id,
-                    raw: raw.clone(),
-                    stored: last.frame.len() as u64,
-                });
-                (raw, deltas, key)
+    let (mut raw, deltas, key) = match bottom {
+        Bottom::Local(raw) => (raw, links, None),
+        Bottom::Full => {
+            let (last, deltas) = links.split_last().expect("the top link");
+            let id = last.loc.entry.chunk;
+            let raw_len = last.loc.entry.raw_len as usize;
+            // A key kept for push is checked now; otherwise the check of the top covers
+            // it (a wrong key cannot yield the top's bytes), and `blame` checks it when
+            // that check fails.
+            let raw = if keep_key || deltas.is_empty() {
+                codec::decode(&last.frame, raw_len, &id)
+            } else {
+                codec::decode_unchecked(&last.frame, raw_len)
             }
-        };
+            .map_err(|e| bad_key(links, e))?;
+            let key = (keep_key && !deltas.is_empty()).then(|| Key {
+                id,
+                raw: raw.clone(),
+                stored: last.frame.len() as u64,
+            });
+            (raw, deltas, key)
+        }
+    };
     let first_try = apply_all(deltas, &mut raw, false);
     let checked = first_try.and_then(|()| {
         codec::check(&raw, top.loc.entry.raw_len as usize, &top.loc.entry.chunk).map_err(|e| (0, e))
@@ -256,6 +260,8 @@ fn blame(links: &[Link], at: usize, e: FrameError) -> OpError {
         let entry = last.loc.entry;
         match codec::decode(&last.frame, entry.raw_len as usize, &entry.chunk) {
             Ok(mut raw) => apply_all(deltas, &mut raw, true).err().unwrap_or((at, e)),
+            // The key under the chain, whose check was left to the top's.
+            Err(key) if !codec::is_delta(&last.frame) => return bad_key(links, key),
             Err(_) => (at, e),
         }
     } else {
@@ -265,6 +271,16 @@ fn blame(links: &[Link], at: usize, e: FrameError) -> OpError {
     match at {
         0 => wrong,
         _ => unreadable(links, at - 1, wrong),
+    }
+}
+
+/// The full frame at the bottom of `links` does not decode (or not to its id), as seen from
+/// the top.
+fn bad_key(links: &[Link], e: FrameError) -> OpError {
+    let (last, deltas) = links.split_last().expect("the top link");
+    match deltas.len() {
+        0 => bad_frame(last, e),
+        n => unreadable(links, n - 1, bad_frame(last, e)),
     }
 }
 
@@ -337,6 +353,69 @@ pub(crate) fn with_bases(mut live: HashSet<ChunkId>, indexes: &[PackIndex]) -> H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn link(chunk: ChunkId, frame: Vec<u8>, raw_len: usize, object: &str) -> Link {
+        let entry = crate::repo::pack::PackEntry {
+            chunk,
+            offset: 0,
+            frame_len: frame.len() as u32,
+            raw_len: raw_len as u32,
+        };
+        Link {
+            loc: ChunkLocation {
+                pack: crate::ids::PackId::of(object.as_bytes()),
+                entry,
+            },
+            frame: frame.into(),
+            object: object.to_string(),
+        }
+    }
+
+    /// A chain of one delta on a key stored raw: the key's own check is left to the top's,
+    /// so a key whose bytes are wrong (but decode) must still be the one named.
+    #[test]
+    fn a_wrong_key_is_named_though_only_the_top_is_checked() {
+        let base: Vec<u8> = (0..4099u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = base.clone();
+        new[17] ^= 0x40;
+        let payload = codec::delta::DeltaEncoder::new(1)
+            .encode(&base, &new, 4)
+            .expect("a delta");
+        let (top_id, key_id) = (ChunkId::of(&new), ChunkId::of(&base));
+        let top = || {
+            let frame = codec::delta_frame(&key_id, 1, &payload);
+            link(top_id, frame, new.len(), "top-pack")
+        };
+        let key = |bytes: &[u8]| {
+            let mut frame = vec![codec::Codec::Raw as u8];
+            frame.extend_from_slice(bytes);
+            link(key_id, frame, bytes.len(), "key-pack")
+        };
+
+        let good = rebuild(&[top(), key(&base)], Bottom::Full, false).expect("rebuilds");
+        assert_eq!(good.raw, new);
+        assert!(good.key.is_none());
+
+        let mut wrong = base.clone();
+        wrong[1000] ^= 1;
+        for keep_key in [false, true] {
+            let e = rebuild(&[top(), key(&wrong)], Bottom::Full, keep_key)
+                .err()
+                .expect("a wrong key fails");
+            let OpError::DeltaBaseUnreadable { base, source, .. } = &e else {
+                panic!("not named as the base: {e}");
+            };
+            assert_eq!(*base, key_id);
+            assert!(
+                matches!(
+                    &**source,
+                    OpError::Repo(RepoError::BadFrame { chunk, problem, .. })
+                        if *chunk == key_id && matches!(**problem, FrameError::Hash { .. })
+                ),
+                "{e}: {source:?}"
+            );
+        }
+    }
 
     #[test]
     fn live_deltas_keep_their_bases_transitively() {

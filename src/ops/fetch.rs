@@ -2,7 +2,9 @@
 //! them with a bounded number in flight, and checks every chunk against its id.
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::ids::{ChunkId, PackId};
 use crate::index::{ChunkLocation, RepoIndex};
@@ -86,84 +88,111 @@ pub enum Want {
     Frames,
 }
 
-/// Fetches the planned reads in order, `READS_IN_FLIGHT` at a time, and verifies each chunk.
+/// Fetches the planned reads in order, `READS_IN_FLIGHT` at a time, and verifies each chunk,
+/// yielding them one by one in plan order.
 /// A delta frame's bases are looked up in `bases` and read from `repo` (`ops::delta_base`).
 pub fn fetch<'a>(
     repo: &'a Repository,
     bases: &'a dyn Locator,
     reads: Vec<PackRead>,
     want: Want,
-) -> impl Stream<Item = Result<Vec<CheckedFrame>, OpError>> + 'a {
+) -> impl Stream<Item = Result<CheckedFrame, OpError>> + 'a {
     fetch_with(repo, bases, None, reads, want)
 }
 
+/// A frame sliced out of a read, not yet decoded.
+struct Sliced {
+    location: ChunkLocation,
+    frame: Bytes,
+    object: Arc<str>,
+}
+
 /// `fetch`, taking a delta frame's bases from `local` where it holds good copies (pull).
+///
+/// Two stages: range reads (`READS_IN_FLIGHT`), then each chunk decoded and checked on a
+/// blocking thread, `decodes_in_flight()` at a time over a window that slides chunk by chunk
+/// (not read by read), so one slow chain never leaves a core idle while the window waits on it.
 pub(crate) fn fetch_with<'a>(
     repo: &'a Repository,
     bases: &'a dyn Locator,
     local: Option<&'a dyn LocalBases>,
     reads: Vec<PackRead>,
     want: Want,
-) -> impl Stream<Item = Result<Vec<CheckedFrame>, OpError>> + 'a {
+) -> impl Stream<Item = Result<CheckedFrame, OpError>> + 'a {
     futures::stream::iter(reads)
         .map(move |read| async move {
             let bytes = repo
                 .read_pack_range(&read.pack, read.start..read.end)
                 .await?;
-            let url = repo.pack_url(&read.pack);
-            let object = url.clone();
-            let mut frames = tokio::task::spawn_blocking(move || check(read, bytes, want, &url))
-                .await
-                .map_err(OpError::join)??;
-            // A read's delta frames rebuild concurrently: each reads its chain of bases.
-            let decoded =
-                futures::future::try_join_all(frames.iter().filter(|f| f.delta).map(|f| {
-                    decode_frame_with(repo, bases, local, f.frame.clone(), &f.location, &object)
-                }))
-                .await?;
-            for (f, d) in frames.iter_mut().filter(|f| f.delta).zip(decoded) {
-                f.bases_read = d.read.saturating_sub(f.frame.len() as u64);
-                if want == Want::Raw {
-                    f.raw = Some(d.raw);
-                }
-            }
-            Ok(frames)
+            let object: Arc<str> = repo.pack_url(&read.pack).into();
+            let frames: Vec<Result<Sliced, OpError>> = read
+                .chunks
+                .into_iter()
+                .map(|location| {
+                    let r = location.entry.range();
+                    let at = (r.start - read.start) as usize..(r.end - read.start) as usize;
+                    Ok(Sliced {
+                        location,
+                        frame: bytes.slice(at),
+                        object: object.clone(),
+                    })
+                })
+                .collect();
+            Ok::<_, OpError>(futures::stream::iter(frames))
         })
         .buffered(READS_IN_FLIGHT)
+        .try_flatten()
+        .map(move |sliced| async move { decode(repo, bases, local, sliced?, want).await })
+        .buffered(decodes_in_flight())
 }
 
-fn check(
-    read: PackRead,
-    bytes: Bytes,
+/// Chunks decoded at once: one per core, and two more so a core never waits for the next.
+fn decodes_in_flight() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(32)) + 2
+}
+
+/// Decodes and checks one frame: a full frame on a blocking thread, a delta frame through its
+/// chain of bases (`delta_base`, which rebuilds on a blocking thread).
+async fn decode(
+    repo: &Repository,
+    bases: &dyn Locator,
+    local: Option<&dyn LocalBases>,
+    s: Sliced,
     want: Want,
-    url: &str,
-) -> Result<Vec<CheckedFrame>, OpError> {
-    read.chunks
-        .into_iter()
-        .map(|loc| {
-            let r = loc.entry.range();
-            let frame = bytes.slice((r.start - read.start) as usize..(r.end - read.start) as usize);
-            let (raw, delta) =
-                match crate::codec::decode(&frame, loc.entry.raw_len as usize, &loc.entry.chunk) {
-                    Ok(raw) => (Some(raw), false),
-                    // Decoded (base read, result checked) by `fetch`.
-                    Err(crate::codec::FrameError::NeedsBase { .. }) => (None, true),
-                    Err(e) => {
-                        return Err(OpError::Repo(RepoError::BadFrame {
-                            object: url.to_string(),
-                            chunk: loc.entry.chunk,
-                            offset: r.start,
-                            problem: Box::new(e),
-                        }))
-                    }
-                };
-            Ok(CheckedFrame {
-                location: loc,
-                frame,
-                raw: raw.filter(|_| want == Want::Raw),
-                delta,
-                bases_read: 0,
+) -> Result<CheckedFrame, OpError> {
+    if crate::codec::is_delta(&s.frame) {
+        let d =
+            decode_frame_with(repo, bases, local, s.frame.clone(), &s.location, &s.object).await?;
+        return Ok(CheckedFrame {
+            location: s.location,
+            bases_read: d.read.saturating_sub(s.frame.len() as u64),
+            frame: s.frame,
+            raw: (want == Want::Raw).then_some(d.raw),
+            delta: true,
+        });
+    }
+    tokio::task::spawn_blocking(move || check(s, want))
+        .await
+        .map_err(OpError::join)?
+}
+
+/// Decodes a full frame and checks it against its chunk id.
+fn check(s: Sliced, want: Want) -> Result<CheckedFrame, OpError> {
+    let entry = s.location.entry;
+    let raw =
+        crate::codec::decode(&s.frame, entry.raw_len as usize, &entry.chunk).map_err(|e| {
+            OpError::Repo(RepoError::BadFrame {
+                object: s.object.to_string(),
+                chunk: entry.chunk,
+                offset: entry.offset,
+                problem: Box::new(e),
             })
-        })
-        .collect()
+        })?;
+    Ok(CheckedFrame {
+        location: s.location,
+        frame: s.frame,
+        raw: (want == Want::Raw).then_some(raw),
+        delta: false,
+        bases_read: 0,
+    })
 }

@@ -398,13 +398,12 @@ async fn rewrite_packs(
             })
             .collect();
         let mut frames = std::pin::pin!(fetch(repo, &rindex, plan(locations), Want::Frames));
-        while let Some(batch) = frames.next().await {
-            for f in batch? {
-                report.chunks_rewritten += 1;
-                uploader
-                    .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
-                    .await?;
-            }
+        while let Some(f) = frames.next().await {
+            let f = f?;
+            report.chunks_rewritten += 1;
+            uploader
+                .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                .await?;
         }
     }
     report.rewrite = uploader.finish().await?;

@@ -248,27 +248,26 @@ async fn copy_frames(
     let bar = progress.bytes("replicate", total);
     let want = if whole { Want::Raw } else { Want::Frames };
     let mut frames = std::pin::pin!(fetch(from, from_index, reads, want));
-    while let Some(batch) = frames.next().await {
-        for f in batch? {
-            *bytes_downloaded += f.frame.len() as u64;
-            bar.inc(f.frame.len() as u64);
-            *chunks_copied += 1;
-            let frame = match (&f.raw, f.delta) {
-                (Some(raw), true) => Bytes::from(crate::codec::encode(
-                    raw,
-                    uploader.repo().config().zstd_level,
-                )),
-                _ => f.frame,
-            };
-            if !whole {
-                if let Ok(Some(h)) = crate::codec::delta_header(&frame) {
-                    bases.push(h.base);
-                }
+    while let Some(f) = frames.next().await {
+        let f = f?;
+        *bytes_downloaded += f.frame.len() as u64;
+        bar.inc(f.frame.len() as u64);
+        *chunks_copied += 1;
+        let frame = match (&f.raw, f.delta) {
+            (Some(raw), true) => Bytes::from(crate::codec::encode(
+                raw,
+                uploader.repo().config().zstd_level,
+            )),
+            _ => f.frame,
+        };
+        if !whole {
+            if let Ok(Some(h)) = crate::codec::delta_header(&frame) {
+                bases.push(h.base);
             }
-            uploader
-                .add(f.location.entry.chunk, &frame, f.location.entry.raw_len)
-                .await?;
         }
+        uploader
+            .add(f.location.entry.chunk, &frame, f.location.entry.raw_len)
+            .await?;
     }
     bar.finish();
     Ok(bases)

@@ -392,14 +392,13 @@ where
     let produce = async move {
         let (mut n, mut bases_read) = (0u64, 0u64);
         let mut frames = std::pin::pin!(fetch(repo, rindex, reads, Want::Raw));
-        'fetch: while let Some(batch) = frames.next().await {
-            for f in batch? {
-                n += 1;
-                bases_read += f.bases_read;
-                if tx.send(f.raw.unwrap_or_default()).await.is_err() {
-                    // The writer stopped: its error is the one to report.
-                    break 'fetch;
-                }
+        while let Some(f) = frames.next().await {
+            let f = f?;
+            n += 1;
+            bases_read += f.bases_read;
+            if tx.send(f.raw.unwrap_or_default()).await.is_err() {
+                // The writer stopped: its error is the one to report.
+                break;
             }
         }
         Ok::<_, OpError>((n, bases_read))

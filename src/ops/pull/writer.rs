@@ -168,13 +168,11 @@ impl VersionWriter<'_> {
             reads,
             Want::Raw
         ));
-        while let Some(batch) = frames.next().await {
-            for frame in batch? {
-                let raw = frame.raw.unwrap_or_default();
-                self.report.chunks_fetched += 1;
-                self.bar.inc(raw.len() as u64);
-                out.write(raw).await?;
-            }
+        while let Some(frame) = frames.next().await {
+            let raw = frame?.raw.unwrap_or_default();
+            self.report.chunks_fetched += 1;
+            self.bar.inc(raw.len() as u64);
+            out.write(raw).await?;
         }
         // Bases read from the store count as read; bases found locally as reused.
         self.report.bytes_read_from_store += bases.read_from_store_bytes();
