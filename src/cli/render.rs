@@ -344,6 +344,13 @@ pub fn replicate(r: &ReplicateReport) -> String {
         count(r.upload.packs_uploaded, "pack"),
         r.duration_secs
     );
+    if r.chunks_delta > 0 {
+        s.push_str(&format!(
+            "\n  {} copied as stored deltas, saving about {} against the full frames under them",
+            count(r.chunks_delta, "chunk"),
+            bytes(r.bytes_saved_by_deltas)
+        ));
+    }
     if let Some(sh) = &r.shard {
         if sh.committed {
             s.push_str(&format!("; run {:?} committed", sh.run));

@@ -24,10 +24,11 @@ pub(super) struct Outcome {
     pub(super) bytes_sent: u64,
     pub(super) bytes_new: u64,
     /// Push runs: new chunks stored as element deltas (the push's figure, for each target
-    /// that got the snapshot).
+    /// that got the snapshot); replicate runs: delta frames copied as they are.
     pub(super) chunks_delta: u64,
     /// Push runs: the delta frames' full frames' size minus theirs (what a push without
-    /// deltas would have stored more).
+    /// deltas would have stored more); replicate runs: the replication's estimate
+    /// (`ReplicateReport::bytes_saved_by_deltas`).
     pub(super) bytes_saved_by_deltas: u64,
     /// The source changed while it was read: push it again once it is complete.
     pub(super) changed: bool,
@@ -101,6 +102,8 @@ pub(super) async fn execute(
                         bytes_logical: r.upload.bytes_new_logical,
                         bytes_sent: r.upload.bytes_uploaded,
                         bytes_new: r.upload.bytes_new_logical,
+                        chunks_delta: r.chunks_delta,
+                        bytes_saved_by_deltas: r.bytes_saved_by_deltas,
                         ..Default::default()
                     }),
                     // Nothing to replicate yet: the source repository has not been created.

@@ -63,6 +63,10 @@ pub(crate) struct Decoded {
     pub(crate) read: u64,
     /// Stored bytes of its own frame.
     pub(crate) stored: u64,
+    /// Stored bytes of the full frame at the bottom of the chain when it was read from the
+    /// repository and the chunk is a delta (0 otherwise): what replicate counts a copied
+    /// delta frame as saving against.
+    pub(crate) key_stored: u64,
     /// The full frame at the bottom of the chain, when the chunk is a delta: its chunk id,
     /// raw bytes and stored size. Kept only when asked for (push encodes against it).
     pub(crate) key: Option<Key>,
@@ -196,8 +200,8 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
         Some(h) => h.depth,
         None => 0,
     };
-    let (mut raw, deltas, key) = match bottom {
-        Bottom::Local(raw) => (raw, links, None),
+    let (mut raw, deltas, key, key_stored) = match bottom {
+        Bottom::Local(raw) => (raw, links, None, 0),
         Bottom::Full => {
             let (last, deltas) = links.split_last().expect("the top link");
             let id = last.loc.entry.chunk;
@@ -216,7 +220,11 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
                 raw: raw.clone(),
                 stored: last.frame.len() as u64,
             });
-            (raw, deltas, key)
+            let key_stored = match deltas.len() {
+                0 => 0,
+                _ => last.frame.len() as u64,
+            };
+            (raw, deltas, key, key_stored)
         }
     };
     let first_try = apply_all(deltas, &mut raw, false);
@@ -231,6 +239,7 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
         depth,
         read,
         stored: top.frame.len() as u64,
+        key_stored,
         key,
     })
 }

@@ -79,6 +79,9 @@ pub struct CheckedFrame {
     /// Stored bytes of the base frames read from the repository to decode it (0 for a full
     /// frame).
     pub bases_read: u64,
+    /// For a delta frame, the stored size of the full frame its chain rests on (0 for a full
+    /// frame, or when that base came from a local copy).
+    pub key_stored: u64,
 }
 
 /// Whether fetched chunks are returned decoded or as stored frames (both are verified).
@@ -166,6 +169,7 @@ async fn decode(
         return Ok(CheckedFrame {
             location: s.location,
             bases_read: d.read.saturating_sub(s.frame.len() as u64),
+            key_stored: d.key_stored,
             frame: s.frame,
             raw: (want == Want::Raw).then_some(d.raw),
             delta: true,
@@ -194,5 +198,6 @@ fn check(s: Sliced, want: Want) -> Result<CheckedFrame, OpError> {
         raw: (want == Want::Raw).then_some(raw),
         delta: false,
         bases_read: 0,
+        key_stored: 0,
     })
 }

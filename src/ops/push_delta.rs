@@ -313,6 +313,7 @@ async fn cached_base(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option
         depth: entry.depth,
         read: entry.read,
         stored: stored.1,
+        key_stored: key.as_ref().map_or(0, |k| k.stored),
         key,
     })
 }

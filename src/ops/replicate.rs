@@ -56,6 +56,13 @@ pub struct ReplicateReport {
     pub snapshots_copied: u64,
     pub chunks_copied: u64,
     pub bytes_downloaded: u64,
+    /// Copied chunks that are element deltas, copied as they are stored (none into a
+    /// repository older than the delta format, which gets them whole; not forecast by a dry
+    /// run).
+    pub chunks_delta: u64,
+    /// What the copied delta frames saved, estimated: for each, the stored size of the full
+    /// frame its chain rests on (the same tensor range in an earlier step) minus its own.
+    pub bytes_saved_by_deltas: u64,
     #[serde(flatten)]
     pub upload: UploadStats,
     /// Ref log entries this process appended in the target.
@@ -112,8 +119,7 @@ pub async fn replicate(
     );
     let mut sent: HashSet<ChunkId> = HashSet::new();
     let mut owned: HashSet<ChunkId> = HashSet::new();
-    let mut bytes_downloaded = 0;
-    let mut chunks_copied = 0;
+    let mut copied = Copied::default();
     let mut snapshots = Vec::new();
     let mut referenced = HashSet::new();
     for id in &wanted {
@@ -131,10 +137,8 @@ pub async fn replicate(
         let mut lacks = |c: &ChunkId| -> Result<bool, OpError> {
             Ok(!sent.contains(c) && !to_presence.has(c)? && sent.insert(*c))
         };
-        let (bytes_read, copied) =
-            copy_chunks(from, &from_index, need, &mut uploader, &mut lacks, progress).await?;
-        bytes_downloaded += bytes_read;
-        chunks_copied += copied;
+        let round = (&mut uploader, &mut copied);
+        copy_chunks(from, &from_index, need, round, &mut lacks, progress).await?;
         snapshots.push((*id, bytes));
     }
     // Packs first, then snapshots, then refs.
@@ -144,8 +148,10 @@ pub async fn replicate(
         to: to.url(),
         refs: plans.iter().map(|p| p.name.clone()).collect(),
         snapshots_copied: 0,
-        chunks_copied,
-        bytes_downloaded,
+        chunks_copied: copied.chunks,
+        bytes_downloaded: copied.bytes_downloaded,
+        chunks_delta: copied.chunks_delta,
+        bytes_saved_by_deltas: copied.bytes_saved_by_deltas,
         upload,
         refs_advanced: 0,
         shard: None,
@@ -194,31 +200,30 @@ pub(crate) fn wanted_snapshots(
     wanted
 }
 
+/// What a replication copied, counted as it goes.
+#[derive(Debug, Default)]
+struct Copied {
+    chunks: u64,
+    bytes_downloaded: u64,
+    chunks_delta: u64,
+    bytes_saved_by_deltas: u64,
+}
+
 /// Copies the chunks `need` from `from` into `uploader` as stored frames, and the delta bases
 /// they need that the target `lacks` (which marks what it answers `true` for as sent), so a
-/// delta frame never lands without its base; returns the bytes downloaded and the chunks
-/// copied. Into a target older than the delta format, delta frames are stored whole instead.
+/// delta frame never lands without its base; counts what it copied into `copied`. Into a
+/// target older than the delta format, delta frames are stored whole instead.
 async fn copy_chunks(
     from: &Repository,
     from_index: &RepoIndex,
     mut need: Vec<ChunkId>,
-    uploader: &mut PackUploader,
+    (uploader, copied): (&mut PackUploader, &mut Copied),
     lacks: &mut (dyn FnMut(&ChunkId) -> Result<bool, OpError> + Send),
     progress: &Reporter,
-) -> Result<(u64, u64), OpError> {
-    let mut totals = (0, 0);
+) -> Result<(), OpError> {
     let whole = uploader.repo().config().version < DELTA_VERSION;
     while !need.is_empty() {
-        let bases = copy_frames(
-            from,
-            from_index,
-            need,
-            uploader,
-            whole,
-            progress,
-            &mut totals,
-        )
-        .await?;
+        let bases = copy_frames(from, from_index, need, uploader, whole, progress, copied).await?;
         need = Vec::new();
         for b in bases {
             if lacks(&b)? {
@@ -226,7 +231,7 @@ async fn copy_chunks(
             }
         }
     }
-    Ok(totals)
+    Ok(())
 }
 
 /// One round of `copy_chunks`: returns the bases of the delta frames it copied.
@@ -237,7 +242,7 @@ async fn copy_frames(
     uploader: &mut PackUploader,
     whole: bool,
     progress: &Reporter,
-    (bytes_downloaded, chunks_copied): &mut (u64, u64),
+    copied: &mut Copied,
 ) -> Result<Vec<ChunkId>, OpError> {
     let mut bases = Vec::new();
     let mut locations = locate(from_index, from, need)?;
@@ -250,9 +255,13 @@ async fn copy_frames(
     let mut frames = std::pin::pin!(fetch(from, from_index, reads, want));
     while let Some(f) = frames.next().await {
         let f = f?;
-        *bytes_downloaded += f.frame.len() as u64;
+        copied.bytes_downloaded += f.frame.len() as u64;
         bar.inc(f.frame.len() as u64);
-        *chunks_copied += 1;
+        copied.chunks += 1;
+        if f.delta && !whole {
+            copied.chunks_delta += 1;
+            copied.bytes_saved_by_deltas += f.key_stored.saturating_sub(f.frame.len() as u64);
+        }
         let frame = match (&f.raw, f.delta) {
             (Some(raw), true) => Bytes::from(crate::codec::encode(
                 raw,

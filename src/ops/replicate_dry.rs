@@ -102,6 +102,8 @@ pub async fn replicate_dry(
         snapshots_copied: wanted.len() as u64,
         chunks_copied,
         bytes_downloaded: downloaded,
+        chunks_delta: 0,
+        bytes_saved_by_deltas: 0,
         upload,
         refs_advanced,
         shard: None,

@@ -1,7 +1,8 @@
 //! Delta savings in the daemon (issue 11): a push job into a repository created with
 //! `--deltas` records, per run, the chunks stored as deltas and the bytes they saved; the
 //! job's target totals sum them, `/metrics` counts them in `ferry_delta_saved_bytes_total`,
-//! and `ferry status` says how much deltas saved.
+//! and `ferry status` says how much deltas saved; a replicate job's run counts the delta
+//! frames it copied as stored and estimates what they saved.
 
 use std::time::Duration;
 
@@ -128,4 +129,37 @@ pub fn delta_savings_reach_runs_totals_and_metrics(backend: Backend) {
     );
     let (stopped, _) = d.stop();
     assert!(stopped.status.success(), "{stopped}");
+
+    replicate_job_counts_savings(&ctx, backend, &repo.url, chunks, saved);
+}
+
+/// A replicate job copies the delta frames of `url` as they are stored, and its run says what
+/// they saved: estimated against the full frames under them (step 1's), so close to what the
+/// push measured against step 2's own full frames (`chunks` deltas saving `saved`).
+fn replicate_job_counts_savings(ctx: &Ctx, backend: Backend, url: &str, chunks: u64, saved: u64) {
+    let ferry = ctx.ferry();
+    let copy = ctx.location(backend);
+    let config = write_config(
+        ctx,
+        "",
+        &format!(
+            "[[jobs]]\nname = \"copy\"\nfrom = \"{url}\"\nrefs = [\"model\"]\ntargets = [\"{}\"]\nevery = \"1h\"\n",
+            copy.url
+        ),
+    );
+    let sync = ferry.json(&["sync", "--config", s(&config)]);
+    let run = array(&sync, "runs")
+        .iter()
+        .find(|r| string(r, "job") == "copy")
+        .unwrap_or_else(|| panic!("no run of job copy: {sync}"));
+    assert_eq!(
+        uint(run, "chunks_delta"),
+        chunks,
+        "every delta frame of step 2 is copied as stored: {run}"
+    );
+    let copied = uint(run, "bytes_saved_by_deltas");
+    assert!(
+        copied > saved / 10 * 8 && copied < saved / 10 * 12,
+        "replication estimated {copied} saved, the push measured {saved}: {run}"
+    );
 }

@@ -309,6 +309,26 @@ pub fn replicate_carries_bases(backend: Backend) {
     let ferry = ctx.ferry();
     let rep = ferry.json(&["replicate", &from.url, &to.url, "--name", "ckpt"]);
     assert!(uint(&rep, "chunks_copied") > 0, "{rep}");
+    // Step 3's deltas, and those of step 2 that they rest on, are copied as stored; what
+    // they saved is estimated against step 1's full frames under them, close to what their
+    // pushes measured.
+    let (third, both) = (&steps[2].1, |f: &str| {
+        uint(&steps[1].1, f) + uint(&steps[2].1, f)
+    });
+    let copied = uint(&rep, "chunks_delta");
+    assert!(
+        copied >= uint(third, "chunks_delta") && copied <= both("chunks_delta"),
+        "{rep}"
+    );
+    let estimated = uint(&rep, "bytes_saved_by_deltas");
+    let (low, high) = (
+        uint(third, "bytes_saved_by_deltas"),
+        both("bytes_saved_by_deltas"),
+    );
+    assert!(
+        estimated > low / 10 * 9 && estimated < high / 10 * 11,
+        "replication estimated {estimated} saved, the pushes measured {low} (step 3) and {high} (steps 2 and 3): {rep}"
+    );
     let dest = ctx.path("restore");
     ferry.json(&["restore", &to.url, "ckpt", s(&dest)]);
     let got = fs::read(dest.join("model.safetensors")).expect("restored file");
@@ -318,7 +338,6 @@ pub fn replicate_carries_bases(backend: Backend) {
     );
     let verify = ferry.json(&["verify", &to.url, "--read-data"]);
     assert!(boolean(&verify, "ok"), "{verify}");
-    let _ = steps;
 }
 
 /// Stored bytes of every pack object.
