@@ -7,7 +7,7 @@ use crate::listing::{LsReport, SnapshotsReport};
 use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
 use crate::ops::egress::Prices;
 use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
-use crate::ops::push::{ChangeCheck, PushReport};
+use crate::ops::push::{PushOptions, PushReport};
 use crate::ops::repair::RepairReport;
 use crate::ops::replicate::{ReplicaShard, ReplicateReport};
 use crate::ops::restore::{RestoreOptions, RestoreReport};
@@ -82,7 +82,7 @@ pub async fn push(
         repos,
         name,
         &PushMode::Replace,
-        ChangeCheck::Stat,
+        PushOptions::default(),
     )
     .await
 }
@@ -103,14 +103,14 @@ pub fn push_mode(
     })
 }
 
-/// `ferry push` with its mode and `--rehash`.
+/// `ferry push` with its mode, `--rehash` and `--deltas`.
 pub async fn push_checked(
     ctx: &Context,
     source: &str,
     repos: &[String],
     name: &str,
     mode: &PushMode,
-    check: ChangeCheck,
+    opts: PushOptions,
 ) -> Result<PushReport, OpError> {
     let name = ref_name(name)?;
     ctx.push(
@@ -118,7 +118,7 @@ pub async fn push_checked(
         &urls(repos)?,
         &name,
         mode,
-        check,
+        opts,
         &ctx.progress,
     )
     .await
@@ -130,11 +130,11 @@ pub async fn push_dry(
     source: &str,
     repos: &[String],
     name: &str,
-    check: ChangeCheck,
+    opts: PushOptions,
     prices: &Prices,
 ) -> Result<PushReport, OpError> {
     let name = ref_name(name)?;
-    let how = (check, prices);
+    let how = (opts, prices);
     ctx.push_dry(&url(source)?, &urls(repos)?, &name, how, &ctx.progress)
         .await
 }

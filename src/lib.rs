@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use ferry::app::{App, RefName, Settings};
-//! use ferry::ops::{push::ChangeCheck, shard::PushMode};
+//! use ferry::ops::{push::PushOptions, shard::PushMode};
 //! use ferry::progress::Reporter;
 //! use ferry::store::StoreUrl;
 //! let app = App::new(std::env::temp_dir().join("ferry-index"), Settings::from_env()?);
@@ -19,7 +19,7 @@
 //! let repos: Vec<StoreUrl> = vec!["file:///backups/repo".parse()?];
 //! let name = RefName::parse("llama-7b")?;
 //! let report = app
-//!     .push(&source, &repos, &name, &PushMode::Replace, ChangeCheck::Stat, &Reporter::terminal())
+//!     .push(&source, &repos, &name, &PushMode::Replace, PushOptions::default(), &Reporter::terminal())
 //!     .await?;
 //! println!("uploaded {} bytes", report.bytes_uploaded);
 //! # Ok(()) }

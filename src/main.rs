@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry::cli::render;
 use ferry::commands::{self, Context};
-use ferry::ops::push::ChangeCheck;
+use ferry::ops::push::{ChangeCheck, PushOptions};
 use ferry::progress::Reporter;
 use ferry::service;
 use serde::Serialize;
@@ -16,22 +16,34 @@ mod args;
 
 use args::{Cli, Command, DryRunArgs};
 
+/// What `--rehash` and `--deltas N` ask of a push.
+fn push_options(rehash: bool, deltas: Option<u8>) -> PushOptions {
+    PushOptions {
+        check: if rehash {
+            ChangeCheck::Rehash
+        } else {
+            ChangeCheck::Stat
+        },
+        max_depth: deltas,
+    }
+}
+
 /// `ferry push`, or with `--dry-run` its forecast.
 async fn push(
     ctx: &Context,
     (source, repos, name): (&str, &[String], &str),
     mode: &ferry::ops::shard::PushMode,
-    check: ChangeCheck,
+    opts: PushOptions,
     dry: DryRunArgs,
 ) -> anyhow::Result<ferry::ops::push::PushReport> {
     if !dry.dry_run {
-        return Ok(commands::push_checked(ctx, source, repos, name, mode, check).await?);
+        return Ok(commands::push_checked(ctx, source, repos, name, mode, opts).await?);
     }
     if *mode != ferry::ops::shard::PushMode::Replace {
         anyhow::bail!("--dry-run forecasts a plain push: drop --merge or --shard");
     }
     let prices = prices(dry.price_per_gib)?;
-    Ok(commands::push_dry(ctx, source, repos, name, check, &prices).await?)
+    Ok(commands::push_dry(ctx, source, repos, name, opts, &prices).await?)
 }
 
 /// `ferry pull`, or with `--dry-run` its forecast.
@@ -334,16 +346,13 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             shard,
             run,
             rehash,
+            deltas,
             dry,
             ..
         } => {
             let mode = commands::push_mode(merge, shard, run.as_deref())?;
-            let check = if rehash {
-                ChangeCheck::Rehash
-            } else {
-                ChangeCheck::Stat
-            };
-            let r = push(ctx, (&source, &repos, &name), &mode, check, dry).await?;
+            let opts = push_options(rehash, deltas);
+            let r = push(ctx, (&source, &repos, &name), &mode, opts, dry).await?;
             emit(json, &r, render::push)?
         }
         Command::Commit { repos, name, run } => {

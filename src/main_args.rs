@@ -84,6 +84,11 @@ pub(crate) enum Command {
         /// mtime, ctime and inode as recorded).
         #[arg(long)]
         rehash: bool,
+        /// On a repository with deltas: chain this push's deltas at most N deep, at most the
+        /// repository's `init --deltas`; 0 stores every changed chunk whole (a keyframe that
+        /// later pushes' deltas rest on, so restores of them read less).
+        #[arg(long, value_name = "N")]
+        deltas: Option<u8>,
         #[command(flatten)]
         limit: Limit,
         #[command(flatten)]

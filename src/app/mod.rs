@@ -22,7 +22,7 @@ use crate::listing::{LsReport, SnapshotsReport};
 use crate::mirror::{MirrorOptions, MirrorReport, VerifyMirrorReport};
 use crate::ops::egress::Prices;
 use crate::ops::gc::{ForgetReport, GcOptions, GcReport, Retention};
-use crate::ops::push::{ChangeCheck, PushReport};
+use crate::ops::push::{PushOptions, PushReport};
 use crate::ops::repair::RepairReport;
 use crate::ops::replicate::{ReplicaShard, ReplicateReport};
 use crate::ops::restore::{Destination, RestoreOptions, RestoreReport};
@@ -160,7 +160,7 @@ impl App {
         repos: &[StoreUrl],
         name: &RefName,
         mode: &PushMode,
-        check: ChangeCheck,
+        opts: PushOptions,
         progress: &Reporter,
     ) -> Result<PushReport, OpError> {
         let source = self.open_source(source)?;
@@ -177,7 +177,7 @@ impl App {
             targets.push((repo, created));
         }
         let index = self.index().await?;
-        crate::ops::push::push_checked(&source, targets, name, index, progress, mode, check).await
+        crate::ops::push::push_checked(&source, targets, name, index, progress, mode, opts).await
     }
 
     /// A dry run of a plain [`Self::push`]: opens the repositories for reading (one not yet
@@ -187,7 +187,7 @@ impl App {
         source: &StoreUrl,
         repos: &[StoreUrl],
         name: &RefName,
-        (check, prices): (ChangeCheck, &Prices),
+        (opts, prices): (PushOptions, &Prices),
         progress: &Reporter,
     ) -> Result<PushReport, OpError> {
         let source = self.open_source(source)?;
@@ -203,7 +203,7 @@ impl App {
             );
         }
         let index = self.index().await?;
-        let how = (check, prices);
+        let how = (opts, prices);
         crate::ops::push::push_dry(&source, targets, name, index, progress, how).await
     }
 

@@ -49,7 +49,7 @@ async fn a_push_fans_out_to_more_than_64_repositories() {
             &repos,
             &name,
             &PushMode::Replace,
-            ChangeCheck::Stat,
+            PushOptions::default(),
             &Reporter::observed(seen.clone()),
         )
         .await
@@ -94,7 +94,7 @@ async fn a_repository_inside_its_source_is_refused_before_anything_is_written() 
             &[local(&repo)],
             &RefName::parse("x").unwrap(),
             &PushMode::Replace,
-            ChangeCheck::Stat,
+            PushOptions::default(),
             &Reporter::silent(),
         )
         .await

@@ -8,7 +8,7 @@ use super::state::Job;
 use super::Shared;
 use crate::app::RefName;
 use crate::config::{JobKind, Layout};
-use crate::ops::push::ChangeCheck;
+use crate::ops::push::PushOptions;
 use crate::ops::shard::PushMode;
 use crate::ops::OpError;
 use crate::progress::Reporter;
@@ -213,7 +213,14 @@ async fn push(
     };
     let report = shared
         .app
-        .push(src, &urls, &name, &mode, ChangeCheck::Stat, seen.progress)
+        .push(
+            src,
+            &urls,
+            &name,
+            &mode,
+            PushOptions::default(),
+            seen.progress,
+        )
         .await?;
     // A checkpoint that changed while it was read is pushed again once it settles.
     let changed = match (src, seen.fingerprint, seen.plan) {

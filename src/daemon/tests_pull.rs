@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::tests::{write, World};
 use super::*;
 use crate::app::RefName;
-use crate::ops::push::ChangeCheck;
+use crate::ops::push::PushOptions;
 use crate::ops::shard::PushMode;
 use crate::store::StoreUrl;
 
@@ -36,7 +36,7 @@ async fn push(w: &World) {
         &[repo],
         &name,
         &PushMode::Replace,
-        ChangeCheck::Stat,
+        PushOptions::default(),
         &silent,
     )
     .await

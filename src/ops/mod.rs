@@ -171,6 +171,16 @@ pub enum OpError {
         /// The folder at the destination.
         folder: String,
     },
+    /// `push --deltas N` asked for chains deeper than a target repository allows.
+    #[error("--deltas {asked} is deeper than {url} allows ({max}): a push may only lower the repository's delta depth (0 stores changed chunks whole); the repository's bound is set by `ferry init --deltas N`")]
+    DeltaDepthAboveRepository {
+        /// The repository's URL.
+        url: String,
+        /// The depth the push asked for.
+        asked: u8,
+        /// The repository's `max_depth` (0 when it stores no deltas).
+        max: u8,
+    },
     /// Two repositories of one push cut chunks differently, so one chunk list cannot serve both.
     #[error("{a} and {b} use different chunker parameters: push to them separately, or replicate between repositories with the same parameters")]
     ChunkerMismatch {
@@ -348,6 +358,7 @@ impl OpError {
             | OpError::BadSymlinkTarget { .. }
             | OpError::FolderInTheWay { .. }
             | OpError::ChunkerMismatch { .. }
+            | OpError::DeltaDepthAboveRepository { .. }
             | OpError::Key(_)
             | OpError::Names(_)
             | OpError::PackSizeOutOfRange { .. }

@@ -146,6 +146,17 @@ pub enum ChangeCheck {
     Rehash,
 }
 
+/// How a push recognizes unchanged files and how deep its element deltas may chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// How unchanged files are recognized.
+    pub check: ChangeCheck,
+    /// `push --deltas N`: the deepest delta chain this push builds on a delta repository, at
+    /// most the repository's `max_depth`; 0 stores every changed chunk whole, a keyframe the
+    /// next push's deltas rest on. `None`: the repository's.
+    pub max_depth: Option<u8>,
+}
+
 /// Pushes `source` into every repository in `targets` under the ref `name`.
 /// `targets` pairs each opened repository with whether this push created it.
 pub async fn push(
@@ -174,12 +185,13 @@ pub async fn push_with(
         index,
         progress,
         mode,
-        ChangeCheck::Stat,
+        PushOptions::default(),
     )
     .await
 }
 
-/// [`push_with`] with a choice of how unchanged files are recognized (see [`ChangeCheck`]).
+/// [`push_with`] with a choice of how unchanged files are recognized and how deep deltas
+/// chain (see [`PushOptions`]).
 /// A file that keeps changing while it is read fails the whole push with
 /// [`OpError::SourceChanged`]: no snapshot is written, the ref does not move, and the chunks
 /// of the files read so far stay in the repositories for the rerun.
@@ -190,9 +202,9 @@ pub async fn push_checked(
     index: &Index,
     progress: &Reporter,
     mode: &PushMode,
-    check: ChangeCheck,
+    opts: PushOptions,
 ) -> Result<PushReport, OpError> {
-    run(source, targets, name, index, progress, (mode, check, None)).await
+    run(source, targets, name, index, progress, (mode, opts, None)).await
 }
 
 /// A dry run of a plain push: reads the source, chunks, compresses and delta-encodes it as
@@ -206,10 +218,21 @@ pub async fn push_dry(
     name: &RefName,
     index: &Index,
     progress: &Reporter,
-    (check, prices): (ChangeCheck, &Prices),
+    (opts, prices): (PushOptions, &Prices),
 ) -> Result<PushReport, OpError> {
-    let how = (&PushMode::Replace, check, Some(prices));
+    let how = (&PushMode::Replace, opts, Some(prices));
     run(source, targets, name, index, progress, how).await
+}
+
+/// Bytes of the files in `listing`.
+fn file_bytes(listing: &[SourceEntry]) -> u64 {
+    listing
+        .iter()
+        .map(|e| match e {
+            SourceEntry::File(f) => f.size,
+            _ => 0,
+        })
+        .sum()
 }
 
 async fn run(
@@ -218,7 +241,7 @@ async fn run(
     name: &RefName,
     index: &Index,
     progress: &Reporter,
-    (mode, check, dry): (&PushMode, ChangeCheck, Option<&Prices>),
+    (mode, opts, dry): (&PushMode, PushOptions, Option<&Prices>),
 ) -> Result<PushReport, OpError> {
     let started = Instant::now();
     let time = SystemTime::now();
@@ -230,19 +253,18 @@ async fn run(
     }
 
     let listing = mode.select(source.list().await?);
-    let total: u64 = listing
-        .iter()
-        .map(|e| match e {
-            SourceEntry::File(f) => f.size,
-            _ => 0,
-        })
-        .sum();
-    let bar = progress.bytes("push", total);
+    let bar = progress.bytes("push", file_bytes(&listing));
     let cache = index.files(&source.key())?;
     let cuts = push_delta::tensor_cuts(&targets);
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
-    let (delta_target, counterparts) =
-        push_delta::setup(&targets, &rindexes, index, name, dry.is_some()).await?;
+    let (delta_target, counterparts) = push_delta::setup(
+        &targets,
+        &rindexes,
+        index,
+        name,
+        (opts.max_depth, dry.is_some()),
+    )
+    .await?;
     let delta_side = push_delta::DeltaSide::of(delta_target.as_ref());
 
     // Stage 1 → 2: chunks to compress. Stage 2 → 3: frames to pack.
@@ -255,7 +277,7 @@ async fn run(
     let rt = tokio::runtime::Handle::current();
     let producer = {
         let (source, presences, bar) = (source.clone(), presences.clone(), bar.clone());
-        let check = (check, dry.is_none());
+        let check = (opts.check, dry.is_none());
         tokio::task::spawn_blocking(move || {
             let out = Out {
                 jobs: &job_tx,

@@ -153,6 +153,10 @@ impl FrameChooser {
         let (Some(t), Some(base)) = (&self.target, base) else {
             return whole;
         };
+        if t.params.max_depth == 0 {
+            // A keyframe push (`push --deltas 0`): every changed chunk whole.
+            return whole;
+        }
         let prev = match t.rt.block_on(read_base(t, &base)) {
             Ok(d) => d,
             Err(e) => {
@@ -425,20 +429,35 @@ impl Pick {
 }
 
 /// The delta target and counterparts of a push into `targets` under ref `name`: none unless
-/// it is a single repository whose config enables deltas. A dry run only reads the base cache.
+/// it is a single repository whose config enables deltas. `max_depth` (`push --deltas N`)
+/// lowers the repository's bound for this push and may not exceed it. A dry run only reads
+/// the base cache.
 pub(crate) async fn setup(
     targets: &[(Repository, bool)],
     rindexes: &[RepoIndex],
     index: &Index,
     name: &str,
-    dry_run: bool,
+    (max_depth, dry_run): (Option<u8>, bool),
 ) -> Result<(Option<DeltaTarget>, Counterparts), OpError> {
+    if let Some(asked) = max_depth {
+        for (repo, _) in targets {
+            let max = repo.config().delta_params().map_or(0, |d| d.max_depth);
+            if asked > max {
+                return Err(OpError::DeltaDepthAboveRepository {
+                    url: repo.url(),
+                    asked,
+                    max,
+                });
+            }
+        }
+    }
     let ([(repo, _)], [rindex]) = (targets, rindexes) else {
         return Ok((None, Counterparts::default()));
     };
-    let Some(params) = repo.config().delta_params() else {
+    let Some(mut params) = repo.config().delta_params() else {
         return Ok((None, Counterparts::default()));
     };
+    params.max_depth = max_depth.unwrap_or(params.max_depth);
     let counterparts = Counterparts::of_head(repo, name).await?;
     let target = DeltaTarget {
         repo: repo.clone(),

@@ -198,7 +198,7 @@ pub fn delta_steps_round_trip(backend: Backend) {
 
 /// A delta frame's chain depth and element width, as stored.
 pub(crate) struct DeltaFrame {
-    depth: u8,
+    pub(crate) depth: u8,
     width: u8,
 }
 

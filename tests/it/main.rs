@@ -51,6 +51,7 @@ mod daemon_deltas;
 mod damage;
 mod data;
 mod deltas;
+mod deltas_depth;
 mod deltas_repair;
 mod dryrun;
 mod edges;
