@@ -31,6 +31,7 @@ pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod demo;
 pub mod error;

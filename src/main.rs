@@ -249,6 +249,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(json, &r, ferry::demo::render)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Key {
+            action: args::KeyAction::Generate { path },
+        } => {
+            let r = ferry::crypto::generate_key_file(&path)?;
+            emit(json, &r, render::key_generated)?;
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             let progress = if json {
                 Reporter::silent()

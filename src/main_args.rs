@@ -303,6 +303,23 @@ pub(crate) enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Client-side encryption keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+/// `ferry key …`.
+#[derive(Subcommand)]
+pub(crate) enum KeyAction {
+    /// Write a new random key to a new file PATH, readable by its owner only (an existing file
+    /// is never overwritten). Keep a copy somewhere safe: what it encrypts cannot be read
+    /// without it.
+    Generate {
+        /// The key file to create.
+        path: PathBuf,
+    },
 }
 
 /// `--include` / `--exclude` of restore and pull.

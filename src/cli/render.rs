@@ -367,6 +367,14 @@ pub fn replicate(r: &ReplicateReport) -> String {
     }
 }
 
+/// `ferry key generate`.
+pub fn key_generated(r: &crate::crypto::KeyFileReport) -> String {
+    format!(
+        "wrote a new key to {} (key id {}); keep a copy somewhere safe: what it encrypts cannot be read without it",
+        r.path, r.key_id
+    )
+}
+
 /// `ferry verify`: the summary, then each problem and note.
 pub fn verify(r: &VerifyReport) -> String {
     let mut s = format!(

@@ -62,6 +62,7 @@ mod gcs;
 mod harness;
 mod hostile;
 mod http;
+mod keys;
 mod mirror;
 mod names;
 mod native_azure;

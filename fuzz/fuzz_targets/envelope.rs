@@ -1,0 +1,35 @@
+//! Fuzzes the encryption envelope's parsers (`ferry::crypto`): a wrapped data key
+//! (`keys/<key id>`), a sealed object or frame, and a key's text. The first byte picks which;
+//! the rest is the input. Nothing may panic; no forged input may open or unwrap (the fuzzer
+//! cannot forge a Poly1305 tag), and what `seal` makes must open to itself.
+#![no_main]
+
+use ferry::crypto::{DataKey, UserKey, KEY_LEN};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let user = UserKey::from_bytes([1; KEY_LEN]);
+    let key = DataKey::from_bytes([2; KEY_LEN]);
+    match mode % 4 {
+        0 => assert!(DataKey::unwrap(rest, &user, "repo", "keys/x").is_err()),
+        1 => assert!(key.open("packs/x", b"frame", rest).is_err()),
+        2 => {
+            let sealed = key.seal(b"frame", rest);
+            assert_eq!(key.open("packs/x", b"frame", &sealed).expect("own sealing"), rest);
+            let wrapped = key.wrap(&user, "repo");
+            let again = DataKey::unwrap(&wrapped, &user, "repo", "keys/x").expect("own wrapping");
+            assert_eq!(again.chunk_id(rest), key.chunk_id(rest));
+        }
+        _ => {
+            if let Ok(text) = std::str::from_utf8(rest) {
+                if let Ok(k) = UserKey::parse(text, "fuzz") {
+                    let back = UserKey::parse(&k.to_text(), "fuzz").expect("own text");
+                    assert_eq!(back.id(), k.id());
+                }
+            }
+        }
+    }
+});

@@ -1,0 +1,161 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn user(b: u8) -> UserKey {
+    UserKey::from_bytes([b; KEY_LEN])
+}
+
+#[test]
+fn sealed_bytes_open_only_with_their_key_and_context() {
+    let dk = DataKey::generate();
+    let plain = b"model.layers.0.weight: the crown jewels";
+    let sealed = dk.seal(b"snapshot abc", plain);
+    assert_eq!(sealed.len(), plain.len() + SEAL_OVERHEAD);
+    assert!(
+        !sealed.windows(10).any(|w| w == &plain[..10]),
+        "plaintext visible in the sealed bytes"
+    );
+    assert_eq!(dk.open("o", b"snapshot abc", &sealed).unwrap(), plain);
+    // Fresh nonces: the same plaintext never seals to the same bytes.
+    assert_ne!(dk.seal(b"snapshot abc", plain), sealed);
+
+    let other = DataKey::generate();
+    for (key, context) in [(&other, &b"snapshot abc"[..]), (&dk, &b"snapshot abd"[..])] {
+        let e = key.open("packs/p1", context, &sealed).unwrap_err();
+        assert!(matches!(e, CryptoError::Unauthentic { .. }), "{e}");
+        assert!(e.to_string().contains("packs/p1"), "{e}");
+    }
+    for cut in [0, 1, SEAL_OVERHEAD - 1, sealed.len() - 1] {
+        let e = dk.open("o", b"snapshot abc", &sealed[..cut]).unwrap_err();
+        assert!(matches!(e, CryptoError::Unauthentic { .. }), "{cut}: {e}");
+    }
+}
+
+#[test]
+fn every_flipped_bit_of_a_sealed_object_fails_authentication() {
+    let dk = DataKey::from_bytes([7; KEY_LEN]);
+    let sealed = dk.seal(b"c", b"0123456789abcdef");
+    for i in 0..sealed.len() {
+        for bit in 0..8 {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1 << bit;
+            assert!(dk.open("o", b"c", &bad).is_err(), "byte {i} bit {bit}");
+        }
+    }
+}
+
+#[test]
+fn a_wrapped_data_key_opens_with_its_user_key_for_its_repository_only() {
+    let dk = DataKey::generate();
+    let (alice, bob) = (user(1), user(2));
+    let wrapped = dk.wrap(&alice, "repo-1");
+    assert_eq!(wrapped.len(), WRAPPED_LEN);
+    let again = DataKey::unwrap(&wrapped, &alice, "repo-1", "keys/a").unwrap();
+    let sealed = dk.seal(b"c", b"weights");
+    assert_eq!(again.open("o", b"c", &sealed).unwrap(), b"weights");
+    assert_eq!(again.chunk_id(b"x"), dk.chunk_id(b"x"));
+
+    // Rotation: the same data key wrapped under a second key opens with it alone.
+    let rewrapped = again.wrap(&bob, "repo-1");
+    let by_bob = DataKey::unwrap(&rewrapped, &bob, "repo-1", "keys/b").unwrap();
+    assert_eq!(by_bob.open("o", b"c", &sealed).unwrap(), b"weights");
+
+    for (key, repo) in [(&bob, "repo-1"), (&alice, "repo-2")] {
+        let e = DataKey::unwrap(&wrapped, key, repo, "keys/a").unwrap_err();
+        assert!(matches!(e, CryptoError::WrongKey { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("the key does not open this repository"),
+            "{e}"
+        );
+    }
+    let mut damaged = wrapped.clone();
+    damaged[WRAPPED_LEN - 1] ^= 1;
+    assert!(matches!(
+        DataKey::unwrap(&damaged, &alice, "repo-1", "keys/a"),
+        Err(CryptoError::WrongKey { .. })
+    ));
+    for bad in [&wrapped[..10], &b"FRYKEY02"[..]] {
+        assert!(matches!(
+            DataKey::unwrap(bad, &alice, "repo-1", "keys/a"),
+            Err(CryptoError::BadEnvelope { .. })
+        ));
+    }
+}
+
+#[test]
+fn keyed_chunk_ids_differ_from_plain_blake3_and_between_repositories() {
+    let (a, b) = (DataKey::generate(), DataKey::generate());
+    let data = b"the same chunk";
+    assert_eq!(
+        a.chunk_id(data),
+        a.chunk_id(data),
+        "dedup needs a stable id"
+    );
+    assert_ne!(a.chunk_id(data), *blake3::hash(data).as_bytes());
+    assert_ne!(a.chunk_id(data), b.chunk_id(data));
+}
+
+#[test]
+fn key_text_round_trips_and_bad_text_is_named_but_never_echoed() {
+    let k = UserKey::generate();
+    let text = k.to_text();
+    assert!(text.starts_with("ferry-key-1:") && text.len() == 12 + 64 + 1);
+    let back = UserKey::parse(&format!("  {}  ", &*text), "FERRY_KEY").unwrap();
+    assert_eq!(back.id(), k.id());
+    let secret = "ferry-key-1:zz".to_string() + &"a".repeat(62);
+    for bad in ["", "ferry-key-1:abcd", "hunter2", secret.as_str()] {
+        let e = UserKey::parse(bad, "FERRY_KEY").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("FERRY_KEY is not a ferry key"), "{shown}");
+        if !bad.is_empty() {
+            assert!(!shown.contains(bad), "the text leaked: {shown}");
+        }
+    }
+    // Debug shows the id only.
+    let debug = format!("{k:?}");
+    assert!(!debug.contains(&text[12..20]), "{debug}");
+    assert!(debug.contains(&k.id().to_string()), "{debug}");
+}
+
+#[test]
+fn generate_writes_an_owner_only_file_and_never_overwrites() {
+    let dir = std::env::temp_dir().join(format!("ferry-key-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("repo.key");
+    let _ = std::fs::remove_file(&path);
+    let report = generate_key_file(&path).unwrap();
+    let key = UserKey::read_file(&path).unwrap();
+    assert_eq!(report.key_id, key.id().to_string());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let e = generate_key_file(&path).unwrap_err();
+    assert!(matches!(e, CryptoError::KeyFileExists { .. }), "{e}");
+    assert_eq!(
+        UserKey::read_file(&path).unwrap().id(),
+        key.id(),
+        "overwritten"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+proptest! {
+    #[test]
+    fn seal_then_open_is_identity(plain in proptest::collection::vec(any::<u8>(), 0..4096), context in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let dk = DataKey::from_bytes([3; KEY_LEN]);
+        let sealed = dk.seal(&context, &plain);
+        prop_assert_eq!(dk.open("o", &context, &sealed).unwrap(), plain);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_open_or_unwrap(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let dk = DataKey::from_bytes([3; KEY_LEN]);
+        prop_assert!(dk.open("o", b"c", &bytes).is_err());
+        prop_assert!(DataKey::unwrap(&bytes, &user(1), "r", "keys/x").is_err());
+    }
+}
