@@ -196,6 +196,18 @@ pub fn delta_steps_round_trip(backend: Backend) {
     assert!(boolean(&verify, "ok"), "{verify}");
 }
 
+/// Restores each of `snapshots` (steps `first`, `first + 1`, … of the series, ref `ckpt`) from
+/// `url` and checks the bytes.
+pub(crate) fn assert_steps_restore(ctx: &Ctx, url: &str, snapshots: &[String], first: u32) {
+    for (step, id) in (first..).zip(snapshots) {
+        let dest = ctx.path(&format!("restore-{step}"));
+        ctx.ferry()
+            .json(&["restore", url, &format!("ckpt@{id}"), s(&dest)]);
+        let got = fs::read(dest.join("model.safetensors")).expect("restored file");
+        assert!(got == weights(step), "step {step} restored different bytes");
+    }
+}
+
 /// A delta frame's chain depth and element width, as stored.
 pub(crate) struct DeltaFrame {
     pub(crate) depth: u8,
@@ -430,16 +442,7 @@ pub fn head_without_tensor_layout(backend: Backend) {
         let plain = ferry.json(&["push", s(&src), &v1.url, "--name", "ckpt"]);
         assert_eq!(uint(&plain, "chunks_delta"), 0, "{plain}");
     }
-    for (k, id) in snaps.iter().enumerate() {
-        let dest = ctx.path(&format!("restore-{k}"));
-        ferry.json(&["restore", &v2.url, &format!("ckpt@{id}"), s(&dest)]);
-        let got = fs::read(dest.join("model.safetensors")).expect("restored file");
-        assert!(
-            got == weights(k as u32 + 2),
-            "step {} restored different bytes",
-            k + 2
-        );
-    }
+    assert_steps_restore(&ctx, &v2.url, &snaps, 2);
     let config = String::from_utf8(v1.raw.get("config")).expect("utf-8 config");
     assert!(
         config.contains("\"version\": 1") && !config.contains("deltas"),

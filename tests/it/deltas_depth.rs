@@ -3,9 +3,7 @@
 //! above the repository's is refused before anything is sent. The behaviour is the push's
 //! encoder, the same on every store, so it runs on `file://`.
 
-use std::fs;
-
-use crate::deltas::{delta_frames, weights, write_step};
+use crate::deltas::{assert_steps_restore, delta_frames, write_step};
 use crate::harness::{pushed_snapshot, s, uint, Backend, Ctx};
 use crate::raw::pack_objects;
 
@@ -95,14 +93,5 @@ fn push_deltas_sets_one_pushs_depth() {
     );
     snapshots.push(pushed_snapshot(&push));
 
-    for (k, id) in snapshots.iter().enumerate() {
-        let dest = ctx.path(&format!("restore-{k}"));
-        ferry.json(&["restore", &repo.url, &format!("ckpt@{id}"), s(&dest)]);
-        let got = fs::read(dest.join("model.safetensors")).expect("restored file");
-        assert!(
-            got == weights(k as u32 + 1),
-            "step {} restored wrong",
-            k + 1
-        );
-    }
+    assert_steps_restore(&ctx, &repo.url, &snapshots, 1);
 }
