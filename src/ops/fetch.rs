@@ -1,9 +1,9 @@
 //! Reading chunks back out of a repository: plans coalesced range reads over packs, fetches
 //! them with a bounded number in flight, and checks every chunk against its id.
 
-use bytes::Bytes;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::ids::{ChunkId, PackId};
