@@ -162,6 +162,21 @@ fn sealing(c: &mut Criterion) {
     g.bench_function("open-1MiB", |b| {
         b.iter(|| black_box(key.open("o", b"frame", &sealed).unwrap()))
     });
+    {
+        use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+        let aes = aes_gcm::Aes256Gcm::new(&aes_gcm::Aes256Gcm::generate_key(&mut OsRng));
+        let nonce = aes_gcm::Aes256Gcm::generate_nonce(&mut OsRng);
+        let sealed = aes.encrypt(&nonce, &frame[..]).unwrap();
+        g.bench_function("aes256gcm-seal-1MiB", |b| {
+            b.iter(|| {
+                let nonce = aes_gcm::Aes256Gcm::generate_nonce(&mut OsRng);
+                black_box(aes.encrypt(&nonce, &frame[..]).unwrap())
+            })
+        });
+        g.bench_function("aes256gcm-open-1MiB", |b| {
+            b.iter(|| black_box(aes.decrypt(&nonce, &sealed[..]).unwrap()))
+        });
+    }
     g.bench_function("keyed-chunk-id-1MiB", |b| {
         b.iter(|| black_box(key.chunk_id(&frame)))
     });
