@@ -9,7 +9,7 @@
 
 mod keyfile;
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
@@ -175,21 +175,16 @@ impl DataKey {
     /// Layout: version (1), nonce (24), ciphertext, tag (16).
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let aad = aad(context);
-        let sealed = self
-            .sealer
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 seals any length a process holds");
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plaintext);
+        // Encrypted where it lies: one copy of the plaintext, not two.
+        let tag = self
+            .sealer
+            .encrypt_in_place_detached(&nonce, &aad(context), &mut out[1 + NONCE_LEN..])
+            .expect("XChaCha20-Poly1305 seals any length a process holds");
+        out.extend_from_slice(&tag);
         out
     }
 
