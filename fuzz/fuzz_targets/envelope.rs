@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         1 => assert!(key.open("packs/x", b"frame", rest).is_err()),
         2 => {
             let sealed = key.seal(b"frame", rest);
-            assert_eq!(key.open("packs/x", b"frame", &sealed).expect("own sealing"), rest);
+            assert_eq!(
+                key.open("packs/x", b"frame", &sealed).expect("own sealing"),
+                rest
+            );
             let wrapped = key.wrap(&user, "repo");
             let again = DataKey::unwrap(&wrapped, &user, "repo", "keys/x").expect("own wrapping");
             assert_eq!(again.chunk_id(rest), key.chunk_id(rest));
