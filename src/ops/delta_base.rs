@@ -215,15 +215,16 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
                 codec::decode_unchecked(&last.frame, raw_len)
             }
             .map_err(|e| bad_key(links, e))?;
+            let key_stored = if deltas.is_empty() {
+                0
+            } else {
+                last.frame.len() as u64
+            };
             let key = (keep_key && !deltas.is_empty()).then(|| Key {
                 id,
                 raw: raw.clone(),
-                stored: last.frame.len() as u64,
+                stored: key_stored,
             });
-            let key_stored = match deltas.len() {
-                0 => 0,
-                _ => last.frame.len() as u64,
-            };
             (raw, deltas, key, key_stored)
         }
     };

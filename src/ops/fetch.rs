@@ -150,8 +150,13 @@ pub(crate) fn fetch_with<'a>(
 }
 
 /// Chunks decoded at once: one per core, and two more so a core never waits for the next.
+/// Asked of the system once per process: `fetch` runs once per file, and finding the cores
+/// reads cgroup files.
 fn decodes_in_flight() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(32)) + 2
+    static N: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::thread::available_parallelism().map_or(2, |n| n.get().min(32)) + 2
+    });
+    *N
 }
 
 /// Decodes and checks one frame: a full frame on a blocking thread, a delta frame through its
