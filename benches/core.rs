@@ -135,7 +135,9 @@ fn codecs(c: &mut Criterion) {
         let frame = codec::encode(chunk, 1);
         let id = ferry::ids::ChunkId::of(chunk);
         g.bench_with_input(BenchmarkId::new("decode", name), &frame, |b, f| {
-            b.iter(|| black_box(codec::decode(f, chunk.len(), &id).unwrap()))
+            b.iter(|| {
+                black_box(codec::decode(f, chunk.len(), &id, &ferry::ids::Naming::PLAIN).unwrap())
+            })
         });
         eprintln!(
             "{name}: stored/raw = {:.3}",

@@ -1,6 +1,6 @@
 //! Chunk frames: how one chunk's bytes are stored inside a pack (codec byte + payload).
 
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, Naming};
 
 pub mod delta;
 mod delta_frame;
@@ -256,9 +256,17 @@ pub fn encode(raw: &[u8], level: i32) -> Vec<u8> {
     Encoder::new(level).encode(raw)
 }
 
-/// Decodes a frame into `raw_len` bytes and checks them against `id`.
-pub fn decode(frame: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
-    check_raw(decode_unchecked(frame, raw_len)?, raw_len, id)
+/// Decodes a frame into `raw_len` bytes and checks them against `id`, named by `naming` (the
+/// repository's: plain or keyed BLAKE3).
+pub fn decode(
+    frame: &[u8],
+    raw_len: usize,
+    id: &ChunkId,
+    naming: &Naming,
+) -> Result<Vec<u8>, FrameError> {
+    let raw = decode_unchecked(frame, raw_len)?;
+    check(&raw, raw_len, id, naming)?;
+    Ok(raw)
 }
 
 /// Decodes a full frame into `raw_len` bytes without checking them against their id: for the
@@ -309,25 +317,19 @@ pub(crate) fn unzstd(body: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Checks a chunk's bytes against the length recorded for it and its id.
-pub fn check(raw: &[u8], raw_len: usize, id: &ChunkId) -> Result<(), FrameError> {
+/// Checks a chunk's bytes against the length recorded for it and its id, named by `naming`.
+pub fn check(raw: &[u8], raw_len: usize, id: &ChunkId, naming: &Naming) -> Result<(), FrameError> {
     if raw.len() != raw_len {
         return Err(FrameError::Length {
             got: raw.len(),
             want: raw_len,
         });
     }
-    let got = ChunkId::of(raw);
+    let got = naming.chunk(raw);
     if got != *id {
         return Err(FrameError::Hash { got, want: *id });
     }
     Ok(())
-}
-
-/// Checks decoded bytes against the recorded length and the chunk id.
-fn check_raw(raw: Vec<u8>, raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, FrameError> {
-    check(&raw, raw_len, id)?;
-    Ok(raw)
 }
 
 fn decode_planes(payload: &[u8], raw_len: usize) -> Result<Vec<u8>, FrameError> {
@@ -396,7 +398,10 @@ mod tests {
         let frame = encode(&raw, 1);
         assert_eq!(frame[0], Codec::Zstd as u8);
         assert!(frame.len() < raw.len() / 10);
-        assert_eq!(decode(&frame, raw.len(), &ChunkId::of(&raw)).unwrap(), raw);
+        assert_eq!(
+            decode(&frame, raw.len(), &ChunkId::of(&raw), &Naming::PLAIN).unwrap(),
+            raw
+        );
     }
 
     #[test]
@@ -422,15 +427,18 @@ mod tests {
         let id = ChunkId::of(&raw);
         let last = frame.len() - 1;
         frame[last] ^= 1;
-        assert!(decode(&frame, raw.len(), &id).is_err());
+        assert!(decode(&frame, raw.len(), &id, &Naming::PLAIN).is_err());
         assert!(matches!(
-            decode(&[9, 1, 2], 2, &id),
+            decode(&[9, 1, 2], 2, &id, &Naming::PLAIN),
             Err(FrameError::UnknownCodec(9))
         ));
-        assert!(matches!(decode(&[], 0, &id), Err(FrameError::Empty)));
+        assert!(matches!(
+            decode(&[], 0, &id, &Naming::PLAIN),
+            Err(FrameError::Empty)
+        ));
         // A hostile table cannot make decode allocate gigabytes.
         assert!(matches!(
-            decode(&frame, u32::MAX as usize, &id),
+            decode(&frame, u32::MAX as usize, &id, &Naming::PLAIN),
             Err(FrameError::TooLong(_))
         ));
     }
@@ -462,11 +470,17 @@ mod tests {
             planes.len(),
             plain.len()
         );
-        assert_eq!(decode(&planes, raw.len(), &ChunkId::of(&raw)).unwrap(), raw);
+        assert_eq!(
+            decode(&planes, raw.len(), &ChunkId::of(&raw), &Naming::PLAIN).unwrap(),
+            raw
+        );
         // An odd length keeps a raw tail.
         let odd = &raw[..raw.len() - 1];
         let f = enc.encode_elements(odd, 2);
-        assert_eq!(decode(&f, odd.len(), &ChunkId::of(odd)).unwrap(), odd);
+        assert_eq!(
+            decode(&f, odd.len(), &ChunkId::of(odd), &Naming::PLAIN).unwrap(),
+            odd
+        );
     }
 
     #[test]
@@ -475,11 +489,14 @@ mod tests {
         let frame = Encoder::new(1).encode_elements(&raw, 2);
         let id = ChunkId::of(&raw);
         for cut in [1, 2, 5, frame.len() / 2, frame.len() - 1] {
-            assert!(decode(&frame[..cut], raw.len(), &id).is_err(), "cut {cut}");
+            assert!(
+                decode(&frame[..cut], raw.len(), &id, &Naming::PLAIN).is_err(),
+                "cut {cut}"
+            );
         }
         let mut bad_width = frame.clone();
         bad_width[1] = 3;
-        assert!(decode(&bad_width, raw.len(), &id).is_err());
+        assert!(decode(&bad_width, raw.len(), &id, &Naming::PLAIN).is_err());
     }
 
     proptest! {
@@ -487,14 +504,14 @@ mod tests {
         fn planes_round_trip(raw in proptest::collection::vec(any::<u8>(), 0..3000), rep in 1usize..6, width in prop_oneof![Just(2u8), Just(4u8)]) {
             let raw = raw.repeat(rep);
             let frame = Encoder::new(1).encode_elements(&raw, width);
-            prop_assert_eq!(decode(&frame, raw.len(), &ChunkId::of(&raw)).unwrap(), raw);
+            prop_assert_eq!(decode(&frame, raw.len(), &ChunkId::of(&raw), &Naming::PLAIN).unwrap(), raw);
         }
 
         #[test]
         fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..5000), rep in 1usize..4) {
             let raw = raw.repeat(rep);
             let frame = encode(&raw, 1);
-            prop_assert_eq!(decode(&frame, raw.len(), &ChunkId::of(&raw)).unwrap(), raw);
+            prop_assert_eq!(decode(&frame, raw.len(), &ChunkId::of(&raw), &Naming::PLAIN).unwrap(), raw);
         }
     }
 }

@@ -271,6 +271,17 @@ pub async fn gc(ctx: &Context, repo: &str, opts: GcOptions) -> Result<GcReport, 
     ctx.gc(&url(repo)?, opts).await
 }
 
+/// `ferry key rotate REPO --new-key-file NEW`.
+pub async fn rotate_key(
+    ctx: &Context,
+    repo: &str,
+    new_key_file: &std::path::Path,
+) -> Result<crate::repo::Rotated, OpError> {
+    let new =
+        crate::crypto::UserKey::read_file(new_key_file).map_err(|e| OpError::Repo(e.into()))?;
+    ctx.rotate_key(&url(repo)?, &new).await
+}
+
 /// `ferry forget`.
 pub async fn forget(
     ctx: &Context,

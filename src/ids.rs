@@ -83,6 +83,76 @@ digest_id!(PackId, "pack");
 digest_id!(SnapshotId, "snapshot");
 digest_id!(FileHash, "file's whole content");
 
+/// How a repository names its chunks and snapshots: plain BLAKE3, or — in an encrypted
+/// repository — BLAKE3 keyed with a key derived from its data key (`crypto::DataKey`), so
+/// dedup still works inside the repository while an outsider with a guess of some content
+/// cannot compute its id. Every check of bytes against an id goes through the repository's
+/// naming.
+#[derive(Clone, Default)]
+pub struct Naming(Option<std::sync::Arc<zeroize::Zeroizing<[u8; 32]>>>);
+
+impl Naming {
+    /// Plain BLAKE3 (an unencrypted repository).
+    pub const PLAIN: Naming = Naming(None);
+
+    /// BLAKE3 keyed with `key`.
+    pub fn keyed(key: [u8; 32]) -> Self {
+        Self(Some(std::sync::Arc::new(zeroize::Zeroizing::new(key))))
+    }
+
+    /// Whether ids are keyed.
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn digest(&self, bytes: &[u8]) -> [u8; 32] {
+        match &self.0 {
+            None => *blake3::hash(bytes).as_bytes(),
+            Some(k) => *blake3::keyed_hash(k, bytes).as_bytes(),
+        }
+    }
+
+    /// The id of a chunk's bytes.
+    pub fn chunk(&self, bytes: &[u8]) -> ChunkId {
+        ChunkId(self.digest(bytes))
+    }
+
+    /// The id of a snapshot's encoded bytes.
+    pub fn snapshot(&self, bytes: &[u8]) -> SnapshotId {
+        SnapshotId(self.digest(bytes))
+    }
+
+    /// A public tag of the naming, for keying local caches by it: empty for plain BLAKE3,
+    /// else 16 hex digits derived from the key (they reveal nothing of it).
+    pub fn tag(&self) -> String {
+        match &self.0 {
+            None => String::new(),
+            Some(k) => hex(&blake3::derive_key("ferry 2026-12-02 naming tag", &k[..])[..8]),
+        }
+    }
+}
+
+impl PartialEq for Naming {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a[..] == b[..],
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Naming {}
+
+impl fmt::Debug for Naming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("Naming::PLAIN"),
+            Some(_) => write!(f, "Naming::keyed({})", self.tag()),
+        }
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -263,6 +263,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Reporter::terminal()
             };
             let mut settings = ferry::app::Settings::from_env()?;
+            let sources = ferry::app::Settings::key_sources(cli.key_files);
+            settings.keys = ferry::crypto::Keyring::read(sources)?;
             if let Some(limit) = command.bwlimit().filter(|l| l.is_limited()) {
                 settings.store.bandwidth = Some(ferry::store::bwlimit::Bandwidth::new(limit));
             }
@@ -334,10 +336,14 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             chunk_avg,
             pack_size,
             deltas,
+            encrypt,
         } => {
             let mut config = commands::new_config(chunk_avg, pack_size)?;
             if let Some(max_depth) = deltas.filter(|d| *d > 0) {
                 config = config.with_deltas(max_depth)?;
+            }
+            if encrypt {
+                config = config.encrypted();
             }
             emit(
                 json,
@@ -493,6 +499,12 @@ async fn run_check_command(
         Command::Repair { repo, dry_run } => {
             let r = commands::repair(ctx, &repo, dry_run).await?;
             emit(json, &r, render::repair)?
+        }
+        Command::Key {
+            action: args::KeyAction::Rotate { repo, new_key_file },
+        } => {
+            let r = commands::rotate_key(ctx, &repo, &new_key_file).await?;
+            emit(json, &r, render::key_rotated)?
         }
         _ => unreachable!("run() and run_repo_command() handle the others"),
     };

@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// A key file for encrypted repositories (repeatable: each repository opens with the key
+    /// it was made or rotated with). FERRY_KEY_FILE names one more, FERRY_KEY holds one.
+    #[arg(long = "key-file", global = true, value_name = "PATH")]
+    pub(crate) key_files: Vec<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -56,6 +60,11 @@ pub(crate) enum Command {
         /// Older ferry versions cannot read such a repository.
         #[arg(long, value_name = "N")]
         deltas: Option<u8>,
+        /// Encrypt everything the repository stores (format version 3), under a new data key
+        /// wrapped under the key of --key-file (or FERRY_KEY_FILE / FERRY_KEY). For the
+        /// repository's life; every command on it then needs that key.
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Push a folder, file or object prefix into one or more repositories.
     Push {
@@ -319,6 +328,16 @@ pub(crate) enum KeyAction {
     Generate {
         /// The key file to create.
         path: PathBuf,
+    },
+    /// Retire the key an encrypted repository opens with: wrap its data key under the key in
+    /// NEW (make one with `ferry key generate`), then delete every other key's wrapping. The
+    /// old key (given with --key-file) no longer opens it; nothing else is rewritten.
+    Rotate {
+        /// The encrypted repository.
+        repo: String,
+        /// The new key file.
+        #[arg(long, value_name = "NEW")]
+        new_key_file: PathBuf,
     },
 }
 

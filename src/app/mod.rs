@@ -73,8 +73,21 @@ impl App {
         Ok(Store::open_with(url, access, &self.settings.store)?)
     }
 
-    async fn open_repo(&self, url: &StoreUrl) -> Result<Repository, OpError> {
-        Ok(Repository::open(self.open_store(url, Access::Read)?).await?)
+    /// Opens the repository at `url` for reading, with this process's keys.
+    pub async fn open_repo(&self, url: &StoreUrl) -> Result<Repository, OpError> {
+        Ok(Repository::open(self.open_store(url, Access::Read)?, &self.settings.keys).await?)
+    }
+
+    /// The config of a repository this process creates where a push finds an empty location:
+    /// encrypted when the process holds a key (so a key given for a store never leads to
+    /// plain objects there).
+    fn new_repo_config(&self) -> RepoConfig {
+        let c = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+        if self.settings.keys.is_empty() {
+            c
+        } else {
+            c.encrypted()
+        }
     }
 
     fn open_source(&self, url: &StoreUrl) -> Result<Source, OpError> {
@@ -143,13 +156,32 @@ impl App {
 
     /// Creates a repository at an empty location.
     pub async fn init(&self, repo: &StoreUrl, config: RepoConfig) -> Result<InitReport, OpError> {
-        let r = Repository::init(self.open_store(repo, Access::Write)?, config).await?;
+        let keys = &self.settings.keys;
+        let r = Repository::init(self.open_store(repo, Access::Write)?, config, keys).await?;
         Ok(InitReport {
             repo: r.url(),
             id: r.id().to_string(),
+            encrypted: r.config().is_encrypted(),
+            key_ids: if r.config().is_encrypted() {
+                keys.ids().iter().map(ToString::to_string).collect()
+            } else {
+                Vec::new()
+            },
             chunk_avg: r.config().chunker.avg_size,
             pack_size: r.config().pack_size,
         })
+    }
+
+    /// `ferry key rotate`: the encrypted repository at `repo` (opened with this process's
+    /// keys) opens with `new` only from now on.
+    pub async fn rotate_key(
+        &self,
+        repo: &StoreUrl,
+        new: &crate::crypto::UserKey,
+    ) -> Result<crate::repo::Rotated, OpError> {
+        let store = self.open_store(repo, Access::Write)?;
+        let repo = Repository::open(store, &self.settings.keys).await?;
+        Ok(repo.rotate_key(new).await?)
     }
 
     /// Pushes `source` into every repository of `repos` (each created when its location is
@@ -170,10 +202,8 @@ impl App {
         let mut targets = Vec::new();
         for r in repos {
             let store = self.open_store(r, Access::Write)?;
-            let (repo, created) = Repository::open_or_init(store, || {
-                RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE)
-            })
-            .await?;
+            let new = (|| self.new_repo_config(), None);
+            let (repo, created) = Repository::open_or_init(store, &self.settings.keys, new).await?;
             targets.push((repo, created));
         }
         let index = self.index().await?;
@@ -195,12 +225,8 @@ impl App {
         for r in repos {
             check_outside_source(&source.key(), &r.to_string())?;
             let store = self.open_store(r, Access::Read)?;
-            targets.push(
-                Repository::open_or_plan(store, || {
-                    RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE)
-                })
-                .await?,
-            );
+            let new = (|| self.new_repo_config(), None);
+            targets.push(Repository::open_or_plan(store, &self.settings.keys, new).await?);
         }
         let index = self.index().await?;
         let how = (opts, prices);
@@ -217,7 +243,11 @@ impl App {
     ) -> Result<ReplicateReport, OpError> {
         let from = self.open_repo(from).await?;
         let store = self.open_store(to, Access::Read)?;
-        let (to, created) = Repository::open_or_plan(store, || from.config().derived()).await?;
+        let new = (
+            || from.config().derived(),
+            from.sealing().data_key().cloned(),
+        );
+        let (to, created) = Repository::open_or_plan(store, &self.settings.keys, new).await?;
         let names: Vec<String> = names.iter().map(RefName::to_string).collect();
         let index = self.index().await?;
         crate::ops::replicate_dry::replicate_dry(&from, (&to, created), &names, index, prices).await
@@ -232,7 +262,8 @@ impl App {
     ) -> Result<CommitReport, OpError> {
         let mut targets = Vec::new();
         for r in repos {
-            let repo = Repository::open(self.open_store(r, Access::Write)?).await?;
+            let store = self.open_store(r, Access::Write)?;
+            let repo = Repository::open(store, &self.settings.keys).await?;
             let report = crate::ops::shard::commit(&repo, name, run).await?;
             targets.push(CommitTarget {
                 repo: repo.url(),
@@ -315,7 +346,11 @@ impl App {
     ) -> Result<ReplicateReport, OpError> {
         let from = self.open_repo(from).await?;
         let store = self.open_store(to, Access::Write)?;
-        let (to, _) = Repository::open_or_init(store, || from.config().derived()).await?;
+        let new = (
+            || from.config().derived(),
+            from.sealing().data_key().cloned(),
+        );
+        let (to, _) = Repository::open_or_init(store, &self.settings.keys, new).await?;
         let names: Vec<String> = names.iter().map(RefName::to_string).collect();
         let index = self.index().await?;
         crate::ops::replicate::replicate(&from, &to, &names, index, progress, sharded).await
@@ -441,6 +476,10 @@ pub struct InitReport {
     pub chunk_avg: u32,
     /// Target pack size, in bytes.
     pub pack_size: u64,
+    /// Whether it is encrypted.
+    pub encrypted: bool,
+    /// The ids of the keys that open it (encrypted only).
+    pub key_ids: Vec<String>,
 }
 
 /// `ferry commit`: what combining a sharded run did in each repository.

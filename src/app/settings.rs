@@ -3,6 +3,7 @@
 //! process starts — `main.rs` for a command, `Daemon::open` for the daemon — and handed to
 //! [`super::App`], which passes it down. Nothing below reads these variables itself.
 
+use crate::crypto::{KeySources, Keyring};
 use crate::mirror::MirrorSettings;
 use crate::store::{StoreError, StoreOptions};
 
@@ -15,6 +16,9 @@ pub struct Settings {
     pub mirror: MirrorSettings,
     /// `FERRY_BASE_CACHE`: the size limit of each ref's local base cache, in bytes (0: none).
     pub base_cache: u64,
+    /// The user keys encrypted repositories open with (`--key-file`, `FERRY_KEY_FILE`,
+    /// `FERRY_KEY`; the daemon's `key_file`s), read once at the edge.
+    pub keys: Keyring,
 }
 
 impl Default for Settings {
@@ -23,6 +27,7 @@ impl Default for Settings {
             store: StoreOptions::default(),
             mirror: MirrorSettings::default(),
             base_cache: crate::index::DEFAULT_BASE_CACHE,
+            keys: Keyring::default(),
         }
     }
 }
@@ -55,7 +60,24 @@ impl Settings {
             store: StoreOptions::from_env()?,
             mirror: MirrorSettings::from_env(),
             base_cache: base_cache_from(std::env::var(BASE_CACHE_VAR).ok().as_deref()),
+            keys: Keyring::default(),
         })
+    }
+
+    /// Where the process's keys come from: `files` (`--key-file`, or the daemon config's),
+    /// then `FERRY_KEY_FILE` and `FERRY_KEY` from the environment. Read them with
+    /// [`Keyring::read`] into [`Self::keys`].
+    pub fn key_sources(files: Vec<std::path::PathBuf>) -> KeySources {
+        KeySources {
+            files,
+            env_file: std::env::var_os(crate::crypto::KEY_FILE_VAR)
+                .filter(|v| !v.is_empty())
+                .map(Into::into),
+            env_key: std::env::var(crate::crypto::KEY_VAR)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(zeroize::Zeroizing::new),
+        }
     }
 }
 

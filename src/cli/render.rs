@@ -15,12 +15,25 @@ pub use crate::ops::repair::render as repair;
 
 /// `ferry init`.
 pub fn init(r: &InitReport) -> String {
+    let encrypted = match r.key_ids.as_slice() {
+        [] => String::new(),
+        ids => format!(", encrypted; opens with key {}", ids.join(", key ")),
+    };
     format!(
-        "initialized {} (chunks ~{}, packs {})",
+        "initialized {} (chunks ~{}, packs {}{encrypted})",
         r.repo,
         bytes(r.chunk_avg as u64),
         bytes(r.pack_size)
     )
+}
+
+/// `ferry key rotate`.
+pub fn key_rotated(r: &crate::repo::Rotated) -> String {
+    let retired = match r.retired.as_slice() {
+        [] => "no other key was there".to_string(),
+        ids => format!("retired key {}", ids.join(", key ")),
+    };
+    format!("{} now opens with key {} only; {retired}", r.repo, r.key_id)
 }
 
 fn shard_line(r: &ShardReport) -> String {

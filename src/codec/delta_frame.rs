@@ -6,8 +6,8 @@
 //! never make a read walk without bound; writers keep it at or under the repository's
 //! `deltas.max_depth`.
 
-use super::{check_raw, delta, Codec, FrameError, MAX_CHUNK};
-use crate::ids::ChunkId;
+use super::{check, delta, Codec, FrameError, MAX_CHUNK};
+use crate::ids::{ChunkId, Naming};
 
 /// Deepest chain a reader follows, whatever a repository's config says.
 pub const MAX_DELTA_DEPTH: u8 = 16;
@@ -68,18 +68,19 @@ pub fn delta_frame(base: &ChunkId, depth: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Applies a delta frame to its base's raw bytes (which the caller checked against the
-/// base's id) and checks the result against `id`.
+/// base's id) and checks the result against `id` (named by `naming`).
 pub fn decode_delta(
     header: &DeltaHeader<'_>,
     base: &[u8],
     raw_len: usize,
-    id: &ChunkId,
+    (id, naming): (&ChunkId, &Naming),
 ) -> Result<Vec<u8>, FrameError> {
     if raw_len > MAX_CHUNK {
         return Err(FrameError::TooLong(raw_len));
     }
     let raw = delta::decode(header.payload, base, raw_len)?;
-    check_raw(raw, raw_len, id)
+    check(&raw, raw_len, id, naming)?;
+    Ok(raw)
 }
 
 /// Applies a delta frame in place: `chunk` holds the base's raw bytes (checked by the
@@ -123,17 +124,20 @@ mod tests {
         let frame = frame_for(&base, &new, 4);
         let id = ChunkId::of(&new);
         assert!(matches!(
-            decode(&frame, new.len(), &id),
+            decode(&frame, new.len(), &id, &Naming::PLAIN),
             Err(FrameError::NeedsBase { base: b }) if b == ChunkId::of(&base)
         ));
         let h = delta_header(&frame).unwrap().unwrap();
         assert_eq!(h.depth, 1);
-        assert_eq!(decode_delta(&h, &base, new.len(), &id).unwrap(), new);
+        assert_eq!(
+            decode_delta(&h, &base, new.len(), (&id, &Naming::PLAIN)).unwrap(),
+            new
+        );
         // The wrong base gives an error, never wrong bytes.
         let mut other = base.clone();
         other[0] ^= 1;
         assert!(matches!(
-            decode_delta(&h, &other, new.len(), &id),
+            decode_delta(&h, &other, new.len(), (&id, &Naming::PLAIN)),
             Err(FrameError::Hash { .. })
         ));
         assert!(delta_header(&[Codec::Delta as u8, 1, 2]).is_err());
@@ -159,7 +163,7 @@ mod tests {
             }
             let frame = frame_for(&base, &new, width);
             let h = delta_header(&frame).unwrap().unwrap();
-            prop_assert_eq!(decode_delta(&h, &base, new.len(), &ChunkId::of(&new)).unwrap(), new);
+            prop_assert_eq!(decode_delta(&h, &base, new.len(), (&ChunkId::of(&new), &Naming::PLAIN)).unwrap(), new);
         }
     }
 }

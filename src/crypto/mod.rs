@@ -8,12 +8,14 @@
 //! carry key bytes or the text they were parsed from, and key bytes are zeroed when dropped.
 
 mod keyfile;
+mod keyring;
 
 use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 pub use keyfile::{generate_key_file, KeyFileReport};
+pub use keyring::{KeySources, Keyring, KEY_FILE_VAR, KEY_VAR};
 
 /// Bytes of every key: user keys, data keys and the keys derived from them.
 pub const KEY_LEN: usize = 32;
@@ -162,6 +164,16 @@ impl DataKey {
             raw,
             id_key,
         }
+    }
+
+    /// How the repository names chunks and snapshots: BLAKE3 keyed with the id key.
+    pub fn naming(&self) -> crate::ids::Naming {
+        crate::ids::Naming::keyed(*self.id_key)
+    }
+
+    /// Whether `other` is the same data key (frames sealed under one open under the other).
+    pub fn same_as(&self, other: &DataKey) -> bool {
+        self.raw[..] == other.raw[..]
     }
 
     /// A chunk's id in an encrypted repository: BLAKE3 keyed with a key derived from the data

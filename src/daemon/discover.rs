@@ -17,8 +17,7 @@ use super::state::{Cause, Job};
 use super::Shared;
 use crate::config::{JobKind, Layout, Trigger};
 use crate::index::{ItemRecord, ItemState};
-use crate::repo::Repository;
-use crate::store::{Access, StoreUrl};
+use crate::store::StoreUrl;
 
 /// Rescan this often even without filesystem events (events can be lost, e.g. on NFS).
 const SAFETY_RESCAN: Duration = Duration::from_secs(30);
@@ -290,8 +289,7 @@ pub(super) async fn seed_done(shared: &Arc<Shared>, job: &Arc<Job>) {
             continue;
         }
         let found = async {
-            let store = shared.app.open_store(&target.url, Access::Read)?;
-            let repo = Repository::open(store).await?;
+            let repo = shared.app.open_repo(&target.url).await?;
             let mut items = Vec::new();
             for entry in repo.ref_log(reference).await? {
                 let snap = repo.read_snapshot(&entry.snapshot).await?;

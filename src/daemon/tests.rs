@@ -68,7 +68,7 @@ pub(super) async fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
         &Default::default(),
     )
     .unwrap();
-    let repo = Repository::open(store).await.unwrap();
+    let repo = Repository::open(store, &Default::default()).await.unwrap();
     let mut out = Vec::new();
     for e in repo.ref_log(name).await.unwrap() {
         out.push(repo.read_snapshot(&e.snapshot).await.unwrap().source);

@@ -34,7 +34,7 @@ async fn head_files(w: &World) -> BTreeMap<String, String> {
         &Default::default(),
     )
     .unwrap();
-    let repo = Repository::open(store).await.unwrap();
+    let repo = Repository::open(store, &Default::default()).await.unwrap();
     let head = repo.ref_head("data").await.unwrap().expect("a head");
     let snap = repo.read_snapshot(&head.snapshot).await.unwrap();
     snap.entries

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 
 use crate::codec::{self, FrameError, MAX_DELTA_DEPTH};
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, Naming};
 use crate::index::{ChunkLocation, RepoIndex};
 use crate::ops::OpError;
 use crate::repo::pack::PackIndex;
@@ -79,11 +79,27 @@ pub(crate) struct Key {
     pub(crate) stored: u64,
 }
 
-/// One stored frame of a chain.
+/// One frame of a chain, opened (an encrypted repository's frames are sealed as stored).
 struct Link {
     loc: ChunkLocation,
+    /// The frame, opened.
     frame: Bytes,
+    /// Its stored size (sealed, in an encrypted repository).
+    stored: u64,
     object: String,
+}
+
+/// Opens chunk `loc`'s stored frame, read from `object` (the bytes as they are in a plain
+/// repository).
+pub(crate) fn open_frame(
+    repo: &Repository,
+    loc: &ChunkLocation,
+    object: &str,
+    stored: Bytes,
+) -> Result<Bytes, OpError> {
+    repo.sealing()
+        .open_frame(object, loc.entry.offset, &loc.entry.chunk, stored)
+        .map_err(|e| OpError::Repo(e.into()))
 }
 
 /// What a chain rests on: the full frame of its last link, or a local copy of that link's base.
@@ -101,7 +117,9 @@ pub(crate) async fn decode_frame(
     loc: &ChunkLocation,
     object: &str,
 ) -> Result<Decoded, OpError> {
-    decode_frame_with(repo, bases, None, frame, loc, object).await
+    let stored = frame.len() as u64;
+    let frame = open_frame(repo, loc, object, frame)?;
+    decode_frame_with(repo, bases, None, (frame, stored), loc, object).await
 }
 
 /// `decode_frame`, taking each base from `local` when it holds a good copy of it.
@@ -109,17 +127,19 @@ pub(crate) async fn decode_frame_with(
     repo: &Repository,
     bases: &dyn Locator,
     local: Option<&dyn LocalBases>,
-    frame: Bytes,
+    (frame, stored): (Bytes, u64),
     loc: &ChunkLocation,
     object: &str,
 ) -> Result<Decoded, OpError> {
     let top = Link {
         loc: *loc,
         frame,
+        stored,
         object: object.to_string(),
     };
     let (links, bottom) = gather(repo, bases, local, top).await?;
-    blocking(move || rebuild(&links, bottom, false)).await?
+    let naming = repo.naming().clone();
+    blocking(move || rebuild(&links, bottom, false, &naming)).await?
 }
 
 /// Reads chunk `id` from `repo` and decodes it (following delta bases); with `keep_key`, a
@@ -132,7 +152,8 @@ pub(crate) async fn read_chunk(
 ) -> Result<Decoded, OpError> {
     let top = read_link(repo, bases, id).await?;
     let (links, bottom) = gather(repo, bases, None, top).await?;
-    blocking(move || rebuild(&links, bottom, keep_key)).await?
+    let naming = repo.naming().clone();
+    blocking(move || rebuild(&links, bottom, keep_key, &naming)).await?
 }
 
 async fn read_link(repo: &Repository, bases: &dyn Locator, id: &ChunkId) -> Result<Link, OpError> {
@@ -142,11 +163,13 @@ async fn read_link(repo: &Repository, bases: &dyn Locator, id: &ChunkId) -> Resu
             chunk: *id,
         })
     })?;
-    let frame = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
+    let stored = repo.read_pack_range(&loc.pack, loc.entry.range()).await?;
+    let object = repo.pack_url(&loc.pack);
     Ok(Link {
         loc,
-        frame,
-        object: repo.pack_url(&loc.pack),
+        stored: stored.len() as u64,
+        frame: open_frame(repo, &loc, &object, stored)?,
+        object,
     })
 }
 
@@ -179,7 +202,7 @@ async fn gather(
             .await
             .map_err(|e| unreadable(&links, links.len() - 1, e))?;
         if let Some(local) = local {
-            local.read_from_store(link.frame.len() as u64);
+            local.read_from_store(link.stored);
         }
         links.push(link);
     }
@@ -193,8 +216,13 @@ fn header(link: &Link) -> Result<Option<codec::DeltaHeader<'_>>, OpError> {
 /// id, as every full frame is), then each delta applied in place, the top checked against its
 /// id. Only when that check fails is the chain decoded again link by link, to name the link
 /// that is wrong.
-fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, OpError> {
-    let read = links.iter().map(|l| l.frame.len() as u64).sum();
+fn rebuild(
+    links: &[Link],
+    bottom: Bottom,
+    keep_key: bool,
+    naming: &Naming,
+) -> Result<Decoded, OpError> {
+    let read = links.iter().map(|l| l.stored).sum();
     let top = &links[0];
     let depth = match header(top)? {
         Some(h) => h.depth,
@@ -210,16 +238,12 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
             // it (a wrong key cannot yield the top's bytes), and `blame` checks it when
             // that check fails.
             let raw = if keep_key || deltas.is_empty() {
-                codec::decode(&last.frame, raw_len, &id)
+                codec::decode(&last.frame, raw_len, &id, naming)
             } else {
                 codec::decode_unchecked(&last.frame, raw_len)
             }
             .map_err(|e| bad_key(links, e))?;
-            let key_stored = if deltas.is_empty() {
-                0
-            } else {
-                last.frame.len() as u64
-            };
+            let key_stored = if deltas.is_empty() { 0 } else { last.stored };
             let key = (keep_key && !deltas.is_empty()).then(|| Key {
                 id,
                 raw: raw.clone(),
@@ -228,34 +252,40 @@ fn rebuild(links: &[Link], bottom: Bottom, keep_key: bool) -> Result<Decoded, Op
             (raw, deltas, key, key_stored)
         }
     };
-    let first_try = apply_all(deltas, &mut raw, false);
+    let first_try = apply_all(deltas, &mut raw, None);
     let checked = first_try.and_then(|()| {
-        codec::check(&raw, top.loc.entry.raw_len as usize, &top.loc.entry.chunk).map_err(|e| (0, e))
+        let entry = top.loc.entry;
+        codec::check(&raw, entry.raw_len as usize, &entry.chunk, naming).map_err(|e| (0, e))
     });
     if let Err((at, e)) = checked {
-        return Err(blame(links, at, e));
+        return Err(blame(links, at, e, naming));
     }
     Ok(Decoded {
         raw,
         depth,
         read,
-        stored: top.frame.len() as u64,
+        stored: top.stored,
         key_stored,
         key,
     })
 }
 
-/// Applies `deltas` (top first) to `raw` bottom-up; with `check_each`, checks every link's
-/// result against its id. An error says which link (index into `deltas`) failed.
-fn apply_all(deltas: &[Link], raw: &mut [u8], check_each: bool) -> Result<(), (usize, FrameError)> {
+/// Applies `deltas` (top first) to `raw` bottom-up; with `check_each` (the repository's
+/// naming), checks every link's result against its id. An error says which link (index into
+/// `deltas`) failed.
+fn apply_all(
+    deltas: &[Link],
+    raw: &mut [u8],
+    check_each: Option<&Naming>,
+) -> Result<(), (usize, FrameError)> {
     for (i, link) in deltas.iter().enumerate().rev() {
         let entry = link.loc.entry;
         let h = codec::delta_header(&link.frame)
             .and_then(|h| h.ok_or(FrameError::DeltaHeader("not a delta")))
             .map_err(|e| (i, e))?;
         codec::apply_delta(&h, raw, entry.raw_len as usize).map_err(|e| (i, e))?;
-        if check_each {
-            codec::check(raw, entry.raw_len as usize, &entry.chunk).map_err(|e| (i, e))?;
+        if let Some(naming) = check_each {
+            codec::check(raw, entry.raw_len as usize, &entry.chunk, naming).map_err(|e| (i, e))?;
         }
     }
     Ok(())
@@ -263,13 +293,15 @@ fn apply_all(deltas: &[Link], raw: &mut [u8], check_each: bool) -> Result<(), (u
 
 /// The error for a chain whose top does not come out right: decoded again with every link
 /// checked, the first wrong link is named (the top itself, or a base under it).
-fn blame(links: &[Link], at: usize, e: FrameError) -> OpError {
+fn blame(links: &[Link], at: usize, e: FrameError, naming: &Naming) -> OpError {
     let (at, e) = if at == 0 && matches!(e, FrameError::Hash { .. }) {
         // A base decoded wrongly also ends in a top that does not match: find the first.
         let (last, deltas) = links.split_last().expect("the top link");
         let entry = last.loc.entry;
-        match codec::decode(&last.frame, entry.raw_len as usize, &entry.chunk) {
-            Ok(mut raw) => apply_all(deltas, &mut raw, true).err().unwrap_or((at, e)),
+        match codec::decode(&last.frame, entry.raw_len as usize, &entry.chunk, naming) {
+            Ok(mut raw) => apply_all(deltas, &mut raw, Some(naming))
+                .err()
+                .unwrap_or((at, e)),
             // The key under the chain, whose check was left to the top's.
             Err(key) if !codec::is_delta(&last.frame) => return bad_key(links, key),
             Err(_) => (at, e),
@@ -376,6 +408,7 @@ mod tests {
                 pack: crate::ids::PackId::of(object.as_bytes()),
                 entry,
             },
+            stored: frame.len() as u64,
             frame: frame.into(),
             object: object.to_string(),
         }
@@ -402,16 +435,22 @@ mod tests {
             link(key_id, frame, bytes.len(), "key-pack")
         };
 
-        let good = rebuild(&[top(), key(&base)], Bottom::Full, false).expect("rebuilds");
+        let good =
+            rebuild(&[top(), key(&base)], Bottom::Full, false, &Naming::PLAIN).expect("rebuilds");
         assert_eq!(good.raw, new);
         assert!(good.key.is_none());
 
         let mut wrong = base.clone();
         wrong[1000] ^= 1;
         for keep_key in [false, true] {
-            let e = rebuild(&[top(), key(&wrong)], Bottom::Full, keep_key)
-                .err()
-                .expect("a wrong key fails");
+            let e = rebuild(
+                &[top(), key(&wrong)],
+                Bottom::Full,
+                keep_key,
+                &Naming::PLAIN,
+            )
+            .err()
+            .expect("a wrong key fails");
             let OpError::DeltaBaseUnreadable { base, source, .. } = &e else {
                 panic!("not named as the base: {e}");
             };

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
+use crate::ids::Naming;
 use crate::ids::{ChunkId, PackId};
 use crate::index::{ChunkLocation, RepoIndex};
 use crate::ops::delta_base::{decode_frame_with, LocalBases, Locator};
 use crate::ops::OpError;
-use crate::repo::{RepoError, Repository};
+use crate::repo::{RepoError, Repository, Sealing};
 
 /// Largest single range read.
 const MAX_READ: u64 = 16 << 20;
@@ -76,6 +77,8 @@ pub struct CheckedFrame {
     pub raw: Option<Vec<u8>>,
     /// True when the frame is a delta (codec 3): it needs its base chunk to decode.
     pub delta: bool,
+    /// The chunk a delta frame applies to (`None` for a full frame).
+    pub base: Option<ChunkId>,
     /// Stored bytes of the base frames read from the repository to decode it (0 for a full
     /// frame).
     pub bases_read: u64,
@@ -168,41 +171,65 @@ async fn decode(
     s: Sliced,
     want: Want,
 ) -> Result<CheckedFrame, OpError> {
-    if crate::codec::is_delta(&s.frame) {
-        let d =
-            decode_frame_with(repo, bases, local, s.frame.clone(), &s.location, &s.object).await?;
-        return Ok(CheckedFrame {
-            location: s.location,
-            bases_read: d.read.saturating_sub(s.frame.len() as u64),
-            key_stored: d.key_stored,
-            frame: s.frame,
-            raw: (want == Want::Raw).then_some(d.raw),
-            delta: true,
-        });
-    }
-    tokio::task::spawn_blocking(move || check(s, want))
+    let (sealing, naming) = (repo.sealing().clone(), repo.naming().clone());
+    let (s, opened) = match tokio::task::spawn_blocking(move || check(&sealing, s, &naming, want))
         .await
-        .map_err(OpError::join)?
+        .map_err(OpError::join)??
+    {
+        Checked::Full(c) => return Ok(c),
+        Checked::Delta(s, opened) => (s, opened),
+    };
+    let base = crate::codec::delta_header(&opened)
+        .ok()
+        .flatten()
+        .map(|h| h.base);
+    let stored = s.frame.len() as u64;
+    let d = decode_frame_with(repo, bases, local, (opened, stored), &s.location, &s.object).await?;
+    Ok(CheckedFrame {
+        location: s.location,
+        bases_read: d.read.saturating_sub(stored),
+        key_stored: d.key_stored,
+        frame: s.frame,
+        raw: (want == Want::Raw).then_some(d.raw),
+        delta: true,
+        base,
+    })
 }
 
-/// Decodes a full frame and checks it against its chunk id.
-fn check(s: Sliced, want: Want) -> Result<CheckedFrame, OpError> {
+/// A frame opened on a blocking thread: a full frame decoded and checked, or a delta frame
+/// (opened) whose chain is still to read.
+enum Checked {
+    Full(CheckedFrame),
+    Delta(Sliced, Bytes),
+}
+
+/// Opens a frame and, when it is a full frame, decodes it and checks it against its chunk
+/// id (named by `naming`).
+fn check(sealing: &Sealing, s: Sliced, naming: &Naming, want: Want) -> Result<Checked, OpError> {
     let entry = s.location.entry;
-    let raw =
-        crate::codec::decode(&s.frame, entry.raw_len as usize, &entry.chunk).map_err(|e| {
+    let opened = sealing
+        .open_frame(&s.object, entry.offset, &entry.chunk, s.frame.clone())
+        .map_err(|e| OpError::Repo(e.into()))?;
+    if crate::codec::is_delta(&opened) {
+        return Ok(Checked::Delta(s, opened));
+    }
+    let raw = crate::codec::decode(&opened, entry.raw_len as usize, &entry.chunk, naming).map_err(
+        |e| {
             OpError::Repo(RepoError::BadFrame {
                 object: s.object.to_string(),
                 chunk: entry.chunk,
                 offset: entry.offset,
                 problem: Box::new(e),
             })
-        })?;
-    Ok(CheckedFrame {
+        },
+    )?;
+    Ok(Checked::Full(CheckedFrame {
         location: s.location,
         frame: s.frame,
         raw: (want == Want::Raw).then_some(raw),
         delta: false,
+        base: None,
         bases_read: 0,
         key_stored: 0,
-    })
+    }))
 }

@@ -402,7 +402,12 @@ async fn rewrite_packs(
             let f = f?;
             report.chunks_rewritten += 1;
             uploader
-                .add(f.location.entry.chunk, &f.frame, f.location.entry.raw_len)
+                .add(
+                    f.location.entry.chunk,
+                    &f.frame,
+                    f.location.entry.raw_len,
+                    f.base,
+                )
                 .await?;
         }
     }

@@ -189,6 +189,15 @@ pub enum OpError {
         /// The repository whose parameters differ.
         b: String,
     },
+    /// Two repositories of one push (or replication) seal or name chunks differently: one
+    /// plain and one encrypted, or encrypted under different data keys.
+    #[error("{a} and {b} are not encrypted alike (one plain and one encrypted, or under different data keys): chunks are named and sealed per data key, so push to them separately; a replication target made by `ferry replicate` shares its source's data key")]
+    KeyMismatch {
+        /// The first repository's URL.
+        a: String,
+        /// The repository sealed otherwise.
+        b: String,
+    },
     /// `init --pack-size` outside [`crate::repo::config::PACK_SIZE_RANGE`].
     #[error(
         "pack size {size} is out of range: choose between 1MiB and 1GiB (e.g. --pack-size 32MiB)"
@@ -358,6 +367,7 @@ impl OpError {
             | OpError::BadSymlinkTarget { .. }
             | OpError::FolderInTheWay { .. }
             | OpError::ChunkerMismatch { .. }
+            | OpError::KeyMismatch { .. }
             | OpError::DeltaDepthAboveRepository { .. }
             | OpError::Key(_)
             | OpError::Names(_)

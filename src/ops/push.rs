@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::app::RefName;
 use crate::chunker::{ChunkerParams, TensorCuts};
-use crate::ids::{ChunkId, SnapshotId};
+use crate::ids::{ChunkId, Naming, SnapshotId};
 use crate::index::{CachedFile, FileCache, Index};
 use crate::ops::egress::{DryRun, Prices};
 use crate::ops::hasher::FileHasher;
@@ -23,12 +23,12 @@ use crate::ops::push_read::FileReader;
 use crate::ops::shard::{PushMode, ShardReport};
 use crate::ops::source::{Source, SourceEntry};
 use crate::ops::sync::{sync_index, Presence};
-use crate::ops::targets::TargetSet;
+use crate::ops::targets::{common_format, files_cache_key, TargetSet};
 use crate::ops::uploader::{PackUploader, UploadStats};
 use crate::ops::{ratio, OpError};
 use crate::progress::{Progress, Reporter};
 use crate::repo::snapshot::Entry;
-use crate::repo::Repository;
+use crate::repo::{Repository, Sealing};
 
 /// Packs uploading at once per repository.
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -119,7 +119,10 @@ pub(crate) struct Job {
 struct Frame {
     id: ChunkId,
     raw_len: u32,
+    /// The frame as stored (sealed in an encrypted repository).
     frame: Vec<u8>,
+    /// The chunk a delta frame applies to.
+    base: Option<ChunkId>,
     targets: TargetSet,
     /// For a delta frame, the bytes it saved against the full frame.
     delta_saved: Option<u64>,
@@ -254,7 +257,10 @@ async fn run(
 
     let listing = mode.select(source.list().await?);
     let bar = progress.bytes("push", file_bytes(&listing));
-    let cache = index.files(&source.key())?;
+    // Chunk ids in the file cache are the repositories' names for the chunks: one cache per
+    // source and naming.
+    let naming = targets[0].0.naming().clone();
+    let cache = index.files(&files_cache_key(&source.key(), &naming))?;
     let cuts = push_delta::tensor_cuts(&targets);
     let rindexes: Vec<_> = presences.iter().map(|p| p.rindex.clone()).collect();
     let (delta_target, counterparts) = push_delta::setup(
@@ -284,11 +290,12 @@ async fn run(
                 rt: &rt,
                 bar: &bar,
             };
-            let read = (params, cuts, &counterparts);
+            let read = (params, cuts, &counterparts, naming);
             produce(&source, listing, &cache, &presences, read, check, &out)
         })
     };
-    let compressors = spawn_compressors(workers, level, delta_target, job_rx, frame_tx);
+    let sealing = targets[0].0.sealing().clone();
+    let compressors = spawn_compressors(workers, (level, sealing), delta_target, job_rx, frame_tx);
 
     let mut uploaders: Vec<PackUploader> = targets
         .iter()
@@ -371,28 +378,10 @@ async fn pack_frames(
             p.delta_saved += saved;
         }
         for t in f.targets.iter() {
-            uploaders[t].add(f.id, &f.frame, f.raw_len).await?;
+            uploaders[t].add(f.id, &f.frame, f.raw_len, f.base).await?;
         }
     }
     Ok(p)
-}
-
-/// The chunker parameters and zstd level of the first repository, which every other must
-/// share (chunk ids would differ otherwise).
-fn common_format(targets: &[(Repository, bool)]) -> Result<(ChunkerParams, i32), OpError> {
-    let Some((first, _)) = targets.first() else {
-        return Err(OpError::TargetCount { count: 0 });
-    };
-    let params = first.config().chunker;
-    for (t, _) in &targets[1..] {
-        if t.config().chunker != params {
-            return Err(OpError::ChunkerMismatch {
-                a: first.url(),
-                b: t.url(),
-            });
-        }
-    }
-    Ok((params, first.config().zstd_level))
 }
 
 fn report(
@@ -441,7 +430,7 @@ fn report(
 /// One compressor per worker, each on a blocking thread: chunks in, frames out.
 fn spawn_compressors(
     workers: usize,
-    level: i32,
+    (level, sealing): (i32, Sealing),
     delta_target: Option<push_delta::DeltaTarget>,
     job_rx: crossbeam_channel::Receiver<Job>,
     frame_tx: tokio::sync::mpsc::Sender<Frame>,
@@ -449,19 +438,25 @@ fn spawn_compressors(
     let mut compressors = Vec::new();
     for _ in 0..workers {
         let (rx, tx) = (job_rx.clone(), frame_tx.clone());
-        let delta_target = delta_target.clone();
+        let (delta_target, sealing) = (delta_target.clone(), sealing.clone());
         compressors.push(tokio::task::spawn_blocking(move || {
             let mut encoder = push_delta::FrameChooser::new(level, delta_target);
             let (mut busy, mut blocked) = (Duration::ZERO, Duration::ZERO);
             for job in rx {
                 let t0 = Instant::now();
                 let chosen = encoder.choose(&job.id, &job.data, job.width, job.base);
+                let base = crate::codec::delta_header(&chosen.frame)
+                    .ok()
+                    .flatten()
+                    .map(|h| h.base);
+                let frame = sealing.seal_frame(&job.id, chosen.frame);
                 let t1 = Instant::now();
                 busy += t1 - t0;
                 let out = Frame {
                     id: job.id,
                     raw_len: job.data.len() as u32,
-                    frame: chosen.frame,
+                    frame,
+                    base,
                     targets: job.targets,
                     delta_saved: chosen.delta_saved,
                 };
@@ -490,7 +485,7 @@ fn produce(
     listing: Vec<SourceEntry>,
     cache: &FileCache,
     presences: &[Presence],
-    (params, cuts, counterparts): (ChunkerParams, TensorCuts, &Counterparts),
+    (params, cuts, counterparts, naming): (ChunkerParams, TensorCuts, &Counterparts, Naming),
     (check, keep_cache): (ChangeCheck, bool),
     out_to: &Out<'_>,
 ) -> Result<Produced, OpError> {
@@ -501,6 +496,7 @@ fn produce(
         cuts,
         counterparts,
         presences,
+        naming,
         out: out_to,
         buffer: Vec::new(),
         hasher: FileHasher::spawn(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::chunker::{Layout, TensorCuts};
 use crate::codec::delta::DeltaEncoder;
 use crate::codec::{self, delta_frame, Encoder};
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, Naming};
 use crate::index::{BaseCache, BaseEntry, Index, RepoIndex};
 use crate::ops::delta_base::{read_chunk, Decoded, Key, Locator};
 use crate::ops::OpError;
@@ -313,7 +313,7 @@ async fn cached_base(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option
         Some(cached_key(t, cache, &entry.key).await?)
     };
     Some(Decoded {
-        raw: decode_full(&entry.frame, entry.len as usize, id)?,
+        raw: decode_full(&entry.frame, entry.len as usize, id, t.repo.naming())?,
         depth: entry.depth,
         read: entry.read,
         stored: stored.1,
@@ -328,7 +328,7 @@ async fn cached_key(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option<
     if let Some(k) = cache.get(id).filter(|k| k.depth == 0) {
         let (head, stored) = stored_head(t, id).await?;
         if head.is_none() {
-            if let Some(raw) = decode_full(&k.frame, k.len as usize, id) {
+            if let Some(raw) = decode_full(&k.frame, k.len as usize, id, t.repo.naming()) {
                 return Some(Key {
                     id: *id,
                     raw,
@@ -353,19 +353,28 @@ async fn cached_key(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option<
 
 /// The head of chunk `id`'s frame in the repository — `(depth, base)` for a delta frame —
 /// and its stored length; `None` when it cannot be read (the caller reads the chunk whole).
+/// In an encrypted repository a frame opens only whole, so the whole frame is read.
 async fn stored_head(t: &DeltaTarget, id: &ChunkId) -> Option<(Option<(u8, ChunkId)>, u64)> {
     let loc = t.rindex.locate(id).ok()??;
     let range = loc.entry.range();
-    let head = range.start..range.end.min(range.start + codec::DELTA_HEADER_LEN as u64);
+    let sealing = t.repo.sealing();
+    let head = match sealing.is_encrypted() {
+        true => range.clone(),
+        false => range.start..range.end.min(range.start + codec::DELTA_HEADER_LEN as u64),
+    };
     let bytes = t.repo.read_pack_range(&loc.pack, head).await.ok()?;
     t.read_back.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let object = t.repo.pack_url(&loc.pack);
+    let bytes = sealing
+        .open_frame(&object, loc.entry.offset, id, bytes)
+        .ok()?;
     let header = codec::delta_header(&bytes).ok()?;
     Some((header.map(|h| (h.depth, h.base)), range.end - range.start))
 }
 
 /// A cached full frame's chunk, checked against `id` (`None` when it is not one).
-fn decode_full(frame: &[u8], raw_len: usize, id: &ChunkId) -> Option<Vec<u8>> {
-    codec::decode(frame, raw_len, id).ok()
+fn decode_full(frame: &[u8], raw_len: usize, id: &ChunkId, naming: &Naming) -> Option<Vec<u8>> {
+    codec::decode(frame, raw_len, id, naming).ok()
 }
 
 /// Keeps delta `frame` in `best` when restoring it reads (`read`) within `budget` and it is

@@ -97,10 +97,11 @@ pub(crate) async fn forecast_snapshot(
         }
     }
     let encoded = snapshot.encode();
-    let id = Snapshot::id_of(&encoded);
+    let id = repo.naming().snapshot(&encoded);
     let seq = current.as_ref().map_or(1, |h| h.seq + 1);
-    let ref_len = ref_entry_len(head.name, seq, id);
-    Ok((id, false, encoded.len() as u64, ref_len))
+    let overhead = repo.sealing().overhead();
+    let ref_len = ref_entry_len(head.name, seq, id) + overhead;
+    Ok((id, false, encoded.len() as u64 + overhead, ref_len))
 }
 
 /// A target and what was uploaded to it.

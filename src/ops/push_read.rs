@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use crate::chunker::{cut_file_with, ChunkerParams, Layout, TensorCuts};
-use crate::ids::{ChunkId, FileHash};
+use crate::ids::{ChunkId, FileHash, Naming};
 use crate::ops::hasher::FileHasher;
 use crate::ops::push::{Job, Out};
 use crate::ops::push_delta::Counterparts;
@@ -73,6 +73,8 @@ pub(crate) struct FileReader<'a> {
     /// Each tensor chunk's counterpart in the ref's previous snapshot (delta bases).
     pub(crate) counterparts: &'a Counterparts,
     pub(crate) presences: &'a [Presence],
+    /// How the repositories name chunks (plain BLAKE3, or keyed in encrypted ones).
+    pub(crate) naming: Naming,
     pub(crate) out: &'a Out<'a>,
     pub(crate) buffer: Vec<u8>,
     pub(crate) hasher: FileHasher,
@@ -159,7 +161,7 @@ impl FileReader<'_> {
         let mut size = 0u64;
         let (presences, out, hasher) = (self.presences, self.out, &self.hasher);
         let (sent, waited) = (&mut self.sent, &mut self.waited);
-        let counterparts = self.counterparts;
+        let (counterparts, naming) = (self.counterparts, &self.naming);
         let layout = cut_file_with(
             reader,
             rel,
@@ -170,7 +172,7 @@ impl FileReader<'_> {
             |data, width| {
                 let data: std::sync::Arc<[u8]> = data.into();
                 hasher.update(data.clone())?;
-                let id = ChunkId::of(&data);
+                let id = naming.chunk(&data);
                 let len = data.len() as u32;
                 let offset = size;
                 size += len as u64;

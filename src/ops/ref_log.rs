@@ -98,7 +98,9 @@ mod tests {
         let url = StoreUrl::Local(dir.path().join("repo"));
         let store = Store::open_with(&url, Access::Write, &StoreOptions::default()).unwrap();
         let config = RepoConfig::new(ChunkerParams::default(), 1 << 20);
-        let repo = Repository::init(store, config).await.unwrap();
+        let repo = Repository::init(store, config, &Default::default())
+            .await
+            .unwrap();
         let index = Index::open(&dir.path().join("index"), Duration::ZERO).unwrap();
         let ri = index.repo(repo.id()).unwrap();
         for n in 1..=3u8 {

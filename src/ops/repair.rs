@@ -198,35 +198,26 @@ async fn check_one(repo: &Repository, id: &PackId, size: Option<u64>) -> Result<
         Err(e) => return Err(e.into()),
     };
     let pack = *id;
+    let how = (
+        repo.sealing().clone(),
+        repo.naming().clone(),
+        repo.pack_url(id),
+    );
     tokio::task::spawn_blocking(move || {
-        let found = check_pack(&pack, &data, &idx.entries);
-        if found.is_empty() {
-            let deltas = delta_entries(&data, &idx.entries);
+        let found = check_pack(&pack, &data, &idx.entries, (&how.0, &how.1, &how.2));
+        if found.problems.is_empty() {
+            let deltas = found
+                .deltas
+                .into_iter()
+                .map(|(entry, base)| DeltaEntry { entry, base })
+                .collect();
             Checked::Good(Good { idx, deltas })
         } else {
-            Checked::Damaged(found.join("; "), Some(idx))
+            Checked::Damaged(found.problems.join("; "), Some(idx))
         }
     })
     .await
     .map_err(OpError::join)
-}
-
-/// The delta frames among a pack's frames.
-fn delta_entries(data: &[u8], entries: &[PackEntry]) -> Vec<DeltaEntry> {
-    entries
-        .iter()
-        .filter_map(|e| {
-            let r = e.range();
-            let frame = data.get(r.start as usize..r.end as usize)?;
-            match crate::codec::delta_header(frame) {
-                Ok(Some(h)) => Some(DeltaEntry {
-                    entry: *e,
-                    base: h.base,
-                }),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// Where delta bases are found during a repair: every copy of every chunk, of which those in

@@ -77,6 +77,24 @@ pub struct ReplicateReport {
 
 /// Copies the refs `names` (all refs when empty) from `from` to `to`; with `sharded`, only
 /// the chunks that shard owns, committing the run when every shard is done.
+/// Replication copies chunks by id and frames as stored: both repositories must cut alike
+/// and seal alike (both plain, or under one data key).
+pub(crate) fn check_alike(from: &Repository, to: &Repository) -> Result<(), OpError> {
+    if from.config().chunker != to.config().chunker {
+        return Err(OpError::ChunkerMismatch {
+            a: from.url(),
+            b: to.url(),
+        });
+    }
+    if !from.sealing().same_as(to.sealing()) {
+        return Err(OpError::KeyMismatch {
+            a: from.url(),
+            b: to.url(),
+        });
+    }
+    Ok(())
+}
+
 pub async fn replicate(
     from: &Repository,
     to: &Repository,
@@ -86,12 +104,7 @@ pub async fn replicate(
     sharded: Option<&ReplicaShard>,
 ) -> Result<ReplicateReport, OpError> {
     let started = Instant::now();
-    if from.config().chunker != to.config().chunker {
-        return Err(OpError::ChunkerMismatch {
-            a: from.url(),
-            b: to.url(),
-        });
-    }
+    check_alike(from, to)?;
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
     sync_index(from, &from_index).await?;
@@ -262,20 +275,19 @@ async fn copy_frames(
             copied.chunks_delta += 1;
             copied.bytes_saved_by_deltas += f.key_stored.saturating_sub(f.frame.len() as u64);
         }
-        let frame = match (&f.raw, f.delta) {
-            (Some(raw), true) => Bytes::from(crate::codec::encode(
-                raw,
-                uploader.repo().config().zstd_level,
-            )),
-            _ => f.frame,
-        };
-        if !whole {
-            if let Ok(Some(h)) = crate::codec::delta_header(&frame) {
-                bases.push(h.base);
+        let chunk = f.location.entry.chunk;
+        let (frame, base) = match (&f.raw, f.delta) {
+            (Some(raw), true) => {
+                let to = uploader.repo();
+                let full = crate::codec::encode(raw, to.config().zstd_level);
+                (Bytes::from(to.sealing().seal_frame(&chunk, full)), None)
             }
-        }
+            // As stored: the two repositories seal alike (`replicate` checked).
+            _ => (f.frame, f.base),
+        };
+        bases.extend(base);
         uploader
-            .add(f.location.entry.chunk, &frame, f.location.entry.raw_len)
+            .add(chunk, &frame, f.location.entry.raw_len, base)
             .await?;
     }
     bar.finish();

@@ -1,5 +1,10 @@
 //! [`TargetSet`]: which of a push's repositories lack a chunk, for any number of them (the
-//! first 64 without allocating).
+//! first 64 without allocating); and what a push's repositories must share.
+
+use crate::chunker::ChunkerParams;
+use crate::ids::Naming;
+use crate::ops::OpError;
+use crate::repo::Repository;
 
 /// A set of target indexes (positions in a push's list of repositories).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,6 +70,41 @@ impl FromIterator<usize> for TargetSet {
             s.insert(t);
         }
         s
+    }
+}
+
+/// The chunker parameters and zstd level of the first repository, which every other must
+/// share (chunk ids would differ otherwise).
+pub(crate) fn common_format(
+    targets: &[(Repository, bool)],
+) -> Result<(ChunkerParams, i32), OpError> {
+    let Some((first, _)) = targets.first() else {
+        return Err(OpError::TargetCount { count: 0 });
+    };
+    let params = first.config().chunker;
+    for (t, _) in &targets[1..] {
+        if t.config().chunker != params {
+            return Err(OpError::ChunkerMismatch {
+                a: first.url(),
+                b: t.url(),
+            });
+        }
+        if !t.sealing().same_as(first.sealing()) {
+            return Err(OpError::KeyMismatch {
+                a: first.url(),
+                b: t.url(),
+            });
+        }
+    }
+    Ok((params, first.config().zstd_level))
+}
+
+/// The local file cache's key for `source` pushed into repositories naming chunks by
+/// `naming`: the source's key, and for keyed names the naming's public tag.
+pub(crate) fn files_cache_key(source: &str, naming: &Naming) -> String {
+    match naming.is_keyed() {
+        false => source.to_string(),
+        true => format!("{source}\nkeyed {}", naming.tag()),
     }
 }
 

@@ -11,12 +11,12 @@ use crate::ids::{ChunkId, PackId};
 use crate::index::RepoIndex;
 use crate::ops::OpError;
 use crate::repo::pack::{PackBuilder, SealedPack};
-use crate::repo::Repository;
+use crate::repo::{Repository, Sealing};
 
 /// Seals `builder`; if that names a pack a gc marked, seals the same frames rotated (first
 /// frame last), for up to one rotation per frame, so the chunks land under a new id. A
 /// one-frame pack cannot change: it keeps the marked id until gc deletes or unmarks it.
-fn seal_avoiding(builder: PackBuilder, marked: &HashSet<PackId>) -> SealedPack {
+fn seal_avoiding(builder: PackBuilder, marked: &HashSet<PackId>, sealing: &Sealing) -> SealedPack {
     let mut sealed = builder.seal();
     let n = sealed.entries.len();
     for _ in 1..n {
@@ -24,11 +24,13 @@ fn seal_avoiding(builder: PackBuilder, marked: &HashSet<PackId>) -> SealedPack {
             break;
         }
         tracing::debug!(pack = %sealed.id, "a gc marked this very pack: sealing its frames in another order");
-        let mut again = PackBuilder::new();
+        let mut again = PackBuilder::new(sealing.clone());
+        let bases: std::collections::HashMap<ChunkId, ChunkId> =
+            sealed.bases.iter().map(|b| (b.chunk, b.base)).collect();
         for e in sealed.entries.iter().cycle().skip(1).take(n) {
             let start = e.offset as usize;
             let frame = &sealed.data[start..start + e.frame_len as usize];
-            again.add(e.chunk, frame, e.raw_len);
+            again.add(e.chunk, frame, e.raw_len, bases.get(&e.chunk).copied());
         }
         sealed = again.seal();
     }
@@ -78,9 +80,9 @@ impl PackUploader {
     pub fn new(repo: Repository, rindex: RepoIndex, in_flight: usize) -> Self {
         let target = repo.config().pack_size as usize;
         Self {
+            builder: PackBuilder::new(repo.sealing().clone()),
             repo,
             rindex,
-            builder: PackBuilder::new(),
             target,
             permits: Arc::new(Semaphore::new(in_flight.max(1))),
             tasks: JoinSet::new(),
@@ -130,7 +132,9 @@ impl PackUploader {
         if p.frames == 0 {
             return;
         }
-        let (pack, index) = crate::repo::pack::sealed_sizes(p.frames, p.frame_bytes, p.bases);
+        let overhead = self.repo.sealing().overhead();
+        let (pack, index) =
+            crate::repo::pack::sealed_sizes(p.frames, p.frame_bytes, p.bases, overhead);
         self.stats.bytes_uploaded += pack + index;
         self.stats.packs_uploaded += 1;
     }
@@ -151,15 +155,21 @@ impl PackUploader {
         &self.repo
     }
 
-    /// Adds one frame; seals and starts uploading the pack once it reaches the target size.
-    pub async fn add(&mut self, chunk: ChunkId, frame: &[u8], raw_len: u32) -> Result<(), OpError> {
+    /// Adds one frame as stored (sealed in an encrypted repository; `base`: the chunk a delta
+    /// frame applies to); seals and starts uploading the pack once it reaches the target size.
+    pub async fn add(
+        &mut self,
+        chunk: ChunkId,
+        frame: &[u8],
+        raw_len: u32,
+        base: Option<ChunkId>,
+    ) -> Result<(), OpError> {
         if self.dry.is_some() {
-            let delta = matches!(crate::codec::delta_header(frame), Ok(Some(_)));
-            self.add_measured(frame.len() as u32, raw_len, delta);
+            self.add_measured(frame.len() as u32, raw_len, base.is_some());
             return Ok(());
         }
         self.reap()?;
-        self.builder.add(chunk, frame, raw_len);
+        self.builder.add(chunk, frame, raw_len, base);
         self.stats.chunks_new += 1;
         self.stats.bytes_new_logical += raw_len as u64;
         if self.builder.len() >= self.target {
@@ -188,9 +198,10 @@ impl PackUploader {
             .acquire_owned()
             .await
             .map_err(|_| OpError::Cancelled)?;
-        let builder = std::mem::take(&mut self.builder);
+        let sealing = self.repo.sealing().clone();
+        let builder = std::mem::replace(&mut self.builder, PackBuilder::new(sealing.clone()));
         let marked = self.gc_marked.clone();
-        let sealed = tokio::task::spawn_blocking(move || seal_avoiding(builder, &marked))
+        let sealed = tokio::task::spawn_blocking(move || seal_avoiding(builder, &marked, &sealing))
             .await
             .map_err(OpError::join)?;
         let repo = self.repo.clone();
@@ -232,9 +243,9 @@ mod tests {
     use crate::repo::pack::read_pack_table;
 
     fn builder(frames: &[&[u8]]) -> PackBuilder {
-        let mut b = PackBuilder::new();
+        let mut b = PackBuilder::default();
         for f in frames {
-            b.add(ChunkId::from(blake3::hash(f)), f, f.len() as u32);
+            b.add(ChunkId::from(blake3::hash(f)), f, f.len() as u32, None);
         }
         b
     }
@@ -245,13 +256,17 @@ mod tests {
     fn a_pack_a_gc_marked_is_sealed_under_another_id() {
         let frames: [&[u8]; 3] = [b"first frame", b"second", b"third frame!"];
         let plain = builder(&frames).seal();
-        let same = seal_avoiding(builder(&frames), &HashSet::new());
+        let same = seal_avoiding(builder(&frames), &HashSet::new(), &Sealing::PLAIN);
         assert_eq!(same.id, plain.id, "nothing marked: sealed as always");
 
-        let moved = seal_avoiding(builder(&frames), &HashSet::from([plain.id]));
+        let moved = seal_avoiding(
+            builder(&frames),
+            &HashSet::from([plain.id]),
+            &Sealing::PLAIN,
+        );
         assert_ne!(moved.id, plain.id);
         assert_eq!(moved.id, PackId::of(&moved.data));
-        let table = read_pack_table(&moved.data).expect("a valid pack");
+        let table = read_pack_table(&moved.data, &Sealing::PLAIN, "p").expect("a valid pack");
         assert_eq!(table, moved.entries);
         let mut chunks: Vec<ChunkId> = table.iter().map(|e| e.chunk).collect();
         chunks.sort();
@@ -266,7 +281,11 @@ mod tests {
 
         // One frame has one order only.
         let single = builder(&frames[..1]).seal();
-        let kept = seal_avoiding(builder(&frames[..1]), &HashSet::from([single.id]));
+        let kept = seal_avoiding(
+            builder(&frames[..1]),
+            &HashSet::from([single.id]),
+            &Sealing::PLAIN,
+        );
         assert_eq!(kept.id, single.id);
     }
 }

@@ -6,14 +6,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::Serialize;
 
-use crate::ids::{ChunkId, PackId, SnapshotId};
+use crate::ids::{ChunkId, Naming, PackId, SnapshotId};
 use crate::index::ChunkLocation;
 use crate::ops::delta_base::decode_frame;
 use crate::ops::OpError;
-use crate::repo::pack::{read_pack_table, PackIndex};
-use crate::repo::{index_path, snapshot_path, Repository};
+use crate::repo::pack::{read_pack_table, PackEntry, PackIndex};
+use crate::repo::{index_path, snapshot_path, Repository, Sealing};
 
 /// One problem found, with the object that holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -202,25 +203,22 @@ async fn check_pack_data(
         let entries = idx.entries.clone();
         let pack_id = idx.pack;
         let pack_data = data.clone();
-        let found = tokio::task::spawn_blocking(move || check_pack(&pack_id, &pack_data, &entries))
-            .await
-            .map_err(OpError::join)?;
+        let how = (repo.sealing().clone(), repo.naming().clone(), url.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            check_pack(&pack_id, &pack_data, &entries, (&how.0, &how.1, &how.2))
+        })
+        .await
+        .map_err(OpError::join)?;
         chunks_checked += idx.entries.len() as u64;
-        for p in found {
+        for p in found.problems {
             problem(url.clone(), format!("{p}{repair}"));
         }
         // Delta frames: their bases are read (each checked), then the result is checked.
-        for e in &idx.entries {
+        for (e, _) in found.deltas {
             let r = e.range();
-            let Some(frame) = data.get(r.start as usize..r.end as usize) else {
-                continue;
-            };
-            if !matches!(crate::codec::delta_header(frame), Ok(Some(_))) {
-                continue;
-            }
             let loc = ChunkLocation {
                 pack: idx.pack,
-                entry: *e,
+                entry: e,
             };
             let frame = data.slice(r.start as usize..r.end as usize);
             if let Err(err) = decode_frame(repo, &bases, frame, &loc, &url).await {
@@ -231,18 +229,28 @@ async fn check_pack_data(
     Ok(chunks_checked)
 }
 
-/// Re-hashes a pack and every chunk in it; returns what is wrong.
+/// What [`check_pack`] found: problems, and the delta frames (with their bases), which it
+/// cannot decode without reading their bases.
+pub(crate) struct PackFindings {
+    pub(crate) problems: Vec<String>,
+    pub(crate) deltas: Vec<(PackEntry, ChunkId)>,
+}
+
+/// Re-hashes a pack and every chunk in it (opening each frame of an encrypted repository,
+/// sealed as `sealing` says, ids named by `naming`; `object` names the pack).
 pub(crate) fn check_pack(
     id: &PackId,
     data: &[u8],
-    entries: &[crate::repo::pack::PackEntry],
-) -> Vec<String> {
+    entries: &[PackEntry],
+    (sealing, naming, object): (&Sealing, &Naming, &str),
+) -> PackFindings {
     let mut out = Vec::new();
+    let mut deltas = Vec::new();
     let actual = PackId::of(data);
     if actual != *id {
         out.push(format!("content hashes to {actual}, not its id"));
     }
-    match read_pack_table(data) {
+    match read_pack_table(data, sealing, object) {
         Ok(table) if table != entries => out.push("its table differs from its index".into()),
         Ok(_) => {}
         Err(e) => out.push(format!("table unreadable: {e}")),
@@ -254,9 +262,24 @@ pub(crate) fn check_pack(
             out.push(format!("chunk {} lies past the end of the pack", e.chunk));
             continue;
         };
-        let decoded = crate::codec::decode(frame, e.raw_len as usize, &e.chunk);
+        let opened = sealing.open_frame(object, e.offset, &e.chunk, Bytes::copy_from_slice(frame));
+        let decoded = match opened {
+            Ok(frame) => {
+                if let Ok(Some(h)) = crate::codec::delta_header(&frame) {
+                    deltas.push((*e, h.base));
+                }
+                unless_needs_base(crate::codec::decode(
+                    &frame,
+                    e.raw_len as usize,
+                    &e.chunk,
+                    naming,
+                ))
+                .map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
         // A delta frame needs its base: `check_pack_data` checks it with the base read.
-        if let Err(err) = unless_needs_base(decoded) {
+        if let Err(err) = decoded {
             bad += 1;
             if bad <= CHUNK_PROBLEMS_PER_PACK {
                 out.push(format!("chunk {} at offset {}: {err}", e.chunk, e.offset));
@@ -266,7 +289,10 @@ pub(crate) fn check_pack(
     if bad > CHUNK_PROBLEMS_PER_PACK {
         out.push(format!("{} more bad chunks", bad - CHUNK_PROBLEMS_PER_PACK));
     }
-    out
+    PackFindings {
+        problems: out,
+        deltas,
+    }
 }
 
 /// `Ok` for a frame that decoded or that is a delta (which needs its base to decode).

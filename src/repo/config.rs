@@ -8,9 +8,13 @@ use crate::chunker::ChunkerParams;
 /// Highest repository format version this build reads and writes. Version 2 adds delta
 /// frames and position-stable cuts inside tensors (FORMAT.md); version 1 repositories stay
 /// readable and writable as they were (no deltas).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The first format version whose repositories may hold delta frames.
 pub const DELTA_VERSION: u32 = 2;
+/// The first format version whose repositories may be encrypted (FORMAT.md "Encryption").
+pub const ENCRYPTION_VERSION: u32 = 3;
+/// The one cipher encrypted repositories use.
+pub const CIPHER: &str = "xchacha20poly1305";
 /// Marker that tells a ferry config from any other JSON object.
 pub const FORMAT_NAME: &str = "ferry-repository";
 
@@ -35,6 +39,19 @@ pub struct RepoConfig {
     /// Element deltas (version 2 and later; absent: none are written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deltas: Option<DeltaParams>,
+    /// Client-side encryption (version 3 and later; absent: a plain repository). Set at
+    /// `init`, for the repository's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How an encrypted repository's objects are sealed (FORMAT.md "Encryption"). The data key
+/// itself is in `keys/`, wrapped under each user key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// The AEAD: always [`CIPHER`].
+    pub cipher: String,
 }
 
 /// How pushes into a repository write element deltas (FORMAT.md, "Delta frames").
@@ -79,7 +96,22 @@ impl RepoConfig {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             deltas: None,
+            encryption: None,
         }
+    }
+
+    /// The same config at format version 3, encrypted.
+    pub fn encrypted(mut self) -> Self {
+        self.version = self.version.max(ENCRYPTION_VERSION);
+        self.encryption = Some(Encryption {
+            cipher: CIPHER.into(),
+        });
+        self
+    }
+
+    /// Whether the repository is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
     }
 
     /// The same config at format version 2 with element deltas at most `max_depth` deep.
@@ -109,6 +141,7 @@ impl RepoConfig {
         // The target may receive delta frames and the source's tensor cuts: same version.
         c.version = self.version;
         c.deltas = self.deltas;
+        c.encryption = self.encryption.clone();
         c
     }
 
@@ -142,6 +175,14 @@ impl RepoConfig {
             if cfg.version < DELTA_VERSION || d.max_depth > crate::codec::MAX_DELTA_DEPTH {
                 return Err(ConfigError::Deltas {
                     depth: d.max_depth,
+                    version: cfg.version,
+                });
+            }
+        }
+        if let Some(e) = &cfg.encryption {
+            if cfg.version < ENCRYPTION_VERSION || e.cipher != CIPHER {
+                return Err(ConfigError::Encryption {
+                    cipher: e.cipher.chars().take(40).collect(),
                     version: cfg.version,
                 });
             }
@@ -211,6 +252,14 @@ pub enum ConfigError {
         /// The config's format version.
         version: u32,
     },
+    /// `encryption` in a config whose version cannot hold it, or an unknown cipher.
+    #[error("encryption with cipher {cipher:?} needs format version {ENCRYPTION_VERSION} and cipher {CIPHER} (this config has version {version})")]
+    Encryption {
+        /// The cipher named (at most 40 characters of it).
+        cipher: String,
+        /// The config's format version.
+        version: u32,
+    },
 }
 
 #[cfg(test)]
@@ -269,6 +318,30 @@ mod tests {
         assert!(matches!(
             RepoConfig::decode(&deep.encode()),
             Err(ConfigError::Deltas { .. })
+        ));
+    }
+
+    #[test]
+    fn encryption_needs_version_3_and_the_known_cipher() {
+        let plain = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
+        let enc = plain.clone().encrypted();
+        assert_eq!(enc.version, 3);
+        assert!(enc.is_encrypted() && !plain.is_encrypted());
+        assert_eq!(RepoConfig::decode(&enc.encode()).unwrap(), enc);
+        assert!(enc.derived().is_encrypted());
+        let mut old = enc.clone();
+        old.version = 2;
+        assert!(matches!(
+            RepoConfig::decode(&old.encode()),
+            Err(ConfigError::Encryption { version: 2, .. })
+        ));
+        let mut other = enc;
+        other.encryption = Some(Encryption {
+            cipher: "rot13".into(),
+        });
+        assert!(matches!(
+            RepoConfig::decode(&other.encode()),
+            Err(ConfigError::Encryption { .. })
         ));
     }
 }

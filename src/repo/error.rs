@@ -208,6 +208,25 @@ pub enum RepoError {
         /// The run id as given.
         run: String,
     },
+    /// An encrypted repository opened without any key.
+    #[error("{url} is encrypted: give its key with --key-file PATH (or FERRY_KEY_FILE, or the key itself in FERRY_KEY)")]
+    KeyNeeded {
+        /// The repository's URL.
+        url: String,
+    },
+    /// A key that does not open the repository, a sealed object that does not authenticate,
+    /// or a wrapped data key that is not one. Never carries key bytes.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    /// A key command on a plain repository.
+    #[error("{url} is not encrypted: it has no keys to rotate (encryption is chosen at `ferry init --encrypt`)")]
+    NotEncrypted {
+        /// The repository's URL.
+        url: String,
+    },
+    /// `--encrypt` with no key to wrap the new repository's data key under.
+    #[error("`--encrypt` needs a key: give --key-file PATH (make one with `ferry key generate PATH`), or set FERRY_KEY_FILE or FERRY_KEY")]
+    NoKeyToEncrypt,
     /// The ref's next log entry was taken by other writers too many times in a row.
     #[error("ref {name:?} in {url} kept moving under concurrent writers; try again")]
     RefContention {
@@ -240,6 +259,10 @@ impl RepoError {
                 | Self::ChunkOnlyInDamagedPack { .. }
                 | Self::BadFrame { .. }
                 | Self::BadDelta { .. }
+                | Self::Crypto(
+                    crate::crypto::CryptoError::Unauthentic { .. }
+                        | crate::crypto::CryptoError::BadEnvelope { .. }
+                )
         )
     }
 }

@@ -11,18 +11,22 @@ pub(crate) mod partial;
 mod probe;
 mod refs;
 pub(crate) mod replicas;
+mod seal;
 pub mod snapshot;
 
 use bytes::Bytes;
 use object_store::path::Path;
 
-use crate::ids::{PackId, SnapshotId};
+use crate::crypto::{DataKey, Keyring};
+use crate::ids::{Naming, PackId, SnapshotId};
 use crate::store::Store;
 pub use config::RepoConfig;
 pub use error::RepoError;
 use pack::{PackIndex, SealedPack};
 use refs::ref_path;
 pub use refs::{check_ref_name, RefEntry, RefEntryError};
+use seal::{context, key_path};
+pub use seal::{Rotated, Sealing};
 pub use snapshot::Snapshot;
 
 /// An object found by listing: its id, size and last-modified time (the store's clock).
@@ -41,6 +45,10 @@ pub struct Listed<T> {
 pub struct Repository {
     store: Store,
     config: RepoConfig,
+    /// Plain, or the data key of an encrypted repository.
+    sealing: Sealing,
+    /// How chunks and snapshots are named (the sealing's).
+    naming: Naming,
 }
 
 fn config_path() -> Path {
@@ -75,10 +83,31 @@ pub fn bad_mark_path(id: &PackId) -> Path {
 }
 
 impl Repository {
-    /// Opens the repository at `store`; fails if there is none.
-    pub async fn open(store: Store) -> Result<Self, RepoError> {
+    /// The repository at `store` with `config`, its data key found with one of `keys` when it
+    /// is encrypted.
+    async fn unlock(store: Store, config: RepoConfig, keys: &Keyring) -> Result<Self, RepoError> {
+        let sealing = if config.is_encrypted() {
+            seal::unlock(&store, &config.id, keys).await?
+        } else {
+            Sealing::PLAIN
+        };
+        Ok(Self::assemble(store, config, sealing))
+    }
+
+    fn assemble(store: Store, config: RepoConfig, sealing: Sealing) -> Self {
+        Self {
+            naming: sealing.naming(),
+            store,
+            config,
+            sealing,
+        }
+    }
+
+    /// Opens the repository at `store`; fails if there is none. An encrypted one opens with
+    /// whichever of `keys` it holds a wrapping for, and fails clearly without one.
+    pub async fn open(store: Store, keys: &Keyring) -> Result<Self, RepoError> {
         match Self::read_config(&store).await? {
-            Some(config) => Ok(Self { store, config }),
+            Some(config) => Self::unlock(store, config, keys).await,
             None => {
                 // Listing proves the bucket/container exists before blaming the prefix.
                 store.is_empty().await?;
@@ -89,8 +118,20 @@ impl Repository {
         }
     }
 
-    /// Creates a repository at an empty location.
-    pub async fn init(store: Store, config: RepoConfig) -> Result<Self, RepoError> {
+    /// Creates a repository at an empty location. An encrypted `config` gets a new random data
+    /// key, wrapped under every key of `keys` (at least one).
+    pub async fn init(store: Store, config: RepoConfig, keys: &Keyring) -> Result<Self, RepoError> {
+        Self::init_sharing(store, config, keys, None).await
+    }
+
+    /// [`Self::init`]; an encrypted repository gets data key `share` when given (a replication
+    /// target, so frames copy as stored), else a new one.
+    pub async fn init_sharing(
+        store: Store,
+        config: RepoConfig,
+        keys: &Keyring,
+        share: Option<std::sync::Arc<DataKey>>,
+    ) -> Result<Self, RepoError> {
         if Self::read_config(&store).await?.is_some() {
             return Err(RepoError::Exists {
                 url: store.url().to_string(),
@@ -101,34 +142,56 @@ impl Repository {
                 url: store.url().to_string(),
             });
         }
+        let sealing = if config.is_encrypted() {
+            if keys.is_empty() {
+                return Err(RepoError::NoKeyToEncrypt);
+            }
+            let data = share.unwrap_or_else(|| std::sync::Arc::new(DataKey::generate()));
+            // The wrappings before the config: a repository is never without its keys.
+            for key in keys.keys() {
+                if !seal::wrap_new(&store, &config.id, key, &data).await? {
+                    // Another process is initializing it with the same key.
+                    return Err(RepoError::Exists {
+                        url: store.url().to_string(),
+                    });
+                }
+            }
+            Sealing::with(data)
+        } else {
+            Sealing::PLAIN
+        };
         if !store
             .put_new(&config_path(), Bytes::from(config.encode()))
             .await?
         {
             // Another process initialized it first: use theirs.
-            return Self::open(store).await;
+            return Self::open(store, keys).await;
         }
-        Ok(Self { store, config })
+        Ok(Self::assemble(store, config, sealing))
     }
 
     /// Opens the repository, or initializes an empty location with `config()`.
     /// Returns whether it was created.
     pub async fn open_or_init(
         store: Store,
-        config: impl FnOnce() -> RepoConfig,
+        keys: &Keyring,
+        (config, share): (impl FnOnce() -> RepoConfig, Option<std::sync::Arc<DataKey>>),
     ) -> Result<(Self, bool), RepoError> {
         if let Some(config) = Self::read_config(&store).await? {
-            return Ok((Self { store, config }, false));
+            return Ok((Self::unlock(store, config, keys).await?, false));
         }
-        match Self::init(store.clone(), config()).await {
+        match Self::init_sharing(store.clone(), config(), keys, share).await {
             Ok(repo) => Ok((repo, true)),
             // Another process initialized it between our read and our init (shards of one
-            // run starting at once): use theirs.
+            // run starting at once): use theirs, once its config is there.
             Err(e @ (RepoError::Exists { .. } | RepoError::Occupied { .. })) => {
-                match Self::read_config(&store).await? {
-                    Some(config) => Ok((Self { store, config }, false)),
-                    None => Err(e),
+                for _ in 0..20 {
+                    if let Some(config) = Self::read_config(&store).await? {
+                        return Ok((Self::unlock(store, config, keys).await?, false));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
+                Err(e)
             }
             Err(e) => Err(e),
         }
@@ -138,10 +201,11 @@ impl Repository {
     /// empty location, without writing it (a dry run). Returns whether it would be created.
     pub async fn open_or_plan(
         store: Store,
-        config: impl FnOnce() -> RepoConfig,
+        keys: &Keyring,
+        (config, share): (impl FnOnce() -> RepoConfig, Option<std::sync::Arc<DataKey>>),
     ) -> Result<(Self, bool), RepoError> {
         if let Some(config) = Self::read_config(&store).await? {
-            return Ok((Self { store, config }, false));
+            return Ok((Self::unlock(store, config, keys).await?, false));
         }
         if !store.is_empty().await? {
             return Err(RepoError::Occupied {
@@ -149,7 +213,13 @@ impl Repository {
             });
         }
         let config = config();
-        Ok((Self { store, config }, true))
+        let sealing = match (config.is_encrypted(), share) {
+            (false, _) => Sealing::PLAIN,
+            (true, Some(data)) => Sealing::with(data),
+            (true, None) if keys.is_empty() => return Err(RepoError::NoKeyToEncrypt),
+            (true, None) => Sealing::with(std::sync::Arc::new(DataKey::generate())),
+        };
+        Ok((Self::assemble(store, config, sealing), true))
     }
 
     async fn read_config(store: &Store) -> Result<Option<RepoConfig>, RepoError> {
@@ -167,6 +237,31 @@ impl Repository {
     /// The repository's config (chunker parameters, pack size, id).
     pub fn config(&self) -> &RepoConfig {
         &self.config
+    }
+
+    /// How the repository's objects and frames are sealed (plain, or under its data key).
+    pub fn sealing(&self) -> &Sealing {
+        &self.sealing
+    }
+
+    /// How the repository names chunks and snapshots.
+    pub fn naming(&self) -> &Naming {
+        &self.naming
+    }
+
+    /// The data key wrapped under `key` into `keys/<key id>` (`ferry key rotate`); false when
+    /// the repository already holds a wrapping under that key.
+    pub async fn add_key(&self, key: &crate::crypto::UserKey) -> Result<bool, RepoError> {
+        match self.sealing.data_key() {
+            Some(data) => seal::wrap_new(&self.store, self.id(), key, data).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes the wrapping under the key with id `id` (`ferry key rotate`): that key no
+    /// longer opens the repository.
+    pub async fn remove_key(&self, id: &crate::crypto::KeyId) -> Result<(), RepoError> {
+        Ok(self.store.delete(&key_path(id)).await?)
     }
 
     /// The repository's id (random, from `init`): the key of its trees in the local index.
@@ -198,6 +293,19 @@ impl Repository {
         }
     }
 
+    /// `value` as the stored JSON record `what` (sealed in an encrypted repository).
+    fn encode_record<T: serde::Serialize>(&self, what: &'static str, value: &T) -> Bytes {
+        let body = serde_json::to_vec(value).expect("records serialize");
+        Bytes::from(self.sealing.seal(what.as_bytes(), body))
+    }
+
+    /// Opens the object `path` sealed for `context` (a plain repository's bytes as they are).
+    fn open_object(&self, path: &Path, context: &[u8], stored: Bytes) -> Result<Bytes, RepoError> {
+        Ok(self
+            .sealing
+            .open(&self.store.object_url(path), context, stored)?)
+    }
+
     /// `bytes` of `path` as the JSON record `what`.
     fn decode_record<T: serde::de::DeserializeOwned>(
         &self,
@@ -205,7 +313,8 @@ impl Repository {
         what: &'static str,
         bytes: &[u8],
     ) -> Result<T, RepoError> {
-        serde_json::from_slice(bytes).map_err(|problem| RepoError::BadRecord {
+        let bytes = self.open_object(path, what.as_bytes(), Bytes::copy_from_slice(bytes))?;
+        serde_json::from_slice(&bytes).map_err(|problem| RepoError::BadRecord {
             object: self.store.object_url(path),
             what,
             problem,
@@ -217,7 +326,9 @@ impl Repository {
         self.store
             .put(&pack_path(&pack.id), pack.data.clone())
             .await?;
-        let index = pack.index().encode();
+        let index = self
+            .sealing
+            .seal(context::PACK_INDEX, pack.index().encode());
         let index_len = index.len() as u64;
         self.store
             .put(&index_path(&pack.id), Bytes::from(index))
@@ -303,10 +414,11 @@ impl Repository {
     /// gc deletes it once no snapshot needs a chunk only it holds. The body says what was
     /// wrong, for people; readers go by the name only.
     pub async fn mark_bad(&self, id: &PackId, problem: &str) -> Result<(), RepoError> {
-        let body = serde_json::json!({ "pack": id.to_hex(), "problem": problem });
+        let body = serde_json::json!({ "pack": id.to_hex(), "problem": problem }).to_string();
+        let body = self.sealing.seal(context::BAD_MARK, body.into_bytes());
         Ok(self
             .store
-            .put(&bad_mark_path(id), Bytes::from(body.to_string()))
+            .put(&bad_mark_path(id), Bytes::from(body))
             .await?)
     }
 
@@ -338,6 +450,7 @@ impl Repository {
     pub async fn read_pack_index(&self, id: &PackId) -> Result<PackIndex, RepoError> {
         let path = index_path(id);
         let bytes = self.store.get(&path).await?;
+        let bytes = self.open_object(&path, context::PACK_INDEX, bytes)?;
         let idx = PackIndex::decode(&bytes).map_err(|problem| RepoError::BadPackIndex {
             object: self.store.object_url(&path),
             problem,
@@ -382,10 +495,11 @@ impl Repository {
 
     /// Writes an encoded snapshot under its id. Idempotent.
     pub async fn write_snapshot_bytes(&self, encoded: Bytes) -> Result<SnapshotId, RepoError> {
-        let id = Snapshot::id_of(&encoded);
+        let id = self.naming.snapshot(&encoded);
         let path = snapshot_path(&id);
+        let stored = Bytes::from(self.sealing.seal(context::SNAPSHOT, encoded.into()));
         // Content addressed: an existing object with this name already holds these bytes.
-        self.store.put_new(&path, encoded).await?;
+        self.store.put_new(&path, stored).await?;
         Ok(id)
     }
 
@@ -393,7 +507,8 @@ impl Repository {
     pub async fn read_snapshot_bytes(&self, id: &SnapshotId) -> Result<Bytes, RepoError> {
         let path = snapshot_path(id);
         let bytes = self.store.get(&path).await?;
-        if SnapshotId::of(&bytes) != *id {
+        let bytes = self.open_object(&path, context::SNAPSHOT, bytes)?;
+        if self.naming.snapshot(&bytes) != *id {
             return Err(RepoError::ContentMismatch {
                 object: self.store.object_url(&path),
             });

@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 
+use super::seal::context;
+use super::Sealing;
 use crate::ids::{ChunkId, PackId};
 
 const PACK_MAGIC: &[u8; 8] = b"FRYPACK1";
@@ -56,12 +58,13 @@ impl PackEntry {
 
 /// The stored sizes of a pack of `frames` frames holding `frame_bytes` bytes, `bases` of them
 /// delta frames, and of its pack index: what [`PackBuilder::seal`] and [`PackIndex::encode`]
-/// produce, without the bytes (a dry run's forecast).
-pub fn sealed_sizes(frames: usize, frame_bytes: u64, bases: usize) -> (u64, u64) {
+/// produce, without the bytes (a dry run's forecast). `overhead`: what sealing adds to the
+/// table and the index (0 in a plain repository; frames come sealed in `frame_bytes`).
+pub fn sealed_sizes(frames: usize, frame_bytes: u64, bases: usize, overhead: u64) -> (u64, u64) {
     let table = (frames * ENTRY_LEN) as u64;
-    let pack = PACK_MAGIC.len() as u64 + frame_bytes + table + TRAILER_LEN as u64;
+    let pack = PACK_MAGIC.len() as u64 + frame_bytes + table + overhead + TRAILER_LEN as u64;
     let base_list = if bases == 0 { 0 } else { 4 + 64 * bases as u64 };
-    let index = (INDEX_MAGIC.len() + 32 + 8 + 4) as u64 + table + base_list + 32;
+    let index = (INDEX_MAGIC.len() + 32 + 8 + 4) as u64 + table + base_list + 32 + overhead;
     (pack, index)
 }
 
@@ -85,6 +88,9 @@ pub enum PackFormatError {
     /// The table contradicts itself or the object's size; what is wrong.
     #[error("table is inconsistent: {0}")]
     Table(String),
+    /// An encrypted repository's table that does not authenticate.
+    #[error(transparent)]
+    Sealed(#[from] crate::crypto::CryptoError),
 }
 
 /// Gathers frames into one pack in memory.
@@ -92,6 +98,8 @@ pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
     bases: Vec<DeltaBase>,
+    /// Seals the table (frames come sealed).
+    sealing: Sealing,
 }
 
 /// A delta frame's chunk and the base chunk it needs (codec 3, FORMAT.md).
@@ -129,17 +137,19 @@ impl SealedPack {
 
 impl Default for PackBuilder {
     fn default() -> Self {
-        Self::new()
+        Self::new(Sealing::PLAIN)
     }
 }
 
 impl PackBuilder {
-    /// An empty pack.
-    pub fn new() -> Self {
+    /// An empty pack for a repository sealed by `sealing` (its frames are added sealed; its
+    /// table is sealed by [`Self::seal`]).
+    pub fn new(sealing: Sealing) -> Self {
         Self {
             buf: PACK_MAGIC.to_vec(),
             entries: Vec::new(),
             bases: Vec::new(),
+            sealing,
         }
     }
 
@@ -153,19 +163,26 @@ impl PackBuilder {
         self.buf.len()
     }
 
-    /// Appends one chunk's frame (`raw_len`: the chunk's length before encoding).
-    pub fn add(&mut self, chunk: ChunkId, frame: &[u8], raw_len: u32) {
+    /// Appends one chunk's frame as stored (sealed in an encrypted repository); `raw_len`:
+    /// the chunk's length before encoding; `base`: the chunk a delta frame applies to.
+    pub fn add(&mut self, chunk: ChunkId, frame: &[u8], raw_len: u32, base: Option<ChunkId>) {
+        debug_assert!(
+            self.sealing.is_encrypted()
+                || base
+                    == crate::codec::delta_header(frame)
+                        .ok()
+                        .flatten()
+                        .map(|h| h.base),
+            "a plain frame's base is the one its header names"
+        );
         self.entries.push(PackEntry {
             chunk,
             offset: self.buf.len() as u64,
             frame_len: frame.len() as u32,
             raw_len,
         });
-        if let Ok(Some(h)) = crate::codec::delta_header(frame) {
-            self.bases.push(DeltaBase {
-                chunk,
-                base: h.base,
-            });
+        if let Some(base) = base {
+            self.bases.push(DeltaBase { chunk, base });
         }
         self.buf.extend_from_slice(frame);
     }
@@ -176,12 +193,14 @@ impl PackBuilder {
             mut buf,
             entries,
             bases,
+            sealing,
         } = self;
         let table_offset = buf.len() as u64;
         let mut table = Vec::with_capacity(entries.len() * ENTRY_LEN);
         for e in &entries {
             e.write(&mut table);
         }
+        let table = sealing.seal(context::PACK_TABLE, table);
         buf.extend_from_slice(&table);
         buf.extend_from_slice(&table_offset.to_le_bytes());
         buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -216,8 +235,13 @@ fn parse_entries(table: &[u8], limit: u64) -> Result<Vec<PackEntry>, PackFormatE
     Ok(entries)
 }
 
-/// Reads the table from a whole pack object.
-pub fn read_pack_table(pack: &[u8]) -> Result<Vec<PackEntry>, PackFormatError> {
+/// Reads the table from a whole pack object of a repository sealed by `sealing` (`object`
+/// names the pack in errors).
+pub fn read_pack_table(
+    pack: &[u8],
+    sealing: &Sealing,
+    object: &str,
+) -> Result<Vec<PackEntry>, PackFormatError> {
     if pack.len() < PACK_MAGIC.len() + TRAILER_LEN {
         return Err(PackFormatError::TooShort(pack.len()));
     }
@@ -230,7 +254,7 @@ pub fn read_pack_table(pack: &[u8]) -> Result<Vec<PackEntry>, PackFormatError> {
     let table_end = (pack.len() - TRAILER_LEN) as u64;
     if table_offset < 8
         || table_offset > table_end
-        || table_end - table_offset != count * ENTRY_LEN as u64
+        || table_end - table_offset != count * ENTRY_LEN as u64 + sealing.overhead()
     {
         return Err(PackFormatError::Table(
             "table size does not match its entry count".into(),
@@ -240,7 +264,12 @@ pub fn read_pack_table(pack: &[u8]) -> Result<Vec<PackEntry>, PackFormatError> {
     if blake3::hash(table).as_bytes() != &t[12..44] {
         return Err(PackFormatError::Checksum);
     }
-    parse_entries(table, table_offset)
+    let table = sealing.open(
+        &format!("{object} (its table)"),
+        context::PACK_TABLE,
+        Bytes::copy_from_slice(table),
+    )?;
+    parse_entries(&table, table_offset)
 }
 
 /// A pack index object: which chunks a pack holds and where.
@@ -344,10 +373,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn build(chunks: &[Vec<u8>]) -> SealedPack {
-        let mut b = PackBuilder::new();
+        let mut b = PackBuilder::default();
         for c in chunks {
             let frame = crate::codec::encode(c, 1);
-            b.add(ChunkId::of(c), &frame, c.len() as u32);
+            b.add(ChunkId::of(c), &frame, c.len() as u32, None);
         }
         b.seal()
     }
@@ -364,19 +393,19 @@ mod tests {
         let pack = build(&chunks);
         let frame_bytes: u64 = pack.entries.iter().map(|e| e.frame_len as u64).sum();
         let want = (pack.data.len() as u64, pack.index().encode().len() as u64);
-        assert_eq!(sealed_sizes(3, frame_bytes, 0), want);
-        let mut b = PackBuilder::new();
+        assert_eq!(sealed_sizes(3, frame_bytes, 0, 0), want);
+        let mut b = PackBuilder::default();
         let base = ChunkId::of(b"base");
         let frame = crate::codec::delta_frame(&base, 1, b"payload");
-        b.add(ChunkId::of(b"new"), &frame, 100);
+        b.add(ChunkId::of(b"new"), &frame, 100, Some(base));
         let x = crate::codec::encode(b"x", 1);
-        b.add(ChunkId::of(b"x"), &x, 1);
+        b.add(ChunkId::of(b"x"), &x, 1, None);
         let frames = (frame.len() + x.len()) as u64;
         assert_eq!(b.len() as u64, builder_len(frames));
         let sealed = b.seal();
         assert_eq!(sealed.bases.len(), 1);
         assert_eq!(
-            sealed_sizes(2, frames, 1),
+            sealed_sizes(2, frames, 1, 0),
             (
                 sealed.data.len() as u64,
                 sealed.index().encode().len() as u64
@@ -390,9 +419,9 @@ mod tests {
         let mut bad = pack.data.to_vec();
         let n = bad.len();
         bad[n - 20] ^= 1;
-        assert!(read_pack_table(&bad).is_err());
-        assert!(read_pack_table(&pack.data[..pack.data.len() - 1]).is_err());
-        assert!(read_pack_table(b"short").is_err());
+        assert!(read_pack_table(&bad, &Sealing::PLAIN, "p").is_err());
+        assert!(read_pack_table(&pack.data[..pack.data.len() - 1], &Sealing::PLAIN, "p").is_err());
+        assert!(read_pack_table(b"short", &Sealing::PLAIN, "p").is_err());
         let idx = pack.index().encode();
         assert!(PackIndex::decode(&idx[..idx.len() - 3]).is_err());
         let mut flipped = idx.clone();
@@ -412,13 +441,19 @@ mod tests {
             .encode(&base, &new, 1)
             .unwrap();
         let frame = crate::codec::delta_frame(&ChunkId::of(&base), 1, &payload);
-        let mut b = PackBuilder::new();
+        let mut b = PackBuilder::default();
         b.add(
             ChunkId::of(&base),
             &crate::codec::encode(&base, 1),
             base.len() as u32,
+            None,
         );
-        b.add(ChunkId::of(&new), &frame, new.len() as u32);
+        b.add(
+            ChunkId::of(&new),
+            &frame,
+            new.len() as u32,
+            Some(ChunkId::of(&base)),
+        );
         let pack = b.seal();
         let want = vec![DeltaBase {
             chunk: ChunkId::of(&new),
@@ -460,11 +495,11 @@ mod tests {
         fn pack_and_index_round_trip(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..2000), 0..20)) {
             let pack = build(&chunks);
             prop_assert_eq!(pack.id, PackId::of(&pack.data));
-            let table = read_pack_table(&pack.data).unwrap();
+            let table = read_pack_table(&pack.data, &Sealing::PLAIN, "p").unwrap();
             prop_assert_eq!(&table, &pack.entries);
             for (e, c) in table.iter().zip(&chunks) {
                 let frame = &pack.data[e.offset as usize..e.range().end as usize];
-                prop_assert_eq!(&crate::codec::decode(frame, e.raw_len as usize, &e.chunk).unwrap(), c);
+                prop_assert_eq!(&crate::codec::decode(frame, e.raw_len as usize, &e.chunk, &crate::ids::Naming::PLAIN).unwrap(), c);
             }
             let idx = PackIndex { entries: table, ..pack.index() };
             prop_assert_eq!(PackIndex::decode(&idx.encode()).unwrap(), idx);

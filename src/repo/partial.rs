@@ -63,13 +63,10 @@ impl Repository {
     pub async fn write_partial(&self, p: &PartialEntry) -> Result<(), RepoError> {
         check_ref_name(&p.name)?;
         check_run_id(&p.run)?;
-        let body = serde_json::to_vec(p).expect("partial entry serializes");
+        let body = self.encode_record("partial", p);
         Ok(self
             .store
-            .put(
-                &partial_path(&p.name, &p.run, p.shard, p.of),
-                Bytes::from(body),
-            )
+            .put(&partial_path(&p.name, &p.run, p.shard, p.of), body)
             .await?)
     }
 
@@ -185,9 +182,9 @@ impl Repository {
     pub async fn commit_once(&self, marker: &CommitMarker) -> Result<CommitMarker, RepoError> {
         check_ref_name(&marker.name)?;
         check_run_id(&marker.run)?;
-        let body = serde_json::to_vec(marker).expect("commit marker serializes");
+        let body = self.encode_record("commit marker", marker);
         let path = commit_path(&marker.name, &marker.run);
-        if self.store.put_new(&path, Bytes::from(body)).await? {
+        if self.store.put_new(&path, body).await? {
             return Ok(marker.clone());
         }
         self.read_commit(&marker.name, &marker.run)
@@ -211,6 +208,7 @@ impl Repository {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
         let body = serde_json::to_vec(&entry).expect("ref entry serializes");
+        let body = self.sealing.seal(super::context::REF_ENTRY, body);
         if self
             .store
             .put_new(&ref_path(name, entry.seq), Bytes::from(body))

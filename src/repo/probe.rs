@@ -12,6 +12,7 @@ impl Repository {
         let Some(bytes) = self.store.get_opt(&path).await? else {
             return Ok(None);
         };
+        let bytes = self.open_object(&path, super::context::REF_ENTRY, bytes)?;
         let entry = RefEntry::decode(&bytes).map_err(|problem| RepoError::BadRefEntry {
             object: self.store.object_url(&path),
             problem,

@@ -115,7 +115,12 @@ impl Repository {
 
     /// The entry in `bytes`, read from `path` now or earlier, checked to sit at its home.
     pub fn decode_ref_entry(&self, path: &Path, bytes: &[u8]) -> Result<RefEntry, RepoError> {
-        let entry = RefEntry::decode(bytes).map_err(|problem| RepoError::BadRefEntry {
+        let bytes = self.open_object(
+            path,
+            super::context::REF_ENTRY,
+            Bytes::copy_from_slice(bytes),
+        )?;
+        let entry = RefEntry::decode(&bytes).map_err(|problem| RepoError::BadRefEntry {
             object: self.store.object_url(path),
             problem,
         })?;

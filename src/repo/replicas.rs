@@ -65,9 +65,9 @@ impl Repository {
     /// Writes the run's plan unless one exists; returns the plan that holds.
     pub async fn plan_replica_once(&self, plan: &ReplicaPlan) -> Result<ReplicaPlan, RepoError> {
         check_run_id(&plan.run)?;
-        let body = serde_json::to_vec(plan).expect("replica plan serializes");
+        let body = self.encode_record("replica plan", plan);
         let path = plan_path(&plan.run);
-        if self.store.put_new(&path, Bytes::from(body)).await? {
+        if self.store.put_new(&path, body).await? {
             return Ok(plan.clone());
         }
         self.read_replica_plan(&plan.run)
@@ -98,10 +98,10 @@ impl Repository {
     /// Records a finished shard (a plain put: only that shard writes this name).
     pub async fn write_replica_pointer(&self, p: &ReplicaPointer) -> Result<(), RepoError> {
         check_run_id(&p.run)?;
-        let body = serde_json::to_vec(p).expect("replica pointer serializes");
+        let body = self.encode_record("replica pointer", p);
         Ok(self
             .store
-            .put(&pointer_path(&p.run, p.shard, p.of), Bytes::from(body))
+            .put(&pointer_path(&p.run, p.shard, p.of), body)
             .await?)
     }
 

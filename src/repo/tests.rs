@@ -10,9 +10,13 @@ use crate::store::Access;
 pub(super) async fn memory_repo(name: &str) -> Repository {
     let url = format!("memory://{name}/repo").parse().unwrap();
     let store = Store::open_with(&url, Access::Write, &Default::default()).unwrap();
-    Repository::init(store, RepoConfig::new(ChunkerParams::default(), 1 << 20))
-        .await
-        .unwrap()
+    Repository::init(
+        store,
+        RepoConfig::new(ChunkerParams::default(), 1 << 20),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]

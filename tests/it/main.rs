@@ -55,6 +55,7 @@ mod deltas_depth;
 mod deltas_repair;
 mod dryrun;
 mod edges;
+mod encrypted;
 mod errors;
 mod faults;
 mod gc;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, Naming};
 use crate::ops::delta_base::LocalBases;
 use crate::ops::OpError;
 
@@ -16,14 +16,17 @@ use super::writer::read_local;
 /// store.
 pub(super) struct VersionBases<'a> {
     sources: &'a HashMap<ChunkId, LocalChunk>,
+    /// How the repository names chunks (a local copy is checked against its id so).
+    naming: Naming,
     from_store: AtomicU64,
     local: AtomicU64,
 }
 
 impl<'a> VersionBases<'a> {
-    pub(super) fn new(sources: &'a HashMap<ChunkId, LocalChunk>) -> Self {
+    pub(super) fn new(sources: &'a HashMap<ChunkId, LocalChunk>, naming: Naming) -> Self {
         VersionBases {
             sources,
+            naming,
             from_store: AtomicU64::new(0),
             local: AtomicU64::new(0),
         }
@@ -51,7 +54,7 @@ impl LocalBases for VersionBases<'_> {
             let Some(at) = self.sources.get(id) else {
                 return Ok(None);
             };
-            let got = read_local(at.clone(), *id).await?;
+            let got = read_local(at.clone(), *id, &self.naming).await?;
             if let Some(raw) = &got {
                 self.local.fetch_add(raw.len() as u64, Ordering::Relaxed);
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures::StreamExt;
 
-use crate::ids::{ChunkId, FileHash};
+use crate::ids::{ChunkId, FileHash, Naming};
 use crate::index::RepoIndex;
 use crate::ops::fetch::{fetch_with, locate, plan, Want};
 use crate::ops::restore::SpecialModes;
@@ -134,7 +134,7 @@ impl VersionWriter<'_> {
         let mut remote: Vec<ChunkId> = Vec::new();
         for ChunkRef(id, len) in f.chunks {
             if let Some(local) = self.sources.get(id) {
-                if let Some(bytes) = read_local(local.clone(), *id).await? {
+                if let Some(bytes) = read_local(local.clone(), *id, self.repo.naming()).await? {
                     self.fetch_remote(&mut remote, out).await?;
                     self.report.bytes_reused += *len as u64;
                     self.report.chunks_reused += 1;
@@ -160,7 +160,7 @@ impl VersionWriter<'_> {
         }
         let reads = plan(locate(self.rindex, self.repo, ids.drain(..))?);
         self.report.bytes_read_from_store += reads.iter().map(|r| r.end - r.start).sum::<u64>();
-        let bases = VersionBases::new(self.sources);
+        let bases = VersionBases::new(self.sources, self.repo.naming().clone());
         let mut frames = std::pin::pin!(fetch_with(
             self.repo,
             self.rindex,
@@ -246,7 +246,12 @@ impl Out {
 
 /// Reads one chunk from an earlier version; `None` when it is missing, short or damaged
 /// (it is fetched from the store instead).
-pub(super) async fn read_local(at: LocalChunk, id: ChunkId) -> Result<Option<Vec<u8>>, OpError> {
+pub(super) async fn read_local(
+    at: LocalChunk,
+    id: ChunkId,
+    naming: &Naming,
+) -> Result<Option<Vec<u8>>, OpError> {
+    let naming = naming.clone();
     tokio::task::spawn_blocking(move || {
         let read = || -> std::io::Result<Vec<u8>> {
             let mut f = std::fs::File::open(&at.file)?;
@@ -256,7 +261,7 @@ pub(super) async fn read_local(at: LocalChunk, id: ChunkId) -> Result<Option<Vec
             Ok(buf)
         };
         match read() {
-            Ok(buf) if ChunkId::of(&buf) == id => Some(buf),
+            Ok(buf) if naming.chunk(&buf) == id => Some(buf),
             Ok(_) => {
                 tracing::warn!(file = %at.file.display(), offset = at.offset, chunk = %id,
                     "a local copy of a chunk is damaged; fetching it from the store");
