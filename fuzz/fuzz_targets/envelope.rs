@@ -1,5 +1,6 @@
 //! Fuzzes the encryption envelope's parsers (`ferry::crypto`): a wrapped data key
-//! (`keys/<key id>`), a sealed object or frame, and a key's text. The first byte picks which;
+//! (`keys/<key id>`), a sealed object or frame, a key's text, and an encrypted repository's
+//! pack (its sealed table). The first byte picks which;
 //! the rest is the input. Nothing may panic; no forged input may open or unwrap (the fuzzer
 //! cannot forge a Poly1305 tag), and what `seal` makes must open to itself.
 #![no_main]
@@ -13,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let user = UserKey::from_bytes([1; KEY_LEN]);
     let key = DataKey::from_bytes([2; KEY_LEN]);
-    match mode % 4 {
+    match mode % 5 {
         0 => assert!(DataKey::unwrap(rest, &user, "repo", "keys/x").is_err()),
         1 => assert!(key.open("packs/x", b"frame", rest).is_err()),
         2 => {
@@ -25,6 +26,21 @@ fuzz_target!(|data: &[u8]| {
             let wrapped = key.wrap(&user, "repo");
             let again = DataKey::unwrap(&wrapped, &user, "repo", "keys/x").expect("own wrapping");
             assert_eq!(again.chunk_id(rest), key.chunk_id(rest));
+        }
+        3 => {
+            // An encrypted repository's pack: hostile bytes never parse into entries (the
+            // table must open), and a pack built with the key reads back.
+            let sealing =
+                ferry::repo::Sealing::with(std::sync::Arc::new(DataKey::from_bytes([2; KEY_LEN])));
+            let _ = ferry::repo::pack::read_pack_table(rest, &sealing, "packs/x");
+            let mut b = ferry::repo::pack::PackBuilder::new(sealing.clone());
+            let chunk = ferry::ids::ChunkId::of(rest);
+            let frame = sealing.seal_frame(&chunk, rest.to_vec());
+            b.add(chunk, &frame, rest.len() as u32, None);
+            let pack = b.seal();
+            let table = ferry::repo::pack::read_pack_table(&pack.data, &sealing, "packs/x")
+                .expect("own pack");
+            assert_eq!(table, pack.entries);
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(rest) {

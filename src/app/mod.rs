@@ -36,6 +36,16 @@ use crate::repo::config::{RepoConfig, DEFAULT_PACK_SIZE, PACK_SIZE_RANGE};
 use crate::repo::Repository;
 use crate::store::{Access, Store, StoreUrl};
 
+/// The data key a repository a push creates shares: the first encrypted target's before it,
+/// so one pass names and seals chunks for all of them.
+fn shared_data_key(
+    targets: &[(Repository, bool)],
+) -> Option<std::sync::Arc<crate::crypto::DataKey>> {
+    targets
+        .iter()
+        .find_map(|(t, _)| t.sealing().data_key().cloned())
+}
+
 /// How long a command waits for another process to release the local index.
 const INDEX_WAIT: Duration = Duration::from_secs(60);
 
@@ -199,10 +209,10 @@ impl App {
         for r in repos {
             check_outside_source(&source.key(), &r.to_string())?;
         }
-        let mut targets = Vec::new();
+        let mut targets: Vec<(Repository, bool)> = Vec::new();
         for r in repos {
             let store = self.open_store(r, Access::Write)?;
-            let new = (|| self.new_repo_config(), None);
+            let new = (|| self.new_repo_config(), shared_data_key(&targets));
             let (repo, created) = Repository::open_or_init(store, &self.settings.keys, new).await?;
             targets.push((repo, created));
         }
@@ -221,11 +231,11 @@ impl App {
         progress: &Reporter,
     ) -> Result<PushReport, OpError> {
         let source = self.open_source(source)?;
-        let mut targets = Vec::new();
+        let mut targets: Vec<(Repository, bool)> = Vec::new();
         for r in repos {
             check_outside_source(&source.key(), &r.to_string())?;
             let store = self.open_store(r, Access::Read)?;
-            let new = (|| self.new_repo_config(), None);
+            let new = (|| self.new_repo_config(), shared_data_key(&targets));
             targets.push(Repository::open_or_plan(store, &self.settings.keys, new).await?);
         }
         let index = self.index().await?;

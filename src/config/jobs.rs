@@ -51,6 +51,7 @@ pub(super) fn location(
         label: text.to_string(),
         url: parse_url(text, env)?,
         egress_usd_per_gb: default_price,
+        key_file: None,
     })
 }
 

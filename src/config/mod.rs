@@ -66,6 +66,8 @@ pub struct Config {
     pub runner: RunnerConfig,
     /// `[[jobs]]` in file order; names are unique.
     pub jobs: Vec<JobConfig>,
+    /// Every store's `key_file`, once each, in config order: the daemon's keys.
+    pub key_files: Vec<std::path::PathBuf>,
     /// Things that load but are probably mistakes (`key: problem: fix`), e.g. a source
     /// folder that does not exist: `check-config` prints them, the daemon logs them.
     pub warnings: Vec<String>,
@@ -260,6 +262,9 @@ pub struct Target {
     pub url: StoreUrl,
     /// Price of sending one GB to this target, for "egress cost avoided".
     pub egress_usd_per_gb: f64,
+    /// `key_file` of its `[stores]` entry: the key an encrypted repository there opens with
+    /// (and a repository the daemon creates there is encrypted under).
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// What starts a job's runs.

@@ -138,6 +138,7 @@ pub(super) fn pull_kind(
         label: job.dest.clone().unwrap_or_default(),
         url: StoreUrl::Local(dest.clone()),
         egress_usd_per_gb: from.egress_usd_per_gb,
+        key_file: None,
     };
     let pull = PullJob {
         from,

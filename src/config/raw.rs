@@ -53,6 +53,8 @@ pub struct RawRunner {
 pub struct RawStore {
     pub url: String,
     pub egress_usd_per_gb: Option<f64>,
+    /// The key file of an encrypted repository at `url`.
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

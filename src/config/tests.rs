@@ -418,3 +418,32 @@ fn max_egress_per_day_is_a_size_for_sending_jobs() {
         );
     }
 }
+
+/// `[stores.NAME] key_file`: the daemon's keys, each once; a missing file is a problem at
+/// that key, naming the command that makes one.
+#[test]
+fn store_key_files_are_the_daemons_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("models.key");
+    std::fs::write(&key, "not read here").unwrap();
+    let stores = format!(
+        "version = 1\n[stores.a]\nurl = \"file:///ra\"\nkey_file = {key:?}\n\
+         [stores.b]\nurl = \"file:///rb\"\nkey_file = {key:?}\n\
+         [stores.c]\nurl = \"file:///rc\"\n"
+    );
+    let text = format!(
+        "{stores}[[jobs]]\nname = \"ckpt\"\nsource = \"data/ckpt\"\ntargets = [\"a\", \"b\", \"c\"]\nwatch = true\n"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.key_files, vec![key.clone()]);
+    let job = c.job("ckpt").unwrap();
+    assert_eq!(job.targets[0].key_file.as_ref(), Some(&key));
+    assert_eq!(job.targets[2].key_file, None);
+
+    let missing = text.replace(&format!("{key:?}"), "\"/no/such.key\"");
+    let e = error(&missing);
+    assert!(
+        e.contains("stores.a.key_file") && e.contains("ferry key generate"),
+        "{e}"
+    );
+}

@@ -221,12 +221,19 @@ pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config
         }
     }
 
+    let mut key_files: Vec<std::path::PathBuf> = Vec::new();
+    for f in stores.values().filter_map(|t| t.key_file.clone()) {
+        if !key_files.contains(&f) {
+            key_files.push(f);
+        }
+    }
     if p.0.is_empty() {
         Ok(Config {
             origin: origin.to_string(),
             server,
             runner,
             jobs,
+            key_files,
             warnings: p.1,
         })
     } else {
@@ -304,7 +311,21 @@ fn stores(
         let RawStore {
             url,
             egress_usd_per_gb,
+            key_file,
         } = store;
+        let key_file = key_file.as_ref().and_then(|f| {
+            let path = std::path::PathBuf::from(f);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Some(path),
+                _ => {
+                    p.add(
+                        format!("{key}.key_file"),
+                        format!("{f}: no such key file (make one with `ferry key generate {f}`)"),
+                    );
+                    None
+                }
+            }
+        });
         let price = price(
             p,
             &format!("{key}.egress_usd_per_gb"),
@@ -319,6 +340,7 @@ fn stores(
                         label: name.clone(),
                         url: u,
                         egress_usd_per_gb: price,
+                        key_file,
                     },
                 );
             }

@@ -126,6 +126,9 @@ impl Daemon {
         // The daemon's edge: the environment's store and mirror settings, read once.
         let mut settings = crate::app::Settings::from_env().map_err(crate::ops::OpError::from)?;
         settings.store.bandwidth = bwlimit::bandwidth(&config, &clock);
+        let sources = crate::app::Settings::key_sources(config.key_files.clone());
+        settings.keys = crate::crypto::Keyring::read(sources)
+            .map_err(|e| crate::ops::OpError::Repo(e.into()))?;
         let bandwidth = settings.store.bandwidth.clone();
         let app = App::new(index_dir.to_path_buf(), settings);
         let index = app.index().await?.clone();

@@ -217,3 +217,64 @@ fn chunk_frame_problems_are_named_variants() {
         assert!(e.is_corrupt(), "{e:?}");
     }
 }
+
+/// An encrypted repository in memory: opens with its key only (none: `KeyNeeded`; another:
+/// `WrongKey`), seals what it writes (the snapshot object is not the snapshot's bytes, its id
+/// is keyed), opens it back, and a repository replicated from it shares the data key.
+#[tokio::test]
+async fn an_encrypted_repository_opens_with_its_key_only() {
+    use crate::crypto::{CryptoError, Keyring, UserKey};
+    let url: crate::store::StoreUrl = "memory://encrypted/repo".parse().unwrap();
+    let store = || Store::open_with(&url, Access::Write, &Default::default()).unwrap();
+    let key = Keyring::new(vec![UserKey::from_bytes([7; 32])]);
+    let other = Keyring::new(vec![UserKey::from_bytes([8; 32])]);
+    let config = RepoConfig::new(ChunkerParams::default(), 1 << 20).encrypted();
+    let e = Repository::init(store(), config.clone(), &Keyring::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RepoError::NoKeyToEncrypt), "{e:?}");
+    let repo = Repository::init(store(), config, &key).await.unwrap();
+    assert!(repo.sealing().is_encrypted() && repo.naming().is_keyed());
+
+    let encoded = Bytes::from_static(b"a snapshot's encoded bytes");
+    let id = repo.write_snapshot_bytes(encoded.clone()).await.unwrap();
+    assert_ne!(id, SnapshotId::of(&encoded), "the id is keyed");
+    let stored = repo.store.get(&snapshot_path(&id)).await.unwrap();
+    assert!(
+        !stored.windows(8).any(|w| w == &encoded[..8]),
+        "stored unsealed"
+    );
+    assert_eq!(repo.read_snapshot_bytes(&id).await.unwrap(), encoded);
+
+    let none = Repository::open(store(), &Keyring::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(none, RepoError::KeyNeeded { .. }), "{none:?}");
+    let wrong = Repository::open(store(), &other).await.unwrap_err();
+    assert!(
+        matches!(wrong, RepoError::Crypto(CryptoError::WrongKey { .. })),
+        "{wrong:?}"
+    );
+    assert!(wrong
+        .to_string()
+        .contains("the key does not open this repository"));
+    let again = Repository::open(store(), &key).await.unwrap();
+    assert_eq!(again.read_snapshot_bytes(&id).await.unwrap(), encoded);
+
+    // A replica made to share the data key seals alike; a new repository does not.
+    let replica_url: crate::store::StoreUrl = "memory://encrypted/replica".parse().unwrap();
+    let replica_store = Store::open_with(&replica_url, Access::Write, &Default::default()).unwrap();
+    let share = repo.sealing().data_key().cloned();
+    let (replica, created) =
+        Repository::open_or_init(replica_store, &key, (|| repo.config().derived(), share))
+            .await
+            .unwrap();
+    assert!(created && replica.sealing().same_as(repo.sealing()));
+    assert_eq!(replica.naming(), repo.naming());
+    let fresh_url: crate::store::StoreUrl = "memory://encrypted/fresh".parse().unwrap();
+    let fresh_store = Store::open_with(&fresh_url, Access::Write, &Default::default()).unwrap();
+    let fresh = Repository::init(fresh_store, repo.config().derived(), &key)
+        .await
+        .unwrap();
+    assert!(!fresh.sealing().same_as(repo.sealing()));
+}
