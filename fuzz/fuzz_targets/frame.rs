@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let raw_len = u32::from_le_bytes(data[..4].try_into().expect("4 bytes")) as usize;
     let frame = &data[4..];
     let id = ChunkId::of(frame.get(1..).unwrap_or_default());
-    if let Ok(raw) = decode(frame, raw_len, &id) {
+    if let Ok(raw) = decode(frame, raw_len, &id, &ferry::ids::Naming::PLAIN) {
         assert_eq!(raw.len(), raw_len);
         assert_eq!(ChunkId::of(&raw), id);
     }
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
             .cycle()
             .take(raw_len.min(1 << 20))
             .collect();
-        if let Ok(raw) = decode_delta(&h, &base, raw_len, &id) {
+        if let Ok(raw) = decode_delta(&h, &base, raw_len, (&id, &ferry::ids::Naming::PLAIN)) {
             assert_eq!(ChunkId::of(&raw), id);
         }
     }

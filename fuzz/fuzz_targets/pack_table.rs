@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 const TRAILER: usize = 52;
 
 fn check(pack: &[u8]) {
-    if let Ok(entries) = read_pack_table(pack) {
+    if let Ok(entries) = read_pack_table(pack, &ferry::repo::Sealing::PLAIN, "packs/x") {
         for e in entries {
             assert!(e.frame_len > 0);
             assert!(e.offset >= 8 && e.range().end <= pack.len() as u64);
