@@ -166,7 +166,7 @@ impl App {
 
     /// Creates a repository at an empty location.
     pub async fn init(&self, repo: &StoreUrl, config: RepoConfig) -> Result<InitReport, OpError> {
-        let keys = &self.settings.keys;
+        let keys = &self.settings.keys.for_store(&repo.to_string());
         let r = Repository::init(self.open_store(repo, Access::Write)?, config, keys).await?;
         Ok(InitReport {
             repo: r.url(),
@@ -213,7 +213,8 @@ impl App {
         for r in repos {
             let store = self.open_store(r, Access::Write)?;
             let new = (|| self.new_repo_config(), shared_data_key(&targets));
-            let (repo, created) = Repository::open_or_init(store, &self.settings.keys, new).await?;
+            let keys = self.settings.keys.for_store(&r.to_string());
+            let (repo, created) = Repository::open_or_init(store, &keys, new).await?;
             targets.push((repo, created));
         }
         let index = self.index().await?;
@@ -236,7 +237,8 @@ impl App {
             check_outside_source(&source.key(), &r.to_string())?;
             let store = self.open_store(r, Access::Read)?;
             let new = (|| self.new_repo_config(), shared_data_key(&targets));
-            targets.push(Repository::open_or_plan(store, &self.settings.keys, new).await?);
+            let keys = self.settings.keys.for_store(&r.to_string());
+            targets.push(Repository::open_or_plan(store, &keys, new).await?);
         }
         let index = self.index().await?;
         let how = (opts, prices);
@@ -257,7 +259,8 @@ impl App {
             || from.config().derived(),
             from.sealing().data_key().cloned(),
         );
-        let (to, created) = Repository::open_or_plan(store, &self.settings.keys, new).await?;
+        let keys = self.settings.keys.for_store(&to.to_string());
+        let (to, created) = Repository::open_or_plan(store, &keys, new).await?;
         let names: Vec<String> = names.iter().map(RefName::to_string).collect();
         let index = self.index().await?;
         crate::ops::replicate_dry::replicate_dry(&from, (&to, created), &names, index, prices).await
@@ -360,7 +363,8 @@ impl App {
             || from.config().derived(),
             from.sealing().data_key().cloned(),
         );
-        let (to, _) = Repository::open_or_init(store, &self.settings.keys, new).await?;
+        let keys = self.settings.keys.for_store(&to.to_string());
+        let (to, _) = Repository::open_or_init(store, &keys, new).await?;
         let names: Vec<String> = names.iter().map(RefName::to_string).collect();
         let index = self.index().await?;
         crate::ops::replicate::replicate(&from, &to, &names, index, progress, sharded).await

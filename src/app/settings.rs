@@ -77,6 +77,7 @@ impl Settings {
                 .ok()
                 .filter(|v| !v.trim().is_empty())
                 .map(zeroize::Zeroizing::new),
+            bound: Vec::new(),
         }
     }
 }

@@ -357,6 +357,11 @@ pub fn replicate(r: &ReplicateReport) -> String {
         count(r.upload.packs_uploaded, "pack"),
         r.duration_secs
     );
+    if r.resealed {
+        s.push_str(
+            "\n  re-sealed: the two repositories are encrypted differently (or one is plain), so every chunk was read, named and sealed anew for the target, as full frames",
+        );
+    }
     if r.chunks_delta > 0 {
         s.push_str(&format!(
             "\n  {} copied as stored deltas, saving about {} against the full frames under them",

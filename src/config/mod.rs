@@ -66,8 +66,9 @@ pub struct Config {
     pub runner: RunnerConfig,
     /// `[[jobs]]` in file order; names are unique.
     pub jobs: Vec<JobConfig>,
-    /// Every store's `key_file`, once each, in config order: the daemon's keys.
-    pub key_files: Vec<std::path::PathBuf>,
+    /// Every store's `key_file`, with the store's URL, in config order: the daemon's keys,
+    /// each bound to its store.
+    pub store_keys: Vec<(StoreUrl, std::path::PathBuf)>,
     /// Things that load but are probably mistakes (`key: problem: fix`), e.g. a source
     /// folder that does not exist: `check-config` prints them, the daemon logs them.
     pub warnings: Vec<String>,

@@ -419,8 +419,8 @@ fn max_egress_per_day_is_a_size_for_sending_jobs() {
     }
 }
 
-/// `[stores.NAME] key_file`: the daemon's keys, each once; a missing file is a problem at
-/// that key, naming the command that makes one.
+/// `[stores.NAME] key_file`: the daemon's keys, each bound to its store; a missing file is a
+/// problem at that key, naming the command that makes one.
 #[test]
 fn store_key_files_are_the_daemons_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -435,7 +435,18 @@ fn store_key_files_are_the_daemons_keys() {
         "{stores}[[jobs]]\nname = \"ckpt\"\nsource = \"data/ckpt\"\ntargets = [\"a\", \"b\", \"c\"]\nwatch = true\n"
     );
     let c = load(&text).unwrap();
-    assert_eq!(c.key_files, vec![key.clone()]);
+    let bound: Vec<(String, PathBuf)> = c
+        .store_keys
+        .iter()
+        .map(|(u, f)| (u.to_string(), f.clone()))
+        .collect();
+    assert_eq!(
+        bound,
+        vec![
+            ("file:///ra".to_string(), key.clone()),
+            ("file:///rb".to_string(), key.clone())
+        ]
+    );
     let job = c.job("ckpt").unwrap();
     assert_eq!(job.targets[0].key_file.as_ref(), Some(&key));
     assert_eq!(job.targets[2].key_file, None);

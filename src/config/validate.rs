@@ -221,19 +221,17 @@ pub(super) fn validate(raw: RawConfig, origin: &str, env: &Env) -> Result<Config
         }
     }
 
-    let mut key_files: Vec<std::path::PathBuf> = Vec::new();
-    for f in stores.values().filter_map(|t| t.key_file.clone()) {
-        if !key_files.contains(&f) {
-            key_files.push(f);
-        }
-    }
+    let store_keys = stores
+        .values()
+        .filter_map(|t| Some((t.url.clone(), t.key_file.clone()?)))
+        .collect();
     if p.0.is_empty() {
         Ok(Config {
             origin: origin.to_string(),
             server,
             runner,
             jobs,
-            key_files,
+            store_keys,
             warnings: p.1,
         })
     } else {

@@ -19,6 +19,9 @@ pub struct KeySources {
     pub env_file: Option<PathBuf>,
     /// `FERRY_KEY`: the key's text itself.
     pub env_key: Option<Zeroizing<String>>,
+    /// Keys bound to one store (the daemon's `key_file` per `[stores]` entry): its URL, the
+    /// key file.
+    pub bound: Vec<(String, PathBuf)>,
 }
 
 /// The name `FERRY_KEY` goes by in errors (never its value).
@@ -26,10 +29,14 @@ pub const KEY_VAR: &str = "FERRY_KEY";
 /// The variable naming a key file.
 pub const KEY_FILE_VAR: &str = "FERRY_KEY_FILE";
 
-/// The user keys of one process (none: it works with plain repositories only). Cheap to
-/// clone; `Debug` shows key ids only.
+/// The user keys of one process (none: it works with plain repositories only), some of them
+/// bound to one store. Cheap to clone; `Debug` shows key ids only.
 #[derive(Clone, Default)]
-pub struct Keyring(Arc<Vec<UserKey>>);
+pub struct Keyring {
+    keys: Arc<Vec<UserKey>>,
+    /// Store URL → the id of its key (see [`Self::for_store`]).
+    bound: Arc<Vec<(String, KeyId)>>,
+}
 
 impl Keyring {
     /// Reads every key `sources` name; a file that cannot be read or text that is not a key
@@ -42,29 +49,61 @@ impl Keyring {
         if let Some(text) = &sources.env_key {
             keys.push(UserKey::parse(text, KEY_VAR)?);
         }
-        Ok(Self::new(keys))
+        let mut bound = Vec::new();
+        for (url, path) in &sources.bound {
+            let key = UserKey::read_file(path)?;
+            bound.push((url.clone(), key.id()));
+            keys.push(key);
+        }
+        let mut ring = Self::new(keys);
+        ring.bound = Arc::new(bound);
+        Ok(ring)
     }
 
     /// A ring of `keys` (the same key given twice is kept once).
     pub fn new(keys: Vec<UserKey>) -> Self {
         let mut seen = std::collections::HashSet::new();
         let keys = keys.into_iter().filter(|k| seen.insert(k.id())).collect();
-        Self(Arc::new(keys))
+        Self {
+            keys: Arc::new(keys),
+            bound: Arc::default(),
+        }
+    }
+
+    /// The keys for the store at `url`: the ones bound to it when there are (a repository
+    /// created there is wrapped under those only, and must open with them), else every key.
+    pub fn for_store(&self, url: &str) -> Keyring {
+        let ids: Vec<KeyId> = self
+            .bound
+            .iter()
+            .filter(|(u, _)| u == url)
+            .map(|(_, id)| *id)
+            .collect();
+        if ids.is_empty() {
+            return self.clone();
+        }
+        let keys = self
+            .keys
+            .iter()
+            .filter(|k| ids.contains(&k.id()))
+            .map(|k| UserKey::from_bytes(*k.0))
+            .collect();
+        Self::new(keys)
     }
 
     /// Whether the process holds no key.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.keys.is_empty()
     }
 
     /// The keys, in the order given.
     pub fn keys(&self) -> &[UserKey] {
-        &self.0
+        &self.keys
     }
 
     /// The ids of the keys, in the order given.
     pub fn ids(&self) -> Vec<KeyId> {
-        self.0.iter().map(UserKey::id).collect()
+        self.keys.iter().map(UserKey::id).collect()
     }
 }
 
@@ -77,5 +116,29 @@ impl std::fmt::Debug for Keyring {
 impl PartialEq for Keyring {
     fn eq(&self, other: &Self) -> bool {
         self.ids() == other.ids()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_with_a_bound_key_gets_that_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+        UserKey::from_bytes([1; 32]).write_new(&a).unwrap();
+        UserKey::from_bytes([2; 32]).write_new(&b).unwrap();
+        let ring = Keyring::read(KeySources {
+            files: vec![a.clone()],
+            bound: vec![("s3://bucket/b".into(), b.clone())],
+            ..KeySources::default()
+        })
+        .unwrap();
+        assert_eq!(ring.keys().len(), 2);
+        let b_id = UserKey::from_bytes([2; 32]).id();
+        assert_eq!(ring.for_store("s3://bucket/b").ids(), vec![b_id]);
+        assert_eq!(ring.for_store("s3://bucket/other").ids().len(), 2);
+        assert!(!format!("{ring:?}").contains(&"01".repeat(32)), "{ring:?}");
     }
 }

@@ -27,6 +27,8 @@ const TAG_LEN: usize = 16;
 const SEAL_VERSION: u8 = 1;
 /// What sealing adds to its plaintext: version, nonce, tag.
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+/// Where a sealed object's ciphertext starts (after the version byte and the nonce).
+pub const PEEK_OFFSET: usize = 1 + NONCE_LEN;
 /// The first bytes of a wrapped data key (`keys/<key id>`).
 const WRAP_MAGIC: &[u8; 8] = b"FRYKEY01";
 /// Bytes of a key id.
@@ -145,6 +147,8 @@ impl std::fmt::Display for KeyId {
 pub struct DataKey {
     raw: Zeroizing<[u8; KEY_LEN]>,
     id_key: Zeroizing<[u8; KEY_LEN]>,
+    /// The sealing key itself, for [`Self::peek`].
+    seal_key: Zeroizing<[u8; KEY_LEN]>,
     sealer: XChaCha20Poly1305,
 }
 
@@ -158,9 +162,10 @@ impl DataKey {
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         let raw = Zeroizing::new(bytes);
         let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_CHUNK_ID, &raw[..]));
-        let seal = Zeroizing::new(blake3::derive_key(CONTEXT_SEAL, &raw[..]));
+        let seal_key = Zeroizing::new(blake3::derive_key(CONTEXT_SEAL, &raw[..]));
         Self {
-            sealer: XChaCha20Poly1305::new((&*seal).into()),
+            sealer: XChaCha20Poly1305::new((&*seal_key).into()),
+            seal_key,
             raw,
             id_key,
         }
@@ -198,6 +203,27 @@ impl DataKey {
             .expect("XChaCha20-Poly1305 seals any length a process holds");
         out.extend_from_slice(&tag);
         out
+    }
+
+    /// The first bytes of what [`Self::seal`] sealed, from a prefix of the sealed bytes (at
+    /// least [`PEEK_OFFSET`] long), decrypted **without authentication**: XChaCha20's
+    /// keystream from the payload's first block on, as the AEAD applies it. A hint only,
+    /// never trusted as data — what a plain repository's unchecked head read would give (a
+    /// delta push reads a frame's 34-byte head so). `None` when the prefix is too short or of
+    /// another sealing version.
+    pub fn peek(&self, sealed_prefix: &[u8]) -> Option<Vec<u8>> {
+        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        if sealed_prefix.len() < PEEK_OFFSET || sealed_prefix[0] != SEAL_VERSION {
+            return None;
+        }
+        let nonce = &sealed_prefix[1..PEEK_OFFSET];
+        let mut out = sealed_prefix[PEEK_OFFSET..].to_vec();
+        let mut cipher =
+            chacha20::XChaCha20::new((&*self.seal_key).into(), XNonce::from_slice(nonce));
+        // Block 0 keys Poly1305; the payload is encrypted from block 1 on (RFC 8439 § 2.8).
+        cipher.seek(64u64);
+        cipher.apply_keystream(&mut out);
+        Some(out)
     }
 
     /// Opens what [`Self::seal`] made for the same `context`; `object` names it in errors.

@@ -159,3 +159,28 @@ proptest! {
         prop_assert!(DataKey::unwrap(&bytes, &user(1), "r", "keys/x").is_err());
     }
 }
+
+/// `peek` reads a sealed frame's head without the tag: the plaintext's first bytes from any
+/// prefix of the sealed bytes, the whole plaintext from all of it; under another key it reads
+/// something else, and a short prefix or another version reads nothing.
+#[test]
+fn peek_reads_a_sealed_head_without_the_tag() {
+    let key = DataKey::from_bytes([5; KEY_LEN]);
+    let plain: Vec<u8> = (0..300u32).map(|i| (i * 31 % 251) as u8).collect();
+    let sealed = key.seal(b"frame x", &plain);
+    for head in [0, 1, 34, 64, 65, 200] {
+        let got = key.peek(&sealed[..PEEK_OFFSET + head]).expect("a prefix");
+        assert_eq!(got, plain[..head], "head {head}");
+    }
+    let whole = key.peek(&sealed[..sealed.len() - 16]).expect("all of it");
+    assert_eq!(whole, plain);
+    let other = DataKey::from_bytes([6; KEY_LEN]);
+    assert_ne!(
+        other.peek(&sealed[..PEEK_OFFSET + 34]).unwrap(),
+        plain[..34]
+    );
+    assert!(key.peek(&sealed[..PEEK_OFFSET - 1]).is_none());
+    let mut v2 = sealed.clone();
+    v2[0] = 2;
+    assert!(key.peek(&v2[..PEEK_OFFSET + 34]).is_none());
+}

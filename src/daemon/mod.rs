@@ -126,7 +126,12 @@ impl Daemon {
         // The daemon's edge: the environment's store and mirror settings, read once.
         let mut settings = crate::app::Settings::from_env().map_err(crate::ops::OpError::from)?;
         settings.store.bandwidth = bwlimit::bandwidth(&config, &clock);
-        let sources = crate::app::Settings::key_sources(config.key_files.clone());
+        let mut sources = crate::app::Settings::key_sources(Vec::new());
+        sources.bound = config
+            .store_keys
+            .iter()
+            .map(|(url, file)| (url.to_string(), file.clone()))
+            .collect();
         settings.keys = crate::crypto::Keyring::read(sources)
             .map_err(|e| crate::ops::OpError::Repo(e.into()))?;
         let bandwidth = settings.store.bandwidth.clone();

@@ -265,6 +265,35 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Records that snapshot `src` of repository `from` was re-sealed into `to` as `dst`
+    /// (replication between repositories sealed differently, `ops::reseal`).
+    pub fn mark_resealed(
+        &self,
+        from: &str,
+        to: &str,
+        src: &SnapshotId,
+        dst: &SnapshotId,
+    ) -> Result<(), IndexError> {
+        self.tree(format!("resealed/{from}/{to}"))?
+            .insert(src.0, &dst.0)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The snapshot of `to` that snapshot `src` of `from` was re-sealed into, if recorded.
+    pub fn resealed(
+        &self,
+        from: &str,
+        to: &str,
+        src: &SnapshotId,
+    ) -> Result<Option<SnapshotId>, IndexError> {
+        Ok(self
+            .tree(format!("resealed/{from}/{to}"))?
+            .get(src.0)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| SnapshotId::from_slice(&v)))
+    }
+
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), IndexError> {
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))

@@ -15,6 +15,7 @@ pub(crate) mod ref_log;
 pub(crate) mod repair;
 pub(crate) mod replicate;
 pub(crate) mod replicate_dry;
+pub(crate) mod reseal;
 pub mod restore;
 pub(crate) mod restore_local;
 pub mod select;
@@ -191,7 +192,7 @@ pub enum OpError {
     },
     /// Two repositories of one push (or replication) seal or name chunks differently: one
     /// plain and one encrypted, or encrypted under different data keys.
-    #[error("{a} and {b} are not encrypted alike (one plain and one encrypted, or under different data keys): chunks are named and sealed per data key, so push to them separately; a replication target made by `ferry replicate` shares its source's data key")]
+    #[error("{a} and {b} are not encrypted alike (one plain and one encrypted, or under different data keys): chunks are named and sealed per data key, so push to them separately; `ferry replicate` between them re-encrypts, but not sharded or as a dry run")]
     KeyMismatch {
         /// The first repository's URL.
         a: String,

@@ -353,21 +353,16 @@ async fn cached_key(t: &DeltaTarget, cache: &BaseCache, id: &ChunkId) -> Option<
 
 /// The head of chunk `id`'s frame in the repository — `(depth, base)` for a delta frame —
 /// and its stored length; `None` when it cannot be read (the caller reads the chunk whole).
-/// In an encrypted repository a frame opens only whole, so the whole frame is read.
+/// In an encrypted repository the head is decrypted without the frame's tag (a frame opens
+/// only whole): a hint, as the plain head read is; the frame itself is checked when decoded.
 async fn stored_head(t: &DeltaTarget, id: &ChunkId) -> Option<(Option<(u8, ChunkId)>, u64)> {
     let loc = t.rindex.locate(id).ok()??;
     let range = loc.entry.range();
     let sealing = t.repo.sealing();
-    let head = match sealing.is_encrypted() {
-        true => range.clone(),
-        false => range.start..range.end.min(range.start + codec::DELTA_HEADER_LEN as u64),
-    };
+    let head = sealing.head_range(range.clone(), codec::DELTA_HEADER_LEN as u64);
     let bytes = t.repo.read_pack_range(&loc.pack, head).await.ok()?;
     t.read_back.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    let object = t.repo.pack_url(&loc.pack);
-    let bytes = sealing
-        .open_frame(&object, loc.entry.offset, id, bytes)
-        .ok()?;
+    let bytes = sealing.peek_frame_head(bytes)?;
     let header = codec::delta_header(&bytes).ok()?;
     Some((header.map(|h| (h.depth, h.base)), range.end - range.start))
 }

@@ -67,6 +67,9 @@ pub struct ReplicateReport {
     pub upload: UploadStats,
     /// Ref log entries this process appended in the target.
     pub refs_advanced: u64,
+    /// The two repositories are sealed differently (plain ↔ encrypted, or two data keys):
+    /// every chunk was read, named and sealed anew for the target, as a full frame.
+    pub resealed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<ReplicaShardReport>,
     pub duration_secs: f64,
@@ -75,8 +78,6 @@ pub struct ReplicateReport {
     pub dry_run: Option<crate::ops::egress::DryRun>,
 }
 
-/// Copies the refs `names` (all refs when empty) from `from` to `to`; with `sharded`, only
-/// the chunks that shard owns, committing the run when every shard is done.
 /// Replication copies chunks by id and frames as stored: both repositories must cut alike
 /// and seal alike (both plain, or under one data key).
 pub(crate) fn check_alike(from: &Repository, to: &Repository) -> Result<(), OpError> {
@@ -95,6 +96,10 @@ pub(crate) fn check_alike(from: &Repository, to: &Repository) -> Result<(), OpEr
     Ok(())
 }
 
+/// Copies the refs `names` (all refs when empty) from `from` to `to`; with `sharded`, only
+/// the chunks that shard owns, committing the run when every shard is done. Between
+/// repositories sealed differently (plain ↔ encrypted, or two data keys) every chunk is
+/// re-sealed instead (`ops::reseal`; not sharded).
 pub async fn replicate(
     from: &Repository,
     to: &Repository,
@@ -104,6 +109,12 @@ pub async fn replicate(
     sharded: Option<&ReplicaShard>,
 ) -> Result<ReplicateReport, OpError> {
     let started = Instant::now();
+    if from.config().chunker == to.config().chunker
+        && !from.sealing().same_as(to.sealing())
+        && sharded.is_none()
+    {
+        return crate::ops::reseal::replicate_resealed(from, to, names, index, progress).await;
+    }
     check_alike(from, to)?;
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
@@ -167,6 +178,7 @@ pub async fn replicate(
         bytes_saved_by_deltas: copied.bytes_saved_by_deltas,
         upload,
         refs_advanced: 0,
+        resealed: false,
         shard: None,
         duration_secs: 0.0,
         dry_run: None,

@@ -101,6 +101,7 @@ pub async fn replicate_dry(
         bytes_saved_by_deltas: 0,
         upload,
         refs_advanced,
+        resealed: false,
         shard: None,
         duration_secs: started.elapsed().as_secs_f64(),
         dry_run: Some(DryRun::of(vec![forecast])),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use super::{RepoError, Repository};
-use crate::crypto::{CryptoError, DataKey, KeyId, Keyring, UserKey, SEAL_OVERHEAD};
+use crate::crypto::{CryptoError, DataKey, KeyId, Keyring, UserKey, PEEK_OFFSET, SEAL_OVERHEAD};
 use crate::ids::{ChunkId, Naming};
 use crate::store::Store;
 
@@ -74,6 +74,28 @@ impl Sealing {
             SEAL_OVERHEAD as u64
         } else {
             0
+        }
+    }
+
+    /// The range to read for the first `len` bytes of the frame stored at `frame` (in a pack):
+    /// an encrypted frame's head comes after its version byte and nonce.
+    pub fn head_range(&self, frame: std::ops::Range<u64>, len: u64) -> std::ops::Range<u64> {
+        let len = len
+            + if self.is_encrypted() {
+                PEEK_OFFSET as u64
+            } else {
+                0
+            };
+        frame.start..frame.end.min(frame.start + len)
+    }
+
+    /// The head of a frame from the bytes [`Self::head_range`] named: as read in a plain
+    /// repository; decrypted without its tag in an encrypted one (`DataKey::peek`) — a hint,
+    /// as an unchecked head read is, never data. `None` when it cannot be read.
+    pub fn peek_frame_head(&self, prefix: Bytes) -> Option<Bytes> {
+        match &self.0 {
+            None => Some(prefix),
+            Some(k) => k.peek(&prefix).map(Bytes::from),
         }
     }
 
