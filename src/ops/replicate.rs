@@ -78,24 +78,6 @@ pub struct ReplicateReport {
     pub dry_run: Option<crate::ops::egress::DryRun>,
 }
 
-/// Replication copies chunks by id and frames as stored: both repositories must cut alike
-/// and seal alike (both plain, or under one data key).
-pub(crate) fn check_alike(from: &Repository, to: &Repository) -> Result<(), OpError> {
-    if from.config().chunker != to.config().chunker {
-        return Err(OpError::ChunkerMismatch {
-            a: from.url(),
-            b: to.url(),
-        });
-    }
-    if !from.sealing().same_as(to.sealing()) {
-        return Err(OpError::KeyMismatch {
-            a: from.url(),
-            b: to.url(),
-        });
-    }
-    Ok(())
-}
-
 /// Copies the refs `names` (all refs when empty) from `from` to `to`; with `sharded`, only
 /// the chunks that shard owns, committing the run when every shard is done. Between
 /// repositories sealed differently (plain ↔ encrypted, or two data keys) every chunk is
@@ -115,7 +97,7 @@ pub async fn replicate(
     {
         return crate::ops::reseal::replicate_resealed(from, to, names, index, progress).await;
     }
-    check_alike(from, to)?;
+    crate::ops::targets::check_alike(from, to)?;
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
     sync_index(from, &from_index).await?;

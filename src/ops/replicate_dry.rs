@@ -33,7 +33,7 @@ pub async fn replicate_dry(
     prices: &Prices,
 ) -> Result<ReplicateReport, OpError> {
     let started = Instant::now();
-    crate::ops::replicate::check_alike(from, to)?;
+    crate::ops::targets::check_alike(from, to)?;
     let from_index = index.repo(from.id())?;
     let to_index = index.repo(to.id())?;
     sync_index(from, &from_index).await?;

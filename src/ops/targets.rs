@@ -74,29 +74,31 @@ impl FromIterator<usize> for TargetSet {
 }
 
 /// The chunker parameters and zstd level of the first repository, which every other must
-/// share (chunk ids would differ otherwise).
+/// share, cutting and sealing alike (chunk ids would differ otherwise).
 pub(crate) fn common_format(
     targets: &[(Repository, bool)],
 ) -> Result<(ChunkerParams, i32), OpError> {
     let Some((first, _)) = targets.first() else {
         return Err(OpError::TargetCount { count: 0 });
     };
-    let params = first.config().chunker;
     for (t, _) in &targets[1..] {
-        if t.config().chunker != params {
-            return Err(OpError::ChunkerMismatch {
-                a: first.url(),
-                b: t.url(),
-            });
-        }
-        if !t.sealing().same_as(first.sealing()) {
-            return Err(OpError::KeyMismatch {
-                a: first.url(),
-                b: t.url(),
-            });
-        }
+        check_alike(first, t)?;
     }
-    Ok((params, first.config().zstd_level))
+    Ok((first.config().chunker, first.config().zstd_level))
+}
+
+/// Whether chunks and frames carry over between `a` and `b` as they are: both cut alike
+/// (chunker parameters) and sealed alike (both plain, or under one data key).
+pub(crate) fn check_alike(a: &Repository, b: &Repository) -> Result<(), OpError> {
+    if a.config().chunker != b.config().chunker {
+        let (a, b) = (a.url(), b.url());
+        return Err(OpError::ChunkerMismatch { a, b });
+    }
+    if !a.sealing().same_as(b.sealing()) {
+        let (a, b) = (a.url(), b.url());
+        return Err(OpError::KeyMismatch { a, b });
+    }
+    Ok(())
 }
 
 /// The local file cache's key for `source` pushed into repositories naming chunks by

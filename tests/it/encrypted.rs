@@ -62,6 +62,13 @@ fn needles(src: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// A new key file `LABEL.key` (`ferry key generate`).
+fn new_key(ctx: &Ctx, label: &str) -> std::path::PathBuf {
+    let path = ctx.path(&format!("{label}.key"));
+    ctx.ferry().json(&["key", "generate", s(&path)]);
+    path
+}
+
 /// A second, empty location on `backend` (a folder beside the first for `file://`).
 fn second(ctx: &Ctx, backend: Backend) -> (String, Option<Location>) {
     match backend {
@@ -173,10 +180,8 @@ pub fn flipped_bytes_and_wrong_keys_are_named(backend: Backend) {
     let Some(ctx) = Ctx::new(&[backend]) else {
         return;
     };
-    let (k1, k2) = (ctx.path("k1.key"), ctx.path("k2.key"));
     let ferry = ctx.ferry();
-    ferry.json(&["key", "generate", s(&k1)]);
-    ferry.json(&["key", "generate", s(&k2)]);
+    let (k1, k2) = (new_key(&ctx, "k1"), new_key(&ctx, "k2"));
     let src = ctx.dir("src");
     source(&src);
     let repo = ctx.location(backend);
@@ -260,9 +265,8 @@ fn deltas_and_shards_on_an_encrypted_repository() {
     let Some(ctx) = Ctx::new(&[Backend::File]) else {
         return;
     };
-    let key_path = ctx.path("k.key");
     let ferry = ctx.ferry();
-    ferry.json(&["key", "generate", s(&key_path)]);
+    let key_path = new_key(&ctx, "k");
     let key = ["--key-file", s(&key_path)];
     let repo = ctx.location(Backend::File);
     ferry.json(&[&["init", &repo.url, "--encrypt", "--deltas", "2"][..], &key].concat());
@@ -345,9 +349,8 @@ fn a_push_with_a_key_creates_encrypted_repositories_alike() {
     let Some(ctx) = Ctx::new(&[Backend::File]) else {
         return;
     };
-    let key_path = ctx.path("k.key");
     let ferry = ctx.ferry();
-    ferry.json(&["key", "generate", s(&key_path)]);
+    let key_path = new_key(&ctx, "k");
     let key = ["--key-file", s(&key_path)];
     let src = ctx.dir("src");
     source(&src);
@@ -384,10 +387,8 @@ pub fn replicate_reseals_between_keys_and_plain(backend: Backend) {
     let Some(ctx) = Ctx::new(&[backend]) else {
         return;
     };
-    let (k1, k2) = (ctx.path("k1.key"), ctx.path("k2.key"));
     let ferry = ctx.ferry();
-    ferry.json(&["key", "generate", s(&k1)]);
-    ferry.json(&["key", "generate", s(&k2)]);
+    let (k1, k2) = (new_key(&ctx, "k1"), new_key(&ctx, "k2"));
     let both = ["--key-file", s(&k1), "--key-file", s(&k2)];
     let src = ctx.dir("src");
     source(&src);
@@ -460,10 +461,8 @@ fn daemon_jobs_use_each_stores_key_file() {
     let Some(ctx) = Ctx::new(&[Backend::File]) else {
         return;
     };
-    let (k1, k2) = (ctx.path("k1.key"), ctx.path("k2.key"));
     let ferry = ctx.ferry();
-    ferry.json(&["key", "generate", s(&k1)]);
-    ferry.json(&["key", "generate", s(&k2)]);
+    let (k1, k2) = (new_key(&ctx, "k1"), new_key(&ctx, "k2"));
     let src = ctx.dir("src");
     source(&src);
     let (a, b) = (ctx.path("a"), ctx.path("b"));
