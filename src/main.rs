@@ -463,12 +463,14 @@ async fn run_check_command(
             delete,
             dry_run,
             rehash,
+            allow_encrypted_source,
             ..
         } => {
             let opts = ferry::mirror::MirrorOptions {
                 delete,
                 dry_run,
                 rehash,
+                allow_encrypted_source,
             };
             let r = commands::mirror(ctx, &source, &dest, opts).await?;
             emit(json, &r, render::mirror)?

@@ -225,6 +225,10 @@ pub(crate) enum Command {
         /// Read and hash every source file, even those the local index says are unchanged.
         #[arg(long)]
         rehash: bool,
+        /// Mirror SOURCE even when it holds an encrypted ferry repository (its objects are
+        /// ciphertext; to publish plain files, `ferry restore` a snapshot instead).
+        #[arg(long)]
+        allow_encrypted_source: bool,
         #[command(flatten)]
         limit: Limit,
     },

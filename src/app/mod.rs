@@ -378,6 +378,13 @@ impl App {
         opts: MirrorOptions,
         progress: &Reporter,
     ) -> Result<MirrorReport, OpError> {
+        if !opts.allow_encrypted_source
+            && Repository::encrypted_at(&self.open_store(source, Access::Read)?).await?
+        {
+            return Err(OpError::EncryptedMirrorSource {
+                location: source.to_string(),
+            });
+        }
         let source = self.open_source(source)?;
         // Before the destination is opened (which creates a local folder).
         crate::mirror::check_no_overlap(&source.key(), &dest.to_string())?;

@@ -136,6 +136,7 @@ async fn mirror_targets(
         delete,
         dry_run: false,
         rehash: false,
+        allow_encrypted_source: false,
     };
     let mut out = Vec::new();
     for &t in targets {

@@ -55,6 +55,9 @@ pub struct MirrorOptions {
     pub dry_run: bool,
     /// Read and hash every source file, even those the index records as unchanged.
     pub rehash: bool,
+    /// Mirror a source that holds an encrypted ferry repository anyway (its objects are
+    /// ciphertext: the mirror would hold the repository's objects, not plain files).
+    pub allow_encrypted_source: bool,
 }
 
 /// The environment variable [`MirrorSettings::stale_uploads_after`] is read from.

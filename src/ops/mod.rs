@@ -199,6 +199,12 @@ pub enum OpError {
         /// The repository sealed otherwise.
         b: String,
     },
+    /// `ferry mirror` of a location holding an encrypted repository, not asked for.
+    #[error("{location} holds an encrypted ferry repository: a mirror would copy its objects as they are (ciphertext, readable by no consumer); to publish plain files, `ferry restore` a snapshot to the destination, or pass --allow-encrypted-source to copy the repository's objects anyway")]
+    EncryptedMirrorSource {
+        /// The mirror's source.
+        location: String,
+    },
     /// `init --pack-size` outside [`crate::repo::config::PACK_SIZE_RANGE`].
     #[error(
         "pack size {size} is out of range: choose between 1MiB and 1GiB (e.g. --pack-size 32MiB)"
@@ -369,6 +375,7 @@ impl OpError {
             | OpError::FolderInTheWay { .. }
             | OpError::ChunkerMismatch { .. }
             | OpError::KeyMismatch { .. }
+            | OpError::EncryptedMirrorSource { .. }
             | OpError::DeltaDepthAboveRepository { .. }
             | OpError::Key(_)
             | OpError::Names(_)

@@ -222,6 +222,15 @@ impl Repository {
         Ok((Self::assemble(store, config, sealing), true))
     }
 
+    /// Whether `store` holds an encrypted ferry repository (a `config` object that is one;
+    /// anything else, or nothing, is not).
+    pub async fn encrypted_at(store: &Store) -> Result<bool, RepoError> {
+        let config = store.get_opt(&config_path()).await?;
+        Ok(config
+            .and_then(|b| RepoConfig::decode(&b).ok())
+            .is_some_and(|c| c.is_encrypted()))
+    }
+
     async fn read_config(store: &Store) -> Result<Option<RepoConfig>, RepoError> {
         let Some(bytes) = store.get_opt(&config_path()).await? else {
             return Ok(None);

@@ -502,3 +502,46 @@ fn daemon_jobs_use_each_stores_key_file() {
         data::assert_same_tree(&src, &out);
     }
 }
+
+/// `ferry mirror` from a location holding an encrypted repository is refused, naming the
+/// way to publish plain files and the flag that copies the repository's objects anyway.
+#[test]
+fn mirroring_an_encrypted_repository_needs_asking() {
+    let Some(ctx) = Ctx::new(&[Backend::File]) else {
+        return;
+    };
+    let ferry = ctx.ferry();
+    let key_path = new_key(&ctx, "k");
+    let src = ctx.dir("src");
+    source(&src);
+    let repo = ctx.dir("repo");
+    let repo_url = format!("file://{}", s(&repo));
+    ferry.json(&["init", &repo_url, "--encrypt", "--key-file", s(&key_path)]);
+    ferry.json(&[
+        "push",
+        s(&src),
+        &repo_url,
+        "--name",
+        "m",
+        "--key-file",
+        s(&key_path),
+    ]);
+    let dest = ctx.path("mirror");
+    let refused = ferry.run(&["mirror", s(&repo), s(&dest)]);
+    let line = refused.error_line();
+    assert!(
+        !refused.status.success()
+            && line.contains("encrypted ferry repository")
+            && line.contains("ferry restore")
+            && line.contains("--allow-encrypted-source"),
+        "{refused}"
+    );
+    assert!(!dest.join("config").exists(), "the refused mirror wrote");
+    ferry.json(&["mirror", s(&repo), s(&dest), "--allow-encrypted-source"]);
+    assert!(
+        dest.join("config").exists(),
+        "the asked-for mirror copied nothing"
+    );
+    // A plain folder mirrors as before.
+    ferry.json(&["mirror", s(&src), s(&ctx.path("plain-mirror"))]);
+}
