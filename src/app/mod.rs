@@ -89,11 +89,11 @@ impl App {
     }
 
     /// The config of a repository this process creates where a push finds an empty location:
-    /// encrypted when the process holds a key (so a key given for a store never leads to
-    /// plain objects there).
-    fn new_repo_config(&self) -> RepoConfig {
+    /// encrypted when the process holds a key for that store, `keys` (so a key given for a
+    /// store never leads to plain objects there).
+    fn new_repo_config(keys: &crate::crypto::Keyring) -> RepoConfig {
         let c = RepoConfig::new(ChunkerParams::default(), DEFAULT_PACK_SIZE);
-        if self.settings.keys.is_empty() {
+        if keys.is_empty() {
             c
         } else {
             c.encrypted()
@@ -212,8 +212,8 @@ impl App {
         let mut targets: Vec<(Repository, bool)> = Vec::new();
         for r in repos {
             let store = self.open_store(r, Access::Write)?;
-            let new = (|| self.new_repo_config(), shared_data_key(&targets));
             let keys = self.settings.keys.for_store(&r.to_string());
+            let new = (|| Self::new_repo_config(&keys), shared_data_key(&targets));
             let (repo, created) = Repository::open_or_init(store, &keys, new).await?;
             targets.push((repo, created));
         }
@@ -236,8 +236,8 @@ impl App {
         for r in repos {
             check_outside_source(&source.key(), &r.to_string())?;
             let store = self.open_store(r, Access::Read)?;
-            let new = (|| self.new_repo_config(), shared_data_key(&targets));
             let keys = self.settings.keys.for_store(&r.to_string());
+            let new = (|| Self::new_repo_config(&keys), shared_data_key(&targets));
             targets.push(Repository::open_or_plan(store, &keys, new).await?);
         }
         let index = self.index().await?;

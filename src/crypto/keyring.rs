@@ -71,21 +71,29 @@ impl Keyring {
     }
 
     /// The keys for the store at `url`: the ones bound to it when there are (a repository
-    /// created there is wrapped under those only, and must open with them), else every key.
+    /// created there is wrapped under those only, and must open with them), else the keys
+    /// bound to no store (`--key-file`, `FERRY_KEY_FILE`, `FERRY_KEY`) — so a daemon store
+    /// without a `key_file` never gets another store's key.
     pub fn for_store(&self, url: &str) -> Keyring {
-        let ids: Vec<KeyId> = self
+        let mine: Vec<KeyId> = self
             .bound
             .iter()
             .filter(|(u, _)| u == url)
             .map(|(_, id)| *id)
             .collect();
-        if ids.is_empty() {
+        if self.bound.is_empty() {
             return self.clone();
         }
         let keys = self
             .keys
             .iter()
-            .filter(|k| ids.contains(&k.id()))
+            .filter(|k| {
+                let id = k.id();
+                match mine.is_empty() {
+                    false => mine.contains(&id),
+                    true => !self.bound.iter().any(|(_, b)| *b == id),
+                }
+            })
             .map(|k| UserKey::from_bytes(*k.0))
             .collect();
         Self::new(keys)
@@ -138,7 +146,15 @@ mod tests {
         assert_eq!(ring.keys().len(), 2);
         let b_id = UserKey::from_bytes([2; 32]).id();
         assert_eq!(ring.for_store("s3://bucket/b").ids(), vec![b_id]);
-        assert_eq!(ring.for_store("s3://bucket/other").ids().len(), 2);
+        let a_id = UserKey::from_bytes([1; 32]).id();
+        assert_eq!(ring.for_store("s3://bucket/other").ids(), vec![a_id]);
+        let daemon = Keyring::read(KeySources {
+            bound: vec![("s3://bucket/b".into(), b.clone())],
+            ..KeySources::default()
+        })
+        .unwrap();
+        assert!(daemon.for_store("s3://bucket/other").is_empty());
+        assert_eq!(daemon.for_store("s3://bucket/b").ids(), vec![b_id]);
         assert!(!format!("{ring:?}").contains(&"01".repeat(32)), "{ring:?}");
     }
 }

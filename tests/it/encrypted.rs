@@ -465,7 +465,7 @@ fn daemon_jobs_use_each_stores_key_file() {
     let (k1, k2) = (new_key(&ctx, "k1"), new_key(&ctx, "k2"));
     let src = ctx.dir("src");
     source(&src);
-    let (a, b) = (ctx.path("a"), ctx.path("b"));
+    let (a, b, c) = (ctx.path("a"), ctx.path("b"), ctx.path("c"));
     let b_url = format!("file://{}", s(&b));
     ferry.json(&["init", &b_url, "--encrypt", "--key-file", s(&k2)]);
     let config = crate::daemon::write_config(
@@ -475,10 +475,14 @@ fn daemon_jobs_use_each_stores_key_file() {
             "[stores.a]\nurl = \"file://{}\"\nkey_file = \"{}\"\n\
              [stores.b]\nurl = \"{b_url}\"\nkey_file = \"{}\"\n\
              [[jobs]]\nname = \"push\"\nsource = \"{}\"\nref = \"m\"\ntargets = [\"a\"]\nevery = \"1h\"\nsettle = \"100ms\"\n\
-             [[jobs]]\nname = \"copy\"\nfrom = \"a\"\nrefs = [\"m\"]\ntargets = [\"b\"]\nevery = \"1h\"\n",
+             [[jobs]]\nname = \"copy\"\nfrom = \"a\"\nrefs = [\"m\"]\ntargets = [\"b\"]\nevery = \"1h\"\n\
+             [stores.c]\nurl = \"file://{}\"\n\
+             [[jobs]]\nname = \"plain\"\nsource = \"{}\"\nref = \"m\"\ntargets = [\"c\"]\nevery = \"1h\"\nsettle = \"100ms\"\n",
             s(&a),
             s(&k1),
             s(&k2),
+            s(&src),
+            s(&c),
             s(&src)
         ),
     );
@@ -487,6 +491,12 @@ fn daemon_jobs_use_each_stores_key_file() {
     assert!(push.to_string().contains("succeeded"), "{push}");
     let copy = ferry.json(&["sync", "--config", s(&config), "--job", "copy"]);
     assert!(copy.to_string().contains("succeeded"), "{copy}");
+    // A store without a key_file gets no other store's key: the repository made there is
+    // plain.
+    let plain = ferry.json(&["sync", "--config", s(&config), "--job", "plain"]);
+    assert!(plain.to_string().contains("succeeded"), "{plain}");
+    let c_url = format!("file://{}", s(&c));
+    ferry.json(&["snapshots", &c_url]);
     let a_url = format!("file://{}", s(&a));
     for (i, (url, key, other)) in [(&a_url, &k1, &k2), (&b_url, &k2, &k1)]
         .into_iter()
