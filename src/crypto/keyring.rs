@@ -156,5 +156,15 @@ mod tests {
         assert!(daemon.for_store("s3://bucket/other").is_empty());
         assert_eq!(daemon.for_store("s3://bucket/b").ids(), vec![b_id]);
         assert!(!format!("{ring:?}").contains(&"01".repeat(32)), "{ring:?}");
+        let missing = Keyring::read(KeySources {
+            files: vec![dir.path().join("gone.key")],
+            ..KeySources::default()
+        })
+        .expect_err("a missing key file fails");
+        assert!(
+            missing.to_string().starts_with("key file ")
+                && missing.to_string().contains("gone.key"),
+            "{missing}"
+        );
     }
 }

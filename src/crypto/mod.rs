@@ -85,7 +85,7 @@ pub enum CryptoError {
         path: String,
     },
     /// Reading or writing a key file.
-    #[error("{path}: {source}")]
+    #[error("key file {path}: {source}")]
     Io {
         /// The key file.
         path: String,
