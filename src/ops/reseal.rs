@@ -164,28 +164,37 @@ async fn reseal_chunks(
     let reads = plan(locations);
     let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
     let bar = progress.bytes("re-encrypt", total);
-    let mut frames = std::pin::pin!(fetch(from, from_index, reads, Want::Raw));
     let (naming, sealing, level) = (
         to.naming().clone(),
         to.sealing().clone(),
         to.config().zstd_level,
     );
+    // Each chunk named, compressed and sealed on a blocking thread, one per core at a time,
+    // in fetch order.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(16));
+    let resealed = fetch(from, from_index, reads, Want::Raw)
+        .map(|f| {
+            let (naming, sealing) = (naming.clone(), sealing.clone());
+            async move {
+                let mut f = f?;
+                let raw = f.raw.take().expect("fetch with Want::Raw yields the bytes");
+                let (dst, frame) = tokio::task::spawn_blocking(move || {
+                    let dst = naming.chunk(&raw);
+                    let frame = crate::codec::encode(&raw, level);
+                    (dst, sealing.seal_frame(&dst, frame))
+                })
+                .await
+                .map_err(OpError::join)?;
+                Ok::<_, OpError>((f, dst, frame))
+            }
+        })
+        .buffered(workers);
+    let mut resealed = std::pin::pin!(resealed);
     let mut sent: HashSet<ChunkId> = HashSet::new();
-    while let Some(f) = frames.next().await {
-        let f = f?;
+    while let Some(next) = resealed.next().await {
+        let (f, dst, frame) = next?;
         counts.bytes_downloaded += f.frame.len() as u64 + f.bases_read;
         bar.inc(f.frame.len() as u64);
-        let raw = f.raw.expect("fetched with Want::Raw");
-        let (naming, sealing) = (naming.clone(), sealing.clone());
-        let (dst, frame) = tokio::task::spawn_blocking(move || {
-            let dst = naming.chunk(&raw);
-            (
-                dst,
-                sealing.seal_frame(&dst, crate::codec::encode(&raw, level)),
-            )
-        })
-        .await
-        .map_err(OpError::join)?;
         renamed.insert(f.location.entry.chunk, dst);
         if sent.insert(dst) && !presence.has(&dst)? {
             counts.chunks += 1;
