@@ -303,7 +303,7 @@ async fn run(
         .map(|((repo, _), p)| {
             PackUploader::new(repo.clone(), p.rindex.clone(), UPLOADS_IN_FLIGHT)
                 .repairing(p.damaged.clone())
-                .avoiding(p.marked.difference(&p.damaged).copied().collect())
+                .avoiding(p.gc_marked())
                 .dry_run(dry.is_some())
         })
         .collect();

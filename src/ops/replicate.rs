@@ -116,13 +116,8 @@ pub async fn replicate(
     let wanted = wanted_snapshots(&plans, &present);
 
     let owns = |c: &ChunkId| sharded.is_none_or(|s| s.shard.owns_chunk(c));
-    let mut uploader = PackUploader::new(to.clone(), to_index.clone(), 2).avoiding(
-        to_presence
-            .marked
-            .difference(&to_presence.damaged)
-            .copied()
-            .collect(),
-    );
+    let mut uploader =
+        PackUploader::new(to.clone(), to_index.clone(), 2).avoiding(to_presence.gc_marked());
     let mut sent: HashSet<ChunkId> = HashSet::new();
     let mut owned: HashSet<ChunkId> = HashSet::new();
     let mut copied = Copied::default();

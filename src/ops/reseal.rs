@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::ids::{ChunkId, SnapshotId};
@@ -54,17 +55,13 @@ pub(crate) async fn replicate_resealed(
     } else {
         names.to_vec()
     };
-    let mut uploader = PackUploader::new(to.clone(), to_index.clone(), 2).avoiding(
-        presence
-            .marked
-            .difference(&presence.damaged)
-            .copied()
-            .collect(),
-    );
+    let mut uploader =
+        PackUploader::new(to.clone(), to_index.clone(), 2).avoiding(presence.gc_marked());
     let mut renamed: HashMap<ChunkId, ChunkId> = HashMap::new();
     let mut counts = Counts::default();
-    // (ref, source snapshot, the target's snapshot bytes), in log order.
-    let mut written: Vec<(String, SnapshotId, Snapshot)> = Vec::new();
+    // (ref, source snapshot, the target's snapshot, encoded), in log order.
+    let mut written: Vec<(String, SnapshotId, Bytes)> = Vec::new();
+    let mut referenced: HashSet<ChunkId> = HashSet::new();
     let mut mapped: HashMap<SnapshotId, SnapshotId> = HashMap::new();
     for name in &names {
         let log = ref_log(from, &from_index, name).await?;
@@ -99,21 +96,18 @@ pub(crate) async fn replicate_resealed(
             let sink = (&mut uploader, &mut renamed, &mut counts);
             reseal_chunks(from, &from_index, to, need, (&presence, sink), progress).await?;
             let snap = renamed_snapshot(from, snap, &renamed, &mapped)?;
-            let dst = to.naming().snapshot(&snap.encode());
-            mapped.insert(entry.snapshot, dst);
-            written.push((name.clone(), entry.snapshot, snap));
+            referenced.extend(snap.chunks().map(|c| c.0));
+            let encoded = Bytes::from(snap.encode());
+            mapped.insert(entry.snapshot, to.naming().snapshot(&encoded));
+            written.push((name.clone(), entry.snapshot, encoded));
         }
     }
     // Packs first, then snapshots, then refs.
     let upload = uploader.finish().await?;
-    let referenced: HashSet<ChunkId> = written
-        .iter()
-        .flat_map(|(_, _, s)| s.chunks().map(|c| c.0))
-        .collect();
     check_not_marked(to, &to_index, referenced).await?;
     let mut refs_advanced = 0;
-    for (name, src, snap) in &written {
-        let dst = to.write_snapshot_bytes(snap.encode().into()).await?;
+    for (name, src, encoded) in &written {
+        let dst = to.write_snapshot_bytes(encoded.clone()).await?;
         if to.advance_ref_once(name, dst).await?.is_some() {
             refs_advanced += 1;
         }

@@ -25,6 +25,12 @@ pub struct Presence {
 }
 
 impl Presence {
+    /// The packs a gc marked, damaged ones aside: an uploader avoids sealing a pack under one
+    /// of these ids (`PackUploader::avoiding`).
+    pub fn gc_marked(&self) -> HashSet<PackId> {
+        self.marked.difference(&self.damaged).copied().collect()
+    }
+
     /// True when the repository holds the chunk in a pack that is neither marked for deletion
     /// nor damaged.
     pub fn has(&self, id: &ChunkId) -> Result<bool, OpError> {
