@@ -6,11 +6,13 @@
 # ratio encrypted / plain per workload.
 # Run by hand, not in CI:  bash benches/encrypted.sh [SIZE_MIB] [RUNS]   (default 512, 5)
 # PEERS_DIR=/dev/shm puts everything in memory, to compare ferry's own cost rather than the
-# disk's (default: a temporary folder on disk).
+# disk's (default: a temporary folder on disk). CIPHER=xchacha20poly1305 measures that cipher
+# instead of the default (aes256gcmsiv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-512}
 runs=${2:-5}
+cipher=(${CIPHER:+--cipher "$CIPHER"})
 cargo build --release --quiet --bin ferry --example gen_weights
 target=${CARGO_TARGET_DIR:-target}
 ferry=$target/release/ferry
@@ -35,7 +37,7 @@ one() { # workload kind run
   local key=()
   if [ "$kind" = encrypted ]; then
     key=(--key-file "$work/key")
-    "$ferry" --index-dir "$idx" init "file://$repo" --encrypt "${key[@]}" >/dev/null
+    "$ferry" --index-dir "$idx" init "file://$repo" --encrypt "${cipher[@]}" "${key[@]}" >/dev/null
   fi
   timed "$w push $kind" -- "$ferry" --index-dir "$idx" push "$work/$w" "file://$repo" --name m "${key[@]}"
   timed "$w restore $kind" -- "$ferry" --index-dir "$idx" restore "file://$repo" m "$work/out-$w-$kind-$r" "${key[@]}"

@@ -337,13 +337,14 @@ async fn run_repo_command(ctx: &Context, command: Command, json: bool) -> anyhow
             pack_size,
             deltas,
             encrypt,
+            cipher,
         } => {
             let mut config = commands::new_config(chunk_avg, pack_size)?;
             if let Some(max_depth) = deltas.filter(|d| *d > 0) {
                 config = config.with_deltas(max_depth)?;
             }
             if encrypt {
-                config = config.encrypted();
+                config = config.encrypted_with(cipher.unwrap_or(ferry::crypto::Cipher::DEFAULT));
             }
             emit(
                 json,

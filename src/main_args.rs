@@ -65,6 +65,10 @@ pub(crate) enum Command {
         /// repository's life; every command on it then needs that key.
         #[arg(long)]
         encrypt: bool,
+        /// The AEAD that seals an encrypted repository: aes256gcmsiv (the default; fastest
+        /// where the CPU has AES instructions) or xchacha20poly1305 (fastest without them).
+        #[arg(long, requires = "encrypt", value_parser = parse_cipher)]
+        cipher: Option<ferry::crypto::Cipher>,
     },
     /// Push a folder, file or object prefix into one or more repositories.
     Push {
@@ -387,4 +391,9 @@ impl Command {
             _ => None,
         }
     }
+}
+
+fn parse_cipher(s: &str) -> Result<ferry::crypto::Cipher, String> {
+    ferry::crypto::Cipher::from_name(s)
+        .ok_or_else(|| format!("unknown cipher {s:?}: use aes256gcmsiv or xchacha20poly1305"))
 }

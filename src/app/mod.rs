@@ -172,6 +172,7 @@ impl App {
             repo: r.url(),
             id: r.id().to_string(),
             encrypted: r.config().is_encrypted(),
+            cipher: r.config().cipher().map(|c| c.name()),
             key_ids: if r.config().is_encrypted() {
                 keys.ids().iter().map(ToString::to_string).collect()
             } else {
@@ -499,6 +500,9 @@ pub struct InitReport {
     pub pack_size: u64,
     /// Whether it is encrypted.
     pub encrypted: bool,
+    /// The AEAD that seals it (encrypted only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<&'static str>,
     /// The ids of the keys that open it (encrypted only).
     pub key_ids: Vec<String>,
 }

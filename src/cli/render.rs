@@ -17,7 +17,11 @@ pub use crate::ops::repair::render as repair;
 pub fn init(r: &InitReport) -> String {
     let encrypted = match r.key_ids.as_slice() {
         [] => String::new(),
-        ids => format!(", encrypted; opens with key {}", ids.join(", key ")),
+        ids => format!(
+            ", encrypted with {}; opens with key {}",
+            r.cipher.unwrap_or("?"),
+            ids.join(", key ")
+        ),
     };
     format!(
         "initialized {} (chunks ~{}, packs {}{encrypted})",

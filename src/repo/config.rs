@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
+use crate::crypto::Cipher;
 
 /// Highest repository format version this build reads and writes. Version 2 adds delta
 /// frames and position-stable cuts inside tensors (FORMAT.md); version 1 repositories stay
@@ -13,8 +14,6 @@ pub const FORMAT_VERSION: u32 = 3;
 pub const DELTA_VERSION: u32 = 2;
 /// The first format version whose repositories may be encrypted (FORMAT.md "Encryption").
 pub const ENCRYPTION_VERSION: u32 = 3;
-/// The one cipher encrypted repositories use.
-pub const CIPHER: &str = "xchacha20poly1305";
 /// Marker that tells a ferry config from any other JSON object.
 pub const FORMAT_NAME: &str = "ferry-repository";
 
@@ -50,7 +49,8 @@ pub struct RepoConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
-    /// The AEAD: always [`CIPHER`].
+    /// The AEAD's name ([`Cipher::name`]): `aes256gcmsiv` for repositories made since stop 27,
+    /// `xchacha20poly1305` for earlier ones (or asked for with `ferry init --cipher`).
     pub cipher: String,
 }
 
@@ -100,11 +100,16 @@ impl RepoConfig {
         }
     }
 
-    /// The same config at format version 3, encrypted.
-    pub fn encrypted(mut self) -> Self {
+    /// The same config at format version 3, encrypted with the default cipher.
+    pub fn encrypted(self) -> Self {
+        self.encrypted_with(Cipher::DEFAULT)
+    }
+
+    /// The same config at format version 3, encrypted with `cipher`.
+    pub fn encrypted_with(mut self, cipher: Cipher) -> Self {
         self.version = self.version.max(ENCRYPTION_VERSION);
         self.encryption = Some(Encryption {
-            cipher: CIPHER.into(),
+            cipher: cipher.name().into(),
         });
         self
     }
@@ -112,6 +117,14 @@ impl RepoConfig {
     /// Whether the repository is encrypted.
     pub fn is_encrypted(&self) -> bool {
         self.encryption.is_some()
+    }
+
+    /// The cipher an encrypted repository seals with (`None`: plain, or a cipher this build
+    /// does not know, which [`Self::decode`] refuses).
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.encryption
+            .as_ref()
+            .and_then(|e| Cipher::from_name(&e.cipher))
     }
 
     /// The same config at format version 2 with element deltas at most `max_depth` deep.
@@ -180,7 +193,7 @@ impl RepoConfig {
             }
         }
         if let Some(e) = &cfg.encryption {
-            if cfg.version < ENCRYPTION_VERSION || e.cipher != CIPHER {
+            if cfg.version < ENCRYPTION_VERSION || Cipher::from_name(&e.cipher).is_none() {
                 return Err(ConfigError::Encryption {
                     cipher: e.cipher.chars().take(40).collect(),
                     version: cfg.version,
@@ -253,7 +266,7 @@ pub enum ConfigError {
         version: u32,
     },
     /// `encryption` in a config whose version cannot hold it, or an unknown cipher.
-    #[error("encryption with cipher {cipher:?} needs format version {ENCRYPTION_VERSION} and cipher {CIPHER} (this config has version {version})")]
+    #[error("encryption with cipher {cipher:?} needs format version {ENCRYPTION_VERSION} and a cipher this ferry knows, aes256gcmsiv or xchacha20poly1305 (this config has version {version}; a newer ferry may read it)")]
     Encryption {
         /// The cipher named (at most 40 characters of it).
         cipher: String,
@@ -328,6 +341,15 @@ mod tests {
         assert_eq!(enc.version, 3);
         assert!(enc.is_encrypted() && !plain.is_encrypted());
         assert_eq!(RepoConfig::decode(&enc.encode()).unwrap(), enc);
+        assert_eq!(enc.cipher(), Some(Cipher::Aes256GcmSiv));
+        assert_eq!(plain.cipher(), None);
+        // Repositories made with the first cipher keep opening.
+        let first = plain.clone().encrypted_with(Cipher::XChaCha20Poly1305);
+        let back = RepoConfig::decode(&first.encode()).unwrap();
+        assert_eq!(back.cipher(), Some(Cipher::XChaCha20Poly1305));
+        assert!(String::from_utf8(first.encode())
+            .unwrap()
+            .contains(r#""cipher": "xchacha20poly1305""#));
         assert!(enc.derived().is_encrypted());
         let mut old = enc.clone();
         old.version = 2;

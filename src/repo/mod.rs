@@ -87,7 +87,7 @@ impl Repository {
     /// is encrypted.
     async fn unlock(store: Store, config: RepoConfig, keys: &Keyring) -> Result<Self, RepoError> {
         let sealing = if config.is_encrypted() {
-            seal::unlock(&store, &config.id, keys).await?
+            seal::unlock(&store, &config.id, keys, cipher_of(&config)).await?
         } else {
             Sealing::PLAIN
         };
@@ -125,13 +125,14 @@ impl Repository {
     }
 
     /// [`Self::init`]; an encrypted repository gets data key `share` when given (a replication
-    /// target, so frames copy as stored), else a new one.
+    /// target, so frames copy as stored), and its cipher; else a new one.
     pub async fn init_sharing(
         store: Store,
         config: RepoConfig,
         keys: &Keyring,
         share: Option<std::sync::Arc<DataKey>>,
     ) -> Result<Self, RepoError> {
+        let config = sharing_cipher(config, share.as_deref());
         if Self::read_config(&store).await?.is_some() {
             return Err(RepoError::Exists {
                 url: store.url().to_string(),
@@ -146,7 +147,7 @@ impl Repository {
             if keys.is_empty() {
                 return Err(RepoError::NoKeyToEncrypt);
             }
-            let data = share.unwrap_or_else(|| std::sync::Arc::new(DataKey::generate()));
+            let data = share.unwrap_or_else(|| std::sync::Arc::new(DataKey::generate(cipher_of(&config))));
             // The wrappings before the config: a repository is never without its keys.
             for key in keys.keys() {
                 if !seal::wrap_new(&store, &config.id, key, &data).await? {
@@ -212,12 +213,12 @@ impl Repository {
                 url: store.url().to_string(),
             });
         }
-        let config = config();
+        let config = sharing_cipher(config(), share.as_deref());
         let sealing = match (config.is_encrypted(), share) {
             (false, _) => Sealing::PLAIN,
             (true, Some(data)) => Sealing::with(data),
             (true, None) if keys.is_empty() => return Err(RepoError::NoKeyToEncrypt),
-            (true, None) => Sealing::with(std::sync::Arc::new(DataKey::generate())),
+            (true, None) => Sealing::with(std::sync::Arc::new(DataKey::generate(cipher_of(&config)))),
         };
         Ok((Self::assemble(store, config, sealing), true))
     }
@@ -547,6 +548,19 @@ impl Repository {
             .into_iter()
             .map(|l| l.id)
             .collect())
+    }
+}
+
+/// An encrypted config's cipher (decoding refused the ones this build does not know).
+fn cipher_of(config: &RepoConfig) -> crate::crypto::Cipher {
+    config.cipher().unwrap_or(crate::crypto::Cipher::DEFAULT)
+}
+
+/// `config`, sealing with `share`'s cipher when it is encrypted and shares that data key.
+fn sharing_cipher(config: RepoConfig, share: Option<&DataKey>) -> RepoConfig {
+    match share {
+        Some(k) if config.is_encrypted() => config.encrypted_with(k.cipher()),
+        _ => config,
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use super::{RepoError, Repository};
-use crate::crypto::{CryptoError, DataKey, KeyId, Keyring, UserKey, PEEK_OFFSET, SEAL_OVERHEAD};
+use crate::crypto::{Cipher, CryptoError, DataKey, KeyId, Keyring, UserKey};
 use crate::ids::{ChunkId, Naming};
 use crate::store::Store;
 
@@ -70,22 +70,14 @@ impl Sealing {
 
     /// Bytes sealing adds to each object or frame.
     pub fn overhead(&self) -> u64 {
-        if self.is_encrypted() {
-            SEAL_OVERHEAD as u64
-        } else {
-            0
-        }
+        self.0.as_ref().map_or(0, |k| k.cipher().overhead() as u64)
     }
 
     /// The range to read for the first `len` bytes of the frame stored at `frame` (in a pack):
-    /// an encrypted frame's head comes after its version byte and nonce.
+    /// an encrypted frame's head comes after its version byte and nonce (and, under
+    /// AES-256-GCM-SIV, its tag).
     pub fn head_range(&self, frame: std::ops::Range<u64>, len: u64) -> std::ops::Range<u64> {
-        let len = len
-            + if self.is_encrypted() {
-                PEEK_OFFSET as u64
-            } else {
-                0
-            };
+        let len = len + self.0.as_ref().map_or(0, |k| k.cipher().peek_offset() as u64);
         frame.start..frame.end.min(frame.start + len)
     }
 
@@ -156,11 +148,12 @@ fn frame_context(chunk: &ChunkId) -> Vec<u8> {
 }
 
 /// The data key of the encrypted repository `repo_id` at `store`, opened with the first key
-/// of `keys` it has a wrapping for.
+/// of `keys` it has a wrapping for, to seal with `cipher`.
 pub(super) async fn unlock(
     store: &Store,
     repo_id: &str,
     keys: &Keyring,
+    cipher: Cipher,
 ) -> Result<Sealing, RepoError> {
     if keys.is_empty() {
         return Err(RepoError::KeyNeeded {
@@ -171,7 +164,7 @@ pub(super) async fn unlock(
         let path = key_path(&key.id());
         if let Some(wrapped) = store.get_opt(&path).await? {
             let object = store.object_url(&path);
-            let data = DataKey::unwrap(&wrapped, key, repo_id, &object)?;
+            let data = DataKey::unwrap(&wrapped, key, repo_id, &object, cipher)?;
             return Ok(Sealing::with(Arc::new(data)));
         }
     }
@@ -219,10 +212,11 @@ impl Repository {
         // Read back: the new key must open this very data key before any other goes.
         let path = key_path(&id);
         let wrapped = self.store.get(&path).await?;
-        let opened = DataKey::unwrap(&wrapped, new, self.id(), &self.store.object_url(&path))?;
+        let object = self.store.object_url(&path);
+        let opened = DataKey::unwrap(&wrapped, new, self.id(), &object, data.cipher())?;
         if !opened.same_as(data) {
             return Err(CryptoError::BadEnvelope {
-                object: self.store.object_url(&path),
+                object,
                 why: "it wraps another data key than the one the repository opened with",
             }
             .into());

@@ -223,7 +223,7 @@ fn chunk_frame_problems_are_named_variants() {
 /// is keyed), opens it back, and a repository replicated from it shares the data key.
 #[tokio::test]
 async fn an_encrypted_repository_opens_with_its_key_only() {
-    use crate::crypto::{CryptoError, Keyring, UserKey};
+    use crate::crypto::{Cipher, CryptoError, Keyring, UserKey};
     let url: crate::store::StoreUrl = "memory://encrypted/repo".parse().unwrap();
     let store = || Store::open_with(&url, Access::Write, &Default::default()).unwrap();
     let key = Keyring::new(vec![UserKey::from_bytes([7; 32])]);
@@ -277,4 +277,30 @@ async fn an_encrypted_repository_opens_with_its_key_only() {
         .await
         .unwrap();
     assert!(!fresh.sealing().same_as(repo.sealing()));
+    assert_eq!(repo.config().cipher(), Some(Cipher::Aes256GcmSiv));
+
+    // A repository sealed with the first cipher (XChaCha20-Poly1305) opens and reads with
+    // it; a repository made to share its data key takes its cipher, whatever its config said.
+    let old_url: crate::store::StoreUrl = "memory://encrypted/xchacha".parse().unwrap();
+    let old_store = || Store::open_with(&old_url, Access::Write, &Default::default()).unwrap();
+    let old_config = RepoConfig::new(ChunkerParams::default(), 1 << 20)
+        .encrypted_with(Cipher::XChaCha20Poly1305);
+    let old = Repository::init(old_store(), old_config, &key).await.unwrap();
+    let id = old.write_snapshot_bytes(encoded.clone()).await.unwrap();
+    let stored = old.store.get(&snapshot_path(&id)).await.unwrap();
+    assert_eq!(stored[0], 1, "XChaCha20-Poly1305's sealing version");
+    let old = Repository::open(old_store(), &key).await.unwrap();
+    assert_eq!(old.read_snapshot_bytes(&id).await.unwrap(), encoded);
+    let copy_url: crate::store::StoreUrl = "memory://encrypted/xchacha-copy".parse().unwrap();
+    let copy_store = Store::open_with(&copy_url, Access::Write, &Default::default()).unwrap();
+    let share = old.sealing().data_key().cloned();
+    let (copy, _) = Repository::open_or_init(
+        copy_store,
+        &key,
+        (|| RepoConfig::new(ChunkerParams::default(), 1 << 20).encrypted(), share),
+    )
+    .await
+    .unwrap();
+    assert_eq!(copy.config().cipher(), Some(Cipher::XChaCha20Poly1305));
+    assert!(copy.sealing().same_as(old.sealing()));
 }
