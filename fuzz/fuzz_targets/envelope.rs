@@ -34,14 +34,17 @@ fuzz_target!(|data: &[u8]| {
                 rest
             );
             let wrapped = key.wrap(&user, "repo");
-            let again = DataKey::unwrap(&wrapped, &user, "repo", "keys/x", cipher).expect("own wrapping");
+            let again =
+                DataKey::unwrap(&wrapped, &user, "repo", "keys/x", cipher).expect("own wrapping");
             assert_eq!(again.chunk_id(rest), key.chunk_id(rest));
         }
         3 => {
             // An encrypted repository's pack: hostile bytes never parse into entries (the
             // table must open), and a pack built with the key reads back.
-            let sealing =
-                ferry::repo::Sealing::with(std::sync::Arc::new(DataKey::from_bytes([2; KEY_LEN], cipher)));
+            let sealing = ferry::repo::Sealing::with(std::sync::Arc::new(DataKey::from_bytes(
+                [2; KEY_LEN],
+                cipher,
+            )));
             let _ = ferry::repo::pack::read_pack_table(rest, &sealing, "packs/x");
             let mut b = ferry::repo::pack::PackBuilder::new(sealing.clone());
             let chunk = ferry::ids::ChunkId::of(rest);

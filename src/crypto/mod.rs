@@ -333,7 +333,8 @@ impl DataKey {
         match &self.sealer {
             Sealer::Siv(_, kgk) => {
                 let nonce = &sealed_prefix[1..1 + SIV_NONCE_LEN];
-                let tag: [u8; TAG_LEN] = sealed_prefix[1 + SIV_NONCE_LEN..offset].try_into().ok()?;
+                let tag: [u8; TAG_LEN] =
+                    sealed_prefix[1 + SIV_NONCE_LEN..offset].try_into().ok()?;
                 siv_keystream(kgk, nonce, tag, &mut out);
             }
             Sealer::XChaCha(_) => {

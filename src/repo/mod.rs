@@ -147,7 +147,8 @@ impl Repository {
             if keys.is_empty() {
                 return Err(RepoError::NoKeyToEncrypt);
             }
-            let data = share.unwrap_or_else(|| std::sync::Arc::new(DataKey::generate(cipher_of(&config))));
+            let data =
+                share.unwrap_or_else(|| std::sync::Arc::new(DataKey::generate(cipher_of(&config))));
             // The wrappings before the config: a repository is never without its keys.
             for key in keys.keys() {
                 if !seal::wrap_new(&store, &config.id, key, &data).await? {
@@ -218,7 +219,9 @@ impl Repository {
             (false, _) => Sealing::PLAIN,
             (true, Some(data)) => Sealing::with(data),
             (true, None) if keys.is_empty() => return Err(RepoError::NoKeyToEncrypt),
-            (true, None) => Sealing::with(std::sync::Arc::new(DataKey::generate(cipher_of(&config)))),
+            (true, None) => {
+                Sealing::with(std::sync::Arc::new(DataKey::generate(cipher_of(&config))))
+            }
         };
         Ok((Self::assemble(store, config, sealing), true))
     }

@@ -77,7 +77,11 @@ impl Sealing {
     /// an encrypted frame's head comes after its version byte and nonce (and, under
     /// AES-256-GCM-SIV, its tag).
     pub fn head_range(&self, frame: std::ops::Range<u64>, len: u64) -> std::ops::Range<u64> {
-        let len = len + self.0.as_ref().map_or(0, |k| k.cipher().peek_offset() as u64);
+        let len = len
+            + self
+                .0
+                .as_ref()
+                .map_or(0, |k| k.cipher().peek_offset() as u64);
         frame.start..frame.end.min(frame.start + len)
     }
 

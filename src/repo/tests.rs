@@ -285,7 +285,9 @@ async fn an_encrypted_repository_opens_with_its_key_only() {
     let old_store = || Store::open_with(&old_url, Access::Write, &Default::default()).unwrap();
     let old_config = RepoConfig::new(ChunkerParams::default(), 1 << 20)
         .encrypted_with(Cipher::XChaCha20Poly1305);
-    let old = Repository::init(old_store(), old_config, &key).await.unwrap();
+    let old = Repository::init(old_store(), old_config, &key)
+        .await
+        .unwrap();
     let id = old.write_snapshot_bytes(encoded.clone()).await.unwrap();
     let stored = old.store.get(&snapshot_path(&id)).await.unwrap();
     assert_eq!(stored[0], 1, "XChaCha20-Poly1305's sealing version");
@@ -297,7 +299,10 @@ async fn an_encrypted_repository_opens_with_its_key_only() {
     let (copy, _) = Repository::open_or_init(
         copy_store,
         &key,
-        (|| RepoConfig::new(ChunkerParams::default(), 1 << 20).encrypted(), share),
+        (
+            || RepoConfig::new(ChunkerParams::default(), 1 << 20).encrypted(),
+            share,
+        ),
     )
     .await
     .unwrap();

@@ -110,6 +110,7 @@ pub fn encrypted_repository_round_trips_and_hides_everything(backend: Backend) {
     let key = ["--key-file", s(&k1)];
     let init = ferry.json(&[&["init", &repo.url, "--encrypt"][..], &key].concat());
     assert!(boolean(&init, "encrypted"), "{init}");
+    assert_eq!(string(&init, "cipher"), "aes256gcmsiv", "{init}");
     let push = ferry.json(&[&["push", s(&src), &repo.url, "--name", "m"][..], &key].concat());
     assert!(uint(&push, "chunks_new") > 0, "{push}");
     let shown = found_in(&repo.raw, &needles(&src));
@@ -451,6 +452,100 @@ pub fn replicate_reseals_between_keys_and_plain(backend: Backend) {
     let out_c = ctx.path("out-c");
     ferry.json(&["restore", &c_url, "m", s(&out_c), "--key-file", s(&k1)]);
     data::assert_same_tree(&src, &out_c);
+}
+
+/// A repository sealed with XChaCha20-Poly1305 (`init --cipher xchacha20poly1305`, and every
+/// encrypted repository made before AES-256-GCM-SIV became the default) pushes, restores and
+/// verifies; a replica made from it shares its data key and cipher, so frames copy as stored;
+/// replicating it into a repository of the default cipher re-seals. `--cipher` needs
+/// `--encrypt` and a cipher ferry knows.
+#[test]
+fn a_repository_sealed_with_xchacha20poly1305_keeps_working() {
+    let Some(ctx) = Ctx::new(&[Backend::File]) else {
+        return;
+    };
+    let ferry = ctx.ferry();
+    let key_path = new_key(&ctx, "k");
+    let key = ["--key-file", s(&key_path)];
+    let src = ctx.dir("src");
+    source(&src);
+    let cipher_of = |dir: &Path| -> String {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config")).expect("config"))
+                .expect("config JSON");
+        config["encryption"]["cipher"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    let old = ctx.path("old");
+    let old_url = format!("file://{}", s(&old));
+    let init = ferry.json(
+        &[
+            &[
+                "init",
+                &old_url,
+                "--encrypt",
+                "--cipher",
+                "xchacha20poly1305",
+            ][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert_eq!(string(&init, "cipher"), "xchacha20poly1305", "{init}");
+    assert_eq!(cipher_of(&old), "xchacha20poly1305");
+    ferry.json(&[&["push", s(&src), &old_url, "--name", "m"][..], &key].concat());
+    let out = ctx.path("out-old");
+    ferry.json(&[&["restore", &old_url, "m", s(&out)][..], &key].concat());
+    data::assert_same_tree(&src, &out);
+    let verify = ferry.json(&[&["verify", &old_url, "--read-data"][..], &key].concat());
+    assert!(boolean(&verify, "ok"), "{verify}");
+
+    // Into an empty location: same data key, same cipher, frames as stored.
+    let copy = ctx.path("copy");
+    let copy_url = format!("file://{}", s(&copy));
+    let rep = ferry.json(&[&["replicate", &old_url, &copy_url][..], &key].concat());
+    assert!(
+        !boolean(&rep, "resealed") && uint(&rep, "chunks_copied") > 0,
+        "{rep}"
+    );
+    assert_eq!(cipher_of(&copy), "xchacha20poly1305");
+    let out = ctx.path("out-copy");
+    ferry.json(&[&["restore", &copy_url, "m", s(&out)][..], &key].concat());
+    data::assert_same_tree(&src, &out);
+
+    // Into a repository of the default cipher (another data key): re-sealed.
+    let new = ctx.path("new");
+    let new_url = format!("file://{}", s(&new));
+    ferry.json(&[&["init", &new_url, "--encrypt"][..], &key].concat());
+    assert_eq!(cipher_of(&new), "aes256gcmsiv");
+    let rep = ferry.json(&[&["replicate", &old_url, &new_url][..], &key].concat());
+    assert!(boolean(&rep, "resealed"), "{rep}");
+    let out = ctx.path("out-new");
+    ferry.json(&[&["restore", &new_url, "m", s(&out)][..], &key].concat());
+    data::assert_same_tree(&src, &out);
+    let shown = found_in(&RawStore::Dir(new.clone()), &needles(&src));
+    assert!(shown.is_empty(), "{shown:?}");
+
+    let elsewhere = format!("file://{}", s(&ctx.path("elsewhere")));
+    let unasked = ferry.run(&["init", &elsewhere, "--cipher", "xchacha20poly1305"]);
+    assert!(
+        !unasked.status.success() && format!("{unasked}").contains("--encrypt"),
+        "{unasked}"
+    );
+    let unknown = ferry.run(
+        &[
+            &["init", &elsewhere, "--encrypt", "--cipher", "rot13"][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert!(
+        !unknown.status.success() && format!("{unknown}").contains("aes256gcmsiv"),
+        "{unknown}"
+    );
 }
 
 /// The daemon's keys come from `key_file` in `[stores]`: a push job creates its target
