@@ -358,6 +358,21 @@ impl DataKey {
         context: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
+        let mut buf = sealed.to_vec();
+        let plain = self.open_in_place(object, context, &mut buf)?;
+        buf.truncate(plain.end);
+        buf.drain(..plain.start);
+        Ok(buf)
+    }
+
+    /// [`Self::open`] where the sealed bytes lie: decrypts them in `sealed` and returns where
+    /// the plaintext is in it. On an error the bytes are garbage.
+    pub fn open_in_place(
+        &self,
+        object: &str,
+        context: &[u8],
+        sealed: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, CryptoError> {
         let unauthentic = |why| CryptoError::Unauthentic {
             object: object.to_string(),
             why,
@@ -365,40 +380,37 @@ impl DataKey {
         if sealed.len() < self.cipher.overhead() {
             return Err(unauthentic("shorter than its header and tag"));
         }
-        let (version, rest) = sealed.split_at(1);
-        if version[0] != self.cipher.version() {
+        let version = sealed[0];
+        if version != self.cipher.version() {
             return Err(unauthentic("unknown sealing version"));
         }
-        let aad = aad(version[0], context);
+        let aad = aad(version, context);
         let mismatch = || unauthentic("its tag does not match");
+        let len = sealed.len();
         match &self.sealer {
             Sealer::Siv(siv, _) => {
-                let (nonce, rest) = rest.split_at(SIV_NONCE_LEN);
-                let (tag, body) = rest.split_at(TAG_LEN);
-                let nonce: &[u8; SIV_NONCE_LEN] = nonce.try_into().expect("split at its length");
-                let tag: &[u8; TAG_LEN] = tag.try_into().expect("split at its length");
-                // Copied, then decrypted where it lies: measured 4 % faster than decrypting
-                // into zeroed bytes (the sealed bytes are shared and stay as stored).
-                let mut plain = body.to_vec();
-                siv.decrypt_inout_detached(
-                    nonce.into(),
-                    &aad,
-                    InOutBuf::from(&mut plain[..]),
-                    tag.into(),
-                )
-                .map_err(|_| mismatch())?;
-                Ok(plain)
+                let (head, body) = sealed.split_at_mut(1 + SIV_NONCE_LEN + TAG_LEN);
+                let nonce: &[u8; SIV_NONCE_LEN] = head[1..1 + SIV_NONCE_LEN]
+                    .try_into()
+                    .expect("split at its length");
+                let tag: &[u8; TAG_LEN] = head[1 + SIV_NONCE_LEN..]
+                    .try_into()
+                    .expect("split at its length");
+                siv.decrypt_inout_detached(nonce.into(), &aad, InOutBuf::from(body), tag.into())
+                    .map_err(|_| mismatch())?;
+                Ok(1 + SIV_NONCE_LEN + TAG_LEN..len)
             }
             Sealer::XChaCha(x) => {
-                let (nonce, body) = rest.split_at(NONCE_LEN);
-                x.decrypt(
-                    XNonce::from_slice(nonce),
-                    Payload {
-                        msg: body,
-                        aad: &aad,
-                    },
+                let (head, rest) = sealed.split_at_mut(1 + NONCE_LEN);
+                let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+                x.decrypt_in_place_detached(
+                    XNonce::from_slice(&head[1..]),
+                    &aad,
+                    body,
+                    chacha20poly1305::Tag::from_slice(tag),
                 )
-                .map_err(|_| mismatch())
+                .map_err(|_| mismatch())?;
+                Ok(1 + NONCE_LEN..len - TAG_LEN)
             }
         }
     }

@@ -253,7 +253,7 @@ async fn copy_frames(
     let reads = plan(locations);
     let total: u64 = reads.iter().map(|r| r.end - r.start).sum();
     let bar = progress.bytes("replicate", total);
-    let want = if whole { Want::Raw } else { Want::Frames };
+    let want = if whole { Want::Both } else { Want::Frames };
     let mut frames = std::pin::pin!(fetch(from, from_index, reads, want));
     while let Some(f) = frames.next().await {
         let f = f?;

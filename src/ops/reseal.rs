@@ -187,8 +187,8 @@ async fn reseal_chunks(
     let mut sent: HashSet<ChunkId> = HashSet::new();
     while let Some(next) = resealed.next().await {
         let (f, dst, frame) = next?;
-        counts.bytes_downloaded += f.frame.len() as u64 + f.bases_read;
-        bar.inc(f.frame.len() as u64);
+        counts.bytes_downloaded += f.stored + f.bases_read;
+        bar.inc(f.stored);
         renamed.insert(f.location.entry.chunk, dst);
         if sent.insert(dst) && !presence.has(&dst)? {
             counts.chunks += 1;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use object_store::path::Path;
 
 use super::{RepoError, Repository};
@@ -120,6 +120,28 @@ impl Sealing {
                     &stored,
                 )
                 .map(Bytes::from),
+        }
+    }
+
+    /// [`Self::open_frame`] of a frame held in bytes of its own, opened where they lie (no
+    /// copy): the result is a view of them.
+    pub fn open_frame_in_place(
+        &self,
+        object: &str,
+        offset: u64,
+        chunk: &ChunkId,
+        mut stored: BytesMut,
+    ) -> Result<Bytes, CryptoError> {
+        match &self.0 {
+            None => Ok(stored.freeze()),
+            Some(k) => {
+                let plain = k.open_in_place(
+                    &format!("{object} (the frame of chunk {chunk} at offset {offset})"),
+                    &frame_context(chunk),
+                    &mut stored,
+                )?;
+                Ok(stored.freeze().slice(plain))
+            }
         }
     }
 
