@@ -3,7 +3,7 @@
 # workload's checkpoints (`gen_weights` fp32 and bf16, SIZE MiB each): each run pushes the
 # checkpoint into a new plain and a new encrypted repository (fresh local index each, order
 # alternating from run to run) and restores both; prints the median wall time of each and the
-# ratio encrypted / plain per workload.
+# median of the per-run ratios encrypted / plain per workload.
 # Run by hand, not in CI:  bash benches/encrypted.sh [SIZE_MIB] [RUNS]   (default 512, 5)
 # PEERS_DIR=/dev/shm puts everything in memory, to compare ferry's own cost rather than the
 # disk's (default: a temporary folder on disk). CIPHER=xchacha20poly1305 measures that cipher
@@ -58,9 +58,12 @@ for line in open(sys.argv[1]):
     w, op, kind, t = line.split()
     times.setdefault((w, op), {}).setdefault(kind, []).append(float(t))
 size = int(sys.argv[2])
+# "ratio" is the median of the per-run ratios (each run's plain and encrypted pass are
+# adjacent, so a slow spell of the machine or the disk moves both sides of a pair).
 print(f"{'workload':<24} {'plain s':>8} {'encrypted s':>12} {'ratio':>6}   per-run encrypted/plain")
 for (w, op), k in times.items():
     p, e = statistics.median(k["plain"]), statistics.median(k["encrypted"])
-    per = " ".join(f"{b / a:.2f}" for a, b in zip(k["plain"], k["encrypted"]))
-    print(f"{op + ' ' + w + f' {size} MiB':<24} {p:8.2f} {e:12.2f} {e / p:6.2f}   {per}")
+    pairs = [b / a for a, b in zip(k["plain"], k["encrypted"])]
+    per = " ".join(f"{r:.2f}" for r in pairs)
+    print(f"{op + ' ' + w + f' {size} MiB':<24} {p:8.2f} {e:12.2f} {statistics.median(pairs):6.2f}   {per}")
 PY

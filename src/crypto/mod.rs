@@ -107,6 +107,15 @@ impl Cipher {
     }
 }
 
+/// A sealing taken apart: version byte, nonce (the first [`Cipher`]'s nonce length bytes),
+/// tag, and where the ciphertext lies.
+struct Parts {
+    version: u8,
+    nonce: [u8; NONCE_LEN],
+    tag: [u8; TAG_LEN],
+    body: std::ops::Range<usize>,
+}
+
 /// The sealing cipher, keyed.
 enum Sealer {
     /// The key-generating AES key too, for [`DataKey::peek`].
@@ -358,11 +367,10 @@ impl DataKey {
         context: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let mut buf = sealed.to_vec();
-        let plain = self.open_in_place(object, context, &mut buf)?;
-        buf.truncate(plain.end);
-        buf.drain(..plain.start);
-        Ok(buf)
+        let parts = self.parts(object, sealed)?;
+        let mut body = sealed[parts.body.clone()].to_vec();
+        self.decrypt(object, context, &parts, &mut body)?;
+        Ok(body)
     }
 
     /// [`Self::open`] where the sealed bytes lie: decrypts them in `sealed` and returns where
@@ -373,45 +381,82 @@ impl DataKey {
         context: &[u8],
         sealed: &mut [u8],
     ) -> Result<std::ops::Range<usize>, CryptoError> {
+        let parts = self.parts(object, sealed)?;
+        self.decrypt(object, context, &parts, &mut sealed[parts.body.clone()])?;
+        Ok(parts.body)
+    }
+
+    /// A sealing's version, nonce, tag and where its ciphertext lies, once its length and
+    /// version are checked.
+    fn parts(&self, object: &str, sealed: &[u8]) -> Result<Parts, CryptoError> {
         let unauthentic = |why| CryptoError::Unauthentic {
             object: object.to_string(),
             why,
         };
-        if sealed.len() < self.cipher.overhead() {
+        let c = self.cipher;
+        if sealed.len() < c.overhead() {
             return Err(unauthentic("shorter than its header and tag"));
         }
-        let version = sealed[0];
-        if version != self.cipher.version() {
+        if sealed[0] != c.version() {
             return Err(unauthentic("unknown sealing version"));
         }
-        let aad = aad(version, context);
-        let mismatch = || unauthentic("its tag does not match");
-        let len = sealed.len();
-        match &self.sealer {
+        let n = c.nonce_len();
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..n].copy_from_slice(&sealed[1..1 + n]);
+        let (tag_at, body) = match c {
+            Cipher::Aes256GcmSiv => (1 + n, 1 + n + TAG_LEN..sealed.len()),
+            Cipher::XChaCha20Poly1305 => (sealed.len() - TAG_LEN, 1 + n..sealed.len() - TAG_LEN),
+        };
+        let tag: [u8; TAG_LEN] = sealed[tag_at..tag_at + TAG_LEN]
+            .try_into()
+            .expect("a tag's length");
+        Ok(Parts {
+            version: sealed[0],
+            nonce,
+            tag,
+            body,
+        })
+    }
+
+    /// Decrypts `body`, the ciphertext of `parts`, where it lies, once its tag authenticates
+    /// it with `context`.
+    fn decrypt(
+        &self,
+        object: &str,
+        context: &[u8],
+        parts: &Parts,
+        body: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        let aad = aad(parts.version, context);
+        let ok = match &self.sealer {
             Sealer::Siv(siv, _) => {
-                let (head, body) = sealed.split_at_mut(1 + SIV_NONCE_LEN + TAG_LEN);
-                let nonce: &[u8; SIV_NONCE_LEN] = head[1..1 + SIV_NONCE_LEN]
+                let nonce: &[u8; SIV_NONCE_LEN] = parts.nonce[..SIV_NONCE_LEN]
                     .try_into()
-                    .expect("split at its length");
-                let tag: &[u8; TAG_LEN] = head[1 + SIV_NONCE_LEN..]
-                    .try_into()
-                    .expect("split at its length");
-                siv.decrypt_inout_detached(nonce.into(), &aad, InOutBuf::from(body), tag.into())
-                    .map_err(|_| mismatch())?;
-                Ok(1 + SIV_NONCE_LEN + TAG_LEN..len)
+                    .expect("a nonce's length");
+                siv.decrypt_inout_detached(
+                    nonce.into(),
+                    &aad,
+                    InOutBuf::from(body),
+                    (&parts.tag).into(),
+                )
+                .is_ok()
             }
-            Sealer::XChaCha(x) => {
-                let (head, rest) = sealed.split_at_mut(1 + NONCE_LEN);
-                let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-                x.decrypt_in_place_detached(
-                    XNonce::from_slice(&head[1..]),
+            Sealer::XChaCha(x) => x
+                .decrypt_in_place_detached(
+                    XNonce::from_slice(&parts.nonce),
                     &aad,
                     body,
-                    chacha20poly1305::Tag::from_slice(tag),
+                    chacha20poly1305::Tag::from_slice(&parts.tag),
                 )
-                .map_err(|_| mismatch())?;
-                Ok(1 + NONCE_LEN..len - TAG_LEN)
-            }
+                .is_ok(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(CryptoError::Unauthentic {
+                object: object.to_string(),
+                why: "its tag does not match",
+            })
         }
     }
 
@@ -440,8 +485,9 @@ impl DataKey {
     }
 
     /// The data key in `wrapped` (object `object` of repository `repo_id`), opened with
-    /// `user`, to seal with `cipher` (the repository's config names it): another key, or a wrapping made for another repository, is
-    /// [`CryptoError::WrongKey`]; bytes that are not a wrapping are `BadEnvelope`.
+    /// `user`, to seal with `cipher` (the repository's config names it): another key, or a
+    /// wrapping made for another repository, is [`CryptoError::WrongKey`]; bytes that are not
+    /// a wrapping are `BadEnvelope`.
     pub fn unwrap(
         wrapped: &[u8],
         user: &UserKey,
