@@ -93,6 +93,11 @@ fn prices(flag: Option<f64>) -> anyhow::Result<ferry::ops::egress::Prices> {
         .with_flag(flag))
 }
 
+fn parse_cipher(s: &str) -> Result<ferry::crypto::Cipher, String> {
+    ferry::crypto::Cipher::from_name(s)
+        .ok_or_else(|| format!("unknown cipher {s:?}: use aes256gcmsiv or xchacha20poly1305"))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<bytesize::ByteSize>()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use super::{parse_bind, parse_duration, parse_size};
+use super::{parse_bind, parse_cipher, parse_duration, parse_size};
 
 /// Keep ML checkpoints and datasets in sync between S3, Azure Blob, Google Cloud Storage and
 /// local disks, sending only what changed.
@@ -391,9 +391,4 @@ impl Command {
             _ => None,
         }
     }
-}
-
-fn parse_cipher(s: &str) -> Result<ferry::crypto::Cipher, String> {
-    ferry::crypto::Cipher::from_name(s)
-        .ok_or_else(|| format!("unknown cipher {s:?}: use aes256gcmsiv or xchacha20poly1305"))
 }
