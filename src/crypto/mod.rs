@@ -53,7 +53,7 @@ pub enum Cipher {
     /// XChaCha20-Poly1305's speed where AES and carry-less multiply are in hardware.
     /// Layout: version 2, nonce (12), tag (16), ciphertext.
     Aes256GcmSiv,
-    /// XChaCha20-Poly1305, the first encrypted repositories' (stop 26).
+    /// XChaCha20-Poly1305, the cipher of encrypted repositories made before 2026-12-02.
     /// Layout: version 1, nonce (24), ciphertext, tag (16).
     XChaCha20Poly1305,
 }

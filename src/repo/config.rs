@@ -49,8 +49,8 @@ pub struct RepoConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
-    /// The AEAD's name ([`Cipher::name`]): `aes256gcmsiv` for repositories made since stop 27,
-    /// `xchacha20poly1305` for earlier ones (or asked for with `ferry init --cipher`).
+    /// The AEAD's name ([`Cipher::name`]): `aes256gcmsiv` by default,
+    /// `xchacha20poly1305` for those made before 2026-12-02 (or asked for with `--cipher`).
     pub cipher: String,
 }
 

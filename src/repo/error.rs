@@ -26,6 +26,13 @@ pub enum RepoError {
         /// The store URL looked at.
         url: String,
     },
+    /// `init` of a location that holds only `keys/`: an `init --encrypt` that was stopped
+    /// after wrapping its data key and before writing the config.
+    #[error("{url} holds only the key wrappings (keys/) of an `init --encrypt` that did not finish, and no config: delete {url}/keys/ and run init again")]
+    Unfinished {
+        /// The store URL looked at.
+        url: String,
+    },
     /// `init` of a location that already holds a repository.
     #[error("{url} already holds a ferry repository")]
     Exists {

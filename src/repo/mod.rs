@@ -139,9 +139,7 @@ impl Repository {
             });
         }
         if !store.is_empty().await? {
-            return Err(RepoError::Occupied {
-                url: store.url().to_string(),
-            });
+            return Err(occupied(&store).await?);
         }
         let sealing = if config.is_encrypted() {
             if keys.is_empty() {
@@ -186,7 +184,11 @@ impl Repository {
             Ok(repo) => Ok((repo, true)),
             // Another process initialized it between our read and our init (shards of one
             // run starting at once): use theirs, once its config is there.
-            Err(e @ (RepoError::Exists { .. } | RepoError::Occupied { .. })) => {
+            Err(
+                e @ (RepoError::Exists { .. }
+                | RepoError::Occupied { .. }
+                | RepoError::Unfinished { .. }),
+            ) => {
                 for _ in 0..20 {
                     if let Some(config) = Self::read_config(&store).await? {
                         return Ok((Self::unlock(store, config, keys).await?, false));
@@ -210,9 +212,7 @@ impl Repository {
             return Ok((Self::unlock(store, config, keys).await?, false));
         }
         if !store.is_empty().await? {
-            return Err(RepoError::Occupied {
-                url: store.url().to_string(),
-            });
+            return Err(occupied(&store).await?);
         }
         let config = sharing_cipher(config(), share.as_deref());
         let sealing = match (config.is_encrypted(), share) {
@@ -552,6 +552,17 @@ impl Repository {
             .map(|l| l.id)
             .collect())
     }
+}
+
+/// Why a location without a config cannot take `init`: it holds other objects, or only the
+/// `keys/` of an encrypted init that stopped before its config.
+async fn occupied(store: &Store) -> Result<RepoError, RepoError> {
+    let url = store.url().to_string();
+    Ok(if store.only_under("keys").await? {
+        RepoError::Unfinished { url }
+    } else {
+        RepoError::Occupied { url }
+    })
 }
 
 /// An encrypted config's cipher (decoding refused the ones this build does not know).

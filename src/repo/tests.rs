@@ -244,6 +244,7 @@ async fn an_encrypted_repository_opens_with_its_key_only() {
         !stored.windows(8).any(|w| w == &encoded[..8]),
         "stored unsealed"
     );
+    assert_eq!(stored[0], 2, "AES-256-GCM-SIV's sealing version");
     assert_eq!(repo.read_snapshot_bytes(&id).await.unwrap(), encoded);
 
     let none = Repository::open(store(), &Keyring::default())

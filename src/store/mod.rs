@@ -293,6 +293,20 @@ impl Store {
             .map_err(|e| self.op_error("listing", prefix.unwrap_or(&root), e))
     }
 
+    /// Whether everything at the store's root is under `prefix/` (one level listed: the
+    /// root's objects and folders, not all of them). False for an empty store.
+    pub async fn only_under(&self, prefix: &str) -> Result<bool, StoreError> {
+        let root = Path::default();
+        let top = self
+            .inner
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| self.op_error("listing", &root, e))?;
+        Ok(top.objects.is_empty()
+            && !top.common_prefixes.is_empty()
+            && top.common_prefixes.iter().all(|p| p.as_ref() == prefix))
+    }
+
     /// Reads a whole object as a stream of pieces.
     pub async fn get_stream(
         &self,

@@ -12,7 +12,8 @@ use crate::raw::{Location, RawStore};
 per_backend!(
     encrypted_repository_round_trips_and_hides_everything,
     flipped_bytes_and_wrong_keys_are_named,
-    replicate_reseals_between_keys_and_plain
+    replicate_reseals_between_keys_and_plain,
+    an_unfinished_encrypted_init_is_named
 );
 
 /// A string that appears verbatim in a plain repository (its file is stored raw).
@@ -253,6 +254,50 @@ pub fn flipped_bytes_and_wrong_keys_are_named(backend: Backend) {
     let out = ctx.path("restored");
     ferry.json(&[&["restore", &repo.url, "m", s(&out)][..], &key].concat());
     data::assert_same_tree(&src, &out);
+}
+
+/// A location holding only `keys/` (an `init --encrypt` stopped between wrapping its data key
+/// and writing its config) is named as such by `init`, with the fix; a location holding
+/// anything else is "not empty", as before. On `file://` the fix works: with `keys/` deleted,
+/// init succeeds.
+pub fn an_unfinished_encrypted_init_is_named(backend: Backend) {
+    let Some(ctx) = Ctx::new(&[backend]) else {
+        return;
+    };
+    let ferry = ctx.ferry();
+    let key_path = new_key(&ctx, "k");
+    let key = ["--key-file", s(&key_path)];
+    let half = ctx.location(backend);
+    half.raw
+        .put("keys/0123456789abcdef0123456789abcdef", &[7; 104]);
+    let init = ferry.run(&[&["init", &half.url, "--encrypt"][..], &key].concat());
+    let line = init.error_line();
+    assert!(
+        !init.status.success() && line.contains("did not finish") && line.contains("keys/"),
+        "{init}"
+    );
+    let src = ctx.dir("src");
+    source(&src);
+    let push = ferry.run(&[&["push", s(&src), &half.url, "--name", "m"][..], &key].concat());
+    assert!(push.error_line().contains("did not finish"), "{push}");
+
+    let other = ctx.location(backend);
+    other
+        .raw
+        .put("keys/0123456789abcdef0123456789abcdef", &[7; 104]);
+    other.raw.put("notes.txt", b"someone else's");
+    let init = ferry.run(&[&["init", &other.url, "--encrypt"][..], &key].concat());
+    assert!(
+        init.error_line().contains("is not empty") && !init.error_line().contains("did not finish"),
+        "{init}"
+    );
+
+    if backend == Backend::File {
+        let url = half.url.trim_start_matches("file://");
+        std::fs::remove_dir_all(Path::new(url).join("keys")).expect("delete keys/");
+        let init = ferry.json(&[&["init", &half.url, "--encrypt"][..], &key].concat());
+        assert!(boolean(&init, "encrypted"), "{init}");
+    }
 }
 
 /// Element deltas and a sharded push into an encrypted repository (`file://`: both are the
