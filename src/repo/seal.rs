@@ -115,7 +115,7 @@ impl Sealing {
             None => Ok(stored),
             Some(k) => k
                 .open(
-                    &format!("{object} (the frame of chunk {chunk} at offset {offset})"),
+                    &frame_object(object, chunk, offset),
                     &frame_context(chunk),
                     &stored,
                 )
@@ -136,7 +136,7 @@ impl Sealing {
             None => Ok(stored.freeze()),
             Some(k) => {
                 let plain = k.open_in_place(
-                    &format!("{object} (the frame of chunk {chunk} at offset {offset})"),
+                    &frame_object(object, chunk, offset),
                     &frame_context(chunk),
                     &mut stored,
                 )?;
@@ -165,6 +165,11 @@ impl Sealing {
             Some(k) => k.open(object, context, &stored).map(Bytes::from),
         }
     }
+}
+
+/// How errors name a frame: its pack, chunk and offset.
+fn frame_object(object: &str, chunk: &ChunkId, offset: u64) -> String {
+    format!("{object} (the frame of chunk {chunk} at offset {offset})")
 }
 
 fn frame_context(chunk: &ChunkId) -> Vec<u8> {
