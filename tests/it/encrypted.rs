@@ -70,6 +70,14 @@ fn new_key(ctx: &Ctx, label: &str) -> std::path::PathBuf {
     path
 }
 
+/// A key file `k.key` and a [`source`] tree `src`, for a test of one encrypted repository.
+fn keyed_source(ctx: &Ctx) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = new_key(ctx, "k");
+    let src = ctx.dir("src");
+    source(&src);
+    (key, src)
+}
+
 /// A second, empty location on `backend` (a folder beside the first for `file://`).
 fn second(ctx: &Ctx, backend: Backend) -> (String, Option<Location>) {
     match backend {
@@ -265,7 +273,7 @@ pub fn an_unfinished_encrypted_init_is_named(backend: Backend) {
         return;
     };
     let ferry = ctx.ferry();
-    let key_path = new_key(&ctx, "k");
+    let (key_path, src) = keyed_source(&ctx);
     let key = ["--key-file", s(&key_path)];
     let half = ctx.location(backend);
     half.raw
@@ -276,8 +284,6 @@ pub fn an_unfinished_encrypted_init_is_named(backend: Backend) {
         !init.status.success() && line.contains("did not finish") && line.contains("keys/"),
         "{init}"
     );
-    let src = ctx.dir("src");
-    source(&src);
     let push = ferry.run(&[&["push", s(&src), &half.url, "--name", "m"][..], &key].concat());
     assert!(push.error_line().contains("did not finish"), "{push}");
 
@@ -396,10 +402,8 @@ fn a_push_with_a_key_creates_encrypted_repositories_alike() {
         return;
     };
     let ferry = ctx.ferry();
-    let key_path = new_key(&ctx, "k");
+    let (key_path, src) = keyed_source(&ctx);
     let key = ["--key-file", s(&key_path)];
-    let src = ctx.dir("src");
-    source(&src);
     let first = ctx.location(Backend::File);
     let second = format!("file://{}", s(&ctx.path("second")));
     let push = ferry.json(
@@ -510,10 +514,8 @@ fn a_repository_sealed_with_xchacha20poly1305_keeps_working() {
         return;
     };
     let ferry = ctx.ferry();
-    let key_path = new_key(&ctx, "k");
+    let (key_path, src) = keyed_source(&ctx);
     let key = ["--key-file", s(&key_path)];
-    let src = ctx.dir("src");
-    source(&src);
     let cipher_of = |dir: &Path| -> String {
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("config")).expect("config"))
@@ -661,9 +663,7 @@ fn mirroring_an_encrypted_repository_needs_asking() {
         return;
     };
     let ferry = ctx.ferry();
-    let key_path = new_key(&ctx, "k");
-    let src = ctx.dir("src");
-    source(&src);
+    let (key_path, src) = keyed_source(&ctx);
     let repo = ctx.dir("repo");
     let repo_url = format!("file://{}", s(&repo));
     ferry.json(&["init", &repo_url, "--encrypt", "--key-file", s(&key_path)]);
